@@ -1,0 +1,67 @@
+"""gnomon: inference in a flat, unconstrained θ-space.
+
+One objective gives ``loss(θ)`` for optimizers and ``log_prob(θ)`` for samplers; curvature estimates give
+both per-index learning rates and HMC/NUTS mass matrices; one :class:`Trace` records optimizer paths and
+sampler chains, saves as a small reproducible run directory, aggregates across experiments, exports to
+ArviZ and drives one plotting core.
+
+Public names are resolved lazily so that ``import gnomon`` stays cheap and never imports arviz,
+matplotlib, blackjax or numpyro.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Layout": "gnomon.thetaspace.layout",
+    "EigenMap": "gnomon.thetaspace.eigenmap",
+    "Objective": "gnomon.objective.objective",
+    "Curvature": "gnomon.curvature.estimate",
+    "estimate_curvature": "gnomon.curvature.estimate",
+    "scale_by_curvature": "gnomon.curvature.precondition",
+    "learning_rates": "gnomon.curvature.precondition",
+    "Trace": "gnomon.trace.trace",
+    "run_simple_gd": "gnomon.engines.simple_gd",
+    "optimize": "gnomon.engines.optimize",
+    "optimize_batch": "gnomon.engines.optimize",
+    "sample": "gnomon.engines.sample",
+    "HandOff": "gnomon.engines.handoff",
+    "save_run": "gnomon.artifacts.run",
+    "load_run": "gnomon.artifacts.run",
+    "Run": "gnomon.artifacts.run",
+    "ArtifactError": "gnomon.artifacts.jsonio",
+    "Experiment": "gnomon.artifacts.experiment",
+    "DiagnosticsConfig": "gnomon.artifacts.experiment",
+    "Signals": "gnomon.signals.signals",
+}
+_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes"}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
+        raise AttributeError(f"module 'gnomon' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gnomon.artifacts.run import Run, load_run, save_run  # noqa: F401
+    from gnomon.engines.simple_gd import run_simple_gd  # noqa: F401
+    from gnomon.objective.objective import Objective  # noqa: F401
+    from gnomon.thetaspace.layout import Layout  # noqa: F401
+    from gnomon.trace.trace import Trace  # noqa: F401

@@ -1,0 +1,3 @@
+from gnomon.interface.cli import main
+
+raise SystemExit(main())

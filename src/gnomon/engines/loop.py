@@ -1,0 +1,317 @@
+"""The compiled optimizer loop shared by every gradient-based engine.
+
+One driver runs any optax ``GradientTransformation`` over an :class:`~gnomon.Objective`:
+
+* the loop body is a ``lax.while_loop`` over at most one *chunk* of steps, jitted once per
+  (objective, optimizer settings, recording settings) and cached, so a second call with the same objective
+  and settings does not recompile;
+* Python runs only between chunks: it collects the thinned rows, draws the progress bar and stops when
+  every fit is done;
+* a batch of fits is the same chunk function under ``jax.vmap`` (one compiled program);
+* recording follows the Trace invariant: row ``t`` holds θ_t, loss(θ_t), |∇loss(θ_t)|, the step norm
+  |θ_{t+1} − θ_t| and the learning rate used from θ_t; the final point is always recorded with its loss.
+
+Stopping: the gradient-norm tolerance ``gtol`` (|∇loss| ≤ gtol), the relative loss change ``ftol``
+(|f_{t-1} − f_t| ≤ ftol · max(|f_{t-1}|, |f_t|, 1)), ``num_steps``, or a non-finite loss/gradient (status
+names the step; the trace keeps every finite point before it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gnomon._progress import Progress
+from gnomon.objective.objective import Objective
+from gnomon.trace.trace import Trace
+
+RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
+
+# Rows buffered on the device per chunk: bounded by memory (≈ 8 MB of θ rows) and by the run length.
+_ROW_BYTES_BUDGET = 8 * 2**20
+_MAX_ROWS = 1024
+
+
+class OptimizerSpec(NamedTuple):
+    """How to build an optimizer, plus the hashable key that identifies it for compilation caching.
+
+    ``build()`` returns ``(tx, learning_rate_fn, extra_evals_fn)``:
+      * ``tx``: an optax ``GradientTransformation`` (``...ExtraArgs`` ones receive ``value``, ``grad`` and
+        ``value_fn``, as ``optax.lbfgs`` needs);
+      * ``learning_rate_fn(opt_state, step) -> scalar`` recorded as the ``learning_rate`` channel, or None;
+      * ``extra_evals_fn(old_state, new_state) -> int`` gradient evaluations spent inside ``tx.update``
+        (line searches), or None for zero.
+    """
+
+    name: str
+    key: Hashable
+    build: Callable[[], tuple[Any, Callable | None, Callable | None]]
+    info: dict
+
+
+class _Carry(NamedTuple):
+    theta: Any
+    loss: Any
+    grad: Any
+    opt_state: Any
+    t: Any
+    status: Any
+    prev_theta: Any
+    prev_loss: Any
+    prev_grad_norm: Any
+    n_evals: Any
+
+
+class _Rows(NamedTuple):
+    theta: Any
+    loss: Any
+    grad_norm: Any
+    step_norm: Any
+    learning_rate: Any
+    step: Any
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rows_for(dim: int, itemsize: int, num_steps: int, record_every: int) -> int:
+    cap = max(1, min(_MAX_ROWS, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
+    need = max(1, math.ceil((num_steps + 1) / record_every))
+    return min(cap, 1 << math.ceil(math.log2(need)))  # powers of two: few distinct compilations
+
+
+def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int, gtol, ftol, batched: bool):
+    per_obj = _CACHE.setdefault(obj, {})
+    key = (spec.name, spec.key, rows, record_every, gtol, ftol, batched)
+    hit = per_obj.get(key)
+    if hit is not None:
+        return hit
+    tx, lr_fn, extra_fn = spec.build()
+    extra_args = isinstance(tx, optax.GradientTransformationExtraArgs)
+    chunk_steps = rows * record_every
+
+    def init(theta0, data):
+        loss, grad = jax.value_and_grad(obj.loss)(theta0, data)
+        nan = jnp.full((), jnp.nan, loss.dtype)
+        return _Carry(
+            theta=theta0, loss=loss, grad=grad, opt_state=tx.init(theta0), t=jnp.zeros((), jnp.int32),
+            status=jnp.zeros((), jnp.int32), prev_theta=theta0, prev_loss=nan, prev_grad_norm=nan,
+            n_evals=jnp.ones((), jnp.int32),
+        )
+
+    def chunk(carry: _Carry, data, num_steps):
+        dtype = carry.loss.dtype
+        dim = carry.theta.shape[-1]
+        t0 = carry.t
+        nan = jnp.full((rows,), jnp.nan, dtype)
+        bufs = _Rows(jnp.zeros((rows, dim), carry.theta.dtype), nan, nan, nan, nan, jnp.full((rows,), -1, jnp.int32))
+        value_fn = lambda th: obj.loss(th, data)  # noqa: E731
+
+        def cond(state):
+            c, _ = state
+            return (c.status == RUNNING) & (c.t < t0 + chunk_steps)
+
+        def body(state):
+            c, b = state
+            finite = jnp.isfinite(c.loss) & jnp.all(jnp.isfinite(c.grad))
+            gnorm = jnp.linalg.norm(c.grad)
+            record = finite & (c.t % record_every == 0)
+            row = (c.t - t0) // record_every
+            b = jax.lax.cond(
+                record,
+                lambda b: b._replace(
+                    theta=b.theta.at[row].set(c.theta), loss=b.loss.at[row].set(c.loss),
+                    grad_norm=b.grad_norm.at[row].set(gnorm), step=b.step.at[row].set(c.t),
+                ),
+                lambda b: b,
+                b,
+            )
+            converged = jnp.zeros((), bool)
+            if gtol is not None:
+                converged = converged | (gnorm <= gtol)
+            if ftol is not None:
+                scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(c.loss)), 1.0)
+                converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - c.loss) <= ftol * scale))
+            stop = jnp.where(
+                ~finite, NONFINITE, jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING))
+            ).astype(jnp.int32)
+
+            def advance(args):
+                c, b = args
+                kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
+                updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
+                theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
+                loss, grad = jax.value_and_grad(obj.loss)(theta, data)
+                lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
+                snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
+                b = jax.lax.cond(
+                    record,
+                    lambda b: b._replace(step_norm=b.step_norm.at[row].set(snorm),
+                                         learning_rate=b.learning_rate.at[row].set(lr)),
+                    lambda b: b,
+                    b,
+                )
+                extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
+                c = _Carry(
+                    theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
+                    status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
+                    n_evals=c.n_evals + 1 + jnp.asarray(extra, jnp.int32),
+                )
+                return c, b
+
+            return jax.lax.cond(stop == RUNNING, advance, lambda a: (a[0]._replace(status=stop), a[1]), (c, b))
+
+        return jax.lax.while_loop(cond, body, (carry, bufs))
+
+    if batched:
+        init_fn = jax.jit(jax.vmap(init, in_axes=(0, 0)))
+        chunk_fn = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)))
+    else:
+        init_fn = jax.jit(init)
+        chunk_fn = jax.jit(chunk)
+    per_obj[key] = (init_fn, chunk_fn, chunk_steps)
+    return per_obj[key]
+
+
+def _status_text(code: int, t: int, loss: float, grad_finite: bool) -> str:
+    if code == CONVERGED:
+        return "converged"
+    if code == MAX_STEPS:
+        return "max_steps"
+    what = "loss" if not math.isfinite(loss) else ("gradient" if not grad_finite else "value")
+    return f"diverged at step {t}: non-finite {what} ({loss if what == 'loss' else 'grad'})"
+
+
+def run_loop(
+    obj: Objective,
+    theta0: Any,
+    spec: OptimizerSpec,
+    *,
+    num_steps: int,
+    record_every: int = 1,
+    gtol: float | None = None,
+    ftol: float | None = None,
+    data: Any = None,
+    batched: bool = False,
+    progress: bool | None = None,
+    engine_info: dict | None = None,
+) -> Trace:
+    """Run ``spec``'s optimizer from ``theta0`` (``(D,)``, or ``(B, D)`` with ``batched``) -> Trace."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)) or record_every < 1:
+        raise ValueError(f"record_every must be a positive int, got {record_every!r}")
+    for name, tol in (("gtol", gtol), ("ftol", ftol)):
+        if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
+            raise ValueError(f"{name} must be a non-negative number or None, got {tol!r}")
+    theta0 = jnp.asarray(theta0)
+    if not jnp.issubdtype(theta0.dtype, jnp.floating):
+        theta0 = theta0.astype(jnp.result_type(float))
+    want = (2 if batched else 1)
+    if theta0.ndim != want or theta0.shape[-1] != obj.dim:
+        expected = f"(B, {obj.dim})" if batched else f"({obj.dim},)"
+        raise ValueError(f"θ0 has shape {tuple(theta0.shape)}, expected {expected} for {obj!r}")
+
+    start = time.perf_counter()
+    rows = _rows_for(obj.dim, theta0.dtype.itemsize, num_steps, record_every)
+    gtol_f = None if gtol is None else float(gtol)
+    ftol_f = None if ftol is None else float(ftol)
+    init_fn, chunk_fn, chunk_steps = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f, batched)
+    carry = init_fn(theta0, data)
+    pieces: list[_Rows] = []
+    bar = Progress(num_steps, f"{spec.name}", enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
+    n_steps_arr = jnp.asarray(num_steps, jnp.int32)
+    while True:
+        carry, bufs = chunk_fn(carry, data, n_steps_arr)
+        status = np.asarray(carry.status)
+        pieces.append(jax.device_get(bufs))
+        t_now = int(np.min(np.asarray(carry.t)))
+        bar.update(t_now, loss=float(np.nanmean(np.asarray(carry.loss))))
+        if np.all(status != RUNNING):
+            break
+    bar.close()
+    carry = jax.device_get(carry)
+    runtime = time.perf_counter() - start
+    info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
+            "gtol": gtol_f, "ftol": ftol_f, **(engine_info or {})}
+    if not batched:
+        return _assemble(pieces, carry, None, obj, info, runtime)
+    members = [_assemble(pieces, carry, i, obj, info, runtime) for i in range(theta0.shape[0])]
+    return _stack(members, info, runtime, obj)
+
+
+def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float) -> Trace:
+    pick = (lambda a: np.asarray(a)) if i is None else (lambda a: np.asarray(a)[i])
+    cols = {f: np.concatenate([pick(getattr(p, f)) for p in pieces]) for f in _Rows._fields}
+    keep = cols["step"] >= 0
+    cols = {k: v[keep] for k, v in cols.items()}
+    c = jax.tree_util.tree_map(pick, carry)
+    code, t = int(c.status), int(c.t)
+    loss_now = float(c.loss)
+    grad_finite = bool(np.all(np.isfinite(c.grad)))
+    if code == NONFINITE and t > 0:
+        final = (c.prev_theta, c.prev_loss, c.prev_grad_norm, t - 1)
+    else:
+        final = (c.theta, c.loss, np.linalg.norm(c.grad), t)
+    if cols["step"].size == 0 or cols["step"][-1] != final[3]:
+        dtype = cols["loss"].dtype
+        cols["theta"] = np.concatenate([cols["theta"], np.asarray(final[0])[None].astype(cols["theta"].dtype)])
+        cols["loss"] = np.append(cols["loss"], np.asarray(final[1], dtype))
+        cols["grad_norm"] = np.append(cols["grad_norm"], np.asarray(final[2], dtype))
+        cols["step_norm"] = np.append(cols["step_norm"], np.asarray(np.nan, dtype))
+        cols["learning_rate"] = np.append(cols["learning_rate"], np.asarray(np.nan, dtype))
+        cols["step"] = np.append(cols["step"], np.int32(final[3]))
+    else:  # final point recorded in the loop: no step was taken from it
+        cols["step_norm"][-1] = np.nan
+        cols["learning_rate"][-1] = np.nan
+    stats = {"grad_norm": cols["grad_norm"], "step_norm": cols["step_norm"]}
+    if not np.all(np.isnan(cols["learning_rate"])):
+        stats["learning_rate"] = cols["learning_rate"]
+    return Trace(
+        kind="optimization",
+        theta=cols["theta"],
+        loss=cols["loss"],
+        stats=stats,
+        step=cols["step"],
+        status=_status_text(code, t, loss_now, grad_finite),
+        num_grad_evals=int(c.n_evals),
+        runtime_s=runtime,
+        info=info,
+        layout=obj.base_layout,
+        thetamap=obj.thetamap,
+    )
+
+
+def _stack(members: list[Trace], info: dict, runtime: float, obj: Objective) -> Trace:
+    """Pad members to a common length (repeating each final row) and stack into a (B, T, D) trace."""
+    n = max(len(m) for m in members)
+
+    def pad(a):
+        a = np.asarray(a)
+        if len(a) == n:
+            return a
+        return np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)])
+
+    keys = set.intersection(*(set(m.stats) for m in members))
+    return Trace(
+        kind="optimization",
+        theta=np.stack([pad(m.theta) for m in members]),
+        loss=np.stack([pad(m.loss) for m in members]),
+        stats={k: np.stack([pad(m.stats[k]) for m in members]) for k in sorted(keys)},
+        step=np.stack([pad(m.step) for m in members]),
+        status=tuple(m.status for m in members),
+        num_grad_evals=np.asarray([m.num_grad_evals for m in members], dtype=np.int64),
+        runtime_s=runtime,
+        info=info,
+        layout=obj.base_layout,
+        thetamap=obj.thetamap,
+        extras={"num_rows": np.asarray([len(m) for m in members], dtype=np.int64)},
+    )

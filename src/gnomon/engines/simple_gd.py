@@ -1,0 +1,85 @@
+"""`run_simple_gd`: the baseline optimizer — one global learning rate, θ ← θ − lr · ∇loss(θ)."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from gnomon.engines.loop import OptimizerSpec, run_loop
+from gnomon.objective.objective import Objective
+from gnomon.trace.trace import Trace
+
+# Plain loss functions are wrapped once per (function, dimension) so that repeated calls reuse the
+# compiled loop instead of tracing a fresh Objective each time.
+_WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def as_objective(loss_fn: Callable | Objective, dim: int) -> Objective:
+    """``loss_fn`` itself if it is an Objective, else a cached ``Objective.from_loss(loss_fn, dim)``."""
+    if isinstance(loss_fn, Objective):
+        if loss_fn.dim != dim:
+            raise ValueError(f"θ0 has length {dim} but the objective has dim {loss_fn.dim}")
+        return loss_fn
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable or a gnomon.Objective, got {loss_fn!r}")
+    per_fn = _WRAPPED.setdefault(loss_fn, {})
+    if dim not in per_fn:
+        per_fn[dim] = Objective.from_loss(loss_fn, dim)
+    return per_fn[dim]
+
+
+def gd_spec(learning_rate: float) -> OptimizerSpec:
+    """Plain gradient descent at a fixed learning rate, as an :class:`OptimizerSpec`."""
+    if not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    lr = float(learning_rate)
+    return OptimizerSpec(
+        name="gd",
+        key=(lr,),
+        build=lambda: (optax.sgd(lr), lambda state, t: lr, None),
+        info={"learning_rate": lr},
+    )
+
+
+def run_simple_gd(
+    loss_fn: Callable | Objective,
+    theta0: Any,
+    learning_rate: float,
+    num_steps: int,
+    record_every: int = 1,
+    *,
+    gtol: float | None = None,
+    ftol: float | None = None,
+    progress: bool | None = None,
+) -> Trace:
+    """Gradient descent with one global learning rate: ``θ_{t+1} = θ_t − lr · ∇loss(θ_t)``.
+
+    Args:
+      loss_fn: ``loss(θ) -> scalar`` over flat θ, or a :class:`gnomon.Objective`.
+      theta0: starting θ, shape ``(D,)``; or a previous optimization :class:`Trace` to continue from its
+        final point (the result is the joined trace).
+      learning_rate: the global step size.
+      num_steps: maximum number of updates.
+      record_every: keep every k-th row (the final point is always kept).
+      gtol, ftol: optional stopping tolerances on |∇loss| and on the relative loss change.
+      progress: progress bar on stderr (default: on a terminal, for runs of 2,000 steps or more).
+
+    Returns:
+      an optimization :class:`Trace` whose ``loss[t]`` is the loss at ``theta[t]``. A non-finite loss or
+      gradient ends the run with ``status="diverged at step t: ..."``, keeping the finite rows before it.
+    """
+    previous = theta0 if isinstance(theta0, Trace) else None
+    start = previous.final_theta if previous is not None else theta0
+    start = jnp.asarray(start)
+    if start.ndim != 1:
+        raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
+    obj = as_objective(loss_fn, int(start.shape[0]))
+    trace = run_loop(
+        obj, start, gd_spec(learning_rate), num_steps=num_steps, record_every=record_every,
+        gtol=gtol, ftol=ftol, data=obj.data, progress=progress,
+    )
+    return previous.concatenate(trace) if previous is not None else trace
