@@ -1,0 +1,71 @@
+"""``gnomon`` command line: ``gnomon demo | show | plot | aggregate``.
+
+This module only parses arguments and turns library errors into one clear line on stderr with a
+non-zero exit; the work is done by :mod:`gnomon.interface.demo` and :mod:`gnomon.interface.commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gnomon", description="gnomon: inference in a flat θ-space")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    d = sub.add_parser("demo", help="run the end-to-end demo (simulate, fit, sample, save, plot)")
+    d.add_argument("--out", default="gnomon-demo", help="experiment directory to write (default: ./gnomon-demo)")
+    d.add_argument("--quick", action="store_true", help="smaller settings (under a minute)")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+
+    s = sub.add_parser("show", help="status, summary and essential meta of a run or experiment directory")
+    s.add_argument("path")
+
+    pl = sub.add_parser("plot", help="plot a run directory to an image file")
+    pl.add_argument("path")
+    pl.add_argument("-o", "--output", required=True, help="output image (.png, .pdf, .svg)")
+    pl.add_argument("--signals", nargs="*", default=None, help="signal names to plot (default: all)")
+    pl.add_argument("--mode", default="components", choices=["components", "summary", "hybrid"])
+    pl.add_argument("--recipe", default=None, help="a figure recipe, e.g. 'astrometry'")
+
+    a = sub.add_parser("aggregate", help="aggregate an experiment's runs into one table")
+    a.add_argument("path")
+    a.add_argument("-o", "--output", required=True, help="table file: .parquet or .csv")
+    a.add_argument("--meta-keys", nargs="*", default=(), help="meta.json keys (dotted) to add as columns")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        from gnomon import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    from gnomon.artifacts.jsonio import ArtifactError
+
+    try:
+        if args.command == "demo":
+            from gnomon.interface.demo import run_demo
+
+            run_demo(out=args.out, quick=args.quick, seed=args.seed)
+            return 0
+        from gnomon.interface import commands
+
+        return int(getattr(commands, args.command)(args) or 0)
+    except (ArtifactError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as exc:
+        print(f"gnomon {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gnomon {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
