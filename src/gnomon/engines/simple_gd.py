@@ -52,7 +52,7 @@ def run_simple_gd(
     num_steps: int,
     record_every: int = 1,
     *,
-    gtol: float | None = None,
+    tol: float | None = None,
     ftol: float | None = None,
     progress: bool | None = None,
 ) -> Trace:
@@ -65,7 +65,8 @@ def run_simple_gd(
       learning_rate: the global step size.
       num_steps: maximum number of updates.
       record_every: keep every k-th row (the final point is always kept).
-      gtol, ftol: optional stopping tolerances on |∇loss| and on the relative loss change.
+      tol: stop when |∇loss(θ_t)| ≤ tol (status ``'converged'``).
+      ftol: stop when the relative loss change |f_{t-1} − f_t| / max(|f_{t-1}|, |f_t|, 1) ≤ ftol.
       progress: progress bar on stderr (default: on a terminal, for runs of 2,000 steps or more).
 
     Returns:
@@ -80,6 +81,6 @@ def run_simple_gd(
     obj = as_objective(loss_fn, int(start.shape[0]))
     trace = run_loop(
         obj, start, gd_spec(learning_rate), num_steps=num_steps, record_every=record_every,
-        gtol=gtol, ftol=ftol, data=obj.data, progress=progress,
+        gtol=tol, ftol=ftol, data=obj.data, progress=progress,
     )
     return previous.concatenate(trace) if previous is not None else trace

@@ -27,7 +27,7 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
         return jnp.sum(y * logits - jnp.logaddexp(0.0, logits)) - 0.5 * jnp.sum(params["w"] ** 2)
 
     obj = gn.Objective.from_log_density(log_density, layout)
-    trace = gn.run_simple_gd(obj, jnp.zeros(d), learning_rate=1.0 / n, num_steps=500 if quick else 2000, gtol=1e-6)
+    trace = gn.run_simple_gd(obj, jnp.zeros(d), learning_rate=1.0 / n, num_steps=500 if quick else 2000, tol=1e-6)
     run_dir = gn.save_run(Path(out) / "runs" / "logreg-gd", trace, layout=layout,
                           meta={"demo": "interim logistic regression", "seed": seed}, overwrite=True)
     print(f"fit: {trace}")
