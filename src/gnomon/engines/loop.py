@@ -43,18 +43,41 @@ _MAX_ROWS = 1024
 class OptimizerSpec(NamedTuple):
     """How to build an optimizer, plus the hashable key that identifies it for compilation caching.
 
-    ``build()`` returns ``(tx, learning_rate_fn, extra_evals_fn)``:
-      * ``tx``: an optax ``GradientTransformation`` (``...ExtraArgs`` ones receive ``value``, ``grad`` and
-        ``value_fn``, as ``optax.lbfgs`` needs);
+    ``build()`` returns ``(tx, learning_rate_fn, extra_evals_fn)`` or a :class:`Built` (same first three
+    fields plus optional hooks):
+      * ``tx``: an optax ``GradientTransformation`` (``...ExtraArgs`` ones receive ``value``, ``grad``,
+        ``value_fn`` (and ``data`` when asked), as ``optax.lbfgs`` and gnomon's curvature refresh need);
       * ``learning_rate_fn(opt_state, step) -> scalar`` recorded as the ``learning_rate`` channel, or None;
       * ``extra_evals_fn(old_state, new_state) -> int`` gradient evaluations spent inside ``tx.update``
-        (line searches), or None for zero.
+        (line searches, curvature refreshes), or None for zero.
     """
 
     name: str
     key: Hashable
     build: Callable[[], tuple[Any, Callable | None, Callable | None]]
     info: dict
+
+
+class Built(NamedTuple):
+    """What ``OptimizerSpec.build()`` may return.
+
+    Hooks beyond the optax transformation:
+      * ``init_state(theta0, data, loss0, grad0) -> (opt_state, num_grad_evals)`` replaces ``tx.init``
+        (e.g. to estimate a curvature at θ0 inside the compiled, possibly vmapped, program);
+      * ``reuse(opt_state) -> (loss, grad)`` at the new θ when ``tx.update`` already evaluated them (line
+        searches), saving the loop's own evaluation (the loop then counts only ``extra_evals_fn``);
+      * ``final_extras(opt_state) -> {name: array}`` copied into ``trace.extras`` (numpy) after the run;
+      * ``pass_data``: also pass ``data=`` to an ``...ExtraArgs`` transformation's update (optax's line
+        searches reject arguments their ``value_fn`` does not take, so this is opt-in).
+    """
+
+    tx: Any
+    lr_fn: Callable | None = None
+    extra_fn: Callable | None = None
+    init_state: Callable | None = None
+    reuse: Callable | None = None
+    final_extras: Callable | None = None
+    pass_data: bool = False
 
 
 class _Carry(NamedTuple):
@@ -94,17 +117,23 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
     hit = per_obj.get(key)
     if hit is not None:
         return hit
-    tx, lr_fn, extra_fn = spec.build()
+    built = spec.build()
+    built = built if isinstance(built, Built) else Built(*built)
+    tx, lr_fn, extra_fn = built.tx, built.lr_fn, built.extra_fn
     extra_args = isinstance(tx, optax.GradientTransformationExtraArgs)
     chunk_steps = rows * record_every
 
     def init(theta0, data):
         loss, grad = jax.value_and_grad(obj.loss)(theta0, data)
         nan = jnp.full((), jnp.nan, loss.dtype)
+        if built.init_state is not None:
+            opt_state, cost = built.init_state(theta0, data, loss, grad)
+        else:
+            opt_state, cost = tx.init(theta0), 0
         return _Carry(
-            theta=theta0, loss=loss, grad=grad, opt_state=tx.init(theta0), t=jnp.zeros((), jnp.int32),
+            theta=theta0, loss=loss, grad=grad, opt_state=opt_state, t=jnp.zeros((), jnp.int32),
             status=jnp.zeros((), jnp.int32), prev_theta=theta0, prev_loss=nan, prev_grad_norm=nan,
-            n_evals=jnp.ones((), jnp.int32),
+            n_evals=1 + jnp.asarray(cost, jnp.int32),
         )
 
     def chunk(carry: _Carry, data, num_steps):
@@ -147,9 +176,15 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
             def advance(args):
                 c, b = args
                 kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
+                if extra_args and built.pass_data:
+                    kwargs["data"] = data
                 updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
                 theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
-                loss, grad = jax.value_and_grad(obj.loss)(theta, data)
+                if built.reuse is not None:
+                    loss, grad = built.reuse(opt_state)
+                    grad = grad.astype(c.grad.dtype)
+                else:
+                    loss, grad = jax.value_and_grad(obj.loss)(theta, data)
                 lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
                 snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
                 b = jax.lax.cond(
@@ -163,7 +198,7 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
                 c = _Carry(
                     theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
                     status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
-                    n_evals=c.n_evals + 1 + jnp.asarray(extra, jnp.int32),
+                    n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
                 )
                 return c, b
 
@@ -177,7 +212,7 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
     else:
         init_fn = jax.jit(init)
         chunk_fn = jax.jit(chunk)
-    per_obj[key] = (init_fn, chunk_fn, chunk_steps)
+    per_obj[key] = (init_fn, chunk_fn, chunk_steps, built.final_extras)
     return per_obj[key]
 
 
@@ -224,7 +259,7 @@ def run_loop(
     rows = _rows_for(obj.dim, theta0.dtype.itemsize, num_steps, record_every)
     gtol_f = None if gtol is None else float(gtol)
     ftol_f = None if ftol is None else float(ftol)
-    init_fn, chunk_fn, chunk_steps = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f, batched)
+    init_fn, chunk_fn, chunk_steps, final_extras = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f, batched)
     carry = init_fn(theta0, data)
     pieces: list[_Rows] = []
     bar = Progress(num_steps, f"{spec.name}", enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
@@ -238,17 +273,21 @@ def run_loop(
         if np.all(status != RUNNING):
             break
     bar.close()
+    extras = {}
+    if final_extras is not None:
+        extras = jax.device_get((jax.vmap(final_extras) if batched else final_extras)(carry.opt_state))
     carry = jax.device_get(carry)
     runtime = time.perf_counter() - start
     info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "gtol": gtol_f, "ftol": ftol_f, **(engine_info or {})}
     if not batched:
-        return _assemble(pieces, carry, None, obj, info, runtime)
-    members = [_assemble(pieces, carry, i, obj, info, runtime) for i in range(theta0.shape[0])]
+        return _assemble(pieces, carry, None, obj, info, runtime, extras)
+    members = [_assemble(pieces, carry, i, obj, info, runtime, extras) for i in range(theta0.shape[0])]
     return _stack(members, info, runtime, obj)
 
 
-def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float) -> Trace:
+def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float,
+              extras: dict | None = None) -> Trace:
     pick = (lambda a: np.asarray(a)) if i is None else (lambda a: np.asarray(a)[i])
     cols = {f: np.concatenate([pick(getattr(p, f)) for p in pieces]) for f in _Rows._fields}
     keep = cols["step"] >= 0
@@ -287,6 +326,7 @@ def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective,
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
+        extras={k: pick(v) for k, v in (extras or {}).items()},
     )
 
 
@@ -313,5 +353,6 @@ def _stack(members: list[Trace], info: dict, runtime: float, obj: Objective) -> 
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={"num_rows": np.asarray([len(m) for m in members], dtype=np.int64)},
+        extras={**{k: np.stack([np.asarray(m.extras[k]) for m in members]) for k in members[0].extras},
+                "num_rows": np.asarray([len(m) for m in members], dtype=np.int64)},
     )

@@ -1,0 +1,154 @@
+"""Run artifacts at scale: per-run write cost vs raw numpy + json, and aggregation of 10,000 runs.
+
+1. Write cost (goal: gnomon ≤ 1.5× the baseline). Baseline: the same three files with the same content —
+   ``np.savez`` of the trace arrays and ``json.dumps`` of the same meta/summary documents — each written to
+   a temporary file and ``os.replace``-d, plus the ``mkdir``. gnomon: ``Experiment.save`` per run,
+   ``Experiment.save_batch`` of a batched trace (per member), and bare ``gn.save_run``. Trace: T=1000 rows,
+   D=20 (float64) with grad_norm / step_norm / learning_rate channels, as in FACTS.md. Methods are
+   interleaved in rounds; medians are reported.
+2. Aggregation: 10,000 complete runs (written with ``save_batch``), ``Experiment.aggregate()`` of the summary
+   scalars, with two meta keys, with 1 reader thread, and written to Parquet.
+
+Run: ``python benchmarks/bench_artifacts.py [--runs-per-round 200] [--rounds 5] [--aggregate 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def make_trace(gn, rng, T=1000, D=20, batch=None):
+    lead = (T,) if batch is None else (batch, T)
+    step = np.arange(T, dtype=np.int32)
+    kw = dict(
+        kind="optimization",
+        theta=rng.normal(size=lead + (D,)),
+        loss=rng.normal(size=lead),
+        stats={k: rng.normal(size=lead) for k in ("grad_norm", "step_norm", "learning_rate")},
+        step=step if batch is None else np.tile(step, (batch, 1)),
+        num_grad_evals=T if batch is None else np.full(batch, T),
+        status="max_steps" if batch is None else ("max_steps",) * batch,
+        runtime_s=0.5,
+        info={"engine": "gd", "learning_rate": 0.1, "num_steps": T - 1},
+    )
+    if batch is not None:
+        kw["extras"] = {"num_rows": np.full(batch, T)}
+    return gn.Trace(**kw)
+
+
+def raw_writer(trace, meta_doc, summary_doc):
+    arrays = {"theta": trace.theta, "loss": trace.loss, "step": trace.step,
+              **{f"stats/{k}": v for k, v in trace.stats.items()}}
+
+    def put(path: Path, data: bytes):
+        tmp = path.with_name("." + path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+    def write(d: Path):
+        d.mkdir()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        put(d / "trace.npz", buf.getvalue())
+        put(d / "meta.json", json.dumps(meta_doc, indent=1).encode())
+        put(d / "summary.json", json.dumps(summary_doc, indent=1).encode())
+
+    return write
+
+
+def bench_writes(gn, root: Path, per_round: int, rounds: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    trace = make_trace(gn, rng)
+    batch = make_trace(gn, rng, batch=per_round)
+    ref = gn.save_run(root / "ref", trace)
+    meta_doc = json.loads((ref / "meta.json").read_text())
+    summary_doc = json.loads((ref / "summary.json").read_text())
+    raw = raw_writer(trace, meta_doc, summary_doc)
+    exp = gn.Experiment(root / "exp", manifest={"description": "write benchmark"})
+    times: dict[str, list[float]] = {"raw numpy+json (temp+replace)": [], "Experiment.save": [],
+                                     "Experiment.save_batch (per run)": [], "gn.save_run": []}
+    for r in range(rounds):
+        t = time.perf_counter()
+        for i in range(per_round):
+            raw(root / f"raw-{r}-{i}")
+        times["raw numpy+json (temp+replace)"].append((time.perf_counter() - t) / per_round)
+        t = time.perf_counter()
+        for i in range(per_round):
+            exp.save(f"s-{r}-{i}", trace)
+        times["Experiment.save"].append((time.perf_counter() - t) / per_round)
+        t = time.perf_counter()
+        exp.save_batch(batch, prefix=f"b{r}")
+        times["Experiment.save_batch (per run)"].append((time.perf_counter() - t) / per_round)
+        t = time.perf_counter()
+        for i in range(per_round):
+            gn.save_run(root / f"plain-{r}-{i}", trace)
+        times["gn.save_run"].append((time.perf_counter() - t) / per_round)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_aggregate(gn, root: Path, n: int) -> dict[str, float]:
+    rng = np.random.default_rng(1)
+    exp = gn.Experiment(root / "agg", manifest={"description": "aggregation benchmark"})
+    chunk = 1000
+    t = time.perf_counter()
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
+        tr = make_trace(gn, rng, T=20, D=5, batch=b)
+        exp.save_batch(tr, prefix=f"c{start // chunk:03d}", meta=[{"seed": start + i} for i in range(b)])
+    write_s = time.perf_counter() - t
+    out: dict[str, float] = {f"write {n} runs with save_batch (s)": write_s}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for label, kw in ((f"aggregate {n} runs, summary only (s)", {}),
+                          (f"aggregate {n} runs, 1 reader thread (s)", {"workers": 1}),
+                          (f"aggregate {n} runs + 2 meta keys (s)", {"meta_keys": ["user.seed", "batch.index"]}),
+                          (f"aggregate {n} runs -> parquet (s)", {"output": root / "table.parquet"})):
+            reps = []
+            for _ in range(3):
+                t = time.perf_counter()
+                df = exp.aggregate(**kw)
+                reps.append(time.perf_counter() - t)
+            assert len(df) == n, len(df)
+            out[label] = min(reps)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs-per-round", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--aggregate", type=int, default=10_000)
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    args = ap.parse_args()
+    import gnomon as gn
+
+    root = Path(tempfile.mkdtemp(prefix="gnomon-bench-", dir=args.dir))
+    try:
+        w = bench_writes(gn, root, args.runs_per_round, args.rounds)
+        base = w["raw numpy+json (temp+replace)"]
+        print(f"per-run write cost, T=1000 D=20 float64 ({args.rounds} rounds × {args.runs_per_round} runs, "
+              "median):")
+        for k, v in w.items():
+            print(f"  {k:34s} {v * 1e3:7.3f} ms/run   {v / base:5.2f}× raw   (goal ≤ 1.5×)")
+        if args.aggregate:
+            a = bench_aggregate(gn, root, args.aggregate)
+            for k, v in a.items():
+                print(f"  {k:44s} {v:7.2f}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Aggregate an experiment's runs into one table: ``summary.json`` scalars plus chosen ``meta.json`` keys.
+
+Only ``summary.json`` (and ``meta.json`` when meta keys are asked for) is opened per run: the cost is file
+opens, so the reads run in a small thread pool (file I/O releases the GIL). Runs that cannot be used are
+reported, never fatal: ``df.attrs["problems"]`` lists ``{"run_id", "problem", "message"}`` with problem
+``"incomplete"`` (no summary.json: in progress, crashed or failed), ``"corrupt"`` (unreadable JSON, no
+schema_version) or ``"newer_schema"`` (written by a newer gnomon).
+
+Column dtypes are explicit (pandas nullable dtypes, so a missing value is ``<NA>`` and never turns an
+integer column into floats): see :data:`SUMMARY_DTYPES`; other summary keys and meta keys are inferred
+per column (all bool → ``boolean``, all int → ``Int64``, numbers → ``float64``, otherwise ``string``, with
+lists and dicts as JSON text).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gnomon.artifacts.jsonio import SCHEMA_VERSION, ArtifactError
+
+SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+#: dtypes of the summary scalars written by ``Trace.summary()`` / ``save_run``
+SUMMARY_DTYPES: dict[str, str] = {
+    "kind": "string",
+    "status": "string",
+    "converged": "boolean",
+    "diverged": "boolean",
+    "final_loss": "float64",
+    "best_loss": "float64",
+    "initial_loss": "float64",
+    "final_grad_norm": "float64",
+    "num_steps": "Int64",
+    "num_rows": "Int64",
+    "num_chains": "Int64",
+    "num_draws": "Int64",
+    "mean_log_prob": "float64",
+    "divergences": "Int64",
+    "num_grad_evals": "Int64",
+    "runtime_s": "float64",
+    "written_utc_unix": "float64",
+}
+_SKIP = {"schema_version", "run_id"}
+_MISSING = object()
+
+
+class AggregationWarning(UserWarning):
+    """Some runs were skipped by an aggregation (see ``df.attrs["problems"]``)."""
+
+
+def _load(path: str) -> dict[str, Any]:
+    """Fast read of one small gnomon JSON file (flat scalars expected); ArtifactError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not valid JSON (truncated or corrupt: {exc})") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, found {type(doc).__name__}")
+    v = doc.get("schema_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ArtifactError(f"{path}: no integer schema_version (found {v!r}); not a gnomon artifact?")
+    if v > SCHEMA_VERSION:
+        raise _Newer(f"{path}: schema_version {v} is newer than this gnomon reads (≤ {SCHEMA_VERSION}); "
+                     "upgrade gnomon to read it")
+    return doc
+
+
+class _Newer(ArtifactError):
+    pass
+
+
+def _dotted(doc: Any, key: str) -> Any:
+    cur = doc
+    for part in key.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return _MISSING
+    return cur
+
+
+def _read_run(runs_dir: str, name: str, meta_keys: Sequence[str]) -> tuple:
+    d = os.path.join(runs_dir, name)
+    path = os.path.join(d, SUMMARY_FILE)
+    try:
+        summary = _load(path)
+        metavals = None
+        if meta_keys:
+            meta = _load(os.path.join(d, META_FILE))
+            metavals = [_dotted(meta, k) for k in meta_keys]
+    except FileNotFoundError as exc:
+        if os.path.basename(str(exc.filename or "")) == SUMMARY_FILE:
+            return name, None, None, ("incomplete", f"{path}: missing (the run is in progress, crashed or failed)")
+        return name, None, None, ("corrupt", f"{exc.filename}: file is missing")
+    except _Newer as exc:
+        return name, None, None, ("newer_schema", str(exc))
+    except ArtifactError as exc:
+        return name, None, None, ("corrupt", str(exc))
+    return name, summary, metavals, None
+
+
+def _list_runs(runs_dir: str) -> list[str]:
+    try:
+        with os.scandir(runs_dir) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{runs_dir}: no runs directory (is this a gnomon experiment?)") from None
+
+
+def _infer(values: list[Any]) -> str:
+    present = [v for v in values if v is not None and v is not _MISSING]
+    if not present:
+        return "float64"
+    if all(isinstance(v, bool) for v in present):
+        return "boolean"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "Int64"
+    if all((isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in _NONFINITE)
+           for v in present):
+        return "float64"
+    return "string"
+
+
+def _column(values: list[Any], dtype: str):
+    import numpy as np
+    import pandas as pd
+
+    na = (None, _MISSING)
+    if dtype == "float64":
+        out = np.empty(len(values), dtype=np.float64)
+        for i, v in enumerate(values):
+            if v in na or isinstance(v, bool):
+                out[i] = np.nan
+            elif isinstance(v, str):
+                out[i] = _NONFINITE.get(v, np.nan)
+            else:
+                out[i] = float(v)
+        return out
+    if dtype == "string":
+        vals = [None if v in na else (v if isinstance(v, str) else json.dumps(v)) for v in values]
+        return pd.array(vals, dtype="string")
+    if dtype == "boolean":
+        return pd.array([None if v in na else bool(v) for v in values], dtype="boolean")
+    if dtype == "Int64":
+        return pd.array([None if v in na else int(v) for v in values], dtype="Int64")
+    raise AssertionError(dtype)  # pragma: no cover
+
+
+def _typed_column(values: list[Any], dtype: str | None):
+    if dtype is not None:
+        try:
+            return _column(values, dtype)
+        except (TypeError, ValueError, OverflowError):
+            pass  # a run stored something unexpected under a known key: fall back to inference
+    return _column(values, _infer(values))
+
+
+def aggregate(
+    runs_dir: str | os.PathLike,
+    meta_keys: Sequence[str] = (),
+    output: str | os.PathLike | None = None,
+    *,
+    on_problem: str = "warn",
+    workers: int | None = None,
+):
+    """Table of the complete runs under ``runs_dir``: ``run_id``, the summary scalars, the meta keys.
+
+    Args:
+      runs_dir: an experiment's ``runs/`` directory (or an experiment directory containing one).
+      meta_keys: dotted keys into ``meta.json`` (e.g. ``"user.seed"``, ``"engine.learning_rate"``,
+        ``"theta.layout_hash"``), one column each, named by the key (prefixed ``meta.`` if it would clash
+        with a summary column); ``<NA>`` where a run lacks the key.
+      output: also write the table atomically to ``*.parquet`` (needs pyarrow, the ``parquet`` extra) or
+        ``*.csv``; a relative path is relative to the current directory.
+      on_problem: ``"warn"`` (an :class:`AggregationWarning` with the counts), ``"ignore"`` or ``"raise"``
+        (ArtifactError) when runs are incomplete, corrupt or newer; they are always listed in
+        ``df.attrs["problems"]``.
+      workers: reader threads (default: 8).
+
+    Returns:
+      a ``pandas.DataFrame`` sorted by ``run_id``, with explicit nullable dtypes (:data:`SUMMARY_DTYPES`).
+    """
+    import pandas as pd
+
+    if on_problem not in ("warn", "ignore", "raise"):
+        raise ValueError(f"on_problem must be 'warn', 'ignore' or 'raise', got {on_problem!r}")
+    if isinstance(meta_keys, str):
+        meta_keys = (meta_keys,)
+    meta_keys = list(meta_keys)
+    for k in meta_keys:
+        if not isinstance(k, str) or not k or any(not p for p in k.split(".")):
+            raise ValueError(f"meta key {k!r} must be a dotted path like 'user.seed'")
+    if len(set(meta_keys)) != len(meta_keys):
+        raise ValueError(f"meta_keys has duplicates: {meta_keys}")
+    runs_dir = Path(runs_dir)
+    if (runs_dir / "runs").is_dir() and not (runs_dir / SUMMARY_FILE).exists():
+        runs_dir = runs_dir / "runs"
+    fmt = None
+    if output is not None:
+        suffix = Path(output).suffix.lower()
+        fmt = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
+        if fmt is None:
+            raise ValueError(f"output {str(output)!r}: expected a .parquet or .csv file name")
+    names = _list_runs(str(runs_dir))
+    nworkers = max(1, int(workers) if workers is not None else 8)
+    if nworkers == 1 or len(names) < 256:
+        results = [_read_run(str(runs_dir), n, meta_keys) for n in names]
+    else:
+        nchunks = nworkers * 4
+        chunks = [names[i::nchunks] for i in range(nchunks)]
+
+        def work(chunk):
+            return [_read_run(str(runs_dir), n, meta_keys) for n in chunk]
+
+        with ThreadPoolExecutor(nworkers) as pool:
+            results = [r for part in pool.map(work, chunks) for r in part]
+        results.sort(key=lambda r: r[0])
+
+    problems = [{"run_id": n, "problem": p[0], "message": p[1]} for n, _, _, p in results if p is not None]
+    good = [(n, s, m) for n, s, m, p in results if p is None]
+
+    keys: dict[str, None] = {}
+    for _, s, _ in good:
+        for k in s:
+            if k not in _SKIP:
+                keys.setdefault(k, None)
+    ordered = [k for k in SUMMARY_DTYPES if k in keys] + sorted(k for k in keys if k not in SUMMARY_DTYPES)
+    data: dict[str, Any] = {"run_id": pd.array([n for n, _, _ in good], dtype="string")}
+    for k in ordered:
+        data[k] = _typed_column([s.get(k) for _, s, _ in good], SUMMARY_DTYPES.get(k))
+    for j, k in enumerate(meta_keys):
+        col = k if k not in data else f"meta.{k}"
+        data[col] = _typed_column([m[j] for _, _, m in good], None)
+    df = pd.DataFrame(data)
+    df.attrs["problems"] = problems
+
+    if problems and on_problem != "ignore":
+        counts: dict[str, int] = {}
+        for p in problems:
+            counts[p["problem"]] = counts.get(p["problem"], 0) + 1
+        what = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        text = (f"aggregate {runs_dir}: skipped {len(problems)} run(s) ({what}); df.attrs['problems'] lists "
+                f"them; first: {problems[0]['message']}")
+        if on_problem == "raise":
+            raise ArtifactError(text)
+        warnings.warn(text, AggregationWarning, stacklevel=3)
+    if output is not None:
+        _write_table(df, Path(output), fmt)
+    return df
+
+
+def _write_table(df, path: Path, fmt: str) -> None:
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        if fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "writing Parquet needs pyarrow: pip install 'gnomon[parquet]' (or write a .csv)"
+                ) from None
+            df.to_parquet(tmp, index=False, engine="pyarrow")
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

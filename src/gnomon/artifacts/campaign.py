@@ -1,0 +1,278 @@
+"""Campaigns: one fit per item, resumable, on any ``concurrent.futures`` executor.
+
+``run_many(exp, fn, items, executor)`` maps every item to a run id, skips items whose run is complete,
+and runs the rest as tasks. A task (in whatever process or machine the executor picks) claims its run
+directory (:func:`gnomon.artifacts.experiment.acquire_run`), calls ``fn(item)``, writes the result with
+summary.json last, and returns a small status record — traces never travel back through the executor.
+
+Crash safety follows from three rules: a run is complete iff summary.json exists; a claim names its
+writer, so after a crash (SIGKILL, lost machine) the resuming campaign knows the run is abandoned and redoes
+it from scratch; a claim is exclusive, so two campaigns over the same items never write the same run.
+Resuming therefore loses nothing and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gnomon.artifacts.diagnostics import DiagnosticsConfig
+from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable
+from gnomon.artifacts.run import META_FILE, SUMMARY_FILE
+from gnomon.artifacts.runids import check_run_id
+from gnomon.trace.trace import Trace
+
+_RESULT_KEYS = ("layout", "meta", "summary", "extra_arrays", "extra_meta", "objective", "curvature", "precond",
+                "signals", "handoff")
+
+
+@dataclass
+class CampaignResult:
+    """What :func:`run_many` did. ``ok`` is True when every item's run is complete."""
+
+    total: int
+    completed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)
+    runtime_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.busy and len(self.completed) + len(self.skipped) == self.total
+
+    def __repr__(self) -> str:
+        return (f"CampaignResult(total={self.total}, completed={len(self.completed)}, skipped={len(self.skipped)}, "
+                f"failed={len(self.failed)}, busy={len(self.busy)}, runtime_s={self.runtime_s:.3g})")
+
+
+def item_fingerprint(item: Any) -> tuple[Any, str | None]:
+    """``(JSON form, sha256 prefix)`` of an item, or ``(None, None)`` if it is not JSON-able."""
+    try:
+        doc = to_jsonable(item)
+    except TypeError:
+        return None, None
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return doc, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _normalize(out: Any) -> tuple[Trace, dict[str, Any]]:
+    if isinstance(out, Trace):
+        return out, {}
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Trace) and isinstance(out[1], Mapping):
+        return out[0], {"meta": dict(out[1])}
+    if isinstance(out, Mapping) and isinstance(out.get("trace"), Trace):
+        kw = {k: v for k, v in out.items() if k != "trace"}
+        unknown = sorted(set(kw) - set(_RESULT_KEYS))
+        if unknown:
+            raise ValueError(f"run_many: fn returned unknown keys {unknown}; allowed: trace, {', '.join(_RESULT_KEYS)}")
+        return out["trace"], kw
+    raise ValueError(
+        "run_many: fn(item) must return a Trace, (Trace, meta dict) or a dict with 'trace' (and optionally "
+        f"{', '.join(_RESULT_KEYS)}); got {type(out).__name__}"
+    )
+
+
+def run_item(runs_dir: str, run_id: str, index: int, item: Any, fn: Callable[[Any], Any],
+             diagnostics: dict[str, Any] | None, save_kwargs: dict[str, Any] | None, reclaim: bool,
+             stale_after_s: float | None) -> dict[str, Any]:
+    """One campaign task: claim the run, fit, write; a small status record. Runs in the executor's worker."""
+    from gnomon.artifacts.experiment import acquire_run, write_error, write_run
+    from gnomon.artifacts.runids import release_claim
+
+    t0 = time.perf_counter()
+    d = Path(runs_dir) / run_id
+    try:
+        state, msg = acquire_run(d, reclaim=reclaim, stale_after_s=stale_after_s)
+    except OSError as exc:
+        return {"run_id": run_id, "state": "failed", "message": f"cannot claim the run: {exc}"}
+    if state == "complete":
+        return {"run_id": run_id, "state": "skipped", "message": msg}
+    if state == "busy":
+        return {"run_id": run_id, "state": "busy", "message": msg}
+    try:  # state "acquired": the run is ours (claimed), fresh or taken over from a crashed writer
+        trace, kw = _normalize(fn(item))
+        item_doc, item_hash = item_fingerprint(item)
+        extra_meta = dict(kw.pop("extra_meta", None) or {})
+        extra_meta["campaign"] = {"index": index, "item": item_doc, "item_hash": item_hash}
+        cfg = DiagnosticsConfig.from_dict(diagnostics) if diagnostics else None
+        write_run(d, run_id, trace, diagnostics=cfg, extra_meta=extra_meta, release=False, **kw,
+                  **(save_kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - one failed item must not stop the campaign
+        write_error(d, run_id, exc)
+        release_claim(d)
+        return {"run_id": run_id, "state": "failed", "message": f"{type(exc).__name__}: {exc}",
+                "runtime_s": time.perf_counter() - t0}
+    return {"run_id": run_id, "state": "done", "runtime_s": time.perf_counter() - t0}
+
+
+def _ids_for(items: Sequence[Any], run_id: Any) -> list[str]:
+    n = len(items)
+    if run_id is None:
+        width = max(6, len(str(max(n - 1, 0))))
+        ids = [f"item-{i:0{width}d}" for i in range(n)]
+    elif isinstance(run_id, str):
+        ids = [run_id.format(index=i, item=item) for i, item in enumerate(items)]
+    elif callable(run_id):
+        ids = [run_id(item) for item in items]
+    else:
+        raise ValueError(f"run_id must be None, a format string or a callable item -> id, got {run_id!r}")
+    ids = [check_run_id(r) for r in ids]
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        dup = sorted({r for r in ids if r in seen or seen.add(r)})
+        raise ValueError(f"run_many: items map to duplicate run ids {dup[:5]}; make run_id give distinct ids")
+    return ids
+
+
+def run_many(
+    exp: Any,
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    executor: Any = None,
+    *,
+    run_id: str | Callable[[Any], str] | None = None,
+    diagnostics: DiagnosticsConfig | None = None,
+    save_kwargs: Mapping[str, Any] | None = None,
+    progress: bool | Callable[[int, int, dict], None] | None = None,
+    reclaim: bool = False,
+    stale_after_s: float | None = None,
+    check_items: bool = True,
+    max_in_flight: int | None = None,
+    raise_on_error: bool = False,
+) -> CampaignResult:
+    """Run ``fn(item)`` for every item whose run is not complete yet, writing one run per item.
+
+    Args:
+      exp: the :class:`~gnomon.Experiment`.
+      fn: ``fn(item) -> Trace | (Trace, meta) | {"trace": ..., "meta"/"summary"/"layout"/...}``. With a
+        process pool or Dask it must be picklable (a module-level function); its result is written in the
+        worker, so traces never travel back.
+      items: the campaign's items (settings, seeds, epochs...). JSON-able items are recorded in meta.json
+        (``campaign.item``) with a fingerprint, so a resume can check they did not change.
+      executor: None (run here, one by one) or any ``concurrent.futures.Executor``: a
+        ``ProcessPoolExecutor`` (use ``mp_context=multiprocessing.get_context("spawn")`` with JAX), a
+        ``ThreadPoolExecutor``, or a Dask ``Client(...).get_executor()`` for many machines.
+      run_id: ids of the runs: None gives ``item-000000``, ``item-000001``... by position; a format string
+        with ``{index}`` and ``{item}`` (``"seed{item[seed]}"``); or a callable ``item -> id``.
+      diagnostics: :class:`DiagnosticsConfig` of every run (default: the experiment's).
+      save_kwargs: more keyword arguments of :func:`gnomon.save_run` (``compress``, ``fsync``, ...).
+      progress: a bar on stderr (True; None: only on a terminal) or a callable
+        ``progress(done, total, record)`` called as each item finishes.
+      reclaim: take over incomplete runs held from *another host* (whose writer cannot be checked: use
+        after a machine was lost). Runs held by live local processes are never taken.
+      stale_after_s: treat any claim older than this as abandoned.
+      check_items: verify that complete runs were made from the same items (their recorded fingerprints);
+        a mismatch (items reordered or changed with positional ids) raises before anything runs.
+      max_in_flight: tasks submitted at once (default 64).
+      raise_on_error: raise a RuntimeError after the campaign if any item failed.
+
+    Returns:
+      a :class:`CampaignResult` (completed, skipped, failed with messages, busy).
+    """
+    from gnomon._progress import Progress
+
+    start = time.perf_counter()
+    items = list(items)
+    ids = _ids_for(items, run_id)
+    runs_dir = Path(exp.runs_dir)
+    result = CampaignResult(total=len(items))
+    todo = []
+    mismatched = []
+    for i, (rid, item) in enumerate(zip(ids, items)):
+        d = runs_dir / rid
+        if (d / SUMMARY_FILE).exists():
+            result.skipped.append(rid)
+            if check_items:
+                _, h = item_fingerprint(item)
+                if h is not None:
+                    try:
+                        recorded = (read_json(d / META_FILE).get("campaign") or {}).get("item_hash")
+                    except ArtifactError:
+                        recorded = None
+                    if recorded is not None and recorded != h:
+                        mismatched.append(rid)
+        else:
+            todo.append((i, rid, item))
+    if mismatched:
+        raise ValueError(
+            f"run_many: {len(mismatched)} complete run(s) were made from different items than given now "
+            f"(e.g. {mismatched[:3]}): the items changed or were reordered. Use run_id= to tie ids to items, "
+            "another experiment, or check_items=False"
+        )
+    if diagnostics is not None and not isinstance(diagnostics, DiagnosticsConfig):
+        raise ValueError(f"diagnostics must be a DiagnosticsConfig, got {type(diagnostics).__name__}")
+    diag = diagnostics.to_dict() if diagnostics is not None and diagnostics.enabled else None
+    skw = dict(save_kwargs or {})
+    bad = sorted(set(skw) & {"overwrite", "run_id", "extra_meta"})
+    if bad:
+        raise ValueError(f"save_kwargs {bad} are set by run_many")
+
+    bar = None
+    if not callable(progress):
+        bar = Progress(len(todo), "campaign", enabled=progress)
+    done = 0
+
+    def record(rec: dict[str, Any]) -> None:
+        nonlocal done
+        done += 1
+        state, rid = rec["state"], rec["run_id"]
+        if state == "done":
+            result.completed.append(rid)
+        elif state == "skipped":
+            result.skipped.append(rid)
+        elif state == "busy":
+            result.busy[rid] = rec.get("message", "")
+        else:
+            result.failed[rid] = rec.get("message", "")
+        if callable(progress):
+            progress(done, len(todo), rec)
+        elif bar is not None:
+            bar.update(done, ok=len(result.completed), failed=len(result.failed))
+
+    args = lambda i, rid, item: (str(runs_dir), rid, i, item, fn, diag, skw, reclaim, stale_after_s)  # noqa: E731
+    try:
+        if executor is None:
+            for i, rid, item in todo:
+                record(run_item(*args(i, rid, item)))
+        else:
+            limit = int(max_in_flight) if max_in_flight else 64
+            queue = list(reversed(todo))
+            in_flight: dict[Any, str] = {}
+            broken: str | None = None
+            while queue or in_flight:
+                while queue and len(in_flight) < limit and broken is None:
+                    i, rid, item = queue.pop()
+                    try:
+                        in_flight[executor.submit(run_item, *args(i, rid, item))] = rid
+                    except Exception as exc:  # noqa: BLE001 - a broken pool: report the rest as failed
+                        broken = f"executor could not take the task: {type(exc).__name__}: {exc}"
+                        queue.append((i, rid, item))
+                if broken is not None and not in_flight:
+                    for _, rid, _ in queue:
+                        record({"run_id": rid, "state": "failed", "message": broken})
+                    queue.clear()
+                    break
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    rid = in_flight.pop(fut)
+                    try:
+                        rec = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - worker died, unpicklable fn, ...
+                        rec = {"run_id": rid, "state": "failed",
+                               "message": f"task failed in the executor: {type(exc).__name__}: {exc}"}
+                    record(rec)
+    finally:
+        if bar is not None:
+            bar.close(f"{len(result.completed)} done, {len(result.skipped)} skipped, {len(result.failed)} failed")
+    result.runtime_s = time.perf_counter() - start
+    if raise_on_error and (result.failed or result.busy):
+        first = next(iter({**result.failed, **result.busy}.items()))
+        raise RuntimeError(f"run_many: {len(result.failed)} failed, {len(result.busy)} busy; first: {first}")
+    return result

@@ -1,0 +1,190 @@
+"""Run ids and run claims: who may write a run directory.
+
+* A run id is a safe directory name: 1–128 characters from ``[A-Za-z0-9._-]``, starting with a letter or
+  digit, no ``..``, no path separators, not a reserved device name. :func:`check_run_id` raises a
+  ValueError naming the id and the rule it breaks.
+* Generated ids (:func:`generate_run_id`) are ``YYYYmmddTHHMMSS-<12 hex>``: sortable by creation time, with
+  48 random bits from ``os.urandom`` (fork-safe). They are created with an atomic ``mkdir``, so even the
+  astronomically unlikely collision is detected and retried, never shared.
+* A *claim* is a file ``.claim.json`` created with ``O_CREAT | O_EXCL`` (atomic on local and NFSv3+
+  filesystems) that records the writer's host, pid and process start time. Exactly one process holds the
+  claim of a run; a crashed writer's claim is *stale* (same host, process gone) and is taken over by
+  renaming it away first (only one renamer can succeed) and then creating a fresh claim (only one creator
+  can succeed). Claims on another host cannot be checked and count as live unless older than
+  ``stale_after_s`` or taken over explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+CLAIM_FILE = ".claim.json"
+MAX_RUN_ID_LENGTH = 128
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def check_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if it is a safe run-directory name, else raise ValueError saying why."""
+    if not isinstance(run_id, str):
+        raise ValueError(f"run id must be a str, got {type(run_id).__name__} {run_id!r}")
+    if not run_id:
+        raise ValueError("run id must not be empty")
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ValueError(f"run id {run_id[:40]!r}... has {len(run_id)} characters; at most {MAX_RUN_ID_LENGTH}")
+    if "/" in run_id or "\\" in run_id or (os.altsep and os.altsep in run_id) or "\0" in run_id:
+        raise ValueError(f"run id {run_id!r} must not contain a path separator")
+    if ".." in run_id:
+        raise ValueError(f"run id {run_id!r} must not contain '..'")
+    if not _SAFE.match(run_id):
+        raise ValueError(
+            f"run id {run_id!r} may contain only letters, digits, '.', '_' and '-', and must start with a "
+            "letter or digit"
+        )
+    if run_id.split(".")[0].lower() in _RESERVED:
+        raise ValueError(f"run id {run_id!r} is a reserved device name on some systems")
+    return run_id
+
+
+def generate_run_id(prefix: str | None = None) -> str:
+    """``[prefix-]YYYYmmddTHHMMSS-<12 hex>`` (UTC), unique with overwhelming probability across processes
+    and machines; callers still create it with an atomic mkdir and retry on a clash."""
+    rid = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(6)
+    return check_run_id(f"{prefix}-{rid}" if prefix else rid)
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def _proc_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        if fields[0] == "Z":  # zombie: dead, not yet reaped
+            return -1
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+_HOST = socket.gethostname()
+
+
+def claim_record() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": _HOST, "pid": pid, "start": _proc_start(pid), "created_unix": time.time(),
+            "token": secrets.token_hex(8)}
+
+
+def write_claim(run_dir: Path) -> dict[str, Any] | None:
+    """Create ``run_dir/.claim.json`` exclusively; the record on success, None if a claim exists."""
+    rec = claim_record()
+    try:
+        fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(rec))
+    return rec
+
+
+def read_claim(run_dir: Path) -> dict[str, Any] | None:
+    """The claim record of ``run_dir``; None if there is none; ``{}`` if it is unreadable (being written,
+    or its writer died between creating and filling it)."""
+    try:
+        with open(run_dir / CLAIM_FILE, "rb") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def claim_state(run_dir: Path, rec: dict[str, Any] | None = None, *, stale_after_s: float | None = None,
+                _unreadable_grace_s: float = 30.0) -> str:
+    """``"none"``, ``"mine"``, ``"live"`` (another process on this host that still runs), ``"foreign"``
+    (another host: cannot be checked), or ``"stale"`` (its process is gone, or older than ``stale_after_s``)."""
+    if rec is None:
+        rec = read_claim(run_dir)
+    if rec is None:
+        return "none"
+    if not rec:  # unreadable: give its creator a moment to fill it in
+        try:
+            age = time.time() - os.stat(run_dir / CLAIM_FILE).st_mtime
+        except OSError:
+            return "none"
+        return "stale" if age > _unreadable_grace_s else "live"
+    pid, host = rec.get("pid"), rec.get("host")
+    if host == _HOST and pid == os.getpid() and rec.get("start") == _proc_start(os.getpid()):
+        return "mine"
+    if stale_after_s is not None and time.time() - float(rec.get("created_unix", 0.0)) > stale_after_s:
+        return "stale"
+    if host != _HOST:
+        return "foreign"
+    return "live" if _alive(pid, rec.get("start")) else "stale"
+
+
+def _alive(pid: Any, start: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    now_start = _proc_start(pid)
+    if now_start == -1:
+        return False  # zombie
+    if start is not None and now_start is not None and now_start != start:
+        return False  # the pid was reused by another process
+    return True
+
+
+def take_over_claim(run_dir: Path) -> dict[str, Any] | None:
+    """Replace a stale claim by ours. Atomic against other take-overs: the stale file is first renamed to a
+    unique name (only one process can rename it), then a fresh claim is created exclusively."""
+    grave = run_dir / f".claim.stale-{secrets.token_hex(6)}"
+    try:
+        os.rename(run_dir / CLAIM_FILE, grave)
+    except FileNotFoundError:
+        pass  # someone released or took it over meanwhile; the exclusive create below decides
+    else:
+        try:
+            os.unlink(grave)
+        except OSError:
+            pass
+    return write_claim(run_dir)
+
+
+def release_claim(run_dir: Path) -> None:
+    """Remove our claim of ``run_dir`` (nothing if the claim is someone else's or already gone)."""
+    rec = read_claim(run_dir)
+    if rec and claim_state(run_dir, rec) == "mine":
+        try:
+            os.unlink(run_dir / CLAIM_FILE)
+        except FileNotFoundError:
+            pass
+
+
+def describe_claim(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "an unknown writer"
+    when = datetime.fromtimestamp(float(rec.get("created_unix", 0.0)), UTC).isoformat(timespec="seconds")
+    return f"pid {rec.get('pid')} on host {rec.get('host')!r} (since {when})"

@@ -1,0 +1,33 @@
+"""``gnomon.plot``: generic figures from Signals (matplotlib, imported lazily, headless-safe).
+
+* :func:`history` — one axis: signals as components, summary (RMS / norm / mean-abs) or hybrid; residuals
+  when the truth is known; one line per chain for sampler runs.
+* :func:`grid` — panels of signals with a shared step/draw axis and final values in the titles.
+* :func:`loss` — loss (or log_prob) history with an optional reference line.
+* :func:`curvature` — diagonal curvature and learning rates per θ index.
+* :func:`eigen_spectrum` — eigenvalues labelled by each mode's dominant parameter.
+* :func:`rank`, :func:`trace_dist`, :func:`pair` — sampler views through arviz-plots.
+
+Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never opens a window unless
+``show=True``. The core knows nothing of any domain; figure sets for a domain live in
+:mod:`gnomon.recipes`.
+"""
+
+from gnomon.plot.history import default_panels, draw, grid, history, loss
+from gnomon.plot.sampler import pair, rank, to_datatree, trace_dist
+from gnomon.plot.spectra import curvature, dominant_parameters, eigen_spectrum
+
+__all__ = [
+    "history",
+    "grid",
+    "loss",
+    "draw",
+    "default_panels",
+    "curvature",
+    "eigen_spectrum",
+    "dominant_parameters",
+    "rank",
+    "trace_dist",
+    "pair",
+    "to_datatree",
+]

@@ -1,0 +1,192 @@
+"""gn.optimize / gn.optimize_batch against independent references (closed forms, manual optax loops)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gnomon as gn
+from gnomon.engines.optimize import precond_arrays
+
+D = 5
+DIAG = 10.0 ** np.linspace(-2, 2, D)
+OPT = np.linspace(-1.0, 1.0, D)
+R = np.random.default_rng(7)
+Q, _ = np.linalg.qr(R.standard_normal((D, D)))
+H_ROT = Q @ np.diag(DIAG) @ Q.T
+
+
+def axis_loss(t):
+    return 0.5 * jnp.sum(jnp.asarray(DIAG, t.dtype) * (t - jnp.asarray(OPT, t.dtype)) ** 2)
+
+
+def test_preconditioned_gd_solves_axis_aligned_quadratic_in_one_step_and_counts_cost():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_loss(axis_loss, D)
+        tr = gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", num_steps=3, power_iters=10)
+        np.testing.assert_allclose(tr.theta[1], OPT, rtol=1e-10)
+        assert tr.loss[1] < 1e-20
+        info = tr.info["curvature"]
+        assert info["method"] == "exact" and info["chosen"] == "auto" and info["num_grad_evals"] == 2 * D
+        # 1 (θ0) + 2D (exact diagonal) + 2·10 (power iteration) + 1 per step
+        assert tr.num_grad_evals == 1 + 2 * D + 20 + 3
+        np.testing.assert_allclose(tr.extras["curvature"], DIAG, rtol=1e-10)
+        np.testing.assert_allclose(tr.extras["lr_vec"], 1 / DIAG, rtol=1e-8)
+        assert tr.info["base_lr_used"] == pytest.approx(1.0, rel=1e-6)
+        # Trace invariant: loss[t] is the loss at θ_t
+        np.testing.assert_allclose(tr.loss, [float(axis_loss(jnp.asarray(t))) for t in tr.theta], atol=1e-15)
+
+
+def test_default_safeguard_keeps_jacobi_from_diverging_on_correlated_problem():
+    with jax.enable_x64(True):
+        rho = 0.9
+        H = np.full((4, 4), rho) + (1 - rho) * np.eye(4)  # Jacobi (lr 1, diag 1) diverges: λmax(H) = 3.7
+        obj = gn.Objective.from_loss(lambda t: 0.5 * t @ jnp.asarray(H) @ t, 4)
+        th0 = jnp.array([1.0, -0.5, 0.3, 2.0])
+        raw = gn.optimize(obj, th0, "preconditioned_gd", num_steps=30, learning_rate=1.0, safeguard="none")
+        assert raw.loss[-1] > 1e3 * raw.loss[0]
+        safe = gn.optimize(obj, th0, "preconditioned_gd", num_steps=300)
+        assert np.all(np.diff(safe.loss) <= 1e-12) and safe.loss[-1] < 1e-6 * safe.loss[0]
+        assert safe.info["lambda_max"] == pytest.approx(np.linalg.eigvalsh(H).max(), rel=1e-3)
+        # backtracking alone also rescues it (the rejected points are rows of their own)
+        bt = gn.optimize(obj, th0, "preconditioned_gd", num_steps=300, learning_rate=1.0, safeguard="backtrack")
+        assert bt.info["num_backtracks"] >= 1 and bt.loss[-1] < 1e-6 * bt.loss[0]
+
+
+def test_second_call_with_same_objective_and_settings_does_not_recompile():
+    traces = []
+
+    def loss(t):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return jnp.sum((t - 1.0) ** 2 * jnp.arange(1.0, 4.0))
+
+    obj = gn.Objective.from_loss(loss, 3)
+    kw = dict(num_steps=20, curvature="hutchinson", num_probes=4, refresh_every=5)
+    a = gn.optimize(obj, jnp.zeros(3), "preconditioned_gd", **kw)
+    n = len(traces)
+    b = gn.optimize(obj, jnp.ones(3) * 0.5, "preconditioned_gd", **kw)
+    assert len(traces) == n and n > 0
+    assert a.info == {**b.info}
+    gn.optimize(obj, jnp.zeros(3), "preconditioned_gd", **{**kw, "num_probes": 8})
+    assert len(traces) > n  # different settings compile anew
+
+
+def test_methods_match_manual_optax_loops():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_loss(lambda t: 0.5 * t @ jnp.asarray(H_ROT) @ t - jnp.sum(t), D)
+        th0 = jnp.ones(D)
+        for method, tx in [("adam", optax.adam(0.05)), ("rmsprop", optax.rmsprop(0.05)),
+                           ("sgd", optax.sgd(0.005, momentum=0.5, nesterov=True))]:
+            kw = {"momentum": 0.5, "nesterov": True} if method == "sgd" else {}
+            lr = 0.005 if method == "sgd" else 0.05
+            tr = gn.optimize(obj, th0, method, num_steps=15, learning_rate=lr, **kw)
+            th, st, ref = th0, tx.init(th0), [th0]
+            for _ in range(15):
+                u, st = tx.update(jax.grad(obj.loss)(th), st, th)
+                th = optax.apply_updates(th, u)
+                ref.append(th)
+            np.testing.assert_allclose(tr.theta, np.stack(ref), rtol=1e-9, atol=1e-12, err_msg=method)
+            assert tr.num_grad_evals == 16
+
+
+def test_lbfgs_converges_and_counts_linesearch_evaluations():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_loss(lambda t: 0.5 * t @ jnp.asarray(H_ROT) @ t - jnp.sum(t), D)
+        tr = gn.optimize(obj, jnp.zeros(D), "lbfgs", num_steps=200, tol=1e-10)
+        np.testing.assert_allclose(tr.final_theta, np.linalg.solve(H_ROT, np.ones(D)), rtol=1e-7)
+        assert tr.status == "converged"
+        # every line-search trial is one value_and_grad; the accepted one is reused
+        assert tr.num_grad_evals >= tr.num_steps + 1
+
+
+def test_gd_default_learning_rate_is_one_over_lambda_max_and_never_diverges():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_loss(lambda t: 0.5 * t @ jnp.asarray(H_ROT) @ t, D)
+        tr = gn.optimize(obj, jnp.ones(D), "gd", num_steps=200)
+        assert tr.info["base_lr_used"] == pytest.approx(1 / DIAG.max(), rel=1e-3)
+        assert np.all(np.diff(tr.loss) <= 0)
+
+
+def test_batch_equals_loop_of_single_fits_with_batched_data():
+    with jax.enable_x64(True):
+        def resid(t, data):
+            x, y = data
+            return t[0] * jnp.exp(-t[1] * x) - y
+
+        x = jnp.linspace(0, 2, 12)
+        ys = jnp.stack([2.0 * jnp.exp(-0.7 * x), 1.0 * jnp.exp(-1.5 * x), 0.5 * jnp.exp(-0.2 * x)])
+        xs = jnp.broadcast_to(x, ys.shape)
+        obj = gn.Objective.from_residuals(resid, 2, takes_data=True)
+        th0s = jnp.array([[1.0, 1.0], [0.5, 0.5], [1.0, 0.1]])
+        kw = dict(num_steps=40, tol=1e-12)
+        b = gn.optimize_batch(obj, th0s, data=(xs, ys), method="preconditioned_gd", **kw)
+        assert b.theta.shape[0] == 3 and b.theta.shape[2] == 2
+        assert b.info["curvature"]["method"] == "gauss_newton"
+        for i in range(3):
+            s = gn.optimize(obj, th0s[i], "preconditioned_gd", data=(xs[i], ys[i]), **kw)
+            m = b[i]
+            np.testing.assert_allclose(m.theta, s.theta, rtol=1e-9, atol=1e-12)
+            assert m.num_grad_evals == s.num_grad_evals and m.status == s.status
+        with pytest.raises(ValueError, match="leading axis"):
+            gn.optimize_batch(obj, th0s, data=(xs[:2], ys[:2]), method="gd", learning_rate=0.1)
+
+
+def test_continue_from_trace_equals_one_longer_run():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_loss(axis_loss, D)
+        full = gn.optimize(obj, jnp.zeros(D), "gd", num_steps=30, learning_rate=0.005)
+        part = gn.optimize(obj, jnp.zeros(D), "gd", num_steps=12, learning_rate=0.005)
+        cont = gn.optimize(obj, part, "gd", num_steps=18, learning_rate=0.005)
+        np.testing.assert_allclose(cont.theta, full.theta, rtol=1e-12)
+        assert cont.num_grad_evals == part.num_grad_evals + 19 and list(cont.step) == list(range(31))
+
+
+def test_curvature_info_and_arrays_round_trip_through_save_run(tmp_path):
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_residuals(lambda t: jnp.array([t[0] - 1, 10 * (t[1] + 2), t[0] * t[1]]), 2)
+        tr = gn.optimize(obj, jnp.zeros(2), "preconditioned_gd", num_steps=50, refresh_every=10, ema=0.5)
+        assert tr.info["curvature"]["method"] == "gauss_newton" and tr.info["refresh_every"] == 10
+        arrays = precond_arrays(tr)
+        assert set(arrays) == {"curvature", "precond"} and "diag_final" in arrays["curvature"]
+        gn.save_run(tmp_path / "r", tr, extra_arrays=arrays)
+        run = gn.load_run(tmp_path / "r")
+        assert run.meta["engine"]["curvature"]["method"] == "gauss_newton"
+        np.testing.assert_allclose(np.load(tmp_path / "r" / "precond.npz")["lr_vec"], tr.extras["lr_vec"])
+
+
+def test_ema_grad2_given_curvature_and_float32():
+    obj = gn.Objective.from_loss(axis_loss, D)
+    tr = gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature="ema_grad2", num_steps=300,
+                     learning_rate=0.05, beta=0.9)
+    assert tr.info["curvature"]["power"] == 0.5 and tr.loss[-1] < 1e-2 * tr.loss[0]
+    assert tr.theta.dtype == np.float32
+    c = gn.Curvature.from_diag(jnp.asarray(DIAG, jnp.float32))
+    given = gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature=c, num_steps=2)
+    np.testing.assert_allclose(given.theta[1], OPT, rtol=1e-5, atol=1e-6)
+    assert given.info["curvature"]["source"] == "given"
+
+
+def test_bad_inputs_give_clear_errors():
+    obj = gn.Objective.from_loss(axis_loss, D)
+    with pytest.raises(ValueError, match="unknown optimizer method"):
+        gn.optimize(obj, jnp.zeros(D), "newton")
+    with pytest.raises(ValueError, match="needs residuals"):
+        gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature="gauss_newton")
+    with pytest.raises(ValueError, match="θ0 has length"):
+        gn.optimize(obj, jnp.zeros(D + 1), "gd")
+    with pytest.raises(ValueError, match="refresh_every applies"):
+        gn.optimize(obj, jnp.zeros(D), "adam", refresh_every=3) if False else gn.optimize(
+            obj, jnp.zeros(D), "sgd", refresh_every=3)
+    with pytest.raises(ValueError, match="learning_rate"):
+        gn.optimize(obj, jnp.zeros(D), "adam", learning_rate=-1.0)
+    with pytest.raises(ValueError, match="finite and positive"):
+        gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature=gn.Curvature(diag=jnp.full(D, jnp.nan)))
+    with pytest.raises(ValueError, match="safeguard"):
+        gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", safeguard="maybe")
+
+
+def test_nonfinite_loss_stops_with_status_naming_the_step():
+    obj = gn.Objective.from_loss(lambda t: jnp.sum(jnp.log(t)), 2)
+    tr = gn.optimize(obj, jnp.array([1.0, 1.0]), "gd", learning_rate=0.6, num_steps=10)
+    assert tr.status.startswith("diverged at step 2") and np.all(np.isfinite(tr.loss))
