@@ -105,7 +105,7 @@ def eight_schools_noncentered() -> Target:
     return Target("eight_schools_noncentered", 10, log_prob)
 
 
-def banana(a: float = 2.0, b: float = 0.5) -> Target:
+def banana(a: float = 2.0, b: float = 0.25) -> Target:
     """θ₁ ~ N(0, a²), θ₂ | θ₁ ~ N(b(θ₁² − a²), 1): mean 0, sd (a, √(1 + 2a⁴b²))."""
 
     def log_prob(th):

@@ -15,28 +15,45 @@ from gnomon.artifacts.aggregate import SUMMARY_DTYPES, AggregationWarning
 
 def trace(seed, T=6, status="converged"):
     rng = np.random.default_rng(seed)
-    return gn.Trace(kind="optimization", theta=rng.normal(size=(T, 2)), loss=rng.normal(size=T),
-                    step=np.arange(T, dtype=np.int32), stats={"grad_norm": rng.uniform(size=T)}, status=status,
-                    num_grad_evals=T + seed, runtime_s=0.5 * seed, info={"engine": "gd", "learning_rate": 0.1 * seed})
+    return gn.Trace(
+        kind="optimization",
+        theta=rng.normal(size=(T, 2)),
+        loss=rng.normal(size=T),
+        step=np.arange(T, dtype=np.int32),
+        stats={"grad_norm": rng.uniform(size=T)},
+        status=status,
+        num_grad_evals=T + seed,
+        runtime_s=0.5 * seed,
+        info={"engine": "gd", "learning_rate": 0.1 * seed},
+    )
 
 
 @pytest.fixture
 def exp(tmp_path):
     e = gn.Experiment(tmp_path / "e", manifest={"description": "aggregation"})
     for i in range(6):
-        e.save(f"r{i}", trace(i, status="converged" if i % 2 else "max_steps"),
-               meta={"seed": i, "group": "ab"[i % 2], **({"opt": 1.0} if i < 3 else {})},
-               summary={"score": float(i) if i != 4 else math.nan, "flag": i % 3 == 0, "count": i * 10,
-                        "label": f"L{i}"})
+        e.save(
+            f"r{i}",
+            trace(i, status="converged" if i % 2 else "max_steps"),
+            meta={"seed": i, "group": "ab"[i % 2], **({"opt": 1.0} if i < 3 else {})},
+            summary={
+                "score": float(i) if i != 4 else math.nan,
+                "flag": i % 3 == 0,
+                "count": i * 10,
+                "label": f"L{i}",
+            },
+        )
     return e
 
 
 def test_table_equals_the_summaries(exp):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        df = exp.aggregate(meta_keys=["user.seed", "user.group", "user.opt", "engine.learning_rate", "no.such"])
+        df = exp.aggregate(
+            meta_keys=["user.seed", "user.group", "user.opt", "engine.learning_rate", "no.such"]
+        )
     assert list(df["run_id"]) == [f"r{i}" for i in range(6)] and df.attrs["problems"] == []
-    for i, row in df.iterrows():
+    for _, row in df.iterrows():
         s = exp.load(row["run_id"]).summary
         for k in ("final_loss", "best_loss", "initial_loss", "runtime_s", "final_grad_norm"):
             assert row[k] == s[k]
@@ -64,7 +81,9 @@ def test_problems_are_reported_not_fatal(exp):
     os.remove(runs / "r3" / "summary.json")  # incomplete
     (runs / "r5" / "meta.json").write_text("[]")  # summary fine, meta unusable
     exp.new_run("inflight")
-    with pytest.warns(AggregationWarning, match=r"skipped 5 run\(s\) \(2 corrupt, 2 incomplete, 1 newer_schema\)"):
+    with pytest.warns(
+        AggregationWarning, match=r"skipped 5 run\(s\) \(2 corrupt, 2 incomplete, 1 newer_schema\)"
+    ):
         df = exp.aggregate(meta_keys=["user.seed"])
     assert list(df["run_id"]) == ["r0", "r4"]
     probs = {p["run_id"]: (p["problem"], p["message"]) for p in df.attrs["problems"]}
@@ -110,9 +129,15 @@ def test_threaded_reader_matches_serial(tmp_path):
     e = gn.Experiment(tmp_path / "e")
     rng = np.random.default_rng(0)
     B = 300
-    bt = gn.Trace(kind="optimization", theta=rng.normal(size=(B, 4, 2)), loss=rng.normal(size=(B, 4)),
-                  step=np.tile(np.arange(4, dtype=np.int32), (B, 1)), status=("max_steps",) * B,
-                  num_grad_evals=np.arange(B), extras={"num_rows": np.full(B, 4)})
+    bt = gn.Trace(
+        kind="optimization",
+        theta=rng.normal(size=(B, 4, 2)),
+        loss=rng.normal(size=(B, 4)),
+        step=np.tile(np.arange(4, dtype=np.int32), (B, 1)),
+        status=("max_steps",) * B,
+        num_grad_evals=np.arange(B),
+        extras={"num_rows": np.full(B, 4)},
+    )
     e.save_batch(bt, meta=[{"seed": i} for i in range(B)], prefix="p")
     a = e.aggregate(meta_keys=["user.seed"], workers=8)
     b = e.aggregate(meta_keys=["user.seed"], workers=1)

@@ -13,8 +13,14 @@ from gnomon.artifacts.runids import CLAIM_FILE
 
 def make_trace(seed: int, T: int = 8):
     rng = np.random.default_rng(seed)
-    return gn.Trace(kind="optimization", theta=rng.normal(size=(T, 2)), loss=rng.normal(size=T),
-                    step=np.arange(T, dtype=np.int32), status="converged", num_grad_evals=T + seed)
+    return gn.Trace(
+        kind="optimization",
+        theta=rng.normal(size=(T, 2)),
+        loss=rng.normal(size=T),
+        step=np.arange(T, dtype=np.int32),
+        status="converged",
+        num_grad_evals=T + seed,
+    )
 
 
 class Recorder:
@@ -40,7 +46,10 @@ def test_failures_recorded_then_resume_does_only_the_rest(tmp_path):
     res = exp.run_many(fn, items)
     assert sorted(fn.calls) == list(range(6)) and not res.ok
     assert res.completed == ["item-000000", "item-000001", "item-000003", "item-000005"]
-    assert set(res.failed) == {"item-000002", "item-000004"} and "RuntimeError: bad seed 2" in res.failed["item-000002"]
+    assert (
+        set(res.failed) == {"item-000002", "item-000004"}
+        and "RuntimeError: bad seed 2" in res.failed["item-000002"]
+    )
     detail = {r["run_id"]: r for r in exp.incomplete_runs(detail=True)}
     assert detail["item-000002"]["state"] == "failed" and "bad seed 2" in detail["item-000002"]["error"]
     assert not (exp.run_dir("item-000002") / CLAIM_FILE).exists()  # released
@@ -49,7 +58,9 @@ def test_failures_recorded_then_resume_does_only_the_rest(tmp_path):
 
     fn2 = Recorder()
     res2 = exp.run_many(fn2, items)
-    assert sorted(fn2.calls) == [2, 4] and res2.ok and sorted(res2.completed) == ["item-000002", "item-000004"]
+    assert (
+        sorted(fn2.calls) == [2, 4] and res2.ok and sorted(res2.completed) == ["item-000002", "item-000004"]
+    )
     assert len(res2.skipped) == 4
     assert not (exp.run_dir("item-000002") / "error.json").exists()
     df = exp.aggregate(meta_keys=["user.seed", "campaign.index", "campaign.item_hash"])
@@ -102,10 +113,16 @@ def test_result_forms_progress_and_diagnostics(tmp_path):
     def fn(item):
         if item == 0:
             return make_trace(0)
-        return {"trace": make_trace(item), "meta": {"k": item}, "summary": {"extra": item * 1.5},
-                "extra_arrays": {"mine": {"a": np.arange(item)}}}
+        return {
+            "trace": make_trace(item),
+            "meta": {"k": item},
+            "summary": {"extra": item * 1.5},
+            "extra_arrays": {"mine": {"a": np.arange(item)}},
+        }
 
-    res = exp.run_many(fn, [0, 1, 2], progress=lambda done, total, rec: seen.append((done, total, rec["state"])))
+    res = exp.run_many(
+        fn, [0, 1, 2], progress=lambda done, total, rec: seen.append((done, total, rec["state"]))
+    )
     assert res.ok and seen == [(1, 3, "done"), (2, 3, "done"), (3, 3, "done")]
     run = exp.load("item-000002")
     assert run.meta["user"] == {"k": 2} and run.summary["extra"] == 3.0

@@ -19,22 +19,35 @@ from gnomon.artifacts.runids import CLAIM_FILE, check_run_id
 
 def opt_trace(T=12, D=3, seed=0, layout=None, dtype=np.float64):
     rng = np.random.default_rng(seed)
-    return gn.Trace(kind="optimization", theta=rng.normal(size=(T, D)).astype(dtype),
-                    loss=rng.normal(size=T).astype(dtype), step=np.arange(T, dtype=np.int32) * 2,
-                    stats={"grad_norm": rng.uniform(size=T).astype(dtype), "step_norm": rng.uniform(size=T)},
-                    status="converged", num_grad_evals=2 * T, runtime_s=0.125,
-                    info={"engine": "gd", "learning_rate": 0.1}, layout=layout)
+    return gn.Trace(
+        kind="optimization",
+        theta=rng.normal(size=(T, D)).astype(dtype),
+        loss=rng.normal(size=T).astype(dtype),
+        step=np.arange(T, dtype=np.int32) * 2,
+        stats={"grad_norm": rng.uniform(size=T).astype(dtype), "step_norm": rng.uniform(size=T)},
+        status="converged",
+        num_grad_evals=2 * T,
+        runtime_s=0.125,
+        info={"engine": "gd", "learning_rate": 0.1},
+        layout=layout,
+    )
 
 
 def batch_trace(B=5, T=9, D=3, seed=0):
     rng = np.random.default_rng(seed)
     rows = np.array([T - (i % 3) for i in range(B)])
-    return gn.Trace(kind="optimization", theta=rng.normal(size=(B, T, D)), loss=rng.normal(size=(B, T)),
-                    step=np.tile(np.arange(T, dtype=np.int32), (B, 1)),
-                    stats={"grad_norm": rng.uniform(size=(B, T))},
-                    status=tuple("converged" if i % 2 else "max_steps" for i in range(B)),
-                    num_grad_evals=np.arange(B) + 10, runtime_s=1.5, info={"engine": "adam", "learning_rate": 0.01},
-                    extras={"num_rows": rows})
+    return gn.Trace(
+        kind="optimization",
+        theta=rng.normal(size=(B, T, D)),
+        loss=rng.normal(size=(B, T)),
+        step=np.tile(np.arange(T, dtype=np.int32), (B, 1)),
+        stats={"grad_norm": rng.uniform(size=(B, T))},
+        status=tuple("converged" if i % 2 else "max_steps" for i in range(B)),
+        num_grad_evals=np.arange(B) + 10,
+        runtime_s=1.5,
+        info={"engine": "adam", "learning_rate": 0.01},
+        extras={"num_rows": rows},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -98,13 +111,34 @@ def test_manifest_schema_versions(tmp_path, monkeypatch):
     # a manifest from a newer gnomon is refused with a clear error
     doc = json.loads(mpath.read_text())
     mpath.write_text(json.dumps({**doc, "schema_version": 7}))
-    with pytest.raises(gn.ArtifactError, match=r"manifest\.json: schema_version 7 is newer .* upgrade gnomon"):
+    with pytest.raises(
+        gn.ArtifactError, match=r"manifest\.json: schema_version 7 is newer .* upgrade gnomon"
+    ):
         gn.Experiment(tmp_path / "e")
 
 
 # ---------------------------------------------------------------------------------------------- run ids
-@pytest.mark.parametrize("bad", ["", "..", "a/b", "a\\b", "../x", "x..y", ".hidden", "-x", "a b", "é", "nul",
-                                 "COM1.txt", "x" * 129, "a\0b", 5, 1.5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "..",
+        "a/b",
+        "a\\b",
+        "../x",
+        "x..y",
+        ".hidden",
+        "-x",
+        "a b",
+        "é",
+        "nul",
+        "COM1.txt",
+        "x" * 129,
+        "a\0b",
+        5,
+        1.5,
+    ],
+)
 def test_unsafe_run_ids_rejected(tmp_path, bad):
     exp = gn.Experiment(tmp_path / "e")
     with pytest.raises(ValueError, match="run id"):
@@ -123,12 +157,19 @@ def test_run_id_rule(s):
         ok = False
     else:
         ok = True
-    plain = (0 < len(s) <= 128 and s[0].isalnum() and ".." not in s
-             and all(c.isalnum() or c in "._-" for c in s) and s.split(".")[0].lower() not in
-             {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
+    plain = (
+        0 < len(s) <= 128
+        and s[0].isalnum()
+        and ".." not in s
+        and all(c.isalnum() or c in "._-" for c in s)
+        and s.split(".")[0].lower()
+        not in {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+    )
     assert ok == plain
     if ok:
-        assert os.path.basename(s) == s and os.path.normpath(os.path.join("runs", s)) == os.path.join("runs", s)
+        assert os.path.basename(s) == s and os.path.normpath(os.path.join("runs", s)) == os.path.join(
+            "runs", s
+        )
 
 
 def test_new_run_ids_unique_and_claims_exclusive(tmp_path):
@@ -177,8 +218,12 @@ def test_save_round_trip_and_same_files_as_save_run(tmp_path):
         tr = opt_trace(layout=layout, dtype=dtype)
         exp = gn.Experiment(tmp_path / f"e{dtype.__name__}")
         d = exp.save("r1", tr, meta={"seed": 3, "bad": np.inf}, summary={"score": 1.5})
-        ref = gn.save_run(tmp_path / f"ref{dtype.__name__}" / "r1", tr, meta={"seed": 3, "bad": np.inf},
-                          summary={"score": 1.5})
+        ref = gn.save_run(
+            tmp_path / f"ref{dtype.__name__}" / "r1",
+            tr,
+            meta={"seed": 3, "bad": np.inf},
+            summary={"score": 1.5},
+        )
         assert sorted(os.listdir(d)) == sorted(os.listdir(ref)) == ["meta.json", "summary.json", "trace.npz"]
         for name in ("meta.json", "summary.json"):
             a, b = json.loads((d / name).read_text()), json.loads((ref / name).read_text())
@@ -201,9 +246,12 @@ def test_save_batch_writes_each_member(tmp_path):
     exp = gn.Experiment(tmp_path / "e")
     bt = batch_trace()
     layout = gn.Layout({"a": (3,)})
-    dirs = exp.save_batch(bt, layout=layout, meta=[{"seed": i} for i in range(5)], summary={"tag": "x"},
-                          prefix="ens")
-    assert [d.name for d in dirs] == [f"ens-{i:03d}" for i in range(5)] and exp.runs() == [d.name for d in dirs]
+    dirs = exp.save_batch(
+        bt, layout=layout, meta=[{"seed": i} for i in range(5)], summary={"tag": "x"}, prefix="ens"
+    )
+    assert [d.name for d in dirs] == [f"ens-{i:03d}" for i in range(5)] and exp.runs() == [
+        d.name for d in dirs
+    ]
     for i, d in enumerate(dirs):
         run = exp.load(d.name)
         member = bt[i]
@@ -235,10 +283,21 @@ def test_save_batch_writes_each_member(tmp_path):
 # ---------------------------------------------------------------------------------------------- diagnostics
 def test_diagnostics_off_by_default_and_config_checked():
     cfg = gn.DiagnosticsConfig()
-    assert not cfg.enabled and cfg.to_dict() == {"diag_steps_every": None, "grads_every": None, "signals": False,
-                                                 "curvature": False, "precond": False, "handoff": False}
+    assert not cfg.enabled and cfg.to_dict() == {
+        "diag_steps_every": None,
+        "grads_every": None,
+        "signals": False,
+        "curvature": False,
+        "precond": False,
+        "handoff": False,
+    }
     assert gn.DiagnosticsConfig.from_dict(gn.DiagnosticsConfig(grads_every=3).to_dict()).grads_every == 3
-    for bad in ({"diag_steps_every": 0}, {"grads_every": 1.5}, {"signals": "yes"}, {"diag_steps_every": True}):
+    for bad in (
+        {"diag_steps_every": 0},
+        {"grads_every": 1.5},
+        {"signals": "yes"},
+        {"diag_steps_every": True},
+    ):
         with pytest.raises(ValueError, match="DiagnosticsConfig"):
             gn.DiagnosticsConfig(**bad)
     with pytest.raises(ValueError, match="unknown option"):
@@ -261,8 +320,9 @@ def test_all_diagnostics_files(tmp_path):
     a = jnp.array([1.0, 3.0])
     obj = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(a * t**2), layout)
     tr = gn.run_simple_gd(obj, jnp.array([1.0, -2.0]), learning_rate=0.1, num_steps=25, record_every=2)
-    cfg = gn.DiagnosticsConfig(diag_steps_every=5, grads_every=10, signals=True, curvature=True, precond=True,
-                               handoff=True)
+    cfg = gn.DiagnosticsConfig(
+        diag_steps_every=5, grads_every=10, signals=True, curvature=True, precond=True, handoff=True
+    )
 
     class Curv:  # the attributes a gnomon.Curvature exposes
         diag = np.array([1.0, 3.0])
@@ -273,8 +333,14 @@ def test_all_diagnostics_files(tmp_path):
     exp = gn.Experiment(tmp_path / "e", diagnostics=cfg)
     with pytest.raises(ValueError, match=r"DiagnosticsConfig\(curvature=True\) but no curvature was given"):
         exp.save("missing", tr, objective=obj)
-    exp.save("r", tr, objective=obj, curvature=Curv(), precond=0.1 / Curv.diag,
-             handoff={"theta_star": np.asarray(tr.final_theta), "step_size": np.float64(0.5)})
+    exp.save(
+        "r",
+        tr,
+        objective=obj,
+        curvature=Curv(),
+        precond=0.1 / Curv.diag,
+        handoff={"theta_star": np.asarray(tr.final_theta), "step_size": np.float64(0.5)},
+    )
     run = exp.load("r")
     assert {"grads", "signals", "curvature", "precond", "handoff"} <= set(run.files)
     step = np.asarray(tr.step)
@@ -283,7 +349,9 @@ def test_all_diagnostics_files(tmp_path):
     rows = every_rows(step, 5)
     assert [r["step"] for r in recs] == step[rows].tolist()
     np.testing.assert_allclose([r["loss"] for r in recs], np.asarray(tr.loss)[rows], rtol=1e-6)
-    np.testing.assert_allclose([r["grad_norm"] for r in recs], np.asarray(tr.stats["grad_norm"])[rows], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["grad_norm"] for r in recs], np.asarray(tr.stats["grad_norm"])[rows], rtol=1e-6
+    )
     # grads: recomputed from the objective, equal to the closed form a ⊙ θ, and counted
     g = run.load_extra("grads")
     np.testing.assert_array_equal(g["step"], step[every_rows(step, 10)])
@@ -318,8 +386,14 @@ def test_grads_from_trace_channel_and_sampling_diag_steps(tmp_path):
     with pytest.raises(ValueError, match="pass objective="):
         exp.save("g2", opt_trace(), diagnostics=gn.DiagnosticsConfig(grads_every=4))
     rng = np.random.default_rng(0)
-    st_ = gn.Trace(kind="sampling", theta=rng.normal(size=(2, 10, 3)), log_prob=rng.normal(size=(2, 10)),
-                   stats={"diverging": np.zeros((2, 10), bool)}, status="sampled", num_grad_evals=40)
+    st_ = gn.Trace(
+        kind="sampling",
+        theta=rng.normal(size=(2, 10, 3)),
+        log_prob=rng.normal(size=(2, 10)),
+        stats={"diverging": np.zeros((2, 10), bool)},
+        status="sampled",
+        num_grad_evals=40,
+    )
     exp.save("s", st_, diagnostics=gn.DiagnosticsConfig(diag_steps_every=4))
     recs = exp.load_diag_steps("s")
     assert [(r["draw"], r["chain"]) for r in recs] == [(j, c) for j in (0, 4, 8, 9) for c in (0, 1)]
@@ -342,8 +416,11 @@ def test_incomplete_runs_listed_and_swept(tmp_path):
     (exp.runs_dir / "orphan" / "trace.npz").write_bytes(b"partial")
     dead = exp.runs_dir / "dead"
     os.mkdir(dead)
-    (dead / CLAIM_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 12345, "start": 1,
-                                               "created_unix": 0.0, "token": "x"}))
+    (dead / CLAIM_FILE).write_text(
+        json.dumps(
+            {"host": os.uname().nodename, "pid": 2**22 + 12345, "start": 1, "created_unix": 0.0, "token": "x"}
+        )
+    )
     (exp.runs_dir / "done" / ".meta.json.tmp-123").write_text("orphan temp")
     assert exp.runs() == ["done"] and "done" in exp and "live" not in exp
     assert exp.incomplete_runs() == ["dead", "live", "orphan"]
@@ -359,8 +436,9 @@ def test_incomplete_runs_listed_and_swept(tmp_path):
 
 def test_x64_trace_saved_in_float64(tmp_path):
     with jax.enable_x64(True):
-        tr = gn.run_simple_gd(lambda t: jnp.sum(t**2), jnp.ones(2, dtype=jnp.float64), learning_rate=0.1,
-                              num_steps=3)
+        tr = gn.run_simple_gd(
+            lambda t: jnp.sum(t**2), jnp.ones(2, dtype=jnp.float64), learning_rate=0.1, num_steps=3
+        )
         exp = gn.Experiment(tmp_path / "e")
         exp.save("r", tr)
     assert exp.load("r").trace.theta.dtype == np.float64

@@ -246,8 +246,12 @@ def test_transforms_map_values_and_truth():
 
 def test_error_transforms_without_truth_are_nan_with_stable_shape():
     sig = Signals({"v": np.ones((6, 2)), "a": np.ones(6)}, units={"a": "arcsec"})
-    sig = sig.apply(tf.error("a", units="µas"), tf.fractional_error("v"), tf.rms_error("v"),
-                    tf.derive("d", lambda x: x + 1, ["v"]))
+    sig = sig.apply(
+        tf.error("a", units="µas"),
+        tf.fractional_error("v"),
+        tf.rms_error("v"),
+        tf.derive("d", lambda x: x + 1, ["v"]),
+    )
     assert sig["a_error"].shape == (6,) and np.isnan(sig.values("a_error")).all()
     assert sig["v_error_ppm"].shape == (6, 2) and np.isnan(sig.values("v_error_ppm")).all()
     assert sig["v_rms_error"].shape == (6,) and np.isnan(sig.values("v_rms_error")).all()

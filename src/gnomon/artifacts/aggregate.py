@@ -75,8 +75,10 @@ def _load(path: str) -> dict[str, Any]:
     if not isinstance(v, int) or isinstance(v, bool):
         raise ArtifactError(f"{path}: no integer schema_version (found {v!r}); not a gnomon artifact?")
     if v > SCHEMA_VERSION:
-        raise _Newer(f"{path}: schema_version {v} is newer than this gnomon reads (≤ {SCHEMA_VERSION}); "
-                     "upgrade gnomon to read it")
+        raise _Newer(
+            f"{path}: schema_version {v} is newer than this gnomon reads (≤ {SCHEMA_VERSION}); "
+            "upgrade gnomon to read it"
+        )
     return doc
 
 
@@ -105,7 +107,12 @@ def _read_run(runs_dir: str, name: str, meta_keys: Sequence[str]) -> tuple:
             metavals = [_dotted(meta, k) for k in meta_keys]
     except FileNotFoundError as exc:
         if os.path.basename(str(exc.filename or "")) == SUMMARY_FILE:
-            return name, None, None, ("incomplete", f"{path}: missing (the run is in progress, crashed or failed)")
+            return (
+                name,
+                None,
+                None,
+                ("incomplete", f"{path}: missing (the run is in progress, crashed or failed)"),
+            )
         return name, None, None, ("corrupt", f"{exc.filename}: file is missing")
     except _Newer as exc:
         return name, None, None, ("newer_schema", str(exc))
@@ -130,8 +137,10 @@ def _infer(values: list[Any]) -> str:
         return "boolean"
     if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return "Int64"
-    if all((isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in _NONFINITE)
-           for v in present):
+    if all(
+        (isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in _NONFINITE)
+        for v in present
+    ):
         return "float64"
     return "string"
 
@@ -254,8 +263,10 @@ def aggregate(
         for p in problems:
             counts[p["problem"]] = counts.get(p["problem"], 0) + 1
         what = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        text = (f"aggregate {runs_dir}: skipped {len(problems)} run(s) ({what}); df.attrs['problems'] lists "
-                f"them; first: {problems[0]['message']}")
+        text = (
+            f"aggregate {runs_dir}: skipped {len(problems)} run(s) ({what}); df.attrs['problems'] lists "
+            f"them; first: {problems[0]['message']}"
+        )
         if on_problem == "raise":
             raise ArtifactError(text)
         warnings.warn(text, AggregationWarning, stacklevel=3)

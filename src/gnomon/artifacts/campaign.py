@@ -28,8 +28,18 @@ from gnomon.artifacts.run import META_FILE, SUMMARY_FILE
 from gnomon.artifacts.runids import check_run_id
 from gnomon.trace.trace import Trace
 
-_RESULT_KEYS = ("layout", "meta", "summary", "extra_arrays", "extra_meta", "objective", "curvature", "precond",
-                "signals", "handoff")
+_RESULT_KEYS = (
+    "layout",
+    "meta",
+    "summary",
+    "extra_arrays",
+    "extra_meta",
+    "objective",
+    "curvature",
+    "precond",
+    "signals",
+    "handoff",
+)
 
 
 @dataclass
@@ -48,8 +58,11 @@ class CampaignResult:
         return not self.failed and not self.busy and len(self.completed) + len(self.skipped) == self.total
 
     def __repr__(self) -> str:
-        return (f"CampaignResult(total={self.total}, completed={len(self.completed)}, skipped={len(self.skipped)}, "
-                f"failed={len(self.failed)}, busy={len(self.busy)}, runtime_s={self.runtime_s:.3g})")
+        return (
+            f"CampaignResult(total={self.total}, completed={len(self.completed)}, "
+            f"skipped={len(self.skipped)}, "
+            f"failed={len(self.failed)}, busy={len(self.busy)}, runtime_s={self.runtime_s:.3g})"
+        )
 
 
 def item_fingerprint(item: Any) -> tuple[Any, str | None]:
@@ -71,7 +84,9 @@ def _normalize(out: Any) -> tuple[Trace, dict[str, Any]]:
         kw = {k: v for k, v in out.items() if k != "trace"}
         unknown = sorted(set(kw) - set(_RESULT_KEYS))
         if unknown:
-            raise ValueError(f"run_many: fn returned unknown keys {unknown}; allowed: trace, {', '.join(_RESULT_KEYS)}")
+            raise ValueError(
+                f"run_many: fn returned unknown keys {unknown}; allowed: trace, {', '.join(_RESULT_KEYS)}"
+            )
         return out["trace"], kw
     raise ValueError(
         "run_many: fn(item) must return a Trace, (Trace, meta dict) or a dict with 'trace' (and optionally "
@@ -79,9 +94,17 @@ def _normalize(out: Any) -> tuple[Trace, dict[str, Any]]:
     )
 
 
-def run_item(runs_dir: str, run_id: str, index: int, item: Any, fn: Callable[[Any], Any],
-             diagnostics: dict[str, Any] | None, save_kwargs: dict[str, Any] | None, reclaim: bool,
-             stale_after_s: float | None) -> dict[str, Any]:
+def run_item(
+    runs_dir: str,
+    run_id: str,
+    index: int,
+    item: Any,
+    fn: Callable[[Any], Any],
+    diagnostics: dict[str, Any] | None,
+    save_kwargs: dict[str, Any] | None,
+    reclaim: bool,
+    stale_after_s: float | None,
+) -> dict[str, Any]:
     """One campaign task: claim the run, fit, write; a small status record. Runs in the executor's worker."""
     from gnomon.artifacts.experiment import acquire_run, write_error, write_run
     from gnomon.artifacts.runids import release_claim
@@ -89,7 +112,7 @@ def run_item(runs_dir: str, run_id: str, index: int, item: Any, fn: Callable[[An
     t0 = time.perf_counter()
     d = Path(runs_dir) / run_id
     try:
-        state, msg = acquire_run(d, reclaim=reclaim, stale_after_s=stale_after_s)
+        state, msg, token = acquire_run(d, reclaim=reclaim, stale_after_s=stale_after_s)
     except OSError as exc:
         return {"run_id": run_id, "state": "failed", "message": f"cannot claim the run: {exc}"}
     if state == "complete":
@@ -102,13 +125,26 @@ def run_item(runs_dir: str, run_id: str, index: int, item: Any, fn: Callable[[An
         extra_meta = dict(kw.pop("extra_meta", None) or {})
         extra_meta["campaign"] = {"index": index, "item": item_doc, "item_hash": item_hash}
         cfg = DiagnosticsConfig.from_dict(diagnostics) if diagnostics else None
-        write_run(d, run_id, trace, diagnostics=cfg, extra_meta=extra_meta, release=False, **kw,
-                  **(save_kwargs or {}))
+        write_run(
+            d,
+            run_id,
+            trace,
+            diagnostics=cfg,
+            extra_meta=extra_meta,
+            release=False,
+            token=token,
+            **kw,
+            **(save_kwargs or {}),
+        )
     except Exception as exc:  # noqa: BLE001 - one failed item must not stop the campaign
         write_error(d, run_id, exc)
-        release_claim(d)
-        return {"run_id": run_id, "state": "failed", "message": f"{type(exc).__name__}: {exc}",
-                "runtime_s": time.perf_counter() - t0}
+        release_claim(d, token)
+        return {
+            "run_id": run_id,
+            "state": "failed",
+            "message": f"{type(exc).__name__}: {exc}",
+            "runtime_s": time.perf_counter() - t0,
+        }
     return {"run_id": run_id, "state": "done", "runtime_s": time.perf_counter() - t0}
 
 
@@ -265,12 +301,17 @@ def run_many(
                     try:
                         rec = fut.result()
                     except Exception as exc:  # noqa: BLE001 - worker died, unpicklable fn, ...
-                        rec = {"run_id": rid, "state": "failed",
-                               "message": f"task failed in the executor: {type(exc).__name__}: {exc}"}
+                        rec = {
+                            "run_id": rid,
+                            "state": "failed",
+                            "message": f"task failed in the executor: {type(exc).__name__}: {exc}",
+                        }
                     record(rec)
     finally:
         if bar is not None:
-            bar.close(f"{len(result.completed)} done, {len(result.skipped)} skipped, {len(result.failed)} failed")
+            bar.close(
+                f"{len(result.completed)} done, {len(result.skipped)} skipped, {len(result.failed)} failed"
+            )
     result.runtime_s = time.perf_counter() - start
     if raise_on_error and (result.failed or result.busy):
         first = next(iter({**result.failed, **result.busy}.items()))

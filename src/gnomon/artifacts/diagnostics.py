@@ -1,4 +1,4 @@
-"""Optional per-run diagnostics, switched on through one :class:`DiagnosticsConfig` (everything off by default).
+"""Optional per-run diagnostics, switched on by one :class:`DiagnosticsConfig` (everything off by default).
 
 =====================  ==========================================================================
 file                   content
@@ -65,7 +65,9 @@ class DiagnosticsConfig:
                 raise ValueError(f"DiagnosticsConfig.{name} must be a positive int or None, got {v!r}")
         for name in ("signals", "curvature", "precond", "handoff"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"DiagnosticsConfig.{name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"DiagnosticsConfig.{name} must be True or False, got {getattr(self, name)!r}"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -158,7 +160,7 @@ def _arrays_of(name: str, src: Any) -> dict[str, Any]:
         if getattr(src, "matrix", None) is not None:
             out["matrix"] = src.matrix
     elif hasattr(src, "__array__") or hasattr(src, "shape"):
-        out = {"lr_vec" if name == "precond" else name: src}
+        out = {{"precond": "lr_vec", "curvature": "diag"}.get(name, name): src}
     else:
         raise ValueError(
             f"{name}=: expected a mapping of arrays, an array or an object with to_arrays(), got "
@@ -178,6 +180,24 @@ def _describe(src: Any) -> dict[str, Any] | None:
         if isinstance(v, (str, int, float, bool, np.integer, np.floating)):
             doc[attr] = to_jsonable(v)
     return doc or None
+
+
+# what gnomon engines leave in ``trace.extras`` (gn.optimize: the curvature and lr_vec used at θ_0, and the
+# final ones of refreshed runs; gn.sample: the hand-off bundle)
+_EXTRAS_SOURCES = {
+    "curvature": (("curvature", "diag"), ("curvature_final", "diag_final")),
+    "precond": (("lr_vec", "lr_vec"), ("lr_vec_final", "lr_vec_final")),
+}
+
+
+def _from_extras(trace: Trace, name: str) -> Any:
+    ex = trace.extras
+    if name in _EXTRAS_SOURCES:
+        found = {out: ex[k] for k, out in _EXTRAS_SOURCES[name] if ex.get(k) is not None}
+        return found or None
+    if name == "handoff":
+        return ex.get("handoff")
+    return None
 
 
 def _default_signals(trace: Trace, layout: Any) -> dict[str, Any]:
@@ -237,12 +257,16 @@ def build_diagnostics(
             )
         arrays["grads"] = {"step": step[rows], "loss": np.asarray(trace.loss)[rows], "grad": grad}
         meta.update(grads_source=source, grads_num_grad_evals=evals)
-    for name, src, on in (("curvature", curvature, config.curvature), ("precond", precond, config.precond),
-                          ("handoff", handoff, config.handoff), ("signals", signals, config.signals)):
+    for name, src, on in (
+        ("curvature", curvature, config.curvature),
+        ("precond", precond, config.precond),
+        ("handoff", handoff, config.handoff),
+        ("signals", signals, config.signals),
+    ):
         if not on:
             continue
         if src is None:
-            src = trace.extras.get(name) if name != "signals" else None
+            src = _from_extras(trace, name)
         if src is None:
             if name == "signals":
                 arrays[name] = _default_signals(trace, layout)

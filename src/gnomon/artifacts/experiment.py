@@ -40,9 +40,9 @@ from gnomon.artifacts.diagnostics import (
     build_diagnostics,
     read_diag_steps,
 )
+from gnomon.artifacts.fastwrite import SharedMeta, write_run_files
 from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable, write_json
 from gnomon.artifacts.provenance import package_versions
-from gnomon.artifacts.fastwrite import SharedMeta, write_run_files
 from gnomon.artifacts.run import SUMMARY_FILE, Run, load_run
 from gnomon.artifacts.runids import (
     CLAIM_FILE,
@@ -140,15 +140,23 @@ def read_manifest(path: str | os.PathLike, *, retries: int = 5) -> dict[str, Any
 
 
 # ---------------------------------------------------------------------------------------------- run claims
-def acquire_run(run_dir: Path, *, reclaim: bool = False, stale_after_s: float | None = None,
-                overwrite: bool = False, claim_fresh: bool = True) -> tuple[str, str]:
-    """Claim ``run_dir`` for writing: ``("acquired" | "fresh" | "complete" | "busy", message)``.
+def acquire_run(
+    run_dir: Path,
+    *,
+    reclaim: bool = False,
+    stale_after_s: float | None = None,
+    overwrite: bool = False,
+    claim_fresh: bool = True,
+) -> tuple[str, str, str | None]:
+    """Claim ``run_dir`` for writing: ``(state, message, claim token)`` with state ``"acquired"``,
+    ``"fresh"``, ``"complete"`` or ``"busy"``.
 
-    Creates the directory if needed (atomic mkdir: its creator owns it; ``"fresh"`` is returned instead of
-    ``"acquired"`` when it was created here and ``claim_fresh=False``, i.e. no claim file was written). A
-    complete run is left alone unless ``overwrite``. A claim held by a live process (or one on another host,
-    unless ``reclaim``) makes the run busy; a stale claim (its process is gone) is taken over and the crashed
-    attempt's files are cleared."""
+    Creates the directory if needed (atomic mkdir: its creator owns it; ``"fresh"`` means it was created
+    here and, as ``claim_fresh=False`` asked, no claim file was written). A complete run is left alone
+    unless ``overwrite``. A run claimed by another live writer (another process, or another task of this
+    one) or from another host (unless ``reclaim``) is busy; a run this process holds for the user
+    (:meth:`Experiment.new_run`) is acquired; a stale claim (its process is gone) is taken over and the
+    crashed attempt's files are cleared."""
     try:
         os.mkdir(run_dir)
     except FileExistsError:
@@ -156,29 +164,39 @@ def acquire_run(run_dir: Path, *, reclaim: bool = False, stale_after_s: float | 
             raise NotADirectoryError(f"{run_dir}: exists and is not a directory") from None
     else:
         if not claim_fresh:
-            return "fresh", ""
-        if write_claim(run_dir) is not None:
-            return "acquired", ""
-    if not overwrite and (run_dir / SUMMARY_FILE).exists():
-        return "complete", f"{run_dir.name}: already complete"
+            return "fresh", "", None
+        # Between our mkdir and our claim another writer may have claimed the new directory, and even
+        # finished the run: fall through to the general path, which re-checks after claiming.
     took_over = False
-    if write_claim(run_dir) is None:
+    for _ in range(5):
+        if not overwrite and (run_dir / SUMMARY_FILE).exists():
+            return "complete", f"{run_dir.name}: already complete", None
+        mine = write_claim(run_dir)
+        if mine is not None:
+            break
         rec = read_claim(run_dir)
+        if rec is None:
+            continue  # released meanwhile: look again
         state = claim_state(run_dir, rec, stale_after_s=stale_after_s)
         if state == "mine":
-            pass
-        elif state == "stale" or (reclaim and state == "foreign"):
-            if take_over_claim(run_dir) is None:
-                return "busy", f"run {run_dir.name!r} was just claimed by another writer"
+            mine = rec
+            break
+        if state == "stale" or (reclaim and state == "foreign"):
+            mine = take_over_claim(run_dir)
+            if mine is None:
+                continue  # another writer took it over first
             took_over = True
-        else:
-            return "busy", f"run {run_dir.name!r} is being written by {describe_claim(rec)}"
+            break
+        return "busy", f"run {run_dir.name!r} is being written by {describe_claim(rec)}", None
+    else:
+        return "busy", f"run {run_dir.name!r} is contended by other writers", None
+    token = mine["token"]
     if not overwrite and (run_dir / SUMMARY_FILE).exists():  # completed while we were claiming it
-        release_claim(run_dir)
-        return "complete", f"{run_dir.name}: already complete"
+        release_claim(run_dir, token)
+        return "complete", f"{run_dir.name}: already complete", None
     if took_over and not overwrite:
         _clear_partial(run_dir)
-    return "acquired", ""
+    return "acquired", "", token
 
 
 def _clear_partial(run_dir: Path) -> None:
@@ -212,13 +230,15 @@ def write_run(
     extra_meta: Mapping[str, Any] | None = None,
     release: bool = True,
     fresh: bool = False,
+    token: str | None = None,
     shared: SharedMeta | None = None,
     **save_kwargs: Any,
 ) -> Path:
     """Write a claimed run directory (diagnostics, then the artifacts, summary.json last) and release the
     claim.
 
-    ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed). On an exception the claim is
+    ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
+    (from :func:`acquire_run`). On an exception the claim is
     released (unless ``release=False``: the caller then records the error first) and the run stays
     incomplete."""
     try:
@@ -236,34 +256,54 @@ def write_run(
             if not isinstance(trace, Trace) or trace.is_batched:
                 raise ValueError("diagnostics are written for one (unbatched) Trace per run")
             arrays, diag_meta = build_diagnostics(
-                run_dir, trace, cfg, layout=layout if layout is not None else trace.layout,
-                objective=objective, curvature=curvature, precond=precond, signals=signals, handoff=handoff,
+                run_dir,
+                trace,
+                cfg,
+                layout=layout if layout is not None else trace.layout,
+                objective=objective,
+                curvature=curvature,
+                precond=precond,
+                signals=signals,
+                handoff=handoff,
             )
             clash = sorted(set(arrays) & set(extra_arrays))
             if clash:
                 raise ValueError(f"extra_arrays {clash} clash with diagnostics files of the same name")
             extra_arrays.update(arrays)
             extra_meta["diagnostics"] = diag_meta
-        write_run_files(run_dir, trace, layout, meta, run_id=run_id, extra_arrays=extra_arrays or None,
-                        extra_meta=extra_meta or None, shared=shared, fresh=fresh, **save_kwargs)
+        write_run_files(
+            run_dir,
+            trace,
+            layout,
+            meta,
+            run_id=run_id,
+            extra_arrays=extra_arrays or None,
+            extra_meta=extra_meta or None,
+            shared=shared,
+            fresh=fresh,
+            **save_kwargs,
+        )
     except BaseException:
         if release and not fresh:
-            release_claim(run_dir)
+            release_claim(run_dir, token)
         raise
     if not fresh:
-        release_claim(run_dir)
+        release_claim(run_dir, token)
     return run_dir
 
 
 def write_error(run_dir: Path, run_id: str, exc: BaseException) -> None:
     """Record why a run failed (``error.json``); best effort, never raises."""
     try:
-        write_json(run_dir / ERROR_FILE, {
-            "run_id": run_id,
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(exc)),
-            "written_utc_unix": time.time(),
-        })
+        write_json(
+            run_dir / ERROR_FILE,
+            {
+                "run_id": run_id,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "written_utc_unix": time.time(),
+            },
+        )
     except Exception:  # noqa: BLE001 - reporting must not mask the original error
         pass
 
@@ -284,8 +324,14 @@ class Experiment:
     Safe with many writers at once: the first creator writes the manifest, the others read it.
     """
 
-    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any] | None = None, *,
-                 diagnostics: DiagnosticsConfig | None = None, create: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        manifest: Mapping[str, Any] | None = None,
+        *,
+        diagnostics: DiagnosticsConfig | None = None,
+        create: bool = True,
+    ):
         self.path = Path(path)
         self.runs_dir = self.path / RUNS_DIR
         if diagnostics is not None and not isinstance(diagnostics, DiagnosticsConfig):
@@ -314,7 +360,8 @@ class Experiment:
         for key, value in to_jsonable(dict(manifest)).items():
             if stored.get(key) != value:
                 raise ValueError(
-                    f"{self.path / MANIFEST_FILE}: this experiment already exists with {key}={stored.get(key)!r}, "
+                    f"{self.path / MANIFEST_FILE}: this experiment already exists with "
+                    f"{key}={stored.get(key)!r}, "
                     f"not {value!r}; open it with manifest=None or use another directory"
                 )
 
@@ -339,7 +386,7 @@ class Experiment:
                     os.mkdir(d)
                 except FileExistsError:
                     continue
-                if write_claim(d) is not None:
+                if write_claim(d, hold=True) is not None:
                     return d
             raise RuntimeError(f"{self.runs_dir}: could not create a fresh run id")  # pragma: no cover
         d = self.run_dir(run_id)
@@ -348,9 +395,13 @@ class Experiment:
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.runs_dir}: experiment runs directory is missing") from None
         except FileExistsError:
-            raise FileExistsError(f"run id {run_id!r} is already taken in {self.path} ({self._state_words(d)})") from None
-        if write_claim(d) is None:
-            raise FileExistsError(f"run id {run_id!r} in {self.path} was claimed by {describe_claim(read_claim(d))}")
+            raise FileExistsError(
+                f"run id {run_id!r} is already taken in {self.path} ({self._state_words(d)})"
+            ) from None
+        if write_claim(d, hold=True) is None:
+            raise FileExistsError(
+                f"run id {run_id!r} in {self.path} was claimed by {describe_claim(read_claim(d))}"
+            )
         return d
 
     def _state_words(self, d: Path) -> str:
@@ -389,24 +440,35 @@ class Experiment:
         if run_id is None:
             for _ in range(16):
                 d = self.runs_dir / generate_run_id()
-                state, msg = acquire_run(d, claim_fresh=False)
+                state, msg, token = acquire_run(d, claim_fresh=False)
                 if state == "fresh":
                     break
             else:  # pragma: no cover
                 raise RuntimeError(f"{self.runs_dir}: could not create a fresh run id")
         else:
-            d = self.run_dir(run_id)
-            state, msg = acquire_run(d, overwrite=overwrite, claim_fresh=False)
+            d = self.run_dir(run_id)  # a known id: others may target it too, so claim it
+            state, msg, token = acquire_run(d, overwrite=overwrite)
         run_id = d.name
         if state == "complete":
             raise FileExistsError(f"run {run_id!r} in {self.path} is already complete; pass overwrite=True")
         if state == "busy":
             raise FileExistsError(msg)
         return write_run(
-            d, run_id, trace, layout=layout, meta=meta,
+            d,
+            run_id,
+            trace,
+            layout=layout,
+            meta=meta,
             diagnostics=diagnostics if diagnostics is not None else self.diagnostics,
-            objective=objective, curvature=curvature, precond=precond, signals=signals, handoff=handoff,
-            overwrite=overwrite, fresh=state == "fresh", **save_run_kwargs,
+            objective=objective,
+            curvature=curvature,
+            precond=precond,
+            signals=signals,
+            handoff=handoff,
+            overwrite=overwrite,
+            fresh=state == "fresh",
+            token=token,
+            **save_run_kwargs,
         )
 
     def save_batch(
@@ -435,6 +497,7 @@ class Experiment:
             raise ValueError("save_batch expects a batched optimization Trace (theta of shape (B, T, D))")
         b = trace.batch_size
         batch_id = check_run_id(prefix) if prefix is not None else generate_run_id()
+        run_ids_given = run_ids is not None
         if run_ids is None:
             width = max(3, len(str(b - 1)))
             run_ids = [f"{batch_id}-{i:0{width}d}" for i in range(b)]
@@ -447,7 +510,10 @@ class Experiment:
         metas = _per_member("meta", meta, b)
         summaries = _per_member("summary", summary, b)
         dirs = [self.runs_dir / r for r in run_ids]
-        made: list[Path] = []
+        # Ids that others can know (given ids or prefix) are claimed; a generated batch id is unguessable,
+        # so creating its directories is ownership enough (and saves two file operations per run).
+        claim = run_ids_given or prefix is not None
+        made: list[tuple[Path, str | None]] = []
         taken: list[str] = []
         for d in dirs:
             try:
@@ -455,22 +521,41 @@ class Experiment:
             except FileExistsError:
                 taken.append(d.name)
                 continue
-            made.append(d)
+            if claim:
+                rec = write_claim(d)
+                if rec is None:  # claimed by another writer between our mkdir and our claim
+                    taken.append(d.name)
+                    continue
+                made.append((d, rec["token"]))
+            else:
+                made.append((d, None))
         if taken:
-            for d in made:
+            for d, token in made:
+                release_claim(d, token)
                 shutil.rmtree(d, ignore_errors=True)
-            raise FileExistsError(f"save_batch: run ids already taken in {self.path}: {taken[:10]}"
-                                  + (f" and {len(taken) - 10} more" if len(taken) > 10 else ""))
+            raise FileExistsError(
+                f"save_batch: run ids already taken in {self.path}: {taken[:10]}"
+                + (f" and {len(taken) - 10} more" if len(taken) > 10 else "")
+            )
         host = trace.to_numpy()
         cfg = diagnostics if diagnostics is not None else self.diagnostics
         extra_meta = dict(save_run_kwargs.pop("extra_meta", None) or {})
         layout = layout if layout is not None else trace.layout
         shared = SharedMeta(layout, trace.info)
-        for i, d in enumerate(dirs):
+        for i, (d, token) in enumerate(made):
             write_run(
-                d, d.name, host[i], layout=layout, meta=metas[i], diagnostics=cfg, summary=summaries[i],
+                d,
+                d.name,
+                host[i],
+                layout=layout,
+                meta=metas[i],
+                diagnostics=cfg,
+                summary=summaries[i],
                 extra_meta={**extra_meta, "batch": {"batch_id": batch_id, "index": i, "size": b}},
-                fresh=True, shared=shared, **save_run_kwargs,
+                fresh=token is None,
+                token=token,
+                shared=shared,
+                **save_run_kwargs,
             )
         return dirs
 
@@ -493,7 +578,9 @@ class Experiment:
         ``detail=True`` gives dicts ``{run_id, state, claim, error}``: ``state`` is ``"in_progress"`` (a live
         writer holds it), ``"foreign"`` (held from another host), ``"failed"`` (a campaign recorded
         error.json) or ``"abandoned"``; ``error`` the recorded message."""
-        ids = sorted(e.name for e in self._entries() if not os.path.exists(os.path.join(e.path, SUMMARY_FILE)))
+        ids = sorted(
+            e.name for e in self._entries() if not os.path.exists(os.path.join(e.path, SUMMARY_FILE))
+        )
         if not detail:
             return ids
         out = []
@@ -508,12 +595,19 @@ class Experiment:
                 except ArtifactError as exc:
                     err = str(exc)
             words = {"live": "in_progress", "mine": "in_progress", "foreign": "foreign"}.get(state)
-            out.append({"run_id": rid, "state": words or ("failed" if err else "abandoned"),
-                        "claim": rec, "error": err})
+            out.append(
+                {
+                    "run_id": rid,
+                    "state": words or ("failed" if err else "abandoned"),
+                    "claim": rec,
+                    "error": err,
+                }
+            )
         return out
 
-    def sweep_incomplete(self, *, min_age_s: float = 60.0, force: bool = False, dry_run: bool = False,
-                         temp_files: bool = True) -> list[str]:
+    def sweep_incomplete(
+        self, *, min_age_s: float = 60.0, force: bool = False, dry_run: bool = False, temp_files: bool = True
+    ) -> list[str]:
         """Delete incomplete runs whose writer is gone; return their ids.
 
         * claimed runs (:meth:`new_run`, :meth:`run_many`): removed when the claiming process is gone
@@ -561,7 +655,9 @@ class Experiment:
             try:
                 with os.scandir(e.path) as it:
                     for f in it:
-                        if f.name.startswith(".") and (".tmp-" in f.name or f.name.startswith(".claim.stale-")):
+                        if f.name.startswith(".") and (
+                            ".tmp-" in f.name or f.name.startswith(".claim.stale-")
+                        ):
                             if f.stat().st_mtime <= before:
                                 os.unlink(f.path)
             except OSError:
@@ -582,13 +678,20 @@ class Experiment:
         return isinstance(run_id, str) and (self.runs_dir / run_id / SUMMARY_FILE).exists()
 
     # ------------------------------------------------------------------ tables and campaigns
-    def aggregate(self, meta_keys: Sequence[str] = (), output: str | os.PathLike | None = None, *,
-                  on_problem: str = "warn", workers: int | None = None):
-        """One row per complete run as a pandas DataFrame; see :func:`gnomon.artifacts.aggregate.aggregate`."""
+    def aggregate(
+        self,
+        meta_keys: Sequence[str] = (),
+        output: str | os.PathLike | None = None,
+        *,
+        on_problem: str = "warn",
+        workers: int | None = None,
+    ):
+        """One row per complete run, as a pandas DataFrame (:func:`gnomon.artifacts.aggregate.aggregate`)."""
         from gnomon.artifacts.aggregate import aggregate
 
-        return aggregate(self.runs_dir, meta_keys=meta_keys, output=output, on_problem=on_problem,
-                         workers=workers)
+        return aggregate(
+            self.runs_dir, meta_keys=meta_keys, output=output, on_problem=on_problem, workers=workers
+        )
 
     def run_many(self, fn: Callable[[Any], Any], items: Sequence[Any], executor: Any = None, **kwargs: Any):
         """One fit per item, skipping complete runs; see :func:`gnomon.artifacts.campaign.run_many`."""
@@ -605,4 +708,3 @@ def _per_member(name: str, value: Any, b: int) -> list[Mapping[str, Any] | None]
     if len(seq) != b:
         raise ValueError(f"save_batch: {name} must be one mapping or {b} mappings, got {len(seq)}")
     return seq
-

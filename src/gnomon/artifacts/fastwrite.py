@@ -27,7 +27,15 @@ import numpy as np
 from gnomon.artifacts.jsonio import SCHEMA_VERSION, to_jsonable
 from gnomon.artifacts.npzio import _portable, write_npz
 from gnomon.artifacts.provenance import git_hash, package_versions, platform_info
-from gnomon.artifacts.run import _EXTRA_NAME, _RESERVED, META_FILE, SUMMARY_FILE, TRACE_FILE, _trace_arrays, save_run
+from gnomon.artifacts.run import (
+    _EXTRA_NAME,
+    _RESERVED,
+    META_FILE,
+    SUMMARY_FILE,
+    TRACE_FILE,
+    _trace_arrays,
+    save_run,
+)
 from gnomon.trace.trace import Trace
 
 _FAST_KWARGS = {"summary", "extra_arrays", "extra_meta", "compress", "fsync", "overwrite", "run_id"}
@@ -94,8 +102,12 @@ class SharedMeta:
 
 
 def can_write_fast(trace: Any, save_kwargs: Mapping[str, Any]) -> bool:
-    return (isinstance(trace, Trace) and trace.thetamap is None and not trace.is_batched
-            and set(save_kwargs) <= _FAST_KWARGS)
+    return (
+        isinstance(trace, Trace)
+        and trace.thetamap is None
+        and not trace.is_batched
+        and set(save_kwargs) <= _FAST_KWARGS
+    )
 
 
 def write_run_files(
@@ -119,15 +131,29 @@ def write_run_files(
     θ-maps, netCDF export and other options). ``fresh=True`` promises that ``run_dir`` was just created
     empty by the caller (skips the existence checks)."""
     if not can_write_fast(trace, {**other, "run_id": run_id}):
-        return save_run(run_dir, trace, layout, meta, run_id=run_id, summary=summary, extra_arrays=extra_arrays,
-                        extra_meta=extra_meta, compress=compress, fsync=fsync, overwrite=overwrite, **other)
+        return save_run(
+            run_dir,
+            trace,
+            layout,
+            meta,
+            run_id=run_id,
+            summary=summary,
+            extra_arrays=extra_arrays,
+            extra_meta=extra_meta,
+            compress=compress,
+            fsync=fsync,
+            overwrite=overwrite,
+            **other,
+        )
     trace.validate()
     run_dir = Path(run_dir)
     if not fresh:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / SUMMARY_FILE).exists():
             if not overwrite:
-                raise FileExistsError(f"{run_dir}: already holds a complete run (summary.json); pass overwrite=True")
+                raise FileExistsError(
+                    f"{run_dir}: already holds a complete run (summary.json); pass overwrite=True"
+                )
             (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     layout = layout if layout is not None else trace.layout
     if layout is not None and layout.size != trace.dim:
@@ -144,7 +170,9 @@ def write_run_files(
     files = [TRACE_FILE]
     for name, arrs in (extra_arrays or {}).items():
         if not _EXTRA_NAME.match(name) or name in _RESERVED:
-            raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
+            raise ValueError(
+                f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}"
+            )
         write_npz(run_dir / f"{name}.npz", arrs, fsync=fsync)
         files.append(f"{name}.npz")
 
@@ -162,8 +190,9 @@ def write_run_files(
             "thetamap": None,
         },
         "engine": shared.engine_for(trace.info),
-        "extras": to_jsonable({k: v for k, v in trace.extras.items()
-                               if isinstance(v, (str, int, float, bool)) or v is None}),
+        "extras": to_jsonable(
+            {k: v for k, v in trace.extras.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        ),
         "files": files,
         "user": to_jsonable(dict(meta or {})),
         **to_jsonable(dict(extra_meta or {})),

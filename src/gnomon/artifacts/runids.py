@@ -39,7 +39,9 @@ def check_run_id(run_id: Any) -> str:
     if not run_id:
         raise ValueError("run id must not be empty")
     if len(run_id) > MAX_RUN_ID_LENGTH:
-        raise ValueError(f"run id {run_id[:40]!r}... has {len(run_id)} characters; at most {MAX_RUN_ID_LENGTH}")
+        raise ValueError(
+            f"run id {run_id[:40]!r}... has {len(run_id)} characters; at most {MAX_RUN_ID_LENGTH}"
+        )
     if "/" in run_id or "\\" in run_id or (os.altsep and os.altsep in run_id) or "\0" in run_id:
         raise ValueError(f"run id {run_id!r} must not contain a path separator")
     if ".." in run_id:
@@ -79,16 +81,32 @@ def _proc_start(pid: int) -> int | None:
 
 
 _HOST = socket.gethostname()
+# Claims this process took on the user's behalf (Experiment.new_run): the user's code may write those runs
+# from any thread. Claims taken by campaign tasks are *not* listed here: a second thread of the same
+# process must see them as held by another writer.
+_HELD: dict[str, str] = {}
+
+
+_SELF: tuple[int, int | None] | None = None
 
 
 def claim_record() -> dict[str, Any]:
+    global _SELF
     pid = os.getpid()
-    return {"host": _HOST, "pid": pid, "start": _proc_start(pid), "created_unix": time.time(),
-            "token": secrets.token_hex(8)}
+    if _SELF is None or _SELF[0] != pid:  # our own start time, read once per process
+        _SELF = (pid, _proc_start(pid))
+    return {
+        "host": _HOST,
+        "pid": pid,
+        "start": _SELF[1],
+        "created_unix": time.time(),
+        "token": secrets.token_hex(8),
+    }
 
 
-def write_claim(run_dir: Path) -> dict[str, Any] | None:
-    """Create ``run_dir/.claim.json`` exclusively; the record on success, None if a claim exists."""
+def write_claim(run_dir: Path, *, hold: bool = False) -> dict[str, Any] | None:
+    """Create ``run_dir/.claim.json`` exclusively; the record on success, None if a claim exists.
+    ``hold=True`` registers it as held by this process for the user (see :data:`_HELD`)."""
     rec = claim_record()
     try:
         fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -96,6 +114,8 @@ def write_claim(run_dir: Path) -> dict[str, Any] | None:
         return None
     with os.fdopen(fd, "w") as fh:
         fh.write(json.dumps(rec))
+    if hold:
+        _HELD[str(run_dir)] = rec["token"]
     return rec
 
 
@@ -116,10 +136,18 @@ def read_claim(run_dir: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else {}
 
 
-def claim_state(run_dir: Path, rec: dict[str, Any] | None = None, *, stale_after_s: float | None = None,
-                _unreadable_grace_s: float = 30.0) -> str:
-    """``"none"``, ``"mine"``, ``"live"`` (another process on this host that still runs), ``"foreign"``
-    (another host: cannot be checked), or ``"stale"`` (its process is gone, or older than ``stale_after_s``)."""
+def claim_state(
+    run_dir: Path,
+    rec: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    stale_after_s: float | None = None,
+    _unreadable_grace_s: float = 30.0,
+) -> str:
+    """State of the claim of ``run_dir``: ``"none"``; ``"mine"`` (its token is ``token`` or one this
+    process holds for the user); ``"live"`` (another writer on this host that still runs — possibly
+    another thread of this process); ``"foreign"`` (another host: cannot be checked); or ``"stale"`` (its
+    process is gone, or it is older than ``stale_after_s``)."""
     if rec is None:
         rec = read_claim(run_dir)
     if rec is None:
@@ -130,14 +158,14 @@ def claim_state(run_dir: Path, rec: dict[str, Any] | None = None, *, stale_after
         except OSError:
             return "none"
         return "stale" if age > _unreadable_grace_s else "live"
-    pid, host = rec.get("pid"), rec.get("host")
-    if host == _HOST and pid == os.getpid() and rec.get("start") == _proc_start(os.getpid()):
+    tok = rec.get("token")
+    if tok is not None and (tok == token or tok == _HELD.get(str(run_dir))):
         return "mine"
     if stale_after_s is not None and time.time() - float(rec.get("created_unix", 0.0)) > stale_after_s:
         return "stale"
-    if host != _HOST:
+    if rec.get("host") != _HOST:
         return "foreign"
-    return "live" if _alive(pid, rec.get("start")) else "stale"
+    return "live" if _alive(rec.get("pid"), rec.get("start")) else "stale"
 
 
 def _alive(pid: Any, start: Any) -> bool:
@@ -173,14 +201,15 @@ def take_over_claim(run_dir: Path) -> dict[str, Any] | None:
     return write_claim(run_dir)
 
 
-def release_claim(run_dir: Path) -> None:
-    """Remove our claim of ``run_dir`` (nothing if the claim is someone else's or already gone)."""
+def release_claim(run_dir: Path, token: str | None = None) -> None:
+    """Remove the claim of ``run_dir`` if it is ours (``token``, or held by this process for the user)."""
     rec = read_claim(run_dir)
-    if rec and claim_state(run_dir, rec) == "mine":
+    if rec and claim_state(run_dir, rec, token=token) == "mine":
         try:
             os.unlink(run_dir / CLAIM_FILE)
         except FileNotFoundError:
             pass
+    _HELD.pop(str(run_dir), None)
 
 
 def describe_claim(rec: dict[str, Any] | None) -> str:

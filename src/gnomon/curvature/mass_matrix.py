@@ -10,7 +10,7 @@ ideal inverse mass matrix is the covariance :math:`\Sigma = H^{-1}`. A diagonal 
 (the variance inflation factor) measures how much a coordinate's spread is hidden by correlation. So:
 
 * where D allows a dense matrix (``D ≤ max_dense_dim``), the metric comes from :math:`H^{-1}`: its diagonal
-  (``dense=False``) or the whole matrix (``dense=True``; ``dense="auto"`` picks it when the median
+  (``dense=False``) or the whole matrix (``dense=True``; ``dense="auto"`` picks it when the largest
   VIF shows that correlations matter);
 * beyond that, only a diagonal curvature is available and the metric is :math:`1/\mathrm{diag}(H)`.
 
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MAX_DENSE_DIM = 1000
-# dense="auto" switches to a dense metric when the median variance-inflation factor exceeds this:
-# a diagonal metric then mis-scales most directions by more than √1.5 ≈ 1.22 in standard deviation.
-DEFAULT_VIF_THRESHOLD = 1.5
+# dense="auto" switches to a dense metric when the largest variance-inflation factor exceeds this: a
+# diagonal metric then hides more than √1.25 ≈ 1.12× of some coordinate's spread behind correlation.
+DEFAULT_VIF_THRESHOLD = 1.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +151,7 @@ def from_precision_matrix(h: Any, *, dense: bool | str = False, vif_threshold: f
 
     ``H̃`` is ``H`` with negative eigenvalues replaced by their absolute values and (near-)zero ones by the
     median of the others (see the module docstring). ``dense="auto"`` returns the dense ``H̃⁻¹`` when the
-    median VIF exceeds ``vif_threshold``."""
+    largest VIF exceeds ``vif_threshold``."""
     hm = np.asarray(h, dtype=np.float64)
     dtype = dtype or np.asarray(h).dtype
     if hm.ndim != 2 or hm.shape[0] != hm.shape[1]:
@@ -177,7 +177,7 @@ def from_precision_matrix(h: Any, *, dense: bool | str = False, vif_threshold: f
     vif = hdiag_t * marginal
     vif_median = float(np.median(vif))
     if dense == "auto":
-        use_dense = vif_median > vif_threshold
+        use_dense = float(np.max(vif)) > vif_threshold
     elif isinstance(dense, bool):
         use_dense = dense
     else:

@@ -269,7 +269,9 @@ def run_loop(
         status = np.asarray(carry.status)
         pieces.append(jax.device_get(bufs))
         t_now = int(np.min(np.asarray(carry.t)))
-        bar.update(t_now, loss=float(np.nanmean(np.asarray(carry.loss))))
+        losses = np.asarray(carry.loss)
+        finite = np.isfinite(losses)
+        bar.update(t_now, loss=float(np.mean(losses[finite])) if finite.any() else float("nan"))
         if np.all(status != RUNNING):
             break
     bar.close()

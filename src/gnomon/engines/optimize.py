@@ -245,9 +245,11 @@ def _resolve_curvature(obj: Objective, curvature: Any, theta: Any, data: Any, *,
         d = np.asarray(curvature.diag)
         if d.shape != (obj.dim,):
             raise ValueError(f"the given Curvature has dim {d.shape}, expected ({obj.dim},)")
-        if not np.all(np.isfinite(d)) or np.any(d <= 0):
+        finite = np.isfinite(d)
+        if not np.all(finite) or np.any(d <= 0):
+            low = float(d[finite].min()) if finite.any() else None
             raise ValueError("the given Curvature's diagonal must be finite and positive "
-                             f"(min {float(np.nanmin(d))!r}, {int(np.sum(~np.isfinite(d)))} non-finite)")
+                             f"(min finite {low!r}, {int(np.sum(~finite))} non-finite)")
         return (_Curv("given", None, 0, d, floor, prior_precision, negative), curvature.method,
                 {**curvature.describe(), "source": "given", "estimate_cost": int(curvature.num_grad_evals)})
     if curvature is None:

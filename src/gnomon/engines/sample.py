@@ -85,6 +85,9 @@ class _Adapt(NamedTuple):
     scale: Any  # (D,) whitened variances, or (D, D) whitened covariance (adapt="dense")
     wf: _Welford
     imm: Any
+    change_std: Any  # std over coordinates of log(new/previous variance) at the last window end
+    change_max: Any  # max over coordinates of |log(new/previous variance)|
+    last_n: Any  # pooled draws of the last window
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -176,8 +179,10 @@ def _compiled(obj: Objective, st: _Static) -> dict[str, Any]:
         dim = positions.shape[-1]
         dtype = positions.dtype
         scale = jnp.eye(dim, dtype=dtype) if st.adapt == "dense" else jnp.ones((dim,), dtype)
+        zero = jnp.zeros((), dtype)
         return _Adapt(ss=da_init(jnp.asarray(step_size, dtype)), step_size=jnp.asarray(step_size, dtype),
-                      scale=scale, wf=_welford_init(st, dim, dtype), imm=_imm_from(st, factor, scale))
+                      scale=scale, wf=_welford_init(st, dim, dtype), imm=_imm_from(st, factor, scale),
+                      change_std=zero, change_max=zero, last_n=zero)
 
     def warm_chunk(states, ad, key, t0, sched, active, data, factor, factor_inv, shrink):
         logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
@@ -195,8 +200,11 @@ def _compiled(obj: Objective, st: _Static) -> dict[str, Any]:
                 reg = 5e-3
             scale = (n * cov + shrink * ad.scale + reg) / (n + 5 + shrink)
             ss = da_init(da_final(ad.ss))
+            diag = (lambda a: jnp.diagonal(a)) if st.adapt == "dense" else (lambda a: a)
+            lr = jnp.log(diag(scale) / diag(ad.scale))
             return _Adapt(ss=ss, step_size=jnp.exp(ss.log_step_size), scale=scale,
-                          wf=_welford_init(st, w.mean.shape[0], w.mean.dtype), imm=_imm_from(st, factor, scale))
+                          wf=_welford_init(st, w.mean.shape[0], w.mean.dtype), imm=_imm_from(st, factor, scale),
+                          change_std=jnp.std(lr), change_max=jnp.max(jnp.abs(lr)), last_n=n)
 
         def body(carry, xs):
             t, (stage, is_end), act = xs
@@ -378,6 +386,7 @@ def sample(
     max_dense_dim: int = mmx.DEFAULT_MAX_DENSE_DIM,
     jitter: float | None = None,
     fallback: bool = True,
+    max_warmup: int = 1000,
     keep_warmup: bool = False,
     chunk_size: int = 100,
     data: Any = _DEFAULT,
@@ -393,14 +402,16 @@ def sample(
       key: a ``jax.random.key`` (or an int seed).
       num_chains: chains ``C`` (vmapped; sharded over devices when there are several).
       num_warmup: warmup steps; default 1000 for the identity metric, 300 when the metric is seeded from the
-        curvature or an array, 150 from a hand-off or with ``adapt_metric="none"``.
+        curvature or an array, 150 from a hand-off or with ``adapt_metric="none"``. With the default, a
+        seeded warmup whose last window still moved the metric by more than its noise gets further windows
+        (doubling) up to ``max_warmup``; an explicit ``num_warmup`` is run as given.
       num_samples: draws kept per chain.
       algorithm: ``"nuts"`` or ``"hmc"`` (``num_integration_steps`` leapfrog steps per draw).
       inverse_mass_matrix: ``"curvature"`` (from the curvature of ``−log_prob`` at the start: see
         :mod:`gnomon.curvature.mass_matrix`), an array ``(D,)``/``(D, D)``, a :class:`gnomon.Curvature`, an
         ``InverseMassMatrix``, or None / ``"identity"``.
       dense: metric shape from a dense curvature: False (marginal variances), True (the dense inverse), or
-        ``"auto"`` (dense when correlations matter: median VIF above 1.5).
+        ``"auto"`` (dense when correlations matter: largest variance inflation factor above 1.25).
       adapt_metric: ``"diag"`` (default: re-estimate the scales in the seed's whitened coordinates),
         ``"dense"`` (the full whitened covariance; default for a dense identity), ``"none"`` (freeze the
         seeded metric; only the step size adapts).
@@ -420,6 +431,7 @@ def sample(
         with a seeded metric, 0.1 with the identity).
       fallback: when the start is an optimization trace that diverged (no usable mode), start from its first
         point with the identity metric and the full warmup instead (with a warning).
+      max_warmup: the most warmup steps an automatically extended warmup may take.
       keep_warmup: also return the warmup draws (``trace.warmup``).
       chunk_size: steps per compiled chunk (the progress bar moves between chunks).
       data: data for objectives that take it (default: the objective's bound data).
@@ -528,6 +540,7 @@ def sample(
     adapt = adapt_metric or ("dense" if (seed_kind == "identity" and seed.dense) else "diag")
     if adapt == "dense" and not seed.dense:
         seed = seed.as_dense()
+    auto_warmup = num_warmup is None
     if num_warmup is None:
         num_warmup = DEFAULT_WARMUP["frozen" if adapt == "none" and seed_kind != "identity" else seed_kind]
     num_warmup = _int("num_warmup", num_warmup, 0)
@@ -577,28 +590,45 @@ def sample(
     states = _shard(states, num_chains)
 
     # --- warmup --------------------------------------------------------------------------------------
-    sched = _schedule(num_warmup, seeded, adapt)
+    head, tail = _schedule(num_warmup, seeded, adapt)
     total = num_warmup + num_samples
     bar = Progress(total, f"{algorithm} ×{num_chains}",
                    enabled=progress if progress is not None else (None if total * num_chains >= 2000 else False))
     ad = fns["adapt_init"](positions, jnp.asarray(step_size, dtype), factor)
     warm_out: list[dict] = []
-    warm_steps = 0
-    div_warm = 0
-    for c0 in range(0, num_warmup, chunk_size):
-        n = min(chunk_size, num_warmup - c0)
-        sch = np.zeros((chunk_size, 2), np.int32)
-        sch[:n] = sched[c0:c0 + n]
-        active = np.arange(chunk_size) < n
-        states, ad, outs = fns["warm_chunk"](states, ad, k_warm, jnp.int32(c0), jnp.asarray(sch), jnp.asarray(active),
-                                             data, factor, factor_inv, jnp.asarray(shrink, dtype))
-        outs = jax.device_get(outs)
-        outs = {k: v[:n] for k, v in outs.items()}
-        warm_steps += int(np.sum(outs["n_steps"]))
-        div_warm += int(np.sum(outs["diverging"]))
-        if keep_warmup:
-            warm_out.append(outs)
-        bar.update(c0 + n, phase="warmup", step_size=float(ad.step_size), divergences=div_warm)
+    tally = {"t": 0, "grads": 0, "div": 0}
+
+    def run_warmup(rows: np.ndarray) -> None:
+        nonlocal states, ad
+        for c0 in range(0, len(rows), chunk_size):
+            n = min(chunk_size, len(rows) - c0)
+            sch = np.zeros((chunk_size, 2), np.int32)
+            sch[:n] = rows[c0:c0 + n]
+            active = np.arange(chunk_size) < n
+            states, ad, outs = fns["warm_chunk"](states, ad, k_warm, jnp.int32(tally["t"]), jnp.asarray(sch),
+                                                 jnp.asarray(active), data, factor, factor_inv,
+                                                 jnp.asarray(shrink, dtype))
+            outs = jax.device_get(outs)
+            outs = {k: v[:n] for k, v in outs.items()}
+            tally["t"] += n
+            tally["grads"] += int(np.sum(outs["n_steps"]))
+            tally["div"] += int(np.sum(outs["diverging"]))
+            if keep_warmup:
+                warm_out.append(outs)
+            bar.update(tally["t"], phase="warmup", step_size=float(ad.step_size), divergences=tally["div"])
+
+    run_warmup(head)
+    extended = []
+    if auto_warmup and seeded and adapt != "none" and len(head):
+        last = _last_window(head)
+        while _unsettled(ad, obj.dim) and tally["t"] + 2 * last + len(tail) <= max_warmup:
+            last *= 2
+            extended.append(last)
+            bar.total += last
+            run_warmup(np.asarray([(1, 0)] * (last - 1) + [(1, 1)], np.int32))
+    run_warmup(tail)
+    num_warmup = tally["t"]
+    warm_steps, div_warm = tally["grads"], tally["div"]
     if num_warmup > 0:
         step_final, imm = fns["adapt_final"](ad)
     else:
@@ -642,6 +672,7 @@ def sample(
         "engine": algorithm,
         "num_chains": num_chains,
         "num_warmup": num_warmup,
+        "warmup_extended_by": extended,
         "num_samples": num_samples,
         "step_size": step_np,
         "initial_step_size": float(step_size),
@@ -701,15 +732,16 @@ def _stack(chunks: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def _schedule(num_warmup: int, seeded: bool, adapt: str) -> np.ndarray:
-    """Stan's window schedule as an int array (W, 2) of (slow?, window end?) rows.
+def _schedule(num_warmup: int, seeded: bool, adapt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stan's window schedule as int rows (slow?, window end?), split before the final fast buffer.
 
     Seeded metrics start inside the typical set (Laplace draws), so the initial buffer is 10 % of the
-    warmup instead of 75 steps and the first slow window 20 %."""
+    warmup instead of 75 steps and the first slow window 20 %. Extra windows (see :func:`_unsettled`) go
+    between the two parts."""
     if num_warmup == 0:
-        return np.zeros((0, 2), np.int32)
+        return np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32)
     if adapt == "none":
-        return np.zeros((num_warmup, 2), np.int32)
+        return np.zeros((num_warmup, 2), np.int32), np.zeros((0, 2), np.int32)
     from blackjax.adaptation.window_adaptation import build_schedule
 
     if seeded:
@@ -718,7 +750,33 @@ def _schedule(num_warmup: int, seeded: bool, adapt: str) -> np.ndarray:
                                first_window_size=max(10, int(round(0.2 * num_warmup))))
     else:
         sched = build_schedule(num_warmup)
-    return np.asarray(sched, dtype=np.int32).reshape(num_warmup, 2)
+    sched = np.asarray(sched, dtype=np.int32).reshape(num_warmup, 2)
+    ends = np.flatnonzero(sched[:, 1])
+    cut = int(ends[-1]) + 1 if ends.size else num_warmup
+    return sched[:cut], sched[cut:]
+
+
+def _last_window(head: np.ndarray) -> int:
+    ends = np.flatnonzero(head[:, 1])
+    if ends.size == 0:
+        return 0
+    return int(ends[-1] - ends[-2]) if ends.size > 1 else int(ends[-1] + 1 - np.argmax(head[:, 0] == 1))
+
+
+def _unsettled(ad: _Adapt, dim: int) -> bool:
+    r"""Did the last window still move the metric by more than its own noise?
+
+    With ``n`` pooled draws a variance estimate has a log standard error of about :math:`\sqrt{2/n}`
+    (more with autocorrelation). The change ``log(s_new / s_prev)`` over coordinates is "unsettled" when
+    its spread exceeds ``0.05 + 3·√(2/n)`` or its largest entry exceeds ``log 2 + √(2/n)·√(2 log D)·2``."""
+    n = float(ad.last_n)
+    if n < 2:
+        return False
+    se = math.sqrt(2.0 / n)
+    import os
+    if os.environ.get("GN_DEBUG"): print("UNSETTLED?", n, float(ad.change_std), float(ad.change_max), 0.05 + 3 * se, math.log(2.0) + 2 * se * math.sqrt(2 * math.log(max(dim, 2))))
+    return bool(float(ad.change_std) > 0.05 + 3 * se
+                or float(ad.change_max) > math.log(2.0) + 2 * se * math.sqrt(2 * math.log(max(dim, 2))))
 
 
 def _shard(states: Any, num_chains: int) -> Any:

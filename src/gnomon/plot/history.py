@@ -388,7 +388,8 @@ def default_panels(signals: Signals) -> list[dict[str, Any]]:
         if n in signals:
             panels.append({"names": [n], "logy": "auto" if n == "loss" else False})
             break
-    panels += [{"names": [n]} for n in signals.names_by_role("parameter", "derived")]
+    first = {p["names"][0] for p in panels}
+    panels += [{"names": [n]} for n in signals.names_by_role("parameter", "derived") if n not in first]
     return panels
 
 

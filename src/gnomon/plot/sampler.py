@@ -46,59 +46,38 @@ def to_datatree(source: Any, names: Sequence[str] | None = None):
     )
 
 
-def _run(
-    fn_name: str,
-    source: Any,
-    names: Sequence[str] | None,
-    save: Any,
-    show: bool,
-    dpi: int | None,
-    **kwargs: Any,
-):
+def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show: bool, dpi: int | None,
+         figsize: tuple[float, float] | None = None, **kwargs: Any):
     ensure_backend()
     import arviz_plots as azp
 
     dt = to_datatree(source, names)
     var_names = None if isinstance(source, Signals) or names is None else list(names)
+    if figsize is not None:
+        kwargs["figure_kwargs"] = {**kwargs.get("figure_kwargs", {}), "figsize": figsize}
     pc = getattr(azp, fn_name)(dt, var_names=var_names, backend="matplotlib", **kwargs)
     fig = pc.viz["figure"].item()
     return finish(fig, save=save, show=show, dpi=dpi)
 
 
-def rank(
-    source: Any,
-    names: Sequence[str] | None = None,
-    *,
-    save: Any = None,
-    show: bool = False,
-    dpi: int | None = None,
-    **kwargs: Any,
-):
+def rank(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
+         save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
     """Fractional-rank ECDF plot per parameter (``arviz_plots.plot_rank``): chains that mix well overlap."""
-    return _run("plot_rank", source, names, save, show, dpi, **kwargs)
+    return _run("plot_rank", source, names, save, show, dpi, figsize, **kwargs)
 
 
-def trace_dist(
-    source: Any,
-    names: Sequence[str] | None = None,
-    *,
-    save: Any = None,
-    show: bool = False,
-    dpi: int | None = None,
-    **kwargs: Any,
-):
+def trace_dist(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
+               save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
     """Marginal densities beside chain traces (``arviz_plots.plot_trace_dist``)."""
-    return _run("plot_trace_dist", source, names, save, show, dpi, **kwargs)
+    return _run("plot_trace_dist", source, names, save, show, dpi, figsize, **kwargs)
 
 
-def pair(
-    source: Any,
-    names: Sequence[str] | None = None,
-    *,
-    save: Any = None,
-    show: bool = False,
-    dpi: int | None = None,
-    **kwargs: Any,
-):
-    """Pairwise scatter/density matrix with marginals (``arviz_plots.plot_pair``)."""
-    return _run("plot_pair", source, names, save, show, dpi, **kwargs)
+def pair(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
+         save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
+    """Pairwise scatter/density matrix with marginals (``arviz_plots.plot_pair``); square panels by default
+    for sampler Signals (2.4 inches per variable)."""
+    if figsize is None and isinstance(source, Signals):
+        chosen = list(names) if names is not None else list(source.names_by_role("parameter", "derived"))
+        n = sum(source[c].num_components for c in chosen if c in source)
+        figsize = (2.4 * n + 0.8, 2.4 * n) if n else None
+    return _run("plot_pair", source, names, save, show, dpi, figsize, **kwargs)

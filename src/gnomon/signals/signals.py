@@ -239,8 +239,8 @@ class Signals(Mapping[str, Signal]):
                     f"signal {name!r}: truth has shape {t.shape}, expected {comp_shape} "
                     "(one value per component)"
                 )
-            t = np.broadcast_to(t.reshape(-1) if t.size != 1 else t.reshape(()), (k,)).astype(data.dtype)
-            t = np.array(t)
+            # the truth stays float64 (a float32 trace must not quantise e.g. a 3.2 contrast)
+            t = np.array(np.broadcast_to(t.reshape(-1) if t.size != 1 else t.reshape(()), (k,)), np.float64)
         return Signal(name, data, units, t, labels, role, scalar, lead == 2)
 
     def _insert(self, s: Signal) -> None:
@@ -376,7 +376,7 @@ class Signals(Mapping[str, Signal]):
                     truth=truth[n],
                     labels=s.labels,
                 )
-                s = replace(s, truth=t.truth.astype(s.data.dtype))
+                s = replace(s, truth=t.truth)
             out.append(s)
         return self._copy(out)
 
@@ -644,7 +644,7 @@ def _decoder(trace: Any, spec: Any) -> tuple[Callable[[np.ndarray], Mapping[str,
             return {
                 b.name: th[..., b.start : b.stop].reshape(th.shape[:-1] + b.shape)
                 if b.is_identity
-                else np.asarray(constrained[b.name])
+                else np.asarray(constrained[b.name], dtype=th.dtype)
                 for b in layout.blocks
             }
 

@@ -11,9 +11,9 @@ where ``scale(u)`` is the size of ``u`` in the family's base unit (radian, metre
 
 :func:`auto_unit` picks the display unit for a set of values: among the family's display candidates for the
 source unit (arcsec → arcsec, mas, µas; nm → m … pm; deg → deg, arcsec, mas, µas; ppm → %, ppm, ppb) the
-largest one in which the typical magnitude (the 95th percentile of the finite ``|values|``) is at least 1.
-So an arcsec residual of 2e-5 is shown as 20 µas, a 0.3 nm residual as 300 pm and a 4e-7 fractional error
-(unit ``"frac"``) as 0.4 ppm.
+largest one in which the magnitude (the largest finite ``|value|``, which sets the axis range) is at least 1.
+So an arcsec residual of 2e-5 is shown as 20 µas, a 0.3 nm residual as 300 pm and a 4e-5 fractional error
+(unit ``"frac"``) as 40 ppm.
 """
 
 from __future__ import annotations
@@ -160,10 +160,10 @@ def convert(values, from_unit: str, to_unit: str) -> np.ndarray:
 
 
 def typical_magnitude(values) -> float:
-    """95th percentile of the finite non-zero ``|values|`` (NaN when there are none)."""
+    """Largest finite non-zero ``|value|`` (NaN when there are none)."""
     a = np.abs(np.asarray(values, dtype=float)).ravel()
     a = a[np.isfinite(a) & (a > 0)]
-    return float(np.percentile(a, 95)) if a.size else math.nan
+    return float(a.max()) if a.size else math.nan
 
 
 def auto_unit(unit: str | None, values) -> str:

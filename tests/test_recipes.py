@@ -1,0 +1,137 @@
+"""Astrometry recipe: derived SHERA signals against closed forms, and the figure built from Signals only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gnomon as gn
+from gnomon.recipes import astrometry as A
+from gnomon.signals.signals import Signals
+
+UNITS = {
+    A.X: "arcsec",
+    A.Y: "arcsec",
+    A.SEP: "arcsec",
+    A.PA: "deg",
+    A.LOGF: "log10_ph",
+    A.CONTRAST: "",
+    A.PLATE: "arcsec/pix",
+    A.ZERN: "nm",
+}
+SHAPES = {A.X: (), A.Y: (), A.SEP: (), A.PA: (), A.LOGF: (), A.CONTRAST: (), A.PLATE: (), A.ZERN: (8,)}
+TRUTH = {
+    A.X: 0.12,
+    A.Y: -0.07,
+    A.SEP: 9.5,
+    A.PA: 80.0,
+    A.LOGF: 6.78,
+    A.CONTRAST: 3.2,
+    A.PLATE: 0.355,
+    A.ZERN: np.array([12.0, -8.0, 10.0, 6.0, -9.0, 5.0, -4.0, 7.0]),
+}
+SCALE = np.array([1e-5, 1e-5, 2e-5, 1e-4, 1e-4, 1e-3, 1e-6] + [0.5] * 8)
+
+
+def _trace(kind="optimization", T=25, C=2, seed=0):
+    layout = gn.Layout(SHAPES, transforms={A.CONTRAST: "positive"}, units=UNITS)
+    th_true = np.asarray(layout.pack(TRUTH), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if kind == "optimization":
+        decay = np.exp(-np.arange(T) / 5.0)[:, None]
+        theta = th_true + decay * SCALE * rng.normal(size=(1, 15))
+        return gn.Trace(kind=kind, theta=theta, loss=1 + 100 * decay[:, 0], step=np.arange(T), layout=layout)
+    theta = th_true + SCALE * rng.normal(size=(C, T, 15))
+    return gn.Trace(kind=kind, theta=theta, log_prob=rng.normal(size=(C, T)), layout=layout)
+
+
+def test_derived_signals_match_closed_forms():
+    tr = _trace()
+    sig = A.add_signals(Signals.from_trace(tr, truth=TRUTH))
+    x, sep, plate = sig.values(A.X), sig.values(A.SEP), sig.values(A.PLATE)
+    np.testing.assert_allclose(sig.values(A.X_ERR), (x - 0.12) * 1e6, rtol=1e-9)
+    np.testing.assert_allclose(sig.values(A.SEP_ERR), (sep - 9.5) * 1e6, rtol=1e-9)
+    np.testing.assert_allclose(sig.values(A.PLATE_ERR), 1e6 * (plate - 0.355) / 0.355, rtol=1e-9)
+    assert (sig.units(A.X_ERR), sig.units(A.PLATE_ERR), sig.units(A.RAW_FLUX_ERR)) == ("µas", "ppm", "ppm")
+
+    L, c = sig.values(A.LOGF), sig.values(A.CONTRAST).astype(np.float64)  # decoded by JAX (maybe f32)
+    F = np.stack([c * 10**L / (1 + c), 10**L / (1 + c)], axis=-1)
+    Ft = np.array([3.2 * 10**6.78 / 4.2, 10**6.78 / 4.2])
+    np.testing.assert_allclose(sig.values(A.RAW_FLUX), F, rtol=1e-9)
+    np.testing.assert_allclose(sig.truth(A.RAW_FLUX), Ft, rtol=1e-9)
+    assert sig[A.RAW_FLUX_ERR].shape == (25, 2) and sig[A.RAW_FLUX_ERR].labels == ("A", "B")
+    np.testing.assert_allclose(sig.values(A.RAW_FLUX_ERR), 1e6 * (F - Ft) / Ft, rtol=1e-6, atol=1e-6)
+
+    z = sig.values(A.ZERN)
+    np.testing.assert_allclose(sig.values(A.ZERN_ERR), z - TRUTH[A.ZERN], atol=1e-12)
+    np.testing.assert_allclose(
+        sig.values(A.ZERN_RMS), np.sqrt(((z - TRUTH[A.ZERN]) ** 2).mean(1)), atol=1e-12
+    )
+    assert sig[A.ZERN].labels == A.NOLL == ("Z4", "Z5", "Z6", "Z7", "Z8", "Z9", "Z10", "Z11")
+    # idempotent: applying again adds nothing (cached signals already hold them)
+    assert A.add_signals(sig).names == sig.names
+
+
+def test_missing_truth_gives_nan_errors_of_stable_shape():
+    sig = A.add_signals(Signals.from_trace(_trace()))
+    for name, shape in (
+        (A.X_ERR, (25,)),
+        (A.PLATE_ERR, (25,)),
+        (A.RAW_FLUX_ERR, (25, 2)),
+        (A.ZERN_ERR, (25, 8)),
+        (A.ZERN_RMS, (25,)),
+    ):
+        assert sig[name].shape == shape and np.isnan(sig.values(name)).all()
+    assert np.isfinite(sig.values(A.RAW_FLUX)).all()  # not an error: defined without truth
+
+
+def _data_lines(ax):
+    return [ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("data:")]
+
+
+def test_astrometry_figure_with_truth(tmp_path):
+    sig = Signals.from_trace(_trace(), truth=TRUTH)
+    fig = A.astrometry(sig, save=tmp_path / "astro.png")
+    assert (tmp_path / "astro.png").stat().st_size > 10_000
+    axes = fig.axes
+    ylabels = [ax.get_ylabel() for ax in axes]
+    assert ylabels == [
+        "loss",
+        "x / y error [µas]",
+        "separation error [µas]",
+        "position angle error [mas]",
+        "plate-scale error [ppm]",
+        "raw flux error [ppm]",
+        "Zernike error [nm]",
+        "Zernike RMS error [nm]",
+    ]
+    assert [len(_data_lines(ax)) for ax in axes] == [1, 2, 1, 1, 1, 2, 8, 1]
+    fin = sig.values(A.X)[-1]
+    assert f"final {(fin - 0.12) * 1e6:.4g} µas" in axes[1].get_title()
+    assert fig.get_suptitle() == "astrometry: errors vs truth"
+
+
+def test_astrometry_figure_without_truth_shows_values_and_chains():
+    fig = A.astrometry(Signals.from_trace(_trace()))
+    assert fig.get_suptitle() == "astrometry: parameter values"
+    assert fig.axes[1].get_ylabel() == "value [arcsec]"
+    fig = A.astrometry(Signals.from_trace(_trace("sampling", C=3), truth=TRUTH))
+    assert [len(_data_lines(ax)) for ax in fig.axes][:3] == [3, 2 * 3, 3]  # one line per chain
+    assert fig.axes[0].get_xlabel() in ("", "draw")
+
+
+def test_recipe_registry_and_errors():
+    assert gn.recipes.get_recipe("astrometry") is A.astrometry
+    with pytest.raises(ValueError, match="unknown recipe"):
+        gn.recipes.get_recipe("nope")
+    with pytest.raises(ValueError, match="found none"):
+        A.astrometry(Signals({"a": np.zeros(3)}))
+    sig = Signals.from_trace(_trace(), truth=TRUTH, transforms=["astrometry"])
+    assert A.RAW_FLUX_ERR in sig
+
+
+def test_recipe_names_match_the_flagship_model_layout():
+    models = pytest.importorskip("gnomon.models.astrometry")
+    layout = models.binary_layout()
+    for name, shape in SHAPES.items():
+        assert layout[name].shape == shape and layout[name].units == UNITS[name]
