@@ -145,17 +145,18 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="gnomon-bench-", dir=args.dir))
     try:
-        w = bench_writes(gn, root, args.runs_per_round, args.rounds)
-        base_med, base_min = w["raw numpy+json (temp+replace)"]
-        print(
-            f"per-run write cost, T=1000 D=20 float64 ({args.rounds} interleaved blocks × "
-            f"{args.runs_per_round} runs per method; median and best block):"
-        )
-        for k, (med, best) in w.items():
+        if args.rounds:
+            w = bench_writes(gn, root, args.runs_per_round, args.rounds)
+            base_med, base_min = w["raw numpy+json (temp+replace)"]
             print(
-                f"  {k:34s} median {med * 1e3:6.3f} ms/run ({med / base_med:4.2f}× raw)   "
-                f"best {best * 1e3:6.3f} ms/run ({best / base_min:4.2f}× raw)   goal ≤ 1.5×"
+                f"per-run write cost, T=1000 D=20 float64 ({args.rounds} interleaved blocks × "
+                f"{args.runs_per_round} runs per method; median and best block):"
             )
+            for k, (med, best) in w.items():
+                print(
+                    f"  {k:34s} median {med * 1e3:6.3f} ms/run ({med / base_med:4.2f}× raw)   "
+                    f"best {best * 1e3:6.3f} ms/run ({best / base_min:4.2f}× raw)   goal ≤ 1.5×"
+                )
         if args.aggregate:
             a = bench_aggregate(gn, root, args.aggregate)
             for k, v in a.items():

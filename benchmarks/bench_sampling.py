@@ -63,10 +63,16 @@ def run_gnomon(t: Target, key, chains: int, draws: int) -> dict:
         post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
     wall = time.perf_counter() - t0
     grads = int(mp.num_grad_evals) + int(post.num_grad_evals)
-    return {"theta": np.asarray(post.theta), "grads": grads, "wall": wall,
-            "divergences": int(np.sum(post.stats["diverging"])), "num_warmup": post.info["num_warmup"],
-            "dense": post.info["metric"]["dense"], "warnings": [str(w.message)[:90] for w in caught],
-            "ratio_spread": post.info["handoff"]["metric_ratio_spread"]}
+    return {
+        "theta": np.asarray(post.theta),
+        "grads": grads,
+        "wall": wall,
+        "divergences": int(np.sum(post.stats["diverging"])),
+        "num_warmup": post.info["num_warmup"],
+        "dense": post.info["metric"]["dense"],
+        "warnings": [str(w.message)[:90] for w in caught],
+        "ratio_spread": post.info["handoff"]["metric_ratio_spread"],
+    }
 
 
 def _blackjax_adapt(t: Target, key, chains: int, warmup: int):
@@ -107,8 +113,14 @@ def run_blackjax(t: Target, key, chains: int, draws: int) -> dict:
     k_a, k_s = jax.random.split(key)
     states, params, wgrads = _blackjax_adapt(t, k_a, chains, 1000)
     pos, sgrads, div = _blackjax_draws(t, k_s, states, params, draws)
-    return {"theta": pos, "grads": wgrads + sgrads, "wall": time.perf_counter() - t0, "divergences": div,
-            "_states": states, "_params": params}
+    return {
+        "theta": pos,
+        "grads": wgrads + sgrads,
+        "wall": time.perf_counter() - t0,
+        "divergences": div,
+        "_states": states,
+        "_params": params,
+    }
 
 
 def run_numpyro(t: Target, key, chains: int, draws: int) -> dict:
@@ -117,15 +129,25 @@ def run_numpyro(t: Target, key, chains: int, draws: int) -> dict:
     t0 = time.perf_counter()
     k_init, k_run = jax.random.split(key)
     init = starts(k_init, chains, t.dim)
-    mcmc = MCMC(NUTS(potential_fn=lambda th: -t.log_prob(th)), num_warmup=1000, num_samples=draws,
-                num_chains=chains, chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(potential_fn=lambda th: -t.log_prob(th)),
+        num_warmup=1000,
+        num_samples=draws,
+        num_chains=chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.warmup(k_run, init_params=init, extra_fields=("num_steps",), collect_warmup=True)
     wsteps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
     mcmc.run(mcmc.post_warmup_state.rng_key, init_params=init, extra_fields=("num_steps", "diverging"))
     ex = mcmc.get_extra_fields(group_by_chain=True)
     pos = np.asarray(mcmc.get_samples(group_by_chain=True))
-    return {"theta": pos, "grads": wsteps + int(np.sum(ex["num_steps"])), "wall": time.perf_counter() - t0,
-            "divergences": int(np.sum(ex["diverging"]))}
+    return {
+        "theta": pos,
+        "grads": wsteps + int(np.sum(ex["num_steps"])),
+        "wall": time.perf_counter() - t0,
+        "divergences": int(np.sum(ex["diverging"])),
+    }
 
 
 def reference(t: Target, by_name: dict, key, bj: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--chains", type=int, default=4)
-    ap.add_argument("--seeds", type=int, default=1, help="repeat each run with this many keys (medians reported)")
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="repeat each run with this many keys (medians reported)"
+    )
     ap.add_argument("--targets", default="", help="comma-separated names (default: all five)")
     ap.add_argument("--skip-numpyro", action="store_true")
     args = ap.parse_args(argv)
@@ -161,8 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         targets = [t for t in targets if t.name in want or t.name.split("_")[0] in want]
     methods = ["gnomon", "blackjax"] + ([] if args.skip_numpyro else ["numpyro"])
     runners = {"gnomon": run_gnomon, "blackjax": run_blackjax, "numpyro": run_numpyro}
-    print(f"{jax.devices()[0].platform}, {args.chains} chains × {args.draws} draws, {args.seeds} seed(s); "
-          "eff = gradient evaluations / min bulk ESS (lower is better)")
+    print(
+        f"{jax.devices()[0].platform}, {args.chains} chains × {args.draws} draws, {args.seeds} seed(s); "
+        "eff = gradient evaluations / min bulk ESS (lower is better)"
+    )
     rows = {}
     for t in targets:
         per = {m: [] for m in methods}
@@ -178,20 +204,33 @@ def main(argv: list[str] | None = None) -> dict:
         out = {}
         for m in methods:
             rs = per[m]
-            err = max(float(np.max(np.abs(r["theta"].reshape(-1, t.dim).mean(0) - ref[0]) / ref[1])) for r in rs)
-            out[m] = {"eff": float(np.median([r["eff"] for r in rs])), "ess": float(np.median([r["ess"] for r in rs])),
-                      "grads": float(np.median([r["grads"] for r in rs])), "rhat": max(r["rhat"] for r in rs),
-                      "mean_err_sd": err, "divergences": int(np.median([r["divergences"] for r in rs])),
-                      "wall": float(np.median([r["wall"] for r in rs]))}
+            err = max(
+                float(np.max(np.abs(r["theta"].reshape(-1, t.dim).mean(0) - ref[0]) / ref[1])) for r in rs
+            )
+            out[m] = {
+                "eff": float(np.median([r["eff"] for r in rs])),
+                "ess": float(np.median([r["ess"] for r in rs])),
+                "grads": float(np.median([r["grads"] for r in rs])),
+                "rhat": max(r["rhat"] for r in rs),
+                "mean_err_sd": err,
+                "divergences": int(np.median([r["divergences"] for r in rs])),
+                "wall": float(np.median([r["wall"] for r in rs])),
+            }
         g = per["gnomon"][0]
-        out["gnomon"].update(num_warmup=g["num_warmup"], dense=g["dense"], warnings=g["warnings"],
-                             ratio_spread=g["ratio_spread"])
+        out["gnomon"].update(
+            num_warmup=g["num_warmup"],
+            dense=g["dense"],
+            warnings=g["warnings"],
+            ratio_spread=g["ratio_spread"],
+        )
         rows[t.name] = out
         line = f"{t.name:28s}"
         for m in methods:
             o = out[m]
-            line += (f" | {m}: eff {o['eff']:7.1f} (grads {o['grads']:8.0f}, ESS {o['ess']:6.0f}, R̂ {o['rhat']:.3f}, "
-                     f"err {o['mean_err_sd']:.3f} sd, div {o['divergences']})")
+            line += (
+                f" | {m}: eff {o['eff']:7.1f} (grads {o['grads']:8.0f}, ESS {o['ess']:6.0f}, "
+                f"R̂ {o['rhat']:.3f}, err {o['mean_err_sd']:.3f} sd, div {o['divergences']})"
+            )
         print(line, flush=True)
         for m in methods[1:]:
             print(f"{'':28s}   ratio {m}/gnomon = {out[m]['eff'] / out['gnomon']['eff']:.2f}")

@@ -8,14 +8,19 @@ start for the optimizer, and either exact posterior moments (the Gaussian and th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-GERMAN = Path(os.environ.get("GNOMON_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "german.data-numeric"
+GERMAN = (
+    Path(os.environ.get("GNOMON_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    / "data"
+    / "german.data-numeric"
+)
 
 SCHOOLS_Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SCHOOLS_SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
@@ -51,7 +56,8 @@ def rotated_gaussian(dim: int = 100, kappa: float = 1e4, seed: int = 0) -> Targe
 
 
 def german_credit() -> Target:
-    """Logistic regression on the UCI German credit data: 24 standardised features + intercept, N(0, 1) prior."""
+    """Logistic regression on the UCI German credit data: 24 standardised features + intercept,
+    N(0, 1) prior on the weights."""
     raw = np.loadtxt(GERMAN)
     x = raw[:, :-1]
     x = (x - x.mean(0)) / x.std(0)
@@ -88,8 +94,13 @@ def eight_schools_centered() -> Target:
         mu, log_tau, z = th_nc[..., :1], th_nc[..., 1:2], th_nc[..., 2:]
         return np.concatenate([mu, log_tau, mu + np.exp(log_tau) * z], axis=-1)
 
-    return Target("eight_schools_centered", 10, log_prob, reference_from="eight_schools_noncentered",
-                  to_this=from_noncentered)
+    return Target(
+        "eight_schools_centered",
+        10,
+        log_prob,
+        reference_from="eight_schools_noncentered",
+        to_this=from_noncentered,
+    )
 
 
 def eight_schools_noncentered() -> Target:
@@ -115,4 +126,10 @@ def banana(a: float = 2.0, b: float = 0.25) -> Target:
 
 
 def all_targets() -> list[Target]:
-    return [rotated_gaussian(), german_credit(), eight_schools_centered(), eight_schools_noncentered(), banana()]
+    return [
+        rotated_gaussian(),
+        german_credit(),
+        eight_schools_centered(),
+        eight_schools_noncentered(),
+        banana(),
+    ]

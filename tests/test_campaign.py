@@ -161,3 +161,20 @@ def test_two_campaigns_at_once_share_the_work(tmp_path):
     assert sorted(fn.calls) == list(range(30))  # nothing done twice
     done = results[0].completed + results[1].completed
     assert sorted(done) == sorted(exp.runs()) and len(done) == 30
+
+
+def test_interrupt_releases_the_run(tmp_path):
+    """Ctrl-C inside fn: the run stays incomplete but unclaimed, so re-running in the same process does it."""
+    exp = gn.Experiment(tmp_path / "e")
+
+    def fn(item):
+        if item == 1:
+            raise KeyboardInterrupt
+        return make_trace(item)
+
+    with pytest.raises(KeyboardInterrupt):
+        exp.run_many(fn, [0, 1, 2])
+    assert exp.runs() == ["item-000000"] and exp.incomplete_runs() == ["item-000001"]
+    assert not (exp.run_dir("item-000001") / CLAIM_FILE).exists()
+    res = exp.run_many(lambda item: make_trace(item), [0, 1, 2])
+    assert res.ok and res.completed == ["item-000001", "item-000002"] and res.skipped == ["item-000000"]

@@ -214,27 +214,54 @@ def test_new_run_race_threads_one_winner(tmp_path):
 def test_save_round_trip_and_same_files_as_save_run(tmp_path):
     """The experiment's writer produces the same files and content as the reference save_run."""
     layout = gn.Layout({"x": (), "z": (2,)}, units={"x": "arcsec"})
-    for dtype in (np.float32, np.float64):
-        tr = opt_trace(layout=layout, dtype=dtype)
-        exp = gn.Experiment(tmp_path / f"e{dtype.__name__}")
-        d = exp.save("r1", tr, meta={"seed": 3, "bad": np.inf}, summary={"score": 1.5})
-        ref = gn.save_run(
-            tmp_path / f"ref{dtype.__name__}" / "r1",
-            tr,
+    rng = np.random.default_rng(1)
+    sampling = gn.Trace(
+        kind="sampling",
+        theta=rng.normal(size=(2, 6, 3)),
+        log_prob=rng.normal(size=(2, 6)),
+        stats={"diverging": np.zeros((2, 6), bool), "step_size": np.full((2, 6), 0.3)},
+        warmup={
+            "theta": rng.normal(size=(2, 4, 3)),
+            "log_prob": rng.normal(size=(2, 4)),
+            "stats": {"step_size": rng.uniform(size=(2, 4))},
+        },
+        status="sampled",
+        num_grad_evals=99,
+        info={"engine": "nuts"},
+        layout=layout,
+        extras={"note": "x", "arr": np.zeros(3)},
+    )
+    cases = {
+        "f32": opt_trace(layout=layout, dtype=np.float32),
+        "f64": opt_trace(layout=layout),
+        "sampling": sampling,
+    }
+    for name_, tr in cases.items():
+        exp = gn.Experiment(tmp_path / f"e{name_}")
+        kw = dict(
             meta={"seed": 3, "bad": np.inf},
             summary={"score": 1.5},
+            extra_arrays={"mine": {"a": np.arange(3)}},
+            extra_meta={"section": {"k": [1, 2]}},
         )
-        assert sorted(os.listdir(d)) == sorted(os.listdir(ref)) == ["meta.json", "summary.json", "trace.npz"]
+        d = exp.save("r1", tr, **kw)
+        ref = gn.save_run(tmp_path / f"ref{name_}" / "r1", tr, **kw)
+        assert (
+            sorted(os.listdir(d))
+            == sorted(os.listdir(ref))
+            == ["meta.json", "mine.npz", "summary.json", "trace.npz"]
+        )
         for name in ("meta.json", "summary.json"):
             a, b = json.loads((d / name).read_text()), json.loads((ref / name).read_text())
             for k in ("created_utc", "written_utc_unix"):
                 a.pop(k, None), b.pop(k, None)
             assert a == b, name
-        with np.load(d / "trace.npz") as za, np.load(ref / "trace.npz") as zb:
-            assert sorted(za.files) == sorted(zb.files)
-            for k in za.files:
-                assert za[k].dtype == zb[k].dtype
-                np.testing.assert_array_equal(za[k], zb[k])
+        for f in ("trace.npz", "mine.npz"):
+            with np.load(d / f) as za, np.load(ref / f) as zb:
+                assert sorted(za.files) == sorted(zb.files)
+                for k in za.files:
+                    assert za[k].dtype == zb[k].dtype
+                    np.testing.assert_array_equal(za[k], zb[k])
         run = exp.load("r1")
         assert run.layout == layout and run.meta["user"]["bad"] == np.inf and run.summary["score"] == 1.5
         np.testing.assert_array_equal(run.trace.theta, tr.theta)
@@ -442,3 +469,27 @@ def test_x64_trace_saved_in_float64(tmp_path):
         exp = gn.Experiment(tmp_path / "e")
         exp.save("r", tr)
     assert exp.load("r").trace.theta.dtype == np.float64
+
+
+def test_optimize_batch_to_save_batch_with_per_member_curvature(tmp_path):
+    """gn.optimize_batch → save_batch: each run is that member's fit, with its own curvature and lr_vec."""
+    a = jnp.array([1.0, 10.0, 100.0])
+    obj = gn.Objective.from_loss(lambda t, d: 0.5 * jnp.sum(a * (t - d) ** 2), 3, data=jnp.zeros(3))
+    targets = jnp.arange(12.0).reshape(4, 3)
+    bt = gn.optimize_batch(obj, jnp.ones((4, 3)), data=targets, method="preconditioned_gd", num_steps=5)
+    exp = gn.Experiment(tmp_path / "e", diagnostics=gn.DiagnosticsConfig(curvature=True, precond=True))
+    dirs = exp.save_batch(
+        bt, run_ids=[f"t{i}" for i in range(4)], meta=[{"target": t} for t in targets.tolist()]
+    )
+    for i, d in enumerate(dirs):
+        run = exp.load(d.name)
+        np.testing.assert_array_equal(run.trace.theta, np.asarray(bt[i].theta))
+        np.testing.assert_allclose(run.trace.final_theta, np.asarray(targets[i]), rtol=1e-5)  # Newton: exact
+        np.testing.assert_allclose(
+            run.load_extra("curvature")["diag"], np.asarray(a)
+        )  # exact Hessian diagonal
+        np.testing.assert_array_equal(run.load_extra("precond")["lr_vec"], np.asarray(bt.extras["lr_vec"][i]))
+        assert (
+            run.meta["engine"]["method"] == "preconditioned_gd"
+            and run.meta["user"]["target"] == targets[i].tolist()
+        )

@@ -22,17 +22,19 @@ others read it), and every file is written through a temporary file and ``os.rep
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gnomon.artifacts.diagnostics import (
     DIAG_STEPS_FILE,
@@ -92,7 +94,8 @@ def _manifest_doc(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _create_exclusive(path: Path, text: str) -> bool:
     """Create ``path`` with ``text`` iff it does not exist, atomically; True if this call created it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # readable like any file (umask applies)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -546,7 +549,7 @@ class Experiment:
             write_run(
                 d,
                 d.name,
-                host[i],
+                _member(host, i, b),
                 layout=layout,
                 meta=metas[i],
                 diagnostics=cfg,
@@ -699,6 +702,15 @@ class Experiment:
 
         kwargs.setdefault("diagnostics", self.diagnostics)
         return run_many(self, fn, items, executor=executor, **kwargs)
+
+
+def _member(batch: Trace, i: int, b: int) -> Trace:
+    """Member ``i`` of a batch, with the per-member engine outputs in ``extras`` (arrays with a leading
+    axis of size B, e.g. the curvature and lr_vec of ``gn.optimize_batch``) cut to that member."""
+    member = batch[i]
+    cut = {k: v[i] for k, v in member.extras.items()
+           if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == b}
+    return dataclasses.replace(member, extras={**member.extras, **cut}) if cut else member
 
 
 def _per_member(name: str, value: Any, b: int) -> list[Mapping[str, Any] | None]:

@@ -169,7 +169,7 @@ def write_run_files(
     put_bytes(run_dir / TRACE_FILE, buf.getbuffer(), fsync)
     files = [TRACE_FILE]
     for name, arrs in (extra_arrays or {}).items():
-        if not _EXTRA_NAME.match(name) or name in _RESERVED:
+        if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
             raise ValueError(
                 f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}"
             )

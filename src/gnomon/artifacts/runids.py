@@ -46,7 +46,7 @@ def check_run_id(run_id: Any) -> str:
         raise ValueError(f"run id {run_id!r} must not contain a path separator")
     if ".." in run_id:
         raise ValueError(f"run id {run_id!r} must not contain '..'")
-    if not _SAFE.match(run_id):
+    if not _SAFE.fullmatch(run_id):
         raise ValueError(
             f"run id {run_id!r} may contain only letters, digits, '.', '_' and '-', and must start with a "
             "letter or digit"

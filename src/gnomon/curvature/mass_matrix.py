@@ -16,7 +16,7 @@ ideal inverse mass matrix is the covariance :math:`\Sigma = H^{-1}`. A diagonal 
 
 Degenerate and negative curvature. With :math:`H = V \Lambda V^T`, eigenvalues below
 ``-tol`` (a saddle or a start away from the mode) are replaced by :math:`|\lambda|` (the "saddle-free"
-choice: the local scale is kept, the sign is not); eigenvalues within ``tol = 100\,\epsilon\,D\max|\lambda|``
+choice: the local scale is kept, the sign is not); eigenvalues within ``tol = \epsilon\,D\max|\lambda|``
 of zero (flat directions, about which the curvature says nothing) are replaced by the median of the
 well-determined ones, so the metric falls back to a typical scale rather than an infinite one. On the
 diagonal path, entries that are non-positive or non-finite get the median of the positive ones. All
@@ -52,8 +52,9 @@ class InverseMassMatrix:
       factor_inv: :math:`L^{-1}`.
       source: where it came from (``"identity"``, ``"array"``, ``"curvature"``, ``"handoff"``).
       info: JSON-able details (curvature method and cost, which variances, replacements, VIF).
-      draw_factor: for a diagonal metric from a dense curvature, the dense factor of ``H̃⁻¹`` used for Laplace
-        draws (independent draws from the marginal variances would land in the tails of a correlated posterior).
+      draw_factor: for a diagonal metric from a dense curvature, the dense factor of ``H̃⁻¹`` used for
+        Laplace draws (independent draws from the marginal variances would land in the tails of a correlated
+        posterior).
     """
 
     matrix: np.ndarray
@@ -93,7 +94,9 @@ class InverseMassMatrix:
     def __repr__(self) -> str:
         v = self.variances
         kind = "dense" if self.dense else "diag"
-        return f"InverseMassMatrix({kind}, D={self.dim}, variances {v.min():.3g}…{v.max():.3g}, {self.source})"
+        return (
+            f"InverseMassMatrix({kind}, D={self.dim}, variances {v.min():.3g}…{v.max():.3g}, {self.source})"
+        )
 
 
 def identity(dim: int, dense: bool = False, dtype: Any = np.float64) -> InverseMassMatrix:
@@ -113,7 +116,9 @@ def from_array(m: Any, source: str = "array", info: dict | None = None) -> Inver
     if a.ndim == 1:
         if not np.all(np.isfinite(a)) or np.any(a <= 0):
             bad = a[~(np.isfinite(a) & (a > 0))][:3]
-            raise ValueError(f"a diagonal inverse mass matrix must be finite and positive; got entries {bad.tolist()}")
+            raise ValueError(
+                f"a diagonal inverse mass matrix must be finite and positive; got entries {bad.tolist()}"
+            )
         s = np.sqrt(a)
         return InverseMassMatrix(a, s, 1.0 / s, source, dict(info or {}, source=source))
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
@@ -125,12 +130,15 @@ def from_array(m: Any, source: str = "array", info: dict | None = None) -> Inver
         raise ValueError("a dense inverse mass matrix must be symmetric")
     w, v = np.linalg.eigh(sym.astype(np.float64))
     if w.min() <= 0:
-        raise ValueError(f"a dense inverse mass matrix must be positive definite; smallest eigenvalue {w.min():.3g}")
+        raise ValueError(
+            f"a dense inverse mass matrix must be positive definite; smallest eigenvalue {w.min():.3g}"
+        )
     return _from_eigen(w, v, a.dtype, source, dict(info or {}, source=source), matrix=a)
 
 
-def _from_eigen(var: np.ndarray, vecs: np.ndarray, dtype: Any, source: str, info: dict,
-                matrix: np.ndarray | None = None) -> InverseMassMatrix:
+def _from_eigen(
+    var: np.ndarray, vecs: np.ndarray, dtype: Any, source: str, info: dict, matrix: np.ndarray | None = None
+) -> InverseMassMatrix:
     """Dense metric ``V diag(var) Vᵀ`` with factor ``V diag(√var)`` and inverse ``diag(1/√var) Vᵀ``."""
     sd = np.sqrt(var)
     factor = vecs * sd[None, :]
@@ -138,15 +146,23 @@ def _from_eigen(var: np.ndarray, vecs: np.ndarray, dtype: Any, source: str, info
     if matrix is None:
         matrix = (vecs * var[None, :]) @ vecs.T
         matrix = 0.5 * (matrix + matrix.T)
-    return InverseMassMatrix(matrix.astype(dtype), factor.astype(dtype), factor_inv.astype(dtype), source, info)
+    return InverseMassMatrix(
+        matrix.astype(dtype), factor.astype(dtype), factor_inv.astype(dtype), source, info
+    )
 
 
 def _median_or_one(x: np.ndarray) -> float:
     return float(np.median(x)) if x.size else 1.0
 
 
-def from_precision_matrix(h: Any, *, dense: bool | str = False, vif_threshold: float = DEFAULT_VIF_THRESHOLD,
-                          dtype: Any = None, info: dict | None = None) -> InverseMassMatrix:
+def from_precision_matrix(
+    h: Any,
+    *,
+    dense: bool | str = False,
+    vif_threshold: float = DEFAULT_VIF_THRESHOLD,
+    dtype: Any = None,
+    info: dict | None = None,
+) -> InverseMassMatrix:
     """Metric from a dense precision (curvature) matrix ``H``: marginal variances ``diag(H̃⁻¹)`` or ``H̃⁻¹``.
 
     ``H̃`` is ``H`` with negative eigenvalues replaced by their absolute values and (near-)zero ones by the
@@ -163,7 +179,7 @@ def from_precision_matrix(h: Any, *, dense: bool | str = False, vif_threshold: f
     lam, vecs = np.linalg.eigh(hm)
     scale = float(np.max(np.abs(lam))) if lam.size else 1.0
     eps = np.finfo(np.asarray(h).dtype if np.issubdtype(np.asarray(h).dtype, np.floating) else np.float64).eps
-    tol = 100.0 * eps * d * scale
+    tol = eps * d * scale  # numpy's matrix_rank tolerance
     negative = lam < -tol
     degenerate = np.abs(lam) <= tol
     good = np.abs(lam)[~degenerate]
@@ -212,17 +228,32 @@ def from_precision_diag(hdiag: Any, *, dtype: Any = None, info: dict | None = No
     h_t = np.where(ok, h, fill)
     var = 1.0 / h_t
     s = np.sqrt(var)
-    details = dict(info or {}, variances="conditional 1/diag(H)", dense=False,
-                   num_replaced=int((~ok).sum()), condition_number=float(h_t.max() / h_t.min()))
-    return InverseMassMatrix(var.astype(dtype), s.astype(dtype), (1.0 / s).astype(dtype), "curvature", details)
+    details = dict(
+        info or {},
+        variances="conditional 1/diag(H)",
+        dense=False,
+        num_replaced=int((~ok).sum()),
+        condition_number=float(h_t.max() / h_t.min()),
+    )
+    return InverseMassMatrix(
+        var.astype(dtype), s.astype(dtype), (1.0 / s).astype(dtype), "curvature", details
+    )
 
 
-def from_curvature(curv: Any, *, dense: bool | str = False, max_dense_dim: int = DEFAULT_MAX_DENSE_DIM,
-                   vif_threshold: float = DEFAULT_VIF_THRESHOLD, dtype: Any = None) -> InverseMassMatrix:
+def from_curvature(
+    curv: Any,
+    *,
+    dense: bool | str = False,
+    max_dense_dim: int = DEFAULT_MAX_DENSE_DIM,
+    vif_threshold: float = DEFAULT_VIF_THRESHOLD,
+    dtype: Any = None,
+) -> InverseMassMatrix:
     """Inverse mass matrix from a :class:`gnomon.Curvature`: from its dense matrix when it has one and
     ``D ≤ max_dense_dim`` (marginal or dense inverse), else ``1/diag``."""
-    info = {"curvature_method": getattr(curv, "method", "user"),
-            "curvature_num_grad_evals": int(getattr(curv, "num_grad_evals", 0))}
+    info = {
+        "curvature_method": getattr(curv, "method", "user"),
+        "curvature_num_grad_evals": int(getattr(curv, "num_grad_evals", 0)),
+    }
     matrix = getattr(curv, "matrix", None)
     if matrix is not None and np.shape(matrix)[-1] <= max_dense_dim:
         return from_precision_matrix(matrix, dense=dense, vif_threshold=vif_threshold, dtype=dtype, info=info)
@@ -255,9 +286,18 @@ def default_curvature_method(obj: Any, max_dense_dim: int = DEFAULT_MAX_DENSE_DI
     return ("exact", True) if small else ("hutchinson", False)
 
 
-def curvature_metric(obj: Any, theta: Any, *, method: str | None = None, dense: bool | str = False,
-                     max_dense_dim: int = DEFAULT_MAX_DENSE_DIM, vif_threshold: float = DEFAULT_VIF_THRESHOLD,
-                     key: Any = None, data: Any = None, **curvature_kwargs: Any) -> tuple[InverseMassMatrix, Any]:
+def curvature_metric(
+    obj: Any,
+    theta: Any,
+    *,
+    method: str | None = None,
+    dense: bool | str = False,
+    max_dense_dim: int = DEFAULT_MAX_DENSE_DIM,
+    vif_threshold: float = DEFAULT_VIF_THRESHOLD,
+    key: Any = None,
+    data: Any = None,
+    **curvature_kwargs: Any,
+) -> tuple[InverseMassMatrix, Any]:
     """Estimate the curvature of ``−log_prob`` at ``theta`` and turn it into an inverse mass matrix.
 
     Returns ``(InverseMassMatrix, Curvature)``; the metric's ``info`` records the curvature's method and
@@ -273,7 +313,9 @@ def curvature_metric(obj: Any, theta: Any, *, method: str | None = None, dense: 
         kwargs["data"] = data
     curv = estimate_curvature(_log_prob_objective(obj), theta, m, dense=want_dense, key=key, **kwargs)
     dtype = np.asarray(theta).dtype
-    imm = from_curvature(curv, dense=dense, max_dense_dim=max_dense_dim, vif_threshold=vif_threshold, dtype=dtype)
+    imm = from_curvature(
+        curv, dense=dense, max_dense_dim=max_dense_dim, vif_threshold=vif_threshold, dtype=dtype
+    )
     return imm, curv
 
 

@@ -7,12 +7,14 @@ the key and the package versions, so that ``gn.sample(obj_next, init=..., key=..
 from the last adaptation with a short warmup (150 steps by default; ``num_warmup=0`` reuses it as is).
 
 Storage: one ``handoff.npz`` in the run directory (arrays plus the JSON description as UTF-8 bytes under
-``meta_json``), written atomically, no pickle. Either ``bundle.save(run_dir)`` or, inside ``save_run``::
+``meta_json``), written atomically, no pickle. ``bundle.save_run(run_dir, trace)`` writes the whole run
+(trace.npz, meta.json with a ``handoff`` section, summary.json with ESS/R-hat/divergences and the hand-off
+diagnostics, handoff.npz); ``bundle.save(run_dir)`` adds only the file; by hand::
 
-    gn.save_run(run_dir, trace, extra_arrays={"handoff": bundle.to_arrays()},
-                extra_meta={"handoff": bundle.describe()})
+    gn.save_run(run_dir, trace, summary=sampling_summary(trace),
+                extra_arrays={"handoff": bundle.to_arrays()}, extra_meta={"handoff": bundle.describe()})
 
-and ``HandOff.load(run_or_dir)`` reads it back.
+``HandOff.load(run_or_dir)`` reads it back.
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ from gnomon.trace.trace import Trace
 
 HANDOFF_FILE = "handoff.npz"
 HANDOFF_SCHEMA = 1
-_ARRAYS = ("theta", "inverse_mass_matrix", "seed_inverse_mass_matrix", "curvature_diag", "curvature_matrix",
-           "positions", "key")
+_ARRAYS = (
+    "theta",
+    "inverse_mass_matrix",
+    "seed_inverse_mass_matrix",
+    "curvature_diag",
+    "curvature_matrix",
+    "positions",
+    "key",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +75,9 @@ class HandOff:
             raise ValueError(f"HandOff.theta must be a vector (D,), got shape {th.shape}")
         d = th.shape[0]
         if imm.shape not in ((d,), (d, d)):
-            raise ValueError(f"HandOff.inverse_mass_matrix must be ({d},) or ({d}, {d}), got shape {imm.shape}")
+            raise ValueError(
+                f"HandOff.inverse_mass_matrix must be ({d},) or ({d}, {d}), got shape {imm.shape}"
+            )
         if not (np.isfinite(self.step_size) and self.step_size > 0):
             raise ValueError(f"HandOff.step_size must be a positive number, got {self.step_size!r}")
         if self.positions is not None and (np.ndim(self.positions) != 2 or np.shape(self.positions)[1] != d):
@@ -108,10 +119,17 @@ class HandOff:
             v = ex.get(name)
             return None if v is None else np.asarray(v)
 
-        return cls(theta=np.asarray(ex["theta_star"]), step_size=float(ex["step_size"]),
-                   inverse_mass_matrix=np.asarray(ex["inverse_mass_matrix"]),
-                   seed_inverse_mass_matrix=arr("seed_inverse_mass_matrix"), curvature_diag=arr("curvature_diag"),
-                   curvature_matrix=arr("curvature_matrix"), positions=arr("positions"), key=arr("key"), info=desc)
+        return cls(
+            theta=np.asarray(ex["theta_star"]),
+            step_size=float(ex["step_size"]),
+            inverse_mass_matrix=np.asarray(ex["inverse_mass_matrix"]),
+            seed_inverse_mass_matrix=arr("seed_inverse_mass_matrix"),
+            curvature_diag=arr("curvature_diag"),
+            curvature_matrix=arr("curvature_matrix"),
+            positions=arr("positions"),
+            key=arr("key"),
+            info=desc,
+        )
 
     # ------------------------------------------------------------------ views
     @property
@@ -128,8 +146,14 @@ class HandOff:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (for ``meta.json``): schema, dimensions, step size, settings, diagnostics."""
-        return {"handoff_schema": HANDOFF_SCHEMA, "dim": self.dim, "dense": self.dense,
-                "step_size": float(self.step_size), "num_chains": self.num_chains, **self.info}
+        return {
+            "handoff_schema": HANDOFF_SCHEMA,
+            "dim": self.dim,
+            "dense": self.dense,
+            "step_size": float(self.step_size),
+            "num_chains": self.num_chains,
+            **self.info,
+        }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for ``handoff.npz`` (the description is stored as UTF-8 bytes under ``meta_json``)."""
@@ -149,16 +173,34 @@ class HandOff:
         if "meta_json" in arrays:
             from gnomon.artifacts.jsonio import from_jsonable
 
-            desc = from_jsonable(json.loads(bytes(np.asarray(arrays["meta_json"], dtype=np.uint8)).decode("utf-8")))
+            desc = from_jsonable(
+                json.loads(bytes(np.asarray(arrays["meta_json"], dtype=np.uint8)).decode("utf-8"))
+            )
             schema = desc.get("handoff_schema", 1)
             if isinstance(schema, int) and schema > HANDOFF_SCHEMA:
-                raise ValueError(f"hand-off schema {schema} is newer than this gnomon reads (≤ {HANDOFF_SCHEMA})")
+                raise ValueError(
+                    f"hand-off schema {schema} is newer than this gnomon reads (≤ {HANDOFF_SCHEMA})"
+                )
         for k in ("handoff_schema", "dim", "dense", "step_size", "num_chains"):
             desc.pop(k, None)
         kw = {name: np.asarray(arrays[name]) for name in _ARRAYS if name in arrays}
         return cls(step_size=float(np.asarray(arrays["step_size"])), info=desc, **kw)
 
     # ------------------------------------------------------------------ files
+    def save_run(self, run_dir: str | os.PathLike, trace: Trace, **save_run_kwargs: Any) -> Path:
+        """Write ``trace`` as a run directory with this bundle (``handoff.npz`` and ``meta.json["handoff"]``)
+        and the sampling summary (min ESS, max R-hat, divergences, cost, hand-off diagnostics) merged into
+        ``summary.json``. Other keyword arguments go to :func:`gnomon.save_run` (``arviz=True``, ``meta=``,
+        ...)."""
+        from gnomon.artifacts.run import save_run
+        from gnomon.artifacts.sampling_summary import sampling_summary
+
+        kw = dict(save_run_kwargs)
+        kw["summary"] = {**sampling_summary(trace), **dict(kw.get("summary") or {})}
+        kw["extra_arrays"] = {**dict(kw.get("extra_arrays") or {}), "handoff": self.to_arrays()}
+        kw["extra_meta"] = {**dict(kw.get("extra_meta") or {}), "handoff": _jsonable(self.describe())}
+        return save_run(run_dir, trace, **kw)
+
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``handoff.npz`` into ``run_dir`` (created if needed); return its path."""
         from gnomon.artifacts.npzio import write_npz
@@ -182,8 +224,10 @@ class HandOff:
             if path.is_dir():
                 path = path / HANDOFF_FILE
         if not path.exists():
-            raise ArtifactError(f"{path}: no hand-off bundle (save one with HandOff.save(run_dir) or "
-                                "save_run(..., extra_arrays={'handoff': bundle.to_arrays()}))")
+            raise ArtifactError(
+                f"{path}: no hand-off bundle (save one with HandOff.save(run_dir) or "
+                "save_run(..., extra_arrays={'handoff': bundle.to_arrays()}))"
+            )
         try:
             return cls.from_arrays(read_npz(path))
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -193,8 +237,9 @@ class HandOff:
 
     def __repr__(self) -> str:
         kind = "dense" if self.dense else "diag"
-        return (f"HandOff(D={self.dim}, step_size={self.step_size:.4g}, {kind} metric, "
-                f"chains={self.num_chains})")
+        return (
+            f"HandOff(D={self.dim}, step_size={self.step_size:.4g}, {kind} metric, chains={self.num_chains})"
+        )
 
 
 def _versions() -> dict[str, Any]:

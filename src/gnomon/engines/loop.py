@@ -37,7 +37,8 @@ RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
 
 # Rows buffered on the device per chunk: bounded by memory (≈ 8 MB of θ rows) and by the run length.
 _ROW_BYTES_BUDGET = 8 * 2**20
-_MAX_ROWS = 1024
+_MAX_ROWS = 1024  # per chunk while a progress bar is drawn
+_MAX_ROWS_QUIET = 1 << 16  # without a bar: few chunks (each costs a dispatch and a host copy)
 
 
 class OptimizerSpec(NamedTuple):
@@ -95,18 +96,18 @@ class _Carry(NamedTuple):
 
 class _Rows(NamedTuple):
     theta: Any
-    loss: Any
-    grad_norm: Any
-    step_norm: Any
-    learning_rate: Any
+    scalars: Any  # (rows, 4): loss, grad_norm, step_norm, learning_rate (one buffer: one write per step)
     step: Any
+
+
+_SCALARS = ("loss", "grad_norm", "step_norm", "learning_rate")
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _rows_for(dim: int, itemsize: int, num_steps: int, record_every: int) -> int:
-    cap = max(1, min(_MAX_ROWS, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
+def _rows_for(dim: int, itemsize: int, num_steps: int, record_every: int, progress_on: bool = True) -> int:
+    cap = max(1, min(_MAX_ROWS if progress_on else _MAX_ROWS_QUIET, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
     need = max(1, math.ceil((num_steps + 1) / record_every))
     return min(cap, 1 << math.ceil(math.log2(need)))  # powers of two: few distinct compilations
 
@@ -137,12 +138,16 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
         )
 
     def chunk(carry: _Carry, data, num_steps):
+        # Branch-free body: the update is always computed and selected with `where` (only the final
+        # iteration's update is discarded); rows are written at `row`, or into a scratch row `rows` when
+        # this step is not recorded. Few ops per step keep the loop close to a bare lax.scan.
         dtype = carry.loss.dtype
         dim = carry.theta.shape[-1]
         t0 = carry.t
-        nan = jnp.full((rows,), jnp.nan, dtype)
-        bufs = _Rows(jnp.zeros((rows, dim), carry.theta.dtype), nan, nan, nan, nan, jnp.full((rows,), -1, jnp.int32))
+        bufs = _Rows(jnp.zeros((rows + 1, dim), carry.theta.dtype), jnp.full((rows + 1, 4), jnp.nan, dtype),
+                     jnp.full((rows + 1,), -1, jnp.int32))
         value_fn = lambda th: obj.loss(th, data)  # noqa: E731
+        put = jax.lax.dynamic_update_index_in_dim
 
         def cond(state):
             c, _ = state
@@ -153,56 +158,45 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
             finite = jnp.isfinite(c.loss) & jnp.all(jnp.isfinite(c.grad))
             gnorm = jnp.linalg.norm(c.grad)
             record = finite & (c.t % record_every == 0)
-            row = (c.t - t0) // record_every
-            b = jax.lax.cond(
-                record,
-                lambda b: b._replace(
-                    theta=b.theta.at[row].set(c.theta), loss=b.loss.at[row].set(c.loss),
-                    grad_norm=b.grad_norm.at[row].set(gnorm), step=b.step.at[row].set(c.t),
-                ),
-                lambda b: b,
-                b,
-            )
+            idx = jnp.where(record, (c.t - t0) // record_every, rows)
             converged = jnp.zeros((), bool)
             if gtol is not None:
                 converged = converged | (gnorm <= gtol)
             if ftol is not None:
                 scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(c.loss)), 1.0)
                 converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - c.loss) <= ftol * scale))
-            stop = jnp.where(
-                ~finite, NONFINITE, jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING))
-            ).astype(jnp.int32)
+            stop = jnp.where(~finite, NONFINITE,
+                             jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING)))
+            running = stop == RUNNING
 
-            def advance(args):
-                c, b = args
-                kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
-                if extra_args and built.pass_data:
-                    kwargs["data"] = data
-                updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
-                theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
-                if built.reuse is not None:
-                    loss, grad = built.reuse(opt_state)
-                    grad = grad.astype(c.grad.dtype)
-                else:
-                    loss, grad = jax.value_and_grad(obj.loss)(theta, data)
-                lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
-                snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
-                b = jax.lax.cond(
-                    record,
-                    lambda b: b._replace(step_norm=b.step_norm.at[row].set(snorm),
-                                         learning_rate=b.learning_rate.at[row].set(lr)),
-                    lambda b: b,
-                    b,
-                )
-                extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
-                c = _Carry(
-                    theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
-                    status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
-                    n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
-                )
-                return c, b
-
-            return jax.lax.cond(stop == RUNNING, advance, lambda a: (a[0]._replace(status=stop), a[1]), (c, b))
+            kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
+            if extra_args and built.pass_data:
+                kwargs["data"] = data
+            updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
+            theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
+            if built.reuse is not None:
+                loss, grad = built.reuse(opt_state)
+                grad = grad.astype(c.grad.dtype)
+            else:
+                loss, grad = jax.value_and_grad(obj.loss)(theta, data)
+            lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
+            snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
+            extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
+            moved = _Carry(
+                theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
+                status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
+                n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
+            )
+            stopped = c._replace(status=stop.astype(jnp.int32))
+            c_next = jax.tree.map(lambda m, s: jnp.where(running, m, s), moved, stopped)
+            scal = jnp.stack([c.loss.astype(dtype), gnorm.astype(dtype), jnp.where(running, snorm, jnp.nan),
+                              jnp.where(running, lr, jnp.nan)]).astype(dtype)
+            b = _Rows(
+                theta=put(b.theta, c.theta, idx, 0),
+                scalars=put(b.scalars, scal, idx, 0),
+                step=put(b.step, jnp.where(record, c.t, -1).astype(jnp.int32), idx, 0),
+            )
+            return c_next, b
 
         return jax.lax.while_loop(cond, body, (carry, bufs))
 
@@ -256,13 +250,16 @@ def run_loop(
         raise ValueError(f"θ0 has shape {tuple(theta0.shape)}, expected {expected} for {obj!r}")
 
     start = time.perf_counter()
-    rows = _rows_for(obj.dim, theta0.dtype.itemsize, num_steps, record_every)
     gtol_f = None if gtol is None else float(gtol)
     ftol_f = None if ftol is None else float(ftol)
-    init_fn, chunk_fn, chunk_steps, final_extras = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f, batched)
+    bar = Progress(num_steps, f"{spec.name}",
+                   enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
+    width = obj.dim * (theta0.shape[0] if batched else 1)
+    rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar.enabled)
+    init_fn, chunk_fn, chunk_steps, final_extras = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f,
+                                                             batched)
     carry = init_fn(theta0, data)
     pieces: list[_Rows] = []
-    bar = Progress(num_steps, f"{spec.name}", enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
     n_steps_arr = jnp.asarray(num_steps, jnp.int32)
     while True:
         carry, bufs = chunk_fn(carry, data, n_steps_arr)
@@ -291,9 +288,13 @@ def run_loop(
 def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float,
               extras: dict | None = None) -> Trace:
     pick = (lambda a: np.asarray(a)) if i is None else (lambda a: np.asarray(a)[i])
-    cols = {f: np.concatenate([pick(getattr(p, f)) for p in pieces]) for f in _Rows._fields}
-    keep = cols["step"] >= 0
-    cols = {k: v[keep] for k, v in cols.items()}
+    # recorded rows form a prefix of each chunk's buffers (rows are written in order; unrecorded steps go
+    # to the scratch row at the end): slice views, then copy once
+    counts = [int(np.count_nonzero(pick(p.step) >= 0)) for p in pieces]
+    cols = {f: np.concatenate([pick(getattr(p, f))[:k] for p, k in zip(pieces, counts, strict=True)])
+            for f in ("theta", "step")}
+    scalars = np.concatenate([pick(p.scalars)[:k] for p, k in zip(pieces, counts, strict=True)])
+    cols.update({name: np.ascontiguousarray(scalars[:, j]) for j, name in enumerate(_SCALARS)})
     c = jax.tree_util.tree_map(pick, carry)
     code, t = int(c.status), int(c.t)
     loss_now = float(c.loss)

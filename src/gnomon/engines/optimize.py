@@ -84,12 +84,16 @@ class PrecondState(NamedTuple):
     count: Any
     diag: Any  # curvature in use
     diag0: Any  # curvature at θ0
-    shape: Any  # s ⊙ (c + eps)^(-p)
-    base: Any  # η after the λ_max bound
-    lam: Any  # λ_max estimate at the last (re)estimation
+    shape: Any  # P = s ⊙ (c + eps)^(-p)
+    base: Any  # η0 after the λ_max bound
+    lam: Any  # λ_max estimate at the last (re)estimation (nan without the bound)
+    alpha: Any  # step multiplier: 1 (fixed) or the Barzilai–Borwein η_BB / η0
     factor: Any  # backtracking factor (1, ½, ¼, ...)
-    prev_update: Any
-    prev_value: Any
+    prev_update: Any  # u: θ_now = θ_accepted + u
+    prev_grad: Any  # ∇f(θ_accepted)
+    prev_value: Any  # f(θ_accepted)
+    recent: Any  # (M,) losses of the last M accepted points (−inf = empty)
+    num_accepted: Any
     key: Any  # raw key data (uint32), so that the state converts to numpy
     num_grad_evals: Any  # curvature + power-iteration cost since init (not counting init)
     num_backtracks: Any
@@ -100,7 +104,7 @@ class PrecondState(NamedTuple):
 class _Curv(NamedTuple):
     """Static description of where the curvature comes from."""
 
-    source: str  # "estimate" | "given" | "identity"
+    source: str  # "estimate" | "given" | "given_then_estimate" (refreshes) | "identity"
     settings: tuple | None
     cost: int
     given: Any  # (D,) numpy for "given"
@@ -121,22 +125,29 @@ def _precond_transform(
     scales: np.ndarray,
     bound: bool,
     backtrack: bool,
+    bb: bool,
+    window: int,
     refresh_every: int | None,
     ema: float,
     power_iters: int,
     key: Any,
-    dim: int,
 ):
-    """``(tx, init_state)`` for preconditioned GD (identity curvature = plain GD with the safeguards)."""
-    cfn = curvature_fn(obj, curv.settings) if curv.source == "estimate" else None
-    is_vr_hutch = curv.source == "estimate" and curv.settings[0] == "hutchinson" and curv.settings[3] != "plain"
+    r"""``(tx, init_state, lr_scalar, lr_vector)`` for preconditioned GD (identity curvature = plain GD).
+
+    Update from an accepted point: :math:`u = -η\, P ∇f`, :math:`η = η_0 · α · \text{factor}`. With
+    ``bb``, after each accepted step :math:`α η_0 = s^T P^{-1} s / s^T y` (Barzilai–Borwein in the metric
+    :math:`P^{-1}`; kept when :math:`s^T y ≤ 0`), clamped to [1e-6, 1e6]·η0. With ``backtrack`` a point is
+    rejected when :math:`f > \max(\text{last } M \text{ accepted}) + 10^{-4}\, u^T ∇f_\text{acc}`
+    (nonmonotone Armijo; M = ``window``): the next update returns halfway, :math:`-u/2`, and halves η."""
+    cfn = curvature_fn(obj, curv.settings) if curv.settings is not None else None
+    is_vr_hutch = cfn is not None and curv.settings[0] == "hutchinson" and curv.settings[3] != "plain"
     schedule = base_lr if callable(base_lr) else None
     base0 = 1.0 if callable(base_lr) else float(base_lr)
 
-    def estimate(theta, data, k, previous):
+    def estimate(theta, data, k, previous, at_init):
         if curv.source == "identity":
             return jnp.ones_like(theta), jnp.zeros((3,), jnp.int32)
-        if curv.source == "given":
+        if curv.source == "given" or (curv.source == "given_then_estimate" and at_init):
             return jnp.asarray(curv.given, theta.dtype), jnp.zeros((3,), jnp.int32)
         raw, _ = cfn(theta, data, k, previous if (is_vr_hutch and previous is not None) else None)
         d, c = safeguard(raw.astype(theta.dtype), floor=curv.floor, prior_precision=curv.prior_precision,
@@ -152,26 +163,15 @@ def _precond_transform(
         f = lambda th: obj.loss(th, data)  # noqa: E731
         lam = preconditioned_lambda_max(f, theta, shape, num_iters=power_iters, key=k)
         ok = jnp.isfinite(lam) & (lam > 0)
-        return jnp.where(ok, jnp.minimum(base0, 1.0 / jnp.where(ok, lam, 1.0)), base0).astype(theta.dtype), lam
+        inv = 1.0 / jnp.where(ok, lam, 1.0)
+        return jnp.where(ok, jnp.minimum(base0, inv), base0).astype(theta.dtype), lam
 
-    per_estimate = (curv.cost if curv.source == "estimate" else 0) + (2 * power_iters if bound else 0)
-
-    def init_state(theta0, data, loss0, grad0):
-        k0, k1, k2 = jax.random.split(key, 3)
-        diag, counts = estimate(theta0, data, k0, None)
-        shape = make_shape(diag)
-        base, lam = bound_base(theta0, data, shape, k1)
-        dt = theta0.dtype
-        state = PrecondState(
-            count=jnp.zeros((), jnp.int32), diag=diag, diag0=diag, shape=shape, base=base, lam=lam,
-            factor=jnp.ones((), dt), prev_update=jnp.zeros_like(theta0), prev_value=jnp.full((), jnp.inf, dt),
-            key=jax.random.key_data(k2), num_grad_evals=jnp.zeros((), jnp.int32), num_backtracks=jnp.zeros((), jnp.int32),
-            counts=counts, lr0=jnp.zeros_like(theta0),
-        )
-        return state._replace(lr0=lr_vector(state)), per_estimate
+    power_cost = 2 * power_iters if bound else 0
+    init_cost = (curv.cost if curv.source == "estimate" else 0) + power_cost
+    refresh_cost = (curv.cost if cfn is not None else 0) + power_cost
 
     def lr_scalar(state):
-        b = state.base * state.factor
+        b = state.base * state.alpha * state.factor
         if schedule is not None:
             b = b * schedule(state.count)
         return b
@@ -182,34 +182,78 @@ def _precond_transform(
             lr = jnp.clip(lr, lr_min, lr_max)
         return lr
 
+    def init_state(theta0, data, loss0, grad0):
+        k0, k1, k2 = jax.random.split(key, 3)
+        diag, counts = estimate(theta0, data, k0, None, True)
+        shape = make_shape(diag)
+        base, lam = bound_base(theta0, data, shape, k1)
+        dt = theta0.dtype
+        one = jnp.ones((), dt)
+        state = PrecondState(
+            count=jnp.zeros((), jnp.int32), diag=diag, diag0=diag, shape=shape, base=base, lam=lam, alpha=one,
+            factor=one, prev_update=jnp.zeros_like(theta0), prev_grad=jnp.zeros_like(theta0),
+            prev_value=jnp.full((), jnp.inf, dt),
+            recent=jnp.full((window,), -jnp.inf, dt), num_accepted=jnp.zeros((), jnp.int32),
+            key=jax.random.key_data(k2), num_grad_evals=jnp.zeros((), jnp.int32),
+            num_backtracks=jnp.zeros((), jnp.int32), counts=counts, lr0=jnp.zeros_like(theta0),
+        )
+        return state._replace(lr0=lr_vector(state)), init_cost
+
     def update(updates, state, params=None, *, value=None, data=None, **extra):
         grad = updates
         if refresh_every is not None:
             def refresh(st):
                 key, k0, k1 = jax.random.split(jax.random.wrap_key_data(st.key), 3)
-                new, _ = estimate(params, data, k0, st.diag)
+                new, _ = estimate(params, data, k0, st.diag, False)
                 diag = ema * st.diag + (1 - ema) * new
                 shape = make_shape(diag)
                 base, lam = bound_base(params, data, shape, k1)
                 return st._replace(diag=diag, shape=shape, base=base, lam=lam, key=jax.random.key_data(key),
-                                   num_grad_evals=st.num_grad_evals + per_estimate)
+                                   num_grad_evals=st.num_grad_evals + refresh_cost)
 
             due = (state.count > 0) & (state.count % refresh_every == 0)
             state = jax.lax.cond(due, refresh, lambda st: st, state)
-        step = -(lr_vector(state) * grad).astype(grad.dtype)
+
+        slope = jnp.vdot(state.prev_update, state.prev_grad)  # directional derivative along u at θ_accepted
         if backtrack:
-            rose = jnp.isfinite(state.prev_value) & (value > state.prev_value)
-            back = (-0.5 * state.prev_update).astype(grad.dtype)
-            new_update = jnp.where(rose, back, step)
-            state = state._replace(
-                factor=jnp.where(rose, 0.5 * state.factor, state.factor),
-                prev_update=jnp.where(rose, 0.5 * state.prev_update, step),
-                prev_value=jnp.where(rose, state.prev_value, value),
-                num_backtracks=state.num_backtracks + rose.astype(jnp.int32),
-            )
+            ref = jnp.max(state.recent)
+            rose = jnp.isfinite(ref) & ~(value <= ref + 1e-4 * slope)
+            # safeguarded quadratic interpolation along u: φ(t) = f_a + t·slope + t²·(f − f_a − slope)
+            curv2 = value - state.prev_value - slope
+            t_star = jnp.clip(-slope / (2 * jnp.where(curv2 > 0, curv2, 1.0)), 0.1, 0.5)
+            t_back = jnp.where((curv2 > 0) & jnp.isfinite(t_star), t_star, 0.5).astype(grad.dtype)
         else:
-            new_update = step
-        return new_update, state._replace(count=state.count + 1)
+            rose = jnp.zeros((), bool)
+            t_back = jnp.asarray(0.5, grad.dtype)
+
+        alpha = state.alpha
+        if bb:
+            s = state.prev_update
+            yv = grad - state.prev_grad
+            sy = jnp.vdot(s, yv)
+            sps = jnp.vdot(s, s / state.shape)
+            cand = sps / jnp.where(sy > 0, sy, 1.0) / state.base
+            ok = (state.num_accepted > 0) & (sy > 0) & jnp.isfinite(cand) & (cand > 0)
+            alpha = jnp.where(ok & ~rose, jnp.clip(cand, 1e-6, 1e6), alpha).astype(alpha.dtype)
+            factor = jnp.where(rose, t_back * state.factor,
+                               jnp.where(ok, jnp.ones_like(state.factor), state.factor))
+        else:
+            factor = jnp.where(rose, t_back * state.factor, state.factor)
+        st = state._replace(alpha=alpha, factor=factor)
+        step = -(lr_vector(st) * grad).astype(grad.dtype)
+        back = ((t_back - 1) * state.prev_update).astype(grad.dtype)
+        new_update = jnp.where(rose, back, step)
+        slot = state.num_accepted % window
+        st = st._replace(
+            count=state.count + 1,
+            prev_update=jnp.where(rose, t_back * state.prev_update, step),
+            prev_grad=jnp.where(rose, state.prev_grad, grad),
+            prev_value=jnp.where(rose, state.prev_value, value),
+            recent=jnp.where(rose, state.recent, state.recent.at[slot].set(value)),
+            num_accepted=state.num_accepted + (~rose).astype(jnp.int32),
+            num_backtracks=state.num_backtracks + rose.astype(jnp.int32),
+        )
+        return new_update, st
 
     def plain_init(params):
         raise ValueError("this transformation is initialised by gnomon's optimizer loop (init_state)")
@@ -277,6 +321,11 @@ def _resolve_curvature(obj: Objective, curvature: Any, theta: Any, data: Any, *,
     return (_Curv("estimate", settings, cost, None, floor, _hashable_prior(prior_precision), negative), curvature,
             {"method": curvature, "chosen": chosen, "num_grad_evals": cost, "floor": floor, "negative": negative,
              "prior_precision": None if prior_precision is None else float(np.max(prior_precision)), **config})
+
+
+def _curv_kwargs(opts: dict) -> dict:
+    return dict(num_probes=opts["num_probes"], hutchinson_mode=opts["hutchinson_mode"], floor=opts["floor"],
+                prior_precision=opts["prior_precision"], negative=opts["negative"], batch_size=opts["batch_size"])
 
 
 def _hashable_prior(p: Any) -> Any:
@@ -368,28 +417,33 @@ def _build_spec(obj: Objective, method: Any, theta_probe: Any, data_probe: Any, 
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
 
+    step_size = opts["step_size"]
+    if step_size not in (None, "fixed", "bb"):
+        raise ValueError(f"step_size must be 'fixed', 'bb' or None (default by method), got {step_size!r}")
+    window = opts["window"]
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
     curvature_info = None
     if method == "preconditioned_gd":
         if opts["curvature"] == "ema_grad2":
             return _ema_grad2_spec(opts, lr, key_t)
         curv, cmethod, curvature_info = _resolve_curvature(
-            obj, opts["curvature"], theta_probe, data_probe, num_probes=opts["num_probes"],
-            hutchinson_mode=opts["hutchinson_mode"], floor=opts["floor"], prior_precision=opts["prior_precision"],
-            negative=opts["negative"], batch_size=opts["batch_size"])
+            obj, opts["curvature"], theta_probe, data_probe, **_curv_kwargs(opts))
         if refresh_every is not None and curv.source == "given":
             if cmethod not in CURVATURE_METHODS or cmethod == "ema_grad2":
-                raise ValueError(f"refresh_every needs a curvature method to re-run; the given Curvature is {cmethod!r}")
-            curv2, _, _ = _resolve_curvature(obj, cmethod, theta_probe, data_probe, num_probes=opts["num_probes"],
-                                             hutchinson_mode=opts["hutchinson_mode"], floor=opts["floor"],
-                                             prior_precision=opts["prior_precision"], negative=opts["negative"],
-                                             batch_size=opts["batch_size"])
-            curv = curv._replace(settings=curv2.settings, cost=curv2.cost)
+                raise ValueError("refresh_every needs a curvature method to re-run; the given Curvature is "
+                                 f"{cmethod!r}")
+            curv2, _, _ = _resolve_curvature(obj, cmethod, theta_probe, data_probe, **_curv_kwargs(opts))
+            curv = curv._replace(settings=curv2.settings, cost=curv2.cost, source="given_then_estimate")
             curvature_info["refresh_cost"] = curv2.cost
         power = default_power(cmethod) if opts["power"] is None else opts["power"]
         if not (isinstance(power, (int, float)) and power > 0):
             raise ValueError(f"power must be a positive number, got {power!r}")
-        bound = sg in ("auto", "lambda_max", "both")
-        backtrack = sg in ("auto", "backtrack", "both")
+        if step_size is None:
+            step_size = "fixed" if momentum is not None else "bb"
+        bb = step_size == "bb"
+        bound = sg in ("lambda_max", "both") or (sg == "auto" and not bb)
+        backtrack = sg in ("backtrack", "both") or (sg == "auto" and momentum is None)
         base_lr = 1.0 if lr is None else lr
     else:
         if refresh_every is not None:
@@ -397,25 +451,31 @@ def _build_spec(obj: Objective, method: Any, theta_probe: Any, data_probe: Any, 
         curv = _Curv("identity", None, 0, None, 0.0, None, "abs")
         power = 1.0
         auto = lr is None
+        step_size = step_size or "fixed"
+        bb = step_size == "bb"
         bound = sg in ("lambda_max", "both") or (sg == "auto" and auto)
-        backtrack = sg in ("backtrack", "both") or (sg == "auto" and auto and momentum is None)
-        if backtrack and momentum is not None:
-            raise ValueError("the backtracking safeguard cannot be combined with momentum; use safeguard='lambda_max'")
-        if lr is None and not bound:
+        backtrack = sg in ("backtrack", "both") or (sg == "auto" and (auto or bb) and momentum is None)
+        if lr is None and not bound and not bb:
             raise ValueError(f"{method} without a learning_rate needs the lambda_max safeguard (safeguard='auto')")
-        base_lr = 1.0 if lr is None else lr
-        if lr is None:
-            base_lr = np.inf  # η = 1/λ_max
+        base_lr = (np.inf if bound else 1.0) if lr is None else lr  # with the bound: η = 1/λ_max
+    if backtrack and momentum is not None:
+        raise ValueError("the backtracking safeguard cannot be combined with momentum; use safeguard='lambda_max'")
+    if bb and momentum is not None:
+        raise ValueError("step_size='bb' cannot be combined with momentum; use step_size='fixed'")
+    if not bb:
+        window = 1  # fixed steps: monotone backtracking
     scales = block_scales(obj.dim, opts["layout"], opts["block_scale"])
     lr_min, lr_max = opts["lr_min"], opts["lr_max"]
     settings_key = (method, curv.source, curv.settings, _hashable(curv.given), curv.floor, curv.prior_precision,
-                    curv.negative, _hashable(base_lr), float(power), float(eps), lr_min, lr_max, _hashable(scales),
-                    bound, backtrack, refresh_every, float(ema), power_iters, momentum, nesterov, key_t)
-    info = {"method": method, "learning_rate": _jsonable_lr(lr), "safeguard": sg, "lambda_max_bound": bound,
-            "backtracking": backtrack, "power_iters": power_iters if bound else None}
+                    curv.negative, _hashable(base_lr), float(power), float(eps), lr_min, lr_max,
+                    _hashable(scales), bound, backtrack, bb, window, refresh_every, float(ema), power_iters,
+                    momentum, nesterov, key_t)
+    info = {"method": method, "learning_rate": _jsonable_lr(lr), "step_size": step_size, "safeguard": sg,
+            "lambda_max_bound": bound, "backtracking": backtrack, "window": window if backtrack else None,
+            "power_iters": power_iters if bound else None}
     if method == "preconditioned_gd":
-        info.update(power=float(power), eps=float(eps), lr_min=lr_min, lr_max=lr_max, refresh_every=refresh_every,
-                    ema=float(ema), curvature_fixed=refresh_every is None,
+        info.update(power=float(power), eps=float(eps), lr_min=lr_min, lr_max=lr_max,
+                    refresh_every=refresh_every, ema=float(ema), curvature_fixed=refresh_every is None,
                     block_scale=dict(opts["block_scale"]) if opts["block_scale"] else None)
     if momentum is not None:
         info.update(momentum=float(momentum), nesterov=nesterov)
@@ -423,8 +483,8 @@ def _build_spec(obj: Objective, method: Any, theta_probe: Any, data_probe: Any, 
     def build():
         ptx, init_p, lr_scalar, lr_vector = _precond_transform(
             obj, curv, base_lr=base_lr, power=float(power), eps=float(eps), lr_min=lr_min, lr_max=lr_max,
-            scales=scales, bound=bound, backtrack=backtrack, refresh_every=refresh_every, ema=float(ema),
-            power_iters=power_iters, key=jax.random.wrap_key_data(jnp.asarray(key_t, jnp.uint32)), dim=obj.dim)
+            scales=scales, bound=bound, backtrack=backtrack, bb=bb, window=window, refresh_every=refresh_every,
+            ema=float(ema), power_iters=power_iters, key=jax.random.wrap_key_data(jnp.asarray(key_t, jnp.uint32)))
 
         def final_extras(st):
             return {"curvature": st.diag0, "lr_vec": st.lr0,
@@ -509,6 +569,8 @@ def optimize(
     memory_size: int = 10,
     power_iters: int = 20,
     batch_size: int | None = None,
+    step_size: str | None = None,
+    window: int = 10,
 ) -> Trace:
     """Minimise ``obj.loss`` from ``theta0`` (see the module docstring for methods and safeguards).
 
@@ -614,7 +676,7 @@ _DEFAULTS = dict(
     learning_rate=None, curvature=None, key=None, refresh_every=None, momentum=None, nesterov=False, power=None,
     eps=0.0, lr_min=None, lr_max=None, block_scale=None, safeguard="auto", num_probes=None,
     hutchinson_mode="variance_reduced", floor=1e-6, prior_precision=None, negative="abs", ema=0.0, beta=0.999,
-    memory_size=10, power_iters=20, batch_size=None, layout=None,
+    memory_size=10, power_iters=20, batch_size=None, layout=None, step_size=None, window=10,
 )
 
 

@@ -1,0 +1,72 @@
+"""Aggregation scalars of a sampling run for ``summary.json``: ESS, R-hat, divergences, cost, hand-off.
+
+``sampling_summary(trace)`` computes, over every θ coordinate (base coordinates for an eigen-space trace),
+the minimum bulk and tail effective sample sizes and the maximum rank-normalised split R-hat with
+arviz-stats, and adds the divergences, gradient evaluations (and per effective sample), runtime, adapted
+step size and the hand-off diagnostics the sampler recorded in ``trace.info["handoff"]``. Pass it to
+``save_run(..., summary=sampling_summary(trace))`` (:meth:`gnomon.HandOff.save_run` does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from gnomon.trace.trace import Trace
+
+
+def ess_rhat(theta: Any) -> dict[str, float]:
+    """``min_ess_bulk``, ``min_ess_tail`` and ``max_rhat`` of draws ``(C, N, D)`` (R-hat is NaN for a
+    single chain)."""
+    import arviz_stats as azs
+
+    th = np.asarray(theta, dtype=np.float64)
+    if th.ndim != 3:
+        raise ValueError(f"draws must be (chains, draws, D), got shape {th.shape}")
+    out = {
+        "min_ess_bulk": float(np.nanmin(azs.ess(th, chain_axis=0, draw_axis=1, method="bulk"))),
+        "min_ess_tail": float(
+            np.nanmin(azs.ess(th, chain_axis=0, draw_axis=1, method="tail", prob=(0.05, 0.95)))
+        ),
+        "max_rhat": math.nan,
+    }
+    if th.shape[0] >= 2:
+        out["max_rhat"] = float(np.nanmax(azs.rhat(th, chain_axis=0, draw_axis=1)))
+    return out
+
+
+def sampling_summary(trace: Trace) -> dict[str, Any]:
+    """JSON scalars summarising a sampling trace (see the module docstring)."""
+    if not isinstance(trace, Trace) or trace.kind != "sampling":
+        raise ValueError("sampling_summary needs a sampling Trace")
+    th = np.asarray(trace.decoded_theta())
+    out: dict[str, Any] = ess_rhat(th)
+    div = int(np.sum(np.asarray(trace.stats["diverging"]))) if "diverging" in trace.stats else 0
+    nge = int(trace.num_grad_evals)
+    out.update(
+        divergences=div,
+        num_grad_evals=nge,
+        grad_evals_per_ess=nge / out["min_ess_bulk"] if out["min_ess_bulk"] > 0 else math.inf,
+        runtime_s=float(trace.runtime_s),
+    )
+    info = trace.info or {}
+    if "step_size" in info:
+        out["step_size"] = float(info["step_size"])
+    if "num_warmup" in info:
+        out["num_warmup"] = int(info["num_warmup"])
+    ge = info.get("grad_evals") or {}
+    if "map" in ge:
+        out["map_num_grad_evals"] = int(ge["map"])
+        out["grad_evals_per_ess_with_map"] = (
+            (nge + int(ge["map"])) / out["min_ess_bulk"] if out["min_ess_bulk"] > 0 else math.inf
+        )
+    h = info.get("handoff") or {}
+    for k in ("metric_ratio_spread", "metric_ratio_min", "metric_ratio_max", "start_max_abs_z"):
+        if k in h:
+            out[k] = float(h[k])
+    warns = list(info.get("warnings") or [])
+    out["num_warnings"] = len(warns)
+    out["poor_start"] = any("poor start" in w or "far in the tails" in w for w in warns)
+    return out

@@ -1,0 +1,189 @@
+"""Export a :class:`~gnomon.Trace` to an ArviZ ``xarray.DataTree`` (arviz-base ``from_dict``).
+
+Groups
+------
+Sampling traces:
+
+``posterior``
+    constrained values named and shaped by the layout (``layout.unpack`` of every draw; eigen-space traces
+    are decoded with :meth:`Trace.decoded_theta` first). A parameter of shape ``(k, m)`` gets dims
+    ``<name>_dim_0``, ``<name>_dim_1`` with integer coordinates. Without a layout: one variable ``theta``.
+``unconstrained_posterior`` (``unconstrained=True``)
+    the flat θ blocks before the transforms (``layout.unpack_unconstrained``).
+``sample_stats``
+    ``lp`` (log density of θ) and the sampler statistics under ArviZ names (``acceptance_rate``,
+    ``diverging``, ``energy``, ``n_steps``, ``step_size``, ``tree_depth``).
+``warmup_posterior``, ``warmup_sample_stats``
+    when the trace kept its warmup (``save_warmup=False`` drops them).
+``observed_data``
+    ``observed=`` (a mapping of arrays; the trace does not carry the objective — pass ``obj.observed``).
+
+Optimization traces: the MAP (best θ; the best member's for a batch) as a 1 × 1 ``posterior``, plus
+``optimization_path`` (the recorded θ rows, named like the posterior, dims ``chain`` = restart and
+``draw`` = row; an unbatched trace uses the optimizer step as the ``draw`` coordinate) and
+``optimization_stats`` (``loss``, ``step``, ``log_prob`` when recorded and the stats channels).
+
+The root attributes hold ``gnomon_meta``: one JSON string with the kind, status, cost, engine info, the
+layout and any ``meta=`` given (netCDF attributes must be flat).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gnomon.trace.trace import Trace
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)) or x is None or isinstance(x, str):
+        return bool(x) if isinstance(x, np.bool_) else x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return f if math.isfinite(f) else ("NaN" if math.isnan(f) else ("Infinity" if f > 0 else "-Infinity"))
+    if hasattr(x, "shape"):
+        a = np.asarray(x)
+        return _jsonable(a.item() if a.ndim == 0 else a.tolist())
+    return repr(x)
+
+
+def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple[dict, dict, dict]:
+    """``({name: (..., *shape)}, dims, coords)`` of θ rows ``(..., D)``."""
+    if layout is None:
+        d = theta.shape[-1]
+        return {"theta": theta}, {"theta": ["theta_dim_0"]}, {"theta_dim_0": np.arange(d)}
+    values = layout.unpack_unconstrained(theta) if unconstrained else layout.unpack(theta)
+    out, dims, coords = {}, {}, {}
+    for b in layout.blocks:
+        shape = b.theta_shape if unconstrained else b.shape
+        tag = "_unconstrained" if unconstrained and b.theta_shape != b.shape else ""
+        names = [f"{b.name}{tag}_dim_{i}" for i in range(len(shape))]
+        out[b.name] = np.asarray(values[b.name])
+        dims[b.name] = names
+        for n, size in zip(names, shape):
+            coords[n] = np.arange(size)
+    return out, dims, coords
+
+
+def _meta_attr(trace: Trace, layout: Any, meta: Mapping | None) -> str:
+    doc = {
+        "kind": trace.kind,
+        "status": trace.status,
+        "num_grad_evals": trace.num_grad_evals,
+        "runtime_s": trace.runtime_s,
+        "theta_space": trace.theta_space,
+        "engine": dict(trace.info),
+        "layout": layout.to_dict() if layout is not None else None,
+        "user": dict(meta or {}),
+    }
+    return json.dumps(_jsonable(doc), allow_nan=False)
+
+
+def to_arviz(
+    trace: Trace,
+    *,
+    layout: Any = None,
+    observed: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    unconstrained: bool = False,
+    save_warmup: bool = True,
+    name: str | None = None,
+):
+    """The trace as an ArviZ ``xarray.DataTree`` (see the module docstring for the groups).
+
+    Args:
+      trace: a sampling or optimization :class:`Trace`.
+      layout: the layout naming θ (default ``trace.layout``).
+      observed: observed data ``{name: array}`` for the ``observed_data`` group (e.g. ``obj.observed``).
+      meta: extra JSON-able metadata stored in the root attribute ``gnomon_meta``.
+      unconstrained: also export the unconstrained blocks (``unconstrained_posterior``).
+      save_warmup: keep the warmup groups of a sampling trace that has them.
+      name: name of the DataTree root.
+    """
+    from arviz_base import from_dict
+
+    if not isinstance(trace, Trace):
+        raise ValueError(f"to_arviz expects a gnomon.Trace, got {type(trace).__name__}")
+    layout = layout if layout is not None else trace.layout
+    attrs = {"/": {"gnomon_meta": _meta_attr(trace, layout, meta), "gnomon_kind": trace.kind}}
+    groups: dict[str, dict] = {}
+    dims: dict[str, list] = {}
+    coords: dict[str, Any] = {}
+
+    def add(group: str, values: dict, d: dict, c: dict) -> None:
+        groups[group] = values
+        dims.update(d)
+        coords.update(c)
+
+    def decoded(arr):
+        a = np.asarray(arr)
+        return np.asarray(trace.thetamap.to_theta(a)) if trace.thetamap is not None else a
+
+    if layout is not None:
+        probe = decoded(np.asarray(trace.theta).reshape(-1, trace.dim)[:1])
+        if probe.shape[-1] != layout.size:
+            raise ValueError(
+                f"layout has size {layout.size} but the trace's (decoded) θ has dimension {probe.shape[-1]}"
+            )
+
+    if trace.kind == "sampling":
+        th = decoded(trace.theta)
+        add("posterior", *_named(th, layout))
+        if unconstrained:
+            add("unconstrained_posterior", *_named(th, layout, unconstrained=True))
+        stats = {"lp": np.asarray(trace.log_prob)}
+        stats.update({k: np.asarray(v) for k, v in trace.stats.items()})
+        if "diverging" in stats:
+            stats["diverging"] = stats["diverging"].astype(bool)
+        groups["sample_stats"] = stats
+        if save_warmup and trace.warmup:
+            w = trace.warmup
+            wth = decoded(w["theta"])
+            add("warmup_posterior", *_named(wth, layout))
+            if unconstrained:
+                add("warmup_unconstrained_posterior", *_named(wth, layout, unconstrained=True))
+            wstats = {"lp": np.asarray(w["log_prob"])} if "log_prob" in w else {}
+            wstats.update({k: np.asarray(v) for k, v in (w.get("stats") or {}).items()})
+            if "diverging" in wstats:
+                wstats["diverging"] = wstats["diverging"].astype(bool)
+            if wstats:
+                groups["warmup_sample_stats"] = wstats
+    else:
+        th = np.asarray(trace.theta)
+        batched = trace.is_batched
+        best = np.asarray(trace.best_theta)
+        if batched:
+            losses = np.asarray(trace.best_loss, dtype=float)
+            best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
+        add("posterior", *_named(decoded(best)[None, None, :], layout))
+        if unconstrained:
+            add("unconstrained_posterior", *_named(decoded(best)[None, None, :], layout, unconstrained=True))
+        path = th if batched else th[None]
+        add("optimization_path", *_named(decoded(path), layout))
+        opt = {"loss": np.asarray(trace.loss) if batched else np.asarray(trace.loss)[None]}
+        if trace.step is not None:
+            opt["step"] = np.asarray(trace.step) if batched else np.asarray(trace.step)[None]
+        if trace.log_prob is not None:
+            opt["log_prob"] = np.asarray(trace.log_prob) if batched else np.asarray(trace.log_prob)[None]
+        for k, v in trace.stats.items():
+            opt.setdefault(k, np.asarray(v) if batched else np.asarray(v)[None])
+        groups["optimization_stats"] = opt
+    if observed:
+        groups["observed_data"] = {k: np.asarray(v) for k, v in observed.items()}
+
+    dt = from_dict(groups, dims=dims, coords=coords, save_warmup=save_warmup, attrs=attrs, name=name)
+    if trace.kind == "optimization" and not trace.is_batched and trace.step is not None:
+        steps = np.asarray(trace.step)
+        for g in ("optimization_path", "optimization_stats"):
+            dt[g] = dt[g].to_dataset().assign_coords(draw=steps)
+    return dt
