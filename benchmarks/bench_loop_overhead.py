@@ -66,11 +66,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     args = ap.parse_args()
-    cases = [("quadratic", 10, 20000), ("quadratic", 100, 20000), ("quadratic", 1000, 5000),
-             ("logistic N=1000", 20, 5000), ("logistic N=1000", 200, 2000)]
-    print(f"# gn.optimize(method='gd') vs hand-written lax.scan; best of {args.reps} interleaved; "
-          f"device {jax.devices()[0].platform}, dtype float32")
-    print(f"{'loss':<16} {'D':>5} {'steps':>6} {'scan ms':>9} {'gnomon ms':>10} {'ratio':>6} {'med.ratio':>9}")
+    cases = [
+        ("quadratic", 10, 20000),
+        ("quadratic", 100, 20000),
+        ("quadratic", 1000, 5000),
+        ("logistic N=1000", 20, 5000),
+        ("logistic N=1000", 200, 2000),
+    ]
+    print(
+        f"# gn.optimize(method='gd') vs hand-written lax.scan; best of {args.reps} interleaved; "
+        f"device {jax.devices()[0].platform}, dtype float32"
+    )
+    print(
+        f"{'loss':<16} {'D':>5} {'steps':>6} {'scan ms':>9} {'gnomon ms':>10} {'ratio':>6} {'med.ratio':>9}"
+    )
     for name, d, steps in cases:
         loss = quadratic(d) if name == "quadratic" else logistic(d)
         obj = gn.Objective.from_loss(loss, d)
@@ -78,14 +87,16 @@ def main() -> None:
         lr = 0.1
         base = scan_gd(loss, lr, steps)
 
-        def ours(obj=obj, steps=steps):
+        def ours(obj=obj, steps=steps, th0=th0, lr=lr):
             return gn.optimize(obj, th0, "gd", learning_rate=lr, num_steps=steps, progress=False)
 
-        t_scan, t_ours, m_scan, m_ours = timed_pair(lambda base=base: base(th0), ours, args.reps)
+        t_scan, t_ours, m_scan, m_ours = timed_pair(lambda base=base, th0=th0: base(th0), ours, args.reps)
         ref_th, _ = base(th0)
         np.testing.assert_allclose(ours().theta, ref_th, rtol=1e-5, atol=1e-6)
-        print(f"{name:<16} {d:>5} {steps:>6} {1e3 * t_scan:>9.1f} {1e3 * t_ours:>10.1f} {t_ours / t_scan:>6.2f}"
-              f" {m_ours / m_scan:>9.2f}")
+        print(
+            f"{name:<16} {d:>5} {steps:>6} {1e3 * t_scan:>9.1f} {1e3 * t_ours:>10.1f} {t_ours / t_scan:>6.2f}"
+            f" {m_ours / m_scan:>9.2f}"
+        )
 
 
 if __name__ == "__main__":

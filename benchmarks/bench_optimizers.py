@@ -7,9 +7,11 @@ first sign-like step land exactly on it). Cost: every gradient evaluation the me
 estimation, power iterations, line searches and, for the eigen map, the dense Hessian included). Each row is
 re-run with num_steps = first hitting step so that num_grad_evals is exact (the re-run does not recompile).
 
-Methods: gd (default η = 1/λmax), preconditioned_gd with curvature exact / hutchinson (variance-reduced)
-/ hutchinson plain / gauss_newton (the quadratic as residuals L(θ−θ*), LLᵀ = H), eigen-whitened gd
-(EigenMap from the exact dense Hessian, η = 1), Adam (best of a learning-rate grid), L-BFGS.
+Methods: gd (default η = 1/λmax), preconditioned_gd (default Barzilai–Borwein steps) with curvature exact /
+hutchinson (variance-reduced) / hutchinson plain / gauss_newton (the quadratic as residuals L(θ−θ*),
+LᵀL = H), eigen-whitened gd
+(EigenMap from the exact dense Hessian, η = 1), preconditioned_gd with exact curvature and a fixed step
+η = 1/λmax (power iteration), Adam (best of a learning-rate grid), L-BFGS.
 Ratios are against gd measured in the same run.
 
 Run:  python benchmarks/bench_optimizers.py [--max-steps N]
@@ -72,11 +74,25 @@ def run(max_steps: int) -> list[dict]:
             res = {}
             res["gd"] = evals_to_target(LOSS, th0, hj, max_steps, f0, method="gd")
             for c in ("exact", "hutchinson"):
-                res[f"pgd[{c}]"] = evals_to_target(LOSS, th0, hj, max_steps, f0, method="preconditioned_gd",
-                                                  curvature=c)
-            res["pgd[hutchinson plain]"] = evals_to_target(LOSS, th0, hj, max_steps, f0, method="preconditioned_gd",
-                                                           curvature="hutchinson", hutchinson_mode="plain")
-            res["pgd[gauss_newton]"] = evals_to_target(RESID, th0, lj, max_steps, f0, method="preconditioned_gd")
+                res[f"pgd[{c}]"] = evals_to_target(
+                    LOSS, th0, hj, max_steps, f0, method="preconditioned_gd", curvature=c
+                )
+            res["pgd[exact, fixed step]"] = evals_to_target(
+                LOSS, th0, hj, max_steps, f0, method="preconditioned_gd", curvature="exact", step_size="fixed"
+            )
+            res["pgd[hutchinson plain]"] = evals_to_target(
+                LOSS,
+                th0,
+                hj,
+                max_steps,
+                f0,
+                method="preconditioned_gd",
+                curvature="hutchinson",
+                hutchinson_mode="plain",
+            )
+            res["pgd[gauss_newton]"] = evals_to_target(
+                RESID, th0, lj, max_steps, f0, method="preconditioned_gd"
+            )
             # eigen-whitened gd: dense exact Hessian (2D evals) -> EigenMap -> gd with η = 1
             curv = gn.estimate_curvature(LOSS, th0, "exact", dense=True, data=hj)
             em = gn.EigenMap.from_matrix(curv.matrix, th0)
@@ -92,8 +108,15 @@ def run(max_steps: int) -> list[dict]:
             adam_lr = best[2]
             res["lbfgs"] = evals_to_target(LOSS, th0, hj, max_steps, f0, method="lbfgs")
             for name, (ev, t) in res.items():
-                rows.append({"problem": f"{'rotated' if rotated else 'axis'} κ={kappa:.0e}", "method": name,
-                             "evals": ev, "steps": t, "adam_lr": adam_lr if name.startswith("adam") else None})
+                rows.append(
+                    {
+                        "problem": f"{'rotated' if rotated else 'axis'} κ={kappa:.0e}",
+                        "method": name,
+                        "evals": ev,
+                        "steps": t,
+                        "adam_lr": adam_lr if name.startswith("adam") else None,
+                    }
+                )
     return rows
 
 
@@ -103,7 +126,10 @@ def main() -> None:
     args = ap.parse_args()
     start = time.perf_counter()
     rows = run(args.max_steps)
-    print(f"# gradient evaluations to f ≤ {TARGET:g}·f(θ0), D={D} (max {args.max_steps} steps; '—' = not reached)")
+    print(
+        f"# gradient evaluations to f ≤ {TARGET:g}·f(θ0), D={D} "
+        f"(max {args.max_steps} steps; '—' = not reached)"
+    )
     print(f"{'problem':<16} {'method':<24} {'evals':>8} {'steps':>7} {'gd/evals':>9}")
     by_problem: dict[str, dict] = {}
     for r in rows:

@@ -236,22 +236,23 @@ def test_simulate_draws_poisson_counts_around_the_image():
     model = A.BinaryStarModel(A.Setup(pupil_npix=16, detector_npix=8))
     th = model.truth_theta(**{A.LOG_FLUX: 3.0, A.SEPARATION: 1.0})
     mu = np.asarray(model.image_theta(th))
-    draws = np.asarray(model.simulate(jax.random.key(1), th, num=4000))
-    assert draws.shape == (4000, 8, 8) and draws.dtype == np.float32
+    draws = np.asarray(model.simulate(jax.random.key(1), th, num=2000))
+    assert draws.shape == (2000, 8, 8) and draws.dtype == np.float32
     assert np.all(draws == np.round(draws)) and draws.min() >= 0
-    se = np.sqrt(mu / 4000)
+    se = np.sqrt(mu / 2000)
     assert np.abs(draws.mean(0) - mu).max() < 5 * se.max()
     big = mu > 20
-    np.testing.assert_allclose(draws.var(0)[big], mu[big], rtol=0.15)  # Poisson: variance = mean
-    np.testing.assert_array_equal(model.simulate(jax.random.key(1), th, num=4000), draws)  # reproducible
+    np.testing.assert_allclose(draws.var(0)[big], mu[big], rtol=0.2)  # Poisson: variance = mean
+    np.testing.assert_array_equal(model.simulate(jax.random.key(1), th, num=2000), draws)  # reproducible
 
 
 def test_layout_names_units_blocks_and_truth():
     lay = A.binary_layout()
     assert isinstance(lay, gn.Layout) and lay.size == 15
     assert lay.names == (
-        "binary.x_position_as", "binary.y_position_as", "binary.separation_as", "binary.position_angle_deg",
-        "binary.log_flux_total", "binary.contrast", "system.plate_scale_as_per_pix", "primary.zernike_coeffs_nm",
+        "binary.x_position_as", "binary.y_position_as", "binary.separation_as",
+        "binary.position_angle_deg", "binary.log_flux_total", "binary.contrast",
+        "system.plate_scale_as_per_pix", "primary.zernike_coeffs_nm",
     )
     assert lay["primary.zernike_coeffs_nm"].shape == (8,)
     assert {b.name: b.units for b in lay.blocks}["binary.separation_as"] == "arcsec"

@@ -161,7 +161,9 @@ def test_negative_and_nonfinite_entries_are_handled_and_counted():
         assert c2.config["num_nonfinite"] == 1
         np.testing.assert_allclose(c2.diag, [2.0, 4.0, 4.0])
         with pytest.raises(ValueError, match="every entry"):
-            gn.estimate_curvature(gn.Objective.from_loss(lambda t: jnp.sum(jnp.sqrt(t) ** 3), 2), -jnp.ones(2))
+            gn.estimate_curvature(
+                gn.Objective.from_loss(lambda t: jnp.sum(jnp.sqrt(t) ** 3), 2), -jnp.ones(2)
+            )
 
 
 def test_floor_is_relative_to_median_or_prior_never_to_max():

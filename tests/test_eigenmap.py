@@ -42,7 +42,9 @@ def test_whitening_and_loss_is_half_z_squared_near_optimum():
         assert float(zobj.loss(z)) == pytest.approx(3.0 + 0.5 * float(z @ z), rel=1e-10)
         np.testing.assert_allclose(jax.hessian(zobj.loss)(z), np.eye(D), atol=1e-8)
         # log_prob of z carries log|det B|
-        assert float(zobj.log_prob(z) - obj.log_prob(em.to_theta(z))) == pytest.approx(em.log_abs_det, rel=1e-12)
+        assert float(zobj.log_prob(z) - obj.log_prob(em.to_theta(z))) == pytest.approx(
+            em.log_abs_det, rel=1e-12
+        )
         assert em.log_abs_det == pytest.approx(-0.5 * np.linalg.slogdet(F)[1], rel=1e-9)
         un = gn.EigenMap.from_matrix(F, REF, whiten=False)
         np.testing.assert_allclose(un.basis.T @ np.diag(np.diag(F)) @ un.basis, np.eye(D), atol=1e-9)

@@ -3,6 +3,7 @@
 import json
 import os
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -208,6 +209,38 @@ def test_new_run_race_threads_one_winner(tmp_path):
     for t in threads:
         t.join()
     assert len(wins) == 1 and len(losses) == 5 and all("already taken" in m for m in losses)
+
+
+def test_save_same_id_race_one_winner(tmp_path):
+    """Threads saving the same (new) id at once: one writes it, the others get a FileExistsError."""
+    exp = gn.Experiment(tmp_path / "e")
+    ok, errors = [], []
+    barrier = threading.Barrier(6)
+
+    def save(i):
+        barrier.wait()
+        try:
+            exp.save("same", opt_trace(seed=i))
+            ok.append(i)
+        except FileExistsError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ok) == 1 and len(errors) == 5
+    assert all("already complete" in m or "being written" in m for m in errors)
+    np.testing.assert_array_equal(exp.load("same").trace.theta, opt_trace(seed=ok[0]).theta)
+    # an unclaimed incomplete run (a writer that crashed) is busy for a grace period, then free
+    os.remove(exp.run_dir("same") / "summary.json")
+    with pytest.raises(FileExistsError, match="being written without a claim"):
+        exp.save("same", opt_trace())
+    for p in [exp.run_dir("same"), *exp.run_dir("same").iterdir()]:
+        os.utime(p, (time.time() - 120, time.time() - 120))
+    exp.save("same", opt_trace(seed=9))
+    assert exp.load("same").summary["num_grad_evals"] == opt_trace(seed=9).num_grad_evals
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -449,12 +482,23 @@ def test_incomplete_runs_listed_and_swept(tmp_path):
         )
     )
     (exp.runs_dir / "done" / ".meta.json.tmp-123").write_text("orphan temp")
+    old = exp.runs_dir / "old-orphan"
+    os.mkdir(old)
+    (old / "meta.json").write_text("{}")
+    for p in (old / "meta.json", old):
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
     assert exp.runs() == ["done"] and "done" in exp and "live" not in exp
-    assert exp.incomplete_runs() == ["dead", "live", "orphan"]
+    assert exp.incomplete_runs() == ["dead", "live", "old-orphan", "orphan"]
     states = {r["run_id"]: r["state"] for r in exp.incomplete_runs(detail=True)}
-    assert states == {"dead": "abandoned", "live": "in_progress", "orphan": "abandoned"}
-    assert exp.sweep_incomplete(dry_run=True) == ["dead"]  # the orphan is too recent to be sure
-    assert exp.sweep_incomplete() == ["dead"]
+    # an unclaimed run that changed just now may still be written (save/save_batch claim nothing)
+    assert states == {
+        "dead": "abandoned",
+        "live": "in_progress",
+        "orphan": "in_progress",
+        "old-orphan": "abandoned",
+    }
+    assert exp.sweep_incomplete(dry_run=True) == ["dead", "old-orphan"]
+    assert exp.sweep_incomplete() == ["dead", "old-orphan"]
     assert exp.sweep_incomplete(min_age_s=0) == ["orphan"]
     assert exp.incomplete_runs() == ["live"] and live.exists()
     assert sorted(os.listdir(exp.runs_dir / "done")) == ["meta.json", "summary.json", "trace.npz"]
@@ -493,3 +537,22 @@ def test_optimize_batch_to_save_batch_with_per_member_curvature(tmp_path):
             run.meta["engine"]["method"] == "preconditioned_gd"
             and run.meta["user"]["target"] == targets[i].tolist()
         )
+
+
+def test_failed_writes_leave_nothing_behind(tmp_path):
+    """A save that fails (bad diagnostics source, bad extra name) removes the run it created, so the id is
+    immediately usable again; a failing batch keeps the members written before the failure."""
+    exp = gn.Experiment(tmp_path / "e")
+    with pytest.raises(ValueError, match="no curvature was given"):
+        exp.save("r", opt_trace(), diagnostics=gn.DiagnosticsConfig(curvature=True))
+    assert os.listdir(exp.runs_dir) == []
+    exp.save("r", opt_trace())
+    assert exp.runs() == ["r"]
+    with pytest.raises(ValueError, match="batched trace is B runs"):
+        exp.save("b", batch_trace())
+    assert exp.runs() == ["r"] and exp.incomplete_runs() == []
+    bt = batch_trace(B=4)
+    metas = [{}, {}, {"x": object()}, {}]  # member 2 cannot be written
+    with pytest.raises(TypeError, match="cannot store object"):
+        exp.save_batch(bt, meta=metas, prefix="p")
+    assert exp.runs() == ["p-000", "p-001", "r"] and exp.incomplete_runs() == []

@@ -22,7 +22,9 @@ def test_learning_rates_formula_power_by_method_and_clipping():
     c = Curvature.from_diag(jnp.array([1.0, 4.0, 100.0]), method="exact")
     np.testing.assert_allclose(gn.learning_rates(c, 0.5), 0.5 / np.array([1.0, 4.0, 100.0]))
     g2 = Curvature(diag=jnp.array([1.0, 4.0, 100.0]), method="ema_grad2")
-    np.testing.assert_allclose(gn.learning_rates(g2, 0.5, eps=1e-8), 0.5 / np.sqrt(np.array([1.0, 4.0, 100.0]) + 1e-8), rtol=1e-6)
+    np.testing.assert_allclose(
+        gn.learning_rates(g2, 0.5, eps=1e-8), 0.5 / np.sqrt(np.array([1.0, 4.0, 100.0]) + 1e-8), rtol=1e-6
+    )
     np.testing.assert_allclose(gn.learning_rates(c, 1.0, power=0.5), 1 / np.sqrt([1.0, 4.0, 100.0]))
     np.testing.assert_allclose(gn.learning_rates(c, 1.0, lr_min=0.05, lr_max=0.5), [0.5, 0.25, 0.05])
     # a plain positive vector is treated as Hessian-like curvature (power 1)
@@ -32,8 +34,12 @@ def test_learning_rates_formula_power_by_method_and_clipping():
 def test_block_scale_from_layout():
     layout = gn.Layout({"a": (2,), "b": ()}, blocks={"a": "astro"})
     c = Curvature.from_diag(jnp.ones(3))
-    np.testing.assert_allclose(gn.learning_rates(c, 0.1, layout=layout, block_scale={"b": 10.0}), [0.1, 0.1, 1.0])
-    np.testing.assert_allclose(gn.learning_rates(c, 0.1, layout=layout, block_scale={"astro": 3.0}), [0.3, 0.3, 0.1])
+    np.testing.assert_allclose(
+        gn.learning_rates(c, 0.1, layout=layout, block_scale={"b": 10.0}), [0.1, 0.1, 1.0]
+    )
+    np.testing.assert_allclose(
+        gn.learning_rates(c, 0.1, layout=layout, block_scale={"astro": 3.0}), [0.3, 0.3, 0.1]
+    )
     with pytest.raises(ValueError, match="neither a parameter nor a group"):
         gn.learning_rates(c, 0.1, layout=layout, block_scale={"zz": 2.0})
     with pytest.raises(ValueError, match="needs a layout"):
@@ -75,7 +81,9 @@ def test_composes_with_optax_chain_clipping_schedule_and_momentum():
     with jax.enable_x64(True):
         diag = jnp.array([1.0, 10.0, 100.0])
         sched = optax.linear_schedule(1.0, 0.5, transition_steps=4)
-        tx = optax.chain(optax.clip_by_global_norm(1.0), gn.scale_by_curvature(diag, sched), optax.trace(decay=0.9))
+        tx = optax.chain(
+            optax.clip_by_global_norm(1.0), gn.scale_by_curvature(diag, sched), optax.trace(decay=0.9)
+        )
         th = jnp.zeros(3)
         state = tx.init(th)
         grads = [jnp.array([3.0, 4.0, 0.0]), jnp.array([0.1, -0.2, 0.3]), jnp.array([1.0, 1.0, 1.0])]
@@ -95,7 +103,9 @@ def test_refresh_re_estimates_every_k_steps_with_ema():
             calls.append(1)
             return jnp.full_like(diag, 4.0)
 
-        tx = gn.scale_by_curvature(jnp.ones(2), refresh_fn=refresh_fn, refresh_every=2, ema=0.5, refresh_cost=7)
+        tx = gn.scale_by_curvature(
+            jnp.ones(2), refresh_fn=refresh_fn, refresh_every=2, ema=0.5, refresh_cost=7
+        )
         st = tx.init(jnp.zeros(2))
         g = jnp.ones(2)
         ups = []
@@ -113,7 +123,8 @@ def test_lambda_max_of_preconditioned_hessian_by_power_iteration():
         A = r.standard_normal((8, 8))
         H = A @ A.T + 0.1 * np.eye(8)
         shape = 1.0 / np.diag(H)
-        lam = preconditioned_lambda_max(lambda t: 0.5 * t @ jnp.asarray(H) @ t, jnp.zeros(8), jnp.asarray(shape),
-                                        num_iters=200)
+        lam = preconditioned_lambda_max(
+            lambda t: 0.5 * t @ jnp.asarray(H) @ t, jnp.zeros(8), jnp.asarray(shape), num_iters=200
+        )
         ref = np.linalg.eigvalsh(np.sqrt(shape)[:, None] * H * np.sqrt(shape)[None, :]).max()
         np.testing.assert_allclose(float(lam), ref, rtol=1e-6)

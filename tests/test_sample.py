@@ -157,6 +157,41 @@ def test_frozen_metric_keeps_the_seed():
     np.testing.assert_allclose(tr.extras["inverse_mass_matrix"], COV, rtol=1e-4, atol=1e-5)
 
 
+def test_hmc_counts_its_leapfrog_steps():
+    tr = gn.sample(
+        OBJ,
+        jnp.asarray(MEAN),
+        jax.random.key(7),
+        num_chains=2,
+        num_samples=400,
+        algorithm="hmc",
+        num_integration_steps=8,
+        num_warmup=200,
+    )
+    assert "tree_depth" not in tr.stats and np.all(tr.stats["n_steps"] == 8)
+    assert tr.info["grad_evals"]["sampling"] == 2 * 400 * 8 and tr.info["grad_evals"]["warmup"] == 2 * 200 * 8
+    draws = np.asarray(tr.theta, np.float64).reshape(-1, 4)
+    assert np.all(np.abs(draws.mean(0) - MEAN) < 0.5 * np.sqrt(np.diag(COV)))
+
+
+def test_dense_adaptation_from_the_identity_estimates_the_covariance():
+    # no curvature: unit dense seed, full 1000-step warmup, pooled dense Welford over the 4 chains
+    tr = gn.sample(
+        OBJ,
+        jnp.asarray(MEAN),
+        jax.random.key(8),
+        num_chains=4,
+        num_samples=100,
+        inverse_mass_matrix=None,
+        adapt_metric="dense",
+    )
+    assert tr.info["num_warmup"] == 1000 and tr.info["metric"]["seed"] == "identity"
+    imm = tr.extras["inverse_mass_matrix"]
+    sd = np.sqrt(np.diag(COV))
+    assert imm.shape == (4, 4)
+    assert np.max(np.abs(imm - COV) / np.outer(sd, sd)) < 0.25
+
+
 # ------------------------------------------------------------------------------------------ mass matrices
 def test_marginal_versus_conditional_variances():
     prec = np.linalg.inv(COV)
@@ -214,3 +249,11 @@ def test_non_finite_start_names_the_chain():
     starts = jnp.array([[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0]])
     with pytest.raises(ValueError, match=r"chain 1 starts where the target has log_prob = -inf"):
         gn.sample(obj, starts, jax.random.key(0), num_chains=3, inverse_mass_matrix=None)
+
+
+def test_float64_is_respected():
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_log_prob(lambda th: -0.5 * jnp.sum(th**2), 2)
+        tr = gn.sample(obj, jnp.zeros(2, jnp.float64), jax.random.key(0), num_chains=2, num_samples=50)
+    assert tr.theta.dtype == np.float64 and tr.log_prob.dtype == np.float64
+    assert tr.extras["inverse_mass_matrix"].dtype == np.float64

@@ -145,7 +145,8 @@ def run_item(
             "message": f"{type(exc).__name__}: {exc}",
             "runtime_s": time.perf_counter() - t0,
         }
-    except BaseException:  # Ctrl-C, SystemExit: free the run for the next attempt (even in this process)
+    except BaseException as exc:  # Ctrl-C, SystemExit: free the run for the next attempt (even here)
+        write_error(d, run_id, exc)
         release_claim(d, token)
         raise
     return {"run_id": run_id, "state": "done", "runtime_s": time.perf_counter() - t0}

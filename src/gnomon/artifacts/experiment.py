@@ -64,6 +64,10 @@ __all__ = ["Experiment", "DiagnosticsConfig", "MANIFEST_SCHEMA_VERSION"]
 MANIFEST_FILE = "manifest.json"
 RUNS_DIR = "runs"
 ERROR_FILE = "error.json"
+#: an incomplete run with no claim counts as being written while it changed less than this long ago
+UNCLAIMED_GRACE_S = 60.0
+#: ... and an empty one (no file, no claim yet) while it was created less than this long ago
+EMPTY_GRACE_S = 2.0
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_KIND = "gnomon.experiment"
 # Upgrades of older manifests, applied in order on read: {old_version: fn(doc) -> doc of old_version + 1}.
@@ -150,33 +154,53 @@ def acquire_run(
     stale_after_s: float | None = None,
     overwrite: bool = False,
     claim_fresh: bool = True,
+    unclaimed_grace_s: float | None = None,
 ) -> tuple[str, str, str | None]:
-    """Claim ``run_dir`` for writing: ``(state, message, claim token)`` with state ``"acquired"``,
-    ``"fresh"``, ``"complete"`` or ``"busy"``.
+    """Take ``run_dir`` for writing: ``(state, message, claim token)``, state one of ``"acquired"`` (we hold
+    its claim), ``"fresh"`` (we created it and, as ``claim_fresh=False`` asked, wrote no claim: creating it
+    is ownership enough), ``"complete"`` or ``"busy"``.
 
-    Creates the directory if needed (atomic mkdir: its creator owns it; ``"fresh"`` means it was created
-    here and, as ``claim_fresh=False`` asked, no claim file was written). A complete run is left alone
-    unless ``overwrite``. A run claimed by another live writer (another process, or another task of this
-    one) or from another host (unless ``reclaim``) is busy; a run this process holds for the user
-    (:meth:`Experiment.new_run`) is acquired; a stale claim (its process is gone) is taken over and the
-    crashed attempt's files are cleared."""
+    * A complete run is left alone unless ``overwrite``.
+    * A claim held by another live writer (another process, or another task of this one) or from another
+      host (unless ``reclaim``) makes the run busy; a run this process holds for the user
+      (:meth:`Experiment.new_run`) is acquired; a stale claim (its process is gone) is taken over.
+    * An incomplete run without a claim (its writer created the directory and claimed nothing) counts as
+      being written while anything in it changed less than ``unclaimed_grace_s`` seconds ago (default
+      :data:`UNCLAIMED_GRACE_S`); after that it is taken over (``overwrite`` takes it at once).
+    * What a crashed writer left in a run that is taken over is cleared first."""
+    grace = UNCLAIMED_GRACE_S if unclaimed_grace_s is None else unclaimed_grace_s
     try:
         os.mkdir(run_dir)
+        created = True
     except FileExistsError:
         if not run_dir.is_dir():
             raise NotADirectoryError(f"{run_dir}: exists and is not a directory") from None
-    else:
-        if not claim_fresh:
-            return "fresh", "", None
-        # Between our mkdir and our claim another writer may have claimed the new directory, and even
-        # finished the run: fall through to the general path, which re-checks after claiming.
+        created = False
+    if created and not claim_fresh:
+        return "fresh", "", None
+    # Even a directory we just created may have been claimed (and finished) by another writer between our
+    # mkdir and our claim: the general path below re-checks after claiming.
     took_over = False
     for _ in range(5):
         if not overwrite and (run_dir / SUMMARY_FILE).exists():
             return "complete", f"{run_dir.name}: already complete", None
+        if not created and read_claim(run_dir) is None:
+            # unclaimed and incomplete: a failed attempt (error.json) is free; else give its writer a grace
+            quiet, limit = _unclaimed_grace(run_dir, grace)
+            if quiet < limit and not overwrite and not (run_dir / ERROR_FILE).exists():
+                return (
+                    "busy",
+                    (
+                        f"run {run_dir.name!r} is being written without a claim (last change {quiet:.1f} s "
+                        f"ago); if its writer is gone, it is free after {limit:g} s (or sweep_incomplete())"
+                    ),
+                    None,
+                )
+            took_over = True
         mine = write_claim(run_dir)
         if mine is not None:
             break
+        took_over = False
         rec = read_claim(run_dir)
         if rec is None:
             continue  # released meanwhile: look again
@@ -200,6 +224,31 @@ def acquire_run(
     if took_over and not overwrite:
         _clear_partial(run_dir)
     return "acquired", "", token
+
+
+def _quiet_for(run_dir: Path) -> tuple[float, int]:
+    """``(seconds since anything in run_dir last changed, number of entries)``."""
+    n = 0
+    try:
+        newest = os.stat(run_dir).st_mtime
+        with os.scandir(run_dir) as it:
+            for e in it:
+                n += 1
+                try:
+                    newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
+                except FileNotFoundError:
+                    pass
+    except FileNotFoundError:
+        return 0.0, 0
+    return max(0.0, time.time() - newest), n
+
+
+def _unclaimed_grace(run_dir: Path, grace: float) -> tuple[float, float]:
+    """``(quiet seconds, grace)`` of an unclaimed incomplete run: an *empty* one (its writer died between
+    creating it and writing its first file or claim, a window of microseconds) gets
+    :data:`EMPTY_GRACE_S`, one with files :data:`UNCLAIMED_GRACE_S` (or ``grace``)."""
+    quiet, n = _quiet_for(run_dir)
+    return quiet, (min(grace, EMPTY_GRACE_S) if n == 0 else grace)
 
 
 def _clear_partial(run_dir: Path) -> None:
@@ -241,9 +290,9 @@ def write_run(
     claim.
 
     ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
-    (from :func:`acquire_run`). On an exception the claim is
-    released (unless ``release=False``: the caller then records the error first) and the run stays
-    incomplete."""
+    (from :func:`acquire_run`). On an exception a fresh directory is removed again; a claimed run stays
+    incomplete and its claim is released (unless ``release=False``: the caller then records the error
+    first)."""
     try:
         if not fresh:
             try:
@@ -287,7 +336,9 @@ def write_run(
             **save_kwargs,
         )
     except BaseException:
-        if release and not fresh:
+        if fresh:  # we created it and nobody else writes into an unclaimed fresh run: leave no trace
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif release:
             release_claim(run_dir, token)
         raise
     if not fresh:
@@ -440,6 +491,18 @@ class Experiment:
         ``curvature``, ``precond``, ``signals`` and ``handoff`` are their sources. Other keyword arguments
         go to :func:`gnomon.save_run` (``summary``, ``extra_arrays``, ``extra_meta``, ``arviz``,
         ``compress``, ``fsync``)."""
+        if not isinstance(trace, Trace):
+            raise ValueError(f"save expects a gnomon.Trace, got {type(trace).__name__}")
+        if trace.is_batched:
+            raise ValueError(
+                "save writes one fit; a batched trace is B runs: use Experiment.save_batch or save trace[i]"
+            )
+        if not isinstance(trace, Trace):
+            raise ValueError(f"save expects a gnomon.Trace, got {type(trace).__name__}")
+        if trace.is_batched:
+            raise ValueError(
+                "save writes one fit; a batched trace is B runs: use Experiment.save_batch or save trace[i]"
+            )
         if run_id is None:
             for _ in range(16):
                 d = self.runs_dir / generate_run_id()
@@ -449,8 +512,8 @@ class Experiment:
             else:  # pragma: no cover
                 raise RuntimeError(f"{self.runs_dir}: could not create a fresh run id")
         else:
-            d = self.run_dir(run_id)  # a known id: others may target it too, so claim it
-            state, msg, token = acquire_run(d, overwrite=overwrite)
+            d = self.run_dir(run_id)
+            state, msg, token = acquire_run(d, overwrite=overwrite, claim_fresh=False)
         run_id = d.name
         if state == "complete":
             raise FileExistsError(f"run {run_id!r} in {self.path} is already complete; pass overwrite=True")
@@ -494,13 +557,13 @@ class Experiment:
           meta, summary: one mapping for every member, or a sequence of B mappings.
           prefix: batch id used in generated run ids (itself validated); default a fresh generated id.
         All B directories are created (atomically) before anything is written; if any id is taken, none is
-        written and a FileExistsError lists the taken ids. Each member's meta.json records
+        written and a FileExistsError lists the taken ids. If writing member i fails, members before it stay
+        complete and the directories of i and later are removed. Each member's meta.json records
         ``batch: {batch_id, index, size}``."""
         if not isinstance(trace, Trace) or not trace.is_batched:
             raise ValueError("save_batch expects a batched optimization Trace (theta of shape (B, T, D))")
         b = trace.batch_size
         batch_id = check_run_id(prefix) if prefix is not None else generate_run_id()
-        run_ids_given = run_ids is not None
         if run_ids is None:
             width = max(3, len(str(b - 1)))
             run_ids = [f"{batch_id}-{i:0{width}d}" for i in range(b)]
@@ -513,10 +576,9 @@ class Experiment:
         metas = _per_member("meta", meta, b)
         summaries = _per_member("summary", summary, b)
         dirs = [self.runs_dir / r for r in run_ids]
-        # Ids that others can know (given ids or prefix) are claimed; a generated batch id is unguessable,
-        # so creating its directories is ownership enough (and saves two file operations per run).
-        claim = run_ids_given or prefix is not None
-        made: list[tuple[Path, str | None]] = []
+        # Creating a directory (atomic mkdir) makes it ours; no claim file is needed while we write it
+        # (other writers treat a fresh unclaimed run as busy).
+        made: list[Path] = []
         taken: list[str] = []
         for d in dirs:
             try:
@@ -524,17 +586,9 @@ class Experiment:
             except FileExistsError:
                 taken.append(d.name)
                 continue
-            if claim:
-                rec = write_claim(d)
-                if rec is None:  # claimed by another writer between our mkdir and our claim
-                    taken.append(d.name)
-                    continue
-                made.append((d, rec["token"]))
-            else:
-                made.append((d, None))
+            made.append(d)
         if taken:
-            for d, token in made:
-                release_claim(d, token)
+            for d in made:
                 shutil.rmtree(d, ignore_errors=True)
             raise FileExistsError(
                 f"save_batch: run ids already taken in {self.path}: {taken[:10]}"
@@ -545,21 +599,25 @@ class Experiment:
         extra_meta = dict(save_run_kwargs.pop("extra_meta", None) or {})
         layout = layout if layout is not None else trace.layout
         shared = SharedMeta(layout, trace.info)
-        for i, (d, token) in enumerate(made):
-            write_run(
-                d,
-                d.name,
-                _member(host, i, b),
-                layout=layout,
-                meta=metas[i],
-                diagnostics=cfg,
-                summary=summaries[i],
-                extra_meta={**extra_meta, "batch": {"batch_id": batch_id, "index": i, "size": b}},
-                fresh=token is None,
-                token=token,
-                shared=shared,
-                **save_run_kwargs,
-            )
+        for i, d in enumerate(dirs):
+            try:
+                write_run(
+                    d,
+                    d.name,
+                    _member(host, i, b),
+                    layout=layout,
+                    meta=metas[i],
+                    diagnostics=cfg,
+                    summary=summaries[i],
+                    extra_meta={**extra_meta, "batch": {"batch_id": batch_id, "index": i, "size": b}},
+                    fresh=True,
+                    shared=shared,
+                    **save_run_kwargs,
+                )
+            except BaseException:
+                for rest in dirs[i + 1 :]:  # created for this batch, still empty
+                    shutil.rmtree(rest, ignore_errors=True)
+                raise
         return dirs
 
     # ------------------------------------------------------------------ listing and loading
@@ -598,18 +656,24 @@ class Experiment:
                 except ArtifactError as exc:
                     err = str(exc)
             words = {"live": "in_progress", "mine": "in_progress", "foreign": "foreign"}.get(state)
-            out.append(
-                {
-                    "run_id": rid,
-                    "state": words or ("failed" if err else "abandoned"),
-                    "claim": rec,
-                    "error": err,
-                }
-            )
+            if words is None:
+                quiet, limit = _unclaimed_grace(d, UNCLAIMED_GRACE_S) if state == "none" else (0.0, 0.0)
+                if err:
+                    words = "failed"
+                elif quiet < limit:
+                    words = "in_progress"  # an unclaimed writer (save / save_batch) changed it just now
+                else:
+                    words = "abandoned"
+            out.append({"run_id": rid, "state": words, "claim": rec, "error": err})
         return out
 
     def sweep_incomplete(
-        self, *, min_age_s: float = 60.0, force: bool = False, dry_run: bool = False, temp_files: bool = True
+        self,
+        *,
+        min_age_s: float = UNCLAIMED_GRACE_S,
+        force: bool = False,
+        dry_run: bool = False,
+        temp_files: bool = True,
     ) -> list[str]:
         """Delete incomplete runs whose writer is gone; return their ids.
 
@@ -708,8 +772,9 @@ def _member(batch: Trace, i: int, b: int) -> Trace:
     """Member ``i`` of a batch, with the per-member engine outputs in ``extras`` (arrays with a leading
     axis of size B, e.g. the curvature and lr_vec of ``gn.optimize_batch``) cut to that member."""
     member = batch[i]
-    cut = {k: v[i] for k, v in member.extras.items()
-           if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == b}
+    cut = {
+        k: v[i] for k, v in member.extras.items() if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == b
+    }
     return dataclasses.replace(member, extras={**member.extras, **cut}) if cut else member
 
 

@@ -6,12 +6,13 @@
 * Generated ids (:func:`generate_run_id`) are ``YYYYmmddTHHMMSS-<12 hex>``: sortable by creation time, with
   48 random bits from ``os.urandom`` (fork-safe). They are created with an atomic ``mkdir``, so even the
   astronomically unlikely collision is detected and retried, never shared.
-* A *claim* is a file ``.claim.json`` created with ``O_CREAT | O_EXCL`` (atomic on local and NFSv3+
-  filesystems) that records the writer's host, pid and process start time. Exactly one process holds the
-  claim of a run; a crashed writer's claim is *stale* (same host, process gone) and is taken over by
-  renaming it away first (only one renamer can succeed) and then creating a fresh claim (only one creator
-  can succeed). Claims on another host cannot be checked and count as live unless older than
-  ``stale_after_s`` or taken over explicitly.
+* A *claim* is a file ``.claim.json`` created exclusively and complete (a hard link of a written
+  temporary file: ``link`` fails if the target exists, atomically on local and NFS filesystems) that
+  records the writer's host, pid and process start time. Exactly one writer holds the claim of a run; a
+  crashed writer's claim is *stale* (same host, process gone) and is taken over by renaming it away first
+  (only one renamer can succeed) and then creating a fresh claim (only one creator can succeed). Claims on
+  another host cannot be checked and count as live unless older than ``stale_after_s`` or taken over
+  explicitly.
 """
 
 from __future__ import annotations
@@ -106,14 +107,34 @@ def claim_record() -> dict[str, Any]:
 
 def write_claim(run_dir: Path, *, hold: bool = False) -> dict[str, Any] | None:
     """Create ``run_dir/.claim.json`` exclusively; the record on success, None if a claim exists.
-    ``hold=True`` registers it as held by this process for the user (see :data:`_HELD`)."""
+
+    The record is written to a temporary file first and hard-linked into place (``link`` fails if the
+    target exists), so a claim is never seen half-written. ``hold=True`` registers it as held by this
+    process for the user (see :data:`_HELD`)."""
     rec = claim_record()
+    target = run_dir / CLAIM_FILE
+    tmp = run_dir / f".claim.tmp-{rec['token']}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, json.dumps(rec).encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, target)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(rec))
+    except OSError:  # no hard links here: exclusive create (a reader may briefly see it empty)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(rec))
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
     if hold:
         _HELD[str(run_dir)] = rec["token"]
     return rec

@@ -14,7 +14,8 @@ Methods (``f = loss``, ``H = ∇²f``):
     Rademacher probes :math:`z`, :math:`\hat H_{ii} = \frac1k\sum_k z_{k,i}(Hz_k)_i`. Plain Hutchinson is
     unbiased with variance :math:`\sum_{j\ne i} H_{ij}^2/k`: on a badly scaled H the small entries drown.
     The default ``mode="variance_reduced"`` runs rounds of probes rescaled by the previous estimate,
-    :math:`v = P z`, :math:`P = \mathrm{diag}(s)^{-1/2}`, :math:`\hat H_{ii} = \frac1k\sum z_i(P H P z)_i / p_i^2`,
+    :math:`v = P z`, :math:`P = \mathrm{diag}(s)^{-1/2}`,
+    :math:`\hat H_{ii} = \frac1k\sum z_i(P H P z)_i / p_i^2`,
     whose relative variance :math:`\sum_j (p_j/p_i)^2 H_{ij}^2/(H_{ii}^2k)` becomes
     :math:`\sum_{j} C_{ij}^2/k` (C the correlation matrix of H) once :math:`s ≈ \mathrm{diag}\,H`. Rounds
     use ¼, ¼ and ½ of the probes; the scale of each round is ``max(|estimate|, standard error)`` of the
@@ -155,8 +156,13 @@ class Curvature:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description for ``meta.json``: method, cost and configuration."""
-        return {"method": self.method, "num_grad_evals": int(self.num_grad_evals), "dim": self.dim,
-                "dense": self.matrix is not None, **dict(self.config)}
+        return {
+            "method": self.method,
+            "num_grad_evals": int(self.num_grad_evals),
+            "dim": self.dim,
+            "dense": self.matrix is not None,
+            **dict(self.config),
+        }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for ``curvature.npz``: ``diag`` and, when present, ``matrix``."""
@@ -203,8 +209,9 @@ def exact_diag(f: Callable, theta: Any, batch_size: int | None = None) -> jnp.nd
 def exact_matrix(f: Callable, theta: Any, batch_size: int | None = None) -> jnp.ndarray:
     """The Hessian ``∇²f(θ)`` from D HVPs (symmetrised; cost 2D)."""
     d = theta.shape[-1]
-    cols = jax.lax.map(lambda e: hvp(f, theta, e), jnp.eye(d, dtype=theta.dtype),
-                       batch_size=batch_size or _default_batch(d))
+    cols = jax.lax.map(
+        lambda e: hvp(f, theta, e), jnp.eye(d, dtype=theta.dtype), batch_size=batch_size or _default_batch(d)
+    )
     return 0.5 * (cols + cols.T)
 
 
@@ -226,7 +233,9 @@ def _stderr(samples: jnp.ndarray) -> jnp.ndarray:
     return jnp.std(samples, axis=0, ddof=1) / math.sqrt(k)
 
 
-def hutchinson_scaled(f: Callable, theta: Any, key: Any, num_probes: int, scale: Any) -> tuple[jnp.ndarray, jnp.ndarray]:
+def hutchinson_scaled(
+    f: Callable, theta: Any, key: Any, num_probes: int, scale: Any
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Hutchinson with probes ``v = z / √scale``: unbiased, relative variance ≈ Σ_j C_ij²/k when
     ``scale ≈ diag H`` (C = correlation matrix of H). Returns mean and standard error (cost 2k)."""
     p = jax.lax.rsqrt(scale)
@@ -243,8 +252,9 @@ def hutchinson_rounds(num_probes: int) -> tuple[int, ...]:
     return (q, q, num_probes - 2 * q)
 
 
-def hutchinson_variance_reduced(f: Callable, theta: Any, key: Any, num_probes: int,
-                                scale: Any = None) -> jnp.ndarray:
+def hutchinson_variance_reduced(
+    f: Callable, theta: Any, key: Any, num_probes: int, scale: Any = None
+) -> jnp.ndarray:
     """Variance-reduced Hutchinson: rounds of probes rescaled by the previous round's estimate.
 
     The first round is plain (or scaled by ``scale`` when a previous estimate is given); each later round
@@ -295,8 +305,13 @@ def safeguard(diag: jnp.ndarray, *, floor: float, prior_precision: Any, negative
     lo = jnp.maximum(lo, jnp.finfo(d.dtype).tiny)
     num_floored = jnp.sum(d < lo)
     d = jnp.maximum(d, lo)
-    return d, {"num_nonfinite": num_nonfinite, "num_negative": num_negative, "num_floored": num_floored,
-               "floor_value": lo, "median": med}
+    return d, {
+        "num_nonfinite": num_nonfinite,
+        "num_negative": num_negative,
+        "num_floored": num_floored,
+        "floor_value": lo,
+        "median": med,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -317,6 +332,7 @@ def _raw_fn(obj: Objective, settings: tuple) -> Callable:
     method, dense, num_probes, mode, batch_size, n_res, beta = settings
 
     if method == "exact":
+
         def fn(theta, data, key, extra):
             f = lambda th: obj.loss(th, data)  # noqa: E731
             if dense:
@@ -324,12 +340,14 @@ def _raw_fn(obj: Objective, settings: tuple) -> Callable:
                 return jnp.diagonal(m), m
             return exact_diag(f, theta, batch_size), None
     elif method == "hutchinson":
+
         def fn(theta, data, key, extra):
             f = lambda th: obj.loss(th, data)  # noqa: E731
             if mode == "plain":
                 return hutchinson_plain(f, theta, key, num_probes)[0], None
             return hutchinson_variance_reduced(f, theta, key, num_probes, extra), None
     elif method == "gauss_newton":
+
         def fn(theta, data, key, extra):
             wj = weighted_jacobian(lambda th: obj.residual_fn(th, data), theta, obj.weights, n_res)
             if dense:
@@ -337,6 +355,7 @@ def _raw_fn(obj: Objective, settings: tuple) -> Callable:
                 return jnp.diagonal(m), m
             return jnp.sum(wj * wj, axis=0), None
     elif method == "empirical_fisher":
+
         def fn(theta, data, key, extra):
             g = weighted_jacobian(lambda th: obj.per_observation_fn(th, data), theta, None, n_res)
             if dense:
@@ -344,6 +363,7 @@ def _raw_fn(obj: Objective, settings: tuple) -> Callable:
                 return jnp.diagonal(m), m
             return jnp.sum(g * g, axis=0), None
     elif method == "ema_grad2":
+
         def fn(theta, data, key, extra):
             if extra is None:
                 g = jax.grad(obj.loss)(theta, data)
@@ -358,6 +378,7 @@ def _raw_fn(obj: Objective, settings: tuple) -> Callable:
 
 def ema_of_squares(grads: Any, beta: float) -> jnp.ndarray:
     """Bias-corrected EMA of g² over the rows of ``grads`` (K, D): ``v_K / (1 − β^K)``."""
+
     def step(v, g):
         return beta * v + (1 - beta) * g * g, None
 
@@ -420,8 +441,9 @@ def plan_curvature(
             )
         n_res = _count_outputs(obj, theta, data, "residuals")
         cost = min(n_res, dim)
-        config.update(num_residuals=n_res, jacobian_mode=_jacobian_mode(n_res, dim),
-                      weighted=obj.weights is not None)
+        config.update(
+            num_residuals=n_res, jacobian_mode=_jacobian_mode(n_res, dim), weighted=obj.weights is not None
+        )
     elif method == "empirical_fisher":
         if not obj.has_per_observation:
             raise ValueError(
@@ -443,7 +465,9 @@ def plan_curvature(
             cost = 1
             config.update(num_grads=1, init="g(θ)²")
         config["beta"] = float(beta)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     settings = (method, bool(dense), probes, mode, batch_size, n_res, float(beta))
     return settings, int(cost), config
@@ -527,8 +551,16 @@ def estimate_curvature(
         if extra.ndim != 2 or extra.shape[1] != dim or extra.shape[0] < 1:
             raise ValueError(f"grads must have shape (K, {dim}) with K ≥ 1, got {tuple(extra.shape)}")
     settings, cost, config = plan_curvature(
-        obj, theta, data, method, num_probes=num_probes, mode=mode, dense=dense, beta=beta,
-        batch_size=batch_size, scaled_start=scale is not None,
+        obj,
+        theta,
+        data,
+        method,
+        num_probes=num_probes,
+        mode=mode,
+        dense=dense,
+        beta=beta,
+        batch_size=batch_size,
+        scaled_start=scale is not None,
         num_grads=None if grads is None else int(extra.shape[0]),
     )
     if key is None:
@@ -537,7 +569,9 @@ def estimate_curvature(
     diag, counts = safeguard(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
     counts = {k: (int(v) if k.startswith("num_") else float(v)) for k, v in jax.device_get(counts).items()}
     if counts["num_nonfinite"] == dim:
-        raise ValueError(f"every entry of the {method} curvature is non-finite at θ (is the loss finite there?)")
+        raise ValueError(
+            f"every entry of the {method} curvature is non-finite at θ (is the loss finite there?)"
+        )
     if previous is not None and ema > 0:
         if previous.dim != dim:
             raise ValueError(f"previous curvature has dim {previous.dim}, expected {dim}")
@@ -545,8 +579,13 @@ def estimate_curvature(
         cost += 0  # the previous estimate's cost was paid when it was made
         config["ema"] = float(ema)
         config["previous_method"] = previous.method
-    config.update(dense=bool(dense), floor=float(floor), negative=negative,
-                  prior_precision=None if prior_precision is None else _jsonable(prior_precision), **counts)
+    config.update(
+        dense=bool(dense),
+        floor=float(floor),
+        negative=negative,
+        prior_precision=None if prior_precision is None else _jsonable(prior_precision),
+        **counts,
+    )
     if matrix is not None:
         matrix = 0.5 * (matrix + matrix.T)
     return Curvature(diag=diag, matrix=matrix, method=method, num_grad_evals=int(cost), config=config)
@@ -567,5 +606,10 @@ def blend_curvature(a: Curvature, b: Curvature, weight: float = 0.5) -> Curvatur
     matrix = None
     if a.matrix is not None and b.matrix is not None:
         matrix = weight * jnp.asarray(a.matrix) + (1 - weight) * jnp.asarray(b.matrix)
-    return Curvature(diag=diag, matrix=matrix, method="blend", num_grad_evals=a.num_grad_evals + b.num_grad_evals,
-                     config={"weight": float(weight), "a": a.describe(), "b": b.describe()})
+    return Curvature(
+        diag=diag,
+        matrix=matrix,
+        method="blend",
+        num_grad_evals=a.num_grad_evals + b.num_grad_evals,
+        config={"weight": float(weight), "a": a.describe(), "b": b.describe()},
+    )

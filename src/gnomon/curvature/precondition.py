@@ -76,12 +76,14 @@ def block_scales(dim: int, layout: Any = None, block_scale: Mapping[str, float] 
             raise ValueError(f"block_scale[{name!r}] must be a positive number, got {factor!r}")
         if name in layout:
             b = layout[name]
-            s[b.start:b.stop] = factor
+            s[b.start : b.stop] = factor
         elif name in groups:
             s[groups[name]] = factor
         else:
-            raise ValueError(f"block_scale names {name!r}, which is neither a parameter nor a group of the layout; "
-                             f"parameters are {list(layout.names)}")
+            raise ValueError(
+                f"block_scale names {name!r}, which is neither a parameter nor a group of the layout; "
+                f"parameters are {list(layout.names)}"
+            )
     return s
 
 
@@ -93,19 +95,29 @@ def _check_bounds(lr_min: float | None, lr_max: float | None) -> None:
         raise ValueError(f"lr_min ({lr_min}) exceeds lr_max ({lr_max})")
 
 
-def inverse_curvature(curvature: Any, *, power: float | None = None, eps: float = 0.0, layout: Any = None,
-                      block_scale: Mapping[str, float] | None = None) -> jnp.ndarray:
-    """The learning-rate *shape* ``s_i (c_i + eps)^(-p)`` (``learning_rates`` with ``base_lr = 1``, no clip)."""
+def inverse_curvature(
+    curvature: Any,
+    *,
+    power: float | None = None,
+    eps: float = 0.0,
+    layout: Any = None,
+    block_scale: Mapping[str, float] | None = None,
+) -> jnp.ndarray:
+    """The learning-rate *shape* ``s_i (c_i + eps)^(-p)``: :func:`learning_rates` at base_lr 1, unclipped."""
     d, p, _ = _diag_and_power(curvature, power)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
     dn = np.asarray(d)
     if not np.all(np.isfinite(dn)):
-        raise ValueError(f"curvature has {int(np.sum(~np.isfinite(dn)))} non-finite entries; "
-                         "estimate_curvature replaces them, a user-given diagonal must be finite")
+        raise ValueError(
+            f"curvature has {int(np.sum(~np.isfinite(dn)))} non-finite entries; "
+            "estimate_curvature replaces them, a user-given diagonal must be finite"
+        )
     if np.any(dn + eps <= 0):
-        raise ValueError(f"curvature + eps must be positive, got min {float(np.min(dn + eps))!r}; "
-                         "floor the curvature or pass eps > 0")
+        raise ValueError(
+            f"curvature + eps must be positive, got min {float(np.min(dn + eps))!r}; "
+            "floor the curvature or pass eps > 0"
+        )
     s = jnp.asarray(block_scales(d.shape[0], layout, block_scale), d.dtype)
     return s * (d + eps) ** (-p)
 
@@ -186,8 +198,9 @@ def scale_by_curvature(
     _check_bounds(lr_min, lr_max)
     if not callable(base_lr) and not (isinstance(base_lr, (int, float)) and base_lr > 0):
         raise ValueError(f"base_lr must be a positive number or an optax schedule, got {base_lr!r}")
-    if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int)
-                                      or refresh_every < 1):
+    if refresh_every is not None and (
+        isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1
+    ):
         raise ValueError(f"refresh_every must be a positive int or None, got {refresh_every!r}")
     if refresh_every is not None and refresh_fn is None:
         raise ValueError("refresh_every needs a refresh_fn")
@@ -210,9 +223,14 @@ def scale_by_curvature(
     def init_fn(params):
         dt = jnp.result_type(params)
         if params.shape != d0.shape:
-            raise ValueError(f"params have shape {tuple(params.shape)} but the curvature has shape {tuple(d0.shape)}")
+            raise ValueError(
+                f"params have shape {tuple(params.shape)} but the curvature has shape {tuple(d0.shape)}"
+            )
         return ScaleByCurvatureState(
-            count=jnp.zeros((), jnp.int32), diag=d0.astype(dt), shape=shape0.astype(dt), key=key0,
+            count=jnp.zeros((), jnp.int32),
+            diag=d0.astype(dt),
+            shape=shape0.astype(dt),
+            key=key0,
             num_grad_evals=jnp.zeros((), jnp.int32),
         )
 
@@ -231,7 +249,9 @@ def scale_by_curvature(
                 return diag, make_shape(diag), key, nge + refresh_cost
 
             due = (state.count > 0) & (state.count % refresh_every == 0)
-            diag, shape, key, nge = jax.lax.cond(due, refresh, lambda a: (a[0], shape, a[1], nge), (diag, key))
+            diag, shape, key, nge = jax.lax.cond(
+                due, refresh, lambda a: (a[0], shape, a[1], nge), (diag, key)
+            )
         lr = lr_at(state.count, shape)
         new_updates = (sign * lr * updates).astype(updates.dtype)
         return new_updates, ScaleByCurvatureState(state.count + 1, diag, shape, key, nge)
@@ -239,8 +259,13 @@ def scale_by_curvature(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def current_learning_rates(state: ScaleByCurvatureState, base_lr: float | Callable = 1.0, *,
-                           lr_min: float | None = None, lr_max: float | None = None) -> jnp.ndarray:
+def current_learning_rates(
+    state: ScaleByCurvatureState,
+    base_lr: float | Callable = 1.0,
+    *,
+    lr_min: float | None = None,
+    lr_max: float | None = None,
+) -> jnp.ndarray:
     """The learning-rate vector a :func:`scale_by_curvature` state applies at its next update."""
     b = base_lr(state.count) if callable(base_lr) else base_lr
     lr = b * state.shape

@@ -107,7 +107,8 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _rows_for(dim: int, itemsize: int, num_steps: int, record_every: int, progress_on: bool = True) -> int:
-    cap = max(1, min(_MAX_ROWS if progress_on else _MAX_ROWS_QUIET, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
+    most = _MAX_ROWS if progress_on else _MAX_ROWS_QUIET
+    cap = max(1, min(most, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
     need = max(1, math.ceil((num_steps + 1) / record_every))
     return min(cap, 1 << math.ceil(math.log2(need)))  # powers of two: few distinct compilations
 
@@ -305,7 +306,8 @@ def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective,
         final = (c.theta, c.loss, np.linalg.norm(c.grad), t)
     if cols["step"].size == 0 or cols["step"][-1] != final[3]:
         dtype = cols["loss"].dtype
-        cols["theta"] = np.concatenate([cols["theta"], np.asarray(final[0])[None].astype(cols["theta"].dtype)])
+        last = np.asarray(final[0])[None].astype(cols["theta"].dtype)
+        cols["theta"] = np.concatenate([cols["theta"], last])
         cols["loss"] = np.append(cols["loss"], np.asarray(final[1], dtype))
         cols["grad_norm"] = np.append(cols["grad_norm"], np.asarray(final[2], dtype))
         cols["step_norm"] = np.append(cols["step_norm"], np.asarray(np.nan, dtype))

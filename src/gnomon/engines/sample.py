@@ -258,7 +258,9 @@ def _compiled(obj: Objective, st: _Static) -> dict[str, Any]:
         return states, ad, outs
 
     def adapt_final(ad: _Adapt):
-        return jnp.exp(ad.ss.log_step_size_avg), ad.imm
+        # the dual-averaging average; right after a window end (no update since the restart) the restart value
+        avg = jnp.where(ad.ss.step > 1, ad.ss.log_step_size_avg, ad.ss.log_step_size)
+        return jnp.exp(avg), ad.imm
 
     hit = {
         "init": jax.jit(init),

@@ -8,7 +8,8 @@ Steps (each uses gnomon's public API; ``docs/getting-started.md`` walks through 
 2. **Objective** from residuals with inverse-variance weights ``1/max(μ_truth, 1)``, so the Gauss–Newton
    matrix :math:`F = J^T W J` is the Poisson Fisher information.
 3. **Fisher / CRLB**: ``gn.estimate_curvature(obj, θ_truth, method="gauss_newton", dense=True)``; the
-   marginal Cramér–Rao bounds are :math:`\sqrt{\mathrm{diag}\,F^{-1}}` (not :math:`\sqrt{1/\mathrm{diag}\,F}`).
+   marginal Cramér–Rao bounds are :math:`\sqrt{\mathrm{diag}\,F^{-1}}`
+   (not :math:`\sqrt{1/\mathrm{diag}\,F}`).
 4. **MAP** from a start a few hundred σ away with Zernikes unknown (zero), three ways:
    the legacy *lr_model* (``lr = 1/diag F(θ0)``, plain steps at 0.5), ``preconditioned_gd`` with its
    defaults (Gauss–Newton diagonal, λ_max bound, backtracking) and plain GD at 0.5 in the *whitened eigen*
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,11 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
 
     Re-running into the same directory with the same settings overwrites its runs; other settings need
     another ``out`` (the manifest records them)."""
+    return run_with_settings(out, DemoSettings.for_mode(quick), seed=seed, quick=quick)
+
+
+def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: bool = False) -> Path:
+    """:func:`run_demo` with explicit sizes (tests use tiny ones)."""
     import jax
     import jax.numpy as jnp
 
@@ -106,12 +112,23 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
     from gnomon.models import astrometry as A
     from gnomon.recipes.astrometry import add_signals
 
-    cfg = DemoSettings.for_mode(quick)
     clock = _Clock(sys.stdout)
     out = Path(out)
 
-    # 1. simulate ------------------------------------------------------------------------------------
+    # the experiment first: a directory holding another demo's runs is refused before any work
     setup = A.Setup(pupil_npix=cfg.pupil_npix, detector_npix=cfg.detector_npix)
+    manifest = {
+        "description": "gnomon demo: binary-star astrometry (simulate → Fisher → MAP ×3 → NUTS)",
+        "datasets": {"simulated_image": f"BinaryStarModel Poisson draw, seed {seed}"},
+        "sweep": {"quick": bool(quick), "seed": int(seed), "settings": asdict(cfg)},
+        "setup": {k: getattr(setup, k) for k in ("diameter_m", "pupil_npix", "detector_npix",
+                                                  "wavelengths_nm", "static_noll", "static_nm")},
+        "truth": {k: (list(v) if isinstance(v, tuple) else v) for k, v in A.TRUTH.items()},
+    }
+    exp = gn.Experiment(out, manifest=manifest,
+                        diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
+
+    # 1. simulate ------------------------------------------------------------------------------------
     model = A.BinaryStarModel(setup)
     layout = model.layout
     labels = layout.index_labels()
@@ -169,16 +186,6 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
               f"posterior sd / CRLB {np.median(post_sd / crlb):.2f} (median)")
 
     # 6. artifacts -----------------------------------------------------------------------------------
-    manifest = {
-        "description": "gnomon demo: binary-star astrometry (simulate → Fisher → MAP ×3 → NUTS)",
-        "datasets": {"simulated_image": f"BinaryStarModel Poisson draw, seed {seed}"},
-        "sweep": {"quick": bool(quick), "seed": int(seed)},
-        "setup": {k: getattr(setup, k) for k in ("diameter_m", "pupil_npix", "detector_npix", "wavelengths_nm",
-                                                  "static_noll", "static_nm")},
-        "truth": {k: (list(v) if isinstance(v, tuple) else v) for k, v in A.TRUTH.items()},
-    }
-    exp = gn.Experiment(out, manifest=manifest,
-                        diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
     write_npz(out / "data.npz", {"image": np.asarray(data), "truth_theta": np.asarray(truth),
                                  "fisher": F, "crlb": crlb, "theta0": np.asarray(theta0)})
     truth_params = {k: np.asarray(v) for k, v in layout.unpack(truth).items()}
@@ -194,8 +201,8 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
             extra = {"precond": t.extras["lr_vec"],
                      "diagnostics": gn.DiagnosticsConfig(signals=True, curvature=True, precond=True)}
         run_dirs[k] = exp.save(
-            f"map-{k}", t, layout=layout, overwrite=True, curvature=curv0 if k != "preconditioned_gd" else None,
-            signals=sig,
+            f"map-{k}", t, layout=layout, overwrite=True, signals=sig,
+            curvature=curv0 if k != "preconditioned_gd" else None,
             meta={"fit": k, "start": "truth + START_OFFSETS, Zernikes 0", "seed": seed},
             summary={"max_abs_z_vs_truth": float(np.abs(z).max()), "fit": k}, **extra)
     post_sig = gn.Signals.from_trace(posterior, layout, truth=truth_params, transforms=[add_signals])
@@ -221,7 +228,7 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
     print(_table(layout, labels, truth, finals[best], crlb, post_mean, post_sd, best))
     print()
     print(f"experiment:  {out}/manifest.json, {out}/runs.csv, {out}/data.npz")
-    for k, d in run_dirs.items():
+    for d in run_dirs.values():
         files = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
         print(f"  {d.relative_to(out)}: {', '.join(files)}")
     print(f"figures:     {', '.join(str(p.relative_to(out)) for p in written)}")
@@ -229,7 +236,8 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Pa
     return out
 
 
-def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, emap: Any, best: str) -> list[Path]:
+def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, emap: Any,
+             best: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
@@ -256,7 +264,8 @@ def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, em
     ax.legend(fontsize="small")
     fig.tight_layout()
     keep(fig, "loss_histories.png")
-    keep(gn.plot.eigen_spectrum(emap, title="Fisher eigen spectrum at the start (normalised)"), "eigen_spectrum.png")
+    keep(gn.plot.eigen_spectrum(emap, title="Fisher eigen spectrum at the start (normalised)"),
+         "eigen_spectrum.png")
     names = ["binary.separation_as", "system.plate_scale_as_per_pix", "binary.x_position_as",
              "binary.position_angle_deg"]
     keep(gn.plot.trace_dist(post_sig, names), "posterior_trace.png")
@@ -264,8 +273,8 @@ def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, em
     return written
 
 
-def _table(layout: Any, labels: list[str], truth: Any, theta_map: Any, crlb: np.ndarray, post_mean: np.ndarray,
-           post_sd: np.ndarray, best: str) -> str:
+def _table(layout: Any, labels: list[str], truth: Any, theta_map: Any, crlb: np.ndarray,
+           post_mean: np.ndarray, post_sd: np.ndarray, best: str) -> str:
     from gnomon.models.astrometry import constrained_jacobian_diag, constrained_vector
 
     t_c = constrained_vector(truth)
@@ -276,7 +285,8 @@ def _table(layout: Any, labels: list[str], truth: Any, theta_map: Any, crlb: np.
     pm_c = constrained_vector(post_mean)
     ps_c = post_sd * constrained_jacobian_diag(post_mean)
     z = z_scores(theta_map, truth, crlb)
-    head = f"{'parameter':<34}{'truth':>12}{'MAP (' + best + ')':>22}{'CRLB':>11}{'posterior mean ± sd':>26}{'z':>7}"
+    head = (f"{'parameter':<34}{'truth':>12}{'MAP (' + best + ')':>22}{'CRLB':>11}"
+            f"{'posterior mean ± sd':>26}{'z':>7}")
     rows = [head, "-" * len(head)]
     for i, lab in enumerate(labels):
         rows.append(f"{lab:<34}{t_c[i]:>12.6g}{m_c[i]:>22.8g}{crlb[i] * jac[i]:>11.3g}"

@@ -140,7 +140,8 @@ def binary_layout():
 def noll_to_nm(j: int) -> tuple[int, int]:
     """Radial order n and signed azimuthal order m of Noll index ``j`` (≥ 1).
 
-    ``m > 0`` is a cos(mφ) term, ``m < 0`` a sin(|m|φ) term; Noll puts cosines at even j and sines at odd j."""
+    ``m > 0`` is a cos(mφ) term, ``m < 0`` a sin(|m|φ) term; Noll puts cosines at even j and sines at
+    odd j."""
     if not isinstance(j, (int, np.integer)) or j < 1:
         raise ValueError(f"Noll index must be an integer >= 1, got {j!r}")
     n, j1 = 0, int(j) - 1
@@ -156,7 +157,8 @@ def zernike(j: int, rho: np.ndarray, phi: np.ndarray) -> np.ndarray:
 
     :math:`Z_j = \sqrt{n+1}\,R_n^0(\rho)` for m = 0, else :math:`\sqrt{2(n+1)}\,R_n^{|m|}(\rho)\cos(m\varphi)`
     (m > 0) or :math:`\sin(|m|\varphi)` (m < 0), with
-    :math:`R_n^{m}(\rho)=\sum_{k=0}^{(n-m)/2}\frac{(-1)^k (n-k)!}{k!\,(\frac{n+m}{2}-k)!\,(\frac{n-m}{2}-k)!}\rho^{n-2k}`."""
+    :math:`R_n^{m}(\rho)=\sum_{k=0}^{(n-m)/2}
+    \frac{(-1)^k (n-k)!}{k!\,(\frac{n+m}{2}-k)!\,(\frac{n-m}{2}-k)!}\rho^{n-2k}`."""
     n, m = noll_to_nm(j)
     am = abs(m)
     rho = np.asarray(rho, dtype=float)
@@ -210,7 +212,8 @@ class Setup:
         if len(self.wavelengths_nm) < 1 or any(not w > 0 for w in self.wavelengths_nm):
             raise ValueError(f"wavelengths_nm must be positive wavelengths, got {self.wavelengths_nm!r}")
         if self.spectral_weights is not None and (
-            len(self.spectral_weights) != len(self.wavelengths_nm) or any(w < 0 for w in self.spectral_weights)
+            len(self.spectral_weights) != len(self.wavelengths_nm)
+            or any(w < 0 for w in self.spectral_weights)
             or not sum(self.spectral_weights) > 0
         ):
             raise ValueError(
@@ -226,7 +229,9 @@ class Setup:
 
     @property
     def weights(self) -> np.ndarray:
-        w = np.ones(len(self.wavelengths_nm)) if self.spectral_weights is None else np.asarray(self.spectral_weights)
+        if self.spectral_weights is None:
+            return np.full(len(self.wavelengths_nm), 1.0 / len(self.wavelengths_nm))
+        w = np.asarray(self.spectral_weights, dtype=float)
         return w / w.sum()
 
 
@@ -327,7 +332,8 @@ class BinaryStarModel:
         """Band-averaged PSFs of point sources at ``positions_as`` ``(S, 2)`` as fractions of each source's
         light per detector pixel, shape ``(S, M, M)``."""
         pos = jnp.asarray(positions_as)
-        dt = jnp.result_type(pos.dtype, jnp.asarray(zernike_coeffs_nm).dtype, jnp.asarray(plate_scale_as).dtype)
+        dt = jnp.result_type(pos.dtype, jnp.asarray(zernike_coeffs_nm).dtype,
+                             jnp.asarray(plate_scale_as).dtype)
         cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
         lam = jnp.asarray(self.wavelengths_m, dt)  # (L,)
         xp = jnp.asarray(self.pupil_coords, dt)  # (N,)
@@ -391,7 +397,8 @@ def make_objective(model: BinaryStarModel, data: Any, weights_at: Any | None = N
     data = jnp.asarray(data)
     m = model.setup.detector_npix
     if data.shape[-2:] != (m, m):
-        raise ValueError(f"data must be {m}×{m} images (the set-up's detector), got shape {tuple(data.shape)}")
+        raise ValueError(
+            f"data must be {m}×{m} images (the set-up's detector), got shape {tuple(data.shape)}")
     if weights_at is None:
         variance = jnp.maximum(data, 1.0)
     else:

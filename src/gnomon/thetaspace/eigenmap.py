@@ -63,8 +63,15 @@ class EigenMap:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_matrix(cls, F: Any, theta_ref: Any, *, whiten: bool = True, truncate: int | float | None = None,
-                    layout: Any = None) -> EigenMap:
+    def from_matrix(
+        cls,
+        F: Any,
+        theta_ref: Any,
+        *,
+        whiten: bool = True,
+        truncate: int | float | None = None,
+        layout: Any = None,
+    ) -> EigenMap:
         """Eigen θ-map of the curvature matrix ``F`` (D, D) at ``theta_ref`` (D,).
 
         Raises ValueError for a non-square or non-finite F, a non-positive diagonal, a θ_ref of the wrong
@@ -85,14 +92,18 @@ class EigenMap:
             raise ValueError(f"layout has size {layout.size} but F is {d}×{d}")
         diag = np.diag(F)
         if np.any(diag <= 0):
-            raise ValueError(f"F must have a positive diagonal (got min {diag.min()!r}); it is normalised by "
-                             "1/√diag F before the eigendecomposition")
+            raise ValueError(
+                f"F must have a positive diagonal (got min {diag.min()!r}); it is normalised by "
+                "1/√diag F before the eigendecomposition"
+            )
         s = 1.0 / np.sqrt(diag)
         Fn = s[:, None] * (0.5 * (F + F.T)) * s[None, :]
         lam, vec = np.linalg.eigh(Fn)
         order = np.argsort(lam)[::-1]
         lam, vec = lam[order], vec[:, order]
-        vec = vec * np.where(vec[np.argmax(np.abs(vec), axis=0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
+        vec = vec * np.where(
+            vec[np.argmax(np.abs(vec), axis=0), np.arange(d)] < 0, -1.0, 1.0
+        )  # sign convention
         keep = _kept(lam, truncate)
         lam, vec = lam[:keep], vec[:, :keep]
         if np.any(lam <= 0):
@@ -104,8 +115,16 @@ class EigenMap:
         if whiten:
             basis = basis / np.sqrt(lam)[None, :]
         dtype = ref.dtype if np.issubdtype(ref.dtype, np.floating) else np.float64
-        return cls(theta_ref=ref.astype(dtype), basis=basis, scale=s, eigenvalues=lam, eigenvectors=vec,
-                   whiten=bool(whiten), truncate=truncate, layout=layout)
+        return cls(
+            theta_ref=ref.astype(dtype),
+            basis=basis,
+            scale=s,
+            eigenvalues=lam,
+            eigenvectors=vec,
+            whiten=bool(whiten),
+            truncate=truncate,
+            layout=layout,
+        )
 
     # ------------------------------------------------------------------ maps
     @property
@@ -160,19 +179,31 @@ class EigenMap:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for ``thetamap.npz``."""
-        return {"theta_ref": np.asarray(self.theta_ref), "basis": np.asarray(self.basis),
-                "scale": np.asarray(self.scale), "eigenvalues": np.asarray(self.eigenvalues),
-                "eigenvectors": np.asarray(self.eigenvectors)}
+        return {
+            "theta_ref": np.asarray(self.theta_ref),
+            "basis": np.asarray(self.basis),
+            "scale": np.asarray(self.scale),
+            "eigenvalues": np.asarray(self.eigenvalues),
+            "eigenvectors": np.asarray(self.eigenvectors),
+        }
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description for ``meta.json`` (includes the hash that :meth:`from_arrays` checks)."""
-        return {"eigenmap_schema": EIGENMAP_SCHEMA, "hash": self.hash, "whiten": self.whiten,
-                "truncate": self.truncate, "dim": self.dim, "z_dim": self.z_dim,
-                "log_abs_det": self.log_abs_det,
-                "eigenvalue_range": [float(self.eigenvalues.min()), float(self.eigenvalues.max())]}
+        return {
+            "eigenmap_schema": EIGENMAP_SCHEMA,
+            "hash": self.hash,
+            "whiten": self.whiten,
+            "truncate": self.truncate,
+            "dim": self.dim,
+            "z_dim": self.z_dim,
+            "log_abs_det": self.log_abs_det,
+            "eigenvalue_range": [float(self.eigenvalues.min()), float(self.eigenvalues.max())],
+        }
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], layout: Any = None) -> EigenMap:
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], layout: Any = None
+    ) -> EigenMap:
         """Rebuild from :meth:`to_arrays` / :meth:`describe`; ValueError when arrays are missing, shapes
         disagree or the hash does not match."""
         need = ("theta_ref", "basis", "scale", "eigenvalues", "eigenvectors")
@@ -180,15 +211,27 @@ class EigenMap:
         if missing:
             raise ValueError(f"EigenMap arrays lack {missing}")
         if int(meta.get("eigenmap_schema", 1)) > EIGENMAP_SCHEMA:
-            raise ValueError(f"EigenMap schema {meta.get('eigenmap_schema')} is newer than this gnomon's {EIGENMAP_SCHEMA}")
+            raise ValueError(
+                f"EigenMap schema {meta.get('eigenmap_schema')} is newer than this gnomon's {EIGENMAP_SCHEMA}"
+            )
         tr = meta.get("truncate")
-        emap = cls(theta_ref=np.asarray(arrays["theta_ref"]), basis=np.asarray(arrays["basis"]),
-                   scale=np.asarray(arrays["scale"]), eigenvalues=np.asarray(arrays["eigenvalues"]),
-                   eigenvectors=np.asarray(arrays["eigenvectors"]), whiten=bool(meta.get("whiten", True)),
-                   truncate=tr, layout=layout)
+        emap = cls(
+            theta_ref=np.asarray(arrays["theta_ref"]),
+            basis=np.asarray(arrays["basis"]),
+            scale=np.asarray(arrays["scale"]),
+            eigenvalues=np.asarray(arrays["eigenvalues"]),
+            eigenvectors=np.asarray(arrays["eigenvectors"]),
+            whiten=bool(meta.get("whiten", True)),
+            truncate=tr,
+            layout=layout,
+        )
         d, k = emap.basis.shape if emap.basis.ndim == 2 else (-1, -1)
-        if (emap.theta_ref.shape != (d,) or emap.scale.shape != (d,) or emap.eigenvalues.shape != (k,)
-                or emap.eigenvectors.shape != (d, k)):
+        if (
+            emap.theta_ref.shape != (d,)
+            or emap.scale.shape != (d,)
+            or emap.eigenvalues.shape != (k,)
+            or emap.eigenvectors.shape != (d, k)
+        ):
             raise ValueError("EigenMap arrays have inconsistent shapes")
         for key, value in (("dim", d), ("z_dim", k)):
             if key in meta and int(meta[key]) != value:
@@ -217,6 +260,8 @@ def _kept(lam: np.ndarray, truncate: Any) -> int:
             raise ValueError(f"a truncation threshold must be positive, got {truncate!r}")
         k = int(np.sum(lam >= truncate))
         if k == 0:
-            raise ValueError(f"truncate threshold {truncate} keeps no mode (largest normalised eigenvalue {lam[0]:.3g})")
+            raise ValueError(
+                f"truncate threshold {truncate} keeps no mode (largest normalised eigenvalue {lam[0]:.3g})"
+            )
         return k
     raise ValueError(f"truncate must be None, an int mode count or a float threshold, got {truncate!r}")
