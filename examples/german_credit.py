@@ -54,8 +54,8 @@ def main(data: Path = DATA, out: str = "german-credit") -> None:
     curv = gn.estimate_curvature(obj, theta0, method="exact")
     fit = gn.optimize(obj, theta0, "preconditioned_gd", curvature=curv, num_steps=500, tol=1e-3)
     gd = gn.optimize(obj, theta0, "gd", num_steps=500, tol=1e-3)  # 1/λ_max of the Hessian, for comparison
-    print(f"preconditioned GD: {fit.status} after {fit.num_steps} steps, {int(fit.num_grad_evals)} grad evals")
-    print(f"plain GD (1/λmax): {gd.status} after {gd.num_steps} steps, {int(gd.num_grad_evals)} grad evals")
+    for name, t in (("preconditioned GD", fit), ("plain GD (1/λmax)", gd)):
+        print(f"{name}: {t.status} after {t.num_steps} steps, {int(t.num_grad_evals)} grad evals")
 
     post = gn.sample(obj, init=fit, key=jax.random.key(0), num_chains=4, num_samples=500, dense=True)
     print(f"NUTS: {post.num_chains}×{post.num_draws} draws, {int(post.num_grad_evals)} grad evals, "

@@ -21,13 +21,15 @@ def main(out: str = "quickstart-runs") -> None:
     y = jnp.asarray(rng.normal(1.3, 0.6, size=50))
 
     # θ-space: named blocks with units and transforms; θ = (mu, log sigma)
-    layout = gn.Layout({"mu": (), "sigma": ()}, transforms={"sigma": "positive"}, units={"mu": "m", "sigma": "m"})
+    layout = gn.Layout({"mu": (), "sigma": ()}, transforms={"sigma": "positive"},
+                       units={"mu": "m", "sigma": "m"})
 
     def log_density(p):  # over constrained values: N(y | mu, sigma) with weak priors
         like = jnp.sum(-0.5 * ((y - p["mu"]) / p["sigma"]) ** 2 - jnp.log(p["sigma"]))
         return like - 0.5 * (p["mu"] / 10.0) ** 2 - p["sigma"]
 
-    obj = gn.Objective.from_log_density(log_density, layout)  # loss for optimizers, log_prob (Jacobian in) for NUTS
+    # loss(θ) for optimizers, log_prob(θ) (Jacobian of the transform included) for NUTS
+    obj = gn.Objective.from_log_density(log_density, layout)
     theta0 = layout.pack({"mu": 0.0, "sigma": 1.0})
 
     # MAP: plain GD at one global rate, and preconditioned GD (exact Hessian diagonal, power 1, safeguarded)

@@ -241,6 +241,12 @@ def test_save_same_id_race_one_winner(tmp_path):
         os.utime(p, (time.time() - 120, time.time() - 120))
     exp.save("same", opt_trace(seed=9))
     assert exp.load("same").summary["num_grad_evals"] == opt_trace(seed=9).num_grad_evals
+    # an empty unclaimed directory (a writer killed between mkdir and its first file) is free after 2 s
+    os.mkdir(exp.run_dir("empty"))
+    with pytest.raises(FileExistsError, match="free after 2 s"):
+        exp.save("empty", opt_trace())
+    os.utime(exp.run_dir("empty"), (time.time() - 3, time.time() - 3))
+    exp.save("empty", opt_trace())
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -129,7 +129,8 @@ def test_hash_is_stable_across_processes():
 def test_numpyro_constraint_accepted():
     from numpyro.distributions import constraints
 
-    layout = gn.Layout({"a": (), "b": (2,)}, transforms={"a": constraints.positive, "b": constraints.interval(1.0, 5.0)})
+    layout = gn.Layout({"a": (), "b": (2,)},
+                       transforms={"a": constraints.positive, "b": constraints.interval(1.0, 5.0)})
     assert layout.index_map()[1]["transform"] == ["interval", 1.0, 5.0]
     theta = layout.pack({"a": 2.0, "b": np.array([2.0, 4.0])})
     np.testing.assert_allclose(np.asarray(layout.unpack(theta)["b"]), [2.0, 4.0], rtol=1e-5)

@@ -42,10 +42,9 @@ from gnomon.artifacts.diagnostics import (
     build_diagnostics,
     read_diag_steps,
 )
-from gnomon.artifacts.fastwrite import SharedMeta, write_run_files
 from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable, write_json
 from gnomon.artifacts.provenance import package_versions
-from gnomon.artifacts.run import SUMMARY_FILE, Run, load_run
+from gnomon.artifacts.run import SUMMARY_FILE, Run, load_run, save_run
 from gnomon.artifacts.runids import (
     CLAIM_FILE,
     check_run_id,
@@ -227,13 +226,14 @@ def acquire_run(
 
 
 def _quiet_for(run_dir: Path) -> tuple[float, int]:
-    """``(seconds since anything in run_dir last changed, number of entries)``."""
+    """``(seconds since anything in run_dir last changed, number of entries other than temporary files)``."""
     n = 0
     try:
         newest = os.stat(run_dir).st_mtime
         with os.scandir(run_dir) as it:
             for e in it:
-                n += 1
+                if not (e.name.startswith(".") and ".tmp-" in e.name):  # temporary files do not count
+                    n += 1
                 try:
                     newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
                 except FileNotFoundError:
@@ -244,8 +244,8 @@ def _quiet_for(run_dir: Path) -> tuple[float, int]:
 
 
 def _unclaimed_grace(run_dir: Path, grace: float) -> tuple[float, float]:
-    """``(quiet seconds, grace)`` of an unclaimed incomplete run: an *empty* one (its writer died between
-    creating it and writing its first file or claim, a window of microseconds) gets
+    """``(quiet seconds, grace)`` of an unclaimed incomplete run: an *empty* one (nothing but temporary
+    files: its writer died between creating it and finishing its first file or claim) gets
     :data:`EMPTY_GRACE_S`, one with files :data:`UNCLAIMED_GRACE_S` (or ``grace``)."""
     quiet, n = _quiet_for(run_dir)
     return quiet, (min(grace, EMPTY_GRACE_S) if n == 0 else grace)
@@ -283,7 +283,6 @@ def write_run(
     release: bool = True,
     fresh: bool = False,
     token: str | None = None,
-    shared: SharedMeta | None = None,
     **save_kwargs: Any,
 ) -> Path:
     """Write a claimed run directory (diagnostics, then the artifacts, summary.json last) and release the
@@ -323,7 +322,7 @@ def write_run(
                 raise ValueError(f"extra_arrays {clash} clash with diagnostics files of the same name")
             extra_arrays.update(arrays)
             extra_meta["diagnostics"] = diag_meta
-        write_run_files(
+        save_run(
             run_dir,
             trace,
             layout,
@@ -331,8 +330,6 @@ def write_run(
             run_id=run_id,
             extra_arrays=extra_arrays or None,
             extra_meta=extra_meta or None,
-            shared=shared,
-            fresh=fresh,
             **save_kwargs,
         )
     except BaseException:
@@ -598,7 +595,6 @@ class Experiment:
         cfg = diagnostics if diagnostics is not None else self.diagnostics
         extra_meta = dict(save_run_kwargs.pop("extra_meta", None) or {})
         layout = layout if layout is not None else trace.layout
-        shared = SharedMeta(layout, trace.info)
         for i, d in enumerate(dirs):
             try:
                 write_run(
@@ -611,7 +607,6 @@ class Experiment:
                     summary=summaries[i],
                     extra_meta={**extra_meta, "batch": {"batch_id": batch_id, "index": i, "size": b}},
                     fresh=True,
-                    shared=shared,
                     **save_run_kwargs,
                 )
             except BaseException:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,18 +67,37 @@ def from_jsonable(x: Any) -> Any:
     return x
 
 
+_token: tuple[int, str] | None = None
+
+
+def _tmp_suffix() -> str:
+    """``<pid>-<random>``, refreshed after a fork, so temporary names never clash across processes."""
+    global _token
+    pid = os.getpid()
+    if _token is None or _token[0] != pid:
+        _token = (pid, f"{pid}-{secrets.token_hex(4)}")
+    return _token[1]
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    """Write ``data`` to ``path`` through ``.<name>.tmp-<pid>-<rand>`` in the same folder and ``os.replace``.
+
+    Permissions follow the umask (like any ``open``); a failed write removes its temporary file."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:

@@ -13,6 +13,7 @@ Every file is written atomically; nothing is pickled; every JSON carries ``schem
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.jsonio import SCHEMA_VERSION, ArtifactError, read_json, write_json
+from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable, write_json
 from gnomon.artifacts.npzio import read_npz, write_npz
 from gnomon.artifacts.provenance import git_hash, package_versions, platform_info
 from gnomon.thetaspace.layout import Layout
@@ -106,6 +107,22 @@ def _trace_from_arrays(arrays: dict[str, np.ndarray], meta: dict, summary: dict,
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _provenance(cwd: str) -> dict[str, Any]:
+    """The provenance block of meta.json, computed once per process (and working directory)."""
+    return to_jsonable({
+        "gnomon_version": package_versions().get("gnomon"),
+        "git_hash": git_hash(),
+        "packages": package_versions(),
+        "platform": platform_info(),
+    })
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_doc(layout: Layout) -> dict[str, Any]:
+    return to_jsonable(layout.to_dict())
+
+
 def save_run(
     run_dir: str | os.PathLike,
     trace: Trace,
@@ -130,7 +147,8 @@ def save_run(
       layout: the layout naming θ (defaults to ``trace.layout``); stored as index map + hash.
       meta: user metadata (JSON-able), stored under ``"user"`` in meta.json.
       run_id: defaults to the directory name.
-      summary: extra aggregation scalars merged into summary.json (e.g. ``max_abs_z_vs_truth``).
+      summary: extra aggregation scalars merged into summary.json (e.g. ``max_abs_z_vs_truth``). Sampling
+        runs get min bulk/tail ESS, max R-hat, divergences and gradient evaluations per ESS automatically.
       extra_arrays: optional diagnostic files ``{name: {array_name: array}}`` written as ``<name>.npz``
         (e.g. ``curvature``, ``precond``, ``grads``, ``signals``, ``handoff``).
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
@@ -166,7 +184,7 @@ def save_run(
         files.append(THETAMAP_FILE)
         thetamap_meta = {"type": type(tm).__name__, **tm.describe()}
     for name, arrays in (extra_arrays or {}).items():
-        if not _EXTRA_NAME.match(name) or name in _RESERVED:
+        if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
             raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
         write_npz(run_dir / f"{name}.npz", arrays, fsync=fsync)
         files.append(f"{name}.npz")
@@ -181,16 +199,13 @@ def save_run(
         "run_id": run_id,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": trace.kind,
-        "gnomon_version": package_versions().get("gnomon"),
-        "git_hash": git_hash(),
-        "packages": package_versions(),
-        "platform": platform_info(),
+        **_provenance(os.getcwd()),
         "theta": {
             "theta_space": trace.theta_space,
             "dim": trace.dim,
             "dtype": theta_dtype,
             "layout_hash": layout.hash if layout is not None else None,
-            "layout": layout.to_dict() if layout is not None else None,
+            "layout": _layout_doc(layout) if layout is not None else None,
             "thetamap": thetamap_meta,
         },
         "engine": dict(trace.info),
@@ -200,7 +215,12 @@ def save_run(
         **dict(extra_meta or {}),
     }
     write_json(run_dir / META_FILE, meta_doc, fsync=fsync)
-    summary_doc = {"run_id": run_id, **trace.summary(), **dict(summary or {})}
+    base = trace.summary()
+    if trace.kind == "sampling":  # ESS, R-hat, divergences, cost per effective sample (arviz-stats)
+        from gnomon.artifacts.sampling_summary import sampling_summary
+
+        base.update(sampling_summary(trace))
+    summary_doc = {"run_id": run_id, **base, **dict(summary or {})}
     summary_doc["written_utc_unix"] = time.time()
     write_json(run_dir / SUMMARY_FILE, summary_doc, fsync=fsync)  # last: marks the run complete
     return run_dir

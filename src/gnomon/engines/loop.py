@@ -138,77 +138,97 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
             n_evals=1 + jnp.asarray(cost, jnp.int32),
         )
 
+    def member_step(c: _Carry, data, num_steps, record_now):
+        """One branch-free step of one fit: the update is always computed and selected with `where` (only
+        the final iteration's update is discarded). Returns the next carry and the row for θ_t."""
+        dtype = c.loss.dtype
+        value_fn = lambda th: obj.loss(th, data)  # noqa: E731
+        finite = jnp.isfinite(c.loss) & jnp.all(jnp.isfinite(c.grad))
+        gnorm = jnp.linalg.norm(c.grad)
+        converged = jnp.zeros((), bool)
+        if gtol is not None:
+            converged = converged | (gnorm <= gtol)
+        if ftol is not None:
+            scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(c.loss)), 1.0)
+            converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - c.loss) <= ftol * scale))
+        stop = jnp.where(~finite, NONFINITE,
+                         jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING)))
+        running = stop == RUNNING
+
+        kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
+        if extra_args and built.pass_data:
+            kwargs["data"] = data
+        updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
+        theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
+        if built.reuse is not None:
+            loss, grad = built.reuse(opt_state)
+            grad = grad.astype(c.grad.dtype)
+        else:
+            loss, grad = jax.value_and_grad(obj.loss)(theta, data)
+        lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
+        snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
+        extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
+        moved = _Carry(
+            theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
+            status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
+            n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
+        )
+        stopped = c._replace(status=stop.astype(jnp.int32))
+        c_next = jax.tree.map(lambda m, s: jnp.where(running, m, s), moved, stopped)
+        scal = jnp.stack([c.loss.astype(dtype), gnorm.astype(dtype), jnp.where(running, snorm, jnp.nan),
+                          jnp.where(running, lr, jnp.nan)]).astype(dtype)
+        step = jnp.where(finite & record_now, c.t, -1).astype(jnp.int32)
+        return c_next, (c.theta, scal, step)
+
+    # A batch steps its fits in lockstep under one shared iteration counter k, so that every fit writes
+    # its row at the same (unbatched) index: a dynamic_update_slice, not a per-member scatter that would
+    # copy the whole (rows, B, D) buffer each step. Fits that stopped keep their carry (masked).
+    step_fn = jax.vmap(member_step, in_axes=(0, 0, None, None)) if batched else member_step
+
     def chunk(carry: _Carry, data, num_steps):
-        # Branch-free body: the update is always computed and selected with `where` (only the final
-        # iteration's update is discarded); rows are written at `row`, or into a scratch row `rows` when
-        # this step is not recorded. Few ops per step keep the loop close to a bare lax.scan.
+        # Rows are written at k // record_every, or into a scratch row `rows` when this step is not recorded
+        # (chunks start at multiples of chunk_steps, so k ≡ t mod record_every for running fits).
+        lead = carry.loss.shape  # () or (B,)
         dtype = carry.loss.dtype
         dim = carry.theta.shape[-1]
-        t0 = carry.t
-        bufs = _Rows(jnp.zeros((rows + 1, dim), carry.theta.dtype), jnp.full((rows + 1, 4), jnp.nan, dtype),
-                     jnp.full((rows + 1,), -1, jnp.int32))
-        value_fn = lambda th: obj.loss(th, data)  # noqa: E731
+        bufs = _Rows(jnp.zeros((rows + 1, *lead, dim), carry.theta.dtype),
+                     jnp.full((rows + 1, *lead, 4), jnp.nan, dtype),
+                     jnp.full((rows + 1, *lead), -1, jnp.int32))
         put = jax.lax.dynamic_update_index_in_dim
 
         def cond(state):
-            c, _ = state
-            return (c.status == RUNNING) & (c.t < t0 + chunk_steps)
+            c, _, k = state
+            return jnp.any(c.status == RUNNING) & (k < chunk_steps)
 
         def body(state):
-            c, b = state
-            finite = jnp.isfinite(c.loss) & jnp.all(jnp.isfinite(c.grad))
-            gnorm = jnp.linalg.norm(c.grad)
-            record = finite & (c.t % record_every == 0)
-            idx = jnp.where(record, (c.t - t0) // record_every, rows)
-            converged = jnp.zeros((), bool)
-            if gtol is not None:
-                converged = converged | (gnorm <= gtol)
-            if ftol is not None:
-                scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(c.loss)), 1.0)
-                converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - c.loss) <= ftol * scale))
-            stop = jnp.where(~finite, NONFINITE,
-                             jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING)))
-            running = stop == RUNNING
+            c, b, k = state
+            record_now = k % record_every == 0
+            idx = jnp.where(record_now, k // record_every, rows)
+            c_next, (th, scal, step) = step_fn(c, data, num_steps, record_now)
+            if batched:
+                active = c.status == RUNNING
+                keep = jax.vmap(lambda a, n, o: jnp.where(a, n, o))
+                c_next = jax.tree.map(keep, _bcast(active, c), c_next, c)
+                step = jnp.where(active, step, -1)
+            b = _Rows(theta=put(b.theta, th, idx, 0), scalars=put(b.scalars, scal, idx, 0),
+                      step=put(b.step, step, idx, 0))
+            return c_next, b, k + 1
 
-            kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
-            if extra_args and built.pass_data:
-                kwargs["data"] = data
-            updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
-            theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
-            if built.reuse is not None:
-                loss, grad = built.reuse(opt_state)
-                grad = grad.astype(c.grad.dtype)
-            else:
-                loss, grad = jax.value_and_grad(obj.loss)(theta, data)
-            lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
-            snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
-            extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
-            moved = _Carry(
-                theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
-                status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
-                n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
-            )
-            stopped = c._replace(status=stop.astype(jnp.int32))
-            c_next = jax.tree.map(lambda m, s: jnp.where(running, m, s), moved, stopped)
-            scal = jnp.stack([c.loss.astype(dtype), gnorm.astype(dtype), jnp.where(running, snorm, jnp.nan),
-                              jnp.where(running, lr, jnp.nan)]).astype(dtype)
-            b = _Rows(
-                theta=put(b.theta, c.theta, idx, 0),
-                scalars=put(b.scalars, scal, idx, 0),
-                step=put(b.step, jnp.where(record, c.t, -1).astype(jnp.int32), idx, 0),
-            )
-            return c_next, b
-
-        return jax.lax.while_loop(cond, body, (carry, bufs))
+        c, b, _ = jax.lax.while_loop(cond, body, (carry, bufs, jnp.zeros((), jnp.int32)))
+        return c, b
 
     if batched:
         init_fn = jax.jit(jax.vmap(init, in_axes=(0, 0)))
-        chunk_fn = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)))
     else:
         init_fn = jax.jit(init)
-        chunk_fn = jax.jit(chunk)
+    chunk_fn = jax.jit(chunk)
     per_obj[key] = (init_fn, chunk_fn, chunk_steps, built.final_extras)
     return per_obj[key]
+
+
+def _bcast(active, tree):
+    """``active`` repeated once per leaf of ``tree`` (for a per-member vmapped select)."""
+    return jax.tree.map(lambda _: active, tree)
 
 
 def _status_text(code: int, t: int, loss: float, grad_finite: bool) -> str:
@@ -281,22 +301,32 @@ def run_loop(
     info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "gtol": gtol_f, "ftol": ftol_f, **(engine_info or {})}
     if not batched:
-        return _assemble(pieces, carry, None, obj, info, runtime, extras)
-    members = [_assemble(pieces, carry, i, obj, info, runtime, extras) for i in range(theta0.shape[0])]
+        return _assemble(_Rows(*_joined(pieces)), carry, None, obj, info, runtime, extras)
+    joined = _Rows(*_joined(pieces))  # one concatenation for all members, then per-member views
+    members = [_assemble(joined, carry, i, obj, info, runtime, extras) for i in range(theta0.shape[0])]
     return _stack(members, info, runtime, obj)
 
 
-def _assemble(pieces: list[_Rows], carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float,
+def _joined(pieces: list[_Rows]) -> tuple:
+    """Concatenate the chunks' row buffers, keeping only each chunk's recorded prefix (rows are written in
+    order; unrecorded steps go to the scratch row at the end; a batch keeps the longest member's prefix)."""
+    out = []
+    lens = [int(np.max(np.count_nonzero(np.asarray(p.step) >= 0, axis=0), initial=0)) for p in pieces]
+    for f in _Rows._fields:
+        out.append(np.concatenate([np.asarray(getattr(p, f))[:k] for p, k in zip(pieces, lens, strict=True)]))
+    return tuple(out)
+
+
+def _assemble(rows: _Rows, carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float,
               extras: dict | None = None) -> Trace:
     pick = (lambda a: np.asarray(a)) if i is None else (lambda a: np.asarray(a)[i])
-    # recorded rows form a prefix of each chunk's buffers (rows are written in order; unrecorded steps go
-    # to the scratch row at the end): slice views, then copy once
-    counts = [int(np.count_nonzero(pick(p.step) >= 0)) for p in pieces]
-    cols = {f: np.concatenate([pick(getattr(p, f))[:k] for p, k in zip(pieces, counts, strict=True)])
-            for f in ("theta", "step")}
-    scalars = np.concatenate([pick(p.scalars)[:k] for p, k in zip(pieces, counts, strict=True)])
+    member = (lambda a: a) if i is None else (lambda a: a[:, i])  # rows are (R, B, ...) for a batch
+    step = member(rows.step)
+    keep = step >= 0
+    cols = {"theta": member(rows.theta)[keep], "step": step[keep]}
+    scalars = member(rows.scalars)[keep]
     cols.update({name: np.ascontiguousarray(scalars[:, j]) for j, name in enumerate(_SCALARS)})
-    c = jax.tree_util.tree_map(pick, carry)
+    c = _Carry(**{f: (pick(getattr(carry, f)) if f != "opt_state" else None) for f in _Carry._fields})
     code, t = int(c.status), int(c.t)
     loss_now = float(c.loss)
     grad_finite = bool(np.all(np.isfinite(c.grad)))

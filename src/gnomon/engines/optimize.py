@@ -15,11 +15,13 @@ Methods
     optionally refreshed every K steps with EMA smoothing. Default curvature: Gauss–Newton when the
     objective has residuals, the exact diagonal for D ≤ 16, variance-reduced Hutchinson (16 probes, 32
     gradient evaluations) otherwise.
-    Step size (``step_size=``): ``"bb"`` (default) starts with η_0 = ``learning_rate`` (default 1, the
+    Step size (``step_size=``): ``"bb"`` (the default without ``learning_rate``) starts with η_0 = 1 (the
     diagonal Newton step) and then takes Barzilai–Borwein steps in the metric :math:`P^{-1}`,
     :math:`η_t = s^T P^{-1} s / s^T y` (s, y the last accepted step and gradient change) — a scalar
-    secant estimate of the remaining curvature that costs no extra evaluations; ``"fixed"`` keeps
-    :math:`η = \min(\text{learning\_rate}, 1/λ_\max(P^{1/2} H P^{1/2}))`.
+    secant estimate of the remaining curvature that costs no extra evaluations; ``"fixed"`` (the default
+    when a ``learning_rate`` is given, or momentum) keeps
+    :math:`η = \min(\text{learning\_rate}, 1/λ_\max(P^{1/2} H P^{1/2}))` (``safeguard="none"``: exactly
+    ``learning_rate``, the classical per-index learning-rate model).
     ``curvature="ema_grad2"`` is the optimizer-side EMA of g² (power ½, ``optax.scale_by_rms``).
 ``adam``, ``rmsprop``
     optax's, default learning rate 1e-3.
@@ -542,7 +544,7 @@ def _build_spec(obj: Objective, method: Any, theta_probe: Any, data_probe: Any, 
         if not (isinstance(power, (int, float)) and power > 0):
             raise ValueError(f"power must be a positive number, got {power!r}")
         if step_size is None:
-            step_size = "fixed" if momentum is not None else "bb"
+            step_size = "fixed" if (momentum is not None or lr is not None) else "bb"
         bb = step_size == "bb"
         bound = sg in ("lambda_max", "both") or (sg == "auto" and not bb)
         backtrack = sg in ("backtrack", "both") or (sg == "auto" and momentum is None)
@@ -765,8 +767,9 @@ def optimize(
       method: ``"gd"``, ``"preconditioned_gd"``, ``"adam"``, ``"rmsprop"``, ``"sgd"``, ``"lbfgs"`` or an optax
         ``GradientTransformation``.
       num_steps: maximum number of updates.
-      learning_rate: float or optax schedule; for ``preconditioned_gd`` the base_lr (default 1, a diagonal
-        Newton step, bounded by 1/λ_max); for ``gd``/``sgd`` default 1/λ_max of the Hessian at θ0.
+      learning_rate: float or optax schedule; for ``preconditioned_gd`` the base_lr of a fixed step (bounded
+        by 1/λ_max unless ``safeguard="none"``; without it: BB steps from η_0 = 1, the diagonal Newton step);
+        for ``gd``/``sgd`` default 1/λ_max of the Hessian at θ0.
       curvature: for ``preconditioned_gd``: None (auto), a method name, a :class:`Curvature` or a (D,) array.
       key: PRNG key (Hutchinson probes, power iteration); default ``jax.random.key(0)``.
       tol: stop when |∇loss| ≤ tol; ftol: stop when the relative loss change ≤ ftol.
@@ -784,8 +787,8 @@ def optimize(
       beta: EMA decay of ``curvature="ema_grad2"``.
       memory_size: L-BFGS memory.
       power_iters: power iterations for the λ_max bound (2 gradient evaluations each).
-      step_size: ``"bb"`` (Barzilai–Borwein; default for ``preconditioned_gd``) or ``"fixed"`` (default for
-        ``gd``/``sgd`` and whenever momentum is used).
+      step_size: ``"bb"`` (Barzilai–Borwein; default for ``preconditioned_gd`` without a learning_rate) or
+        ``"fixed"`` (default for ``gd``/``sgd``, and whenever a learning_rate or momentum is given).
       window: M of the nonmonotone backtracking test with BB steps.
 
     Returns:

@@ -10,7 +10,7 @@ Steps (each uses gnomon's public API; ``docs/getting-started.md`` walks through 
 3. **Fisher / CRLB**: ``gn.estimate_curvature(obj, θ_truth, method="gauss_newton", dense=True)``; the
    marginal Cramér–Rao bounds are :math:`\sqrt{\mathrm{diag}\,F^{-1}}`
    (not :math:`\sqrt{1/\mathrm{diag}\,F}`).
-4. **MAP** from a start a few hundred σ away with Zernikes unknown (zero), three ways:
+4. **MAP** from a start tens to hundreds of σ away with the Zernikes unknown (zero), three ways:
    the legacy *lr_model* (``lr = 1/diag F(θ0)``, plain steps at 0.5), ``preconditioned_gd`` with its
    defaults (Gauss–Newton diagonal, λ_max bound, backtracking) and plain GD at 0.5 in the *whitened eigen*
    coordinates of :math:`F(θ_0)` (``gn.EigenMap``).
@@ -49,10 +49,10 @@ class DemoSettings:
     @classmethod
     def for_mode(cls, quick: bool) -> DemoSettings:
         if quick:
-            return cls(pupil_npix=32, detector_npix=48, num_steps=150, num_chains=2, num_warmup=100,
-                       num_samples=200)
-        return cls(pupil_npix=64, detector_npix=64, num_steps=200, num_chains=4, num_warmup=150,
-                   num_samples=300)
+            return cls(pupil_npix=32, detector_npix=48, num_steps=150, num_chains=2, num_warmup=75,
+                       num_samples=150)
+        return cls(pupil_npix=64, detector_npix=64, num_steps=200, num_chains=4, num_warmup=100,
+                   num_samples=250)
 
 
 #: start offsets from the truth (θ units; the Zernikes start at zero: the wavefront is unknown)
@@ -125,8 +125,12 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
                                                   "wavelengths_nm", "static_noll", "static_nm")},
         "truth": {k: (list(v) if isinstance(v, tuple) else v) for k, v in A.TRUTH.items()},
     }
-    exp = gn.Experiment(out, manifest=manifest,
-                        diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
+    try:
+        exp = gn.Experiment(out, manifest=manifest,
+                            diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
+    except ValueError as exc:
+        raise ValueError(f"{out} holds a demo run with other settings (quick/seed); choose another "
+                         f"directory with --out DIR. Details: {exc}") from None
 
     # 1. simulate ------------------------------------------------------------------------------------
     model = A.BinaryStarModel(setup)

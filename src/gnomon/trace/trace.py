@@ -221,7 +221,11 @@ class Trace:
         i = i % b
         n = int(np.asarray(self.extras.get("num_rows", [np.shape(self.theta)[1]] * b))[i])
         cut = lambda a: None if a is None else a[i, :n]  # noqa: E731
-        extras = {k: v for k, v in self.extras.items() if k != "num_rows"}
+        extras = {
+            k: (np.asarray(v)[i] if np.ndim(v) >= 1 and np.shape(v)[0] == b else v)
+            for k, v in self.extras.items()
+            if k != "num_rows"
+        }
         return replace(
             self,
             theta=cut(self.theta),
