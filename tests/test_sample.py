@@ -213,8 +213,15 @@ def test_negative_and_degenerate_curvature_are_replaced():
     h = (v * np.array([4.0, -1.0, 0.0])) @ v.T  # one negative, one flat direction
     m = mmx.from_precision_matrix(h, dense=True)
     assert m.info["num_negative_eigenvalues"] == 1 and m.info["num_degenerate_eigenvalues"] == 1
-    w = np.linalg.eigvalsh(np.linalg.inv(m.matrix))
-    np.testing.assert_allclose(np.sort(w), [1.0, 2.5, 4.0], rtol=1e-8)  # |−1|, median(4, 1) for the flat one
+    # the repair acts on the diagonally normalised H_n = S H S (S = diag(1/√|H_ii|)): negative eigenvalues
+    # are flipped, the flat one gets the median of the others
+    s = 1 / np.sqrt(np.abs(np.diag(h)))
+    lam = np.linalg.eigvalsh(h * s[:, None] * s[None, :])
+    flat = np.argmin(np.abs(lam))
+    good = np.abs(np.delete(lam, flat))
+    expected = np.sort(np.append(good, np.median(good)))
+    w = np.linalg.eigvalsh(s[:, None] * np.linalg.inv(m.matrix) * s[None, :])
+    np.testing.assert_allclose(np.sort(w), expected, rtol=1e-8)
     c = mmx.from_precision_diag(np.array([4.0, -1.0, np.nan, 1.0]))
     assert c.info["num_replaced"] == 2 and np.all(np.isfinite(c.matrix)) and np.all(c.matrix > 0)
 
@@ -257,3 +264,21 @@ def test_float64_is_respected():
         tr = gn.sample(obj, jnp.zeros(2, jnp.float64), jax.random.key(0), num_chains=2, num_samples=50)
     assert tr.theta.dtype == np.float64 and tr.log_prob.dtype == np.float64
     assert tr.extras["inverse_mass_matrix"].dtype == np.float64
+
+
+def test_curvature_metric_survives_parameters_in_very_different_units():
+    """Regression: a float32 Fisher whose diagonal spans 12 decades (units, not degeneracy) keeps every
+    direction; the metric equals the exact inverse (marginal variances and dense)."""
+    from gnomon.curvature.mass_matrix import from_precision_matrix
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    scale = np.diag(10.0 ** np.arange(-6, 6, 2))
+    h = scale @ (a @ a.T + 6 * np.eye(6)) @ scale
+    h_inv = np.linalg.inv(h)
+    diag = from_precision_matrix(h.astype(np.float32), dense=False)
+    assert diag.info["num_degenerate_eigenvalues"] == 0
+    np.testing.assert_allclose(diag.matrix, np.diag(h_inv), rtol=1e-4)
+    dense = from_precision_matrix(h.astype(np.float32), dense=True)
+    np.testing.assert_allclose(dense.matrix, h_inv, rtol=1e-4, atol=1e-4 * np.abs(h_inv).max())
+    np.testing.assert_allclose(dense.factor @ dense.factor.T, h_inv, rtol=1e-4, atol=1e-4 * np.abs(h_inv).max())

@@ -137,14 +137,18 @@ def from_array(m: Any, source: str = "array", info: dict | None = None) -> Inver
 
 
 def _from_eigen(
-    var: np.ndarray, vecs: np.ndarray, dtype: Any, source: str, info: dict, matrix: np.ndarray | None = None
+    var: np.ndarray, vecs: np.ndarray, dtype: Any, source: str, info: dict, matrix: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> InverseMassMatrix:
-    """Dense metric ``V diag(var) Vᵀ`` with factor ``V diag(√var)`` and inverse ``diag(1/√var) Vᵀ``."""
+    """Dense metric ``S V diag(var) Vᵀ S`` with factor ``S V diag(√var)`` and inverse ``diag(1/√var) Vᵀ S⁻¹``
+    (``S = diag(scale)``, identity by default)."""
+    s = np.ones(vecs.shape[0]) if scale is None else np.asarray(scale, dtype=np.float64)
     sd = np.sqrt(var)
-    factor = vecs * sd[None, :]
-    factor_inv = vecs.T / sd[:, None]
+    sv = vecs * s[:, None]
+    factor = sv * sd[None, :]
+    factor_inv = (vecs.T / sd[:, None]) / s[None, :]
     if matrix is None:
-        matrix = (vecs * var[None, :]) @ vecs.T
+        matrix = (sv * var[None, :]) @ sv.T
         matrix = 0.5 * (matrix + matrix.T)
     return InverseMassMatrix(
         matrix.astype(dtype), factor.astype(dtype), factor_inv.astype(dtype), source, info
@@ -176,10 +180,16 @@ def from_precision_matrix(
         raise ValueError(f"the curvature matrix has {int(np.sum(~np.isfinite(hm)))} non-finite entries")
     hm = 0.5 * (hm + hm.T)
     d = hm.shape[0]
-    lam, vecs = np.linalg.eigh(hm)
+    # Work with the diagonally normalised H_n = S H S, S = diag(1/√|H_ii|): parameters in wildly different
+    # units make the raw spectrum span many decades, and a rank cut-off relative to the largest raw
+    # eigenvalue would then throw away well-determined directions.
+    hdiag = np.diagonal(hm)
+    scale_vec = np.where(np.isfinite(hdiag) & (np.abs(hdiag) > 0), 1.0 / np.sqrt(np.abs(hdiag)), 1.0)
+    hn = hm * scale_vec[:, None] * scale_vec[None, :]
+    lam, vecs = np.linalg.eigh(hn)
     scale = float(np.max(np.abs(lam))) if lam.size else 1.0
     eps = np.finfo(np.asarray(h).dtype if np.issubdtype(np.asarray(h).dtype, np.floating) else np.float64).eps
-    tol = eps * d * scale  # numpy's matrix_rank tolerance
+    tol = eps * d * scale  # numpy's matrix_rank tolerance, on the normalised matrix
     negative = lam < -tol
     degenerate = np.abs(lam) <= tol
     good = np.abs(lam)[~degenerate]
@@ -187,10 +197,10 @@ def from_precision_matrix(
     if scale == 0.0:
         lam_t = np.ones_like(lam)
     var = 1.0 / lam_t
-    marginal = (vecs * vecs) @ var
-    hdiag = np.diagonal(hm)
-    hdiag_t = np.where(hdiag > 0, hdiag, (vecs * vecs) @ lam_t)
-    vif = hdiag_t * marginal
+    marginal = scale_vec**2 * ((vecs * vecs) @ var)
+    hn_diag = np.diagonal(hn)
+    hn_diag_t = np.where(hn_diag > 0, hn_diag, (vecs * vecs) @ lam_t)
+    vif = hn_diag_t * ((vecs * vecs) @ var)  # invariant under the diagonal scaling
     vif_median = float(np.median(vif))
     if dense == "auto":
         use_dense = float(np.max(vif)) > vif_threshold
@@ -209,10 +219,10 @@ def from_precision_matrix(
         vif_max=float(np.max(vif)),
     )
     if use_dense:
-        return _from_eigen(var, vecs, dtype, "curvature", details)
+        return _from_eigen(var, vecs, dtype, "curvature", details, scale=scale_vec)
     m = marginal.astype(dtype)
     s = np.sqrt(marginal)
-    draw = (vecs * np.sqrt(var)[None, :]).astype(dtype)
+    draw = (scale_vec[:, None] * vecs * np.sqrt(var)[None, :]).astype(dtype)
     return InverseMassMatrix(m, s.astype(dtype), (1.0 / s).astype(dtype), "curvature", details, draw)
 
 

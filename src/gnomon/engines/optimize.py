@@ -862,9 +862,6 @@ def optimize_batch(obj: Objective | Callable, theta0s: Any, data: Any = None, **
                 f"every data leaf must have leading axis B={b}; got leading sizes {sorted(leading)}"
             )
     probe_data = None if data is None else jax.tree.map(lambda a: a[0], data)
-    kwargs.pop("data", None)
-    for bad in ("theta0",):
-        kwargs.pop(bad, None)
     opts = _opts({**_DEFAULTS, **kwargs, "obj": obj})
     unknown = (
         set(kwargs) - set(_DEFAULTS) - {"num_steps", "record_every", "tol", "ftol", "progress", "method"}

@@ -176,11 +176,10 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
 
     # 5. NUTS hand-off -------------------------------------------------------------------------------
     fisher_map = gn.estimate_curvature(obj, theta_map, method="gauss_newton", dense=True)
-    # The seed metric is the dense inverse Fisher at the MAP, inverted in float64 here: see the report in
-    # docs/astrometry.md ("Sampling") for why the float32 matrix is not handed to the sampler directly.
-    metric = np.linalg.inv(np.asarray(fisher_map.matrix, dtype=np.float64))
+    # the sampler's seed metric is the dense inverse of this Fisher matrix (the curvature hand-off)
     posterior = gn.sample(obj, init=traces[best], key=jax.random.key(seed + 1), num_chains=cfg.num_chains,
-                          num_warmup=cfg.num_warmup, num_samples=cfg.num_samples, inverse_mass_matrix=metric,
+                          num_warmup=cfg.num_warmup, num_samples=cfg.num_samples,
+                          inverse_mass_matrix=fisher_map, dense=True,
                           progress=False)
     draws = np.asarray(posterior.theta, dtype=float).reshape(-1, layout.size)
     post_mean, post_sd = draws.mean(axis=0), draws.std(axis=0, ddof=1)
