@@ -147,6 +147,90 @@ def test_loss_with_reference_and_relative():
         gn.plot.loss(sig, relative=True)
 
 
+def _opt(loss, step=None, method=None):
+    loss = np.asarray(loss, dtype=float)
+    return gn.Trace(
+        kind="optimization",
+        theta=np.zeros((loss.size, 1)),
+        loss=loss,
+        step=np.arange(loss.size) * 2 if step is None else step,
+        info={} if method is None else {"method": method},
+    )
+
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_loss_overlays_several_sources_relative_to_the_best():
+    rng = np.random.default_rng(3)
+    losses = {
+        "a": 5.0 + np.geomspace(1e2, 1e-4, 40),  # reaches the best, 5 + 1e-4
+        "b": 5.0 + np.geomspace(1e2, 1e-1, 25),
+        "c": 5.0 + np.geomspace(1e2, 1.0, 30) * (1 + 0.01 * rng.random(30)),
+    }
+    traces = {k: _opt(v) for k, v in losses.items()}
+    best = min(v.min() for v in losses.values())
+    fig = gn.plot.loss(traces, relative_to="best", floor=1e-3)
+    ax = fig.axes[0]
+    lines = _data_lines(ax)
+    assert len(lines) == 3 and ax.get_yscale() == "log"
+    for ln, v in zip(lines, losses.values(), strict=True):
+        np.testing.assert_array_equal(ln.get_xdata(), np.arange(v.size) * 2)
+        np.testing.assert_allclose(ln.get_ydata(), np.maximum(v - best, 1e-3), rtol=1e-12)
+    legend = _legend(ax)
+    assert [t.split(" ")[0] for t in legend] == ["a", "b", "c"]
+    for t, v in zip(legend, losses.values(), strict=True):
+        assert f"final Δ {v[-1] - best:.4g}" in t
+    assert "floored at 0.001" in ax.get_ylabel() and "best loss" in ax.get_ylabel()
+    assert "relative to the best" in ax.get_title() and "(a)" in ax.get_title()
+
+    # default floor: the smallest positive excess, so the best run's zero sits at the bottom of its data
+    lines = _data_lines(gn.plot.loss(traces, relative_to="best").axes[0])
+    excess = np.concatenate([v - best for v in losses.values()])
+    floor = excess[excess > 0].min()
+    np.testing.assert_allclose(lines[0].get_ydata(), np.maximum(losses["a"] - best, floor), rtol=1e-12)
+    assert lines[0].get_ydata().min() == pytest.approx(floor)
+
+    # a list takes labels from each trace's method; a number is a fixed reference; linear axis on request
+    fig = gn.plot.loss([_opt(losses["a"], method="gd"), _opt(losses["b"], method="adam")], relative_to=4.0,
+                       logy=False)
+    ax = fig.axes[0]
+    assert [t.split(" ")[0] for t in _legend(ax)] == ["gd", "adam"] and ax.get_yscale() == "linear"
+    np.testing.assert_allclose(_data_lines(ax)[1].get_ydata(), losses["b"] - 4.0)
+    assert "final Δ +1.1" in _legend(ax)[1]
+
+
+def test_loss_several_sampler_sources_and_single_source_relative_to_best():
+    a, b = _sig("sampling", seed=1), _sig("sampling", seed=2)
+    fig = gn.plot.loss({"run 1": a, "run 2": b}, relative_to="best", logy=False)
+    ax = fig.axes[0]
+    lines = _data_lines(ax)
+    assert len(lines) == 2 * C and len(_legend(ax)) == 2
+    top = max(a.values("log_prob").max(), b.values("log_prob").max())
+    np.testing.assert_allclose(lines[C].get_ydata(), top - b.values("log_prob")[0])  # best − log_prob ≥ 0
+    assert "mean Δ" in _legend(ax)[0] and ax.get_ylabel() == "best log_prob − log_prob"
+    # one source: relative to its own minimum (single-source labels and legend rules otherwise unchanged)
+    sig = _sig()
+    v = sig.values("loss")
+    fig = gn.plot.loss(sig, relative_to="best", floor=1e-2)
+    np.testing.assert_allclose(_data_lines(fig.axes[0])[0].get_ydata(), np.maximum(v - v.min(), 1e-2))
+    assert fig.axes[0].get_legend() is None
+
+
+def test_loss_several_sources_errors():
+    with pytest.raises(ValueError, match="cannot overlay log_prob and loss"):
+        gn.plot.loss({"opt": _sig(), "mcmc": _sig("sampling")})
+    with pytest.raises(ValueError, match="either relative=True"):
+        gn.plot.loss([_opt([3.0, 2.0]), _opt([2.0, 1.0])], relative=True, relative_to="best")
+    with pytest.raises(ValueError, match="'best' or a number"):
+        gn.plot.loss({"a": _opt([3.0, 2.0])}, relative_to="worst")
+    with pytest.raises(ValueError, match="floor"):
+        gn.plot.loss({"a": _opt([3.0, 2.0])}, relative_to="best", floor=0.0)
+    with pytest.raises(ValueError, match="source 'b'.*one-dimensional"):
+        gn.plot.loss({"a": _opt([3.0, 2.0]), "b": np.zeros((2, 2))})
+
+
 def test_axis_injection_saving_and_no_pyplot_figures(tmp_path):
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure

@@ -130,6 +130,37 @@ def test_recipe_registry_and_errors():
     assert A.RAW_FLUX_ERR in sig
 
 
+def test_astrometry_transform_by_name_without_importing_the_recipe_first():
+    """In a fresh interpreter that never imported gnomon.recipes, transforms=["astrometry"] resolves (the
+    recipe module is imported on demand) and gives the closed-form errors; importing gnomon.signals alone
+    imports no recipe."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+import gnomon as gn
+from gnomon.signals import Signals
+assert not any(m.startswith("gnomon.recipes") for m in sys.modules), "recipes imported too early"
+layout = gn.Layout({"binary.x_position_as": (), "system.plate_scale_as_per_pix": ()},
+                   units={"binary.x_position_as": "arcsec", "system.plate_scale_as_per_pix": "arcsec/pix"})
+theta = np.array([[0.1, 0.36], [0.12, 0.355]])
+tr = gn.Trace(kind="optimization", theta=theta, loss=np.array([2.0, 1.0]), step=np.arange(2), layout=layout)
+truth = {"binary.x_position_as": 0.11, "system.plate_scale_as_per_pix": 0.355}
+sig = Signals.from_trace(tr, truth=truth, transforms=["astrometry"])
+assert "gnomon.recipes.astrometry" in sys.modules
+x = sig.values("binary.x_position_as").astype(float)
+np.testing.assert_allclose(sig.values("binary.x_position_error_uas"), (x - 0.11) * 1e6, rtol=1e-6)
+s = sig.values("system.plate_scale_as_per_pix").astype(float)
+np.testing.assert_allclose(sig.values("system.plate_scale_error_ppm"), 1e6 * (s - 0.355) / 0.355, rtol=1e-6)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_recipe_names_match_the_flagship_model_layout():
     models = pytest.importorskip("gnomon.models.astrometry")
     layout = models.binary_layout()

@@ -275,6 +275,46 @@ def test_transform_registry():
         sig.apply(tf.derive("x", lambda a: a, ["missing"]))
 
 
+def test_lazy_transforms_and_providers_import_their_module_on_first_use(tmp_path, monkeypatch):
+    """A name registered as "module:attr" imports that module only when first used; an unknown name imports
+    the providers once, which may declare it lazily; the module's own registration replaces the lazy one."""
+    import sys
+
+    pkg = "gnomon_test_lazy_tf"
+    (tmp_path / f"{pkg}_mod.py").write_text(
+        "from gnomon.signals.transforms import register_transform\n"
+        "@register_transform('test_lazy_self')\n"
+        "def triple(s):\n    return {'vvv': s._make('vvv', 3 * s.values('v'))}\n"
+        "def square(s):\n    return {'v2': s._make('v2', s.values('v') ** 2)}\n"
+    )
+    (tmp_path / f"{pkg}_provider.py").write_text(
+        "from gnomon.signals.transforms import register_transform\n"
+        f"register_transform('test_lazy_square', '{pkg}_mod:square')\n"
+        f"register_transform('test_lazy_self', '{pkg}_mod')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(tf, "_PROVIDERS", list(tf._PROVIDERS))
+    monkeypatch.setattr(tf, "_REGISTRY", dict(tf._REGISTRY))
+    tf.add_transform_provider(f"{pkg}_provider")
+    v = np.arange(6.0).reshape(3, 2)
+    sig = Signals({"v": v})
+    assert f"{pkg}_mod" not in sys.modules
+    np.testing.assert_array_equal(sig.apply("test_lazy_square").values("v2"), v**2)
+    assert f"{pkg}_mod" in sys.modules and callable(tf._REGISTRY["test_lazy_square"])
+    np.testing.assert_array_equal(sig.apply("test_lazy_self").values("vvv"), 3 * v)
+    assert tf._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
+    # a lazy declaration after the module registered the callable keeps the callable
+    tf.register_transform("test_lazy_self", f"{pkg}_mod")
+    assert tf._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
+    tf.register_transform("test_lazy_missing", f"{pkg}_mod:nope")
+    with pytest.raises(ValueError, match="no attribute 'nope'"):
+        sig.apply("test_lazy_missing")
+    with pytest.raises(ValueError, match="package.module"):
+        tf.register_transform("test_lazy_bad", "a:b:c")
+    for m in (f"{pkg}_mod", f"{pkg}_provider"):
+        sys.modules.pop(m)
+
+
 # ---------------------------------------------------------------------------------------------- units
 @pytest.mark.parametrize(
     "a, b, f",

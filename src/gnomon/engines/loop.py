@@ -299,7 +299,7 @@ def run_loop(
     carry = jax.device_get(carry)
     runtime = time.perf_counter() - start
     info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
-            "gtol": gtol_f, "ftol": ftol_f, **(engine_info or {})}
+            "gtol": gtol_f, "ftol": ftol_f, "objective": dict(obj.info), **(engine_info or {})}
     if not batched:
         return _assemble(_Rows(*_joined(pieces)), carry, None, obj, info, runtime, extras)
     joined = _Rows(*_joined(pieces))  # one concatenation for all members, then per-member views

@@ -755,6 +755,7 @@ def sample(
         grad_evals["map"] = start.map_info["map_num_grad_evals"]
     info = {
         "engine": algorithm,
+        "objective": dict(obj.info),
         "num_chains": num_chains,
         "num_warmup": num_warmup,
         "warmup_extended_by": extended,

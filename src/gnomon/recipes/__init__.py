@@ -13,8 +13,15 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from gnomon.signals.transforms import register_transform
+
 # name -> callable, or "module:function" imported on first use
 _RECIPES: dict[str, Any] = {"astrometry": "gnomon.recipes.astrometry:astrometry"}
+
+# the derived-signal transforms the recipes define, declared lazily: gnomon.signals imports this package
+# (never a recipe module) when a transform name is unknown, so Signals.from_trace(..., transforms=
+# ["astrometry"]) works before gnomon.recipes.astrometry is imported
+register_transform("astrometry", "gnomon.recipes.astrometry:add_signals")
 
 
 def register_recipe(name: str, fn: Callable[..., Any], *, overwrite: bool = False) -> None:

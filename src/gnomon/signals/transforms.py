@@ -15,11 +15,17 @@ Generic building blocks (domain recipes compose them, e.g. :mod:`gnomon.recipes.
 * :func:`component` — one component of a vector signal as a scalar signal.
 
 Register a transform under a name with :func:`register_transform` to refer to it by that name in
-``Signals.from_trace(..., transforms=["name"])``.
+``Signals.from_trace(..., transforms=["name"])``. A name may also be registered lazily as a string
+``"package.module:attribute"`` (or ``"package.module"`` when importing the module registers the name): the
+module is imported on first use. When a name is unknown, the *transform providers*
+(:func:`add_transform_provider`; by default the package ``gnomon.recipes``, which declares its recipes'
+transform names lazily) are imported once and the lookup retried, so ``transforms=["astrometry"]`` works
+without importing the recipe first. This module imports no provider at import time and names no domain.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,37 +36,101 @@ from gnomon.signals.signals import Signal, Signals
 
 Transform = Callable[[Signals], Any]
 
-_REGISTRY: dict[str, Transform] = {}
+# name -> callable, or a lazy "module:attribute" / "module" string resolved (and replaced) on first use
+_REGISTRY: dict[str, Transform | str] = {}
+# modules imported once, on the first unknown name, so that they can register (lazily) their transform names
+_PROVIDERS: list[str] = ["gnomon.recipes"]
+_LOADED_PROVIDERS: set[str] = set()
 
 
-def register_transform(name: str, transform: Transform | None = None, *, overwrite: bool = False):
-    """Register ``transform`` under ``name`` (usable as a decorator)."""
+def register_transform(name: str, transform: Transform | str | None = None, *, overwrite: bool = False):
+    """Register ``transform`` under ``name`` (usable as a decorator).
 
-    def _add(fn: Transform) -> Transform:
-        if not callable(fn):
+    ``transform`` is a callable ``Signals -> {name: Signal} | Signals``, or a lazy import path
+    ``"package.module:attribute"`` (or ``"package.module"`` when importing that module registers ``name``
+    itself) resolved on first use. A lazy entry is replaced by the callable its module registers, without
+    ``overwrite``."""
+
+    def _add(fn: Transform | str) -> Transform | str:
+        if isinstance(fn, str):
+            if not fn or fn.count(":") > 1 or not fn.split(":")[0] or fn.endswith(":"):
+                raise ValueError(
+                    f"lazy transform {name!r} must be 'package.module' or 'package.module:attribute', got {fn!r}"
+                )
+        elif not callable(fn):
             raise ValueError(f"transform {name!r} must be callable, got {fn!r}")
-        if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
+        old = _REGISTRY.get(name)
+        if old is None or overwrite or old is fn:
+            _REGISTRY[name] = fn
+        elif isinstance(old, str) and callable(fn):
+            _REGISTRY[name] = fn  # a lazy entry replaced by the callable its module registers
+        elif isinstance(fn, str) and callable(old):
+            pass  # declared lazily after its module was imported: keep the resolved callable
+        elif old != fn:
             raise ValueError(f"a transform named {name!r} is already registered (pass overwrite=True)")
-        _REGISTRY[name] = fn
         return fn
 
     return _add if transform is None else _add(transform)
 
 
+def add_transform_provider(module: str) -> None:
+    """Import ``module`` (once) when a transform name is unknown, before reporting it as unknown.
+
+    A provider declares its names with :func:`register_transform` (lazily, as import paths, to stay cheap)."""
+    if not isinstance(module, str) or not module:
+        raise ValueError(f"a transform provider must be a module name, got {module!r}")
+    if module not in _PROVIDERS:
+        _PROVIDERS.append(module)
+
+
+def _load_providers() -> None:
+    for mod in list(_PROVIDERS):
+        if mod not in _LOADED_PROVIDERS:
+            _LOADED_PROVIDERS.add(mod)
+            importlib.import_module(mod)
+
+
 def available_transforms() -> list[str]:
+    """Registered transform names, including those the providers declare (not yet imported)."""
+    _load_providers()
     return sorted(_REGISTRY)
 
 
+def _resolve(name: str) -> Transform:
+    entry = _REGISTRY[name]
+    if not isinstance(entry, str):
+        return entry
+    mod, _, attr = entry.partition(":")
+    module = importlib.import_module(mod)
+    now = _REGISTRY.get(name)
+    if callable(now):  # the module registered the name when imported
+        return now
+    if not attr:
+        raise ValueError(f"importing {mod!r} did not register the transform {name!r}")
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"lazy transform {name!r}: module {mod!r} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise ValueError(f"lazy transform {name!r}: {entry!r} is not callable")
+    _REGISTRY[name] = fn
+    return fn
+
+
 def get_transform(spec: str | Transform) -> Transform:
-    """A callable transform from a registered name or the callable itself."""
+    """A callable transform from a registered name or the callable itself.
+
+    An unknown name first imports the transform providers (:func:`add_transform_provider`), then a lazy
+    entry imports its module."""
     if isinstance(spec, str):
-        try:
-            return _REGISTRY[spec]
-        except KeyError:
+        if spec not in _REGISTRY:
+            _load_providers()
+        if spec not in _REGISTRY:
             raise ValueError(
                 f"unknown transform {spec!r}; registered transforms are {available_transforms()} "
-                "(domain recipes register theirs when imported, e.g. gnomon.recipes.astrometry)"
-            ) from None
+                f"(providers imported on demand: {_PROVIDERS}; add one with add_transform_provider)"
+            )
+        return _resolve(spec)
     if callable(spec):
         return spec
     raise ValueError(f"a transform must be a registered name or a callable Signals -> signals, got {spec!r}")
@@ -234,6 +304,7 @@ def relabel(source: str, labels: Sequence[str]) -> Transform:
 __all__ = [
     "Transform",
     "register_transform",
+    "add_transform_provider",
     "available_transforms",
     "get_transform",
     "derive",
