@@ -215,7 +215,7 @@ def test_loss_several_sampler_sources_and_single_source_relative_to_best():
     v = sig.values("loss")
     fig = gn.plot.loss(sig, relative_to="best", floor=1e-2)
     np.testing.assert_allclose(_data_lines(fig.axes[0])[0].get_ydata(), np.maximum(v - v.min(), 1e-2))
-    assert fig.axes[0].get_legend() is None
+    assert _legend(fig.axes[0]) == ["loss"] and fig.axes[0].get_title().startswith("loss: final 1 (best 1,")
 
 
 def test_loss_several_sources_errors():

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import SCHEMA_VERSION, ArtifactError
+from gnomon.artifacts.jsonio import SCHEMA_VERSION, ArtifactError, atomic_path
 
 SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -276,25 +276,16 @@ def aggregate(
 
 
 def _write_table(df, path: Path, fmt: str) -> None:
-    import secrets
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "writing Parquet needs pyarrow: pip install 'gnomon[parquet]' (or write a .csv)"
+            ) from None
+    with atomic_path(path) as tmp:
         if fmt == "parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise ImportError(
-                    "writing Parquet needs pyarrow: pip install 'gnomon[parquet]' (or write a .csv)"
-                ) from None
             df.to_parquet(tmp, index=False, engine="pyarrow")
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
     except BaseException:
         if fd >= 0:
             os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary file name beside ``path`` for a library that writes to a name (pandas, netCDF);
+    on success it is ``os.replace``-d over ``path``, on failure removed."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:

@@ -9,12 +9,11 @@ as an ``xarray.DataTree``, loads every group into memory and closes the file.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError
+from gnomon.artifacts.jsonio import ArtifactError, atomic_path
 from gnomon.trace.trace import Trace
 
 ENGINE = "netcdf4"
@@ -42,17 +41,8 @@ def write_datatree(path: str | os.PathLike, dt: Any) -> Path:
     """Atomically write an ``xarray.DataTree`` as netCDF."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".nc", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nc") as tmp:
         dt.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 

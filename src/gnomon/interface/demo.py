@@ -255,18 +255,9 @@ def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, em
     keep(recipe(signals[best], suptitle=f"astrometry: MAP by {best}, errors vs truth"), "astrometry_map.png")
     keep(recipe(post_sig, suptitle="astrometry: NUTS chains, errors vs truth"), "astrometry_posterior.png")
     # loss histories of the three optimizers on one axis, relative to the best loss reached
-    ref = min(float(t.best_loss) for t in traces.values())
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for k, t in traces.items():
-        excess = np.asarray(t.loss, dtype=float) - ref
-        ax.plot(np.asarray(t.step), np.maximum(excess, 1e-3), label=f"{k} (final Δ {excess[-1]:.2g})")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss − best loss (floored at 1e-3)")
-    ax.set_title("MAP: legacy lr_model vs preconditioned_gd vs whitened eigen GD")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    keep(fig, "loss_histories.png")
+    keep(gn.plot.loss(traces, relative_to="best", floor=1e-3, logy=True, figsize=(7.0, 4.2),
+                      title="MAP: legacy lr_model vs preconditioned_gd vs whitened eigen GD"),
+         "loss_histories.png")
     keep(gn.plot.eigen_spectrum(emap, title="Fisher eigen spectrum at the start (normalised)"),
          "eigen_spectrum.png")
     names = ["binary.separation_as", "system.plate_scale_as_per_pix", "binary.x_position_as",

@@ -21,6 +21,7 @@ reference lines.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -502,7 +503,10 @@ def _is_multi(source: Any) -> bool:
     if isinstance(source, Mapping):
         return True
     if isinstance(source, (list, tuple)) and source:
-        return all(not isinstance(e, (int, float, np.number)) and np.ndim(e) != 0 for e in source)
+        return not any(
+            isinstance(e, (numbers.Number, np.number)) or (isinstance(e, np.ndarray) and e.ndim == 0)
+            for e in source
+        )
     return False
 
 
@@ -700,7 +704,8 @@ def loss(
             word = "mean" if s.chains else "final"
             text = f"{name}: {word} {fmt(fin)}"
             if ref is not None:
-                text += f" (reference {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
+                what = "best" if relative_to == "best" else "reference"
+                text += f" ({what} {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
         ax.set_title(text, fontsize=9)
     elif title:
         ax.set_title(str(title))
