@@ -6,6 +6,7 @@ Run: ``python scripts/gen_api_docs.py``. tests/test_docs.py checks that docs/api
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -16,9 +17,10 @@ SKIP_MEMBERS = {"tree_flatten", "tree_unflatten"}
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    return re.sub(r"<object object at 0x[0-9a-f]+>", "<objective's data>", text)  # sentinel defaults
 
 
 def _doc(obj) -> str:

@@ -2,6 +2,10 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+# the console script installed beside this interpreter (CI runs without an activated virtualenv)
+GNOMON = str(Path(sys.executable).parent / "gnomon")
 
 HEAVY = ("arviz", "arviz_base", "matplotlib", "blackjax", "numpyro", "pyarrow", "pandas", "dask")
 
@@ -32,8 +36,8 @@ def test_public_names_resolve():
 
 
 def test_console_entry_points():
-    for cmd in ([sys.executable, "-m", "gnomon", "--version"], ["gnomon", "--version"]):
+    for cmd in ([sys.executable, "-m", "gnomon", "--version"], [GNOMON, "--version"]):
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0 and res.stdout.strip() == "0.1.0"
-    res = subprocess.run(["gnomon", "show", "/nonexistent/run"], capture_output=True, text=True)
+    res = subprocess.run([GNOMON, "show", "/nonexistent/run"], capture_output=True, text=True)
     assert res.returncode != 0 and "Traceback" not in res.stderr

@@ -34,6 +34,7 @@ def register_recipe(name: str, fn: Callable[..., Any], *, overwrite: bool = Fals
 
 
 def available_recipes() -> list[str]:
+    """Names of the registered figure recipes (e.g. ``"astrometry"``)."""
     return sorted(_RECIPES)
 
 
