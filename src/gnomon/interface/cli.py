@@ -7,6 +7,7 @@ non-zero exit; the work is done by :mod:`gnomon.interface.demo` and :mod:`gnomon
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ArtifactError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as exc:
         print(f"gnomon {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print(f"gnomon {args.command}: interrupted", file=sys.stderr)
         return 130
