@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gnomon as gn
-from gnomon.artifacts import experiment as expmod
+from gnomon.artifacts import manifest as manifest_mod
 from gnomon.artifacts.diagnostics import every_rows, read_diag_steps
 from gnomon.artifacts.runids import CLAIM_FILE, check_run_id
 
@@ -56,7 +56,7 @@ def test_manifest_created_once_and_never_clobbered(tmp_path):
     m = {"description": "sweep of lr", "sweep": {"lr": [0.1, 0.2]}, "datasets": ["epoch-1"], "note": 3}
     exp = gn.Experiment(tmp_path / "e", manifest=m)
     doc = json.loads((tmp_path / "e" / "manifest.json").read_text())
-    assert doc["schema_version"] == expmod.MANIFEST_SCHEMA_VERSION and doc["kind"] == "gnomon.experiment"
+    assert doc["schema_version"] == manifest_mod.MANIFEST_SCHEMA_VERSION and doc["kind"] == "gnomon.experiment"
     assert doc["description"] == "sweep of lr" and doc["sweep"] == {"lr": [0.1, 0.2]} and doc["note"] == 3
     assert doc["time_series"] is None and doc["gnomon_version"] == gn.__version__ and doc["created_utc"]
     assert exp.manifest == doc
@@ -102,8 +102,8 @@ def test_manifest_schema_versions(tmp_path, monkeypatch):
     mpath = tmp_path / "e" / "manifest.json"
     # a newer gnomon reads today's (older) manifest, through its upgrade chain
     calls = []
-    monkeypatch.setattr(expmod, "MANIFEST_SCHEMA_VERSION", 2)
-    monkeypatch.setitem(expmod._MANIFEST_UPGRADES, 1, lambda d: calls.append(1) or {**d, "upgraded": True})
+    monkeypatch.setattr(manifest_mod, "MANIFEST_SCHEMA_VERSION", 2)
+    monkeypatch.setitem(manifest_mod._MANIFEST_UPGRADES, 1, lambda d: calls.append(1) or {**d, "upgraded": True})
     exp = gn.Experiment(tmp_path / "e")
     assert calls == [1] and exp.manifest["upgraded"] and exp.manifest["description"] == "v1"
     assert exp.manifest["schema_version"] == 2

@@ -2,7 +2,7 @@
 
 ``run_many(exp, fn, items, executor)`` maps every item to a run id, skips items whose run is complete,
 and runs the rest as tasks. A task (in whatever process or machine the executor picks) claims its run
-directory (:func:`gnomon.artifacts.experiment.acquire_run`), calls ``fn(item)``, writes the result with
+directory (:func:`gnomon.artifacts.run_writer.acquire_run`), calls ``fn(item)``, writes the result with
 summary.json last, and returns a small status record — traces never travel back through the executor.
 
 Crash safety follows from three rules: a run is complete iff summary.json exists; a claim names its
@@ -106,7 +106,7 @@ def run_item(
     stale_after_s: float | None,
 ) -> dict[str, Any]:
     """One campaign task: claim the run, fit, write; a small status record. Runs in the executor's worker."""
-    from gnomon.artifacts.experiment import acquire_run, write_error, write_run
+    from gnomon.artifacts.run_writer import acquire_run, write_error, write_run
     from gnomon.artifacts.runids import release_claim
 
     t0 = time.perf_counter()

@@ -3,29 +3,18 @@ r"""`sample`: NUTS/HMC chains (BlackJAX kernels) with a curvature-seeded, pooled
 The MAP → NUTS hand-off
 -----------------------
 A posterior that is locally Gaussian around its mode θ* with precision :math:`H` has covariance
-:math:`\Sigma \approx H^{-1}`. :func:`sample` uses that twice:
+:math:`\Sigma \approx H^{-1}`. :func:`sample` uses that twice: the **metric** :math:`M^{-1}` is seeded from
+the curvature at the start, and the **chains start** from "Laplace draws" :math:`θ^* + L\varepsilon_c`,
+:math:`LL^T \approx H^{-1}`, inside the typical set rather than at the mode
+(:mod:`gnomon.engines.sample_starts`). The warmup then *keeps adapting* (opt out with
+``adapt_metric="none"``) but needs far fewer steps: it re-measures the scales of the whitened coordinates
+:math:`u = L^{-1}θ`, so :math:`M^{-1} = L\,\mathrm{diag}(s)\,L^T` keeps the curvature's correlations
+(:mod:`gnomon.engines.warmup`: Stan's windows, dual averaging, every chain's draws pooled).
 
-* the **metric** :math:`M^{-1}` is seeded from the curvature at the start (marginal variances
-  :math:`\mathrm{diag}(H^{-1})`, the dense :math:`H^{-1}`, or :math:`1/\mathrm{diag}\,H` for large D; see
-  :mod:`gnomon.curvature.mass_matrix`), and
-* the **chains start** from "Laplace draws" :math:`θ^* + L\varepsilon_c`, :math:`LL^T \approx H^{-1}`, so they
-  begin inside the typical set rather than at the mode.
-
-The warmup then *keeps adapting* (opt out with ``adapt_metric="none"``) but needs far fewer steps: it
-estimates the variances of the whitened coordinates :math:`u = L^{-1}θ` (ideally all 1), so the metric is
-:math:`M^{-1} = L\,\mathrm{diag}(s)\,L^T` — the curvature's correlations are kept and only the scales are
-re-measured; ``adapt_metric="dense"`` estimates the full covariance of ``u`` instead.
-
-Adaptation
-----------
-Stan's windowed schedule (:func:`blackjax.adaptation.window_adaptation.build_schedule`: a fast buffer, slow
-windows doubling in size, a final fast buffer) with BlackJAX's dual averaging of the step size towards
-``target_acceptance_rate``. The chains share one adaptation: dual averaging sees the mean acceptance rate
-across chains and each slow window pools every chain's draws (Chan's parallel Welford update), so a short
-warmup still estimates the metric from ``num_chains ×`` window draws. At the end of a window the whitened
-variances are regularised as in Stan, :math:`s = (n\,\hat s + k\,s_{prev} + 5\cdot10^{-3})/(n + 5 + k)`
-with ``k = metric_shrinkage`` pseudo-draws of the previous value, and dual averaging restarts from the
-window's average step size. The final step size is the dual-averaging average.
+This module is the driver: it checks the arguments, resolves the start and the metric seed, runs the warmup
+(extending it while the metric is unsettled) and the sampling in compiled chunks
+(:mod:`gnomon.engines.sample_loop`), and assembles the :class:`Trace` with the hand-off diagnostics
+(:mod:`gnomon.engines.sample_diagnostics`).
 
 Cost accounting: every log-density gradient counts one — the start of each chain, each leapfrog step
 (NUTS ``num_integration_steps``) in warmup and sampling, plus the curvature's own cost.
@@ -37,11 +26,9 @@ objective and settings); Python only draws the progress bar between chunks. With
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-import weakref
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +36,11 @@ import numpy as np
 
 from gnomon._progress import Progress
 from gnomon.curvature import mass_matrix as mmx
+from gnomon.engines import warmup as wu
+from gnomon.engines.handoff import HandOff
+from gnomon.engines.sample_diagnostics import handoff_diagnostics
+from gnomon.engines.sample_loop import SamplerSettings, compiled, run_chunks, shard, stack
+from gnomon.engines.sample_starts import cold_start, resolve_init, seed_metric, start_center, start_positions
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
 
@@ -58,221 +50,6 @@ DEFAULT_WARMUP = {"identity": 1000, "curvature": 300, "array": 300, "handoff": 1
 _DEFAULT = object()
 
 
-class _Static(NamedTuple):
-    """Everything that changes the compiled program (the compile-cache key)."""
-
-    algorithm: str
-    max_num_doublings: int
-    num_integration_steps: int
-    target_acceptance_rate: float
-    divergence_threshold: float
-    factor_dense: bool
-    adapt: str
-    chunk: int
-
-
-class _Welford(NamedTuple):
-    n: Any
-    mean: Any
-    m2: Any
-
-
-class _Adapt(NamedTuple):
-    ss: Any  # blackjax DualAveragingAdaptationState
-    step_size: Any
-    scale: Any  # (D,) whitened variances, or (D, D) whitened covariance (adapt="dense")
-    wf: _Welford
-    imm: Any
-    change_std: Any  # std over coordinates of log(new/previous variance) at the last window end
-    change_max: Any  # max over coordinates of |log(new/previous variance)|
-    last_n: Any  # pooled draws of the last window
-
-
-# ----------------------------------------------------------------------------------------------- kernels
-def _kernel_fn(st: _Static, logdensity):
-    from blackjax.mcmc import hmc, nuts
-
-    if st.algorithm == "nuts":
-        kernel = nuts.build_kernel(divergence_threshold=st.divergence_threshold)
-
-        def step(key, state, step_size, imm):
-            return kernel(key, state, logdensity, step_size, imm, max_num_doublings=st.max_num_doublings)
-    else:
-        kernel = hmc.build_kernel(divergence_threshold=st.divergence_threshold)
-
-        def step(key, state, step_size, imm):
-            return kernel(
-                key, state, logdensity, step_size, imm, num_integration_steps=st.num_integration_steps
-            )
-
-    return step
-
-
-def _stats(st: _Static, info, step_size, num_chains: int) -> dict[str, Any]:
-    out = {
-        "acceptance_rate": info.acceptance_rate,
-        "diverging": info.is_divergent,
-        "energy": info.energy,
-        "n_steps": jnp.asarray(info.num_integration_steps, jnp.int32) * jnp.ones((num_chains,), jnp.int32),
-        "step_size": jnp.broadcast_to(step_size, (num_chains,)),
-    }
-    if st.algorithm == "nuts":
-        out["tree_depth"] = jnp.asarray(info.num_trajectory_expansions, jnp.int32)
-    return out
-
-
-def _imm_from(st: _Static, factor, scale):
-    """``M⁻¹ = L S Lᵀ`` for the whitening factor ``L`` and the whitened (co)variance ``S``."""
-    if st.adapt == "dense":
-        if st.factor_dense:
-            m = factor @ scale @ factor.T
-        else:
-            m = factor[:, None] * scale * factor[None, :]
-        return 0.5 * (m + m.T)
-    if st.factor_dense:
-        m = (factor * scale[None, :]) @ factor.T
-        return 0.5 * (m + m.T)
-    return factor * factor * scale
-
-
-def _whiten(st: _Static, factor_inv, x):
-    return x @ factor_inv.T if st.factor_dense else x * factor_inv
-
-
-def _welford_init(st: _Static, dim: int, dtype) -> _Welford:
-    m2 = jnp.zeros((dim, dim) if st.adapt == "dense" else (dim,), dtype)
-    return _Welford(jnp.zeros((), dtype), jnp.zeros((dim,), dtype), m2)
-
-
-def _welford_add(st: _Static, w: _Welford, u) -> _Welford:
-    """Chan et al.'s parallel update: merge a batch of rows ``u`` (C, D) into the running moments."""
-    nb = u.shape[0]
-    mb = jnp.mean(u, axis=0)
-    du = u - mb
-    m2b = du.T @ du if st.adapt == "dense" else jnp.sum(du * du, axis=0)
-    n = w.n + nb
-    delta = mb - w.mean
-    mean = w.mean + delta * (nb / n)
-    corr = jnp.outer(delta, delta) if st.adapt == "dense" else delta * delta
-    return _Welford(n, mean, w.m2 + m2b + corr * (w.n * nb / n))
-
-
-# ------------------------------------------------------------------------------------------- compilation
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiled(obj: Objective, st: _Static) -> dict[str, Any]:
-    per = _CACHE.setdefault(obj, {})
-    hit = per.get(st)
-    if hit is not None:
-        return hit
-    from blackjax.adaptation.step_size import dual_averaging_adaptation
-    from blackjax.mcmc import hmc
-
-    da_init, da_update, da_final = dual_averaging_adaptation(st.target_acceptance_rate)
-
-    def init(positions, data):
-        logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
-        return jax.vmap(lambda p: hmc.init(p, logdensity))(positions)
-
-    def adapt_init(positions, step_size, factor):
-        dim = positions.shape[-1]
-        dtype = positions.dtype
-        scale = jnp.eye(dim, dtype=dtype) if st.adapt == "dense" else jnp.ones((dim,), dtype)
-        zero = jnp.zeros((), dtype)
-        return _Adapt(
-            ss=da_init(jnp.asarray(step_size, dtype)),
-            step_size=jnp.asarray(step_size, dtype),
-            scale=scale,
-            wf=_welford_init(st, dim, dtype),
-            imm=_imm_from(st, factor, scale),
-            change_std=zero,
-            change_max=zero,
-            last_n=zero,
-        )
-
-    def chunk(states, ad, key, t0, sched, active, adapting, data, factor, factor_inv, shrink):
-        """``len(active)`` steps; with ``adapting`` (warmup) the step size and the metric adapt."""
-        logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
-        step = _kernel_fn(st, logdensity)
-        num_chains = states.position.shape[0]
-
-        def window_end(ad: _Adapt) -> _Adapt:
-            w = ad.wf
-            n = w.n
-            cov = w.m2 / jnp.maximum(n - 1, 1)
-            reg = 5e-3 * jnp.eye(cov.shape[0], dtype=cov.dtype) if st.adapt == "dense" else 5e-3
-            scale = (n * cov + shrink * ad.scale + reg) / (n + 5 + shrink)
-            ss = da_init(da_final(ad.ss))
-            diag = (lambda a: jnp.diagonal(a)) if st.adapt == "dense" else (lambda a: a)
-            lr = jnp.log(diag(scale) / diag(ad.scale))
-            return _Adapt(
-                ss=ss,
-                step_size=jnp.exp(ss.log_step_size),
-                scale=scale,
-                wf=_welford_init(st, w.mean.shape[0], w.mean.dtype),
-                imm=_imm_from(st, factor, scale),
-                change_std=jnp.std(lr),
-                change_max=jnp.max(jnp.abs(lr)),
-                last_n=n,
-            )
-
-        def adapt(ad: _Adapt, stage, is_end, positions, acceptance) -> _Adapt:
-            ss = da_update(ad.ss, jnp.mean(acceptance))
-            ad = ad._replace(ss=ss, step_size=jnp.exp(ss.log_step_size))
-            if st.adapt != "none":
-                u = _whiten(st, factor_inv, positions)
-                ad = ad._replace(
-                    wf=jax.lax.cond(stage == 1, lambda w: _welford_add(st, w, u), lambda w: w, ad.wf)
-                )
-                ad = jax.lax.cond(is_end, window_end, lambda a: a, ad)
-            return ad
-
-        def body(carry, xs):
-            t, (stage, is_end), act = xs
-
-            def run(carry):
-                states, ad = carry
-                keys = jax.random.split(jax.random.fold_in(key, t), num_chains)
-                new, info = jax.vmap(lambda k, s: step(k, s, ad.step_size, ad.imm))(keys, states)
-                out = _stats(st, info, ad.step_size, num_chains)
-                out["log_prob"] = new.logdensity
-                out["theta"] = new.position
-                ad = jax.lax.cond(
-                    adapting,
-                    lambda a: adapt(a, stage, is_end, new.position, info.acceptance_rate),
-                    lambda a: a,
-                    ad,
-                )
-                return (new, ad), out
-
-            shapes = jax.eval_shape(run, carry)[1]
-            return jax.lax.cond(
-                act, run, lambda c: (c, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)), carry
-            )
-
-        ts = t0 + jnp.arange(sched.shape[0])
-        (states, ad), outs = jax.lax.scan(
-            body, (states, ad), (ts, (sched[:, 0], sched[:, 1].astype(bool)), active)
-        )
-        return states, ad, outs
-
-    def adapt_final(ad: _Adapt):
-        # the dual-averaging average; right after a window end (no update since the restart) the restart value
-        avg = jnp.where(ad.ss.step > 1, ad.ss.log_step_size_avg, ad.ss.log_step_size)
-        return jnp.exp(avg), ad.imm
-
-    hit = {
-        "init": jax.jit(init),
-        "adapt_init": jax.jit(adapt_init),
-        "chunk": jax.jit(chunk),
-        "adapt_final": jax.jit(adapt_final),
-    }
-    per[st] = hit
-    return hit
-
-
-# ------------------------------------------------------------------------------------------ input checks
 def _as_key(key: Any):
     """A PRNG key from a typed key, a legacy uint32 (2,) key or an int seed."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -297,77 +74,6 @@ def _int(name: str, v: Any, lo: int) -> int:
     return int(v)
 
 
-def _map_theta(theta: Any, src_map: Any, obj: Objective):
-    """θ from a trace in ``src_map``'s coordinates, expressed in ``obj``'s coordinates."""
-    theta = jnp.asarray(theta)
-    if src_map is obj.thetamap:
-        return theta
-    if src_map is not None:
-        theta = src_map.to_theta(theta)
-    if obj.thetamap is not None:
-        theta = obj.thetamap.to_z(theta)
-    return theta
-
-
-class _Init(NamedTuple):
-    center: Any  # (D,) or None
-    starts: Any  # (C, D) or None
-    source: str
-    map_info: dict
-
-
-def _resolve_init(obj: Objective, init: Any, num_chains: int) -> _Init:
-    from gnomon.engines.handoff import HandOff
-
-    d = obj.dim
-    if isinstance(init, HandOff):
-        if init.dim != d:
-            raise ValueError(f"the hand-off is for θ of dimension {init.dim}, but the objective has dim {d}")
-        pos = init.positions
-        starts = jnp.asarray(pos) if pos is not None and np.shape(pos)[0] == num_chains else None
-        return _Init(jnp.asarray(init.theta), starts, "handoff", {})
-    if isinstance(init, Trace):
-        if init.kind == "sampling":
-            last = _map_theta(np.asarray(init.theta)[:, -1], init.thetamap, obj)
-            if last.shape[0] == num_chains:
-                return _Init(_map_theta(init.best_theta, init.thetamap, obj), last, "sampling trace", {})
-            return _Init(_map_theta(init.best_theta, init.thetamap, obj), None, "sampling trace", {})
-        info = {"map_num_grad_evals": int(np.sum(np.asarray(init.num_grad_evals)))}
-        if init.is_batched:
-            best = np.asarray(init.best_theta)
-            losses = np.asarray(init.best_loss, dtype=float)
-            order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))
-            status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
-            info.update(map_status=status, map_loss=float(losses[order[0]]))
-            center = _map_theta(best[order[0]], init.thetamap, obj)
-            starts = _map_theta(best, init.thetamap, obj) if best.shape[0] == num_chains else None
-            return _Init(center, starts, "optimization trace", info)
-        info.update(
-            map_status=init.status,
-            map_loss=float(np.asarray(init.best_loss)),
-            map_first_theta=np.asarray(_map_theta(init.theta[0], init.thetamap, obj)),
-        )
-        return _Init(_map_theta(init.best_theta, init.thetamap, obj), None, "optimization trace", info)
-    try:
-        arr = jnp.asarray(init)
-    except TypeError:
-        raise ValueError(
-            f"init must be a θ ({d},), per-chain starts ({num_chains}, {d}), a Trace or a HandOff; got "
-            f"{type(init).__name__}"
-        ) from None
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if arr.ndim == 1 and arr.shape[0] == d:
-        return _Init(arr, None, "theta", {})
-    if arr.ndim == 2 and arr.shape == (num_chains, d):
-        return _Init(None, arr, "per-chain starts", {})
-    raise ValueError(
-        f"init has shape {tuple(arr.shape)}; expected a θ of shape ({d},) or per-chain starts of shape "
-        f"({num_chains}, {d}) (num_chains={num_chains})"
-    )
-
-
-# ------------------------------------------------------------------------------------------ the engine
 def sample(
     obj: Objective,
     init: Any,
@@ -450,8 +156,6 @@ def sample(
       seeded inverse mass matrices, θ*, last positions, key) from which :meth:`gnomon.HandOff.from_trace`
       builds the hand-off bundle.
     """
-    from gnomon.engines.handoff import HandOff
-
     t_start = time.perf_counter()
     if not isinstance(obj, Objective):
         raise ValueError(f"sample needs a gnomon.Objective, got {type(obj).__name__}")
@@ -470,9 +174,7 @@ def sample(
         raise ValueError(f"step_size must be a positive number, got {step_size!r}")
     if jitter is not None and not (isinstance(jitter, (int, float)) and jitter >= 0):
         raise ValueError(f"jitter must be a non-negative number, got {jitter!r}")
-    if metric_shrinkage is not None and not (
-        isinstance(metric_shrinkage, (int, float)) and metric_shrinkage >= 0
-    ):
+    if metric_shrinkage is not None and not (isinstance(metric_shrinkage, (int, float)) and metric_shrinkage >= 0):
         raise ValueError(f"metric_shrinkage must be a non-negative number, got {metric_shrinkage!r}")
     if dense not in (True, False, "auto"):
         raise ValueError(f"dense must be True, False or 'auto', got {dense!r}")
@@ -480,96 +182,36 @@ def sample(
         raise ValueError(f"handoff must be a gnomon.HandOff, got {type(handoff).__name__}")
     key = _as_key(key)
     data = obj.data if data is _DEFAULT else data
-    start = _resolve_init(obj, init, num_chains)
+    start = resolve_init(obj, init, num_chains)
     warn: list[str] = []
 
-    # --- poor MAP: fall back to a cold start --------------------------------------------------------
-    if (
-        fallback
-        and start.source == "optimization trace"
-        and isinstance(start.map_info.get("map_status"), str)
-        and start.map_info["map_status"].startswith("diverged")
-    ):
-        first = start.map_info.get("map_first_theta")
-        msg = (
-            f"the optimization did not reach a mode ({start.map_info['map_status']}); its best point is a "
-            "poor start, so sampling starts from the optimizer's first point with the identity metric and a "
-            "full warmup"
-        )
+    # --- poor MAP: fall back to a cold start --------------------------------------------------------------
+    cold = cold_start(start) if fallback else None
+    if cold is not None:
+        start, msg = cold
         warn.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
-        start = _Init(
-            jnp.asarray(first) if first is not None else start.center, None, "fallback", start.map_info
-        )
         if isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature":
             inverse_mass_matrix = None
-
-    center = start.center
-    if center is None:  # per-chain starts: the curvature is taken at the first chain's start
-        center = start.starts[0]
-    if center.shape != (obj.dim,):
-        raise ValueError(f"the start θ has shape {tuple(center.shape)}, expected ({obj.dim},) for {obj!r}")
-    if start.starts is not None and tuple(start.starts.shape) != (num_chains, obj.dim):
-        raise ValueError(
-            f"per-chain starts have shape {tuple(start.starts.shape)}, expected ({num_chains}, {obj.dim})"
-        )
+    center = start_center(start, obj, num_chains)
     dtype = center.dtype
     center_np = np.asarray(center)
-    if not np.all(np.isfinite(center_np)):
-        raise ValueError(
-            f"the start θ has non-finite entries: {center_np[~np.isfinite(center_np)][:3].tolist()}"
-        )
 
-    # --- the metric seed ------------------------------------------------------------------------------
+    # --- the metric seed and the settings ---------------------------------------------------------------
     k_curv, k_jit, k_warm, k_samp = jax.random.split(key, 4)
-    curvature = None
-    use_handoff_metric = (
-        handoff is not None and isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature"
+    seed, seed_kind, curvature = seed_metric(
+        obj,
+        center,
+        inverse_mass_matrix,
+        handoff,
+        dense=dense,
+        adapt_metric=adapt_metric,
+        curvature_method=curvature_method,
+        max_dense_dim=max_dense_dim,
+        key=k_curv,
+        data=None if data is obj.data else data,
     )
-    if use_handoff_metric:
-        if handoff.dim != obj.dim:
-            raise ValueError(
-                f"the hand-off is for θ of dimension {handoff.dim}, but the objective has dim {obj.dim}"
-            )
-        seed = mmx.from_array(np.asarray(handoff.inverse_mass_matrix, dtype=dtype), source="handoff")
-        seed_kind = "handoff"
-    elif isinstance(inverse_mass_matrix, str):
-        if inverse_mass_matrix == "curvature":
-            seed, curvature = mmx.curvature_metric(
-                obj,
-                center,
-                method=curvature_method,
-                dense=dense,
-                max_dense_dim=max_dense_dim,
-                key=k_curv,
-                data=None if data is obj.data else data,
-            )
-            seed_kind = "curvature"
-        elif inverse_mass_matrix == "identity":
-            seed, seed_kind = mmx.identity(obj.dim, dense=adapt_metric == "dense", dtype=dtype), "identity"
-        else:
-            raise ValueError(
-                f"unknown inverse_mass_matrix {inverse_mass_matrix!r}; expected 'curvature', 'identity', "
-                "None, an array (D,) or (D, D), or a gnomon.Curvature"
-            )
-    elif inverse_mass_matrix is None:
-        seed, seed_kind = mmx.identity(obj.dim, dense=adapt_metric == "dense", dtype=dtype), "identity"
-    elif isinstance(inverse_mass_matrix, mmx.InverseMassMatrix):
-        seed, seed_kind = inverse_mass_matrix, "array"
-    elif hasattr(inverse_mass_matrix, "diag") and hasattr(inverse_mass_matrix, "method"):
-        curvature = inverse_mass_matrix
-        seed = mmx.from_curvature(curvature, dense=dense, max_dense_dim=max_dense_dim, dtype=dtype)
-        seed_kind = "curvature"
-    else:
-        seed, seed_kind = mmx.from_array(np.asarray(inverse_mass_matrix, dtype=dtype)), "array"
-    if seed.dim != obj.dim:
-        raise ValueError(
-            f"the inverse mass matrix has dimension {seed.dim}, but the objective has dim {obj.dim}"
-        )
-    curvature_cost = (
-        int(curvature.num_grad_evals) if curvature is not None and seed_kind == "curvature" else 0
-    )
-
+    curvature_cost = int(curvature.num_grad_evals) if curvature is not None else 0
     adapt = adapt_metric or ("dense" if (seed_kind == "identity" and seed.dense) else "diag")
     if adapt == "dense" and not seed.dense:
         seed = seed.as_dense()
@@ -582,7 +224,7 @@ def sample(
     if step_size is None:
         step_size = float(handoff.step_size) if handoff is not None else 1.0
 
-    st = _Static(
+    st = SamplerSettings(
         algorithm=algorithm,
         max_num_doublings=max_tree_depth,
         num_integration_steps=num_integration_steps,
@@ -592,51 +234,22 @@ def sample(
         adapt=adapt,
         chunk=chunk_size,
     )
-    fns = _compiled(obj, st)
+    fns = compiled(obj, st)
     factor = jnp.asarray(seed.factor, dtype)
     factor_inv = jnp.asarray(seed.factor_inv, dtype)
 
-    # --- starts ------------------------------------------------------------------------------------------
+    # --- starts ---------------------------------------------------------------------------------------------
     if jitter is None:
         jitter = 1.0 if seeded else 0.1
     draw_factor = factor if seed.draw_factor is None else jnp.asarray(seed.draw_factor, dtype)
-    if start.starts is not None:
-        positions = jnp.asarray(start.starts, dtype)
-        jittered = False
-    else:
-        eps = jax.random.normal(k_jit, (num_chains, obj.dim), dtype)
-        offsets = eps @ draw_factor.T if draw_factor.ndim == 2 else eps * draw_factor
-        positions = center[None, :] + jitter * offsets
-        jittered = jitter > 0
-    states = fns["init"](positions, data)
-    bad = ~(
-        np.isfinite(np.asarray(states.logdensity))
-        & np.all(np.isfinite(np.asarray(states.logdensity_grad)), axis=1)
+    states, positions, shrink_tries = start_positions(
+        fns["init"], data, start, center, draw_factor, jitter, k_jit, num_chains
     )
-    shrink_tries = 0
-    while jittered and bad.any() and shrink_tries < 6:  # pull jittered starts towards the centre
-        shrink_tries += 1
-        positions = jnp.where(
-            jnp.asarray(bad)[:, None], center[None, :] + (positions - center[None, :]) * 0.25, positions
-        )
-        states = fns["init"](positions, data)
-        bad = ~(
-            np.isfinite(np.asarray(states.logdensity))
-            & np.all(np.isfinite(np.asarray(states.logdensity_grad)), axis=1)
-        )
-    if bad.any():
-        c = int(np.flatnonzero(bad)[0])
-        lp = float(np.asarray(states.logdensity)[c])
-        what = f"log_prob = {lp}" if not math.isfinite(lp) else "a non-finite gradient"
-        raise ValueError(
-            f"chain {c} starts where the target has {what} (start θ[:5] = "
-            f"{np.asarray(positions[c])[:5].tolist()}); give a start inside the support"
-        )
     init_cost = num_chains + (shrink_tries * num_chains)
-    states = _shard(states, num_chains)
+    states = shard(states, num_chains)
 
-    # --- warmup --------------------------------------------------------------------------------------
-    head, tail = _schedule(num_warmup, seeded, adapt)
+    # --- warmup ---------------------------------------------------------------------------------------------
+    head, tail = wu.schedule(num_warmup, seeded, adapt)
     total = num_warmup + num_samples
     bar = Progress(
         total,
@@ -644,48 +257,33 @@ def sample(
         enabled=progress if progress is not None else (None if total * num_chains >= 2000 else False),
     )
     ad = fns["adapt_init"](positions, jnp.asarray(step_size, dtype), factor)
+    args = (data, factor, factor_inv, jnp.asarray(shrink, dtype))
     warm_out: list[dict] = []
     tally = {"t": 0, "grads": 0, "div": 0}
-    shrink_arr = jnp.asarray(shrink, dtype)
+
+    def on_warmup_chunk(outs: dict[str, np.ndarray], ad: wu.AdaptState) -> None:
+        tally["t"] += len(outs["n_steps"])
+        tally["grads"] += int(np.sum(outs["n_steps"]))
+        tally["div"] += int(np.sum(outs["diverging"]))
+        if keep_warmup:
+            warm_out.append(outs)
+        bar.update(tally["t"], phase="warmup", step_size=float(ad.step_size), divergences=tally["div"])
 
     def run_warmup(rows: np.ndarray) -> None:
         nonlocal states, ad
-        for c0 in range(0, len(rows), chunk_size):
-            n = min(chunk_size, len(rows) - c0)
-            sch = np.zeros((chunk_size, 2), np.int32)
-            sch[:n] = rows[c0 : c0 + n]
-            active = np.arange(chunk_size) < n
-            states, ad, outs = fns["chunk"](
-                states,
-                ad,
-                k_warm,
-                jnp.int32(tally["t"]),
-                jnp.asarray(sch),
-                jnp.asarray(active),
-                True,
-                data,
-                factor,
-                factor_inv,
-                shrink_arr,
-            )
-            outs = jax.device_get(outs)
-            outs = {k: v[:n] for k, v in outs.items()}
-            tally["t"] += n
-            tally["grads"] += int(np.sum(outs["n_steps"]))
-            tally["div"] += int(np.sum(outs["diverging"]))
-            if keep_warmup:
-                warm_out.append(outs)
-            bar.update(tally["t"], phase="warmup", step_size=float(ad.step_size), divergences=tally["div"])
+        states, ad = run_chunks(
+            fns["chunk"], states, ad, k_warm, tally["t"], rows, True, args, chunk_size, on_warmup_chunk
+        )
 
     run_warmup(head)
     extended = []
     if auto_warmup and seeded and adapt != "none" and len(head):
-        last = _last_window(head)
-        while _unsettled(ad, obj.dim) and tally["t"] + 2 * last + len(tail) <= max_warmup:
+        last = wu.last_window(head)
+        while wu.unsettled(ad, obj.dim) and tally["t"] + 2 * last + len(tail) <= max_warmup:
             last *= 2
             extended.append(last)
             bar.total += last
-            run_warmup(np.asarray([(1, 0)] * (last - 1) + [(1, 1)], np.int32))
+            run_warmup(wu.extra_window(last))
     run_warmup(tail)
     num_warmup = tally["t"]
     warm_steps, div_warm = tally["grads"], tally["div"]
@@ -696,47 +294,46 @@ def sample(
     if not bool(np.isfinite(np.asarray(step_final))) or float(step_final) <= 0:
         raise ValueError(f"warmup ended with an unusable step size {float(step_final)!r}")
 
-    # --- sampling ------------------------------------------------------------------------------------
+    # --- sampling -------------------------------------------------------------------------------------------
     ad = ad._replace(step_size=jnp.asarray(step_final, dtype), imm=jnp.asarray(imm, dtype))
-    no_sched = np.zeros((chunk_size, 2), np.int32)
     samp_out: list[dict] = []
-    div_samp = 0
-    for c0 in range(0, num_samples, chunk_size):
-        n = min(chunk_size, num_samples - c0)
-        active = np.arange(chunk_size) < n
-        states, ad, outs = fns["chunk"](
-            states,
-            ad,
-            k_samp,
-            jnp.int32(c0),
-            jnp.asarray(no_sched),
-            jnp.asarray(active),
-            False,
-            data,
-            factor,
-            factor_inv,
-            shrink_arr,
-        )
-        outs = jax.device_get(outs)
-        outs = {k: v[:n] for k, v in outs.items()}
-        div_samp += int(np.sum(outs["diverging"]))
+    done = {"t": 0, "div": 0}
+
+    def on_sampling_chunk(outs: dict[str, np.ndarray], ad: wu.AdaptState) -> None:
+        done["t"] += len(outs["n_steps"])
+        done["div"] += int(np.sum(outs["diverging"]))
         samp_out.append(outs)
         bar.update(
-            num_warmup + c0 + n,
-            force=c0 + n == num_samples,
+            num_warmup + done["t"],
+            force=done["t"] == num_samples,
             phase="sampling",
             step_size=float(step_final),
-            divergences=div_warm + div_samp,
+            divergences=div_warm + done["div"],
         )
+
+    states, ad = run_chunks(
+        fns["chunk"],
+        states,
+        ad,
+        k_samp,
+        0,
+        np.zeros((num_samples, 2), np.int32),
+        False,
+        args,
+        chunk_size,
+        on_sampling_chunk,
+    )
+    div_samp = done["div"]
     bar.close(f"{div_samp} divergences")
 
-    draws = _stack(samp_out)
+    # --- the trace ------------------------------------------------------------------------------------------
+    draws = stack(samp_out)
     sample_steps = int(np.sum(draws["n_steps"]))
     theta = draws.pop("theta")
     log_prob = draws.pop("log_prob")
     warmup = None
     if keep_warmup and warm_out:
-        w = _stack(warm_out)
+        w = stack(warm_out)
         warmup = {"theta": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
     imm_np = np.asarray(imm)
     step_np = float(step_final)
@@ -775,7 +372,7 @@ def sample(
             "pooled_chains": True,
             **seed.info,
         },
-        "curvature": curvature.describe() if curvature is not None and seed_kind == "curvature" else None,
+        "curvature": curvature.describe() if curvature is not None else None,
         "grad_evals": grad_evals,
         "handoff": diag,
         "warnings": warn,
@@ -789,7 +386,7 @@ def sample(
         "positions": np.asarray(states.position),
         "key": _key_data(key),
     }
-    if curvature is not None and seed_kind == "curvature":
+    if curvature is not None:
         extras["curvature_diag"] = np.asarray(curvature.diag)
         if getattr(curvature, "matrix", None) is not None:
             extras["curvature_matrix"] = np.asarray(curvature.matrix)
@@ -807,125 +404,3 @@ def sample(
         thetamap=obj.thetamap,
         extras=extras,
     ).validate()
-
-
-def _stack(chunks: list[dict]) -> dict[str, np.ndarray]:
-    """Concatenate chunk outputs (steps, chains, ...) and move chains first: (chains, steps, ...)."""
-    out = {}
-    for k in chunks[0]:
-        a = np.concatenate([c[k] for c in chunks], axis=0)
-        out[k] = np.swapaxes(a, 0, 1)
-    return out
-
-
-def _schedule(num_warmup: int, seeded: bool, adapt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Stan's window schedule as int rows (slow?, window end?), split before the final fast buffer.
-
-    Seeded metrics start inside the typical set (Laplace draws), so the initial buffer is 10 % of the
-    warmup instead of 75 steps and the first slow window 20 %. Extra windows (see :func:`_unsettled`) go
-    between the two parts."""
-    if num_warmup == 0:
-        return np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32)
-    if adapt == "none":
-        return np.zeros((num_warmup, 2), np.int32), np.zeros((0, 2), np.int32)
-    from blackjax.adaptation.window_adaptation import build_schedule
-
-    if seeded:
-        init_buf = max(5, int(round(0.1 * num_warmup)))
-        sched = build_schedule(
-            num_warmup,
-            initial_buffer_size=init_buf,
-            final_buffer_size=init_buf,
-            first_window_size=max(10, int(round(0.2 * num_warmup))),
-        )
-    else:
-        sched = build_schedule(num_warmup)
-    sched = np.asarray(sched, dtype=np.int32).reshape(num_warmup, 2)
-    ends = np.flatnonzero(sched[:, 1])
-    cut = int(ends[-1]) + 1 if ends.size else num_warmup
-    return sched[:cut], sched[cut:]
-
-
-def _last_window(head: np.ndarray) -> int:
-    ends = np.flatnonzero(head[:, 1])
-    if ends.size == 0:
-        return 0
-    return int(ends[-1] - ends[-2]) if ends.size > 1 else int(ends[-1] + 1 - np.argmax(head[:, 0] == 1))
-
-
-def _unsettled(ad: _Adapt, dim: int) -> bool:
-    r"""Did the last window still move the metric materially, beyond its own noise?
-
-    ``r = log(s_new / s_prev)`` over coordinates at the last window end. With ``n`` pooled draws a log
-    variance has a standard error of about :math:`se = \sqrt{2/n}` (more with autocorrelation). Unsettled:
-    some variance still moved by more than 4× (``max|r| > log 4 + 2·se·√(2 log D)``) or the scales moved
-    broadly (``std(r) > 0.5 + 3·se``) — a seed that was badly wrong, not the ordinary refinement of a
-    good one."""
-    n = float(ad.last_n)
-    if n < 2:
-        return False
-    se = math.sqrt(2.0 / n)
-    return bool(
-        float(ad.change_std) > 0.5 + 3 * se
-        or float(ad.change_max) > math.log(4.0) + 2 * se * math.sqrt(2 * math.log(max(dim, 2)))
-    )
-
-
-def _shard(states: Any, num_chains: int) -> Any:
-    """Spread the chain axis over the available devices (when there are several and they divide C)."""
-    devices = jax.devices()
-    if len(devices) < 2 or num_chains % len(devices):
-        return states
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.asarray(devices), ("chain",))
-    sharding = NamedSharding(mesh, PartitionSpec("chain"))
-    return jax.device_put(states, sharding)
-
-
-# ------------------------------------------------------------------------------------------ diagnostics
-def handoff_diagnostics(
-    theta_star: np.ndarray, seed: mmx.InverseMassMatrix, imm: np.ndarray, draws: np.ndarray, divergences: int
-) -> dict[str, Any]:
-    """How well the start and its metric matched the posterior the chains found.
-
-    * ``metric_ratio_*``: adapted / seeded marginal variances per coordinate; ``metric_ratio_spread`` is its
-      geometric standard deviation (1 = the seed was right up to one overall scale).
-    * ``start_max_abs_z``: the largest :math:`|θ^*_i − \\bar θ_i| / \\mathrm{sd}_i` over coordinates — how far
-      into the tails the start sits.
-    * ``warnings``: a ratio spread above 3 or a single coordinate off by 30× (a funnel or strongly
-      non-Gaussian posterior: the curvature at the mode does not describe it), or a start more than 4 sd
-      away.
-    """
-    draws = np.asarray(draws, dtype=np.float64).reshape(-1, np.shape(draws)[-1])
-    adapted = np.diagonal(imm) if np.ndim(imm) == 2 else np.asarray(imm, dtype=np.float64)
-    seeded = seed.variances.astype(np.float64)
-    ratio = adapted / seeded
-    mean = draws.mean(axis=0)
-    sd = draws.std(axis=0)
-    z = np.abs(theta_star - mean) / np.where(sd > 0, sd, np.inf)
-    zmax = float(np.max(z)) if z.size else 0.0
-    out: dict[str, Any] = {
-        "metric_ratio_spread": mmx.spread(ratio),
-        "metric_ratio_min": float(np.min(ratio)),
-        "metric_ratio_max": float(np.max(ratio)),
-        "start_max_abs_z": zmax,
-        "start_argmax_z": int(np.argmax(z)) if z.size else None,
-        "divergences": int(divergences),
-        "warnings": [],
-    }
-    if seed.source != "identity":
-        lr = np.abs(np.log(ratio[np.isfinite(ratio) & (ratio > 0)]))
-        if out["metric_ratio_spread"] > 3.0 or (lr.size and float(np.max(lr)) > math.log(30.0)):
-            out["warnings"].append(
-                "the seeded metric and the adapted one disagree (ratio spread "
-                f"{out['metric_ratio_spread']:.3g}, range {out['metric_ratio_min']:.3g}…"
-                f"{out['metric_ratio_max']:.3g}): the curvature at the start does not describe the posterior "
-                "(a funnel or strongly non-Gaussian shape); the MAP is a poor start"
-            )
-    if zmax > 4.0:
-        out["warnings"].append(
-            f"the start θ* lies {zmax:.3g} posterior sd from the posterior mean in coordinate "
-            f"{out['start_argmax_z']}: a start far in the tails"
-        )
-    return out

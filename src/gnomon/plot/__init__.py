@@ -13,7 +13,9 @@ Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never
 :mod:`gnomon.recipes`.
 """
 
-from gnomon.plot.history import default_panels, draw, grid, history, loss
+from gnomon.plot.grid import default_panels, grid
+from gnomon.plot.history import draw, history
+from gnomon.plot.loss import loss
 from gnomon.plot.sampler import pair, rank, to_datatree, trace_dist
 from gnomon.plot.spectra import curvature, dominant_parameters, eigen_spectrum
 

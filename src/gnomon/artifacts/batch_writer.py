@@ -1,0 +1,118 @@
+"""Writing a batched trace (``theta`` ``(B, T, D)``, e.g. from ``gn.optimize_batch``) as B runs of an experiment.
+
+All B run directories are created (atomic ``mkdir``) before anything is written, so a batch either gets all
+its ids or none; creating a directory makes it the batch's own, so no claim file is written. Member ``i`` is
+``trace[i]`` with the per-member engine outputs in ``extras`` cut to that member, and its ``meta.json``
+records ``batch: {batch_id, index, size}``. This is the body of :meth:`gnomon.Experiment.save_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gnomon.artifacts.diagnostics import DiagnosticsConfig
+from gnomon.artifacts.run_writer import write_run
+from gnomon.artifacts.runids import check_run_id, generate_run_id
+from gnomon.trace.trace import Trace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gnomon.artifacts.experiment import Experiment
+
+__all__ = ["save_batch"]
+
+
+def save_batch(
+    experiment: Experiment,
+    trace: Trace,
+    run_ids: Sequence[str] | None = None,
+    layout: Any = None,
+    meta: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    *,
+    summary: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    prefix: str | None = None,
+    diagnostics: DiagnosticsConfig | None = None,
+    **save_run_kwargs: Any,
+) -> list[Path]:
+    """Write ``trace`` as B runs of ``experiment``; see :meth:`gnomon.Experiment.save_batch`."""
+    if not isinstance(trace, Trace) or not trace.is_batched:
+        raise ValueError("save_batch expects a batched optimization Trace (theta of shape (B, T, D))")
+    b = trace.batch_size
+    batch_id = check_run_id(prefix) if prefix is not None else generate_run_id()
+    if run_ids is None:
+        width = max(3, len(str(b - 1)))
+        run_ids = [f"{batch_id}-{i:0{width}d}" for i in range(b)]
+    else:
+        run_ids = [check_run_id(r) for r in run_ids]
+        if len(run_ids) != b:
+            raise ValueError(f"save_batch: {len(run_ids)} run ids for a batch of {b}")
+        if len(set(run_ids)) != b:
+            raise ValueError("save_batch: run ids must be distinct")
+    metas = _per_member("meta", meta, b)
+    summaries = _per_member("summary", summary, b)
+    dirs = [experiment.runs_dir / r for r in run_ids]
+    # Creating a directory (atomic mkdir) makes it ours; no claim file is needed while we write it
+    # (other writers treat a fresh unclaimed run as busy).
+    made: list[Path] = []
+    taken: list[str] = []
+    for d in dirs:
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            taken.append(d.name)
+            continue
+        made.append(d)
+    if taken:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        raise FileExistsError(
+            f"save_batch: run ids already taken in {experiment.path}: {taken[:10]}"
+            + (f" and {len(taken) - 10} more" if len(taken) > 10 else "")
+        )
+    host = trace.to_numpy()
+    cfg = diagnostics if diagnostics is not None else experiment.diagnostics
+    extra_meta = dict(save_run_kwargs.pop("extra_meta", None) or {})
+    layout = layout if layout is not None else trace.layout
+    for i, d in enumerate(dirs):
+        try:
+            write_run(
+                d,
+                d.name,
+                _member(host, i, b),
+                layout=layout,
+                meta=metas[i],
+                diagnostics=cfg,
+                summary=summaries[i],
+                extra_meta={**extra_meta, "batch": {"batch_id": batch_id, "index": i, "size": b}},
+                fresh=True,
+                **save_run_kwargs,
+            )
+        except BaseException:
+            for rest in dirs[i + 1 :]:  # created for this batch, still empty
+                shutil.rmtree(rest, ignore_errors=True)
+            raise
+    return dirs
+
+
+def _member(batch: Trace, i: int, b: int) -> Trace:
+    """Member ``i`` of a batch, with the per-member engine outputs in ``extras`` (arrays with a leading
+    axis of size B, e.g. the curvature and lr_vec of ``gn.optimize_batch``) cut to that member."""
+    member = batch[i]
+    cut = {k: v[i] for k, v in member.extras.items() if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == b}
+    return dataclasses.replace(member, extras={**member.extras, **cut}) if cut else member
+
+
+def _per_member(name: str, value: Any, b: int) -> list[Mapping[str, Any] | None]:
+    """``value`` (one mapping for every member, or a sequence of B mappings) as a list of B."""
+    if value is None or isinstance(value, Mapping):
+        return [value] * b
+    seq = list(value)
+    if len(seq) != b:
+        raise ValueError(f"save_batch: {name} must be one mapping or {b} mappings, got {len(seq)}")
+    return seq

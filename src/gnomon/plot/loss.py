@@ -1,0 +1,257 @@
+"""Loss histories: :func:`loss` draws the loss (log_prob per chain for sampler runs) of one or several runs.
+
+A source is a :class:`~gnomon.Signals`, a Trace, a Run or a 1-d array; several sources (a mapping or a list)
+are overlaid, one colour each. The history can be drawn relative to a reference or to the best value over
+all sources, floored on a log axis so that zeros stay visible.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gnomon.plot._mpl import colors, finish, fmt, new_figure, set_log_y
+from gnomon.plot._panel_data import final_rows, log_auto
+from gnomon.signals.signals import Signals
+
+
+def _loss_signals(source: Any) -> tuple[Signals, str]:
+    from gnomon.trace.trace import Trace
+
+    if hasattr(source, "trace") and isinstance(source.trace, Trace):  # a Run
+        source = source.trace
+    if isinstance(source, Trace):
+        if source.is_batched:
+            raise ValueError("loss: a batched trace holds B fits; plot one member (trace[i])")
+        if source.loss is not None:
+            return Signals({"loss": np.asarray(source.loss)}, x=source.step, kind=source.kind), "loss"
+        return Signals({"log_prob": np.asarray(source.log_prob)}, kind=source.kind), "log_prob"
+    if isinstance(source, Signals):
+        for n in ("loss", "trace.loss", "log_prob", "trace.log_prob"):
+            if n in source:
+                return source, n
+        raise ValueError(f"loss: these Signals have no 'loss' or 'log_prob' signal; signals are {list(source)}")
+    arr = np.asarray(source, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"loss: an array loss history must be one-dimensional, got shape {arr.shape}")
+    return Signals({"loss": arr}), "loss"
+
+
+def _is_multi(source: Any) -> bool:
+    """Several loss sources: a mapping label -> source, or a list/tuple of non-numbers (Traces, Signals, Runs,
+    1-d arrays). A Signals (itself a mapping) and a flat list of numbers are one source."""
+    if isinstance(source, Signals):
+        return False
+    if isinstance(source, Mapping):
+        return True
+    if isinstance(source, (list, tuple)) and source:
+        return not any(
+            isinstance(e, (numbers.Number, np.number)) or (isinstance(e, np.ndarray) and e.ndim == 0) for e in source
+        )
+    return False
+
+
+def _source_label(src: Any, i: int) -> str:
+    run_id = getattr(src, "run_id", None)
+    if isinstance(run_id, str):
+        return run_id
+    info = getattr(src, "info", None)
+    if isinstance(info, Mapping) and isinstance(info.get("method"), str):
+        return info["method"]
+    return f"#{i}"
+
+
+def _loss_sources(source: Any) -> list[tuple[str, Signals, str]]:
+    """``[(label, signals, loss signal name)]`` of several sources."""
+    if isinstance(source, Mapping):
+        items = [(str(k), v) for k, v in source.items()]
+    else:
+        items = [(_source_label(v, i), v) for i, v in enumerate(source)]
+        seen = [lab for lab, _ in items]
+        items = [(lab if seen.count(lab) == 1 else f"{lab} #{i}", v) for i, (lab, v) in enumerate(items)]
+    if not items:
+        raise ValueError("loss: no sources given (an empty mapping)")
+    out = []
+    for lab, v in items:
+        try:
+            sig, name = _loss_signals(v)
+        except ValueError as e:
+            raise ValueError(f"loss source {lab!r}: {e}") from None
+        out.append((lab, sig, name))
+    return out
+
+
+def _base(name: str) -> str:
+    return name.rsplit(".", 1)[-1]  # "trace.loss" -> "loss"
+
+
+def loss(
+    source: Any,
+    reference: float | None = None,
+    *,
+    relative: bool = False,
+    relative_to: str | float | None = None,
+    floor: float | None = None,
+    logy: bool | str = "auto",
+    title: str | bool | None = None,
+    ax: Any = None,
+    figsize: tuple[float, float] | None = None,
+    save: Any = None,
+    show: bool = False,
+    dpi: int | None = None,
+):
+    """Loss history (log_prob per chain for sampler runs) of one or several runs on one axis.
+
+    Args:
+      source: :class:`~gnomon.Signals` (uses ``loss`` or ``log_prob``), a Trace, a Run or a 1-d array; or
+        several of them overlaid — a mapping ``{label: source}`` or a list (labels from each Run's id or each
+        Trace's ``info["method"]``, else ``#i``). Several sources are one colour each (one line per chain),
+        with a legend giving each source's final value (sampler runs: the mean). They must all be losses or
+        all log_probs.
+      reference: a reference loss (e.g. the loss at the truth) drawn as a dashed line; defaults to the loss
+        signal's truth when it has one (several sources: when all those with a truth agree on it).
+      relative: plot ``loss − reference`` instead (log axis when positive).
+      relative_to: ``"best"`` plots the excess over the best value over all sources,
+        ``loss − min_{sources, rows} loss`` (log_prob: ``max log_prob − log_prob``), which is ≥ 0 and 0 where
+        the best is reached; a number ``r`` plots ``loss − r`` (as ``reference=r, relative=True``).
+      floor: on a log y axis with non-negative values (``relative_to`` or ``floor`` given), values below
+        ``floor`` are drawn at ``floor`` (default: the smallest positive value plotted), so the zeros of
+        ``relative_to="best"`` stay on the axis; the y label says so.
+      logy: True, False or ``"auto"`` (log when positive and spanning more than two decades; with
+        ``relative_to``/``floor``, judged on the positive values).
+      title: None for a summary (final value, reference), a string, or False for none.
+    """
+    multi = _is_multi(source)
+    entries = _loss_sources(source) if multi else [(None, *_loss_signals(source))]
+    bases = sorted({_base(n) for _, _, n in entries})
+    if len(bases) > 1:
+        raise ValueError(
+            f"loss: cannot overlay {' and '.join(bases)} histories on one axis; sources are "
+            + ", ".join(f"{lab}: {n}" for lab, _, n in entries)
+        )
+    name = entries[0][2] if not multi else bases[0]
+    maximize = name.endswith("log_prob")
+    if floor is not None and not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0):
+        raise ValueError(f"floor must be a positive finite number, got {floor!r}")
+
+    raw = [np.asarray(sig[n].data[..., 0], dtype=float) for _, sig, n in entries]  # (C, T) each
+    best_label = None
+    if relative_to is not None:
+        if relative:
+            raise ValueError("loss: pass either relative=True (with a reference) or relative_to, not both")
+        if isinstance(relative_to, str):
+            if relative_to != "best":
+                raise ValueError(f"relative_to must be 'best' or a number, got {relative_to!r}")
+            with np.errstate(all="ignore"):
+                per = [np.nanmax(r) if maximize else np.nanmin(r) for r in raw]
+            finite = [(v, i) for i, v in enumerate(per) if np.isfinite(v)]
+            if not finite:
+                raise ValueError(f"loss(relative_to='best'): no finite {name} value in any source")
+            ref, ibest = max(finite) if maximize else min(finite)
+            best_label = entries[ibest][0]
+        else:
+            ref = float(relative_to)
+            if not math.isfinite(ref):
+                raise ValueError(f"relative_to must be 'best' or a finite number, got {relative_to!r}")
+        rel = True
+    else:
+        if reference is not None:
+            ref = reference
+        else:
+            truths = {float(sig[n].truth[0]) for _, sig, n in entries if sig[n].truth is not None}
+            ref = truths.pop() if len(truths) == 1 else None
+        if relative and ref is None:
+            raise ValueError("loss(relative=True) needs a reference (or a loss signal with a truth)")
+        rel = relative
+    flip = relative_to == "best" and maximize  # best log_prob − log_prob ≥ 0
+    data = [(ref - r if flip else r - ref) if rel else r for r in raw]
+
+    # y scale, and the floor that keeps zeros (the best run at its best) on a log axis
+    use_floor = relative_to is not None or floor is not None
+    vals = np.concatenate([d.ravel() for d in data])
+    vals = vals[np.isfinite(vals)]
+    nonneg = bool(vals.size) and bool(np.all(vals >= 0))
+    pos = vals[vals > 0]
+    if logy == "auto":
+        logy = log_auto([pos]) if use_floor and nonneg else log_auto(data)
+    floored = None
+    if logy and use_floor and nonneg and (floor is not None or pos.size):
+        floored = float(floor) if floor is not None else float(pos.min())
+        data = [np.maximum(d, floored) for d in data]  # NaN stays NaN
+
+    if ax is None:
+        fig = new_figure(figsize or (7.0, 4.0), show=show)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    finals = []
+    for _, sig, n in entries:
+        s = sig[n]
+        fin = float(final_rows(s.data, s.chains)[0])
+        finals.append((ref - fin if flip else fin - ref) if rel else fin)
+    if multi:
+        palette = colors(len(entries))
+        delta = "Δ " if rel else ""
+        for i, ((lab, sig, n), d) in enumerate(zip(entries, data, strict=True)):
+            word = "mean" if sig[n].chains else "final"
+            text = f"{lab} ({word} {delta}{fmt(finals[i], signed=rel and relative_to != 'best')})"
+            for c in range(d.shape[0]):
+                ax.plot(
+                    sig.x,
+                    d[c],
+                    color=palette[i],
+                    lw=1.2,
+                    alpha=0.7 if d.shape[0] > 1 else 1.0,
+                    gid=f"data:{n}",
+                    label=text if c == 0 else "_nolegend_",
+                )
+    else:
+        sig = entries[0][1]
+        d = data[0]
+        palette = colors(d.shape[0])
+        for c in range(d.shape[0]):
+            ax.plot(
+                sig.x,
+                d[c],
+                color=palette[c],
+                lw=1.2,
+                gid=f"data:{name}",
+                label=f"chain {c}" if d.shape[0] > 1 else name,
+            )
+    if ref is not None and not rel:
+        ax.axhline(ref, color="k", ls="--", lw=0.9, label=f"reference {fmt(ref)}")
+    if logy:
+        set_log_y(ax, data)
+    ax.set_xlabel(entries[0][1].x_label)
+    if relative_to == "best":
+        ylabel = f"best {name} − {name}" if maximize else f"{name} − best {name}"
+    else:
+        ylabel = f"{name} − reference" if rel else name
+    if floored is not None:
+        ylabel += f" (floored at {fmt(floored)})"
+    ax.set_ylabel(ylabel)
+    if multi or ref is not None or data[0].shape[0] > 1:
+        ax.legend(fontsize="small")
+    if title is None:
+        if multi:
+            text = f"{name} of {len(entries)} runs"
+            if best_label is not None:
+                text += f", relative to the best {fmt(ref)} ({best_label})"
+            elif ref is not None:
+                text += f", reference {fmt(ref)}"
+        else:
+            s = entries[0][1][entries[0][2]]
+            fin = float(final_rows(s.data, s.chains)[0])
+            word = "mean" if s.chains else "final"
+            text = f"{name}: {word} {fmt(fin)}"
+            if ref is not None:
+                what = "best" if relative_to == "best" else "reference"
+                text += f" ({what} {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
+        ax.set_title(text, fontsize=9)
+    elif title:
+        ax.set_title(str(title))
+    return finish(fig, save=save, show=show, dpi=dpi)
