@@ -207,6 +207,9 @@ def test_ema_grad2_given_curvature_and_float32():
     given = gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature=c, num_steps=2)
     np.testing.assert_allclose(given.theta[1], OPT, rtol=1e-5, atol=1e-6)
     assert given.info["curvature"]["source"] == "given"
+    # a plain (D,) array is accepted as the curvature diagonal too
+    as_array = gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature=np.asarray(DIAG), num_steps=2)
+    np.testing.assert_allclose(as_array.theta[1], OPT, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_give_clear_errors():
@@ -217,8 +220,9 @@ def test_bad_inputs_give_clear_errors():
         gn.optimize(obj, jnp.zeros(D), "preconditioned_gd", curvature="gauss_newton")
     with pytest.raises(ValueError, match="θ0 has length"):
         gn.optimize(obj, jnp.zeros(D + 1), "gd")
-    with pytest.raises(ValueError, match="refresh_every applies"):
-        gn.optimize(obj, jnp.zeros(D), "sgd", refresh_every=3)
+    for method in ("sgd", "adam", "lbfgs", optax.sgd(0.1)):
+        with pytest.raises(ValueError, match="refresh_every applies"):
+            gn.optimize(obj, jnp.zeros(D), method, refresh_every=3)
     with pytest.raises(ValueError, match="learning_rate"):
         gn.optimize(obj, jnp.zeros(D), "adam", learning_rate=-1.0)
     with pytest.raises(ValueError, match="finite and positive"):

@@ -58,12 +58,16 @@ def build_spec(obj: Objective, method: Any, theta_probe: Any, data_probe: Any, o
     if sg not in SAFEGUARDS:
         raise ValueError(f"unknown safeguard {sg!r}; expected one of {SAFEGUARDS}")
     key_t = tuple(np.asarray(jax.random.key_data(opts["key"])).ravel().tolist())  # raw key: hashable
-    if isinstance(method, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)):
-        return _optax_spec(method)
-    if not isinstance(method, str) or method not in METHODS:
+    is_optax = isinstance(method, (optax.GradientTransformation, optax.GradientTransformationExtraArgs))
+    if not is_optax and (not isinstance(method, str) or method not in METHODS):
         raise ValueError(
             f"unknown optimizer method {method!r}; expected one of {METHODS} or an optax GradientTransformation"
         )
+    if opts.get("refresh_every") is not None and method != "preconditioned_gd":
+        name = "an optax transformation" if is_optax else repr(method)
+        raise ValueError(f"refresh_every applies to preconditioned_gd, not {name}")
+    if is_optax:
+        return _optax_spec(method)
     if method in ("adam", "rmsprop"):
         return _adaptive_spec(method, lr)
     if method == "lbfgs":
@@ -162,7 +166,7 @@ def _gradient_descent_spec(
 
     curvature_info = None
     if method == "preconditioned_gd":
-        if opts["curvature"] == "ema_grad2":
+        if isinstance(opts["curvature"], str) and opts["curvature"] == "ema_grad2":
             return _ema_grad2_spec(opts, lr)
         curv, cmethod, curvature_info = choose_curvature(
             obj, opts["curvature"], theta_probe, data_probe, opts, refreshes=refresh_every is not None
