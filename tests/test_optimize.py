@@ -80,6 +80,14 @@ def test_default_safeguards_keep_jacobi_from_diverging_on_correlated_problem():
         assert bb.status == "converged" and bb.num_steps < fixed.num_steps
         # the overshooting first step (the Jacobi step, loss 3.8 -> 26.6) is rejected and backtracked
         assert bb.info["num_backtracks"] >= 1 and bb.loss[2] < bb.loss[0] and bb.loss[-1] < 1e-12 * bb.loss[0]
+        # the accept flags: one 0 per rejected row, NaN only on the final row (no step taken from it)
+        for tr in (bt, bb):
+            acc = tr.stats["accepted"]
+            assert np.isnan(acc[-1]) and set(np.unique(acc[:-1])) <= {0.0, 1.0}
+            assert int(np.sum(acc[:-1] == 0)) == tr.info["num_backtracks"]
+            rejected = np.flatnonzero(acc[:-1] == 0)
+            assert np.all(tr.loss[rejected] > tr.loss[rejected - 1])  # a rejected point raised the loss
+        assert "accepted" not in raw.stats  # no backtracking rule (safeguard="none"), no flags
 
 
 def test_second_call_with_same_objective_and_settings_does_not_recompile():

@@ -69,7 +69,10 @@ class Built(NamedTuple):
         searches), saving the loop's own evaluation (the loop then counts only ``extra_evals_fn``);
       * ``final_extras(opt_state) -> {name: array}`` copied into ``trace.extras`` (numpy) after the run;
       * ``pass_data``: also pass ``data=`` to an ``...ExtraArgs`` transformation's update (optax's line
-        searches reject arguments their ``value_fn`` does not take, so this is opt-in).
+        searches reject arguments their ``value_fn`` does not take, so this is opt-in);
+      * ``accepted_fn(old_state, new_state) -> bool``: whether the update from θ_t accepted θ_t (a
+        backtracking rule may reject it and step back); recorded as the ``accepted`` channel (1/0, NaN on
+        the final row, from which no step was taken).
     """
 
     tx: Any
@@ -79,6 +82,7 @@ class Built(NamedTuple):
     reuse: Callable | None = None
     final_extras: Callable | None = None
     pass_data: bool = False
+    accepted_fn: Callable | None = None
 
 
 class _Carry(NamedTuple):
@@ -96,11 +100,11 @@ class _Carry(NamedTuple):
 
 class _Rows(NamedTuple):
     theta: Any
-    scalars: Any  # (rows, 4): loss, grad_norm, step_norm, learning_rate (one buffer: one write per step)
+    scalars: Any  # (rows, len(_SCALARS)): one buffer, so one write per step
     step: Any
 
 
-_SCALARS = ("loss", "grad_norm", "step_norm", "learning_rate")
+_SCALARS = ("loss", "grad_norm", "step_norm", "learning_rate", "accepted")
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -167,6 +171,7 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
             loss, grad = jax.value_and_grad(obj.loss)(theta, data)
         lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
         snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
+        acc = (built.accepted_fn(c.opt_state, opt_state) if built.accepted_fn is not None else jnp.nan)
         extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
         moved = _Carry(
             theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
@@ -176,7 +181,8 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
         stopped = c._replace(status=stop.astype(jnp.int32))
         c_next = jax.tree.map(lambda m, s: jnp.where(running, m, s), moved, stopped)
         scal = jnp.stack([c.loss.astype(dtype), gnorm.astype(dtype), jnp.where(running, snorm, jnp.nan),
-                          jnp.where(running, lr, jnp.nan)]).astype(dtype)
+                          jnp.where(running, lr, jnp.nan),
+                          jnp.where(running, jnp.asarray(acc, dtype), jnp.nan)]).astype(dtype)
         step = jnp.where(finite & record_now, c.t, -1).astype(jnp.int32)
         return c_next, (c.theta, scal, step)
 
@@ -192,7 +198,7 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
         dtype = carry.loss.dtype
         dim = carry.theta.shape[-1]
         bufs = _Rows(jnp.zeros((rows + 1, *lead, dim), carry.theta.dtype),
-                     jnp.full((rows + 1, *lead, 4), jnp.nan, dtype),
+                     jnp.full((rows + 1, *lead, len(_SCALARS)), jnp.nan, dtype),
                      jnp.full((rows + 1, *lead), -1, jnp.int32))
         put = jax.lax.dynamic_update_index_in_dim
 
@@ -342,13 +348,16 @@ def _assemble(rows: _Rows, carry: _Carry, i: int | None, obj: Objective, info: d
         cols["grad_norm"] = np.append(cols["grad_norm"], np.asarray(final[2], dtype))
         cols["step_norm"] = np.append(cols["step_norm"], np.asarray(np.nan, dtype))
         cols["learning_rate"] = np.append(cols["learning_rate"], np.asarray(np.nan, dtype))
+        cols["accepted"] = np.append(cols["accepted"], np.asarray(np.nan, dtype))
         cols["step"] = np.append(cols["step"], np.int32(final[3]))
     else:  # final point recorded in the loop: no step was taken from it
         cols["step_norm"][-1] = np.nan
         cols["learning_rate"][-1] = np.nan
+        cols["accepted"][-1] = np.nan
     stats = {"grad_norm": cols["grad_norm"], "step_norm": cols["step_norm"]}
-    if not np.all(np.isnan(cols["learning_rate"])):
-        stats["learning_rate"] = cols["learning_rate"]
+    for optional in ("learning_rate", "accepted"):  # only channels the optimizer provides
+        if not np.all(np.isnan(cols[optional])):
+            stats[optional] = cols[optional]
     return Trace(
         kind="optimization",
         theta=cols["theta"],

@@ -276,8 +276,13 @@ def build_safeguarded(
     def extra(old, new):
         return new.num_grad_evals - old.num_grad_evals
 
+    def accepted(old, new):  # θ_t was accepted unless the backtracking test rejected it
+        return new.num_accepted > old.num_accepted
+
+    accepted_fn = accepted if rules.backtrack else None
     if momentum is None:
-        return Built(ptx, lambda st, t: lr_scalar(st), extra, init_p, None, final_extras, pass_data=True)
+        return Built(ptx, lambda st, t: lr_scalar(st), extra, init_p, None, final_extras, pass_data=True,
+                     accepted_fn=accepted_fn)
     mtx = optax.trace(decay=momentum, nesterov=nesterov)
     tx = optax.chain(ptx, mtx)  # ptx's update carries the minus sign; trace accumulates it
 
@@ -293,4 +298,5 @@ def build_safeguarded(
         None,
         lambda st: final_extras(st[0]),
         pass_data=True,
+        accepted_fn=None if accepted_fn is None else (lambda o, n: accepted_fn(o[0], n[0])),
     )
