@@ -155,3 +155,26 @@ def test_wrong_theta_shape():
         gn.run_simple_gd(obj, jnp.ones(2), learning_rate=0.1, num_steps=3)
     with pytest.raises(ValueError, match=r"flat vector"):
         gn.run_simple_gd(quad, jnp.ones((2, 3)), learning_rate=0.1, num_steps=3)
+
+
+@pytest.mark.parametrize("record_every", [1, 4])
+def test_batch_with_mixed_endings_equals_single_runs(record_every):
+    """Members that converge, run out of steps and diverge at different steps each match their single run."""
+    obj = gn.Objective.from_loss(lambda t, d: 0.5 * jnp.sum(d * t**2), 2, takes_data=True)
+    scales = jnp.array([[1.0, 2.0], [0.1, 0.2], [30.0, 1.0], [3.0, 0.5]])  # 30·0.1 > 2: member 2 diverges
+    starts = jnp.array([[1.0, 1.0], [1.0, -1.0], [0.5, 0.5], [jnp.nan, 1.0]])  # member 3: non-finite start
+    batch = run_loop(obj, starts, gd_spec(0.1), num_steps=150, gtol=1e-3, data=scales, batched=True,
+                     record_every=record_every)
+    assert [s.split(":")[0] for s in batch.status] == ["converged", "max_steps", batch[2].status.split(":")[0],
+                                                      "diverged at step 0"]
+    assert batch[2].diverged
+    for i in range(4):
+        single = run_loop(obj, starts[i], gd_spec(0.1), num_steps=150, gtol=1e-3, data=scales[i],
+                          record_every=record_every)
+        member = batch[i]
+        assert member.status == single.status and member.num_grad_evals == single.num_grad_evals
+        np.testing.assert_array_equal(member.step, single.step)
+        np.testing.assert_allclose(member.theta, single.theta, rtol=1e-6)
+        np.testing.assert_allclose(member.loss, single.loss, rtol=1e-6)
+        for k in single.stats:
+            np.testing.assert_allclose(member.stats[k], single.stats[k], rtol=1e-6)

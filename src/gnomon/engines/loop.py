@@ -307,10 +307,8 @@ def run_loop(
     info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "gtol": gtol_f, "ftol": ftol_f, "objective": dict(obj.info), **(engine_info or {})}
     if not batched:
-        return _assemble(_Rows(*_joined(pieces)), carry, None, obj, info, runtime, extras)
-    joined = _Rows(*_joined(pieces))  # one concatenation for all members, then per-member views
-    members = [_assemble(joined, carry, i, obj, info, runtime, extras) for i in range(theta0.shape[0])]
-    return _stack(members, info, runtime, obj)
+        return _assemble(_Rows(*_joined(pieces)), carry, obj, info, runtime, extras)
+    return _assemble_batch(_Rows(*_joined(pieces)), carry, obj, info, runtime, extras)
 
 
 def _joined(pieces: list[_Rows]) -> tuple:
@@ -323,16 +321,15 @@ def _joined(pieces: list[_Rows]) -> tuple:
     return tuple(out)
 
 
-def _assemble(rows: _Rows, carry: _Carry, i: int | None, obj: Objective, info: dict, runtime: float,
+def _assemble(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: float,
               extras: dict | None = None) -> Trace:
-    pick = (lambda a: np.asarray(a)) if i is None else (lambda a: np.asarray(a)[i])
-    member = (lambda a: a) if i is None else (lambda a: a[:, i])  # rows are (R, B, ...) for a batch
-    step = member(rows.step)
+    """The trace of one fit from its joined row buffers and final carry."""
+    step = np.asarray(rows.step)
     keep = step >= 0
-    cols = {"theta": member(rows.theta)[keep], "step": step[keep]}
-    scalars = member(rows.scalars)[keep]
+    cols = {"theta": np.asarray(rows.theta)[keep], "step": step[keep]}
+    scalars = np.asarray(rows.scalars)[keep]
     cols.update({name: np.ascontiguousarray(scalars[:, j]) for j, name in enumerate(_SCALARS)})
-    c = _Carry(**{f: (pick(getattr(carry, f)) if f != "opt_state" else None) for f in _Carry._fields})
+    c = _Carry(**{f: (np.asarray(getattr(carry, f)) if f != "opt_state" else None) for f in _Carry._fields})
     code, t = int(c.status), int(c.t)
     loss_now = float(c.loss)
     grad_finite = bool(np.all(np.isfinite(c.grad)))
@@ -370,33 +367,68 @@ def _assemble(rows: _Rows, carry: _Carry, i: int | None, obj: Objective, info: d
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={k: pick(v) for k, v in (extras or {}).items()},
+        extras={k: np.asarray(v) for k, v in (extras or {}).items()},
     )
 
 
-def _stack(members: list[Trace], info: dict, runtime: float, obj: Objective) -> Trace:
-    """Pad members to a common length (repeating each final row) and stack into a (B, T, D) trace."""
-    n = max(len(m) for m in members)
+def _assemble_batch(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: float,
+                    extras: dict) -> Trace:
+    """The (B, T, D) trace of a batch, vectorised over members (same rows as :func:`_assemble` per member).
 
-    def pad(a):
-        a = np.asarray(a)
-        if len(a) == n:
-            return a
-        return np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)])
-
-    keys = set.intersection(*(set(m.stats) for m in members))
+    Each member's recorded rows are a prefix of the joined buffers (a stopped fit records nothing more);
+    its final point is appended where it was not recorded, and shorter members are padded by repeating
+    their final row (``extras["num_rows"]`` says how many rows are real)."""
+    if np.shape(rows.step)[0] == 0:  # nothing recorded at all (every start non-finite): one empty row
+        rows = _Rows(np.zeros((1, *np.shape(rows.theta)[1:]), np.asarray(rows.theta).dtype),
+                     np.full((1, *np.shape(rows.scalars)[1:]), np.nan, np.asarray(rows.scalars).dtype),
+                     np.full((1, *np.shape(rows.step)[1:]), -1, np.int32))
+    step = np.asarray(rows.step).T  # (B, R)
+    B = step.shape[0]
+    n = np.count_nonzero(step >= 0, axis=1)  # recorded rows per member
+    status = np.asarray(carry.status)
+    t = np.asarray(carry.t)
+    back = (status == NONFINITE) & (t > 0)  # a non-finite point: the final point is the one before it
+    final_theta = np.where(back[:, None], carry.prev_theta, carry.theta)
+    final_loss = np.where(back, carry.prev_loss, carry.loss)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's gradient may overflow
+        final_gnorm = np.where(back, carry.prev_grad_norm, np.linalg.norm(carry.grad, axis=-1))
+    final_t = np.where(back, t - 1, t)
+    last_step = np.where(n > 0, step[np.arange(B), np.maximum(n - 1, 0)], -1)
+    append = last_step != final_t
+    length = n + append
+    T = int(length.max())
+    cols = np.arange(T)[None, :]
+    src = np.minimum(cols, np.maximum(n - 1, 0)[:, None])  # recorded rows, then repeats of the last one
+    theta = np.take_along_axis(np.asarray(rows.theta).transpose(1, 0, 2), src[..., None], 1)
+    scalars = np.take_along_axis(np.asarray(rows.scalars).transpose(1, 0, 2), src[..., None], 1)
+    steps = np.take_along_axis(step, src, 1)
+    tail = append[:, None] & (cols >= n[:, None])  # the appended final point and its padding
+    theta = np.where(tail[..., None], final_theta[:, None, :].astype(theta.dtype), theta)
+    steps = np.where(tail, final_t[:, None], steps).astype(np.int32)
+    named = {name: scalars[..., j] for j, name in enumerate(_SCALARS)}
+    dtype = named["loss"].dtype
+    named["loss"] = np.where(tail, final_loss[:, None], named["loss"]).astype(dtype)
+    named["grad_norm"] = np.where(tail, final_gnorm[:, None], named["grad_norm"]).astype(dtype)
+    at_or_after_final = cols >= (length - 1)[:, None]  # no step was taken from the final point
+    stats = {"grad_norm": named["grad_norm"]}
+    for name in ("step_norm", "learning_rate", "accepted"):
+        named[name] = np.where(at_or_after_final, np.nan, named[name]).astype(dtype)
+        if name == "step_norm" or not np.all(np.isnan(named[name])):
+            stats[name] = named[name]
+    grads_finite = np.all(np.isfinite(np.asarray(carry.grad)), axis=-1)
+    statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(carry.loss)[i]),
+                                  bool(grads_finite[i])) for i in range(B))
     return Trace(
         kind="optimization",
-        theta=np.stack([pad(m.theta) for m in members]),
-        loss=np.stack([pad(m.loss) for m in members]),
-        stats={k: np.stack([pad(m.stats[k]) for m in members]) for k in sorted(keys)},
-        step=np.stack([pad(m.step) for m in members]),
-        status=tuple(m.status for m in members),
-        num_grad_evals=np.asarray([m.num_grad_evals for m in members], dtype=np.int64),
+        theta=theta,
+        loss=named["loss"],
+        stats=stats,
+        step=steps,
+        status=statuses,
+        num_grad_evals=np.asarray(carry.n_evals, dtype=np.int64),
         runtime_s=runtime,
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={**{k: np.stack([np.asarray(m.extras[k]) for m in members]) for k in members[0].extras},
-                "num_rows": np.asarray([len(m) for m in members], dtype=np.int64)},
+        extras={**{k: np.asarray(v) for k, v in extras.items()}, "num_rows": length.astype(np.int64)},
     )
