@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import gnomon as gn
 from gnomon.signals import transforms as tf
-from gnomon.signals import units as U
 from gnomon.signals.signals import Signals
+from gnomon.thetaspace import units as U
 
 
 def _layout():

@@ -50,7 +50,7 @@ import math
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,38 @@ from gnomon.objective.objective import Objective
 METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "ema_grad2")
 HUTCHINSON_MODES = ("variance_reduced", "plain")
 _UNSET = object()
+
+# Learning-rate exponent by what a curvature measures: 1 for Hessian-like (loss/θ²), ½ for g² statistics.
+POWERS = {
+    "exact": 1.0,
+    "hutchinson": 1.0,
+    "gauss_newton": 1.0,
+    "empirical_fisher": 1.0,
+    "blend": 1.0,
+    "user": 1.0,
+    "ema_grad2": 0.5,
+}
+
+
+def default_power(method: str) -> float:
+    """1 for Hessian/Gauss–Newton/Fisher curvature, ½ for squared-gradient statistics (``ema_grad2``)."""
+    return POWERS.get(method, 1.0)
+
+
+class CurvaturePlan(NamedTuple):
+    """Static settings of one curvature estimator (hashable: the compile-cache key of :func:`curvature_fn`)."""
+
+    method: str
+    dense: bool
+    num_probes: int  # Hutchinson probes (0 otherwise)
+    mode: str  # Hutchinson mode
+    batch_size: int | None
+    num_outputs: int  # residuals / observations (Gauss–Newton, empirical Fisher; 0 otherwise)
+    beta: float  # ema_grad2 decay
+
+    @property
+    def is_variance_reduced_hutchinson(self) -> bool:
+        return self.method == "hutchinson" and self.mode != "plain"
 
 
 class _Config(dict):
@@ -150,8 +182,6 @@ class Curvature:
     @property
     def power(self) -> float:
         """The learning-rate exponent this curvature calls for (1 for Hessian-like, ½ for g²)."""
-        from gnomon.curvature.precondition import default_power
-
         return default_power(self.method)
 
     def describe(self) -> dict[str, Any]:
@@ -318,7 +348,7 @@ def safeguard(diag: jnp.ndarray, *, floor: float, prior_precision: Any, negative
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled(obj: Objective, settings: tuple) -> Callable:
+def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
     per = _CACHE.setdefault(obj, {})
     fn = per.get(settings)
     if fn is None:
@@ -327,7 +357,7 @@ def _compiled(obj: Objective, settings: tuple) -> Callable:
     return fn
 
 
-def _raw_fn(obj: Objective, settings: tuple) -> Callable:
+def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
     """A pure ``(θ, data, key, extra) -> (diag, matrix|None)`` for the given static settings."""
     method, dense, num_probes, mode, batch_size, n_res, beta = settings
 
@@ -409,10 +439,10 @@ def plan_curvature(
     batch_size: int | None = None,
     scaled_start: bool = False,
     num_grads: int | None = None,
-) -> tuple[tuple, int, dict]:
-    """Validate a curvature request and return ``(settings, cost, config)``.
+) -> tuple[CurvaturePlan, int, dict]:
+    """Validate a curvature request and return ``(plan, cost, config)``.
 
-    ``settings`` is the hashable key of :func:`curvature_fn`; ``cost`` its gradient-evaluation count;
+    ``plan`` is the hashable key of :func:`curvature_fn`; ``cost`` its gradient-evaluation count;
     ``config`` the JSON-able parameters. ``theta``/``data`` are only used for shapes (one member's)."""
     if method not in METHODS:
         raise ValueError(f"unknown curvature method {method!r}; expected one of {METHODS}")
@@ -469,11 +499,11 @@ def plan_curvature(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    settings = (method, bool(dense), probes, mode, batch_size, n_res, float(beta))
-    return settings, int(cost), config
+    plan = CurvaturePlan(method, bool(dense), probes, mode, batch_size, n_res, float(beta))
+    return plan, int(cost), config
 
 
-def curvature_fn(obj: Objective, settings: tuple) -> Callable:
+def curvature_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
     """The pure, jittable ``(θ, data, key, extra) -> (raw_diag, matrix | None)`` for planned settings
     (``extra``: the Hutchinson starting scale or the ``ema_grad2`` gradients, else None)."""
     return _raw_fn(obj, settings)

@@ -30,22 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon.curvature.estimate import Curvature, hvp
-
-POWERS = {
-    "exact": 1.0,
-    "hutchinson": 1.0,
-    "gauss_newton": 1.0,
-    "empirical_fisher": 1.0,
-    "blend": 1.0,
-    "user": 1.0,
-    "ema_grad2": 0.5,
-}
-
-
-def default_power(method: str) -> float:
-    """1 for Hessian/Gauss–Newton/Fisher curvature, ½ for squared-gradient statistics (``ema_grad2``)."""
-    return POWERS.get(method, 1.0)
+from gnomon.curvature.estimate import POWERS, Curvature, default_power, hvp  # noqa: F401 (re-exported)
 
 
 def _diag_and_power(curvature: Any, power: float | None) -> tuple[jnp.ndarray, float, str]:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gnomon.curvature.estimate import METHODS as CURVATURE_METHODS
-from gnomon.curvature.estimate import Curvature, plan_curvature
+from gnomon.curvature.estimate import Curvature, CurvaturePlan, plan_curvature
 from gnomon.objective.objective import Objective
 
 OPTIMIZER_PROBES = 16  # Hutchinson probes of the auto choice
@@ -38,7 +38,7 @@ class CurvatureSource(NamedTuple):
     """Static description of where the curvature comes from."""
 
     source: str  # "estimate" | "given" | "given_then_estimate" (refreshes) | "identity"
-    settings: tuple | None  # plan_curvature settings of the estimator (None: nothing to estimate)
+    settings: CurvaturePlan | None  # the estimator's plan (None: nothing to estimate)
     cost: int  # gradient evaluations of one estimate
     given: Any  # (D,) numpy for "given"
     floor: float

@@ -86,7 +86,7 @@ def safeguarded_transform(
     :mod:`gnomon.engines.stepsize` (``window`` = M of the backtracking test). A rejected point's update is
     :math:`(t^* - 1)\, u`, back to :math:`θ_a + t^* u`, which then counts as the pending step."""
     cfn = curvature_fn(obj, curv.settings) if curv.settings is not None else None
-    is_vr_hutch = cfn is not None and curv.settings[0] == "hutchinson" and curv.settings[3] != "plain"
+    is_vr_hutch = cfn is not None and curv.settings.is_variance_reduced_hutchinson
     schedule = base_lr if callable(base_lr) else None
     base0 = 1.0 if callable(base_lr) else float(base_lr)
 

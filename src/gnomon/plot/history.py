@@ -12,7 +12,7 @@ draws, per chain (one line per chain for sampler runs):
 With a known truth the panel shows the residual ``values − truth`` by default (``residual="auto"``);
 ``residual=False`` shows values with dashed truth lines, ``residual=True`` forces residuals (NaN, with a
 note on the axis, when the truth is unknown). Residuals scale automatically from the unit strings
-(:func:`gnomon.signals.units.auto_unit`: arcsec residuals in mas or µas, metres in nm, fractions in ppm);
+(:func:`gnomon.thetaspace.units.auto_unit`: arcsec residuals in mas or µas, metres in nm, fractions in ppm);
 values are shown in their stored units. ``units=`` overrides either per signal (``{"name": "deg"}``) or
 for all (``"µas"``); ``auto_units=False`` keeps the stored units.
 Data lines carry ``gid="data:<signal name>"`` so they can be told apart from
@@ -29,9 +29,9 @@ import numpy as np
 
 from gnomon.plot._mpl import colors, ensure_backend, finish, fmt, new_figure, set_log_y
 from gnomon.plot._panel_data import check_signals, final_rows, log_auto, select_names
-from gnomon.signals import units as U
 from gnomon.signals.signals import Signal, Signals
 from gnomon.signals.transforms import summarize
+from gnomon.thetaspace import units as U
 
 MODES = ("components", "summary", "hybrid")
 SUMMARIES = ("rms", "norm", "meanabs")

@@ -41,7 +41,7 @@ class Signal:
     Attributes:
       name: the signal's name (``"binary.x_position_as"``).
       data: ``(C, T, K)`` array; ``C = 1`` for an optimization path, ``K = 1`` for a scalar signal.
-      units: unit string (see :mod:`gnomon.signals.units`).
+      units: unit string (see :mod:`gnomon.thetaspace.units`).
       truth: ``(K,)`` true value (constant over rows) or None.
       labels: ``K`` component labels.
       role: ``"parameter"`` (decoded from θ), ``"derived"`` (made by a transform) or ``"diagnostic"``

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.signals import units as U
 from gnomon.signals.signals import Signal, Signals
+from gnomon.thetaspace import units as U
 
 Transform = Callable[[Signals], Any]
 
