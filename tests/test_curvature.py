@@ -106,7 +106,7 @@ def test_wrong_method_for_objective_gives_clear_errors():
     with pytest.raises(ValueError, match="dense"):
         gn.estimate_curvature(obj, th, "ema_grad2", dense=True)
     with pytest.raises(ValueError, match="Hutchinson mode"):
-        gn.estimate_curvature(obj, th, "hutchinson", mode="xdiag")
+        gn.estimate_curvature(obj, th, "hutchinson", hutchinson_mode="xdiag")
     with pytest.raises(ValueError, match="floor"):
         gn.estimate_curvature(obj, th, "exact", floor=2.0)
 
@@ -137,8 +137,8 @@ def test_variance_reduced_hutchinson_meets_goal_on_badly_scaled_matrix():
             H, d = correlated_test_matrix(seed)
             kw = dict(num_probes=32, key=jax.random.key(seed), floor=0.0, data=jnp.asarray(H))
             c = gn.estimate_curvature(obj, th, "hutchinson", **kw)
-            p = gn.estimate_curvature(obj, th, "hutchinson", mode="plain", **kw)
-            assert c.num_grad_evals == 64 and c.config["mode"] == "variance_reduced"
+            p = gn.estimate_curvature(obj, th, "hutchinson", hutchinson_mode="plain", **kw)
+            assert c.num_grad_evals == 64 and c.config["hutchinson_mode"] == "variance_reduced"
             vr.append(np.median(np.abs(np.asarray(c.diag) - d) / d))
             plain.append(np.median(np.abs(np.asarray(p.diag) - d) / d))
         assert max(vr) <= 0.25, vr

@@ -13,7 +13,7 @@ Methods (``f = loss``, ``H = ∇²f``):
 ``hutchinson``
     Rademacher probes :math:`z`, :math:`\hat H_{ii} = \frac1k\sum_k z_{k,i}(Hz_k)_i`. Plain Hutchinson is
     unbiased with variance :math:`\sum_{j\ne i} H_{ij}^2/k`: on a badly scaled H the small entries drown.
-    The default ``mode="variance_reduced"`` runs rounds of probes rescaled by the previous estimate,
+    The default ``hutchinson_mode="variance_reduced"`` runs rounds of probes rescaled by the previous estimate,
     :math:`v = P z`, :math:`P = \mathrm{diag}(s)^{-1/2}`,
     :math:`\hat H_{ii} = \frac1k\sum z_i(P H P z)_i / p_i^2`,
     whose relative variance :math:`\sum_j (p_j/p_i)^2 H_{ij}^2/(H_{ii}^2k)` becomes
@@ -318,8 +318,8 @@ def weighted_jacobian(r: Callable, theta: Any, weights: Any, n: int) -> jnp.ndar
     return jnp.sqrt(w)[:, None] * jac
 
 
-def safeguard(diag: jnp.ndarray, *, floor: float, prior_precision: Any, negative: str):
-    """Apply the module's safeguards to a raw diagonal; returns (diag, counts dict of 0-d arrays)."""
+def clean_diagonal(diag: jnp.ndarray, *, floor: float, prior_precision: Any, negative: str):
+    """Clean a raw diagonal (non-finite, negative, floor; module docstring); returns (diag, counts of 0-d arrays)."""
     finite = jnp.isfinite(diag)
     num_nonfinite = jnp.sum(~finite)
     num_negative = jnp.sum(finite & (diag < 0))
@@ -433,7 +433,7 @@ def plan_curvature(
     method: str,
     *,
     num_probes: int | None = None,
-    mode: str = "variance_reduced",
+    hutchinson_mode: str = "variance_reduced",
     dense: bool = False,
     beta: float = 0.999,
     batch_size: int | None = None,
@@ -446,6 +446,7 @@ def plan_curvature(
     ``config`` the JSON-able parameters. ``theta``/``data`` are only used for shapes (one member's)."""
     if method not in METHODS:
         raise ValueError(f"unknown curvature method {method!r}; expected one of {METHODS}")
+    mode = hutchinson_mode
     if mode not in HUTCHINSON_MODES:
         raise ValueError(f"unknown Hutchinson mode {mode!r}; expected one of {HUTCHINSON_MODES}")
     dim = obj.dim
@@ -458,7 +459,7 @@ def plan_curvature(
             raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
         probes = int(probes)
         cost = 2 * probes
-        config.update(num_probes=probes, mode=mode, scaled_start=bool(scaled_start))
+        config.update(num_probes=probes, hutchinson_mode=mode, scaled_start=bool(scaled_start))
         if mode == "variance_reduced":
             config["rounds"] = list(hutchinson_rounds(probes))
     elif method == "exact":
@@ -518,7 +519,7 @@ def estimate_curvature(
     num_probes: int | None = None,
     dense: bool = False,
     data: Any = _UNSET,
-    mode: str = "variance_reduced",
+    hutchinson_mode: str = "variance_reduced",
     scale: Any = None,
     grads: Any = None,
     beta: float = 0.999,
@@ -539,7 +540,7 @@ def estimate_curvature(
       num_probes: Hutchinson probes (HVPs), default 32.
       dense: also return the dense ``(D, D)`` matrix (exact: the Hessian; GN: JᵀWJ; Fisher: GᵀG).
       data: data for objectives taking ``(θ, data)`` (default the objective's bound data).
-      mode: Hutchinson mode, ``"variance_reduced"`` (default) or ``"plain"``.
+      hutchinson_mode: ``"variance_reduced"`` (default) or ``"plain"``.
       scale: a previous diagonal estimate to scale the first Hutchinson round by (e.g. at a refresh).
       grads: ``(K, D)`` gradients for ``ema_grad2`` (default: the gradient at θ).
       beta: EMA decay for ``ema_grad2``.
@@ -571,6 +572,7 @@ def estimate_curvature(
     data = obj.data if data is _UNSET else data
     dim = obj.dim
     extra = None
+    mode = hutchinson_mode
     if method == "hutchinson" and mode == "variance_reduced" and scale is not None:
         extra = jnp.asarray(scale, theta.dtype)
         if extra.shape != (dim,):
@@ -586,7 +588,7 @@ def estimate_curvature(
         data,
         method,
         num_probes=num_probes,
-        mode=mode,
+        hutchinson_mode=mode,
         dense=dense,
         beta=beta,
         batch_size=batch_size,
@@ -596,7 +598,7 @@ def estimate_curvature(
     if key is None:
         key = jax.random.key(0)
     raw, matrix = _compiled(obj, settings)(theta, data, key, extra)
-    diag, counts = safeguard(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
+    diag, counts = clean_diagonal(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
     counts = {k: (int(v) if k.startswith("num_") else float(v)) for k, v in jax.device_get(counts).items()}
     if counts["num_nonfinite"] == dim:
         raise ValueError(

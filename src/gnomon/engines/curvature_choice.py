@@ -140,7 +140,7 @@ def _resolve(
     if curvature == "hutchinson" and num_probes is None:
         num_probes = OPTIMIZER_PROBES
     settings, cost, config = plan_curvature(
-        obj, theta, data, curvature, num_probes=num_probes, mode=hutchinson_mode, batch_size=batch_size
+        obj, theta, data, curvature, num_probes=num_probes, hutchinson_mode=hutchinson_mode, batch_size=batch_size
     )
     return (
         CurvatureSource("estimate", settings, cost, None, floor, _hashable_prior(prior_precision), negative),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon.curvature.estimate import curvature_fn, safeguard
+from gnomon.curvature.estimate import clean_diagonal, curvature_fn
 from gnomon.engines.curvature_choice import CurvatureSource
 from gnomon.engines.loop import Built
 from gnomon.engines.stepsize import StepRules, backtrack_test, barzilai_borwein, lambda_max_bound
@@ -96,7 +96,7 @@ def safeguarded_transform(
         if curv.source == "given" or (curv.source == "given_then_estimate" and at_init):
             return jnp.asarray(curv.given, theta.dtype), jnp.zeros((3,), jnp.int32)
         raw, _ = cfn(theta, data, k, previous if (is_vr_hutch and previous is not None) else None)
-        d, c = safeguard(
+        d, c = clean_diagonal(
             raw.astype(theta.dtype),
             floor=curv.floor,
             prior_precision=curv.prior_precision,
