@@ -35,19 +35,19 @@ from gnomon.engines.sample_loop import ChunkArgs, ChunkOut, SamplerProgram, Samp
 from gnomon.engines.warmup import Estimator
 from gnomon.objective.objective import Objective
 
-# the recovery's schedule: a short fast buffer, short first windows (the gradient-based estimators need few
-# draws, and every chain's draws are pooled), doubling after that
+# the recovery's schedule: with the gradient-based low-rank estimator a short fast buffer and short first
+# windows (it is exact for a Gaussian from a few dozen draws, and every chain's draws are pooled), doubling
+# after that; with the draws' (co)variances Stan's buffers (75, 25, 50)
 RECOVERY_STEPS = 600
-RECOVERY_INITIAL_BUFFER = 15
-RECOVERY_FIRST_WINDOW = 15
-RECOVERY_FINAL_BUFFER = 50
-# the estimator after a recovery, by the warmup's metric (dense ones fall back to diagonal beyond max_dense_dim)
+RECOVERY_BUFFERS = {"gradient": (15, 15, 50), "draws": (75, 25, 50)}
+# the estimator after a recovery, by the warmup's metric (dense ones fall back to the variances beyond
+# max_dense_dim; a frozen metric that was rejected adapts like "auto")
 RECOVERY_ESTIMATORS = {
     "auto": Estimator.LOW_RANK,
     "diag": Estimator.VARIANCE,
     "dense": Estimator.COVARIANCE,
     "low_rank": Estimator.LOW_RANK,
-    "none": Estimator.FISHER,
+    "none": Estimator.LOW_RANK,
 }
 
 
@@ -171,22 +171,33 @@ def _window_rows(rows: np.ndarray) -> list[np.ndarray]:
 def check_seed(
     ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, center: Any
 ) -> tuple[Chains, sc.Verdict, ChunkOut]:
-    """The first warmup steps ``rows`` around the seed with the NUTS depth capped, and their verdict."""
+    """The first warmup steps ``rows`` around the seed with the NUTS depth capped, and their verdict; a seed
+    that fails grossly within the first :data:`~gnomon.engines.seed_check.EARLY_STEPS` is rejected there."""
     depth = sc.check_depth(ctx.dim, ctx.max_depth) if ctx.max_depth else None
-    chains, outs = advance(ctx, chains, ledger, rows, phase="seed check", estimator=Estimator.VARIANCE, depth=depth)
-    out = _cat(outs)
-    v = sc.verdict(
-        out.n_steps,
-        out.tree_depth,
-        out.theta,
-        float(chains.adapt.step_size),
-        dim=ctx.dim,
-        depth_cap=depth,
-        center=np.asarray(center),
-        factor_inv=np.asarray(chains.factor_inv),
-        when=ledger.steps,
-        nuts=bool(ctx.max_depth),
-    )
+    outs: list[ChunkOut] = []
+    v = None
+    for part in (rows[: sc.EARLY_STEPS], rows[sc.EARLY_STEPS :]):
+        if not len(part):
+            continue
+        chains, more = advance(ctx, chains, ledger, part, phase="seed check", estimator=Estimator.VARIANCE,
+                               depth=depth)
+        outs += more
+        out = _cat(outs)
+        v = sc.verdict(
+            out.n_steps,
+            out.tree_depth,
+            out.theta,
+            float(chains.adapt.step_size),
+            dim=ctx.dim,
+            depth_cap=depth,
+            center=np.asarray(center),
+            factor_inv=np.asarray(chains.factor_inv),
+            when=ledger.steps,
+            nuts=bool(ctx.max_depth),
+        )
+        if ledger.steps < len(rows) and not sc.gross(v):
+            continue
+        break
     ledger.decide("seed rejected" if v.rejected else "seed kept", v.message, check=v.as_info())
     return chains, v, out
 
@@ -263,19 +274,17 @@ class RecoveryPlan(NamedTuple):
 
 def recovery_plan(ctx: Context, metric: str, max_dense_dim: int, num_steps: int) -> RecoveryPlan:
     """The estimator for the warmup's ``metric`` after a recovery (``"auto"``: nutpie's low-rank metric where
-    dense moments fit, ``D ≤ max_dense_dim``, else its diagonal) and a cold schedule of ``num_steps``."""
+    dense moments fit, ``D ≤ max_dense_dim``, else the draws' variances) and a cold schedule of ``num_steps``."""
     dense_ok = ctx.dim <= max_dense_dim
     est = RECOVERY_ESTIMATORS[metric]
     if est in wu.DENSE_ESTIMATORS and not dense_ok:
-        est = Estimator.FISHER if est == Estimator.LOW_RANK else Estimator.VARIANCE
+        est = Estimator.VARIANCE
     scale_dense = est in wu.DENSE_ESTIMATORS
     adapt = ctx.settings.adapt._replace(factor_dense=False, scale_dense=scale_dense, moments_dense=scale_dense)
     settings = ctx.settings._replace(adapt=adapt)
+    initial, first, final = RECOVERY_BUFFERS["gradient" if est in (Estimator.LOW_RANK, Estimator.FISHER) else "draws"]
     rows = wu.windows(
-        num_steps,
-        min(RECOVERY_INITIAL_BUFFER, num_steps // 4),
-        max(5, min(RECOVERY_FIRST_WINDOW, num_steps // 8)),
-        min(RECOVERY_FINAL_BUFFER, num_steps // 4),
+        num_steps, min(initial, num_steps // 4), max(5, min(first, num_steps // 8)), min(final, num_steps // 4)
     )
     head, tail = wu.split_final(rows)
     return RecoveryPlan(est, settings, head, tail)

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+SIGMA_RULE = ["fisher"]
 LOW_RANK_GAMMA = 1e-5
 LOW_RANK_CUTOFF = 2.0
 DEFAULT_RANK = 10
@@ -196,16 +197,20 @@ def _var(dense: bool, m2, n):
     return (jnp.diagonal(m2) if dense else m2) / jnp.maximum(n, 1.0)
 
 
+def _floor(w):
+    """Eigenvalues floored relative to the largest, by the dtype's resolution."""
+    return jnp.maximum(w, 10 * jnp.finfo(w.dtype).eps * w.shape[0] * jnp.max(jnp.abs(w)))
+
+
 def spd_mean(a, b):
     """The SPD (affine-invariant) geometric mean ``a # b = a^½ (a^-½ b a^-½)^½ a^½``."""
     wa, va = jnp.linalg.eigh(a)
-    wa = jnp.maximum(wa, 1e-30 * jnp.max(jnp.abs(wa)))
+    wa = _floor(wa)
     ra = va * jnp.sqrt(wa)[None, :]
     ira = va / jnp.sqrt(wa)[None, :]
     mid = ira.T @ b @ ira
     wm, vm = jnp.linalg.eigh(0.5 * (mid + mid.T))
-    wm = jnp.maximum(wm, 1e-30 * jnp.max(jnp.abs(wm)))
-    half = (vm * jnp.sqrt(wm)[None, :]) @ vm.T
+    half = (vm * jnp.sqrt(_floor(wm))[None, :]) @ vm.T
     out = ra @ half @ ra.T
     return 0.5 * (out + out.T)
 
@@ -226,6 +231,10 @@ def low_rank_scale(m: Moments, rank: int, gamma: float = LOW_RANK_GAMMA, cutoff:
     n = jnp.maximum(m.n, 2.0)
     dim = m.mean_u.shape[0]
     sigma = fisher_sigma(m, True)
+    if SIGMA_RULE[0] == "var":
+        sigma = jnp.sqrt((n * _var(True, m.m2_u, n) + 5e-3) / (n + 5))
+    elif SIGMA_RULE[0] == "max":
+        sigma = jnp.maximum(sigma, jnp.sqrt((n * _var(True, m.m2_u, n) + 5e-3) / (n + 5)))
     a = (m.m2_u / n) / sigma[:, None] / sigma[None, :]
     b = (m.m2_g / n) * sigma[:, None] * sigma[None, :]
     k = min(rank, dim)
@@ -233,10 +242,14 @@ def low_rank_scale(m: Moments, rank: int, gamma: float = LOW_RANK_GAMMA, cutoff:
     _, vb = jnp.linalg.eigh(b)
     basis = jnp.concatenate([va[:, -k:], vb[:, -k:]], axis=1)
     q, _ = jnp.linalg.qr(basis)  # (D, min(D, 2k))
-    eye = jnp.eye(q.shape[1], dtype=a.dtype)
-    cx = n * (q.T @ a @ q) / gamma + eye
-    ca = n * (q.T @ b @ q) / gamma + eye
-    sig = spd_mean(cx, jnp.linalg.inv(0.5 * (ca + ca.T)))
+    # nutpie's C = n QᵀAQ/γ + I, divided by n/γ (the geometric mean below is invariant to a common scale);
+    # the regulariser floored at the dtype's resolution
+    reg = jnp.maximum(gamma / n, 10 * jnp.finfo(a.dtype).eps) * jnp.eye(q.shape[1], dtype=a.dtype)
+    cx = q.T @ a @ q + reg
+    ca = q.T @ b @ q + reg
+    wca, vca = jnp.linalg.eigh(0.5 * (ca + ca.T))
+    ca_inv = (vca / _floor(wca)[None, :]) @ vca.T
+    sig = spd_mean(cx, ca_inv)
     lam, vec = jnp.linalg.eigh(sig)
     keep = (lam < 1.0 / cutoff) | (lam > cutoff)
     order = jnp.argsort(-jnp.abs(jnp.log(jnp.maximum(lam, 1e-30))))
@@ -337,6 +350,10 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
         def window_end(ad: AdaptState) -> AdaptState:
             mom = ad.mom
             scale = estimate(est, mom, ad.scale, shrink)
+            # an estimate that is not finite and positive (too few distinct draws) keeps the previous metric
+            dg = jnp.diagonal(scale) if st.scale_dense else scale
+            usable = jnp.all(jnp.isfinite(scale)) & jnp.all(dg > 0)
+            scale = jnp.where(usable, scale, ad.scale)
             da = da_init(da_final(ad.da))
             diag = (lambda a: jnp.diagonal(a)) if st.scale_dense else (lambda a: a)
             lr = jnp.log(diag(scale) / diag(ad.scale))
