@@ -357,7 +357,7 @@ def _assemble(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: f
             stats[optional] = cols[optional]
     return Trace(
         kind="optimization",
-        theta=cols["theta"],
+        z=cols["theta"],  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=cols["loss"],
         stats=stats,
         step=cols["step"],
@@ -420,7 +420,7 @@ def _assemble_batch(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runt
                                   bool(grads_finite[i])) for i in range(B))
     return Trace(
         kind="optimization",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=named["loss"],
         stats=stats,
         step=steps,

@@ -334,7 +334,7 @@ def sample(
     warmup = None
     if keep_warmup and warm_out:
         w = stack(warm_out)
-        warmup = {"theta": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
+        warmup = {"z": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
     imm_np = np.asarray(imm)
     step_np = float(step_final)
 
@@ -392,7 +392,7 @@ def sample(
             extras["curvature_matrix"] = np.asarray(curvature.matrix)
     return Trace(
         kind="sampling",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         log_prob=log_prob,
         stats=draws,
         warmup=warmup,
