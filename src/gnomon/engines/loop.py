@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon._progress import Progress
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
+from gnomon.util.progress import Progress
 
 RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
 
