@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gnomon.thetaspace.eigenmap import EigenMap
 from gnomon.trace.zarray import tag_z
 
 KINDS = ("optimization", "sampling")
@@ -108,6 +109,10 @@ def decode_z(thetamap: Any, z: Any) -> Any:
     """``thetamap.to_theta`` applied to every row of ``z`` ``(..., K)`` -> ``(..., D)`` (numpy in, numpy
     out; jax arrays and tracers stay jax)."""
     host = isinstance(z, np.ndarray)
+    z = np.asarray(z) if host else z  # a ZArray's tag must not pass to θ
+    if host and isinstance(thetamap, EigenMap) and z.shape[-1] == thetamap.z_dim:  # linear: no device round trip
+        dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.result_type(float)
+        return np.asarray(thetamap.theta_ref, dt) + z.astype(dt, copy=False) @ np.asarray(thetamap.basis.T, dt)
     zj = jnp.asarray(z)
     lead, k = zj.shape[:-1], zj.shape[-1]
     flat = zj.reshape(-1, k)

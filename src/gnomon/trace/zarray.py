@@ -28,8 +28,13 @@ class ZArray(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         self.z_of = getattr(obj, "z_of", None)
 
-    def __reduce__(self):  # no pickling of the map by accident: a copy is a plain array
-        return np.asarray(self).__reduce__()
+    def __reduce__(self):  # copy / deepcopy / pickle keep the tag
+        fn, args, state = super().__reduce__()
+        return fn, args, (state, self.z_of)
+
+    def __setstate__(self, state):
+        base, self.z_of = state
+        super().__setstate__(base)
 
 
 def tag_z(rows: Any, thetamap: Any) -> Any:
