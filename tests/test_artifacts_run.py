@@ -131,7 +131,11 @@ def test_truncated_json_names_the_file(saved, name):
 
 def test_truncated_npz_names_the_file(saved):
     p = saved / "trace.npz"
-    p.write_bytes(p.read_bytes()[:100])
+    raw = p.read_bytes()
+    p.write_bytes(raw[:100])
+    with pytest.raises(gn.ArtifactError, match=r"trace\.npz: 100 bytes, but summary\.json recorded \d+ \(truncated"):
+        gn.load_run(saved)
+    p.write_bytes(b"\0" * len(raw))  # damaged in place at its recorded size: found when read
     with pytest.raises(gn.ArtifactError, match=r"trace\.npz: not a readable NPZ"):
         gn.load_run(saved)
 

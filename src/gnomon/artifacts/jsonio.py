@@ -131,27 +131,59 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *, schema_versio
     atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync)
 
 
-def read_json(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
-    """Read a gnomon JSON artifact; :class:`ArtifactError` naming the file when it cannot be used."""
-    path = Path(path)
+class NewerSchemaError(ArtifactError):
+    """An artifact was written by a newer gnomon (its ``schema_version`` is above what this one reads)."""
+
+
+def describe_json_error(exc: json.JSONDecodeError) -> str:
+    """``"Expecting value at line 1, column 5"`` (Python's own message reads "... starting at: line ...")."""
+    msg = exc.msg.rstrip(": ")
+    where = f"line {exc.lineno}, column {exc.colno}"
+    return f"{msg} {where}" if msg.endswith(" at") else f"{msg} at {where}"
+
+
+def parse_json_doc(raw: bytes | str, path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of ``path``), checked to be a gnomon artifact this gnomon reads.
+
+    Non-finite markers are left as strings (callers that need floats apply :func:`from_jsonable`). Raises
+    :class:`ArtifactError` naming ``path`` (:class:`NewerSchemaError` for a newer ``schema_version``)."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: file is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        obj = json.loads(text)
+        obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON (truncated or corrupt: {exc.msg} at line {exc.lineno})") from None
+        raise ArtifactError(f"{path}: not valid JSON, truncated or corrupt ({describe_json_error(exc)})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON, truncated or corrupt ({exc})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     version = obj.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ArtifactError(f"{path}: no integer schema_version (found {version!r}); not a gnomon artifact?")
     if version > max_schema:
-        raise ArtifactError(
+        raise NewerSchemaError(
             f"{path}: schema_version {version} is newer than this gnomon reads (≤ {max_schema}); "
             "upgrade gnomon to read it"
         )
+    return obj
+
+
+def read_json_raw(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """:func:`parse_json_doc` of the file ``path``; FileNotFoundError when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ArtifactError(f"{path}: is a directory, expected a JSON file") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_json_doc(raw, path, max_schema=max_schema)
+
+
+def read_json(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """Read a gnomon JSON artifact; :class:`ArtifactError` naming the file when it cannot be used."""
+    try:
+        obj = read_json_raw(path, max_schema=max_schema)
+    except FileNotFoundError:
+        raise ArtifactError(f"{Path(path)}: file is missing") from None
     return from_jsonable(obj)

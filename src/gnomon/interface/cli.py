@@ -34,8 +34,15 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("aggregate", help="aggregate an experiment's runs into one table")
     a.add_argument("path")
-    a.add_argument("-o", "--output", required=True, help="table file: .parquet or .csv")
+    a.add_argument("-o", "--output", default=None, help="table file: .parquet or .csv (default: print the table)")
     a.add_argument("--meta-keys", nargs="*", default=(), help="meta.json keys (dotted) to add as columns")
+    a.add_argument(
+        "--params",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="per-parameter columns (estimate, sd, crlb, truth, z): all, or those of the named parameters",
+    )
     return p
 
 
