@@ -412,10 +412,48 @@ def test_eigen_spectrum_from_an_eigenmap():
 
 
 def test_arviz_sampler_views():
+    from gnomon.plot._mpl import text_overlaps
+
     sig = _sig("sampling")
     fig = gn.plot.rank(sig, ["pos", "z"])
     assert len(fig.axes) >= 1 + K
     fig = gn.plot.trace_dist(sig, ["pos"])
     assert len(fig.axes) >= 2
+    assert any("pos [arcsec]" in ax.get_xlabel().replace("\n", " ") for ax in fig.axes)  # names with units
+    assert text_overlaps(fig) == []
+
+
+def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels(monkeypatch):
+    """Through a sampling Trace: precise (float64 identity blocks), named, in units, component labels as
+    coordinates; the pair plot's long labels are fitted (nothing overlaps, nothing outside the figure)."""
+    from gnomon.plot._mpl import renderer, text_overlaps
+
+    layout = gn.Layout({"binary.separation_as": (), "zern": (2,)}, units={"binary.separation_as": "arcsec",
+                                                                          "zern": "nm"})
+    monkeypatch.setattr(type(layout), "index_labels", lambda self: ["binary.separation_as", "zern[Z4]", "zern[Z5]"])
+    rng = np.random.default_rng(4)
+    theta = rng.normal(size=(2, 60, 3)) * [1e-5, 1.0, 1.0] + [9.5, 0.0, 0.0]
+    tr = gn.Trace(kind="sampling", theta=theta, log_prob=rng.normal(size=(2, 60)), layout=layout)
+    dt = gn.plot.to_datatree(tr)
+    post = dt["posterior"].to_dataset()
+    assert post["binary.separation_as"].attrs["units"] == "arcsec"
+    assert list(post["zern"].coords["zern_dim"].values) == ["Z4", "Z5"]
+    np.testing.assert_array_equal(post["binary.separation_as"].values, theta[..., 0])  # no float32 rounding
+    fig = gn.plot.pair(tr)
+    labels = " ".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)
+    assert "binary.separation_as [arcsec]" in labels and "zern [nm]" in labels and "Z5" in labels
+    assert text_overlaps(fig) == []
+    r, box = renderer(fig), fig.bbox
+    for ax in fig.axes:
+        for t in (ax.xaxis.label, ax.yaxis.label):
+            if t.get_visible() and t.get_text():
+                e = t.get_window_extent(r)
+                assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1
+    from gnomon.signals import transforms as tfm
+
+    sig = Signals.from_trace(tr, truth={"binary.separation_as": 9.5, "zern": [0.0, 0.0]})
+    sig = sig.apply(tfm.residual_in_sigma("binary.separation_as"), tfm.residual_in_sigma("zern"))
+    fig = gn.plot.forest(sig, ["binary.separation_as_z", "zern_z"])
+    assert text_overlaps(fig) == [] and len(fig.axes) >= 1
     with pytest.raises(ValueError, match="sampler"):
         gn.plot.rank(_sig("optimization"))

@@ -6,7 +6,8 @@
 * :func:`loss` — loss (or log_prob) history with an optional reference line.
 * :func:`curvature` — diagonal curvature and learning rates per θ index.
 * :func:`eigen_spectrum` — eigenvalues labelled by each mode's dominant parameter.
-* :func:`rank`, :func:`trace_dist`, :func:`pair` — sampler views through arviz-plots.
+* :func:`rank`, :func:`trace_dist`, :func:`pair`, :func:`forest` — sampler views through arviz-plots, named
+  and in the layout's units.
 
 Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never opens a window unless
 ``show=True``. The core knows nothing of any domain; figure sets for a domain live in
@@ -16,7 +17,7 @@ Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never
 from gnomon.plot.grid import default_panels, grid
 from gnomon.plot.history import draw, history
 from gnomon.plot.loss import loss
-from gnomon.plot.sampler import pair, rank, to_datatree, trace_dist
+from gnomon.plot.sampler import forest, pair, rank, to_datatree, trace_dist
 from gnomon.plot.spectra import curvature, dominant_parameters, eigen_spectrum
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "rank",
     "trace_dist",
     "pair",
+    "forest",
     "to_datatree",
 ]

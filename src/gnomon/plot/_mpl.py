@@ -160,6 +160,10 @@ def _fit_one(text: Any, avail: float, r: Any, vertical: bool, min_size: float) -
     if not full or avail <= 0:
         return False
     before = (text.get_text(), text.get_fontsize())
+    if before == (full, text._gnomon_size) and not any(
+        _line_too_long(text, ln, avail, r, vertical) for ln in full.split("\n")
+    ):
+        return False  # fits as it is
     size = text._gnomon_size
     while True:
         text.set_fontsize(size)
@@ -228,11 +232,28 @@ def _thin_ticks(axis: Any, r: Any) -> bool:
     return True
 
 
+def _merge_offset(axis: Any, r: Any) -> bool:
+    """When the axis' offset text (``1e−5+9.5``) collides with its label, hide it and append it to the label
+    (``… (offset 1e−5+9.5)``). Returns True when it did."""
+    off = axis.offsetText
+    if not off.get_visible() or not off.get_text().strip() or not axis.label.get_text():
+        return False
+    if not off.get_window_extent(r).overlaps(axis.label.get_window_extent(r)):
+        return False
+    text = off.get_text().strip()
+    off.set_visible(False)
+    full = getattr(axis.label, "_gnomon_full", None) or axis.label.get_text()
+    axis.label._gnomon_full = f"{full} (offset {text})"
+    axis.label.set_text(axis.label._gnomon_full)
+    return True
+
+
 def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
     """Wrap (at spaces, underscores, slashes, dots before a letter) and, if need be, shrink (down to
     ``min_size`` points) the title and axis labels of every axes to the axes' width / height, and the suptitle
     to the figure width; drop tick labels that would collide (crowded symlog ticks); re-run the layout in
     between. Idempotent: the full texts are kept and refitted after a resize."""
+    changed = True
     for _ in range(passes):
         fig.draw_without_rendering()  # runs the layout engine
         r = renderer(fig)
@@ -247,12 +268,14 @@ def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
             for axis in (ax.xaxis, ax.yaxis):
                 if axis.get_scale() in ("log", "symlog"):
                     changed |= _thin_ticks(axis, r)
+                changed |= _merge_offset(axis, r)
         sup = getattr(fig, "_suptitle", None)
         if sup is not None:
             changed |= _fit_one(sup, fig.bbox.width * 0.98, r, False, min_size)
         if not changed:
             break
-    fig.draw_without_rendering()
+    if changed:
+        fig.draw_without_rendering()
 
 
 def _texts(fig: Any) -> list[tuple[str, Any, str, Any]]:
