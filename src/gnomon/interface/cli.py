@@ -25,12 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="status, summary and essential meta of a run or experiment directory")
     s.add_argument("path")
 
-    pl = sub.add_parser("plot", help="plot a run directory to an image file")
-    pl.add_argument("path")
+    pl = sub.add_parser("plot", help="plot a run directory (or an experiment's campaign) to an image file")
+    pl.add_argument("path", help="a run directory; an experiment directory with --campaign")
     pl.add_argument("-o", "--output", required=True, help="output image (.png, .pdf, .svg)")
     pl.add_argument("--signals", nargs="*", default=None, help="signal names to plot (default: all)")
     pl.add_argument("--mode", default="components", choices=["components", "summary", "hybrid"])
     pl.add_argument("--recipe", default=None, help="a figure recipe, e.g. 'astrometry'")
+    pl.add_argument(
+        "--campaign",
+        action="store_true",
+        help="an experiment's estimates ± σ per parameter across its runs, and its z-scores against N(0, 1)",
+    )
+    pl.add_argument("--params", nargs="*", default=None, metavar="NAME", help="parameters of --campaign")
+    pl.add_argument("--x", default=None, help="epoch column of --campaign (a summary key or dotted meta key)")
 
     a = sub.add_parser("aggregate", help="aggregate an experiment's runs into one table")
     a.add_argument("path")

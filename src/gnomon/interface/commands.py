@@ -330,12 +330,41 @@ def _check_output(output: str, allowed: tuple[str, ...], what: str) -> Path:
     return out
 
 
+def _plot_campaign(args: Any, out: Path) -> int:
+    """``gnomon plot EXPERIMENT_DIR --campaign -o FILE.png``: the campaign time series to FILE and, when the
+    runs have z-scores, their distribution against N(0, 1) to FILE-z."""
+    if _dir_kind(args.path) != "experiment":
+        raise ValueError(f"{args.path}: --campaign takes an experiment directory, not a run directory")
+    if args.signals or args.recipe:
+        raise ValueError("--campaign draws its own figures; it cannot be combined with --signals or --recipe")
+    from gnomon.artifacts.experiment import Experiment
+    from gnomon.plot import campaign, z_distribution
+
+    exp = Experiment(args.path, create=False)
+    params = list(args.params) if args.params else None
+    fig = campaign(exp, params, x=args.x)
+    fig.savefig(out)
+    print(f"wrote {out}")
+    try:
+        zfig = z_distribution(exp, params)
+    except ValueError:
+        return 0  # no z-scores (no truth saved with the runs)
+    zpath = out.with_name(f"{out.stem}-z{out.suffix}")
+    zfig.savefig(zpath)
+    print(f"wrote {zpath}")
+    return 0
+
+
 def plot(args: Any) -> int:
-    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe ...]``."""
+    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe ...]`` or
+    ``gnomon plot EXPERIMENT_DIR --campaign -o FILE.png [--params ...] [--x KEY]``."""
     out = _check_output(args.output, _IMAGE_SUFFIXES, "the output image")
+    if getattr(args, "campaign", False):
+        return _plot_campaign(args, out)
     if _dir_kind(args.path) != "run":
         raise ValueError(
-            f"{args.path}: is an experiment; gnomon plot takes one run directory ({args.path}/runs/<id>)"
+            f"{args.path}: is an experiment; gnomon plot takes one run directory ({args.path}/runs/<id>), or "
+            "--campaign for the experiment's campaign figures"
         )
     signals_arg = list(args.signals) if args.signals else []
     if args.recipe and signals_arg:

@@ -6,6 +6,8 @@
 * :func:`loss` — loss (or log_prob) history with an optional reference line.
 * :func:`curvature` — diagonal curvature and learning rates per θ index.
 * :func:`eigen_spectrum` — eigenvalues labelled by each mode's dominant parameter.
+* :func:`campaign`, :func:`z_distribution` — an experiment's estimates ± σ per parameter across its runs
+  (epochs), and its z-scores against N(0, 1) with a Kolmogorov–Smirnov test.
 * :func:`rank`, :func:`trace_dist`, :func:`pair`, :func:`forest` — sampler views through arviz-plots, named
   and in the layout's units.
 
@@ -14,6 +16,7 @@ Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never
 :mod:`gnomon.recipes`.
 """
 
+from gnomon.plot.campaign import campaign, normal_ks, z_distribution
 from gnomon.plot.grid import default_panels, grid
 from gnomon.plot.history import draw, history
 from gnomon.plot.loss import loss
@@ -34,4 +37,7 @@ __all__ = [
     "pair",
     "forest",
     "to_datatree",
+    "campaign",
+    "z_distribution",
+    "normal_ks",
 ]
