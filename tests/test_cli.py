@@ -184,7 +184,7 @@ def test_show_and_aggregate_print_parameters_with_their_uncertainty(capsys, tmp_
              summary={"my_score": 1.5})
     code, out, _ = _run(capsys, "show", str(exp.run_dir("nuts")))
     assert code == 0
-    from gnomon._format import format_uncertain
+    from gnomon.util.format import format_uncertain
 
     flat = draws[..., 0].ravel()
     want = format_uncertain(flat.mean(), flat.std(ddof=1))

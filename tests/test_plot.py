@@ -191,7 +191,7 @@ def test_chain_titles_describe_what_is_plotted():
     ch = _sig("sampling")
     ax = gn.plot.history(ch, "z", mode="summary").axes[0]
     curve = np.concatenate([ln.get_ydata() for ln in _data_lines(ax)])
-    from gnomon._format import format_uncertain
+    from gnomon.util.format import format_uncertain
 
     assert f"rms per draw {format_uncertain(curve.mean(), curve.std(ddof=1))} nm" in ax.get_title()
     ax = gn.plot.history(ch, "z").axes[0]

@@ -196,12 +196,15 @@ def test_signals_cache_in_a_run_directory(tmp_path):
     tr = _opt_trace()
     sig = Signals.from_trace(tr, tr.layout, truth={"x": 0.5})
     gn.save_run(tmp_path / "r", tr, extra_arrays={"signals": sig.to_arrays()})
-    back = Signals.from_run(tmp_path / "r")
+    back = Signals.from_run(gn.load_run(tmp_path / "r"))
+    _assert_same(sig, gn.load_run(tmp_path / "r").signals())
+    with pytest.raises(ValueError, match=r"takes a loaded run.*gn.load_run\(path\)"):
+        Signals.from_run(tmp_path / "r")
     _assert_same(sig, back)
     # a plain {name: array, step} cache (DiagnosticsConfig's default) is read too, with the layout's units
     plain = {"x": np.asarray(tr.theta)[:, 0], "step": np.asarray(tr.step)}
     gn.save_run(tmp_path / "p", tr, extra_arrays={"signals": plain})
-    p = Signals.from_run(tmp_path / "p", truth={"x": 0.0})
+    p = Signals.from_run(gn.load_run(tmp_path / "p"), truth={"x": 0.0})
     assert p.units("x") == "arcsec" and "loss" in p
     np.testing.assert_array_equal(p.x, tr.step)
     np.testing.assert_array_equal(p.residual("x"), plain["x"])
@@ -288,7 +291,7 @@ def test_run_crlb_and_truth_from_the_summary(tmp_path):
     tr = _opt_trace()
     gn.save_run(tmp_path / "r", tr, crlb={"x": 0.01, "z": [0.1, 0.2, 0.3]}, truth={"x": 0.5, "z": [1, 2, 3],
                                                                                       "s": 1.0})
-    sig = Signals.from_run(tmp_path / "r")
+    sig = gn.load_run(tmp_path / "r").signals()
     assert sig["x"].sigma_value == 0.01 and sig["z"].sigma.tolist() == [0.1, 0.2, 0.3]
     assert sig["x"].truth_value == 0.5 and sig["z"].truth_value.tolist() == [1, 2, 3]
     assert sig["s"].sigma is None and sig["s"].truth_value == 1.0

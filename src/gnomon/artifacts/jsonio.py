@@ -9,23 +9,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# the error type and the atomic writes live in the bottom layer (gnomon.util.files) so that every layer can use
+# them; they are re-exported here, where artifacts have always found them
+from gnomon.util.files import ArtifactError, atomic_path, atomic_write_bytes  # noqa: F401
+
 SCHEMA_VERSION = 1
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-class ArtifactError(ValueError):
-    """A run artifact is missing, partial, corrupt or from a newer gnomon; the message names the file."""
 
 
 def to_jsonable(x: Any) -> Any:
@@ -66,61 +64,6 @@ def from_jsonable(x: Any) -> Any:
     if isinstance(x, str) and x in _NONFINITE:
         return _NONFINITE[x]
     return x
-
-
-_token: tuple[int, str] | None = None
-
-
-def _tmp_suffix() -> str:
-    """``<pid>-<random>``, refreshed after a fork, so temporary names never clash across processes."""
-    global _token
-    pid = os.getpid()
-    if _token is None or _token[0] != pid:
-        _token = (pid, f"{pid}-{secrets.token_hex(4)}")
-    return _token[1]
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` through ``.<name>.tmp-<pid>-<rand>`` in the same folder and ``os.replace``.
-
-    Permissions follow the umask (like any ``open``); a failed write removes its temporary file."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary file name beside ``path`` for a library that writes to a name (pandas, netCDF);
-    on success it is ``os.replace``-d over ``path``, on failure removed."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *, schema_version: int = SCHEMA_VERSION,

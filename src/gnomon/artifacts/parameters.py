@@ -24,53 +24,20 @@ A CRLB is a mapping ``label → value`` (or ``block name → array`` of the bloc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from gnomon.signals.labels import (  # noqa: F401  (re-exported: the labels of summary keys)
+    MAX_COMPONENTS,
+    block_labels,
+    block_size,
+    default_component_labels,
+    parameter_labels,
+)
+
 PREFIXES = ("estimate", "sd", "crlb", "truth", "z")
-
-
-def _block_size(shape: Sequence[int]) -> int:
-    return int(np.prod(shape)) if len(shape) else 1
-
-
-def default_component_labels(name: str, shape: Sequence[int]) -> list[str]:
-    """``[name]`` for a scalar, ``name[i]`` / ``name[i,j]`` for array entries."""
-    shape = tuple(shape)
-    if shape == ():
-        return [name]
-    return [f"{name}[{','.join(str(i) for i in idx)}]" for idx in np.ndindex(*shape)]
-
-
-def block_labels(layout: Any, block: Any) -> list[str]:
-    """One label per constrained component of ``block``: the layout's index labels when the block's θ slice
-    has one entry per component (they carry the layout's component labels when it has them), else
-    ``name[i]``."""
-    n = _block_size(block.shape)
-    if tuple(block.theta_shape) == tuple(block.shape):
-        labs = list(layout.index_labels())[block.start : block.stop]
-        if len(labs) == n:
-            return [str(x) for x in labs]
-    return default_component_labels(block.name, block.shape)
-
-
-#: blocks with more components than this get no per-parameter keys (an image-sized block would bloat every
-#: summary.json and table) unless a CRLB or truth names them
-MAX_COMPONENTS = 64
-
-
-def parameter_labels(layout: Any, max_components: int | None = None) -> list[tuple[str, int, str]]:
-    """``(block name, component index, label)`` for every constrained component of the layout (of blocks
-    with at most ``max_components`` components, when given)."""
-    out = []
-    for b in layout.blocks:
-        if max_components is not None and _block_size(b.shape) > max_components:
-            continue
-        for k, lab in enumerate(block_labels(layout, b)):
-            out.append((b.name, k, lab))
-    return out
 
 
 def base_theta(trace: Any) -> np.ndarray:
@@ -91,7 +58,7 @@ def constrained(layout: Any, theta: np.ndarray) -> dict[str, np.ndarray]:
             v = theta[..., b.start : b.stop]
         else:
             v = np.asarray(unpacked[b.name], dtype=theta.dtype)
-        out[b.name] = v.reshape(theta.shape[:-1] + (_block_size(b.shape),))
+        out[b.name] = v.reshape(theta.shape[:-1] + (block_size(b.shape),))
     return out
 
 
@@ -173,7 +140,7 @@ def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth
     else:
         labels = full = parameter_labels(layout)
         named = set(_named_keys(crlb)) | (set(truth) if isinstance(truth, Mapping) else set())
-        small = {b.name for b in layout.blocks if _block_size(b.shape) <= MAX_COMPONENTS}
+        small = {b.name for b in layout.blocks if block_size(b.shape) <= MAX_COMPONENTS}
         if len(small) < len(layout.blocks):
             labels = [t for t in labels if t[0] in small or t[0] in named or t[2] in named]
     sampling = trace.kind == "sampling"

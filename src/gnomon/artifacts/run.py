@@ -57,6 +57,13 @@ class Run:
     def run_id(self) -> str:
         return self.meta.get("run_id", self.path.name)
 
+    def signals(self, truth: Any = None, transforms: Any = (), **kwargs: Any):
+        """This run's :class:`~gnomon.Signals` (:meth:`gnomon.Signals.from_run`): the cached signals.npz or
+        the decoded trace, with the truth and CRLB the run recorded."""
+        from gnomon.signals.signals import Signals
+
+        return Signals.from_run(self, truth=truth, transforms=transforms, **kwargs)
+
     def load_extra(self, name: str) -> dict[str, np.ndarray]:
         """Arrays of an optional ``<name>.npz`` diagnostic file of this run."""
         if name not in self.files:

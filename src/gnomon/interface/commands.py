@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gnomon._format import format_number, format_uncertain, iso_time
 from gnomon.artifacts.jsonio import ArtifactError
 from gnomon.artifacts.status import FILES_KEY, STATES, USER_KEYS_KEY
+from gnomon.util.format import format_number, format_uncertain, iso_time
 
 _RUN_FILES = ("summary.json", "meta.json", "trace.npz")
 #: summary columns left out of a printed table (still in a written one)

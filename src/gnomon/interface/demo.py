@@ -94,11 +94,17 @@ def z_scores(theta: Any, truth: Any, crlb: np.ndarray) -> np.ndarray:
     return (np.asarray(theta, dtype=float) - np.asarray(truth, dtype=float)) / crlb
 
 
-def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Path:
+def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0, compile_cache: bool = True) -> Path:
     """Run the binary-star demo and write its experiment directory ``out``; return that path.
 
     Re-running into the same directory with the same settings overwrites its runs; other settings need
-    another ``out`` (the manifest records them)."""
+    another ``out`` (the manifest records them). ``compile_cache`` turns on JAX's persistent compilation
+    cache (:func:`gnomon.enable_compilation_cache`), so that a second demo loads its compiled programs."""
+    if compile_cache:
+        from gnomon.util.compile_cache import enable_compilation_cache
+
+        where = enable_compilation_cache()
+        print(f"JAX compilation cache: {where} (--no-compile-cache to turn it off)", flush=True)
     return run_with_settings(out, DemoSettings.for_mode(quick), seed=seed, quick=quick)
 
 

@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from gnomon._format import format_uncertain
 from gnomon.plot._mpl import colors, ensure_backend, finish, fmt, new_figure, set_log_y, symlog_x
 from gnomon.plot._panel_data import check_signals, final_rows, log_auto, select_names
 from gnomon.signals.signals import Signal, Signals
 from gnomon.signals.transforms import summarize
 from gnomon.thetaspace import units as U
+from gnomon.util.format import format_uncertain
 
 MODES = ("components", "summary", "hybrid")
 SUMMARIES = ("rms", "norm", "meanabs")

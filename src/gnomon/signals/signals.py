@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from gnomon.signals.labels import block_labels
+from gnomon.util.files import ArtifactError, read_npz, write_npz
+
 SIGNALS_SCHEMA = 1
 ROLES = ("parameter", "derived", "diagnostic")
 _META_KEY = "__signals__"
@@ -587,22 +590,23 @@ class Signals(Mapping[str, Signal]):
         use_cache: bool = True,
         **kwargs: Any,
     ) -> Signals:
-        """Signals of a run (a :class:`~gnomon.Run` or a run directory).
+        """Signals of a loaded run: ``Signals.from_run(gn.load_run(run_dir))``, or ``run.signals()``.
 
+        ``run`` is a :class:`~gnomon.Run` (anything with its ``trace``, ``layout``, ``meta``, ``summary``,
+        ``files`` and ``load_extra``): Signals sit below the artifacts layer and read no files of their own.
         Uses the run's cached ``signals.npz`` when present (and ``use_cache``), else decodes the trace with
         the run's layout. The truth, unless given, comes from the run's ``truth.npz`` (``{name: value}``),
         from ``meta.json`` ``user.truth`` (a mapping ``name -> value``) or from the ``truth.<label>`` keys of
         ``summary.json``, when any exists; the σ of each parameter from its ``crlb.<label>`` keys
         (``save_run(crlb=...)``), unless the cache already carries one."""
-        from gnomon.artifacts.run import Run, load_run
-
-        if not isinstance(run, Run):
-            run = load_run(run)
+        if isinstance(run, (str, os.PathLike)) or not hasattr(run, "trace"):
+            raise ValueError(
+                f"Signals.from_run takes a loaded run, got {type(run).__name__} {str(run)[:80]!r}: "
+                "Signals.from_run(gn.load_run(path)), or gn.load_run(path).signals()"
+            )
         if truth is None:
             truth = _run_truth(run)
         if use_cache and "signals" in run.files:
-            from gnomon.artifacts.jsonio import ArtifactError
-
             units = {b.name: b.units for b in run.layout.blocks} if run.layout is not None else {}
             try:
                 sig = cls.from_arrays(run.load_extra("signals"), kind=run.trace.kind, units=units)
@@ -712,16 +716,11 @@ class Signals(Mapping[str, Signal]):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``signals.npz`` atomically (no pickle)."""
-        from gnomon.artifacts.npzio import write_npz
-
         write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Signals:
         """Read a file written by :meth:`save`; :class:`~gnomon.ArtifactError` naming the file on failure."""
-        from gnomon.artifacts.jsonio import ArtifactError
-        from gnomon.artifacts.npzio import read_npz
-
         arrays = read_npz(path)
         try:
             return cls.from_arrays(arrays)
@@ -784,8 +783,6 @@ def _layout_labels(layout: Any, name: str, comp_shape: tuple[int, ...]) -> list[
     """The layout's component labels of block ``name`` when its values have ``comp_shape``, else None."""
     if layout is None or name not in layout or comp_shape == ():
         return None
-    from gnomon.artifacts.parameters import block_labels
-
     b = layout[name]
     labs = block_labels(layout, b)
     return labs if tuple(b.shape) == tuple(comp_shape) and len(labs) == int(np.prod(comp_shape)) else None
