@@ -253,7 +253,6 @@ def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
     ``min_size`` points) the title and axis labels of every axes to the axes' width / height, and the suptitle
     to the figure width; drop tick labels that would collide (crowded symlog ticks); re-run the layout in
     between. Idempotent: the full texts are kept and refitted after a resize."""
-    changed = True
     for _ in range(passes):
         fig.draw_without_rendering()  # runs the layout engine
         r = renderer(fig)
@@ -274,8 +273,6 @@ def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
             changed |= _fit_one(sup, fig.bbox.width * 0.98, r, False, min_size)
         if not changed:
             break
-    if changed:
-        fig.draw_without_rendering()
 
 
 def _texts(fig: Any) -> list[tuple[str, Any, str, Any]]:
