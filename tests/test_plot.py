@@ -437,7 +437,7 @@ def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels(monkeypatch)
     dt = gn.plot.to_datatree(tr)
     post = dt["posterior"].to_dataset()
     assert post["binary.separation_as"].attrs["units"] == "arcsec"
-    assert list(post["zern"].coords["zern_dim"].values) == ["Z4", "Z5"]
+    assert list(post["zern"].coords["component"].values) == ["Z4", "Z5"]
     np.testing.assert_array_equal(post["binary.separation_as"].values, theta[..., 0])  # no float32 rounding
     fig = gn.plot.pair(tr)
     labels = " ".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)

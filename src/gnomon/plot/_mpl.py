@@ -211,13 +211,14 @@ def _ellipsize(text: Any, line: str, avail: float, r: Any, vertical: bool) -> st
 
 def _thin_ticks(axis: Any, r: Any) -> bool:
     """Keep only tick labels of ``axis`` that do not collide (0 and the outermost kept first): a symlog axis
-    spanning many decades crowds its ticks near zero. Returns True when ticks were dropped."""
+    spanning many decades crowds its ticks near zero, long category labels run into each other. Returns True
+    when ticks were dropped."""
     from matplotlib.ticker import FixedLocator
 
     lo, hi = sorted(axis.get_view_interval())
     ticks = [t for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi and t.label1.get_visible()
              and t.label1.get_text()]
-    if len(ticks) < 3:
+    if len(ticks) < 2:
         return False
     boxes = {t.get_loc(): t.label1.get_window_extent(r).expanded(1.05, 1.05) for t in ticks}
     locs = sorted(boxes)
@@ -265,8 +266,7 @@ def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
             changed |= _fit_one(ax.xaxis.label, box.width, r, False, min_size)
             changed |= _fit_one(ax.yaxis.label, box.height, r, True, min_size)
             for axis in (ax.xaxis, ax.yaxis):
-                if axis.get_scale() in ("log", "symlog"):
-                    changed |= _thin_ticks(axis, r)
+                changed |= _thin_ticks(axis, r)
                 changed |= _merge_offset(axis, r)
         sup = getattr(fig, "_suptitle", None)
         if sup is not None:

@@ -44,11 +44,12 @@ def to_datatree(source: Any, names: Sequence[str] | None = None):
         if not names:
             raise ValueError("no parameter signals to plot")
         post, dims, coords = {}, {}, {}
+        vectors = [n for n in names if not source[n].scalar]
         for n in names:
             s = source[n]
             post[n] = np.asarray(s.values)
-            if not s.scalar:
-                dim = f"{n}_dim"
+            if not s.scalar:  # a short dimension name: views print it as a column header
+                dim = "component" if len(vectors) == 1 else f"{n.rsplit('.', 1)[-1]} component"
                 dims[n] = [dim]
                 coords[dim] = _component_coords(s.labels, n)
         dt = azb.from_dict({"posterior": post}, dims=dims, coords=coords)
@@ -133,6 +134,8 @@ def forest(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[fl
     """Credible intervals per parameter and component on one axis (``arviz_plots.plot_forest``).
 
     One axis holds every variable, so give it quantities of one scale: e.g. residuals in σ,
-    ``sig.apply(transforms.residual_in_sigma("x"), ...)`` and ``names=["x_z", ...]``."""
+    ``sig.apply(transforms.residual_in_sigma("x"), ...)`` and ``names=["x_z", ...]``. Chains are combined
+    into one interval per parameter unless ``combined=False``."""
+    kwargs.setdefault("combined", True)
     return _run("plot_forest", source, names, save, show, dpi, figsize, **kwargs)
 
