@@ -186,3 +186,12 @@ def test_experiment_run_states_and_show_agree(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "runs: 2 complete, 1 incomplete, 1 corrupt" in out
     assert "corrupt r1: " in out and "r1/meta.json: not valid JSON" in out
+
+
+def test_save_into_the_current_directory(tmp_path, monkeypatch):
+    d = tmp_path / "here"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    gn.save_run(".", trace(), run_id="here")
+    assert sorted(os.listdir(".")) == ["meta.json", "summary.json", "trace.npz"]  # the cwd itself, not a copy
+    assert gn.load_run(".").run_id == "here" and os.listdir(tmp_path) == ["here"]

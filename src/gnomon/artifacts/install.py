@@ -128,8 +128,9 @@ def _empty_in_place(run_dir: Path) -> None:
 
 def install(staging: Path, run_dir: Path, state: str) -> None:
     """Install the fully written ``staging`` directory as ``run_dir`` (module docstring)."""
-    claimed = (run_dir / CLAIM_FILE).exists()
-    if state in ("absent", "empty") and not claimed:
+    claimed = state != "fresh" and (run_dir / CLAIM_FILE).exists()
+    is_cwd = state == "empty" and str(run_dir) == os.getcwd()  # renaming over the cwd would orphan it
+    if state in ("absent", "empty", "fresh") and not claimed and not is_cwd:
         try:
             os.rename(staging, run_dir)  # atomic; replaces an empty directory
             return
@@ -149,13 +150,19 @@ def install(staging: Path, run_dir: Path, state: str) -> None:
 
 @contextlib.contextmanager
 def staged_run(
-    run_dir: str | os.PathLike, run_id: str, *, overwrite: bool = False, claim_token: str | None = None
+    run_dir: str | os.PathLike,
+    run_id: str,
+    *,
+    overwrite: bool = False,
+    claim_token: str | None = None,
+    fresh: bool = False,
 ) -> Iterator[Path]:
     """Yield an empty staging directory for run ``run_id``; install it as ``run_dir`` when the block ends
     without an exception, remove it otherwise. Raises FileExistsError before anything is written when the
-    target may not be written (:func:`check_target`)."""
-    run_dir = Path(run_dir)
-    state = check_target(run_dir, run_id, overwrite=overwrite, claim_token=claim_token)
+    target may not be written (:func:`check_target`). ``fresh``: the caller has just created ``run_dir``
+    (empty and unclaimed, its own by the atomic ``mkdir``), so it is not inspected."""
+    run_dir = Path(run_dir).absolute()  # "." or "runs/x/.." name a real directory with a parent
+    state = "fresh" if fresh else check_target(run_dir, run_id, overwrite=overwrite, claim_token=claim_token)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = run_dir.parent / f".{run_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(staging)

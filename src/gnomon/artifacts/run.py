@@ -206,11 +206,13 @@ def write_run_dir(
     compress: bool = False,
     fsync: bool = False,
     claim_token: str | None = None,
+    fresh: bool = False,
     prepare: Callable[[Path], tuple[Mapping[str, Any], Mapping[str, Any]]] | None = None,
 ) -> Path:
-    """:func:`save_run` for the experiment writers: ``claim_token`` is the writer's claim of ``run_dir``, and
-    ``prepare(staging_dir) -> (extra_arrays, extra_meta)`` writes more files into the staging directory
-    first (the diagnostics) and returns what it adds to the run's arrays and meta.json."""
+    """:func:`save_run` for the experiment writers: ``claim_token`` is the writer's claim of ``run_dir``,
+    ``fresh`` says the writer has just created it (empty, unclaimed), and ``prepare(staging_dir) ->
+    (extra_arrays, extra_meta)`` writes more files into the staging directory first (the diagnostics) and
+    returns what it adds to the run's arrays and meta.json."""
     if not isinstance(trace, Trace):
         raise ValueError(f"save_run expects a gnomon.Trace, got {type(trace).__name__}")
     if trace.is_batched:
@@ -229,7 +231,7 @@ def write_run_dir(
     trace = trace.to_numpy()
     params = parameter_summary(trace, layout, crlb=crlb, truth=truth) if (layout is not None or crlb is not None
                                                                          or truth is not None) else {}
-    with staged_run(run_dir, run_id, overwrite=overwrite, claim_token=claim_token) as staging:
+    with staged_run(run_dir, run_id, overwrite=overwrite, claim_token=claim_token, fresh=fresh) as staging:
         extra_arrays = dict(extra_arrays or {})
         extra_meta = dict(extra_meta or {})
         if prepare is not None:

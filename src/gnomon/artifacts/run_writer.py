@@ -234,6 +234,7 @@ def write_run(
             extra_arrays=extra_arrays or None,
             extra_meta=extra_meta or None,
             claim_token=token,
+            fresh=fresh,
             prepare=prepare,
             **save_kwargs,
         )

@@ -28,7 +28,6 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gnomon.artifacts.jsonio import ArtifactError, NewerSchemaError, from_jsonable, read_json_raw
@@ -91,7 +90,9 @@ def layout_problem(theta_doc: Mapping[str, Any]) -> str | None:
         return f"theta.layout.hash {inner!r} differs from theta.layout_hash {stored!r}"
     if stored is None:
         return None  # nothing to check against (a hand-written layout)
-    blocks = from_jsonable(blocks)
+    if _hash_of_blocks(blocks) == stored:  # as stored (finite numbers): the common case, no decoding
+        return None
+    blocks = from_jsonable(blocks)  # "Infinity" markers back to floats, as the layout hashed them
     if _hash_of_blocks(blocks) == stored:
         return None
     try:
@@ -109,11 +110,11 @@ def layout_problem(theta_doc: Mapping[str, Any]) -> str | None:
     )
 
 
-def _problem(run_id: str, state: str, path: Path, reason: str, summary=None, meta=None) -> RunState:
+def _problem(run_id: str, state: str, path: str | os.PathLike, reason: str, summary=None, meta=None) -> RunState:
     return RunState(run_id, state, str(path), reason, summary, meta)
 
 
-def check_meta(path: Path, meta: Mapping[str, Any]) -> str | None:
+def check_meta(path: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
     """Why a parsed ``meta.json`` cannot be used (naming ``path``), or None."""
     for key in ("kind", "theta"):
         if key not in meta:
@@ -124,15 +125,16 @@ def check_meta(path: Path, meta: Mapping[str, Any]) -> str | None:
     return None if why is None else f"{path}: {why}"
 
 
-def check_files(run_dir: Path, summary: Mapping[str, Any]) -> tuple[Path, str] | None:
+def check_files(run_dir: str | os.PathLike, summary: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(path, reason)`` of the first data file that is missing or not of its recorded size, else None.
 
     Runs written before sizes were recorded are only checked for ``trace.npz``."""
     recorded = summary.get(FILES_KEY)
     if not isinstance(recorded, Mapping):
         recorded = {TRACE_FILE: None}
+    base = os.fspath(run_dir)
     for name, size in recorded.items():
-        p = run_dir / str(name)
+        p = os.path.join(base, str(name))
         try:
             actual = os.stat(p).st_size
         except FileNotFoundError:
@@ -149,9 +151,9 @@ def check_files(run_dir: Path, summary: Mapping[str, Any]) -> tuple[Path, str] |
 
 def check_run(run_dir: str | os.PathLike) -> RunState:
     """Classify the run directory ``run_dir`` (see the module docstring)."""
-    run_dir = Path(run_dir)
-    rid = run_dir.name
-    spath, mpath = run_dir / SUMMARY_FILE, run_dir / META_FILE
+    run_dir = os.fspath(run_dir)
+    rid = os.path.basename(os.path.normpath(run_dir))
+    spath, mpath = os.path.join(run_dir, SUMMARY_FILE), os.path.join(run_dir, META_FILE)
     try:
         summary = read_json_raw(spath)
     except FileNotFoundError:
