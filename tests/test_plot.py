@@ -198,7 +198,7 @@ def test_chain_titles_describe_what_is_plotted():
     assert "posterior means rms" in ax.get_title() and "sds rms" in ax.get_title()
 
 
-@pytest.mark.parametrize("ncols, n", [(3, 9), (2, 5), (4, 7)])
+@pytest.mark.parametrize("ncols, n", [(3, 9), (2, 5)])
 def test_no_overlapping_text_at_any_grid_size(ncols, n):
     """Long names, multi-signal titles, symlog axes: no two texts (tick labels, axis labels, offsets,
     titles, suptitle) of the rendered grid intersect."""

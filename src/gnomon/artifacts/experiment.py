@@ -178,8 +178,8 @@ class Experiment:
         writer is gone; a complete run is refused unless ``overwrite=True``, a run held by another live
         writer always. ``diagnostics`` (default: the experiment's) selects optional files; ``objective``,
         ``curvature``, ``precond``, ``signals`` and ``handoff`` are their sources. Other keyword arguments
-        go to :func:`gnomon.save_run` (``summary``, ``extra_arrays``, ``extra_meta``, ``arviz``,
-        ``compress``, ``fsync``)."""
+        go to :func:`gnomon.save_run` (``summary``, ``crlb``, ``truth``, ``extra_arrays``, ``extra_meta``,
+        ``arviz``, ``compress``, ``fsync``)."""
         if not isinstance(trace, Trace):
             raise ValueError(f"save expects a gnomon.Trace, got {type(trace).__name__}")
         if trace.is_batched:

@@ -249,7 +249,7 @@ def _merge_offset(axis: Any, r: Any) -> bool:
     return True
 
 
-def fit_text(fig: Any, min_size: float = 6.0, passes: int = 3) -> None:
+def fit_text(fig: Any, min_size: float = 6.0, passes: int = 2) -> None:
     """Wrap (at spaces, underscores, slashes, dots before a letter) and, if need be, shrink (down to
     ``min_size`` points) the title and axis labels of every axes to the axes' width / height, and the suptitle
     to the figure width; drop tick labels that would collide (crowded symlog ticks); re-run the layout in

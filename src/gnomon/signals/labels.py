@@ -29,10 +29,15 @@ def default_component_labels(name: str, shape: Sequence[int]) -> list[str]:
 
 
 def block_labels(layout: Any, block: Any) -> list[str]:
-    """One label per constrained component of ``block``: the layout's index labels when the block's θ slice
-    has one entry per component (they carry the layout's component labels when it has them), else
-    ``name[i]``."""
+    """One label per constrained component of ``block``: the block's own ``element_labels()`` when it has
+    them, else the layout's index labels when the block's θ slice has one entry per component (they carry the
+    layout's component labels when it has them), else ``name[i]``."""
     n = block_size(block.shape)
+    own = getattr(block, "element_labels", None)  # a layout that labels its elements itself
+    if callable(own):
+        labs = [str(x) for x in own()]
+        if len(labs) == n:
+            return labs
     if tuple(block.theta_shape) == tuple(block.shape):
         labs = list(layout.index_labels())[block.start : block.stop]
         if len(labs) == n:
