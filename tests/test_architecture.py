@@ -24,16 +24,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gnomon.engines.handoff", "gnomon.artifacts.provenance"): "handoff",
     ("gnomon.engines.handoff", "gnomon.artifacts.run"): "handoff",
     ("gnomon.engines.handoff", "gnomon.artifacts.sampling_summary"): "handoff",
-    # Signals.save / load / from_run use the artifacts writers and load_run (upward) -> "outputs" helper
-    ("gnomon.signals.signals", "gnomon.artifacts.jsonio"): "outputs",
-    ("gnomon.signals.signals", "gnomon.artifacts.npzio"): "outputs",
-    ("gnomon.signals.signals", "gnomon.artifacts.run"): "outputs",
-    # signals.signals <-> signals.transforms (a lazy import closing the loop) -> "outputs" helper
-    ("gnomon.signals.signals", "gnomon.signals.transforms"): "outputs",
-    # the transform registry imports gnomon.recipes by name (string registry, upward) -> "outputs" helper
-    ("gnomon.signals.transforms", "gnomon.recipes"): "outputs",
-    # batch_writer <-> experiment (the TYPE_CHECKING import closing the loop) -> "outputs" helper
-    ("gnomon.artifacts.batch_writer", "gnomon.artifacts.experiment"): "outputs",
 }
 
 _MODULE_STRING = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+)(?::\w+)?$")

@@ -40,6 +40,8 @@ _EXPORTS = {
     "Experiment": "gnomon.artifacts.experiment",
     "DiagnosticsConfig": "gnomon.artifacts.experiment",
     "Signals": "gnomon.signals.signals",
+    "enable_compilation_cache": "gnomon.util.compile_cache",
+    "disable_compilation_cache": "gnomon.util.compile_cache",
 }
 _SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes"}
 
