@@ -40,8 +40,12 @@ _EXPORTS = {
     "Experiment": "gnomon.artifacts.experiment",
     "DiagnosticsConfig": "gnomon.artifacts.experiment",
     "Signals": "gnomon.signals.signals",
+    "Affine": "gnomon.thetaspace.modelmap",
+    "register_unit": "gnomon.thetaspace.units",
+    "cramer_rao": "gnomon.curvature.crlb",
+    "CramerRao": "gnomon.curvature.crlb",
 }
-_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes"}
+_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "family": "gnomon.objective.family"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

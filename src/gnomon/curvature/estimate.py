@@ -28,6 +28,12 @@ Methods (``f = loss``, ``H = ∇²f``):
     :math:`F = \sum_n g_n g_n^T` with :math:`g_n = \nabla \ell_n` the gradients of the per-observation loss
     terms (cost min(N, D) as above). The squared *full-batch* gradient is not a Fisher (it vanishes at the
     optimum), hence per-observation terms are required.
+``fisher``
+    The expected Fisher :math:`J^T W(\mu) J` of a likelihood objective (:meth:`gnomon.Objective.from_likelihood`)
+    with the family's weights (Poisson :math:`1/\mu`, Gaussian :math:`1/\sigma^2`, Student-t
+    :math:`(\nu+1)/((\nu+3)\sigma^2)`), plus the exact Hessian of the negative log prior (``include_prior``).
+    J by D JVPs (N ≥ D, cost D) or N VJPs (cost N), never materialised for the diagonal; ``num_probes=k``
+    estimates the diagonal from k VJP probes instead (:mod:`gnomon.curvature.fisher`).
 ``ema_grad2``
     An exponential moving average of squared gradients :math:`v_t = β v_{t-1} + (1-β) g_t^2` (bias
     corrected), the optimizer-side statistic of RMSProp/Adam. Here from ``grads`` (K, D) if given, else
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -56,9 +62,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gnomon.curvature.fisher import expected_fisher, fisher_cost, fisher_mode
 from gnomon.objective.objective import Objective
 
-METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "ema_grad2")
+METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "fisher", "ema_grad2")
 HUTCHINSON_MODES = ("variance_reduced", "plain")
 _UNSET = object()
 
@@ -68,6 +75,7 @@ POWERS = {
     "hutchinson": 1.0,
     "gauss_newton": 1.0,
     "empirical_fisher": 1.0,
+    "fisher": 1.0,
     "blend": 1.0,
     "user": 1.0,
     "ema_grad2": 0.5,
@@ -84,11 +92,13 @@ class CurvaturePlan(NamedTuple):
 
     method: str
     dense: bool
-    num_probes: int  # Hutchinson probes (0 otherwise)
+    num_probes: int  # Hutchinson probes, or Fisher diagonal probes (0 otherwise)
     mode: str  # Hutchinson mode
     batch_size: int | None
-    num_outputs: int  # residuals / observations (Gauss–Newton, empirical Fisher; 0 otherwise)
+    num_outputs: int  # residuals / observations / data (Gauss–Newton, empirical Fisher, Fisher; 0 otherwise)
     beta: float  # ema_grad2 decay
+    fisher_mode: str = ""  # "forward" | "reverse" | "probes" (method "fisher")
+    include_prior: bool = True  # method "fisher": add the prior's Hessian
 
     @property
     def is_variance_reduced_hutchinson(self) -> bool:
@@ -345,21 +355,26 @@ def clean_diagonal(diag: jnp.ndarray, *, floor: float, prior_precision: Any, neg
 
 
 # ---------------------------------------------------------------------------------------------- driver
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE: OrderedDict = OrderedDict()  # (obj.compile_key, plan) -> jitted estimator; least recently used dropped
+_CACHE_SIZE = 64
 
 
 def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
-    per = _CACHE.setdefault(obj, {})
-    fn = per.get(settings)
+    key = (getattr(obj, "compile_key", obj), settings)
+    fn = _CACHE.get(key)
     if fn is None:
         fn = jax.jit(_raw_fn(obj, settings))
-        per[settings] = fn
+        _CACHE[key] = fn
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
     return fn
 
 
 def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
     """A pure ``(θ, data, key, extra) -> (diag, matrix|None)`` for the given static settings."""
-    method, dense, num_probes, mode, batch_size, n_res, beta = settings
+    method, dense, num_probes, mode, batch_size, n_res, beta, fmode, include_prior = settings
 
     if method == "exact":
 
@@ -392,6 +407,15 @@ def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
                 m = g.T @ g
                 return jnp.diagonal(m), m
             return jnp.sum(g * g, axis=0), None
+    elif method == "fisher":
+        lik = obj.likelihood
+
+        def fn(theta, data, key, extra):
+            return expected_fisher(
+                lik.mean, lambda mu: lik.fisher_weights(mu, data), lik.neg_log_prior, theta, mode=fmode,
+                dense=dense, key=key, num_probes=num_probes or None, batch_size=batch_size,
+                include_prior=include_prior,
+            )
     elif method == "ema_grad2":
 
         def fn(theta, data, key, extra):
@@ -439,6 +463,7 @@ def plan_curvature(
     batch_size: int | None = None,
     scaled_start: bool = False,
     num_grads: int | None = None,
+    include_prior: bool = True,
 ) -> tuple[CurvaturePlan, int, dict]:
     """Validate a curvature request and return ``(plan, cost, config)``.
 
@@ -453,7 +478,29 @@ def plan_curvature(
     config: dict[str, Any] = {}
     n_res = 0
     probes = 0
-    if method == "hutchinson":
+    fmode = ""
+    if method == "fisher":
+        lik = getattr(obj, "likelihood", None)
+        if lik is None:
+            raise ValueError(
+                f"method 'fisher' needs a likelihood but {obj!r} has none; build the objective with "
+                "Objective.from_likelihood(predict, data, family, layout), or use 'gauss_newton' / 'exact'"
+            )
+        if num_probes is not None and (
+            isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1
+        ):
+            raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
+        n_res = int(math.prod(lik.data_shape))
+        fmode = fisher_mode(n_res, dim, num_probes, dense)
+        probes = int(num_probes) if fmode == "probes" else 0
+        cost = fisher_cost(fmode, n_res, dim, probes)
+        config.update(
+            num_data=n_res, jacobian_mode=fmode, family=lik.family.name,
+            prior_included=bool(include_prior and lik.neg_log_prior is not None),
+        )
+        if probes:
+            config["num_probes"] = probes
+    elif method == "hutchinson":
         probes = default_num_probes(dim) if num_probes is None else num_probes
         if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
             raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
@@ -500,7 +547,8 @@ def plan_curvature(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    plan = CurvaturePlan(method, bool(dense), probes, mode, batch_size, n_res, float(beta))
+    plan = CurvaturePlan(method, bool(dense), probes, mode, batch_size, n_res, float(beta), fmode,
+                         bool(include_prior))
     return plan, int(cost), config
 
 
@@ -529,16 +577,20 @@ def estimate_curvature(
     batch_size: int | None = None,
     previous: Curvature | None = None,
     ema: float = 0.0,
+    include_prior: bool = True,
 ) -> Curvature:
     """Estimate the curvature of ``obj.loss`` at ``theta`` (see the module docstring for the methods).
 
     Args:
       obj: the :class:`gnomon.Objective`.
       theta: the point, shape ``(D,)``.
-      method: ``"exact"``, ``"hutchinson"``, ``"gauss_newton"``, ``"empirical_fisher"`` or ``"ema_grad2"``.
-      key: PRNG key for ``hutchinson`` (default ``jax.random.key(0)``).
-      num_probes: Hutchinson probes (HVPs), default 32.
-      dense: also return the dense ``(D, D)`` matrix (exact: the Hessian; GN: JᵀWJ; Fisher: GᵀG).
+      method: ``"exact"``, ``"hutchinson"``, ``"gauss_newton"``, ``"empirical_fisher"``, ``"fisher"`` or
+        ``"ema_grad2"``.
+      key: PRNG key for ``hutchinson`` and Fisher probes (default ``jax.random.key(0)``).
+      num_probes: Hutchinson probes (HVPs), default 32; for ``"fisher"``: estimate the diagonal from this many
+        VJP probes instead of the exact D JVPs.
+      dense: also return the dense ``(D, D)`` matrix (exact: the Hessian; GN: JᵀWJ; empirical Fisher: GᵀG;
+        fisher: the expected Fisher JᵀWJ + prior Hessian).
       data: data for objectives taking ``(θ, data)`` (default the objective's bound data).
       hutchinson_mode: ``"variance_reduced"`` (default) or ``"plain"``.
       scale: a previous diagonal estimate to scale the first Hutchinson round by (e.g. at a refresh).
@@ -550,6 +602,8 @@ def estimate_curvature(
       batch_size: HVPs/columns evaluated together (memory vs speed).
       previous: a previous Curvature to smooth with: ``diag = ema · previous + (1 − ema) · new``.
       ema: smoothing weight of ``previous`` (0 = no smoothing).
+      include_prior: ``"fisher"`` only: add the exact Hessian of the objective's negative log prior (default);
+        False gives the likelihood's Fisher alone (the Cramér–Rao bound's).
 
     Returns:
       a :class:`Curvature` with its cost in ``num_grad_evals`` and everything above in ``config``.
@@ -594,6 +648,7 @@ def estimate_curvature(
         batch_size=batch_size,
         scaled_start=scale is not None,
         num_grads=None if grads is None else int(extra.shape[0]),
+        include_prior=include_prior,
     )
     if key is None:
         key = jax.random.key(0)
