@@ -187,8 +187,7 @@ def cramer_rao(
             return layout.unpack(th)
 
         def flat(th):
-            p = layout.unpack(th)
-            return jnp.concatenate([jnp.ravel(p[b.name]) for b in layout.blocks])
+            return layout.element_values(th)
     else:
         base_labels = index_labels = [f"θ[{i}]" for i in range(dim)]
         base_units = [""] * dim

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.family import Family
@@ -118,15 +119,15 @@ def check_likelihood_data(family: Family, data: Any, shape: tuple[int, ...], whe
         y, params = data["y"], {k: v for k, v in data.items() if k != "y"}
     else:
         y, params = data, {}
-    ys = tuple(jnp.shape(y))
+    ys = tuple(np.shape(y))
     if ys != shape:
         raise ValueError(f"{where}: the observations have shape {ys} but predict(θ) returns shape {shape}")
     for k, v in params.items():
         try:
-            jnp.broadcast_shapes(jnp.shape(v), shape)
+            np.broadcast_shapes(np.shape(v), shape)
         except ValueError:
             raise ValueError(
-                f"{where}[{k!r}] has shape {jnp.shape(v)}, not broadcastable to the data {shape}"
+                f"{where}[{k!r}] has shape {np.shape(v)}, not broadcastable to the data {shape}"
             ) from None
     missing = [k for k, v in family.params.items() if v is None and k not in params]
     if missing:

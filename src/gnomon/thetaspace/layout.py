@@ -218,6 +218,13 @@ class Layout:
                 labels.extend(f"{b.name}[{','.join(str(i) for i in idx)}]" for idx in np.ndindex(*b.theta_shape))
         return labels
 
+    def element_values(self, theta: Any) -> jnp.ndarray:
+        """θ (``(*batch, size)``) → the constrained values in the user's units, flattened block by block in the
+        order of :meth:`element_labels` (``(*batch, num_elements)``): what tables and bounds list."""
+        params = self.unpack(theta)
+        batch = jnp.shape(theta)[:-1]
+        return jnp.concatenate([jnp.reshape(params[b.name], batch + (-1,)) for b in self._blocks], axis=-1)
+
     def element_labels(self) -> list[str]:
         """One label per *constrained* element (what :meth:`unpack` returns, flattened block by block): the
         labels of bounds and tables in the user's units. Equal to :meth:`index_labels` unless a transform
