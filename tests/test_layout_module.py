@@ -112,7 +112,7 @@ def test_apply_works_under_jit_grad_and_vmap():
         (["source.velocity"],
          r"module path 'source.velocity': source \(Source\) has no 'velocity'; it has \['position', 'flux'\]"),
         (["optics.npix"], r"'optics.npix' holds"),
-        (["source"], r"'source' holds a Source, not an array leaf"),
+        (["source"], r"'source' holds a Source object, not an array leaf"),
         (["source..flux"], r"empty part"),
         ({"a": "source.flux", "b": "source.flux"}, r"'a' and 'b' name the same module path"),
         (["optics.aperture.coefficients", "optics.layers.aperture.coefficients"], r"reach the same leaf"),

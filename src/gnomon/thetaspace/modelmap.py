@@ -51,7 +51,7 @@ def _tuples(v: Any) -> Any:
 @dataclass(frozen=True)
 class Affine:
     """Map from user values ``u`` to model values ``m = scale·u + offset`` (``scale·10**u + offset`` with
-    ``log10=True``); see the module docstring.
+    ``log10=True``), applied after the layout transform (docs/theta-space.md, "The model's units").
 
     Args:
       scale: non-zero factor (a float, or an array of the block's shape for per-element scales).

@@ -88,8 +88,8 @@ def leaf_info(module: Any, path: str) -> LeafInfo:
         return LeafInfo((), "float")
     if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
         raise ValueError(
-            f"module path {path!r} holds a {type(leaf).__name__}, not an array leaf; name one of its array "
-            f"fields (it has {_children(leaf) or 'none'})"
+            f"module path {path!r} holds a {type(leaf).__name__} object, not an array leaf; name one of its "
+            f"array fields (it has {_children(leaf) or 'none'})"
         )
     if not np.issubdtype(np.dtype(leaf.dtype), np.floating):
         raise ValueError(
