@@ -168,3 +168,17 @@ def test_dlux_telescope_apply_matches_zodiax_set():
     back = lay.read_module(by_hand)
     for k, v in user.items():
         np.testing.assert_allclose(np.asarray(back[k]), v, rtol=1e-4)
+
+
+def test_saved_run_keeps_paths_labels_and_model_maps(tmp_path):
+    scope = _scope()
+    lay = _layout(scope)
+    obj = gn.Objective.from_loss(lambda t: jnp.sum((t - 1.0) ** 2), lay)
+    trace = gn.optimize(obj, jnp.zeros(lay.size), "gd", num_steps=2, learning_rate=0.1)
+    run = gn.load_run(gn.save_run(tmp_path / "r", trace, lay))
+    assert run.layout == lay and run.layout.hash == lay.hash
+    assert [b.path for b in run.layout.blocks] == [b.path for b in lay.blocks]
+    assert run.layout["zern"].labels == ("Z4", "Z5", "Z6") and run.layout["plate"].affine == lay["plate"].affine
+    th = jnp.arange(lay.size, dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(run.layout.apply(scope, th).optics.pixel_scale),
+                               np.asarray(lay.apply(scope, th).optics.pixel_scale))
