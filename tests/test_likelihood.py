@@ -302,3 +302,18 @@ def test_float32_poisson_with_dark_pixels_and_zero_counts():
             assert np.all(np.isfinite(np.asarray(F.matrix)))
             out[dt] = np.asarray(F.matrix, float)
     np.testing.assert_allclose(out[np.float32], out[np.float64], rtol=1e-4, atol=1e-6 * np.abs(out[np.float64]).max())
+
+
+def test_fisher_diagonal_is_not_floored_across_wildly_different_units():
+    """Parameters whose information differs by 1e12 keep their exact Fisher diagonal (default floor of the
+    information methods: 1e-12 of the median); the noisy methods keep the 1e-6 floor."""
+    scales = np.array([1e-4, 1.0, 1e2])
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(A) @ (t * scales), A @ np.ones(3), "poisson", 3)
+        th = jnp.asarray(1 / scales)
+        c = gn.estimate_curvature(obj, th, "fisher")
+        mu = A @ np.ones(3)
+        np.testing.assert_allclose(np.asarray(c.diag), np.diag(A.T @ (A / mu[:, None])) * scales**2, rtol=1e-12)
+        assert c.config["num_floored"] == 0 and c.config["floor"] == 1e-12
+        assert gn.estimate_curvature(obj, th, "fisher", floor=1e-6).config["num_floored"] == 1
+        assert gn.estimate_curvature(obj, th, "exact").config["floor"] == 1e-6
