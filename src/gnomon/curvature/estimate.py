@@ -151,7 +151,7 @@ def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
         def fn(theta, data, key, extra):
             wj = weighted_jacobian(lambda th: obj.residual_fn(th, data), theta, obj.weights, n_res)
             if dense:
-                m = wj.T @ wj
+                m = jnp.matmul(wj.T, wj, precision=jax.lax.Precision.HIGHEST)
                 return jnp.diagonal(m), m
             return jnp.sum(wj * wj, axis=0), None
     elif method == "empirical_fisher":
@@ -159,7 +159,7 @@ def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
         def fn(theta, data, key, extra):
             g = weighted_jacobian(lambda th: obj.per_observation_fn(th, data), theta, None, n_res)
             if dense:
-                m = g.T @ g
+                m = jnp.matmul(g.T, g, precision=jax.lax.Precision.HIGHEST)
                 return jnp.diagonal(m), m
             return jnp.sum(g * g, axis=0), None
     elif method == "fisher":

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 MODES = ("forward", "reverse", "probes")
+_HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on GPUs (not TF32): F feeds inverses and bounds
 
 
 def fisher_mode(num_data: int, dim: int, num_probes: int | None, dense: bool) -> str:
@@ -94,7 +95,7 @@ def expected_fisher(
         col = lambda e: jnp.ravel(jvp(e)).astype(theta.dtype)  # noqa: E731
         if dense:
             cols = jax.lax.map(col, jnp.eye(d, dtype=theta.dtype), batch_size=bs)  # (D, N)
-            m = (cols * w) @ cols.T
+            m = jnp.matmul(cols * w, cols.T, precision=_HIGHEST)
             diag = jnp.diagonal(m)
         else:
             diag = jax.lax.map(lambda e: jnp.sum(w * col(e) ** 2), jnp.eye(d, dtype=theta.dtype), batch_size=bs)
@@ -106,7 +107,7 @@ def expected_fisher(
         row = lambda e: vjp(jnp.reshape(e, mu.shape).astype(mu.dtype))[0].astype(theta.dtype)  # noqa: E731
         rows = jax.lax.map(row, jnp.eye(n, dtype=theta.dtype), batch_size=min(n, 256))  # (N, D)
         if dense:
-            m = (rows.T * w) @ rows
+            m = jnp.matmul(rows.T * w, rows, precision=_HIGHEST)
             diag = jnp.diagonal(m)
         else:
             diag = jnp.sum(w[:, None] * rows * rows, axis=0)
