@@ -56,7 +56,7 @@ def test_layout_and_meta_recorded(tmp_path):
     run = gn.load_run(tmp_path / "r")
     assert run.layout == layout and run.trace.layout == layout
     meta = run.meta
-    assert meta["schema_version"] == 1 and meta["run_id"] == "r" and meta["kind"] == "optimization"
+    assert meta["schema_version"] == 2 and meta["run_id"] == "r" and meta["kind"] == "optimization"
     assert meta["theta"]["layout_hash"] == layout.hash and meta["theta"]["theta_space"] == "primitive"
     assert meta["theta"]["dtype"] == "float32" and meta["engine"]["engine"] == "gd"
     assert meta["engine"]["learning_rate"] == 0.1 and meta["packages"]["jax"]

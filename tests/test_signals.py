@@ -118,7 +118,7 @@ def test_eigen_trace_decodes_through_the_map():
     ref = rng.normal(size=5)
     emap = gn.EigenMap.from_matrix(F, ref, layout=layout)
     z = rng.normal(size=(7, 5))
-    tr = gn.Trace(kind="optimization", theta=z, loss=np.zeros(7), thetamap=emap, layout=layout)
+    tr = gn.Trace(kind="optimization", z=z, loss=np.zeros(7), thetamap=emap, layout=layout)
     want = np.asarray(emap.to_theta(z))
     for spec in (None, emap):
         sig = Signals.from_trace(tr, spec)

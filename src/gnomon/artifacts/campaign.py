@@ -216,7 +216,7 @@ def run_many(
     Returns:
       a :class:`CampaignResult` (completed, skipped, failed with messages, busy).
     """
-    from gnomon._progress import Progress
+    from gnomon.util.progress import Progress
 
     start = time.perf_counter()
     items = list(items)

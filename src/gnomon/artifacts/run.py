@@ -2,7 +2,8 @@
 
 A run directory holds (schema documented in ``docs/artifacts.md``)::
 
-    trace.npz      theta, loss / log_prob, step, stats/<channel>, warmup/<name>
+    trace.npz      theta (base θ), z (θ-map coordinates, when the engine ran in a θ-map), loss / log_prob,
+                   step, stats/<channel>, warmup/<name>
     meta.json      identity, provenance, θ interpretation (layout index map + hash, θ-map), engine config
     summary.json   small scalars for aggregation — written LAST: a run is complete iff it exists
     <name>.npz     optional diagnostics (curvature, precond, grads, signals, handoff, thetamap)
@@ -65,6 +66,8 @@ class Run:
 
 def _trace_arrays(trace: Trace) -> dict[str, Any]:
     arrays: dict[str, Any] = {"theta": trace.theta}
+    if trace.z is not None:
+        arrays["z"] = np.asarray(trace.z)
     if trace.loss is not None:
         arrays["loss"] = trace.loss
     if trace.log_prob is not None:
@@ -89,9 +92,17 @@ def _trace_from_arrays(arrays: dict[str, np.ndarray], meta: dict, summary: dict,
               if k.startswith("warmup/") and not k.startswith("warmup/stats/")}
     if warm_stats:
         warmup["stats"] = warm_stats
+    theta, z = arrays["theta"], arrays.get("z")
+    if thetamap is not None and int(meta.get("schema_version", 1)) < 2:  # schema 1 stored the z rows as theta
+        theta, z = None, theta
+        if "theta" in warmup:
+            warmup["z"] = warmup.pop("theta")
+    if thetamap is not None and z is None:
+        raise ValueError("the run has a θ-map but trace.npz has no 'z' array")
     return Trace(
         kind=meta["kind"],
-        theta=arrays["theta"],
+        theta=theta,
+        z=z,
         loss=arrays.get("loss"),
         log_prob=arrays.get("log_prob"),
         stats=stats,
@@ -170,7 +181,7 @@ def save_run(
     if overwrite:
         (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # incomplete while rewriting
     layout = layout if layout is not None else trace.layout
-    if layout is not None and trace.thetamap is None and layout.size != trace.dim:
+    if layout is not None and layout.size != trace.dim:
         raise ValueError(f"layout has size {layout.size} but the trace's θ has dimension {trace.dim}")
     run_id = run_id or run_dir.name
     trace = trace.to_numpy()
@@ -203,6 +214,7 @@ def save_run(
         "theta": {
             "theta_space": trace.theta_space,
             "dim": trace.dim,
+            "z_dim": trace.z_dim if trace.z is not None else None,
             "dtype": theta_dtype,
             "layout_hash": layout.hash if layout is not None else None,
             "layout": _layout_doc(layout) if layout is not None else None,

@@ -454,7 +454,7 @@ class Signals(Mapping[str, Signal]):
             raise ValueError("Signals.from_trace: a batched trace holds B fits; decode one member (trace[i])")
         kind = trace.kind
         decode, layout = _decoder(trace, layout_or_decoder)
-        raw = trace.theta
+        raw = trace.z if trace.z is not None else trace.theta  # a θ-map decodes the engine's rows
         if hasattr(layout_or_decoder, "to_theta"):
             theta = np.asarray(layout_or_decoder.to_theta(raw))
         else:

@@ -463,6 +463,9 @@ class Layout:
         return total
 
     def _check_theta(self, theta: Any) -> jnp.ndarray:
+        if (zmap := getattr(theta, "z_of", None)) is not None:  # a gnomon.trace.zarray.ZArray, not θ
+            what = "eigen coordinates z of an EigenMap" if type(zmap).__name__ == "EigenMap" else "θ-map coordinates z"
+            raise ValueError(f"these are {what}, not θ; use trace.theta / trace.best_theta or thetamap.to_theta(z)")
         theta = jnp.asarray(theta)
         if theta.ndim == 0 or theta.shape[-1] != self.size:
             raise ValueError(
