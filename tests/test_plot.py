@@ -171,10 +171,9 @@ def test_residual_in_sigma_and_crlb_bands():
     assert "no σ" in ax.get_title() and np.isnan(_data_lines(ax)[0].get_ydata()).all()
 
 
-def test_layout_component_labels_in_legends(monkeypatch):
+def test_layout_component_labels_in_legends():
     """Legends read the layout's component labels (Noll indices), not [1] [2] [3]."""
-    layout = gn.Layout({"zern": (3,)}, units={"zern": "nm"})
-    monkeypatch.setattr(type(layout), "index_labels", lambda self: ["zern[Z4]", "zern[Z5]", "zern[Z6]"])
+    layout = gn.Layout({"zern": (3,)}, units={"zern": "nm"}, labels={"zern": ["Z4", "Z5", "Z6"]})
     tr = gn.Trace(kind="optimization", theta=np.random.default_rng(0).normal(size=(6, 3)), loss=np.ones(6),
                   step=np.arange(6), layout=layout)
     sig = Signals.from_trace(tr)
@@ -423,14 +422,13 @@ def test_arviz_sampler_views():
     assert text_overlaps(fig) == []
 
 
-def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels(monkeypatch):
+def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels():
     """Through a sampling Trace: precise (float64 identity blocks), named, in units, component labels as
     coordinates; the pair plot's long labels are fitted (nothing overlaps, nothing outside the figure)."""
     from gnomon.plot._mpl import renderer, text_overlaps
 
     layout = gn.Layout({"binary.separation_as": (), "zern": (2,)}, units={"binary.separation_as": "arcsec",
-                                                                          "zern": "nm"})
-    monkeypatch.setattr(type(layout), "index_labels", lambda self: ["binary.separation_as", "zern[Z4]", "zern[Z5]"])
+                                                                          "zern": "nm"}, labels={"zern": ["Z4", "Z5"]})
     rng = np.random.default_rng(4)
     theta = rng.normal(size=(2, 60, 3)) * [1e-5, 1.0, 1.0] + [9.5, 0.0, 0.0]
     tr = gn.Trace(kind="sampling", theta=theta, log_prob=rng.normal(size=(2, 60)), layout=layout)
