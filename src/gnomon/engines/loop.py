@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon._progress import Progress
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
+from gnomon.util.progress import Progress
 
 RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
 
@@ -357,7 +357,7 @@ def _assemble(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: f
             stats[optional] = cols[optional]
     return Trace(
         kind="optimization",
-        theta=cols["theta"],
+        z=cols["theta"],  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=cols["loss"],
         stats=stats,
         step=cols["step"],
@@ -420,7 +420,7 @@ def _assemble_batch(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runt
                                   bool(grads_finite[i])) for i in range(B))
     return Trace(
         kind="optimization",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=named["loss"],
         stats=stats,
         step=steps,

@@ -183,7 +183,7 @@ def optimize(
                 "optimize continues from a single optimization Trace; got a "
                 f"{'batched ' if previous.is_batched else ''}{previous.kind} trace"
             )
-        start = previous.final_theta
+        start = previous.coords_in(getattr(obj, "thetamap", None), "final")
     else:
         start = theta0
     start = jnp.asarray(start)

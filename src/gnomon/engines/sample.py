@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon._progress import Progress
 from gnomon.curvature import mass_matrix as mmx
 from gnomon.engines import sample_phases as ph
 from gnomon.engines import warmup as wu
@@ -63,6 +62,7 @@ from gnomon.engines.seed_check import CHECK_STEPS
 from gnomon.engines.warmup import AdaptSettings, Estimator
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
+from gnomon.util.progress import Progress
 
 DEFAULT_WARMUP = {"identity": 1000, "curvature": 300, "array": 300, "handoff": 150, "frozen": 150}
 _DEFAULT = object()
@@ -242,7 +242,11 @@ def sample(
         left = (budget if auto_warmup else num_warmup) - ledger.steps
         steps = min(num_warmup if unseeded else ph.RECOVERY_STEPS, left) if auto_warmup else left
         if steps < 20:
-            ledger.decide("budget", f"no recovery: only {max(steps, 0)} warmup steps left of the budget")
+            if steps > 0:  # too short to adapt a metric: the step size only
+                chains, _ = ph.advance(ctx, chains, ledger, np.zeros((steps, 2), np.int32), phase="warmup",
+                                       estimator=Estimator.NONE)
+            ledger.decide("budget", f"no metric adaptation: only {max(steps, 0)} warmup steps left of the budget "
+                          "(step size adapted only)")
         else:
             ledger.rejected_grads = ledger.grads
             searched = rejected is not None or mode_problem is not None  # else: no seed was asked for
@@ -264,7 +268,7 @@ def sample(
     if num_warmup > 0:
         step_final, imm = ctx.program.adapt_final(chains.adapt)
     else:
-        step_final, imm = jnp.asarray(step0, dtype), jnp.asarray(imm0.matrix, dtype)
+        step_final, imm = jnp.asarray(step0, dtype), chains.adapt.imm  # the seed, in the program's shape
     step_size = ph.finite_step_size(step_final)
     chains = ph.replace_adapt(chains, step_final, imm)
 
@@ -400,7 +404,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
     if ledger.kept:
         w = stack(ledger.kept)
         wstats = {name: getattr(w, name) for name in STAT_NAMES if name in stats}
-        warmup = {"theta": w.theta, "log_prob": w.log_prob, "stats": wstats}
+        warmup = {"z": w.theta, "log_prob": w.log_prob, "stats": wstats}
     div_samp = int(np.sum(draws.diverging))
     diag = handoff_diagnostics(center_np, imm0, imm, draws.theta, div_samp)
     hier = any(d.action in ("seed rejected", "no mode") for d in ledger.decisions)
@@ -472,7 +476,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
             extras["curvature_matrix"] = np.asarray(seed.curvature.matrix)
     return Trace(
         kind="sampling",
-        theta=draws.theta,
+        z=draws.theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         log_prob=draws.log_prob,
         stats=stats,
         warmup=warmup,

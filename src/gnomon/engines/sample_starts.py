@@ -64,16 +64,9 @@ class Seed(NamedTuple):
     curvature: Any
 
 
-def map_theta(theta: Any, src_map: Any, obj: Objective):
-    """θ from a trace in ``src_map``'s coordinates, expressed in ``obj``'s coordinates."""
-    theta = jnp.asarray(theta)
-    if src_map is obj.thetamap:
-        return theta
-    if src_map is not None:
-        theta = src_map.to_theta(theta)
-    if obj.thetamap is not None:
-        theta = obj.thetamap.to_z(theta)
-    return theta
+def map_theta(init: Trace, which: str, obj: Objective):
+    """Rows ``which`` (``"theta"``, ``"best"``, ``"final"``) of a trace, in ``obj``'s coordinates."""
+    return jnp.asarray(init.coords_in(obj.thetamap, which))
 
 
 def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
@@ -87,25 +80,27 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
         return Start(jnp.asarray(init.theta), starts, "handoff")
     if isinstance(init, Trace):
         if init.kind == "sampling":
-            last = map_theta(np.asarray(init.theta)[:, -1], init.thetamap, obj)
+            last = map_theta(init, "theta", obj)[:, -1]
             if last.shape[0] == num_chains:
-                return Start(map_theta(init.best_theta, init.thetamap, obj), last, "sampling trace")
-            return Start(map_theta(init.best_theta, init.thetamap, obj), None, "sampling trace")
+                return Start(map_theta(init, "best", obj), last, "sampling trace")
+            return Start(map_theta(init, "best", obj), None, "sampling trace")
         cost = int(np.sum(np.asarray(init.num_grad_evals)))
         if init.is_batched:
             best = np.asarray(init.best_theta)
             losses = np.asarray(init.best_loss, dtype=float)
             order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))
             status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
-            path = np.asarray(map_theta(np.asarray(init.theta)[int(order[0])], init.thetamap, obj))
-            member_loss = np.asarray(init.loss)[int(order[0])]
-            info = MapInfo(cost, status, float(losses[order[0]]), path[0], path, member_loss)
-            center = map_theta(best[order[0]], init.thetamap, obj)
-            starts = map_theta(best, init.thetamap, obj) if best.shape[0] == num_chains else None
+            member = int(order[0])
+            path = np.asarray(map_theta(init, "theta", obj)[member])
+            member_loss = np.asarray(init.loss)[member]
+            info = MapInfo(cost, status, float(losses[member]), path[0], path, member_loss)
+            best_z = map_theta(init, "best", obj)
+            center = best_z[member]
+            starts = best_z if best.shape[0] == num_chains else None
             return Start(center, starts, "optimization trace", info)
-        path = np.asarray(map_theta(np.asarray(init.theta), init.thetamap, obj))
+        path = np.asarray(map_theta(init, "theta", obj))
         info = MapInfo(cost, init.status, float(np.asarray(init.best_loss)), path[0], path, np.asarray(init.loss))
-        return Start(map_theta(init.best_theta, init.thetamap, obj), None, "optimization trace", info)
+        return Start(map_theta(init, "best", obj), None, "optimization trace", info)
     try:
         arr = jnp.asarray(init)
     except TypeError:
