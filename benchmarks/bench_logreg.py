@@ -96,11 +96,11 @@ def main() -> None:
         "pgd (hutchinson VR 32, BB)": dict(method=pgd, curvature="hutchinson", num_probes=32),
         "pgd (exact diag, BB)": dict(method=pgd, curvature="exact"),
         "pgd (exact diag, BB, refresh 25)": dict(method=pgd, curvature="exact", refresh_every=25),
-        "pgd (exact diag, fixed step 1/λmax)": dict(method=pgd, curvature="exact", step_size="fixed"),
+        "pgd (exact diag, fixed step 1/λmax)": dict(method=pgd, curvature="exact", step_rule="fixed"),
         "pgd (empirical_fisher, BB)": dict(method=pgd, curvature="empirical_fisher"),
         "lbfgs": dict(method="lbfgs"),
         "gd (default η = 1/λmax)": dict(method="gd"),
-        "gd (BB steps)": dict(method="gd", step_size="bb"),
+        "gd (BB steps)": dict(method="gd", step_rule="bb"),
     }
     for name, kw in variants.items():
         rows[name] = evals_to_target(obj, th0, fstar, args.max_steps, **kw)

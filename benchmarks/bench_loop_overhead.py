@@ -28,6 +28,13 @@ def quadratic(d):
     return lambda t: 0.5 * jnp.sum(w * t * t)
 
 
+def dense_quadratic(d):
+    r = np.random.default_rng(1)
+    a = r.standard_normal((d, d)) / np.sqrt(d)
+    h = jnp.asarray(a @ a.T + np.eye(d), jnp.float32)
+    return lambda t: 0.5 * t @ (h @ t)
+
+
 def logistic(d, n=1000):
     r = np.random.default_rng(0)
     x = jnp.asarray(r.standard_normal((n, d)) / np.sqrt(d))
@@ -70,6 +77,7 @@ def main() -> None:
         ("quadratic", 10, 20000),
         ("quadratic", 100, 20000),
         ("quadratic", 1000, 5000),
+        ("dense quadratic", 200, 10000),
         ("logistic N=1000", 20, 5000),
         ("logistic N=1000", 200, 2000),
     ]
@@ -81,7 +89,7 @@ def main() -> None:
         f"{'loss':<16} {'D':>5} {'steps':>6} {'scan ms':>9} {'gnomon ms':>10} {'ratio':>6} {'med.ratio':>9}"
     )
     for name, d, steps in cases:
-        loss = quadratic(d) if name == "quadratic" else logistic(d)
+        loss = {"quadratic": quadratic, "dense quadratic": dense_quadratic}.get(name, logistic)(d)
         obj = gn.Objective.from_loss(loss, d)
         th0 = jnp.ones(d)
         lr = 0.1

@@ -78,7 +78,7 @@ def run(max_steps: int) -> list[dict]:
                     LOSS, th0, hj, max_steps, f0, method="preconditioned_gd", curvature=c
                 )
             res["pgd[exact, fixed step]"] = evals_to_target(
-                LOSS, th0, hj, max_steps, f0, method="preconditioned_gd", curvature="exact", step_size="fixed"
+                LOSS, th0, hj, max_steps, f0, method="preconditioned_gd", curvature="exact", step_rule="fixed"
             )
             res["pgd[hutchinson plain]"] = evals_to_target(
                 LOSS,

@@ -23,7 +23,7 @@ _EXPORTS = {
     "Objective": "gnomon.objective.objective",
     "Curvature": "gnomon.curvature.estimate",
     "estimate_curvature": "gnomon.curvature.estimate",
-    "scale_by_curvature": "gnomon.curvature.precondition",
+    "scale_by_curvature": "gnomon.optim.transforms",
     "learning_rates": "gnomon.curvature.precondition",
     "Trace": "gnomon.trace.trace",
     "run_simple_gd": "gnomon.engines.simple_gd",
@@ -41,7 +41,7 @@ _EXPORTS = {
     "DiagnosticsConfig": "gnomon.artifacts.experiment",
     "Signals": "gnomon.signals.signals",
 }
-_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes"}
+_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "optim": "gnomon.optim"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
