@@ -198,3 +198,13 @@ def test_lbfgs_defaults_converge_on_a_badly_scaled_problem_where_plain_lbfgs_sta
         assert plain.loss[-1] > 1e3 * default.loss[-1] or plain.num_steps > 3 * default.num_steps
         assert default.info["curvature"]["method"] == "exact"
         assert default.num_grad_evals < plain.num_grad_evals
+
+
+def test_zero_steps_and_user_transforms_record_the_start():
+    obj = corr_obj()
+    for method in (optax.adam(1e-3), "adam", "preconditioned_gd"):
+        for n in (0, 1, 2):
+            tr = gn.optimize(obj, TH0, method, num_steps=n)
+            assert tr.status == "max_steps" and tr.num_steps == n and len(tr) == n + 1
+            np.testing.assert_allclose(tr.loss[0], float(obj.loss(jnp.asarray(TH0, tr.theta.dtype))), rtol=1e-6)
+            assert np.isnan(tr.stats["step_norm"][-1])

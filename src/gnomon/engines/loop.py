@@ -382,7 +382,7 @@ def _mean_finite(x: np.ndarray) -> float:
 
 
 def _named(scalars: np.ndarray, channels: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(scalars[..., j]) for j, name in enumerate(("loss", *channels))}
+    return {name: np.array(scalars[..., j]) for j, name in enumerate(("loss", *channels))}  # writable copies
 
 
 def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objective, info: dict, runtime: float,
