@@ -204,7 +204,26 @@ def test_zero_steps_and_user_transforms_record_the_start():
     obj = corr_obj()
     for method in (optax.adam(1e-3), "adam", "preconditioned_gd"):
         for n in (0, 1, 2):
-            tr = gn.optimize(obj, TH0, method, num_steps=n)
+            tr = gn.optimize(obj, TH0, method, num_steps=n, channels="all")
             assert tr.status == "max_steps" and tr.num_steps == n and len(tr) == n + 1
             np.testing.assert_allclose(tr.loss[0], float(obj.loss(jnp.asarray(TH0, tr.theta.dtype))), rtol=1e-6)
             assert np.isnan(tr.stats["step_norm"][-1])
+
+
+def test_channels_default_to_the_free_ones_and_the_final_gradient_norm_is_always_reported():
+    with jax.enable_x64(True):
+        obj = corr_obj()
+        plain = gn.optimize(obj, TH0, "gd", learning_rate=0.05, num_steps=30)
+        assert set(plain.stats) == {"learning_rate"}
+        g = jax.grad(obj.loss)(jnp.asarray(plain.final_theta))
+        assert plain.info["final_grad_norm"] == pytest.approx(float(jnp.linalg.norm(g)), rel=1e-10)
+        pgd = gn.optimize(obj, TH0, "preconditioned_gd", num_steps=30, tol=1e-12)
+        assert set(pgd.stats) == {"grad_norm", "learning_rate", "accepted"}  # tol computes |g| anyway
+        assert pgd.stats["grad_norm"][-1] == pytest.approx(pgd.info["final_grad_norm"])
+        full = gn.optimize(obj, TH0, "gd", learning_rate=0.05, num_steps=30, channels="all")
+        assert set(full.stats) == {"grad_norm", "step_norm", "learning_rate"}  # no backtracking: no accept flags
+        np.testing.assert_array_equal(full.theta, plain.theta)
+        np.testing.assert_allclose(full.stats["step_norm"][:-1], np.linalg.norm(np.diff(full.theta, axis=0), axis=1),
+                                   rtol=1e-12)
+        with pytest.raises(ValueError, match="unknown channels"):
+            gn.optimize(obj, TH0, "gd", learning_rate=0.05, channels=("loss_norm",))

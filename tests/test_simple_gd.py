@@ -28,7 +28,7 @@ def closed_form_path(lr, n, dtype=np.float64):
 @pytest.mark.parametrize("x64", [False, True])
 def test_path_matches_closed_form_and_loss_is_at_theta(x64):
     with jax.enable_x64(x64):
-        tr = gn.run_simple_gd(quad, jnp.asarray(THETA0), learning_rate=0.05, num_steps=40)
+        tr = gn.run_simple_gd(quad, jnp.asarray(THETA0), learning_rate=0.05, num_steps=40, channels="all")
         dtype = np.float64 if x64 else np.float32
         assert tr.theta.dtype == dtype and tr.loss.dtype == dtype
         ref = closed_form_path(0.05, 40)

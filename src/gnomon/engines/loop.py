@@ -14,10 +14,12 @@ One driver runs any optax transformation (a :class:`gnomon.optim.Program`) over 
 * compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is
   their total).
 
-Channels: ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|), ``learning_rate`` (the product of the
-state's ``learning_rate`` fields after the update from θ_t) and ``accepted`` (a backtracking rule's verdict on
-θ_t), each only where asked and available (:mod:`gnomon.optim.readout`); the final row holds NaN for the
-channels that describe a step.
+Channels (:func:`resolve_channels`): ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|),
+``learning_rate`` (the product of the state's ``learning_rate`` fields after the update from θ_t) and
+``accepted`` (a backtracking rule's verdict on θ_t), where asked and available (:mod:`gnomon.optim.readout`);
+the final row holds NaN for the channels that describe a step. By default only the ones that cost nothing per
+step are recorded (a norm is an O(D) pass per step: on cheap objectives it is a measurable share of the loop);
+the gradient norm at the final point is always reported (``info["final_grad_norm"]``).
 
 Stopping: the gradient-norm tolerance ``tol`` (|∇loss| ≤ tol), the relative loss change ``ftol``
 (|f_{t-1} − f_t| ≤ ftol · max(|f_{t-1}|, |f_t|, 1)), ``num_steps``, or a non-finite loss/gradient (status
@@ -80,7 +82,8 @@ class _Carry(NamedTuple):
     status: Any
     prev_loss: Any  # f_{t-1} (ftol)
     n_evals: Any  # loss/gradient evaluations of the loop itself (and line searches)
-    last: Any  # batched runs: (θ, f, |g|, t) of the latest finite point; None for a single run
+    grad: Any  # ∇loss at the latest finite point (its norm is the final gradient norm)
+    last: Any  # batched runs: (θ, f, t) of the latest finite point; None for a single run
 
 
 class _Summary(NamedTuple):
@@ -90,7 +93,8 @@ class _Summary(NamedTuple):
     t: Any
     loss: Any  # the loss at the last evaluated point
     num_grad_evals: Any  # the loop's evaluations plus the optimizer's own (num_grad_evals fields)
-    last: Any  # batched: (θ, f, |g|, t) of the latest finite point
+    grad_norm: Any  # |∇loss| at the final point (the latest finite one)
+    last: Any  # batched: (θ, f, t) of the latest finite point
 
 
 class _Rows(NamedTuple):
@@ -159,9 +163,9 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         st = make(data, key, arrays).init(theta0)
         dt = theta0.dtype
         nan = jnp.full((), jnp.nan, dt)
-        last = (theta0, nan, nan, jnp.zeros((), jnp.int32)) if batched else None
+        last = (theta0, nan, jnp.zeros((), jnp.int32)) if batched else None
         return _Carry(theta0, st, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), nan,
-                      jnp.zeros((), jnp.int32), last)
+                      jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last)
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
     init_v = jax.vmap(init, in_axes=(0, 0, None, None)) if batched else init
@@ -232,10 +236,9 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
         last = c.last
         if batched:
-            gn_last = gnorm if gnorm is not None else jnp.linalg.norm(g)
-            last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, gn_last, c.t), c.last)
+            last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, c.t), c.last)
         c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f,
-                        c.n_evals + evaluated + jnp.asarray(extra, jnp.int32), last)
+                        c.n_evals + evaluated + jnp.asarray(extra, jnp.int32), jnp.where(finite, g, c.grad), last)
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite
 
@@ -275,7 +278,8 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
 
         c, b, _ = jax.lax.while_loop(cond, body, (carry, bufs, jnp.zeros((), jnp.int32)))
         own = (jax.vmap(readout.own_grad_evals) if batched else readout.own_grad_evals)(c.opt_state)
-        return c, b, _Summary(c.status, c.t, c.prev_loss, c.n_evals + own, c.last)
+        gnorm = jnp.linalg.norm(c.grad, axis=-1)
+        return c, b, _Summary(c.status, c.t, c.prev_loss, c.n_evals + own, gnorm, c.last)
 
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
@@ -321,7 +325,7 @@ def run_loop(
     key: Any = None,
     batched: bool = False,
     progress: bool | None = None,
-    channels: tuple[str, ...] = CHANNELS,
+    channels: str | tuple[str, ...] | None = None,
 ) -> LoopResult:
     """Run ``program`` from ``theta0`` (``(D,)``, or ``(B, D)`` with ``batched``) -> :class:`LoopResult`."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
@@ -331,9 +335,7 @@ def run_loop(
     for name, v in (("tol", tol), ("ftol", ftol)):
         if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0)):
             raise ValueError(f"{name} must be a non-negative number or None, got {v!r}")
-    unknown = set(channels) - set(CHANNELS)
-    if unknown:
-        raise ValueError(f"unknown channels {sorted(unknown)}; expected a subset of {CHANNELS}")
+    channels = resolve_channels(channels, tol)
     theta0 = jnp.asarray(theta0)
     if not jnp.issubdtype(theta0.dtype, jnp.floating):
         theta0 = theta0.astype(jnp.result_type(float))
@@ -349,7 +351,7 @@ def run_loop(
     width = obj.dim * (theta0.shape[0] if batched else 1)
     rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar.enabled)
     settings = LoopSettings(rows, int(record_every), None if tol is None else float(tol),
-                            None if ftol is None else float(ftol), batched, tuple(c for c in CHANNELS if c in channels))
+                            None if ftol is None else float(ftol), batched, channels)
     compiled, compile_s = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
     carry = compiled.init(theta0, data, key, program.arrays)
     pieces: list[_Rows] = []
@@ -372,8 +374,26 @@ def run_loop(
     rows_all = pieces[0] if len(pieces) == 1 else _Rows(
         *(np.concatenate([np.asarray(getattr(p, f)) for p in pieces]) for f in _Rows._fields))
     assemble = _assemble_batch if batched else _assemble
+    if not batched:
+        info["final_grad_norm"] = float(summary.grad_norm)
     trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels)
     return LoopResult(trace, state, compile_s, runtime - compile_s)
+
+
+def resolve_channels(channels: str | tuple[str, ...] | None, tol: float | None = None) -> tuple[str, ...]:
+    """The recorded channels: None → the ones that cost nothing per step (``learning_rate``, ``accepted``, and
+    ``grad_norm`` when ``tol`` is set, since the stop test computes it); ``"all"`` → :data:`CHANNELS`; or a
+    subset of :data:`CHANNELS`."""
+    if channels is None:
+        return ("grad_norm", "learning_rate", "accepted") if tol is not None else ("learning_rate", "accepted")
+    if isinstance(channels, str):
+        if channels != "all":
+            raise ValueError(f"channels must be None, 'all' or a subset of {CHANNELS}, got {channels!r}")
+        return CHANNELS
+    unknown = set(channels) - set(CHANNELS)
+    if unknown:
+        raise ValueError(f"unknown channels {sorted(unknown)}; expected a subset of {CHANNELS} (or 'all')")
+    return tuple(c for c in CHANNELS if c in channels)
 
 
 def _mean_finite(x: np.ndarray) -> float:
@@ -452,7 +472,8 @@ def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Ob
     scal_rows = np.asarray(rows.scalars)[take].transpose(1, 0, 2)
     B = step.shape[0]
     nrec = np.count_nonzero(step >= 0, axis=1)
-    last_theta, last_loss, last_gnorm, last_t = (np.asarray(x) for x in summary.last)
+    last_theta, last_loss, last_t = (np.asarray(x) for x in summary.last)
+    last_gnorm = np.asarray(summary.grad_norm)
     status = np.asarray(summary.status)
     t = np.asarray(summary.t)
     last_step = np.where(nrec > 0, step[np.arange(B), np.maximum(nrec - 1, 0)], -1)
@@ -498,5 +519,5 @@ def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Ob
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={"num_rows": length.astype(np.int64)},
+        extras={"num_rows": length.astype(np.int64), "final_grad_norm": last_gnorm.astype(np.float64)},
     )

@@ -54,6 +54,7 @@ def optimize(
     record_every: int = 1,
     data: Any = _UNSET,
     progress: bool | None = None,
+    channels: str | tuple[str, ...] | None = None,
     **method_options: Any,
 ) -> Trace:
     """Minimise ``obj.loss`` from ``theta0``.
@@ -72,6 +73,9 @@ def optimize(
       record_every: keep every k-th row (the final point is always kept).
       data: data for objectives taking ``(θ, data)`` (default the objective's bound data).
       progress: progress bar between chunks (default: on a terminal for runs ≥ 2,000 steps).
+      channels: per-step diagnostics to record besides θ and the loss: ``"all"`` or a subset of
+        ``("grad_norm", "step_norm", "learning_rate", "accepted")``; default: the free ones (learning rate,
+        accept flags, and the gradient norm when ``tol`` is set). ``info["final_grad_norm"]`` is always there.
       **method_options: the method's other options (:mod:`gnomon.optim.methods`), e.g. ``momentum``,
         ``step_rule``, ``safeguard``, ``refresh_every``, ``memory_size``, ``num_probes``.
 
@@ -94,7 +98,7 @@ def optimize(
     d = obj.data if data is _UNSET else data
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=d, key=_as_key(key), progress=progress)
+                      data=d, key=_as_key(key), progress=progress, channels=channels)
     trace = _finish(result.trace, program, report(result.state), batched=False)
     return previous.concatenate(trace) if previous is not None else trace
 
@@ -113,6 +117,7 @@ def optimize_batch(
     record_every: int = 1,
     data: Any = None,
     progress: bool | None = None,
+    channels: str | tuple[str, ...] | None = None,
     **method_options: Any,
 ) -> Trace:
     """B fits in one compiled program (vmap): ``theta0s`` is ``(B, D)``; ``data`` (optional) is batched on
@@ -144,7 +149,7 @@ def optimize_batch(
     probe = None if data is None else jax.tree.map(lambda a: a[0], data)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
     result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=data, key=_as_key(key), batched=True, progress=progress)
+                      data=data, key=_as_key(key), batched=True, progress=progress, channels=channels)
     return _finish(result.trace, program, report(result.state, batched=True), batched=True)
 
 

@@ -49,6 +49,7 @@ def run_simple_gd(
     tol: float | None = None,
     ftol: float | None = None,
     progress: bool | None = None,
+    channels: str | tuple[str, ...] | None = None,
 ) -> Trace:
     """Gradient descent with one global learning rate: ``θ_{t+1} = θ_t − lr · ∇loss(θ_t)``.
 
@@ -62,6 +63,8 @@ def run_simple_gd(
       tol: stop when |∇loss(θ_t)| ≤ tol (status ``'converged'``).
       ftol: stop when the relative loss change |f_{t-1} − f_t| / max(|f_{t-1}|, |f_t|, 1) ≤ ftol.
       progress: progress bar on stderr (default: on a terminal, for runs of 2,000 steps or more).
+      channels: extra per-step channels (``"all"`` or a subset of grad_norm, step_norm, learning_rate,
+        accepted; default the free ones), as :func:`gnomon.optimize`.
 
     Returns:
       an optimization :class:`Trace` whose ``loss[t]`` is the loss at ``theta[t]``. A non-finite loss or
@@ -75,6 +78,6 @@ def run_simple_gd(
     obj = as_objective(loss_fn, int(start.shape[0]))
     trace = run_loop(
         obj, start, gd_program(obj, learning_rate), num_steps=num_steps, record_every=record_every,
-        tol=tol, ftol=ftol, data=obj.data, progress=progress,
+        tol=tol, ftol=ftol, data=obj.data, progress=progress, channels=channels,
     ).trace
     return previous.concatenate(trace) if previous is not None else trace
