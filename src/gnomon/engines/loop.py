@@ -81,9 +81,9 @@ class _Carry(NamedTuple):
     t: Any
     status: Any
     prev_loss: Any  # f_{t-1} (ftol)
-    n_evals: Any  # loss/gradient evaluations of the loop itself (and line searches)
+    n_evals: Any  # evaluations when a line search reuses its own (else unused: t + 1, one per evaluated point)
     grad: Any  # ∇loss at the latest finite point (its norm is the final gradient norm)
-    last: Any  # batched runs: (θ, f, t) of the latest finite point; None for a single run
+    last: Any  # thinned batched runs: (θ, f, t) of the latest finite point; else None
 
 
 class _Summary(NamedTuple):
@@ -94,7 +94,7 @@ class _Summary(NamedTuple):
     loss: Any  # the loss at the last evaluated point
     num_grad_evals: Any  # the loop's evaluations plus the optimizer's own (num_grad_evals fields)
     grad_norm: Any  # |∇loss| at the final point (the latest finite one)
-    last: Any  # batched: (θ, f, t) of the latest finite point
+    last: Any  # thinned batches: (θ, f, t) of the latest finite point (else the last recorded row is final)
 
 
 class _Rows(NamedTuple):
@@ -159,11 +159,13 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     def make(data, key, arrays):
         return optax.with_extra_args_support(program.make(data, key, arrays))
 
+    track_last = batched and record_every > 1
+
     def init(theta0, data, key, arrays):
         st = make(data, key, arrays).init(theta0)
         dt = theta0.dtype
         nan = jnp.full((), jnp.nan, dt)
-        last = (theta0, nan, jnp.zeros((), jnp.int32)) if batched else None
+        last = (theta0, nan, jnp.zeros((), jnp.int32)) if track_last else None
         return _Carry(theta0, st, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), nan,
                       jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last)
 
@@ -233,12 +235,14 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         extra = 0
         if reuse:
             extra = jnp.where(running, readout.linesearch_state(st).info.num_linesearch_steps, 0)
-        st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
+        if not batched:  # a batch selects once, per member, in the chunk (below)
+            st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
         last = c.last
-        if batched:
+        if track_last:
             last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, c.t), c.last)
-        c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f,
-                        c.n_evals + evaluated + jnp.asarray(extra, jnp.int32), jnp.where(finite, g, c.grad), last)
+        n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
+        c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
+                        jnp.where(finite, g, c.grad), last)
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite
 
@@ -265,9 +269,12 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             first = first_chunk & (k == 0)
             c_next, (th, scal), finite = step_fn(c, data, key, arrays, num_steps, first, record_now)
             if batched:
-                active = c.status == RUNNING
+                active = c.status == RUNNING  # a member that stopped keeps its carry
+                moved = active & (c_next.status == RUNNING)  # ... and its optimizer state the step it stopped at
                 keep = jax.vmap(lambda a, n, o: jnp.where(a, n, o))
-                c_next = jax.tree.map(keep, jax.tree.map(lambda _: active, c), c_next, c)
+                masks = _Carry(*(jax.tree.map(lambda _, m=(moved if f == "opt_state" else active): m, getattr(c, f))
+                                 for f in c._fields))
+                c_next = jax.tree.map(keep, masks, c_next, c)
                 step = jnp.where(active & finite & record_now, c.t, -1).astype(jnp.int32)
                 idx = jnp.where(record_now, k // record_every, rows)
             else:
@@ -279,7 +286,10 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         c, b, _ = jax.lax.while_loop(cond, body, (carry, bufs, jnp.zeros((), jnp.int32)))
         own = (jax.vmap(readout.own_grad_evals) if batched else readout.own_grad_evals)(c.opt_state)
         gnorm = jnp.linalg.norm(c.grad, axis=-1)
-        return c, b, _Summary(c.status, c.t, c.prev_loss, c.n_evals + own, gnorm, c.last)
+        if batched:  # members first, as the trace holds them (a transpose here is cheaper than on the host)
+            b = _Rows(jnp.swapaxes(b.theta, 0, 1), jnp.swapaxes(b.scalars, 0, 1), jnp.swapaxes(b.step, 0, 1))
+        evals = c.n_evals if reuse else c.t + 1
+        return c, b, _Summary(c.status, c.t, c.prev_loss, evals + own, gnorm, c.last)
 
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
@@ -371,12 +381,12 @@ def run_loop(
     info = {"engine": program.name, **program.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "tol": settings.tol, "ftol": settings.ftol, "objective": dict(obj.info),
             "compile_s": compile_s, "run_s": runtime - compile_s}
-    rows_all = pieces[0] if len(pieces) == 1 else _Rows(
-        *(np.concatenate([np.asarray(getattr(p, f)) for p in pieces]) for f in _Rows._fields))
+    rows_all = pieces[0] if len(pieces) == 1 else _Rows(  # chunks follow each other on the row axis
+        *(np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
     assemble = _assemble_batch if batched else _assemble
     if not batched:
         info["final_grad_norm"] = float(summary.grad_norm)
-    trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels)
+    trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels, theta0)
     return LoopResult(trace, state, compile_s, runtime - compile_s)
 
 
@@ -406,7 +416,7 @@ def _named(scalars: np.ndarray, channels: tuple[str, ...]) -> dict[str, np.ndarr
 
 
 def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objective, info: dict, runtime: float,
-              channels: tuple[str, ...]) -> Trace:
+              channels: tuple[str, ...], theta0: Any = None) -> Trace:
     """The trace of one fit: each chunk's recorded prefix, then the latest scratch row when it is the final
     point (thinned runs), or the non-finite start when nothing finite was evaluated."""
     n = len(pieces)
@@ -454,55 +464,65 @@ def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objectiv
 
 
 def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objective, info: dict,
-                    runtime: float, channels: tuple[str, ...]) -> Trace:
+                    runtime: float, channels: tuple[str, ...], theta0: Any = None) -> Trace:
     """The (B, T, D) trace of a batch, vectorised over members (same rows as :func:`_assemble` per member).
 
     Each member's recorded rows are a prefix of the joined recorded slots (a stopped fit records nothing
     more); its final point (``summary.last``) is appended where it was not recorded, and shorter members are
     padded by repeating their final row (``extras["num_rows"]`` says how many rows are real)."""
     n = len(pieces)
-    size = np.asarray(pieces[0].step).shape[0]
+    size = np.asarray(pieces[0].step).shape[1]
     per = size - 2
-    take = np.concatenate([np.arange(c * size, c * size + per) for c in range(n)])
-    step_all = np.asarray(rows.step)[take].T  # (B, R)
-    keep_rows = np.any(step_all >= 0, axis=0)
-    take = take[keep_rows]
-    step = step_all[:, keep_rows]
-    theta_rows = np.asarray(rows.theta)[take].transpose(1, 0, 2)  # (B, R, D)
-    scal_rows = np.asarray(rows.scalars)[take].transpose(1, 0, 2)
-    B = step.shape[0]
-    nrec = np.count_nonzero(step >= 0, axis=1)
-    last_theta, last_loss, last_t = (np.asarray(x) for x in summary.last)
+    slots = slice(0, per) if n == 1 else np.concatenate([np.arange(c * size, c * size + per) for c in range(n)])
+    step_all = np.asarray(rows.step)[:, slots]  # (B, R); the recorded rows of every member are a prefix
+    R = int(np.count_nonzero(np.any(step_all >= 0, axis=0)))
+    step_rows = step_all[:, :R]
+    theta_rows = np.asarray(rows.theta)[:, slots][:, :R]  # (B, R, D)
+    scal_rows = np.asarray(rows.scalars)[:, slots][:, :R]
+    B = step_all.shape[0]
+    nrec = np.count_nonzero(step_rows >= 0, axis=1)
     last_gnorm = np.asarray(summary.grad_norm)
     status = np.asarray(summary.status)
     t = np.asarray(summary.t)
-    last_step = np.where(nrec > 0, step[np.arange(B), np.maximum(nrec - 1, 0)], -1)
+    members = np.arange(B)
+    prev = np.maximum(nrec - 1, 0)
+    last_step = np.where(nrec > 0, step_rows[members, prev] if R else -1, -1)
+    if summary.last is not None:
+        last_theta, last_loss, last_t = (np.asarray(x) for x in summary.last)
+    else:  # every finite point was recorded: the final point is the last recorded row (or a non-finite start)
+        last_theta, last_loss = np.asarray(theta0), np.asarray(summary.loss)
+        last_t = np.where(nrec > 0, last_step, 0)
     append = last_step != last_t
     length = nrec + append
     T = int(max(length.max(), 1))
-    cols = np.arange(T)[None, :]
-    R = step.shape[1]
-    if R == 0:
-        theta_rows = np.zeros((B, 1, obj.dim), last_theta.dtype)
-        scal_rows = np.full((B, 1, 1 + len(channels)), np.nan, theta_rows.dtype)
-        step = np.full((B, 1), -1, np.int32)
-    src = np.minimum(cols, np.maximum(nrec - 1, 0)[:, None])
-    theta = np.take_along_axis(theta_rows, src[..., None], 1)
-    scalars = np.take_along_axis(scal_rows, src[..., None], 1)
-    steps = np.take_along_axis(step, src, 1)
-    tail = append[:, None] & (cols >= nrec[:, None])
-    theta = np.where(tail[..., None], last_theta[:, None, :].astype(theta.dtype), theta)
-    steps = np.where(tail, last_t[:, None], steps).astype(np.int32)
+    dtype = scal_rows.dtype
+    # the final row of each member: the appended point, or its last recorded row
+    fin_theta = np.where(append[:, None], last_theta, theta_rows[members, prev] if R else last_theta)
+    fin_scal = np.full((B, 1 + len(channels)), np.nan, dtype)
+    if R:
+        fin_scal = np.where(append[:, None], fin_scal, scal_rows[members, prev])
+    fin_scal[:, 0] = np.where(append, last_loss, fin_scal[:, 0])
+    if "grad_norm" in channels:
+        j = 1 + channels.index("grad_norm")
+        fin_scal[:, j] = np.where(append, last_gnorm, fin_scal[:, j])
+    fin_step = np.where(append, last_t, last_step).astype(np.int32)
+    if T <= R:  # views of the recorded rows, padded in place below (copies: the host buffers are read-only)
+        theta, scalars, steps = theta_rows[:, :T].copy(), scal_rows[:, :T].copy(), step_rows[:, :T].copy()
+    else:
+        theta = np.concatenate([theta_rows, np.empty((B, T - R, theta_rows.shape[2]), theta_rows.dtype)], axis=1)
+        scalars = np.concatenate([scal_rows, np.empty((B, T - R, scal_rows.shape[2]), dtype)], axis=1)
+        steps = np.concatenate([step_rows, np.empty((B, T - R), np.int32)], axis=1)
+    pad = np.arange(T)[None, :] >= nrec[:, None]  # (B, T): the final row (appended point or repeat) from here
+    who = np.nonzero(pad)[0]
+    theta[pad] = fin_theta[who]
+    scalars[pad] = fin_scal[who]
+    steps[pad] = fin_step[who]
     named = _named(scalars, channels)
-    dtype = named["loss"].dtype
-    named["loss"] = np.where(tail, last_loss[:, None], named["loss"]).astype(dtype)
-    if "grad_norm" in named:
-        named["grad_norm"] = np.where(tail, last_gnorm[:, None], named["grad_norm"]).astype(dtype)
-    at_or_after_final = cols >= (length - 1)[:, None]
+    at_or_after_final = np.arange(T)[None, :] >= (length - 1)[:, None]
     stats = {}
     for name in channels:
         if name in ("step_norm", "learning_rate", "accepted"):
-            named[name] = np.where(at_or_after_final | tail, np.nan, named[name]).astype(dtype)
+            named[name][at_or_after_final] = np.nan
         if name in ("grad_norm", "step_norm") or not np.all(np.isnan(named[name])):
             stats[name] = named[name]
     statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(summary.loss)[i]))
