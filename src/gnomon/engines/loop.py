@@ -100,7 +100,7 @@ class _Summary(NamedTuple):
 class _Rows(NamedTuple):
     theta: Any
     scalars: Any  # (rows, [B,] 1 + channels): loss and channels in one buffer, one write per step
-    step: Any
+    step: Any  # batched runs: (rows, B) step of each member's row (−1: none); None for a single run
 
 
 class _Compiled(NamedTuple):
@@ -181,6 +181,10 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     channels = tuple(c for c in asked if has.get(c, True))
     reuse = readout.linesearch_state(state_shape) is not None
     need_gnorm = "grad_norm" in channels or tol is not None
+    has_report = any(readout.report_nodes(state_shape))
+    # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
+    # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
+    keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
     init_c = init_lowered.compile()
 
     def member_step(c: _Carry, data, key, arrays, num_steps, first, record_now):
@@ -235,7 +239,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         extra = 0
         if reuse:
             extra = jnp.where(running, readout.linesearch_state(st).info.num_linesearch_steps, 0)
-        if not batched:  # a batch selects once, per member, in the chunk (below)
+        if keep_state and not batched:  # the state of the step it stopped at (a batch selects in the chunk)
             st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
         last = c.last
         if track_last:
@@ -256,7 +260,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         dtype = carry.theta.dtype
         dim = carry.theta.shape[-1]
         bufs = _Rows(jnp.zeros((rows + 2, *lead, dim), dtype), jnp.full((rows + 2, *lead, 1 + len(channels)),
-                     jnp.nan, dtype), jnp.full((rows + 2, *lead), -1, jnp.int32))
+                     jnp.nan, dtype), jnp.full((rows + 2, *lead), -1, jnp.int32) if batched else None)
         put = jax.lax.dynamic_update_index_in_dim
 
         def cond(state):
@@ -277,16 +281,16 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
                 c_next = jax.tree.map(keep, masks, c_next, c)
                 step = jnp.where(active & finite & record_now, c.t, -1).astype(jnp.int32)
                 idx = jnp.where(record_now, k // record_every, rows)
-            else:
-                step = c.t
+                b = _Rows(put(b.theta, th, idx, 0), put(b.scalars, scal, idx, 0), put(b.step, step, idx, 0))
+            else:  # a single run's row t is at a known slot (its step is implied): no step buffer
                 idx = jnp.where(finite, jnp.where(record_now, k // record_every, rows), rows + 1)
-            b = _Rows(put(b.theta, th, idx, 0), put(b.scalars, scal, idx, 0), put(b.step, step, idx, 0))
+                b = _Rows(put(b.theta, th, idx, 0), put(b.scalars, scal, idx, 0), None)
             return c_next, b, k + 1
 
         c, b, _ = jax.lax.while_loop(cond, body, (carry, bufs, jnp.zeros((), jnp.int32)))
         own = (jax.vmap(readout.own_grad_evals) if batched else readout.own_grad_evals)(c.opt_state)
         gnorm = jnp.linalg.norm(c.grad, axis=-1)
-        if batched:  # members first, as the trace holds them (a transpose here is cheaper than on the host)
+        if batched:  # members first, as the trace holds them (a transpose on the device is cheaper than on the host)
             b = _Rows(jnp.swapaxes(b.theta, 0, 1), jnp.swapaxes(b.scalars, 0, 1), jnp.swapaxes(b.step, 0, 1))
         evals = c.n_evals if reuse else c.t + 1
         return c, b, _Summary(c.status, c.t, c.prev_loss, evals + own, gnorm, c.last)
@@ -294,7 +298,6 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
     chunk_c = jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag).compile()
-    has_report = any(readout.report_nodes(state_shape))
     return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report), time.perf_counter() - start
 
 
@@ -382,7 +385,8 @@ def run_loop(
             "tol": settings.tol, "ftol": settings.ftol, "objective": dict(obj.info),
             "compile_s": compile_s, "run_s": runtime - compile_s}
     rows_all = pieces[0] if len(pieces) == 1 else _Rows(  # chunks follow each other on the row axis
-        *(np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
+        *(None if getattr(pieces[0], f) is None else
+          np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
     assemble = _assemble_batch if batched else _assemble
     if not batched:
         info["final_grad_norm"] = float(summary.grad_norm)
@@ -420,28 +424,30 @@ def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objectiv
     """The trace of one fit: each chunk's recorded prefix, then the latest scratch row when it is the final
     point (thinned runs), or the non-finite start when nothing finite was evaluated."""
     n = len(pieces)
-    size = np.asarray(pieces[0].step).shape[0]
+    size = np.asarray(pieces[0].theta).shape[0]
     per = size - 2
-    steps = np.asarray(rows.step)
-    step = steps.reshape(n, size)
-    counts = np.count_nonzero(step[:, :per] >= 0, axis=1)  # each chunk's recorded prefix
-    parts = [np.arange(c * size, c * size + counts[c]) for c in range(n)]
-    scratch = np.arange(n) * size + per
-    scratch = scratch[steps[scratch] >= 0]
-    last = parts[-1][-1] if counts[-1] else (max((p[-1] for p in parts if p.size), default=None))
-    if scratch.size:
-        best = scratch[np.argmax(steps[scratch])]
-        if last is None or steps[best] > steps[last]:
-            parts.append(np.asarray([best]))
-    if not any(p.size for p in parts):  # nothing finite: the start, with its non-finite loss
-        parts = [np.asarray([per + 1])]
-    if n == 1 and len(parts) == 1 and parts[0].size and parts[0][0] == 0:
-        idx = slice(0, parts[0].size)  # the common case: one chunk, a recorded prefix (views, no gather)
-    else:
-        idx = np.concatenate(parts)
-    theta = np.asarray(rows.theta)[idx]
-    named = _named(np.asarray(rows.scalars)[idx], channels)
+    every = int(info["record_every"])
     code, t = int(summary.status), int(summary.t)
+    final_t = t - 1 if code == NONFINITE else t  # the latest finite point
+    if final_t < 0:  # nothing finite: the start, with its non-finite loss
+        theta = np.asarray(theta0)[None]
+        named = {"loss": np.asarray([summary.loss], np.asarray(rows.scalars).dtype)}
+        named.update({c: np.full(1, np.nan, named["loss"].dtype) for c in channels})
+        idx, step = None, np.zeros(1, np.int32)
+    else:
+        # row t of a single run sits at chunk t // (per · every), slot (t mod per · every) / every (recorded steps
+        # are the multiples of every); the latest unrecorded finite row is in its chunk's scratch slot `per`
+        recorded = np.arange(0, final_t + 1, every)
+        idx = (recorded // (per * every)) * size + (recorded % (per * every)) // every
+        step = recorded
+        if final_t % every:
+            idx = np.append(idx, (final_t // (per * every)) * size + per)
+            step = np.append(step, final_t)
+        if n == 1 and not final_t % every:
+            idx = slice(0, len(recorded))  # the common case: a recorded prefix (views, no gather)
+    if idx is not None:
+        theta = np.asarray(rows.theta)[idx]
+        named = _named(np.asarray(rows.scalars)[idx], channels)
     for name in ("step_norm", "learning_rate", "accepted"):
         if name in named:
             named[name][-1] = np.nan  # no step was taken from the final point (named holds copies)
@@ -453,7 +459,7 @@ def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objectiv
         theta=theta,
         loss=named["loss"],
         stats=stats,
-        step=steps[idx].astype(np.int32),
+        step=np.asarray(step, np.int32),
         status=_status_text(code, t, loss_now),
         num_grad_evals=int(summary.num_grad_evals),
         runtime_s=runtime,
