@@ -227,3 +227,19 @@ def test_channels_default_to_the_free_ones_and_the_final_gradient_norm_is_always
                                    rtol=1e-12)
         with pytest.raises(ValueError, match="unknown channels"):
             gn.optimize(obj, TH0, "gd", learning_rate=0.05, channels=("loss_norm",))
+
+
+def test_a_non_finite_curvature_estimate_falls_back_instead_of_poisoning_the_run():
+    with jax.enable_x64(True):
+        obj = corr_obj()
+        for raw, used in (([np.nan, 2.0, np.inf, 0.5], [2.0, 2.0, 2.0, 0.5]), ([np.nan] * 4, [1.0] * 4)):
+            est = gn.optim.CurvatureEstimator(
+                lambda th, d, k, p, raw=raw: (jnp.asarray(raw, th.dtype), jnp.zeros((3,), jnp.int32)), 0, "exact",
+                objective=obj)
+            st = gn.scale_by_curvature(est).init(jnp.asarray(TH0))
+            np.testing.assert_array_equal(st.diag, used)
+            tr = gn.optimize(obj, TH0, gn.optim.nonmonotone_backtracking(
+                optax.chain(gn.scale_by_curvature(est), gn.optim.scale_by_bb())), num_steps=60)
+            assert not tr.diverged and tr.loss[-1] < 1e-3 * tr.loss[0]
+            pre = gn.optim.precondition_by_curvature(optax.scale_by_lbfgs(), est).init(jnp.asarray(TH0))
+            assert np.all(np.isfinite(pre.scale))

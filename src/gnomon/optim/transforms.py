@@ -181,6 +181,7 @@ def scale_by_curvature(
         cost = 0
         if estimator is not None and initial is None:
             diag, counts = estimator.estimate(params, data, k0, None)
+            diag = finite_diagonal(diag)
             cost += est_cost
         else:
             diag = _broadcast(fixed if estimator is None else initial, params)
@@ -215,7 +216,7 @@ def scale_by_curvature(
             def refresh(st):
                 k, k0, k1 = jax.random.split(jax.random.wrap_key_data(st.key), 3)
                 new, _ = estimator.estimate(params, d, k0, st.diag)
-                diag = (ema * st.diag + (1 - ema) * new).astype(st.diag.dtype)
+                diag = (ema * st.diag + (1 - ema) * finite_diagonal(new)).astype(st.diag.dtype)
                 shape = make_shape(diag)
                 base, lam = bound(params, d, shape, k1)
                 cost = est_cost + (0 if iters is None else 2 * iters)
@@ -240,6 +241,15 @@ def learning_rate_of(state: ScaleByCurvatureState) -> jnp.ndarray:
 def _lr_vec(eta, shape, bounds):
     lo, hi = bounds[0], bounds[1]
     return learning_rate_vector(eta, shape, lo, hi)
+
+
+def finite_diagonal(diag: Any) -> jnp.ndarray:
+    """An estimate's non-finite entries replaced by its largest finite one (the smallest learning rate), or by
+    1 (the identity) when none is finite — inside the compiled program an estimate cannot raise, and a NaN
+    preconditioner would turn the first step into NaN. The estimate's counts still report them."""
+    ok = jnp.isfinite(diag)
+    big = jnp.max(jnp.where(ok, diag, -jnp.inf))
+    return jnp.where(ok, diag, jnp.where(jnp.any(ok), big, jnp.ones_like(diag)))
 
 
 def _broadcast(diag: Any, params: Any) -> jnp.ndarray:
@@ -462,6 +472,7 @@ def precondition_by_curvature(
         params = jnp.asarray(params)
         if estimator is not None:
             diag, counts = estimator.estimate(params, data, jax.random.split(key0, 3)[0], None)
+            diag = finite_diagonal(diag)
             cost = estimator.cost
         else:
             diag, counts, cost = _broadcast(fixed, params), jnp.zeros((3,), jnp.int32), 0
