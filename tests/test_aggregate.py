@@ -91,12 +91,18 @@ def test_problems_are_reported_not_fatal(exp):
     assert probs["r2"][0] == "newer_schema" and "schema_version 99 is newer" in probs["r2"][1]
     assert probs["r3"][0] == "incomplete" and probs["inflight"][0] == "incomplete"
     assert probs["r5"][0] == "corrupt" and "r5/meta.json" in probs["r5"][1]
-    # without meta keys meta.json is not even opened: r5 is fine
+    # with or without meta keys, every reader classifies each run the same way (issue 13)
     df2 = exp.aggregate(on_problem="ignore")
-    assert list(df2["run_id"]) == ["r0", "r4", "r5"]
-    with pytest.raises(gn.ArtifactError, match="skipped 4 run"):
+    assert list(df2["run_id"]) == ["r0", "r4"] and df2.attrs["problems"] == df.attrs["problems"]
+    with pytest.raises(gn.ArtifactError, match="skipped 5 run"):
         exp.aggregate(on_problem="raise")
+    states = {s.run_id: s for s in exp.run_states()}
+    for p in df.attrs["problems"]:
+        assert states[p["run_id"]].state == p["problem"] and states[p["run_id"]].reason == p["message"]
+        with pytest.raises(gn.ArtifactError):
+            exp.load(p["run_id"])
     for rid in df["run_id"]:  # every listed run loads
+        assert states[rid].ok
         exp.load(rid)
 
 
@@ -143,3 +149,61 @@ def test_threaded_reader_matches_serial(tmp_path):
     b = e.aggregate(meta_keys=["user.seed"], workers=1)
     pd.testing.assert_frame_equal(a, b)
     assert list(a["user.seed"]) == list(range(B)) and list(a["num_grad_evals"]) == list(range(B))
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+PLAYOUT = gn.Layout({"x": (), "v": (3,), "s": ()}, transforms={"s": "positive"}, units={"x": "arcsec", "v": "nm"})
+
+
+def _param_runs(tmp_path):
+    rng = np.random.default_rng(7)
+    exp = gn.Experiment(tmp_path / "p")
+    opt = gn.Trace(kind="optimization", theta=rng.normal(size=(6, 5)), loss=np.array([5.0, 3, 1, 2, 4, 6]),
+                   step=np.arange(6), status="converged", layout=PLAYOUT)
+    post = gn.Trace(kind="sampling", theta=rng.normal(size=(2, 40, 5)), log_prob=rng.normal(size=(2, 40)),
+                    status="sampled", layout=PLAYOUT)
+    truth = {"x": 0.1, "v": [0.0, 1.0, -1.0], "s": 1.5}
+    crlb = {"x": 0.5, "v[0]": 0.25, "v[1]": 0.25, "v[2]": 0.25}
+    exp.save("map", opt, crlb=crlb, truth=truth)
+    exp.save("nuts", post, truth=truth, summary={"note": "user key"})
+    return exp, opt, post, truth, crlb
+
+
+def test_per_parameter_summary_keys_against_an_independent_decoding(tmp_path):
+    exp, opt, post, truth, crlb = _param_runs(tmp_path)
+    s = exp.load("map").summary
+    best = {k: np.asarray(v) for k, v in PLAYOUT.unpack(np.asarray(opt.theta)[2]).items()}  # loss 1 at row 2
+    assert s["estimate.x"] == pytest.approx(float(best["x"])) and s["estimate.s"] == pytest.approx(float(best["s"]))
+    np.testing.assert_allclose([s[f"estimate.v[{k}]"] for k in range(3)], best["v"])
+    assert s["crlb.x"] == 0.5 and "crlb.s" not in s and s["truth.s"] == 1.5
+    assert s["z.x"] == pytest.approx((float(best["x"]) - 0.1) / 0.5)
+    assert math.isnan(s["z.s"]) and "sd.x" not in s  # no σ for s: z is NaN; no sd for a MAP
+    p = exp.load("nuts").summary
+    draws = {k: np.asarray(v).reshape(80, -1) for k, v in PLAYOUT.unpack(np.asarray(post.theta)).items()}
+    assert p["estimate.s"] == pytest.approx(draws["s"].mean()) and p["sd.s"] == pytest.approx(draws["s"].std(ddof=1))
+    assert p["z.v[2]"] == pytest.approx((draws["v"][:, 2].mean() + 1.0) / draws["v"][:, 2].std(ddof=1))
+    assert p["user_keys"] == ["note"]
+    with pytest.raises(ValueError, match=r"crlb given for unknown parameter\(s\) \['y'\]"):
+        gn.save_run(tmp_path / "bad", opt, crlb={"y": 1.0})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_aggregate_params_columns(tmp_path):
+    exp, *_ = _param_runs(tmp_path)
+    plain = exp.aggregate()
+    assert not [c for c in plain.columns if c.startswith(("estimate.", "crlb.", "z."))]
+    assert "files" not in plain and "user_keys" not in plain and list(plain["note"].fillna("")) == ["", "user key"]
+    df = exp.aggregate(params=["x", "v[1]"])
+    cols = [c for c in df.columns if c not in plain.columns]
+    assert cols == ["estimate.x", "sd.x", "crlb.x", "truth.x", "z.x",
+                    "estimate.v[1]", "sd.v[1]", "crlb.v[1]", "truth.v[1]", "z.v[1]"]
+    for _, row in df.iterrows():
+        s = exp.load(row["run_id"]).summary
+        for c in cols:
+            assert (math.isnan(row[c]) and (c not in s or math.isnan(s[c]))) or row[c] == pytest.approx(s[c])
+    by_block = exp.aggregate(params="v")
+    assert [c for c in by_block.columns if c.startswith("estimate.")] == ["estimate.v[0]", "estimate.v[1]",
+                                                                         "estimate.v[2]"]
+    assert len([c for c in exp.aggregate(params=True).columns if c.startswith("z.")]) == 5
+    with pytest.raises(ValueError, match=r"params: no per-parameter columns for \['nope'\]"):
+        exp.aggregate(params=["nope"])

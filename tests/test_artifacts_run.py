@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 import gnomon as gn
 from gnomon.artifacts.jsonio import read_json, to_jsonable, write_json
 from gnomon.artifacts.npzio import read_npz, write_npz
+from gnomon.artifacts.status import check_run
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
@@ -56,7 +57,7 @@ def test_layout_and_meta_recorded(tmp_path):
     run = gn.load_run(tmp_path / "r")
     assert run.layout == layout and run.trace.layout == layout
     meta = run.meta
-    assert meta["schema_version"] == 1 and meta["run_id"] == "r" and meta["kind"] == "optimization"
+    assert meta["schema_version"] == 2 and meta["run_id"] == "r" and meta["kind"] == "optimization"
     assert meta["theta"]["layout_hash"] == layout.hash and meta["theta"]["theta_space"] == "primitive"
     assert meta["theta"]["dtype"] == "float32" and meta["engine"]["engine"] == "gd"
     assert meta["engine"]["learning_rate"] == 0.1 and meta["packages"]["jax"]
@@ -131,7 +132,11 @@ def test_truncated_json_names_the_file(saved, name):
 
 def test_truncated_npz_names_the_file(saved):
     p = saved / "trace.npz"
-    p.write_bytes(p.read_bytes()[:100])
+    raw = p.read_bytes()
+    p.write_bytes(raw[:100])
+    with pytest.raises(gn.ArtifactError, match=r"trace\.npz: 100 bytes, but summary\.json recorded \d+ \(truncated"):
+        gn.load_run(saved)
+    p.write_bytes(b"\0" * len(raw))  # damaged in place at its recorded size: found when read
     with pytest.raises(gn.ArtifactError, match=r"trace\.npz: not a readable NPZ"):
         gn.load_run(saved)
 
@@ -186,3 +191,31 @@ def test_batched_trace_refused(tmp_path):
     tr = gn.Trace(kind="optimization", theta=np.zeros((2, 3, 1)), loss=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="batched trace is B runs"):
         gn.save_run(tmp_path / "b", tr)
+
+
+def test_posterior_netcdf_carries_units_and_long_names(tmp_path):
+    """Every variable of every group of posterior.nc has ``units`` and ``long_name`` (netCDF round trip);
+    parameters carry the layout's units exactly as given, vector blocks their component labels."""
+    from gnomon.artifacts.netcdf import read_netcdf
+
+    layout = gn.Layout({"sep": (), "zern": (3,), "s": ()}, transforms={"s": "positive"},
+                       units={"sep": "µas", "zern": "nm"})
+    rng = np.random.default_rng(0)
+    tr = gn.Trace(kind="sampling", theta=rng.normal(size=(2, 6, 5)), log_prob=rng.normal(size=(2, 6)),
+                  stats={"diverging": np.zeros((2, 6), bool), "n_steps": np.full((2, 6), 3), "custom": np.ones((2, 6))},
+                  warmup={"theta": rng.normal(size=(2, 4, 5)), "log_prob": rng.normal(size=(2, 4))},
+                  status="sampled", layout=layout)
+    d = gn.save_run(tmp_path / "r", tr, arviz=True)
+    dt = read_netcdf(d / "posterior.nc")
+    seen = 0
+    for node in dt.subtree:
+        for name, var in node.to_dataset().data_vars.items():
+            assert "units" in var.attrs and var.attrs.get("long_name"), (node.name, name)
+            seen += 1
+    assert seen >= 3 + 3 + 3 + 1
+    post = dt["posterior"].to_dataset()
+    assert post["sep"].attrs == {"long_name": "sep", "units": "µas"} and post["s"].attrs["units"] == ""
+    assert list(post["zern"].coords["zern_dim_0_label"].values) == ["zern[0]", "zern[1]", "zern[2]"]
+    stats = dt["sample_stats"].to_dataset()
+    assert stats["lp"].attrs["long_name"] == "log density of θ" and stats["custom"].attrs["long_name"] == "custom"
+    assert check_run(d).ok

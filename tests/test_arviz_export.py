@@ -153,7 +153,7 @@ def test_eigen_space_trace_is_decoded():
     f = np.diag([4.0, 1.0, 0.25])
     emap = gn.EigenMap.from_matrix(f, np.array([1.0, 2.0, 3.0]), layout=layout)
     z = np.random.default_rng(0).normal(size=(2, 5, 3))
-    tr = gn.Trace(kind="sampling", theta=z, log_prob=np.zeros((2, 5)), layout=layout, thetamap=emap)
+    tr = gn.Trace(kind="sampling", z=z, log_prob=np.zeros((2, 5)), layout=layout, thetamap=emap)
     dt = tr.to_arviz()
     theta = np.asarray(emap.to_theta(z))
     np.testing.assert_allclose(dt.posterior["b"].values, theta[..., 1:], rtol=1e-6)

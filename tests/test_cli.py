@@ -171,3 +171,53 @@ def test_entry_point_prints_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"gnomon show: error: {tmp_path / 'missing'}: no such directory"
     assert proc.stdout == ""
+
+
+def test_show_and_aggregate_print_parameters_with_their_uncertainty(capsys, tmp_path):
+    lay = gn.Layout({"sep": (), "v": (2,)}, units={"sep": "arcsec", "v": "nm"})
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([0.120212 + 0.0004 * rng.standard_normal((2, 400, 1)),
+                            rng.standard_normal((2, 400, 2))], axis=-1)
+    post = gn.Trace(kind="sampling", theta=draws, log_prob=rng.normal(size=(2, 400)), status="sampled", layout=lay)
+    exp = gn.Experiment(tmp_path / "e")
+    exp.save("nuts", post, crlb={"sep": 0.00041, "v": [1.0, 1.0]}, truth={"sep": 0.1202, "v": [0.0, 0.0]},
+             summary={"my_score": 1.5})
+    code, out, _ = _run(capsys, "show", str(exp.run_dir("nuts")))
+    assert code == 0
+    from gnomon.util.format import format_uncertain
+
+    flat = draws[..., 0].ravel()
+    want = format_uncertain(flat.mean(), flat.std(ddof=1))
+    assert want.startswith("0.120") and want.count("±") == 1 and len(want.split(" ± ")[1]) == 7  # 0.000xx
+    row = next(line for line in out.splitlines() if line.strip().startswith("sep "))
+    assert want in row and "arcsec" in row
+    import arviz_stats as azs
+
+    ess = float(azs.ess(draws[..., :1], chain_axis=0, draw_axis=1, method="bulk")[0])
+    assert f"{ess:.0f}" in row.split()  # ESS bulk of the parameter
+    assert "ESS bulk" in out and "R-hat" in out
+    assert "written_utc_unix" in out and "e+09" not in out and "T" in out.split("written_utc_unix")[1][:30]
+    assert "user summary:" in out and "my_score" in out.split("user summary:")[1]
+    code, out, _ = _run(capsys, "show", str(exp.path))
+    assert code == 0 and "min_ess_bulk" in out and "max_rhat" in out and "my_score" in out
+    code, out, err = _run(capsys, "aggregate", str(exp.path))
+    assert code == 0 and "nuts" in out and "1 runs" in out and "estimate.sep" not in out
+    code, out, err = _run(capsys, "aggregate", str(exp.path), "--params", "sep")
+    assert code == 0 and "estimate.sep" in out and "crlb.sep" in out and "z.sep" in out and "estimate.v" not in out
+
+
+def test_plot_signals_texts_do_not_overlap(capsys, experiment, tmp_path, monkeypatch):
+    """`gnomon plot --signals`: the suptitle and the y-labels of every panel stay apart (1 and 5 panels)."""
+    from matplotlib.figure import Figure
+
+    from gnomon.plot._mpl import text_overlaps
+
+    figs = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self), real(self, *a, **k))[1])
+    run = str(experiment / "runs" / "fit-0")
+    for names in (["loss"], ["loss", A.X, A.SEP, A.PLATE, A.ZERN]):
+        assert _run(capsys, "plot", run, "-o", str(tmp_path / "s.png"), "--signals", *names)[0] == 0
+    assert len(figs) == 2
+    for fig in figs:
+        assert text_overlaps(fig) == [], fig.get_suptitle()

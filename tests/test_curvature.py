@@ -95,8 +95,10 @@ def test_wrong_method_for_objective_gives_clear_errors():
     th = jnp.zeros(D)
     with pytest.raises(ValueError, match="needs residuals"):
         gn.estimate_curvature(obj, th, "gauss_newton")
-    with pytest.raises(ValueError, match="unknown curvature method"):
+    with pytest.raises(ValueError, match="method 'fisher' needs a likelihood.*from_likelihood"):
         gn.estimate_curvature(obj, th, "fisher")
+    with pytest.raises(ValueError, match="unknown curvature method"):
+        gn.estimate_curvature(obj, th, "fisherr")
     with pytest.raises(ValueError, match=r"expected \(6,\)"):
         gn.estimate_curvature(obj, jnp.zeros(D + 1), "exact")
     with pytest.raises(ValueError, match="non-finite"):

@@ -91,14 +91,20 @@ def test_signals_netcdf_and_figures(demo):
     assert (run.path / "thetamap.npz").exists()
     sig = gn.Signals.from_run(run)
     assert "binary.separation_as" in sig and sig["binary.separation_as"].has_truth
+    saved = np.load(out / "data.npz")
+    i = LABELS.index("binary.separation_as")
+    assert sig["binary.separation_as"].sigma_value == pytest.approx(float(saved["crlb"][i]))  # the CRLB band
+    assert run.summary["crlb.binary.separation_as"] == pytest.approx(float(saved["crlb"][i]))
+    assert run.summary["truth.binary.separation_as"] == pytest.approx(A.TRUTH["binary.separation_as"])
     from gnomon.artifacts.netcdf import read_netcdf
 
     dt = read_netcdf(out / "runs" / "posterior-nuts" / "posterior.nc")
     sep = dt["posterior"]["binary.separation_as"]
-    assert sep.shape == (TINY.num_chains, TINY.num_samples)
+    assert sep.shape == (TINY.num_chains, TINY.num_samples) and sep.attrs["units"] == "arcsec"
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figs == sorted(["astrometry_map.png", "astrometry_posterior.png", "loss_histories.png",
-                           "eigen_spectrum.png", "posterior_trace.png", "posterior_pair.png"])
+                           "eigen_spectrum.png", "posterior_trace.png", "posterior_pair.png",
+                           "posterior_forest.png"])
     for name in figs:
         head = (out / "figures" / name).read_bytes()[:8]
         assert head == b"\x89PNG\r\n\x1a\n" and (out / "figures" / name).stat().st_size > 5000

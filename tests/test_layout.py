@@ -168,3 +168,133 @@ def test_bad_input_names_the_problem(call, match):
 def test_bad_layout_definitions(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gn.Layout(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- units, labels, maps
+def test_hash_of_plain_layouts_is_unchanged_by_the_new_fields():
+    """Layouts without labels/maps/paths hash as before (stored runs keep their hash): values from v0.1."""
+    from gnomon.models.astrometry import binary_layout
+
+    plain = gn.Layout({"x": (), "z": (3,), "s": ()}, transforms={"s": "positive"}, units={"x": "arcsec"},
+                      blocks={"z": "w"})
+    assert plain.hash == "cc86dac6cf4ac28e"
+    assert binary_layout().hash == "a1e3c30ccd95a7c4"
+
+
+def test_unknown_units_are_refused_with_the_known_ones_listed():
+    with pytest.raises(ValueError, match=r"parameter 'x': unknown unit 'arcsecs'; known units: \[.*'arcsec'.*register"):
+        gn.Layout({"x": ()}, units={"x": "arcsecs"})
+    with pytest.raises(ValueError, match=r"unknown unit 'furlong/pix'"):
+        gn.Layout({"x": ()}, units={"x": "furlong/pix"})
+    # compound units of known parts, aliases and '' pass, and are kept exactly as written
+    lay = gn.Layout({"a": (), "b": (), "c": (), "d": ()},
+                    units={"a": "arcsec/pix", "b": "uas", "c": "μas", "d": ""})
+    assert [b.units for b in lay.blocks] == ["arcsec/pix", "uas", "μas", ""]
+
+
+def test_register_unit_extends_the_registry():
+    from gnomon.thetaspace import units as U
+
+    name = "furlong_test"
+    gn.register_unit(name, "length", 201.168, aliases=("fur_test",))
+    gn.register_unit(name, "length", 201.168)  # the same definition again: a no-op
+    assert U.conversion_factor("fur_test", "m") == pytest.approx(201.168)
+    lay = gn.Layout({"x": ()}, units={"x": "fur_test"}, model_units={"x": "m"})
+    assert float(lay.to_model({"x": 2.0})["x"]) == pytest.approx(402.336, rel=1e-6)
+    with pytest.raises(ValueError, match="already defined"):
+        gn.register_unit(name, "length", 200.0)
+    with pytest.raises(ValueError, match="already"):
+        gn.register_unit("other_test", "length", 1.0, aliases=("µas",))
+    with pytest.raises(ValueError, match="positive"):
+        gn.register_unit("bad_test", "length", -1.0)
+
+
+def test_component_labels_name_index_labels_and_are_stored():
+    lay = gn.Layout({"pos": (2,), "zern": (3,), "w": (3,)}, transforms={"w": "simplex"},
+                    labels={"pos": ["x", "y"], "zern": ["Z4", "Z5", "Z6"], "w": ["a", "b", "c"]})
+    assert lay.index_labels() == ["pos[x]", "pos[y]", "zern[Z4]", "zern[Z5]", "zern[Z6]", "w[0]", "w[1]"]
+    assert lay.element_labels() == ["pos[x]", "pos[y]", "zern[Z4]", "zern[Z5]", "zern[Z6]", "w[a]", "w[b]", "w[c]"]
+    im = lay.index_map()
+    assert im[1]["labels"] == ["Z4", "Z5", "Z6"] and "labels" in im[2]
+    again = gn.Layout.from_dict(lay.to_dict())
+    assert again == lay and again.index_labels() == lay.index_labels()
+    assert gn.Layout({"pos": (2,)}, labels={"pos": ["x", "y"]}).hash != gn.Layout({"pos": (2,)}).hash
+    theta = lay.pack({"pos": np.array([1.0, 2.0]), "zern": np.zeros(3), "w": np.array([0.2, 0.3, 0.5])})
+    np.testing.assert_allclose(np.asarray(lay.element_values(theta)), [1, 2, 0, 0, 0, 0.2, 0.3, 0.5], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ({"pos": ["x"]}, r"'pos': 1 labels for 2 elements"),
+        ({"pos": ["x", "x"]}, r"'pos': repeated labels \['x'\]"),
+        ({"pos": "xy"}, r"'pos': labels must be a sequence of strings"),
+        ({"s": ["a"]}, r"'s' is a scalar"),
+        ({"pos": ["x", ""]}, r"non-empty strings"),
+    ],
+)
+def test_bad_labels(labels, match):
+    with pytest.raises(ValueError, match=match):
+        gn.Layout({"pos": (2,), "s": ()}, labels=labels)
+
+
+def test_affine_maps_user_units_to_model_units_and_back():
+    ARC = np.pi / 180 / 3600
+    lay = gn.Layout(
+        {"pos": (2,), "plate": (), "flux": (), "zern": (2,), "c": ()},
+        units={"pos": "µas", "plate": "ppm", "flux": "log10_ph", "zern": "nm"},
+        model_units={"pos": "rad", "zern": "m"},
+        affine={"plate": gn.Affine.relative(0.355, "ppm"), "flux": gn.Affine(0.5, log10=True),
+                "c": (2.0, 1.0)},
+        transforms={"c": "positive"},
+    )
+    user = {"pos": np.array([100.0, -50.0]), "plate": 40.0, "flux": 6.5, "zern": np.array([12.0, -8.0]), "c": 3.0}
+    with jax.enable_x64(True):
+        theta = lay.pack(user)
+        np.testing.assert_allclose(np.asarray(theta), [100, -50, 40, 6.5, 12, -8, np.log(3.0)], rtol=1e-12)
+        model = lay.unpack_model(theta)
+        np.testing.assert_allclose(np.asarray(model["pos"]), np.array([100.0, -50.0]) * 1e-6 * ARC, rtol=1e-12)
+        assert float(model["plate"]) == pytest.approx(0.355 * (1 + 40e-6), rel=1e-14)
+        assert float(model["flux"]) == pytest.approx(0.5 * 10**6.5, rel=1e-12)
+        np.testing.assert_allclose(np.asarray(model["zern"]), [12e-9, -8e-9], rtol=1e-12)
+        assert float(model["c"]) == pytest.approx(2 * 3.0 + 1, rel=1e-12)  # the transform acts on user units
+        back = lay.from_model(model)
+        for k, v in user.items():
+            np.testing.assert_allclose(np.asarray(back[k]), v, rtol=1e-10)
+    again = gn.Layout.from_dict(lay.to_dict())
+    assert again == lay and again.index_map() == lay.index_map()
+    assert lay.index_map()[0]["to_model"]["scale"] == pytest.approx(1e-6 * ARC)
+    assert lay.index_map()[0]["model_units"] == "rad"
+
+
+def test_user_units_make_theta_well_scaled():
+    """The same physical point in model units spans 13 decades; in user units the entries are O(1–1e3)."""
+    ARC = np.pi / 180 / 3600
+    lay = gn.Layout({"pos": (2,), "zern": (2,)}, units={"pos": "µas", "zern": "nm"},
+                    model_units={"pos": "rad", "zern": "m"})
+    with jax.enable_x64(True):
+        theta = lay.pack(lay.from_model({"pos": np.array([1e-4, 3e-4]) * ARC, "zern": np.array([1e-8, 2e-8])}))
+    np.testing.assert_allclose(np.asarray(theta), [100, 300, 10, 20], rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(units={"x": "nm"}, model_units={"x": "rad"}), r"'x': cannot convert 'nm' to 'rad'.*affine="),
+        (dict(model_units={"x": "rad"}), r"'x': model_units 'rad' needs the user's units"),
+        (dict(affine={"x": gn.Affine(scale=[1.0, 2.0, 3.0])}), r"'x': Affine scale of shape \(3,\)"),
+        (dict(affine={"x": "big"}), r"'x': a model map must be a gnomon.Affine"),
+    ],
+)
+def test_bad_model_maps(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gn.Layout({"x": (2,)}, **kwargs)
+
+
+def test_affine_rejects_zero_scale_and_nonfinite():
+    with pytest.raises(ValueError, match="non-zero"):
+        gn.Affine(scale=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        gn.Affine(offset=float("nan"))
+    with pytest.raises(ValueError, match="non-zero nominal"):
+        gn.Affine.relative(0.0)

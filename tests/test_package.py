@@ -7,7 +7,7 @@ from pathlib import Path
 # the console script installed beside this interpreter (CI runs without an activated virtualenv)
 GNOMON = str(Path(sys.executable).parent / "gnomon")
 
-HEAVY = ("arviz", "arviz_base", "matplotlib", "blackjax", "numpyro", "pyarrow", "pandas", "dask")
+HEAVY = ("arviz", "arviz_base", "matplotlib", "blackjax", "numpyro", "pyarrow", "pandas", "dask", "tqdm")
 
 
 def _run(code: str) -> str:

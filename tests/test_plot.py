@@ -58,15 +58,19 @@ def test_summary_line_is_the_rms_and_hybrid_picks_largest_final_components():
     assert labels == ["rms"] + [f"[{k}]" for k in top2]
 
 
-def test_residual_view_when_truth_known_with_automatic_unit_scaling():
+def test_residual_view_when_truth_known_in_the_units_as_given():
     sig = _sig()
     fig = gn.plot.history(sig, "pos")
     ax = fig.axes[0]
     y = _data_lines(ax)[0].get_ydata()
-    np.testing.assert_allclose(y, (sig.values("pos") - 1.0) * 1e6, rtol=1e-9)  # arcsec -> µas
-    assert ax.get_ylabel() == "pos residual [µas]"
-    final = (sig.values("pos")[-1] - 1.0) * 1e6
-    assert ax.get_title() == f"pos residual: final {final:+.4g} µas"
+    np.testing.assert_allclose(y, sig.values("pos") - 1.0, rtol=1e-9)  # arcsec stays arcsec
+    assert ax.get_ylabel() == "pos residual [arcsec]"
+    final = sig.values("pos")[-1] - 1.0
+    assert ax.get_title() == f"pos residual: final {final:+.4g} arcsec"
+    # automatic scaling is opt-in
+    fig = gn.plot.history(sig, "pos", auto_units=True)
+    np.testing.assert_allclose(_data_lines(fig.axes[0])[0].get_ydata(), (sig.values("pos") - 1.0) * 1e6)
+    assert fig.axes[0].get_ylabel() == "pos residual [µas]"
     # the value view keeps the stored unit and draws the truth as a dashed reference
     fig = gn.plot.history(sig, "pos", residual=False)
     ax = fig.axes[0]
@@ -82,7 +86,7 @@ def test_unit_overrides():
     ax = fig.axes[0]
     assert ax.get_ylabel().endswith("[mas]")
     np.testing.assert_allclose(_data_lines(ax)[0].get_ydata(), (sig.values("pos") - 1.0) * 1e3)
-    fig = gn.plot.history(sig, "pos", auto_units=False)
+    fig = gn.plot.history(sig, "pos")
     assert fig.axes[0].get_ylabel().endswith("[arcsec]")
 
 
@@ -104,6 +108,112 @@ def test_log_axes():
     assert fig.axes[0].get_yscale() == "symlog"
     fig = gn.plot.history(sig, "loss", logy="auto")
     assert fig.axes[0].get_yscale() == "log"
+
+
+@pytest.mark.parametrize("start", [4e4, -4e4])
+def test_log_axes_keep_the_starting_values_visible(start):
+    """A residual from far away that converges (and crosses zero) keeps every point, the start included,
+    inside the axis limits; with a known σ the symlog axis is linear within ±σ."""
+    t = np.arange(200)
+    r = start * np.exp(-t / 8.0) + 3.0 * np.cos(t)  # decays, then oscillates about zero within ±3
+    sig = Signals({"x": 10.0 + r}, truth={"x": 10.0}, units={"x": "µas"}).with_sigma({"x": 2.5})
+    ax = gn.plot.history(sig, "x", logy=True).axes[0]
+    lo, hi = ax.get_ylim()
+    y = _data_lines(ax)[0].get_ydata()
+    assert lo < y.min() and y.max() < hi and lo < y[0] < hi
+    assert ax.get_yscale() == "symlog" and ax.yaxis.get_transform().linthresh == 2.5
+    pos = Signals({"e": np.abs(start) * np.exp(-t / 8.0) + 1e-3})
+    ax = gn.plot.history(pos, "e", logy=True).axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] < 1e-3 and ax.get_ylim()[1] > abs(start)
+
+
+def test_units_exactly_as_given_and_errors_not_called_residuals():
+    """The user study: T.error(..., units="µas") must stay µas, labelled by its name, not 'x_err residual' in
+    mas."""
+    from gnomon.signals import transforms as T
+
+    x = 0.12 + 3e-6 * np.random.default_rng(1).normal(size=40)  # arcsec: errors of a few µas
+    sig = Signals({"x": x}, units={"x": "arcsec"}, truth={"x": 0.12}).apply(T.error("x", "x_err", units="µas"))
+    ax = gn.plot.history(sig, "x_err").axes[0]
+    np.testing.assert_allclose(_data_lines(ax)[0].get_ydata(), (x - 0.12) * 1e6, rtol=1e-9)
+    assert ax.get_ylabel() == "x_err [µas]" and "residual" not in ax.get_title()
+    assert ax.get_title() == f"x_err: final {(x[-1] - 0.12) * 1e6:+.4g} µas"
+    assert gn.plot.history(sig, "x_err", residual=True).axes[0].get_ylabel() == "x_err [µas]"
+
+
+def _yspan(patch):
+    return (round(float(patch.get_y()), 9), round(float(patch.get_y() + patch.get_height()), 9))
+
+
+def test_residual_in_sigma_and_crlb_bands():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(T, 3)) * [1.0, 2.0, 4.0]
+    sig = Signals({"z": z}, truth={"z": [0.5, 0.0, -1.0]}, units={"z": "nm"}).with_sigma({"z": [0.5, 1.0, 2.0]})
+    ax = gn.plot.history(sig, "z", residual="sigma").axes[0]
+    ys = np.stack([ln.get_ydata() for ln in _data_lines(ax)], axis=1)
+    np.testing.assert_allclose(ys, (z - [0.5, 0.0, -1.0]) / [0.5, 1.0, 2.0])
+    assert ax.get_ylabel() == "z residual [σ]"
+    spans = sorted({_yspan(p) for p in ax.patches if (p.get_gid() or "").startswith("band:")})
+    assert spans == [(-2.0, 2.0), (-1.0, 1.0)]  # bands at ±1σ and ±2σ
+    # values: bands around the truth at ±σ, ±2σ of each component; a CRLB-like object works as sigma=
+    crlb = type("CRLB", (), {"labels": ["z[0]", "z[1]", "z[2]"], "marginal": np.array([0.5, 1.0, 2.0])})()
+    ax = gn.plot.history(Signals({"z": z}, truth={"z": [0.5, 0.0, -1.0]}), "z", residual=False, sigma=crlb).axes[0]
+    bands = {_yspan(p) for p in ax.patches}
+    assert (0.0, 1.0) in bands and (-0.5, 1.5) in bands and (-5.0, 3.0) in bands
+    assert len([p for p in ax.patches if p.get_gid() == "band:z"]) == 6
+    # sampler chains without a CRLB: residuals in posterior sds; no bands (bands show bounds only)
+    ch = _sig("sampling")
+    ax = gn.plot.history(ch, "pos", residual="sigma").axes[0]
+    pos = ch["pos"].values
+    np.testing.assert_allclose(_data_lines(ax)[0].get_ydata(), (pos[0] - 1.0) / np.std(pos, ddof=1))
+    assert not [p for p in gn.plot.history(ch, "pos").axes[0].patches if p.get_gid()]
+    ax = gn.plot.history(Signals({"a": z[:, 0]}, truth={"a": 0.0}), "a", residual="sigma").axes[0]
+    assert "no σ" in ax.get_title() and np.isnan(_data_lines(ax)[0].get_ydata()).all()
+
+
+def test_layout_component_labels_in_legends():
+    """Legends read the layout's component labels (Noll indices), not [1] [2] [3]."""
+    layout = gn.Layout({"zern": (3,)}, units={"zern": "nm"}, labels={"zern": ["Z4", "Z5", "Z6"]})
+    tr = gn.Trace(kind="optimization", theta=np.random.default_rng(0).normal(size=(6, 3)), loss=np.ones(6),
+                  step=np.arange(6), layout=layout)
+    sig = Signals.from_trace(tr)
+    assert sig["zern"].labels == ("zern[Z4]", "zern[Z5]", "zern[Z6]")
+    ax = gn.plot.history(sig, "zern").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Z4", "Z5", "Z6"]
+    plain = gn.plot.history(Signals({"v": np.zeros((4, 2))}), "v").axes[0]
+    assert [t.get_text() for t in plain.get_legend().get_texts()] == ["[0]", "[1]"]
+
+
+def test_chain_titles_describe_what_is_plotted():
+    """The chain figure's title said 'mean rms 0.06 nm' over a curve near 1: a summary title now reports the
+    plotted curve (the per-draw RMS), a components title the posterior means and sds."""
+    ch = _sig("sampling")
+    ax = gn.plot.history(ch, "z", mode="summary").axes[0]
+    curve = np.concatenate([ln.get_ydata() for ln in _data_lines(ax)])
+    from gnomon.util.format import format_uncertain
+
+    assert f"rms per draw {format_uncertain(curve.mean(), curve.std(ddof=1))} nm" in ax.get_title()
+    ax = gn.plot.history(ch, "z").axes[0]
+    assert "posterior means rms" in ax.get_title() and "sds rms" in ax.get_title()
+
+
+@pytest.mark.parametrize("ncols, n", [(3, 9), (2, 5)])
+def test_no_overlapping_text_at_any_grid_size(ncols, n):
+    """Long names, multi-signal titles, symlog axes: no two texts (tick labels, axis labels, offsets,
+    titles, suptitle) of the rendered grid intersect."""
+    from gnomon.plot._mpl import text_overlaps
+
+    rng = np.random.default_rng(3)
+    names = [f"block_with_a_long_name_{i}.x_position_error_as" for i in range(n)]
+    data = {nm: 9.5 + 1e-5 * np.exp(-np.arange(T) / 5) * rng.normal(size=T) for nm in names}
+    sig = Signals(data, units={nm: "arcsec" for nm in names}, truth={nm: 9.5 for nm in names})
+    sig = sig.with_sigma({nm: 1e-7 for nm in names})
+    panels = [[names[0], names[1]]] + [{"names": [nm], "logy": i % 2 == 0} for i, nm in enumerate(names[2:])]
+    fig = gn.plot.grid(sig, panels, ncols=ncols, suptitle="a suptitle " * 6)
+    assert text_overlaps(fig) == []
+    # the check itself finds overlaps: a title far wider than its panel runs into its neighbour's
+    fig.axes[0].set_title("W" * 300)
+    assert any("axes 0 title" in a and "axes 1 title" in b for a, b in text_overlaps(fig))
 
 
 def test_grid_panels_titles_and_shared_x():
@@ -301,10 +411,47 @@ def test_eigen_spectrum_from_an_eigenmap():
 
 
 def test_arviz_sampler_views():
+    from gnomon.plot._mpl import text_overlaps
+
     sig = _sig("sampling")
     fig = gn.plot.rank(sig, ["pos", "z"])
     assert len(fig.axes) >= 1 + K
     fig = gn.plot.trace_dist(sig, ["pos"])
     assert len(fig.axes) >= 2
+    assert any("pos [arcsec]" in ax.get_xlabel().replace("\n", " ") for ax in fig.axes)  # names with units
+    assert text_overlaps(fig) == []
+
+
+def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels():
+    """Through a sampling Trace: precise (float64 identity blocks), named, in units, component labels as
+    coordinates; the pair plot's long labels are fitted (nothing overlaps, nothing outside the figure)."""
+    from gnomon.plot._mpl import renderer, text_overlaps
+
+    layout = gn.Layout({"binary.separation_as": (), "zern": (2,)}, units={"binary.separation_as": "arcsec",
+                                                                          "zern": "nm"}, labels={"zern": ["Z4", "Z5"]})
+    rng = np.random.default_rng(4)
+    theta = rng.normal(size=(2, 60, 3)) * [1e-5, 1.0, 1.0] + [9.5, 0.0, 0.0]
+    tr = gn.Trace(kind="sampling", theta=theta, log_prob=rng.normal(size=(2, 60)), layout=layout)
+    dt = gn.plot.to_datatree(tr)
+    post = dt["posterior"].to_dataset()
+    assert post["binary.separation_as"].attrs["units"] == "arcsec"
+    assert list(post["zern"].coords["component"].values) == ["Z4", "Z5"]
+    np.testing.assert_array_equal(post["binary.separation_as"].values, theta[..., 0])  # no float32 rounding
+    fig = gn.plot.pair(tr)
+    labels = " ".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)
+    assert "binary.separation_as [arcsec]" in labels and "zern [nm]" in labels and "Z5" in labels
+    assert text_overlaps(fig) == []
+    r, box = renderer(fig), fig.bbox
+    for ax in fig.axes:
+        for t in (ax.xaxis.label, ax.yaxis.label):
+            if t.get_visible() and t.get_text():
+                e = t.get_window_extent(r)
+                assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1
+    from gnomon.signals import transforms as tfm
+
+    sig = Signals.from_trace(tr, truth={"binary.separation_as": 9.5, "zern": [0.0, 0.0]})
+    sig = sig.apply(tfm.residual_in_sigma("binary.separation_as"), tfm.residual_in_sigma("zern"))
+    fig = gn.plot.forest(sig, ["binary.separation_as_z", "zern_z"])
+    assert text_overlaps(fig) == [] and len(fig.axes) >= 1
     with pytest.raises(ValueError, match="sampler"):
         gn.plot.rank(_sig("optimization"))

@@ -99,7 +99,7 @@ def test_astrometry_figure_with_truth(tmp_path):
         "loss",
         "x / y error [µas]",
         "separation error [µas]",
-        "position angle error [mas]",
+        "position angle error [arcsec]",
         "plate-scale error [ppm]",
         "raw flux error [ppm]",
         "Zernike error [nm]",
@@ -107,7 +107,7 @@ def test_astrometry_figure_with_truth(tmp_path):
     ]
     assert [len(_data_lines(ax)) for ax in axes] == [1, 2, 1, 1, 1, 2, 8, 1]
     fin = sig.values(A.X)[-1]
-    assert f"final {(fin - 0.12) * 1e6:.4g} µas" in axes[1].get_title()
+    assert f"final {(fin - 0.12) * 1e6:+.4g} µas" in axes[1].get_title()
     assert fig.get_suptitle() == "astrometry: errors vs truth"
 
 
@@ -131,9 +131,9 @@ def test_recipe_registry_and_errors():
 
 
 def test_astrometry_transform_by_name_without_importing_the_recipe_first():
-    """In a fresh interpreter that never imported gnomon.recipes, transforms=["astrometry"] resolves (the
-    recipe module is imported on demand) and gives the closed-form errors; importing gnomon.signals alone
-    imports no recipe."""
+    """In a fresh interpreter: gnomon.signals imports no recipe (no upward import), so the name is unknown
+    (the error says what to import) until the gnomon.recipes package is imported; then transforms=["astrometry"]
+    resolves lazily (the recipe module is imported on demand) and gives the closed-form errors."""
     import subprocess
     import sys
 
@@ -148,6 +148,15 @@ layout = gn.Layout({"binary.x_position_as": (), "system.plate_scale_as_per_pix":
 theta = np.array([[0.1, 0.36], [0.12, 0.355]])
 tr = gn.Trace(kind="optimization", theta=theta, loss=np.array([2.0, 1.0]), step=np.arange(2), layout=layout)
 truth = {"binary.x_position_as": 0.11, "system.plate_scale_as_per_pix": 0.355}
+try:
+    Signals.from_trace(tr, truth=truth, transforms=["astrometry"])
+except ValueError as exc:
+    assert "import gnomon.recipes" in str(exc), exc
+else:
+    raise AssertionError("an unknown transform name must raise")
+assert not any(m.startswith("gnomon.recipes") for m in sys.modules), "signals imported a recipe"
+gn.recipes  # importing the package declares its transforms (lazily: the module is not imported yet)
+assert "gnomon.recipes.astrometry" not in sys.modules
 sig = Signals.from_trace(tr, truth=truth, transforms=["astrometry"])
 assert "gnomon.recipes.astrometry" in sys.modules
 x = sig.values("binary.x_position_as").astype(float)

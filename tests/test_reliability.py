@@ -224,9 +224,9 @@ def test_old_run_formats_read_new_refused(tmp_path):
     new.mkdir()
     for f in ("trace.npz", "meta.json"):
         (new / f).write_bytes((exp.runs_dir / "current" / f).read_bytes())
-    (new / "summary.json").write_text(json.dumps({"schema_version": 2, "final_loss": 1.0}))
+    (new / "summary.json").write_text(json.dumps({"schema_version": 3, "final_loss": 1.0}))
     with pytest.raises(
-        gn.ArtifactError, match=r"new/summary\.json: schema_version 2 is newer .* upgrade gnomon"
+        gn.ArtifactError, match=r"new/summary\.json: schema_version 3 is newer .* upgrade gnomon"
     ):
         exp.load("new")
     with pytest.warns(UserWarning, match="1 newer_schema"):

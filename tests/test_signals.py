@@ -118,7 +118,7 @@ def test_eigen_trace_decodes_through_the_map():
     ref = rng.normal(size=5)
     emap = gn.EigenMap.from_matrix(F, ref, layout=layout)
     z = rng.normal(size=(7, 5))
-    tr = gn.Trace(kind="optimization", theta=z, loss=np.zeros(7), thetamap=emap, layout=layout)
+    tr = gn.Trace(kind="optimization", z=z, loss=np.zeros(7), thetamap=emap, layout=layout)
     want = np.asarray(emap.to_theta(z))
     for spec in (None, emap):
         sig = Signals.from_trace(tr, spec)
@@ -170,16 +170,19 @@ def _assert_same(a: Signals, b: Signals):
         np.testing.assert_array_equal(sa.values, sb.values)
         assert sa.values.dtype == sb.values.dtype
         assert (sa.units, sa.labels, sa.role, sa.scalar) == (sb.units, sb.labels, sb.role, sb.scalar)
-        if sa.truth is None:
-            assert sb.truth is None
-        else:
-            np.testing.assert_array_equal(sa.truth, sb.truth)
+        assert (sa.sigma_source, sa.is_error) == (sb.sigma_source, sb.is_error)
+        for x, y in ((sa.truth, sb.truth), (sa.sigma, sb.sigma)):
+            if x is None:
+                assert y is None
+            else:
+                np.testing.assert_array_equal(x, y)
 
 
 def test_signals_npz_round_trip(tmp_path):
     tr = _opt_trace()
-    sig = Signals.from_trace(tr, tr.layout, truth={"x": 0.5, "z": [1.0, 2.0, 3.0]})
-    sig = sig.apply(tf.summary("z", "rms"))
+    sig = Signals.from_trace(tr, tr.layout, truth={"x": 0.5, "z": [1.0, 2.0, 3.0]}, crlb={"x": 1e-4, "z[1]": 0.2})
+    sig = sig.apply(tf.summary("z", "rms"), tf.error("x", "x_err", units="µas"))
+    assert sig["x_err"].is_error and sig["x_err"].sigma_value == pytest.approx(100.0)
     sig.save(tmp_path / "signals.npz")
     _assert_same(sig, Signals.load(tmp_path / "signals.npz"))
     chains = Signals.from_trace(_sample_trace(), truth={"s": 1.0})
@@ -193,12 +196,15 @@ def test_signals_cache_in_a_run_directory(tmp_path):
     tr = _opt_trace()
     sig = Signals.from_trace(tr, tr.layout, truth={"x": 0.5})
     gn.save_run(tmp_path / "r", tr, extra_arrays={"signals": sig.to_arrays()})
-    back = Signals.from_run(tmp_path / "r")
+    back = Signals.from_run(gn.load_run(tmp_path / "r"))
+    _assert_same(sig, gn.load_run(tmp_path / "r").signals())
+    with pytest.raises(ValueError, match=r"takes a loaded run.*gn.load_run\(path\)"):
+        Signals.from_run(tmp_path / "r")
     _assert_same(sig, back)
     # a plain {name: array, step} cache (DiagnosticsConfig's default) is read too, with the layout's units
     plain = {"x": np.asarray(tr.theta)[:, 0], "step": np.asarray(tr.step)}
     gn.save_run(tmp_path / "p", tr, extra_arrays={"signals": plain})
-    p = Signals.from_run(tmp_path / "p", truth={"x": 0.0})
+    p = Signals.from_run(gn.load_run(tmp_path / "p"), truth={"x": 0.0})
     assert p.units("x") == "arcsec" and "loss" in p
     np.testing.assert_array_equal(p.x, tr.step)
     np.testing.assert_array_equal(p.residual("x"), plain["x"])
@@ -242,6 +248,53 @@ def test_transforms_map_values_and_truth():
     np.testing.assert_allclose(sig.values("v_rmse"), 1e3 * np.sqrt(((v - t) ** 2).mean(1)))
     np.testing.assert_allclose(sig.values("v2"), v[:, 2])
     assert sig.truth("v2") == t[2] and sig["double"].role == "derived"
+
+
+def test_sigma_from_a_crlb_follows_the_transforms():
+    """σ (a CRLB) set by name, by component label or from a CRLB result maps through the transforms: an
+    error in µas carries σ in µas, a fractional error σ/|t|, a component its own σ, an RMS error
+    sqrt(mean σ²); residual_in_sigma is (v − t)/σ."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(10, 3)) + 5.0
+    t = np.array([5.0, 4.0, 6.0])
+    a = 0.12 + 1e-5 * rng.normal(size=10)
+    sig = Signals({"v": v, "a": a}, units={"v": "nm", "a": "arcsec"}, truth={"v": t, "a": 0.12})
+    crlb = type("CRLB", (), {"labels": ["a", "v[0]", "v[1]", "v[2]", "not_plotted"],
+                             "marginal": np.array([2e-6, 0.5, 1.0, 2.0, 9.0])})()
+    sig = sig.with_sigma(crlb)
+    assert sig["a"].sigma_source == "CRLB" and sig["v"].sigma.tolist() == [0.5, 1.0, 2.0]
+    sig = sig.apply(
+        tf.error("a", "a_err", units="µas"),
+        tf.fractional_error("v", "v_ppm", units="ppm"),
+        tf.component("v", 1, "v1"),
+        tf.rms_error("v", "v_rmse"),
+        tf.residual_in_sigma("v"),
+        tf.residual_in_sigma("a_err", name="a_z"),
+    )
+    assert sig["a_err"].sigma_value == pytest.approx(2.0) and sig["a_err"].is_error
+    np.testing.assert_allclose(sig["v_ppm"].sigma, 1e6 * np.array([0.5, 1.0, 2.0]) / t)
+    assert sig["v1"].sigma_value == 1.0 and sig["v_rmse"].sigma_value == pytest.approx(np.sqrt(5.25 / 3))
+    np.testing.assert_allclose(sig.values("v_z"), (v - t) / [0.5, 1.0, 2.0])
+    np.testing.assert_allclose(sig.values("a_z"), (a - 0.12) / 2e-6, rtol=1e-9)
+    assert sig.units("v_z") == "σ" and sig.truth("v_z").tolist() == [0, 0, 0]
+    # chains without a CRLB: residuals in posterior sds; an explicit sigma wins
+    ch = Signals({"p": rng.normal(size=(3, 50)) * 2.0 + 1.0}, kind="sampling", truth={"p": 1.0})
+    z = ch.apply(tf.residual_in_sigma("p")).values("p_z")
+    np.testing.assert_allclose(z, (ch.values("p") - 1.0) / ch.values("p").std(ddof=1))
+    np.testing.assert_allclose(ch.apply(tf.residual_in_sigma("p", sigma=4.0)).values("p_z"),
+                               (ch.values("p") - 1.0) / 4.0)
+    with pytest.raises(ValueError, match=r"sigma given for \['w'\]"):
+        sig.with_sigma({"w": 1.0})
+
+
+def test_run_crlb_and_truth_from_the_summary(tmp_path):
+    tr = _opt_trace()
+    gn.save_run(tmp_path / "r", tr, crlb={"x": 0.01, "z": [0.1, 0.2, 0.3]}, truth={"x": 0.5, "z": [1, 2, 3],
+                                                                                      "s": 1.0})
+    sig = gn.load_run(tmp_path / "r").signals()
+    assert sig["x"].sigma_value == 0.01 and sig["z"].sigma.tolist() == [0.1, 0.2, 0.3]
+    assert sig["x"].truth_value == 0.5 and sig["z"].truth_value.tolist() == [1, 2, 3]
+    assert sig["s"].sigma is None and sig["s"].truth_value == 1.0
 
 
 def test_error_transforms_without_truth_are_nan_with_stable_shape():
@@ -292,20 +345,22 @@ def test_lazy_transforms_and_providers_import_their_module_on_first_use(tmp_path
         f"register_transform('test_lazy_square', '{pkg}_mod:square')\n"
         f"register_transform('test_lazy_self', '{pkg}_mod')\n"
     )
+    from gnomon.signals import registry as reg
+
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(tf, "_PROVIDERS", list(tf._PROVIDERS))
-    monkeypatch.setattr(tf, "_REGISTRY", dict(tf._REGISTRY))
+    monkeypatch.setattr(reg, "_PROVIDERS", list(reg._PROVIDERS))
+    monkeypatch.setattr(reg, "_REGISTRY", dict(reg._REGISTRY))
     tf.add_transform_provider(f"{pkg}_provider")
     v = np.arange(6.0).reshape(3, 2)
     sig = Signals({"v": v})
     assert f"{pkg}_mod" not in sys.modules
     np.testing.assert_array_equal(sig.apply("test_lazy_square").values("v2"), v**2)
-    assert f"{pkg}_mod" in sys.modules and callable(tf._REGISTRY["test_lazy_square"])
+    assert f"{pkg}_mod" in sys.modules and callable(reg._REGISTRY["test_lazy_square"])
     np.testing.assert_array_equal(sig.apply("test_lazy_self").values("vvv"), 3 * v)
-    assert tf._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
+    assert reg._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
     # a lazy declaration after the module registered the callable keeps the callable
     tf.register_transform("test_lazy_self", f"{pkg}_mod")
-    assert tf._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
+    assert reg._REGISTRY["test_lazy_self"] is sys.modules[f"{pkg}_mod"].triple
     tf.register_transform("test_lazy_missing", f"{pkg}_mod:nope")
     with pytest.raises(ValueError, match="no attribute 'nope'"):
         sig.apply("test_lazy_missing")

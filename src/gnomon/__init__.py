@@ -40,8 +40,15 @@ _EXPORTS = {
     "Experiment": "gnomon.artifacts.experiment",
     "DiagnosticsConfig": "gnomon.artifacts.experiment",
     "Signals": "gnomon.signals.signals",
+    "enable_compilation_cache": "gnomon.util.compile_cache",
+    "disable_compilation_cache": "gnomon.util.compile_cache",
+    "Affine": "gnomon.thetaspace.modelmap",
+    "register_unit": "gnomon.thetaspace.units",
+    "cramer_rao": "gnomon.curvature.crlb",
+    "CramerRao": "gnomon.curvature.crlb",
 }
-_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "optim": "gnomon.optim"}
+_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "optim": "gnomon.optim",
+               "family": "gnomon.objective.family"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

@@ -1,10 +1,16 @@
 """Aggregate an experiment's runs into one table: ``summary.json`` scalars plus chosen ``meta.json`` keys.
 
-Only ``summary.json`` (and ``meta.json`` when meta keys are asked for) is opened per run: the cost is file
-opens, so the reads run in a small thread pool (file I/O releases the GIL). Runs that cannot be used are
-reported, never fatal: ``df.attrs["problems"]`` lists ``{"run_id", "problem", "message"}`` with problem
+Per run, ``summary.json`` and ``meta.json`` are read and the run is classified by
+:func:`gnomon.artifacts.status.check_run` — the judge :func:`gnomon.load_run` and ``gnomon show`` use too, so
+a run is in the table exactly when it loads, whether or not meta keys are asked for. The cost is file opens,
+so the reads run in a small thread pool (file I/O releases the GIL). Runs that cannot be used are reported,
+never fatal: ``df.attrs["problems"]`` lists ``{"run_id", "problem", "message"}`` with problem
 ``"incomplete"`` (no summary.json: in progress, crashed or failed), ``"corrupt"`` (unreadable JSON, no
-schema_version) or ``"newer_schema"`` (written by a newer gnomon).
+schema_version, a layout that does not match its hash, a data file missing or truncated; the message names
+the file) or ``"newer_schema"`` (written by a newer gnomon).
+
+Per-parameter keys (``estimate.<label>``, ``sd.<label>``, ``crlb.<label>``, ``truth.<label>``,
+``z.<label>``: :mod:`gnomon.artifacts.parameters`) become columns when ``params=`` asks for them.
 
 Column dtypes are explicit (pandas nullable dtypes, so a missing value is ``<NA>`` and never turns an
 integer column into floats): see :data:`SUMMARY_DTYPES`; other summary keys and meta keys are inferred
@@ -18,12 +24,14 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from gnomon.artifacts.jsonio import SCHEMA_VERSION, ArtifactError, atomic_path
+from gnomon.artifacts.jsonio import ArtifactError, atomic_path
+from gnomon.artifacts.parameters import PREFIXES, split_key
+from gnomon.artifacts.status import FILES_KEY, USER_KEYS_KEY, check_run
 
 SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -48,42 +56,12 @@ SUMMARY_DTYPES: dict[str, str] = {
     "runtime_s": "float64",
     "written_utc_unix": "float64",
 }
-_SKIP = {"schema_version", "run_id"}
+_SKIP = {"schema_version", "run_id", FILES_KEY, USER_KEYS_KEY}
 _MISSING = object()
 
 
 class AggregationWarning(UserWarning):
     """Some runs were skipped by an aggregation (see ``df.attrs["problems"]``)."""
-
-
-def _load(path: str) -> dict[str, Any]:
-    """Fast read of one small gnomon JSON file (flat scalars expected); ArtifactError naming the file."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON (truncated or corrupt: {exc})") from None
-    if not isinstance(doc, dict):
-        raise ArtifactError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    v = doc.get("schema_version")
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ArtifactError(f"{path}: no integer schema_version (found {v!r}); not a gnomon artifact?")
-    if v > SCHEMA_VERSION:
-        raise _Newer(
-            f"{path}: schema_version {v} is newer than this gnomon reads (≤ {SCHEMA_VERSION}); "
-            "upgrade gnomon to read it"
-        )
-    return doc
-
-
-class _Newer(ArtifactError):
-    pass
 
 
 def _dotted(doc: Any, key: str) -> Any:
@@ -96,29 +74,67 @@ def _dotted(doc: Any, key: str) -> Any:
     return cur
 
 
-def _read_run(runs_dir: str, name: str, meta_keys: Sequence[str]) -> tuple:
-    d = os.path.join(runs_dir, name)
-    path = os.path.join(d, SUMMARY_FILE)
-    try:
-        summary = _load(path)
-        metavals = None
-        if meta_keys:
-            meta = _load(os.path.join(d, META_FILE))
-            metavals = [_dotted(meta, k) for k in meta_keys]
-    except FileNotFoundError as exc:
-        if os.path.basename(str(exc.filename or "")) == SUMMARY_FILE:
-            return (
-                name,
-                None,
-                None,
-                ("incomplete", f"{path}: missing (the run is in progress, crashed or failed)"),
+class _Row(NamedTuple):
+    run_id: str
+    summary: dict[str, Any] | None
+    metavals: list[Any] | None
+    meta: dict[str, Any] | None
+    problem: tuple[str, str] | None  # (state, message) of a run that is not complete
+
+
+def _read_run(runs_dir: str, name: str, meta_keys: Sequence[str]) -> _Row:
+    st = check_run(os.path.join(runs_dir, name))
+    if not st.ok:
+        return _Row(name, None, None, None, (st.state, st.reason))
+    metavals = [_dotted(st.meta, k) for k in meta_keys]
+    return _Row(name, st.summary, metavals, st.meta, None)
+
+
+def _param_labels_of_block(meta: Mapping[str, Any] | None, name: str) -> set[str]:
+    """Labels a block's components may carry in summary keys, from a run's meta.json layout entry."""
+    out = {name}
+    layout = ((meta or {}).get("theta") or {}).get("layout") or {}
+    blocks = layout.get("blocks", []) if isinstance(layout, Mapping) else layout
+    for b in blocks if isinstance(blocks, list) else []:
+        if isinstance(b, Mapping) and b.get("name") == name and isinstance(b.get("labels"), list):
+            out.update(str(x) for x in b["labels"])
+            out.update(f"{name}[{x}]" for x in b["labels"])
+    return out
+
+
+def _select_params(good: list[_Row], keys: Sequence[str], params: Any) -> list[str]:
+    """The per-parameter summary keys to keep as columns, grouped by label in first-seen order."""
+    if params is None or params is False:
+        return []
+    labels: dict[str, None] = {}
+    for k in keys:
+        sk = split_key(k)
+        if sk is not None:
+            labels.setdefault(sk[1], None)
+    if params is True or params == "all":
+        chosen = list(labels)
+    else:
+        wanted = [params] if isinstance(params, str) else list(params)
+        chosen, missing = [], []
+        for w in wanted:
+            if not isinstance(w, str) or not w:
+                raise ValueError(f"params entries must be parameter names or labels, got {w!r}")
+            cands = set()
+            for r in good:
+                cands |= _param_labels_of_block(r.meta, w)
+            hit = [lab for lab in labels if lab in cands or lab.startswith(w + "[")]
+            if not hit:
+                missing.append(w)
+            chosen += [lab for lab in hit if lab not in chosen]
+        if missing:
+            known = list(labels)
+            raise ValueError(
+                f"params: no per-parameter columns for {missing}; the runs have {known[:12]}"
+                + (" …" if len(known) > 12 else "")
+                + ("" if known else " (none: save runs with a layout, crlb= or truth=)")
             )
-        return name, None, None, ("corrupt", f"{exc.filename}: file is missing")
-    except _Newer as exc:
-        return name, None, None, ("newer_schema", str(exc))
-    except ArtifactError as exc:
-        return name, None, None, ("corrupt", str(exc))
-    return name, summary, metavals, None
+    present = set(keys)
+    return [f"{p}.{lab}" for lab in chosen for p in PREFIXES if f"{p}.{lab}" in present]
 
 
 def _list_runs(runs_dir: str) -> list[str]:
@@ -186,6 +202,7 @@ def aggregate(
     *,
     on_problem: str = "warn",
     workers: int | None = None,
+    params: bool | str | Sequence[str] | None = None,
 ):
     """Table of the complete runs under ``runs_dir``: ``run_id``, the summary scalars, the meta keys.
 
@@ -200,6 +217,10 @@ def aggregate(
         (ArtifactError) when runs are incomplete, corrupt or newer; they are always listed in
         ``df.attrs["problems"]``.
       workers: reader threads (default: 8).
+      params: per-parameter columns ``estimate.<label>``, ``sd.<label>``, ``crlb.<label>``,
+        ``truth.<label>``, ``z.<label>`` (written by ``save_run``): None (default) for none, True or
+        ``"all"`` for every parameter, or a list of block names (all their components) and component labels.
+        Grouped by parameter, after the run-level columns and before the meta keys.
 
     Returns:
       a ``pandas.DataFrame`` sorted by ``run_id``, with explicit nullable dtypes (:data:`SUMMARY_DTYPES`).
@@ -240,21 +261,25 @@ def aggregate(
             results = [r for part in pool.map(work, chunks) for r in part]
         results.sort(key=lambda r: r[0])
 
-    problems = [{"run_id": n, "problem": p[0], "message": p[1]} for n, _, _, p in results if p is not None]
-    good = [(n, s, m) for n, s, m, p in results if p is None]
+    problems = [
+        {"run_id": r.run_id, "problem": r.problem[0], "message": r.problem[1]} for r in results if r.problem
+    ]
+    good = [r for r in results if r.problem is None]
 
     keys: dict[str, None] = {}
-    for _, s, _ in good:
-        for k in s:
+    for r in good:
+        for k in r.summary:
             if k not in _SKIP:
                 keys.setdefault(k, None)
-    ordered = [k for k in SUMMARY_DTYPES if k in keys] + sorted(k for k in keys if k not in SUMMARY_DTYPES)
-    data: dict[str, Any] = {"run_id": pd.array([n for n, _, _ in good], dtype="string")}
-    for k in ordered:
-        data[k] = _typed_column([s.get(k) for _, s, _ in good], SUMMARY_DTYPES.get(k))
+    per_param = _select_params(good, list(keys), params)
+    run_keys = [k for k in keys if split_key(k) is None]
+    ordered = [k for k in SUMMARY_DTYPES if k in keys] + sorted(k for k in run_keys if k not in SUMMARY_DTYPES)
+    data: dict[str, Any] = {"run_id": pd.array([r.run_id for r in good], dtype="string")}
+    for k in ordered + per_param:
+        data[k] = _typed_column([r.summary.get(k) for r in good], SUMMARY_DTYPES.get(k))
     for j, k in enumerate(meta_keys):
         col = k if k not in data else f"meta.{k}"
-        data[col] = _typed_column([m[j] for _, _, m in good], None)
+        data[col] = _typed_column([r.metavals[j] for r in good], None)
     df = pd.DataFrame(data)
     df.attrs["problems"] = problems
 

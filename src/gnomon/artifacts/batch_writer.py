@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,14 +22,11 @@ from gnomon.artifacts.run_writer import write_run
 from gnomon.artifacts.runids import check_run_id, generate_run_id
 from gnomon.trace.trace import Trace
 
-if TYPE_CHECKING:  # pragma: no cover
-    from gnomon.artifacts.experiment import Experiment
-
 __all__ = ["save_batch"]
 
 
 def save_batch(
-    experiment: Experiment,
+    experiment: Any,
     trace: Trace,
     run_ids: Sequence[str] | None = None,
     layout: Any = None,
@@ -40,7 +37,8 @@ def save_batch(
     diagnostics: DiagnosticsConfig | None = None,
     **save_run_kwargs: Any,
 ) -> list[Path]:
-    """Write ``trace`` as B runs of ``experiment``; see :meth:`gnomon.Experiment.save_batch`."""
+    """Write ``trace`` as B runs of ``experiment`` (a :class:`gnomon.Experiment`: its ``runs_dir``, ``path`` and
+    ``diagnostics`` are used); see :meth:`gnomon.Experiment.save_batch`."""
     if not isinstance(trace, Trace) or not trace.is_batched:
         raise ValueError("save_batch expects a batched optimization Trace (theta of shape (B, T, D))")
     b = trace.batch_size

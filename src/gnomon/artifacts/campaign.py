@@ -39,6 +39,8 @@ _RESULT_KEYS = (
     "precond",
     "signals",
     "handoff",
+    "crlb",
+    "truth",
 )
 
 
@@ -191,7 +193,8 @@ def run_many(
 
     Args:
       exp: the :class:`~gnomon.Experiment`.
-      fn: ``fn(item) -> Trace | (Trace, meta) | {"trace": ..., "meta"/"summary"/"layout"/...}``. With a
+      fn: ``fn(item) -> Trace | (Trace, meta) | {"trace": ..., "meta"/"summary"/"layout"/"crlb"/"truth"/...}``
+        (``crlb`` and ``truth`` give the per-parameter summary keys of :func:`gnomon.save_run`). With a
         process pool or Dask it must be picklable (a module-level function); its result is written in the
         worker, so traces never travel back.
       items: the campaign's items (settings, seeds, epochs...). JSON-able items are recorded in meta.json
@@ -216,7 +219,7 @@ def run_many(
     Returns:
       a :class:`CampaignResult` (completed, skipped, failed with messages, busy).
     """
-    from gnomon._progress import Progress
+    from gnomon.util.progress import Progress
 
     start = time.perf_counter()
     items = list(items)

@@ -242,7 +242,7 @@ def build_diagnostics(
             raise ValueError("DiagnosticsConfig.grads_every applies to optimization traces only")
         step = _steps_of(trace)
         rows = every_rows(step, config.grads_every)
-        theta = np.asarray(trace.theta)[rows]
+        theta = np.asarray(trace.coords_in(getattr(objective, "thetamap", None), "theta"))[rows]
         if "grad" in trace.stats and np.ndim(trace.stats["grad"]) == 2:
             grad, source, evals = np.asarray(trace.stats["grad"])[rows], "trace", 0
         elif objective is not None:

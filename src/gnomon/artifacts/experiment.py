@@ -35,7 +35,7 @@ from typing import Any
 
 from gnomon.artifacts.batch_writer import save_batch
 from gnomon.artifacts.diagnostics import DIAG_STEPS_FILE, DiagnosticsConfig, read_diag_steps
-from gnomon.artifacts.incomplete import incomplete_state, sweep_runs, sweep_temp_files
+from gnomon.artifacts.incomplete import incomplete_state, sweep_runs, sweep_staging_dirs, sweep_temp_files
 from gnomon.artifacts.jsonio import ArtifactError
 from gnomon.artifacts.manifest import (
     MANIFEST_FILE,
@@ -55,6 +55,7 @@ from gnomon.artifacts.runids import (
     read_claim,
     write_claim,
 )
+from gnomon.artifacts.status import RunState, check_run
 from gnomon.trace.trace import Trace
 
 __all__ = ["Experiment", "DiagnosticsConfig", "MANIFEST_SCHEMA_VERSION"]
@@ -177,8 +178,8 @@ class Experiment:
         writer is gone; a complete run is refused unless ``overwrite=True``, a run held by another live
         writer always. ``diagnostics`` (default: the experiment's) selects optional files; ``objective``,
         ``curvature``, ``precond``, ``signals`` and ``handoff`` are their sources. Other keyword arguments
-        go to :func:`gnomon.save_run` (``summary``, ``extra_arrays``, ``extra_meta``, ``arviz``,
-        ``compress``, ``fsync``)."""
+        go to :func:`gnomon.save_run` (``summary``, ``crlb``, ``truth``, ``extra_arrays``, ``extra_meta``,
+        ``arviz``, ``compress``, ``fsync``)."""
         if not isinstance(trace, Trace):
             raise ValueError(f"save expects a gnomon.Trace, got {type(trace).__name__}")
         if trace.is_batched:
@@ -264,8 +265,23 @@ class Experiment:
             return [e for e in it if not e.name.startswith(".") and e.is_dir()]
 
     def runs(self) -> list[str]:
-        """Ids of the complete runs (those with summary.json), sorted."""
+        """Ids of the runs with summary.json, sorted (a quick listing; :meth:`run_states` also tells complete
+        runs from corrupt ones, as :meth:`aggregate` and :func:`gnomon.load_run` do)."""
         return sorted(e.name for e in self._entries() if os.path.exists(os.path.join(e.path, SUMMARY_FILE)))
+
+    def run_states(self, *, workers: int | None = None) -> list[RunState]:
+        """The state of every run, sorted by id: a :class:`~gnomon.artifacts.status.RunState` with ``state``
+        ``"complete"``, ``"incomplete"``, ``"corrupt"`` or ``"newer_schema"`` and, when not complete, the
+        ``file`` at fault and the ``reason`` — the classification :func:`gnomon.load_run`,
+        :meth:`aggregate` and ``gnomon show`` share (:func:`gnomon.artifacts.status.check_run`)."""
+        names = sorted(e.name for e in self._entries())
+        paths = [self.runs_dir / n for n in names]
+        if len(paths) < 256 or workers == 1:
+            return [check_run(p) for p in paths]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, int(workers or 8))) as pool:
+            return list(pool.map(check_run, paths))
 
     def incomplete_runs(self, detail: bool = False) -> list[str] | list[dict[str, Any]]:
         """Ids of the runs without summary.json (in progress, crashed or failed), sorted.
@@ -295,13 +311,15 @@ class Experiment:
           no claim; plain ``save_run``): removed only when untouched for ``min_age_s`` seconds.
 
         ``temp_files`` also removes orphan temporary files (``.*.tmp-*``) older than ``min_age_s`` that a
-        crash can leave inside complete runs. ``dry_run`` only lists what would go."""
+        crash can leave inside complete runs, and staging directories (``runs/.<id>.tmp-*``) of writers that
+        crashed before installing their run. ``dry_run`` only lists what would go."""
         now = time.time()
         removed = sweep_runs(
             self.runs_dir, self.incomplete_runs(), now=now, min_age_s=min_age_s, force=force, dry_run=dry_run
         )
         if temp_files and not dry_run:
             sweep_temp_files([e.path for e in self._entries()], now - min_age_s)
+            sweep_staging_dirs(self.runs_dir, now - min_age_s)
         return removed
 
     def load(self, run_id: str, **kwargs: Any) -> Run:
@@ -326,11 +344,17 @@ class Experiment:
         *,
         on_problem: str = "warn",
         workers: int | None = None,
+        params: bool | str | Sequence[str] | None = None,
     ):
-        """One row per complete run, as a pandas DataFrame (:func:`gnomon.artifacts.aggregate.aggregate`)."""
+        """One row per complete run, as a pandas DataFrame (:func:`gnomon.artifacts.aggregate.aggregate`).
+
+        ``params=`` adds per-parameter columns ``estimate.<label>``, ``sd.<label>``, ``crlb.<label>``,
+        ``truth.<label>``, ``z.<label>`` (True or ``"all"``, or a list of parameter names / labels)."""
         from gnomon.artifacts.aggregate import aggregate
 
-        return aggregate(self.runs_dir, meta_keys=meta_keys, output=output, on_problem=on_problem, workers=workers)
+        return aggregate(
+            self.runs_dir, meta_keys=meta_keys, output=output, on_problem=on_problem, workers=workers, params=params
+        )
 
     def run_many(self, fn: Callable[[Any], Any], items: Sequence[Any], executor: Any = None, **kwargs: Any):
         """One fit per item, skipping complete runs; see :func:`gnomon.artifacts.campaign.run_many`."""

@@ -25,7 +25,7 @@ from gnomon.artifacts.jsonio import ArtifactError, read_json
 from gnomon.artifacts.run_writer import ERROR_FILE, unclaimed_grace
 from gnomon.artifacts.runids import claim_state, read_claim, take_over_claim, write_claim
 
-__all__ = ["incomplete_state", "sweep_runs", "sweep_temp_files"]
+__all__ = ["incomplete_state", "sweep_runs", "sweep_staging_dirs", "sweep_temp_files"]
 
 
 def incomplete_state(run_dir: Path) -> dict[str, Any]:
@@ -92,6 +92,25 @@ def sweep_runs(
             continue
         shutil.rmtree(grave, ignore_errors=True)
         removed.append(rid)
+    return removed
+
+
+def sweep_staging_dirs(runs_dir: str | os.PathLike, before: float) -> list[str]:
+    """Delete the staging directories (``.<run>.tmp-*``) a crashed :func:`gnomon.save_run` left in
+    ``runs_dir``, last changed at or before time ``before``; return their names."""
+    removed = []
+    try:
+        with os.scandir(runs_dir) as it:
+            stale = [e for e in it if e.name.startswith(".") and ".tmp-" in e.name and e.is_dir()]
+    except OSError:
+        return removed
+    for e in stale:
+        try:
+            if e.stat().st_mtime <= before:
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed.append(e.name)
+        except OSError:
+            continue
     return removed
 
 

@@ -9,23 +9,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# the error type and the atomic writes live in the bottom layer (gnomon.util.files) so that every layer can use
+# them; they are re-exported here, where artifacts have always found them
+from gnomon.util.files import ArtifactError, atomic_path, atomic_write_bytes  # noqa: F401
+
+SCHEMA_VERSION = 2  # 2: trace.npz 'theta' is base θ, 'z' the θ-map rows (1 stored z as theta)
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-class ArtifactError(ValueError):
-    """A run artifact is missing, partial, corrupt or from a newer gnomon; the message names the file."""
 
 
 def to_jsonable(x: Any) -> Any:
@@ -68,61 +66,6 @@ def from_jsonable(x: Any) -> Any:
     return x
 
 
-_token: tuple[int, str] | None = None
-
-
-def _tmp_suffix() -> str:
-    """``<pid>-<random>``, refreshed after a fork, so temporary names never clash across processes."""
-    global _token
-    pid = os.getpid()
-    if _token is None or _token[0] != pid:
-        _token = (pid, f"{pid}-{secrets.token_hex(4)}")
-    return _token[1]
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` through ``.<name>.tmp-<pid>-<rand>`` in the same folder and ``os.replace``.
-
-    Permissions follow the umask (like any ``open``); a failed write removes its temporary file."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary file name beside ``path`` for a library that writes to a name (pandas, netCDF);
-    on success it is ``os.replace``-d over ``path``, on failure removed."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{_tmp_suffix()}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *, schema_version: int = SCHEMA_VERSION,
                fsync: bool = False) -> None:
     """Atomically write ``obj`` (with ``schema_version`` first) as indented JSON."""
@@ -131,27 +74,59 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *, schema_versio
     atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync)
 
 
-def read_json(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
-    """Read a gnomon JSON artifact; :class:`ArtifactError` naming the file when it cannot be used."""
-    path = Path(path)
+class NewerSchemaError(ArtifactError):
+    """An artifact was written by a newer gnomon (its ``schema_version`` is above what this one reads)."""
+
+
+def describe_json_error(exc: json.JSONDecodeError) -> str:
+    """``"Expecting value at line 1, column 5"`` (Python's own message reads "... starting at: line ...")."""
+    msg = exc.msg.rstrip(": ")
+    where = f"line {exc.lineno}, column {exc.colno}"
+    return f"{msg} {where}" if msg.endswith(" at") else f"{msg} at {where}"
+
+
+def parse_json_doc(raw: bytes | str, path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of ``path``), checked to be a gnomon artifact this gnomon reads.
+
+    Non-finite markers are left as strings (callers that need floats apply :func:`from_jsonable`). Raises
+    :class:`ArtifactError` naming ``path`` (:class:`NewerSchemaError` for a newer ``schema_version``)."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: file is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        obj = json.loads(text)
+        obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON (truncated or corrupt: {exc.msg} at line {exc.lineno})") from None
+        raise ArtifactError(f"{path}: not valid JSON, truncated or corrupt ({describe_json_error(exc)})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON, truncated or corrupt ({exc})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     version = obj.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ArtifactError(f"{path}: no integer schema_version (found {version!r}); not a gnomon artifact?")
     if version > max_schema:
-        raise ArtifactError(
+        raise NewerSchemaError(
             f"{path}: schema_version {version} is newer than this gnomon reads (≤ {max_schema}); "
             "upgrade gnomon to read it"
         )
+    return obj
+
+
+def read_json_raw(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """:func:`parse_json_doc` of the file ``path``; FileNotFoundError when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ArtifactError(f"{path}: is a directory, expected a JSON file") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_json_doc(raw, path, max_schema=max_schema)
+
+
+def read_json(path: str | os.PathLike, *, max_schema: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """Read a gnomon JSON artifact; :class:`ArtifactError` naming the file when it cannot be used."""
+    try:
+        obj = read_json_raw(path, max_schema=max_schema)
+    except FileNotFoundError:
+        raise ArtifactError(f"{Path(path)}: file is missing") from None
     return from_jsonable(obj)

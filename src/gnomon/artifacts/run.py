@@ -2,7 +2,8 @@
 
 A run directory holds (schema documented in ``docs/artifacts.md``)::
 
-    trace.npz      theta, loss / log_prob, step, stats/<channel>, warmup/<name>
+    trace.npz      theta (base θ), z (θ-map coordinates, when the engine ran in a θ-map), loss / log_prob,
+                   step, stats/<channel>, warmup/<name>
     meta.json      identity, provenance, θ interpretation (layout index map + hash, θ-map), engine config
     summary.json   small scalars for aggregation — written LAST: a run is complete iff it exists
     <name>.npz     optional diagnostics (curvature, precond, grads, signals, handoff, thetamap)
@@ -18,7 +19,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable, write_json
+from gnomon.artifacts.install import staged_run
+from gnomon.artifacts.jsonio import ArtifactError, from_jsonable, read_json, to_jsonable, write_json
 from gnomon.artifacts.npzio import read_npz, write_npz
+from gnomon.artifacts.parameters import parameter_summary
 from gnomon.artifacts.provenance import git_hash, package_versions, platform_info
+from gnomon.artifacts.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
 from gnomon.thetaspace.layout import Layout
 from gnomon.trace.trace import Trace
 
@@ -54,6 +58,13 @@ class Run:
     def run_id(self) -> str:
         return self.meta.get("run_id", self.path.name)
 
+    def signals(self, truth: Any = None, transforms: Any = (), **kwargs: Any):
+        """This run's :class:`~gnomon.Signals` (:meth:`gnomon.Signals.from_run`): the cached signals.npz or
+        the decoded trace, with the truth and CRLB the run recorded."""
+        from gnomon.signals.signals import Signals
+
+        return Signals.from_run(self, truth=truth, transforms=transforms, **kwargs)
+
     def load_extra(self, name: str) -> dict[str, np.ndarray]:
         """Arrays of an optional ``<name>.npz`` diagnostic file of this run."""
         if name not in self.files:
@@ -65,6 +76,8 @@ class Run:
 
 def _trace_arrays(trace: Trace) -> dict[str, Any]:
     arrays: dict[str, Any] = {"theta": trace.theta}
+    if trace.z is not None:
+        arrays["z"] = np.asarray(trace.z)
     if trace.loss is not None:
         arrays["loss"] = trace.loss
     if trace.log_prob is not None:
@@ -89,9 +102,17 @@ def _trace_from_arrays(arrays: dict[str, np.ndarray], meta: dict, summary: dict,
               if k.startswith("warmup/") and not k.startswith("warmup/stats/")}
     if warm_stats:
         warmup["stats"] = warm_stats
+    theta, z = arrays["theta"], arrays.get("z")
+    if thetamap is not None and int(meta.get("schema_version", 1)) < 2:  # schema 1 stored the z rows as theta
+        theta, z = None, theta
+        if "theta" in warmup:
+            warmup["z"] = warmup.pop("theta")
+    if thetamap is not None and z is None:
+        raise ValueError("the run has a θ-map but trace.npz has no 'z' array")
     return Trace(
         kind=meta["kind"],
-        theta=arrays["theta"],
+        theta=theta,
+        z=z,
         loss=arrays.get("loss"),
         log_prob=arrays.get("log_prob"),
         stats=stats,
@@ -131,6 +152,8 @@ def save_run(
     *,
     run_id: str | None = None,
     summary: Mapping[str, Any] | None = None,
+    crlb: Any = None,
+    truth: Any = None,
     extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
     arviz: bool = False,
@@ -140,22 +163,67 @@ def save_run(
 ) -> Path:
     """Write ``trace`` as a run directory and return its path.
 
+    Every file is written into a staging directory beside ``run_dir`` and installed only when complete
+    (:mod:`gnomon.artifacts.install`), so a run directory never holds files of two runs.
+
     Args:
-      run_dir: directory to create (parents too). An existing *complete* run (one with summary.json) is
-        refused unless ``overwrite=True``.
+      run_dir: directory to create (parents too). It may be missing or empty, or hold an incomplete earlier
+        attempt of this run. A complete run there is refused unless ``overwrite=True``; so is a directory
+        holding anything that is not this run's files (``overwrite=True`` replaces its contents).
       trace: a single (unbatched) optimization or sampling :class:`Trace`.
       layout: the layout naming θ (defaults to ``trace.layout``); stored as index map + hash.
       meta: user metadata (JSON-able), stored under ``"user"`` in meta.json.
       run_id: defaults to the directory name.
-      summary: extra aggregation scalars merged into summary.json (e.g. ``max_abs_z_vs_truth``). Sampling
-        runs get min bulk/tail ESS, max R-hat, divergences and gradient evaluations per ESS automatically.
+      summary: extra aggregation scalars merged into summary.json (e.g. ``max_abs_z_vs_truth``); they win
+        over the keys gnomon computes. Sampling runs get min bulk/tail ESS, max R-hat, divergences and
+        gradient evaluations per ESS automatically.
+      crlb: Cramér–Rao bounds per named parameter — a mapping label → value (or block name → array), or an
+        object with ``to_summary()`` (the forward-model CRLB result); written as ``crlb.<label>``.
+      truth: true parameter values — a mapping block name → constrained value (or label → value) or a flat
+        base θ; written as ``truth.<label>``. With a layout, summary.json always gets ``estimate.<label>``
+        (the MAP, or the posterior mean of a sampling run), ``sd.<label>`` for sampling runs, and
+        ``z.<label>`` = (estimate − truth) / (CRLB, else sd) when a truth is given
+        (:mod:`gnomon.artifacts.parameters`).
       extra_arrays: optional diagnostic files ``{name: {array_name: array}}`` written as ``<name>.npz``
         (e.g. ``curvature``, ``precond``, ``grads``, ``signals``, ``handoff``).
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
-      arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF).
+      arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF; every variable carries
+        ``units`` and ``long_name`` attributes).
+      overwrite: replace a complete run, or the contents of a directory that is not this run's.
       compress: compress trace.npz (≈7% smaller, ≈5× slower to write).
       fsync: fsync each file (durable against power loss, ≈3× slower).
     """
+    return write_run_dir(
+        run_dir, trace, layout, meta, run_id=run_id, summary=summary, crlb=crlb, truth=truth,
+        extra_arrays=extra_arrays, extra_meta=extra_meta, arviz=arviz, overwrite=overwrite,
+        compress=compress, fsync=fsync,
+    )
+
+
+def write_run_dir(
+    run_dir: str | os.PathLike,
+    trace: Trace,
+    layout: Layout | None = None,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    summary: Mapping[str, Any] | None = None,
+    crlb: Any = None,
+    truth: Any = None,
+    extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    arviz: bool = False,
+    overwrite: bool = False,
+    compress: bool = False,
+    fsync: bool = False,
+    claim_token: str | None = None,
+    fresh: bool = False,
+    prepare: Callable[[Path], tuple[Mapping[str, Any], Mapping[str, Any]]] | None = None,
+) -> Path:
+    """:func:`save_run` for the experiment writers: ``claim_token`` is the writer's claim of ``run_dir``,
+    ``fresh`` says the writer has just created it (empty, unclaimed), and ``prepare(staging_dir) ->
+    (extra_arrays, extra_meta)`` writes more files into the staging directory first (the diagnostics) and
+    returns what it adds to the run's arrays and meta.json."""
     if not isinstance(trace, Trace):
         raise ValueError(f"save_run expects a gnomon.Trace, got {type(trace).__name__}")
     if trace.is_batched:
@@ -164,16 +232,48 @@ def save_run(
         )
     trace.validate()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / SUMMARY_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{run_dir}: already holds a complete run (summary.json); pass overwrite=True")
-    if overwrite:
-        (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # incomplete while rewriting
     layout = layout if layout is not None else trace.layout
-    if layout is not None and trace.thetamap is None and layout.size != trace.dim:
+    if layout is not None and layout.size != trace.dim:
         raise ValueError(f"layout has size {layout.size} but the trace's θ has dimension {trace.dim}")
+    for name in extra_arrays or {}:
+        if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
+            raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
     run_id = run_id or run_dir.name
     trace = trace.to_numpy()
+    params = parameter_summary(trace, layout, crlb=crlb, truth=truth) if (layout is not None or crlb is not None
+                                                                         or truth is not None) else {}
+    with staged_run(run_dir, run_id, overwrite=overwrite, claim_token=claim_token, fresh=fresh) as staging:
+        extra_arrays = dict(extra_arrays or {})
+        extra_meta = dict(extra_meta or {})
+        if prepare is not None:
+            more_arrays, more_meta = prepare(staging)
+            clash = sorted(set(more_arrays) & set(extra_arrays))
+            if clash:
+                raise ValueError(f"extra_arrays {clash} clash with diagnostics files of the same name")
+            extra_arrays.update(more_arrays)
+            extra_meta.update(more_meta)
+        _write_files(staging, trace, layout, meta, run_id=run_id, summary=summary, params=params,
+                     extra_arrays=extra_arrays, extra_meta=extra_meta, arviz=arviz, compress=compress,
+                     fsync=fsync)
+    return run_dir
+
+
+def _write_files(
+    run_dir: Path,
+    trace: Trace,
+    layout: Layout | None,
+    meta: Mapping[str, Any] | None,
+    *,
+    run_id: str,
+    summary: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+    extra_arrays: Mapping[str, Mapping[str, Any]],
+    extra_meta: Mapping[str, Any],
+    arviz: bool,
+    compress: bool,
+    fsync: bool,
+) -> None:
+    """Write the run's files into ``run_dir`` (a staging directory), summary.json last."""
     files = [TRACE_FILE]
     write_npz(run_dir / TRACE_FILE, _trace_arrays(trace), compress=compress, fsync=fsync)
 
@@ -183,9 +283,7 @@ def save_run(
         write_npz(run_dir / THETAMAP_FILE, tm.to_arrays(), fsync=fsync)
         files.append(THETAMAP_FILE)
         thetamap_meta = {"type": type(tm).__name__, **tm.describe()}
-    for name, arrays in (extra_arrays or {}).items():
-        if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
-            raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
+    for name, arrays in extra_arrays.items():
         write_npz(run_dir / f"{name}.npz", arrays, fsync=fsync)
         files.append(f"{name}.npz")
     if arviz:
@@ -203,6 +301,7 @@ def save_run(
         "theta": {
             "theta_space": trace.theta_space,
             "dim": trace.dim,
+            "z_dim": trace.z_dim if trace.z is not None else None,
             "dtype": theta_dtype,
             "layout_hash": layout.hash if layout is not None else None,
             "layout": _layout_doc(layout) if layout is not None else None,
@@ -220,10 +319,13 @@ def save_run(
         from gnomon.artifacts.sampling_summary import sampling_summary
 
         base.update(sampling_summary(trace))
-    summary_doc = {"run_id": run_id, **base, **dict(summary or {})}
+    summary_doc = {"run_id": run_id, **base, **dict(params), **dict(summary or {})}
     summary_doc["written_utc_unix"] = time.time()
+    summary_doc[USER_KEYS_KEY] = sorted(str(k) for k in (summary or {}))
+    summary_doc[FILES_KEY] = {
+        e.name: e.stat().st_size for e in os.scandir(run_dir) if e.is_file() and e.name not in (META_FILE,)
+    }
     write_json(run_dir / SUMMARY_FILE, summary_doc, fsync=fsync)  # last: marks the run complete
-    return run_dir
 
 
 def _json_scalar_like(v: Any) -> bool:
@@ -233,22 +335,29 @@ def _json_scalar_like(v: Any) -> bool:
 def load_run(run_dir: str | os.PathLike, *, require_complete: bool = True) -> Run:
     """Load a run directory written by :func:`save_run`.
 
-    Raises :class:`ArtifactError` naming the file that is missing, truncated, corrupt or written by a newer
-    gnomon. An incomplete run (no summary.json) is refused unless ``require_complete=False``."""
+    The run is first classified by :func:`gnomon.artifacts.status.check_run` (the judge every reader
+    shares): a corrupt run — unreadable or newer JSON, a meta.json whose layout no longer matches its stored
+    hash (e.g. a block renamed by hand), a data file missing or of another size than recorded — raises
+    :class:`ArtifactError` naming the file and the reason, as does any array file that cannot be read. An
+    incomplete run (no summary.json) is refused unless ``require_complete=False``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ArtifactError(f"{run_dir}: no such run directory")
-    summary_path = run_dir / SUMMARY_FILE
-    if summary_path.exists() or require_complete:
-        if not summary_path.exists():
-            raise ArtifactError(f"{summary_path}: file is missing (the run is incomplete or was interrupted)")
-        summary = read_json(summary_path)
-    else:
+    state = check_run(run_dir)
+    if state.state == "incomplete":
+        if require_complete:
+            raise ArtifactError(
+                f"{run_dir / SUMMARY_FILE}: file is missing (the run is incomplete or was interrupted)"
+            )
         summary = {}
-    meta = read_json(run_dir / META_FILE)
-    for key in ("kind", "theta"):
-        if key not in meta:
-            raise ArtifactError(f"{run_dir / META_FILE}: missing required key {key!r}")
+        meta = read_json(run_dir / META_FILE)
+        why = check_meta(run_dir / META_FILE, meta)
+        if why is not None:
+            raise ArtifactError(why)
+    elif not state.ok:
+        raise ArtifactError(state.reason)
+    else:
+        summary, meta = from_jsonable(state.summary), from_jsonable(state.meta)
     layout_doc = meta["theta"].get("layout")
     try:
         layout = Layout.from_dict(layout_doc) if layout_doc else None

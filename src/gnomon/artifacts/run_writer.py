@@ -24,7 +24,7 @@ from typing import Any
 
 from gnomon.artifacts.diagnostics import DiagnosticsConfig, build_diagnostics
 from gnomon.artifacts.jsonio import write_json
-from gnomon.artifacts.run import SUMMARY_FILE, save_run
+from gnomon.artifacts.run import SUMMARY_FILE, write_run_dir
 from gnomon.artifacts.runids import (
     CLAIM_FILE,
     claim_state,
@@ -190,8 +190,8 @@ def write_run(
     token: str | None = None,
     **save_kwargs: Any,
 ) -> Path:
-    """Write a claimed run directory (diagnostics, then the artifacts, summary.json last) and release the
-    claim.
+    """Write a claimed run directory (diagnostics, then the artifacts, summary.json last; all staged and
+    installed at once by :func:`gnomon.artifacts.run.write_run_dir`) and release the claim.
 
     ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
     (from :func:`acquire_run`). On an exception a fresh directory is removed again; a claimed run stays
@@ -206,28 +206,26 @@ def write_run(
         cfg = diagnostics if diagnostics is not None else DiagnosticsConfig()
         if not isinstance(cfg, DiagnosticsConfig):
             raise ValueError(f"diagnostics must be a DiagnosticsConfig, got {type(cfg).__name__}")
-        extra_arrays = dict(extra_arrays or {})
-        extra_meta = dict(extra_meta or {})
+        prepare = None
         if cfg.enabled:
             if not isinstance(trace, Trace) or trace.is_batched:
                 raise ValueError("diagnostics are written for one (unbatched) Trace per run")
-            arrays, diag_meta = build_diagnostics(
-                run_dir,
-                trace,
-                cfg,
-                layout=layout if layout is not None else trace.layout,
-                objective=objective,
-                curvature=curvature,
-                precond=precond,
-                signals=signals,
-                handoff=handoff,
-            )
-            clash = sorted(set(arrays) & set(extra_arrays))
-            if clash:
-                raise ValueError(f"extra_arrays {clash} clash with diagnostics files of the same name")
-            extra_arrays.update(arrays)
-            extra_meta["diagnostics"] = diag_meta
-        save_run(
+
+            def prepare(staging: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+                arrays, diag_meta = build_diagnostics(
+                    staging,
+                    trace,
+                    cfg,
+                    layout=layout if layout is not None else trace.layout,
+                    objective=objective,
+                    curvature=curvature,
+                    precond=precond,
+                    signals=signals,
+                    handoff=handoff,
+                )
+                return arrays, {"diagnostics": diag_meta}
+
+        write_run_dir(
             run_dir,
             trace,
             layout,
@@ -235,6 +233,9 @@ def write_run(
             run_id=run_id,
             extra_arrays=extra_arrays or None,
             extra_meta=extra_meta or None,
+            claim_token=token,
+            fresh=fresh,
+            prepare=prepare,
             **save_kwargs,
         )
     except BaseException:

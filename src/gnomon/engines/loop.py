@@ -39,11 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon._progress import Progress
 from gnomon.objective.objective import Objective
 from gnomon.optim import readout
 from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
+from gnomon.util.progress import Progress
 
 RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
 CHANNELS = ("grad_norm", "step_norm", "learning_rate", "accepted")
@@ -456,7 +456,7 @@ def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objectiv
     loss_now = float(summary.loss)
     return Trace(
         kind="optimization",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=named["loss"],
         stats=stats,
         step=np.asarray(step, np.int32),
@@ -535,7 +535,7 @@ def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Ob
                      for i in range(B))
     return Trace(
         kind="optimization",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         loss=named["loss"],
         stats=stats,
         step=steps,

@@ -90,8 +90,10 @@ def optimize(
                 "optimize continues from a single optimization Trace; got a "
                 f"{'batched ' if previous.is_batched else ''}{previous.kind} trace"
             )
-        theta0 = previous.final_theta
-    start = jnp.asarray(theta0)
+        start = previous.coords_in(getattr(obj, "thetamap", None), "final")
+    else:
+        start = theta0
+    start = jnp.asarray(start)
     if start.ndim != 1:
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
     obj = as_objective(obj, int(start.shape[0]))

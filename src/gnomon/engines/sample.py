@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon._progress import Progress
 from gnomon.curvature import mass_matrix as mmx
 from gnomon.engines import warmup as wu
 from gnomon.engines.handoff import HandOff
@@ -43,6 +42,7 @@ from gnomon.engines.sample_loop import SamplerSettings, compiled, run_chunks, sh
 from gnomon.engines.sample_starts import cold_start, resolve_init, seed_metric, start_center, start_positions
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
+from gnomon.util.progress import Progress
 
 ALGORITHMS = ("nuts", "hmc")
 METRIC_ADAPTATIONS = ("diag", "dense", "none")
@@ -334,7 +334,7 @@ def sample(
     warmup = None
     if keep_warmup and warm_out:
         w = stack(warm_out)
-        warmup = {"theta": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
+        warmup = {"z": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
     imm_np = np.asarray(imm)
     step_np = float(step_final)
 
@@ -392,7 +392,7 @@ def sample(
             extras["curvature_matrix"] = np.asarray(curvature.matrix)
     return Trace(
         kind="sampling",
-        theta=theta,
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
         log_prob=log_prob,
         stats=draws,
         warmup=warmup,

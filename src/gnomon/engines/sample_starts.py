@@ -42,16 +42,9 @@ class Start(NamedTuple):
     map_info: dict
 
 
-def map_theta(theta: Any, src_map: Any, obj: Objective):
-    """θ from a trace in ``src_map``'s coordinates, expressed in ``obj``'s coordinates."""
-    theta = jnp.asarray(theta)
-    if src_map is obj.thetamap:
-        return theta
-    if src_map is not None:
-        theta = src_map.to_theta(theta)
-    if obj.thetamap is not None:
-        theta = obj.thetamap.to_z(theta)
-    return theta
+def map_theta(init: Trace, which: str, obj: Objective):
+    """Rows ``which`` (``"theta"``, ``"best"``, ``"final"``) of a trace, in ``obj``'s coordinates."""
+    return jnp.asarray(init.coords_in(obj.thetamap, which))
 
 
 def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
@@ -65,10 +58,10 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
         return Start(jnp.asarray(init.theta), starts, "handoff", {})
     if isinstance(init, Trace):
         if init.kind == "sampling":
-            last = map_theta(np.asarray(init.theta)[:, -1], init.thetamap, obj)
+            last = map_theta(init, "theta", obj)[:, -1]
             if last.shape[0] == num_chains:
-                return Start(map_theta(init.best_theta, init.thetamap, obj), last, "sampling trace", {})
-            return Start(map_theta(init.best_theta, init.thetamap, obj), None, "sampling trace", {})
+                return Start(map_theta(init, "best", obj), last, "sampling trace", {})
+            return Start(map_theta(init, "best", obj), None, "sampling trace", {})
         info = {"map_num_grad_evals": int(np.sum(np.asarray(init.num_grad_evals)))}
         if init.is_batched:
             best = np.asarray(init.best_theta)
@@ -76,15 +69,15 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
             order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))
             status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
             info.update(map_status=status, map_loss=float(losses[order[0]]))
-            center = map_theta(best[order[0]], init.thetamap, obj)
-            starts = map_theta(best, init.thetamap, obj) if best.shape[0] == num_chains else None
+            center = map_theta(init, "best", obj)[order[0]]
+            starts = map_theta(init, "best", obj) if best.shape[0] == num_chains else None
             return Start(center, starts, "optimization trace", info)
         info.update(
             map_status=init.status,
             map_loss=float(np.asarray(init.best_loss)),
-            map_first_theta=np.asarray(map_theta(init.theta[0], init.thetamap, obj)),
+            map_first_theta=np.asarray(map_theta(init, "theta", obj)[0]),
         )
-        return Start(map_theta(init.best_theta, init.thetamap, obj), None, "optimization trace", info)
+        return Start(map_theta(init, "best", obj), None, "optimization trace", info)
     try:
         arr = jnp.asarray(init)
     except TypeError:

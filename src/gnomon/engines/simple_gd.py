@@ -71,7 +71,7 @@ def run_simple_gd(
       gradient ends the run with ``status="diverged at step t: ..."``, keeping the finite rows before it.
     """
     previous = theta0 if isinstance(theta0, Trace) else None
-    start = previous.final_theta if previous is not None else theta0
+    start = previous.coords_in(getattr(loss_fn, "thetamap", None), "final") if previous is not None else theta0
     start = jnp.asarray(start)
     if start.ndim != 1:
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")

@@ -9,15 +9,19 @@ with exit status 1.
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gnomon.artifacts.jsonio import ArtifactError
+from gnomon.artifacts.status import FILES_KEY, STATES, USER_KEYS_KEY
+from gnomon.util.format import format_number, format_uncertain, iso_time
 
 _RUN_FILES = ("summary.json", "meta.json", "trace.npz")
+#: summary columns left out of a printed table (still in a written one)
+_QUIET_COLUMNS = ("initial_loss", "final_grad_norm", "num_rows", "converged", "diverged", "num_warnings",
+                  "poor_start")
 _TABLE_COLUMNS = (
     "run_id",
     "kind",
@@ -29,6 +33,8 @@ _TABLE_COLUMNS = (
     "num_draws",
     "divergences",
     "num_grad_evals",
+    "min_ess_bulk",
+    "max_rhat",
     "runtime_s",
 )
 
@@ -63,25 +69,121 @@ def _load_run(path: str):
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
     if isinstance(v, Mapping):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x) for x in v[:8]) + (", …]" if len(v) > 8 else "]")
-    return str(v)
+    return format_number(v)
+
+
+def _fmt_summary(key: str, v: Any) -> str:
+    """A summary value as read: times as ISO dates, durations in seconds."""
+    if key.endswith("_unix"):
+        return iso_time(v)
+    if key.endswith("_s") and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{format_number(v, 4)} s"
+    return _fmt(v)
 
 
 def _scalars(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
+def _text_table(header: list[str], rows: list[list[str]], *, width: int | None = None, keep: int = 1) -> str:
+    """An aligned text table (first ``keep`` columns left-aligned and repeated), split into column blocks that
+    fit ``width`` characters (default: the terminal's)."""
+    import shutil
+
+    width = width or max(80, shutil.get_terminal_size((160, 24)).columns)
+    cols = list(zip(header, *rows)) if rows else [(h,) for h in header]
+    widths = [max(len(str(x)) for x in c) for c in cols]
+
+    def line(cells: list[str], idx: list[int]) -> str:
+        return "  ".join(
+            (cells[i].ljust(widths[i]) if i < keep else cells[i].rjust(widths[i])) for i in idx
+        ).rstrip()
+
+    blocks, cur, used = [], list(range(keep)), sum(widths[:keep]) + 2 * keep
+    for i in range(keep, len(header)):
+        if cur[keep:] and used + widths[i] + 2 > width:
+            blocks.append(cur)
+            cur, used = list(range(keep)), sum(widths[:keep]) + 2 * keep
+        cur.append(i)
+        used += widths[i] + 2
+    blocks.append(cur)
+    out = []
+    for idx in blocks:
+        out.append(line(header, idx))
+        out.extend(line(r, idx) for r in rows)
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 # ---------------------------------------------------------------------------------------------- show
-def _show_run(path: str, out: Any) -> int:
+_HIDDEN = {"schema_version", "run_id", FILES_KEY, USER_KEYS_KEY}
+
+
+def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-parameter table of a run: estimate (± sd or CRLB), CRLB, truth, z, and ESS /
+    R̂ for sampling runs; values with the significant figures their uncertainty supports, in the layout's
+    units."""
     import numpy as np
 
+    from gnomon.artifacts.parameters import constrained, parameter_labels, parameter_summary, split_key
+
+    summary = run.summary
+    keys = {split_key(k): v for k, v in summary.items() if split_key(k) is not None}
+    layout = run.layout
+    labels = parameter_labels(layout) if layout is not None else []
+    if layout is not None and not any(p == "estimate" for p, _ in keys):
+        keys = {split_key(k): v for k, v in parameter_summary(run.trace, layout).items()}
+    units = {lab: layout[name].units for name, _, lab in labels} if layout is not None else {}
+    order = [lab for _, _, lab in labels] or sorted({lab for _, lab in keys})
+    order = [lab for lab in order if ("estimate", lab) in keys]
+    sampling = run.trace.kind == "sampling"
+    ess = rhat = None
+    if sampling and layout is not None and order:
+        import arviz_stats as azs
+
+        from gnomon.artifacts.parameters import base_theta
+
+        th = base_theta(run.trace)
+        vals = constrained(layout, th)
+        cols = {lab: np.asarray(vals[name][..., k], dtype=np.float64) for name, k, lab in labels}
+        draws = np.stack([cols[lab] for lab in order], axis=-1)  # (C, N, K)
+        ess = np.atleast_1d(azs.ess(draws, chain_axis=0, draw_axis=1, method="bulk"))
+        rhat = np.atleast_1d(azs.rhat(draws, chain_axis=0, draw_axis=1)) if draws.shape[0] > 1 else None
+    has = {p: any((p, lab) in keys for lab in order) for p in ("sd", "crlb", "truth", "z")}
+    est_head = "posterior mean ± sd" if sampling else ("MAP ± CRLB" if has["crlb"] else "MAP")
+    header = ["parameter", est_head]
+    header += [h for h, p in (("CRLB", "crlb"), ("truth", "truth"), ("z", "z")) if has[p]]
+    if ess is not None:
+        header += ["ESS bulk"] + (["R-hat"] if rhat is not None else [])
+    header.append("unit")
+    rows = []
+    for i, lab in enumerate(order):
+        est = keys[("estimate", lab)]
+        sd = keys.get(("sd", lab)) if sampling else keys.get(("crlb", lab))
+        row = [lab, format_uncertain(est, sd) if sd is not None else format_number(est, 8)]
+        crlb = keys.get(("crlb", lab))
+        if has["crlb"]:
+            row.append(format_number(crlb, 3) if crlb is not None else "")
+        if has["truth"]:
+            t = keys.get(("truth", lab))
+            row.append(format_number(t, 8) if t is not None else "")
+        if has["z"]:
+            z = keys.get(("z", lab))
+            row.append(f"{float(z):+.2f}" if isinstance(z, (int, float)) else "")
+        if ess is not None:
+            row.append(f"{float(ess[i]):.0f}")
+            if rhat is not None:
+                row.append(f"{float(rhat[i]):.3f}")
+        row.append(units.get(lab, ""))
+        rows.append(row)
+    return header, rows
+
+
+def _show_run(path: str, out: Any) -> int:
     run = _load_run(path)
     meta, summary = run.meta, run.summary
     theta = meta.get("theta") or {}
@@ -105,38 +207,60 @@ def _show_run(path: str, out: Any) -> int:
         short = {k: v for k, v in user.items() if k != "truth"}
         if short:
             w(f"  user meta: {_fmt(_scalars(short)) or ', '.join(sorted(short))}")
-    w("summary:")
-    for k, v in summary.items():
-        if k in ("schema_version", "run_id"):
-            continue
-        w(f"  {k:<24} {_fmt(v)}")
-    if run.layout is not None:
-        from gnomon.signals.signals import Signals
+    from gnomon.artifacts.parameters import split_key
 
-        sig = Signals.from_trace(run.trace, run.layout, diagnostics=False)
-        head = "posterior mean ± sd" if sig.kind == "sampling" else "final"
-        w(f"parameters ({head}):")
-        width = max(len(n) for n in sig.names)
-        for n, s in sig.items():
-            fin = np.atleast_1d(s.final())
-            unit = f" {s.units}" if s.units else ""
-            if sig.kind == "sampling":
-                sd = np.atleast_1d(np.nanstd(s.data.reshape(-1, s.num_components), axis=0))
-                vals = ", ".join(f"{a:.6g} ± {b:.2g}" for a, b in zip(fin[:4], sd[:4]))
-            else:
-                vals = ", ".join(f"{a:.8g}" for a in fin[:6])
-            more = ", …" if fin.size > (4 if sig.kind == "sampling" else 6) else ""
-            shape = "" if s.scalar else f"{list(s.values.shape[1 + (sig.kind == 'sampling') :])}"
-            w(f"  {n:<{width}} {shape:>5} {vals}{more}{unit}")
+    user_keys = [k for k in summary.get(USER_KEYS_KEY) or [] if k in summary]
+    gnomon_keys = [
+        k for k in summary if k not in _HIDDEN and k not in user_keys and split_key(k) is None
+    ]
+    w("summary:")
+    for k in gnomon_keys:
+        w(f"  {k:<28} {_fmt_summary(k, summary[k])}")
+    if user_keys:
+        w("user summary:")
+        for k in user_keys:
+            w(f"  {k:<28} {_fmt_summary(k, summary[k])}")
+    header, rows = _parameter_rows(run)
+    if rows:
+        w("parameters:")
+        for line in _text_table(header, rows, width=10**6).splitlines():
+            w(f"  {line}" if line else "")
     files = sorted(p.name for p in run.path.iterdir() if not p.name.startswith("."))
     w(f"files: {' '.join(files)}")
     return 0
 
 
-def _show_experiment(path: str, out: Any) -> int:
+def _table_cells(df: Any, cols: list[str]) -> list[list[str]]:
     import pandas as pd
 
+    rows = []
+    for _, rec in df[cols].iterrows():
+        cells = []
+        for c in cols:
+            v = rec[c]
+            if v is None or (not isinstance(v, str) and pd.isna(v)):
+                cells.append("")
+            elif c.endswith("_unix"):
+                cells.append(iso_time(v))
+            elif isinstance(v, float):
+                cells.append(format_number(v))
+            else:
+                cells.append(str(v))
+        rows.append(cells)
+    return rows
+
+
+def _user_summary_keys(states: list[Any]) -> list[str]:
+    keys: dict[str, None] = {}
+    for st in states:
+        for k in (st.summary or {}).get(USER_KEYS_KEY) or []:
+            keys.setdefault(str(k), None)
+    return list(keys)
+
+
+def _show_experiment(path: str, out: Any) -> int:
     from gnomon.artifacts.experiment import Experiment
+    from gnomon.artifacts.incomplete import incomplete_state
 
     exp = Experiment(path, create=False)
     w = lambda s="": print(s, file=out)  # noqa: E731
@@ -150,25 +274,35 @@ def _show_experiment(path: str, out: Any) -> int:
     for key in ("sweep", "time_series", "datasets"):
         if man.get(key):
             w(f"  {key}: {_fmt(man[key])}")
-    complete = exp.runs()
-    incomplete = exp.incomplete_runs(detail=True)
-    w(f"runs: {len(complete)} complete, {len(incomplete)} incomplete")
-    for item in incomplete[:20]:
-        err = f": {item['error']}" if item.get("error") else ""
-        w(f"  incomplete {item['run_id']} ({item['state']}{err})")
-    if len(incomplete) > 20:
-        w(f"  … and {len(incomplete) - 20} more incomplete runs")
-    if not complete:
+    states = exp.run_states()
+    by: dict[str, list[Any]] = {s: [] for s in STATES}
+    for st in states:
+        by[st.state].append(st)
+    counts = [f"{len(by['complete'])} complete", f"{len(by['incomplete'])} incomplete", f"{len(by['corrupt'])} corrupt"]
+    if by["newer_schema"]:
+        counts.append(f"{len(by['newer_schema'])} written by a newer gnomon")
+    w("runs: " + ", ".join(counts))
+    shown = 0
+    for st in by["incomplete"]:
+        if shown < 20:
+            item = incomplete_state(exp.runs_dir / st.run_id)
+            err = f": {item['error']}" if item.get("error") else ""
+            w(f"  incomplete {st.run_id} ({item['state']}{err})")
+        shown += 1
+    for st in by["corrupt"] + by["newer_schema"]:
+        if shown < 20:
+            w(f"  {'corrupt' if st.state == 'corrupt' else 'newer'} {st.run_id}: {st.reason}")
+        shown += 1
+    if shown > 20:
+        w(f"  … and {shown - 20} more runs that are not complete")
+    if not by["complete"]:
         return 0
     df = exp.aggregate(on_problem="ignore")
     cols = [c for c in _TABLE_COLUMNS if c in df.columns and not df[c].isna().all()]
-    table = df[cols]
-    with pd.option_context(
-        "display.width", 160, "display.max_columns", 20, "display.float_format", "{:.6g}".format
-    ):
-        w(table.head(30).to_string(index=False))
-    if len(table) > 30:
-        w(f"… and {len(table) - 30} more runs (gnomon aggregate {path} -o table.csv for all)")
+    cols += [c for c in _user_summary_keys(by["complete"]) if c in df.columns and c not in cols]
+    w(_text_table(cols, _table_cells(df.head(30), cols)))
+    if len(df) > 30:
+        w(f"… and {len(df) - 30} more runs (gnomon aggregate {path} for all, -o table.csv to save them)")
     if "status" in df.columns:
         counts = df["status"].astype("string").fillna("unknown").value_counts()
         w("status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -196,12 +330,41 @@ def _check_output(output: str, allowed: tuple[str, ...], what: str) -> Path:
     return out
 
 
+def _plot_campaign(args: Any, out: Path) -> int:
+    """``gnomon plot EXPERIMENT_DIR --campaign -o FILE.png``: the campaign time series to FILE and, when the
+    runs have z-scores, their distribution against N(0, 1) to FILE-z."""
+    if _dir_kind(args.path) != "experiment":
+        raise ValueError(f"{args.path}: --campaign takes an experiment directory, not a run directory")
+    if args.signals or args.recipe:
+        raise ValueError("--campaign draws its own figures; it cannot be combined with --signals or --recipe")
+    from gnomon.artifacts.experiment import Experiment
+    from gnomon.plot import campaign, z_distribution
+
+    exp = Experiment(args.path, create=False)
+    params = list(args.params) if args.params else None
+    fig = campaign(exp, params, x=args.x)
+    fig.savefig(out)
+    print(f"wrote {out}")
+    try:
+        zfig = z_distribution(exp, params)
+    except ValueError:
+        return 0  # no z-scores (no truth saved with the runs)
+    zpath = out.with_name(f"{out.stem}-z{out.suffix}")
+    zfig.savefig(zpath)
+    print(f"wrote {zpath}")
+    return 0
+
+
 def plot(args: Any) -> int:
-    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe ...]``."""
+    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe ...]`` or
+    ``gnomon plot EXPERIMENT_DIR --campaign -o FILE.png [--params ...] [--x KEY]``."""
     out = _check_output(args.output, _IMAGE_SUFFIXES, "the output image")
+    if getattr(args, "campaign", False):
+        return _plot_campaign(args, out)
     if _dir_kind(args.path) != "run":
         raise ValueError(
-            f"{args.path}: is an experiment; gnomon plot takes one run directory ({args.path}/runs/<id>)"
+            f"{args.path}: is an experiment; gnomon plot takes one run directory ({args.path}/runs/<id>), or "
+            "--campaign for the experiment's campaign figures"
         )
     signals_arg = list(args.signals) if args.signals else []
     if args.recipe and signals_arg:
@@ -246,23 +409,41 @@ def plot(args: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------- aggregate
 def aggregate(args: Any) -> int:
-    """``gnomon aggregate EXPERIMENT_DIR -o table.parquet|table.csv [--meta-keys ...]``."""
-    out = _check_output(args.output, ("parquet", "csv"), "the table file")
+    """``gnomon aggregate EXPERIMENT_DIR [-o table.parquet|table.csv] [--meta-keys ...] [--params [NAME ...]]``:
+    write the table, or print it when no ``-o`` is given."""
+    out = _check_output(args.output, ("parquet", "csv"), "the table file") if args.output else None
     if _dir_kind(args.path) != "experiment":
         raise ValueError(f"{args.path}: is a run directory; gnomon aggregate takes an experiment directory")
     from gnomon.artifacts.experiment import Experiment
 
     exp = Experiment(args.path, create=False)
-    if out.suffix.lower() == ".parquet":
+    if out is not None and out.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise ValueError(
                 f"{out}: writing Parquet needs pyarrow (pip install 'gnomon[parquet]'); or write .csv"
             ) from None
-    df = exp.aggregate(meta_keys=list(args.meta_keys or ()), output=out, on_problem="ignore")
+    params = getattr(args, "params", None)
+    if params is not None:
+        params = list(params) or True
+    meta_keys = list(args.meta_keys or ())
+    df = exp.aggregate(meta_keys=meta_keys, output=out, on_problem="ignore", params=params)
     problems = df.attrs.get("problems") or []
-    print(f"wrote {len(df)} runs × {len(df.columns)} columns to {out}")
+    if out is not None:
+        print(f"wrote {len(df)} runs × {len(df.columns)} columns to {out}")
+    else:
+        from gnomon.artifacts.parameters import split_key
+
+        cols = [c for c in df.columns if c not in ("written_utc_unix",) and not df[c].isna().all()]
+        base = [c for c in cols if split_key(c) is None and c not in meta_keys and not c.startswith("meta.")]
+        keep = [c for c in _TABLE_COLUMNS if c in base]
+        rest = [c for c in base if c not in keep and c not in _QUIET_COLUMNS]
+        chosen = keep + rest + [c for c in cols if split_key(c) is not None] + [c for c in cols if c not in base
+                                                                              and split_key(c) is None]
+        if len(df):
+            print(_text_table(chosen, _table_cells(df, chosen)))
+        print(f"{len(df)} runs (write them all with -o table.csv or -o table.parquet)")
     if problems:
         kinds: dict[str, int] = {}
         for p in problems:

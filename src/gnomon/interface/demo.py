@@ -16,9 +16,11 @@ Steps (each uses gnomon's public API; ``docs/getting-started.md`` walks through 
    coordinates of :math:`F(θ_0)` (``gn.EigenMap``).
 5. **NUTS** from the best MAP with the dense inverse Fisher at the MAP as the seeded mass matrix.
 6. **Artifacts**: an experiment directory (``manifest.json``, ``runs/<id>/`` per fit and for the posterior
-   with ``trace.npz``, ``meta.json``, ``summary.json`` holding ``max_abs_z_vs_truth``, ``signals.npz``,
-   curvature / learning-rate / hand-off files), the posterior as ArviZ netCDF, ``runs.csv`` and
-   PNG figures; then a table per parameter: truth, MAP, CRLB, posterior mean ± sd and the MAP's z-score.
+   with ``trace.npz``, ``meta.json``, ``summary.json`` holding ``max_abs_z_vs_truth`` and per parameter
+   ``estimate``, ``crlb``, ``truth`` and ``z`` (``sd`` for the posterior), ``signals.npz``, curvature /
+   learning-rate / hand-off files), the posterior as ArviZ netCDF with units, ``runs.csv`` and PNG figures
+   (errors with ±1σ / ±2σ CRLB bands, the posterior in units of the CRLB); then a table per parameter:
+   truth, MAP, CRLB, posterior mean ± sd (digits set by the sd) and the MAP's z-score.
 
 z-scores are :math:`(\hat θ_i - θ_{\mathrm{true},i}) / \mathrm{CRLB}_i` in θ (the contrast enters θ as
 log c); the table shows constrained values, with the contrast's CRLB mapped by the delta method.
@@ -94,11 +96,17 @@ def z_scores(theta: Any, truth: Any, crlb: np.ndarray) -> np.ndarray:
     return (np.asarray(theta, dtype=float) - np.asarray(truth, dtype=float)) / crlb
 
 
-def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0) -> Path:
+def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0, compile_cache: bool = True) -> Path:
     """Run the binary-star demo and write its experiment directory ``out``; return that path.
 
     Re-running into the same directory with the same settings overwrites its runs; other settings need
-    another ``out`` (the manifest records them)."""
+    another ``out`` (the manifest records them). ``compile_cache`` turns on JAX's persistent compilation
+    cache (:func:`gnomon.enable_compilation_cache`), so that a second demo loads its compiled programs."""
+    if compile_cache:
+        from gnomon.util.compile_cache import enable_compilation_cache
+
+        where = enable_compilation_cache()
+        print(f"JAX compilation cache: {where} (--no-compile-cache to turn it off)", flush=True)
     return run_with_settings(out, DemoSettings.for_mode(quick), seed=seed, quick=quick)
 
 
@@ -191,12 +199,18 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     # 6. artifacts -----------------------------------------------------------------------------------
     write_npz(out / "data.npz", {"image": np.asarray(data), "truth_theta": np.asarray(truth),
                                  "fisher": F, "crlb": crlb, "theta0": np.asarray(theta0)})
-    truth_params = {k: np.asarray(v) for k, v in layout.unpack(truth).items()}
+    # the true values exactly as set (float64), not θ_truth decoded at JAX's precision
+    truth_params = {k: np.asarray(A.TRUTH[k], dtype=np.float64) for k in layout.names}
+    # the marginal CRLB per named parameter in its own units (the contrast's through the delta method):
+    # saved as crlb.<label> in summary.json, and drawn as ±1σ / ±2σ bands in the figures
+    from gnomon.models.astrometry import constrained_jacobian_diag
+
+    crlb_params = {lab: float(crlb[i] * j) for i, (lab, j) in enumerate(zip(labels, constrained_jacobian_diag(truth)))}
     signals: dict[str, Any] = {}
     run_dirs: dict[str, Path] = {}
     for k, t in traces.items():
         decoder = emap if k == "eigen_gd" else layout
-        sig = gn.Signals.from_trace(t, decoder, truth=truth_params, transforms=[add_signals])
+        sig = gn.Signals.from_trace(t, decoder, truth=truth_params, crlb=crlb_params, transforms=[add_signals])
         signals[k] = sig
         z = z_scores(finals[k], truth, crlb)
         extra: dict[str, Any] = {}
@@ -204,14 +218,16 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
             extra = {"precond": t.extras["lr_vec"],
                      "diagnostics": gn.DiagnosticsConfig(signals=True, curvature=True, precond=True)}
         run_dirs[k] = exp.save(
-            f"map-{k}", t, layout=layout, overwrite=True, signals=sig,
+            f"map-{k}", t, layout=layout, overwrite=True, signals=sig, crlb=crlb_params, truth=truth_params,
             curvature=curv0 if k != "preconditioned_gd" else None,
             meta={"fit": k, "start": "truth + START_OFFSETS, Zernikes 0", "seed": seed},
             summary={"max_abs_z_vs_truth": float(np.abs(z).max()), "fit": k}, **extra)
-    post_sig = gn.Signals.from_trace(posterior, layout, truth=truth_params, transforms=[add_signals])
+    post_sig = gn.Signals.from_trace(posterior, layout, truth=truth_params, crlb=crlb_params,
+                                     transforms=[add_signals])
     z_post = z_scores(post_mean, truth, crlb)
     run_dirs["nuts"] = exp.save(
         "posterior-nuts", posterior, layout=layout, overwrite=True, signals=post_sig, curvature=fisher_map,
+        crlb=crlb_params, truth=truth_params,
         handoff=gn.HandOff.from_trace(posterior), arviz=True,
         diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True, handoff=True),
         meta={"fit": "nuts", "init": f"map-{best}", "seed": seed},
@@ -235,7 +251,7 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
         files = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
         print(f"  {d.relative_to(out)}: {', '.join(files)}")
     print(f"figures:     {', '.join(str(p.relative_to(out)) for p in written)}")
-    print(f"next:        gnomon show {run_dirs['nuts']}   ·   gnomon aggregate {out} -o table.parquet")
+    print(f"next:        gnomon show {run_dirs['nuts']}   ·   gnomon aggregate {out} --params binary.separation_as")
     return out
 
 
@@ -264,6 +280,14 @@ def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, em
              "binary.position_angle_deg"]
     keep(gn.plot.trace_dist(post_sig, names), "posterior_trace.png")
     keep(gn.plot.pair(post_sig, names[:3]), "posterior_pair.png")
+    # every parameter's posterior relative to the truth in units of its CRLB: one scale for all
+    from gnomon.signals.transforms import residual_in_sigma
+
+    params = list(post_sig.names_by_role("parameter"))
+    zsig = post_sig.apply(*[residual_in_sigma(n) for n in params])
+    forest = gn.plot.forest(zsig, [f"{n}_z" for n in params], figsize=(7.0, 6.8))
+    forest.suptitle("NUTS posterior − truth in units of the CRLB (50% and 94% intervals)", fontsize=10)
+    keep(forest, "posterior_forest.png")
     return written
 
 
@@ -281,10 +305,12 @@ def _table(layout: Any, labels: list[str], truth: Any, theta_map: Any, crlb: np.
     z = z_scores(theta_map, truth, crlb)
     head = (f"{'parameter':<34}{'truth':>12}{'MAP (' + best + ')':>22}{'CRLB':>11}"
             f"{'posterior mean ± sd':>26}{'z':>7}")
+    from gnomon.util.format import format_uncertain
+
     rows = [head, "-" * len(head)]
     for i, lab in enumerate(labels):
         rows.append(f"{lab:<34}{t_c[i]:>12.6g}{m_c[i]:>22.8g}{crlb[i] * jac[i]:>11.3g}"
-                    f"{f'{pm_c[i]:.8g} ± {ps_c[i]:.2g}':>26}{z[i]:>7.2f}")
+                    f"{format_uncertain(pm_c[i], ps_c[i]):>26}{z[i]:>7.2f}")
     rows.append(f"max |z| of the MAP: {np.abs(z).max():.2f} over {len(labels)} parameters "
                 "(z = (MAP − truth) / marginal CRLB)")
     return "\n".join(rows)

@@ -19,7 +19,16 @@ Data
 ----
 Every function may take ``(θ, data)`` instead of ``(θ,)``: pass ``data=`` (bound default data) or
 ``takes_data=True`` to the constructor. Methods accept ``data`` explicitly so that engines can pass it
-as an argument of compiled functions (and batch it with ``optimize_batch``).
+as an argument of compiled functions (and batch it with ``optimize_batch``). Bound data and residual
+weights are checked at construction: a NaN or inf is a ValueError naming the array and the first bad index
+(:func:`gnomon.objective.checks.check_finite_data`, which engines call on per-call data).
+
+Compilation
+-----------
+:attr:`Objective.compile_key` is a hashable token shared by objectives that differ only in their bound data
+(``obj.with_data(d2)``, or a constructor called again with the same functions and same-shaped data). Engines
+and estimators key their compiled programs on it and pass the data as an argument, so a time series of
+epochs compiles once.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gnomon.objective.checks import check_finite_data, data_signature
 from gnomon.thetaspace.layout import Layout
 
 _UNSET = object()
@@ -55,7 +65,7 @@ class Objective:
     """A differentiable objective over a flat unconstrained θ of length :attr:`dim`.
 
     Build one with a ``from_*`` constructor rather than directly. Objects compare and hash by
-    identity, so engines can cache compiled programs per objective.
+    identity; :attr:`compile_key` is what engines cache compiled programs on.
     """
 
     dim: int
@@ -72,6 +82,14 @@ class Objective:
     thetamap: Any = None  # set by reparameterize: decodes this objective's θ (z) to the base θ
     base: Objective | None = None  # set by reparameterize: the objective over the base θ
     info: Mapping[str, Any] = field(default_factory=dict)
+    likelihood: Any = None  # from_likelihood: gnomon.objective.likelihood.Likelihood (mean, family, prior)
+    key_parts: Any = None  # hashable identity of the functions (None: only this object; see compile_key)
+
+    def __post_init__(self):
+        if self.data is not None:
+            check_finite_data(self.data, "data")
+        if self.weights is not None:
+            check_finite_data(self.weights, "weights")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -99,6 +117,7 @@ class Objective:
             data=data,
             takes_data=td,
             info={"constructor": "from_loss", "loss_includes_jacobian": False},
+            key_parts=("from_loss", loss_fn, per_observation, dim, layout, td),
         )
 
     @classmethod
@@ -120,6 +139,7 @@ class Objective:
             data=data,
             takes_data=td,
             info={"constructor": "from_log_prob", "loss_includes_jacobian": False},
+            key_parts=("from_log_prob", log_prob_fn, dim, layout, td),
         )
 
     @classmethod
@@ -149,6 +169,7 @@ class Objective:
             takes_data=td,
             loss_includes_jacobian=bool(loss_includes_jacobian),
             info={"constructor": "from_log_density", "loss_includes_jacobian": bool(loss_includes_jacobian)},
+            key_parts=("from_log_density", fn, layout, td),
         )
 
     @classmethod
@@ -169,6 +190,8 @@ class Objective:
         dim, layout = _dim_and_layout(dim_or_layout)
         td = data is not None if takes_data is None else bool(takes_data)
         r = _two_arg(residual_fn, td)
+        if weights is not None:
+            check_finite_data(weights, "weights")
         w = None if weights is None else jnp.asarray(weights)
 
         def per_obs(th, d):
@@ -189,7 +212,44 @@ class Objective:
             data=data,
             takes_data=td,
             info={"constructor": "from_residuals", "loss_includes_jacobian": False},
+            key_parts=("from_residuals", residual_fn, dim, layout, td, _digest(w)),
         )
+
+    @classmethod
+    def from_likelihood(
+        cls,
+        predict: Callable,
+        data: Any,
+        family: Any,
+        layout: int | Layout,
+        *,
+        prior: Callable | None = None,
+        loss_includes_jacobian: bool = False,
+    ) -> Objective:
+        r"""Objective from a forward model and a noise model: :math:`\log p(θ\mid y) = \sum_n \log
+        p(y_n \mid \mu_n(θ)) + \log π`.
+
+        Args:
+          predict: ``predict(θ) -> μ``, the model mean over flat θ (e.g.
+            ``lambda θ: layout.apply(telescope, θ).model()``), same shape as the data. Define it once:
+            objectives built again with the same ``predict`` share compiled programs (:attr:`compile_key`).
+          data: the observations ``y``, or a mapping ``{"y": y, "sigma": σ}`` carrying family parameters
+            that change per call. Checked: finite, the shape of ``predict(θ)``, inside the family's domain.
+          family: ``"poisson"``, ``"gaussian"`` (σ from the data), or a family object
+            (``gn.family.poisson()``, ``gn.family.gaussian(sigma=...)``, ``gn.family.student_t(nu, sigma)``).
+          layout: the :class:`gnomon.Layout` of θ (or its dimension).
+          prior: optional ``prior(params) -> log π`` over the layout's values in the user's units (over θ
+            when ``layout`` is an int). ``log_prob`` adds the layout's log-Jacobian as
+            :meth:`from_log_density` does.
+          loss_includes_jacobian: as in :meth:`from_log_density`.
+
+        Enables ``estimate_curvature(obj, θ, method="fisher")``: the expected Fisher
+        :math:`J^T W(\mu) J` with the family's weights, plus the prior's Hessian. Per-observation terms are
+        :math:`-\log p(y_n \mid \mu_n)` (empirical Fisher); a Gaussian family also has residuals
+        :math:`(y-\mu)/\sigma` (Gauss–Newton)."""
+        from gnomon.objective.likelihood_objective import likelihood_objective
+
+        return likelihood_objective(cls, predict, data, family, layout, prior, loss_includes_jacobian)
 
     @classmethod
     def from_numpyro(cls, model: Callable, *args: Any, loss_includes_jacobian: bool = False,
@@ -262,7 +322,24 @@ class Objective:
         """The same objective bound to other data (functions must take ``(θ, data)``)."""
         if not self.takes_data:
             raise ValueError("this objective's functions take θ only; build it with data= or takes_data=True")
+        if self.likelihood is not None:
+            from gnomon.objective.likelihood import check_likelihood_data
+
+            check_likelihood_data(self.likelihood.family, data, self.likelihood.data_shape, "data")
         return replace(self, data=data)
+
+    @property
+    def compile_key(self) -> Any:
+        """Hashable token for compile caches: equal for objectives that differ only in their bound data.
+
+        ``(identity of the functions, the Jacobian policy, the data's structure/shapes/dtypes)`` — the same
+        for ``obj.with_data(d2)`` and for a constructor called again with the same functions (and, for
+        ``from_residuals``, equal weights) and same-shaped data. Objectives whose functions close over data
+        (``from_numpyro``) return the objective itself. A program cached under this key must take the data
+        as an argument, never close over ``obj.data``."""
+        if self.key_parts is None:
+            return self
+        return (self.key_parts, self.loss_includes_jacobian, data_signature(self.data))
 
     def with_jacobian_in_loss(self, flag: bool = True) -> Objective:
         """Switch the loss between the constrained-space MAP (False) and θ's own mode (True)."""
@@ -305,6 +382,8 @@ class Objective:
             thetamap=thetamap,
             base=self,
             info={**self.info, "reparameterized": True, "base_dim": self.dim},
+            likelihood=None if base.likelihood is None else base.likelihood.compose(to_theta),
+            key_parts=None if base.key_parts is None else ("reparameterize", base.key_parts, thetamap),
         )
 
     @property
@@ -321,6 +400,20 @@ class Objective:
             extra.append("residuals")
         if self.has_per_observation:
             extra.append("per_observation")
+        if self.likelihood is not None:
+            extra.append(f"{self.likelihood.family.name} likelihood")
         if self.thetamap is not None:
             extra.append("reparameterized")
         return f"Objective(dim={self.dim}, {ctor}{', ' + ', '.join(extra) if extra else ''})"
+
+
+def _digest(w: Any) -> Any:
+    """Hashable stand-in for residual weights (by value)."""
+    if w is None:
+        return None
+    import hashlib
+
+    import numpy as np
+
+    a = np.asarray(w)
+    return (str(a.dtype), a.shape, hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest())

@@ -6,17 +6,21 @@
 * :func:`loss` — loss (or log_prob) history with an optional reference line.
 * :func:`curvature` — diagonal curvature and learning rates per θ index.
 * :func:`eigen_spectrum` — eigenvalues labelled by each mode's dominant parameter.
-* :func:`rank`, :func:`trace_dist`, :func:`pair` — sampler views through arviz-plots.
+* :func:`campaign`, :func:`z_distribution` — an experiment's estimates ± σ per parameter across its runs
+  (epochs), and its z-scores against N(0, 1) with a Kolmogorov–Smirnov test.
+* :func:`rank`, :func:`trace_dist`, :func:`pair`, :func:`forest` — sampler views through arviz-plots, named
+  and in the layout's units.
 
 Every function returns a matplotlib Figure, accepts ``save=`` (a file) and never opens a window unless
 ``show=True``. The core knows nothing of any domain; figure sets for a domain live in
 :mod:`gnomon.recipes`.
 """
 
+from gnomon.plot.campaign import campaign, normal_ks, z_distribution
 from gnomon.plot.grid import default_panels, grid
 from gnomon.plot.history import draw, history
 from gnomon.plot.loss import loss
-from gnomon.plot.sampler import pair, rank, to_datatree, trace_dist
+from gnomon.plot.sampler import forest, pair, rank, to_datatree, trace_dist
 from gnomon.plot.spectra import curvature, dominant_parameters, eigen_spectrum
 
 __all__ = [
@@ -31,5 +35,9 @@ __all__ = [
     "rank",
     "trace_dist",
     "pair",
+    "forest",
     "to_datatree",
+    "campaign",
+    "z_distribution",
+    "normal_ks",
 ]

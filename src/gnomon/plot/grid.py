@@ -28,6 +28,8 @@ _PANEL_KEYS = {
     "title",
     "legend",
     "ylabel",
+    "sigma",
+    "bands",
 }
 
 
@@ -72,8 +74,10 @@ def grid(
     summary: str = "rms",
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
-    auto_units: bool = True,
+    auto_units: bool = False,
     logy: bool | str = False,
+    sigma: Any = None,
+    bands: bool | str = "auto",
     sharex: bool = True,
     titles: bool = True,
     suptitle: str | None = None,
@@ -95,7 +99,8 @@ def grid(
       titles: title each panel with the final value or final residual of its signals (sampler runs: the
         posterior mean ± sd).
       fig: draw into this (empty) Figure; ``figsize`` for a new one (default 4.6 × 3 inches per panel).
-      Other arguments as in :func:`history`.
+      Other arguments (``residual`` including ``"sigma"``, ``sigma``, ``bands``, ``units``, ``logy``) as in
+      :func:`history`. Titles and labels are wrapped to their panels, so no two texts overlap at any grid size.
     """
     sig = check_signals(signals)
     specs = default_panels(sig) if panels is None else [_panel_spec(p, i) for i, p in enumerate(panels)]
@@ -114,7 +119,8 @@ def grid(
         fig = new_figure(figsize or (4.6 * ncols, 3.0 * nrows + (0.4 if suptitle else 0.0)), show=show)
     axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)
     defaults = dict(
-        mode=mode, residual=residual, summary=summary, top=top, units=units, auto_units=auto_units, logy=logy
+        mode=mode, residual=residual, summary=summary, top=top, units=units, auto_units=auto_units, logy=logy,
+        sigma=sigma, bands=bands,
     )
     flat = axes.ravel()
     for i, spec in enumerate(specs):

@@ -1,22 +1,31 @@
 """Histories of signals on one axis: :func:`history` (a figure) and :func:`draw` (into a given axis).
 
-Both consume :class:`~gnomon.Signals` (named arrays + units + optional truth) and know nothing about engines
-or domains; :func:`draw` also draws each panel of :func:`gnomon.plot.grid`. For every named signal a panel
-draws, per chain (one line per chain for sampler runs):
+Both consume :class:`~gnomon.Signals` (named arrays + units + optional truth and 1σ scale) and know nothing
+about engines or domains; :func:`draw` also draws each panel of :func:`gnomon.plot.grid`. For every named
+signal a panel draws, per chain (one line per chain for sampler runs):
 
 * ``mode="components"`` — one line per component ``values[t, k]`` (a scalar signal is one line);
 * ``mode="summary"`` — one line: RMS ``sqrt(mean_k v_k²)``, norm ``sqrt(Σ_k v_k²)`` or mean-abs
   ``mean_k |v_k|`` (``summary=``) of the vector at each row;
 * ``mode="hybrid"`` — the summary line plus the ``top`` components of largest final ``|value|``.
 
-With a known truth the panel shows the residual ``values − truth`` by default (``residual="auto"``);
-``residual=False`` shows values with dashed truth lines, ``residual=True`` forces residuals (NaN, with a
-note on the axis, when the truth is unknown). Residuals scale automatically from the unit strings
-(:func:`gnomon.thetaspace.units.auto_unit`: arcsec residuals in mas or µas, metres in nm, fractions in ppm);
-values are shown in their stored units. ``units=`` overrides either per signal (``{"name": "deg"}``) or
-for all (``"µas"``); ``auto_units=False`` keeps the stored units.
-Data lines carry ``gid="data:<signal name>"`` so they can be told apart from
-reference lines.
+What is drawn (``residual=``):
+
+* ``"auto"`` (default): the residual ``values − truth`` when the truth is known, else the values;
+* ``False``: the values, with dashed truth lines;
+* ``True``: the residual (NaN, with a note on the axis, when the truth is unknown);
+* ``"sigma"``: the residual in units of its 1σ scale, ``(values − truth) / σ`` — σ is the signal's CRLB
+  (``Signals.from_trace(..., crlb=...)``, :meth:`~gnomon.Signals.with_sigma`, or ``sigma=`` here) or, for
+  sampler chains without one, the posterior sd.
+
+A signal that is already an error (``Signal.is_error``, made by an error transform) is drawn as it is and
+labelled by its name, never as a "residual" of itself. Units are shown exactly as the signals carry them
+(``units=`` converts to another unit of the same family, per signal or for all; ``auto_units=True`` picks
+the largest unit in which the values are at least 1). With a 1σ scale, ``bands`` shades ±1σ (and ±2σ) around
+the truth (values), zero (residuals) or ±1, ±2 (residuals in σ). ``logy=True`` uses a log axis (symlog when
+values cross zero) whose limits hold every point, the starting values included.
+
+Data lines carry ``gid="data:<signal name>"``, bands ``gid="band:<signal name>"``.
 """
 
 from __future__ import annotations
@@ -27,14 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.plot._mpl import colors, ensure_backend, finish, fmt, new_figure, set_log_y
+from gnomon.plot._mpl import colors, ensure_backend, finish, fmt, new_figure, set_log_y, symlog_x
 from gnomon.plot._panel_data import check_signals, final_rows, log_auto, select_names
 from gnomon.signals.signals import Signal, Signals
 from gnomon.signals.transforms import summarize
 from gnomon.thetaspace import units as U
+from gnomon.util.format import format_uncertain
 
 MODES = ("components", "summary", "hybrid")
 SUMMARIES = ("rms", "norm", "meanabs")
+RESIDUALS = ("auto", True, False, "sigma")
+#: bands are drawn for at most this many series of a panel
+MAX_BANDS = 12
 
 
 @dataclass
@@ -44,40 +57,115 @@ class PanelInfo:
     title: str
     ylabel: str
     units: dict[str, str] = field(default_factory=dict)  # signal name -> display unit
-    residual: dict[str, bool] = field(default_factory=dict)
+    residual: dict[str, bool | str] = field(default_factory=dict)  # False, True or "sigma"
     num_lines: int = 0
+    num_bands: int = 0
 
 
-def _use_residual(s: Signal, residual: bool | str) -> bool:
+def _what(s: Signal, residual: bool | str) -> bool | str:
+    """False (values), True (residual) or "sigma" for signal ``s``."""
+    if residual not in RESIDUALS or (isinstance(residual, str) and residual not in ("auto", "sigma")):
+        raise ValueError(f"residual must be True, False, 'auto' or 'sigma', got {residual!r}")
+    if residual == "sigma":
+        return "sigma"
     if residual == "auto":
-        return s.has_truth and s.role != "diagnostic"
-    if isinstance(residual, bool):
-        return residual
-    raise ValueError(f"residual must be True, False or 'auto', got {residual!r}")
+        return s.has_truth and s.role != "diagnostic" and not s.is_error
+    return bool(residual) and not s.is_error
 
 
 def _short(label: str, name: str, single: bool) -> str:
+    """Legend text of a component: its label without the signal's name when the panel has one signal
+    (``name[Z4]`` → ``Z4``, ``name[3]`` → ``[3]``)."""
     if single and label.startswith(name) and label != name:
-        return label[len(name) :]
+        rest = label[len(name) :]
+        inner = rest[1:-1] if rest.startswith("[") and rest.endswith("]") else None
+        return inner if inner and not inner.replace(",", "").isdigit() else rest
     return label
 
 
-def _final_text(s: Signal, data: np.ndarray, res: bool, unit: str, factor: float, mode: str, how: str) -> str:
-    word = "mean" if s.chains else "final"
-    what = f"{s.name} residual" if res else s.name
-    ulab = f" {unit}" if unit and unit != "frac" else ""
-    if res and s.truth is None:
-        return f"{what}: no truth"
-    fin = final_rows(data, s.chains) * factor
+def _sigma_of(s: Signal, override: Any, what: bool | str) -> tuple[np.ndarray | None, str]:
+    """``((K,) σ or None, source)``: the override or the signal's own σ (a CRLB); for residuals in σ of
+    sampler chains without one, the posterior sd."""
+    if override is not None:
+        return np.broadcast_to(np.asarray(override, dtype=float).reshape(-1), (s.num_components,)), "given"
+    if s.sigma is not None:
+        return s.sigma, s.sigma_source
+    if s.chains and what == "sigma":
+        return s.spread(), "posterior sd"
+    return None, ""
+
+
+def _data(s: Signal, what: bool | str, sigma: np.ndarray | None) -> np.ndarray:
+    """The ``(C, T, K)`` array to draw."""
+    if what is False:
+        return np.asarray(s.data, dtype=float)
+    if s.is_error:
+        r = np.asarray(s.data, dtype=float)
+    elif s.truth is None:
+        r = np.full(s.data.shape, np.nan)
+    else:
+        r = np.asarray(s.data - s.truth, dtype=float)
+    if what == "sigma":
+        sg = np.full(s.num_components, np.nan) if sigma is None else np.where(sigma > 0, sigma, np.nan)
+        with np.errstate(all="ignore"):
+            r = r / sg
+    return r
+
+
+def _fmt_unit(unit: str) -> str:
+    return f" {unit}" if unit and unit != "frac" else ""
+
+
+def _final_text(s: Signal, data: np.ndarray, what: bool | str, unit: str, factor: float, mode: str,
+                how: str, sigma: np.ndarray | None, sigma_src: str) -> str:
+    """The panel title line of one signal: what is plotted, at its end (optimization) or over the chains."""
+    res_word = " residual" if what is True else (" residual / σ" if what == "sigma" else "")
+    what_text = f"{s.name}{res_word}"
+    ulab = "σ" if what == "sigma" else _fmt_unit(unit).strip()
+    ulab = f" {ulab}" if ulab else ""
+    if what is not False and s.truth is None and not s.is_error:
+        return f"{what_text}: no truth"
+    if what == "sigma" and (sigma is None or not np.isfinite(sigma).any()):
+        return f"{what_text}: no σ (pass sigma= or a CRLB)"
+    d = data * (1.0 if what == "sigma" else factor)
+    signed = what is not False or s.is_error
+    bound = ""
+    if what != "sigma" and sigma is not None and np.isfinite(sigma).any() and s.num_components == 1:
+        bound = f" ({sigma_src or 'σ'} {fmt(float(sigma[0]) * factor)}{ulab})"
     if s.scalar or s.num_components == 1:
-        v = float(fin[0])
-        text = f"{what}: {word} {fmt(v, signed=res)}{ulab}"
         if s.chains:
-            sd = float(np.nanstd(data[..., 0] * factor))
-            text = f"{what}: {word} {fmt(v, signed=res)} ± {fmt(sd)}{ulab}"
-        return text
-    agg = how if mode == "summary" else "rms"
-    return f"{what}: {word} {agg} {fmt(float(summarize(fin, agg)))}{ulab}"
+            flat = d[..., 0].ravel()
+            with np.errstate(all="ignore"):
+                m, sd = float(np.nanmean(flat)), float(np.nanstd(flat, ddof=1)) if flat.size > 1 else np.nan
+            return f"{what_text}: {format_uncertain(m, sd)}{ulab} (mean ± sd){bound}"
+        v = float(final_rows(d, False)[0])
+        return f"{what_text}: final {fmt(v, signed=signed)}{ulab}{bound}"
+    if mode == "summary":  # the plotted curve is the per-row summary: report its end / its mean over draws
+        curve = summarize(d, how)
+        if s.chains:
+            with np.errstate(all="ignore"):
+                m, sd = float(np.nanmean(curve)), float(np.nanstd(curve, ddof=1)) if curve.size > 1 else np.nan
+            return f"{what_text}: {how} per draw {format_uncertain(m, sd)}{ulab} (mean ± sd)"
+        ok = np.flatnonzero(np.isfinite(curve[0]))
+        v = float(curve[0][ok[-1]]) if ok.size else float("nan")
+        return f"{what_text}: final {how} {fmt(v)}{ulab}"
+    if s.chains:  # components: one line per component and chain; say what the means and spreads are
+        flat = d.reshape(-1, d.shape[-1])
+        with np.errstate(all="ignore"):
+            means = np.nanmean(flat, axis=0)
+            sds = np.nanstd(flat, axis=0, ddof=1) if flat.shape[0] > 1 else np.full(flat.shape[-1], np.nan)
+        return (f"{what_text}: posterior means rms {fmt(float(summarize(means, 'rms')))}{ulab}, "
+                f"sds rms {fmt(float(summarize(sds, 'rms')))}{ulab}")
+    fin = final_rows(d, False)
+    return f"{what_text}: final rms over components {fmt(float(summarize(fin, 'rms')))}{ulab}"
+
+
+def _sigma_override(sigma: Any, name: str) -> Any:
+    if sigma is None:
+        return None
+    if isinstance(sigma, Mapping):
+        return sigma.get(name)
+    return sigma
 
 
 def draw(
@@ -90,15 +178,22 @@ def draw(
     summary: str = "rms",
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
-    auto_units: bool = True,
+    auto_units: bool = False,
     logy: bool | str = False,
     logx: bool = False,
     truth_lines: bool = True,
     legend: bool | str = "auto",
     max_legend: int = 12,
     ylabel: str | None = None,
+    sigma: Any = None,
+    bands: bool | str = "auto",
 ) -> PanelInfo:
-    """Draw ``names`` on ``ax`` (see the module docstring) and return a :class:`PanelInfo`."""
+    """Draw ``names`` on ``ax`` (see the module docstring) and return a :class:`PanelInfo`.
+
+    ``sigma`` overrides the signals' 1σ scales: one value (or ``(K,)`` array) for all signals of the panel,
+    a mapping signal name → value(s), or a CRLB result (applied through :meth:`Signals.with_sigma`).
+    ``bands``: True, False or ``"auto"`` (±1σ / ±2σ bands where σ is known, for at most
+    :data:`MAX_BANDS` series)."""
     sig = check_signals(signals)
     names = select_names(sig, names)
     if mode not in MODES:
@@ -107,50 +202,54 @@ def draw(
         raise ValueError(f"summary must be one of {SUMMARIES}, got {summary!r}")
     if not isinstance(top, int) or top < 0:
         raise ValueError(f"top must be a non-negative int, got {top!r}")
+    if bands not in (True, False, "auto"):
+        raise ValueError(f"bands must be True, False or 'auto', got {bands!r}")
+    crlb_like = sigma is not None and not isinstance(sigma, Mapping) and (
+        hasattr(sigma, "marginal") or callable(getattr(sigma, "to_summary", None))
+    )
+    if crlb_like:  # a CRLB result: matched to the signals' component labels
+        sig, sigma = sig.with_sigma(sigma, "CRLB"), None
+    elif isinstance(sigma, Mapping) and not set(sigma) <= set(names):  # keyed by labels or other signals
+        sig, sigma = sig.with_sigma(sigma, "given", strict=False), None
     single = len(names) == 1
     x = sig.x
 
-    # data to plot, (C, T, K) per name
-    entries = []
+    entries = []  # (signal, what, (C, T, K) data, σ (K,) or None, σ source)
     for n in names:
         s = sig[n]
-        res = _use_residual(s, residual)
-        if res:
-            data = s.data - s.truth if s.truth is not None else np.full(s.data.shape, np.nan)
-        else:
-            data = s.data
-        entries.append((s, res, np.asarray(data, dtype=float)))
+        what = _what(s, residual)
+        sg, src = _sigma_of(s, _sigma_override(sigma, n), what)
+        entries.append((s, what, _data(s, what, sg), sg, src))
 
-    # display units: shared when every signal of the panel has the same unit
+    # display units: the signals' own units, exactly as given, unless converted on request
     unit_of: dict[str, tuple[str, float]] = {}
-    stored = {U.normalize_unit(s.units) for s, _, _ in entries}
+    stored = {U.normalize_unit(s.units) for s, w, *_ in entries if w != "sigma"}
     joint = None
-    if len(stored) == 1 and not any(U.unit_override(units, s.name) for s, _, _ in entries):
-        pooled = np.concatenate([d.ravel() for _, _, d in entries])
-        joint = U.resolve_unit(next(iter(stored)), pooled, auto=auto_units and all(r for _, r, _ in entries))
-    for s, res, d in entries:
-        unit_of[s.name] = joint or U.resolve_unit(
-            s.units, d, override=U.unit_override(units, s.name), auto=auto_units and res
-        )
+    if auto_units and len(stored) == 1 and not any(U.unit_override(units, s.name) for s, *_ in entries):
+        pooled = np.concatenate([d.ravel() for s, w, d, *_ in entries if w != "sigma"] or [np.zeros(0)])
+        joint = U.resolve_unit(next(iter(stored)), pooled, auto=True)
+    for s, what, d, *_ in entries:
+        if what == "sigma":
+            unit_of[s.name] = ("σ", 1.0)
+        else:
+            unit_of[s.name] = joint or U.resolve_unit(
+                s.units, d, override=U.unit_override(units, s.name), auto=auto_units
+            )
 
-    # series: (y (C, T), label, ref or None, style)
+    # series: (y (C, T), label, truth line or None, σ (scalar) or None, style)
     series = []
-    for s, res, d in entries:
+    for s, what, d, sg, _src in entries:
         unit, factor = unit_of[s.name]
-        truth = None if (res or s.truth is None) else s.truth * factor
+        truth = None if (what is not False or s.truth is None) else s.truth * factor
+        sgs = None if sg is None else (np.ones_like(sg) if what == "sigma" else sg * factor)
         if s.scalar or s.num_components == 1:
-            series.append((d[..., 0] * factor, s.name, None if truth is None else truth[0], "plain"))
+            series.append((d[..., 0] * factor, s.name, None if truth is None else truth[0],
+                           None if sgs is None else sgs[0], "plain", s.name))
             continue
         if mode in ("summary", "hybrid"):
             ref = None if truth is None else float(summarize(truth, summary))
-            series.append(
-                (
-                    summarize(d, summary) * factor,
-                    f"{summary}({s.name})" if not single else summary,
-                    ref,
-                    "summary",
-                )
-            )
+            series.append((summarize(d, summary) * factor, f"{summary}({s.name})" if not single else summary,
+                           ref, None, "summary", s.name))
         if mode == "components":
             ks = range(s.num_components)
         elif mode == "hybrid":
@@ -160,23 +259,24 @@ def draw(
         else:
             ks = []
         for k in ks:
-            series.append(
-                (
-                    d[..., k] * factor,
-                    _short(s.labels[k], s.name, single),
-                    None if truth is None else truth[k],
-                    "component",
-                )
-            )
+            series.append((d[..., k] * factor, _short(s.labels[k], s.name, single),
+                           None if truth is None else truth[k], None if sgs is None else sgs[k], "component",
+                           s.name))
 
     num_chains = sig.num_chains
     by_chain = num_chains > 1 and len(series) == 1
     palette = colors(num_chains if by_chain else max(len(series), 1))
-    drawn = 0
+    drawn = banded = 0
     plotted = []
-    any_res = any(res for _, res, _ in entries)
     ensure_backend()
-    for i, (y, lab, ref, style) in enumerate(series):
+    with_bands = bands is True or (bands == "auto" and len(series) <= MAX_BANDS)
+    any_sigma = any(w == "sigma" for _, w, *_ in entries)
+    if any_sigma and with_bands:  # residuals in σ: the same ±1σ, ±2σ bands for every series
+        ax.axhspan(-2.0, 2.0, color="0.5", alpha=0.08, lw=0, gid="band:σ")
+        ax.axhspan(-1.0, 1.0, color="0.5", alpha=0.12, lw=0, gid="band:σ")
+        banded += 1
+    n_bands = sum(1 for *_, sg, _, _ in series if sg is not None and np.isfinite(sg) and sg > 0)
+    for i, (y, lab, ref, sg, style, owner) in enumerate(series):
         hybrid_summary = style == "summary" and mode == "hybrid"
         col = "k" if hybrid_summary else palette[0 if by_chain else i]
         lw = 2.0 if hybrid_summary else 1.2
@@ -190,39 +290,50 @@ def draw(
             ax.plot(x, y[c], color=col, lw=lw, alpha=alpha, label=clab, gid=gid)
             drawn += 1
         plotted.append(y)
+        what = next(w for s, w, *_ in entries if s.name == owner)
+        centre = 0.0 if what is not False else ref
+        if with_bands and sg is not None and np.isfinite(sg) and sg > 0 and what != "sigma" and centre is not None \
+                and np.isfinite(centre):
+            # one band: the series' colour; several: grey, each fainter (their overlap is as dark as one band)
+            bc = "0.5" if by_chain or n_bands > 1 else col
+            a = 1.0 / max(n_bands, 1)
+            ax.axhspan(centre - 2 * sg, centre + 2 * sg, color=bc, alpha=0.07 * a, lw=0, gid=f"band:{owner}")
+            ax.axhspan(centre - sg, centre + sg, color=bc, alpha=0.14 * a, lw=0, gid=f"band:{owner}")
+            banded += 1
         if ref is not None and truth_lines and np.isfinite(ref):
             ax.axhline(ref, color=col, ls="--", lw=0.8, alpha=0.8)
-    if any_res:
+    if any(w is not False for _, w, *_ in entries):
         ax.axhline(0.0, color="0.5", lw=0.6, zorder=0)
-    if any(res and s.truth is None for s, res, _ in entries):
-        ax.text(
-            0.5,
-            0.5,
-            "no truth: residual unknown",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            color="0.4",
-            fontsize=9,
-        )
+    notes = []
+    if any(w is not False and s.truth is None and not s.is_error for s, w, *_ in entries):
+        notes.append("no truth: residual unknown")
+    if any(w == "sigma" and (sg is None or not np.isfinite(sg).any()) for _, w, _, sg, _ in entries):
+        notes.append("no σ: pass sigma= or a CRLB")
+    if notes:
+        ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center", color="0.4",
+                fontsize=9)
 
     if logy == "auto":
         logy = log_auto(plotted)
     if logy:
-        set_log_y(ax, plotted)
+        bounds = [sg for *_, sg, _, _ in series if sg is not None and np.isfinite(sg) and sg > 0]
+        set_log_y(ax, plotted, linthresh=min(bounds) if bounds else None)
     if logx:
-        ax.set_xscale("symlog" if np.nanmin(x) <= 0 else "log", **({"linthresh": 1.0} if np.nanmin(x) <= 0 else {}))
+        symlog_x(ax, x)
 
     disp = {u for u, _ in unit_of.values()}
     ulab = U.label(next(iter(disp))) if len(disp) == 1 else ""
-    all_res = all(res for _, res, _ in entries)
-    prefix = f"{summary} of " if mode == "summary" and any(not s.scalar for s, _, _ in entries) else ""
+    whats = {w for _, w, *_ in entries}
+    prefix = f"{summary} of " if mode == "summary" and any(not s.scalar for s, *_ in entries) else ""
     if ylabel is not None:
         ylabel = f"{ylabel}{ulab}"
     elif single:
-        ylabel = f"{prefix}{names[0]}{' residual' if all_res else ''}{ulab}"
+        word = {True: " residual", "sigma": " residual"}.get(entries[0][1], "")
+        ylabel = f"{prefix}{names[0]}{word}{ulab}"
     else:
-        ylabel = f"{prefix}{'residual' if all_res else 'value'}{ulab}"
+        word = "residual" if whats <= {True, "sigma"} else ("error" if all(s.is_error for s, *_ in entries)
+                                                            else "value")
+        ylabel = f"{prefix}{word}{ulab}"
     ax.set_ylabel(ylabel)
     ax.set_xlabel(sig.x_label)
     labelled = len(series) if not by_chain else num_chains
@@ -230,14 +341,16 @@ def draw(
         ax.legend(fontsize="small", loc="best", ncol=1 if labelled <= 6 else 2)
 
     title = "\n".join(
-        _final_text(s, d, res, unit_of[s.name][0], unit_of[s.name][1], mode, summary) for s, res, d in entries
+        _final_text(s, d, w, unit_of[s.name][0], unit_of[s.name][1], mode, summary, sg, src)
+        for s, w, d, sg, src in entries
     )
     return PanelInfo(
         title=title,
         ylabel=ylabel,
         units={n: u for n, (u, _) in unit_of.items()},
-        residual={s.name: res for s, res, _ in entries},
+        residual={s.name: w for s, w, *_ in entries},
         num_lines=drawn,
+        num_bands=banded,
     )
 
 
@@ -250,12 +363,14 @@ def history(
     summary: str = "rms",
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
-    auto_units: bool = True,
+    auto_units: bool = False,
     logy: bool | str = False,
     logx: bool = False,
     title: str | bool | None = None,
     legend: bool | str = "auto",
     ylabel: str | None = None,
+    sigma: Any = None,
+    bands: bool | str = "auto",
     ax: Any = None,
     figsize: tuple[float, float] | None = None,
     save: Any = None,
@@ -268,14 +383,19 @@ def history(
       signals: a :class:`~gnomon.Signals`.
       names: signal name(s) drawn together (default: all).
       mode: ``"components"``, ``"summary"`` or ``"hybrid"`` (see the module docstring).
-      residual: ``"auto"`` (residual when the truth is known), True or False.
+      residual: ``"auto"`` (residual when the truth is known), True, False, or ``"sigma"`` (residual in units
+        of the CRLB or posterior sd).
       summary: ``"rms"``, ``"norm"`` or ``"meanabs"`` for summary/hybrid modes.
       top: number of components added to the summary in hybrid mode.
-      units: display-unit override(s); ``auto_units`` scales automatically otherwise.
-      logy: True (log, or symlog when values cross zero), False, or ``"auto"`` (log when all values are
-        positive and span more than two decades). ``logx``: log step axis.
+      units: display unit(s): one for all signals or ``{name: unit}``; the signals' own units otherwise.
+      auto_units: pick the largest unit of the family in which the values are at least 1.
+      logy: True (log, or symlog when values cross zero; every point, the start included, stays inside the
+        limits), False, or ``"auto"`` (log when all values are positive and span more than two decades).
+        ``logx``: log step axis (symlog when it starts at 0).
       title: None for the final value(s)/residual(s) of each signal, a string, or False for none.
       ylabel: axis label text (the display unit is appended); default from the names.
+      sigma: 1σ scale(s) overriding the signals' own (a value, ``{name: value(s)}`` or a CRLB result).
+      bands: shade ±1σ and ±2σ where σ is known (True, False, ``"auto"``).
       ax: draw into this axis instead of a new figure; ``figsize`` for a new one.
       save: file to write (format from the suffix); ``show``: display with pyplot (never by default).
     """
@@ -299,9 +419,14 @@ def history(
         logx=logx,
         legend=legend,
         ylabel=ylabel,
+        sigma=sigma,
+        bands=bands,
     )
     if title is None:
         ax.set_title(info.title, fontsize=9)
     elif title:
         ax.set_title(str(title))
     return finish(fig, save=save, show=show, dpi=dpi)
+
+
+__all__ = ["draw", "history", "PanelInfo", "MODES", "SUMMARIES"]

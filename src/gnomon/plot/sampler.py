@@ -1,10 +1,15 @@
-"""Sampler views through arviz-plots: rank, trace + marginal, pair.
+"""Sampler views through arviz-plots: trace + marginal, pair, rank, forest — named, in the layout's units.
 
 Chain histories are :func:`gnomon.plot.history` with sampler :class:`~gnomon.Signals` (one line per chain).
-Where arviz-plots does better (rank plots, marginal densities, pair plots) these helpers hand it an
-``xarray.DataTree`` and return the matplotlib Figure. The source may be sampler Signals (their parameter
-and derived signals become the ``posterior`` group; component axes get the signals' labels), an object with
-``to_arviz()`` (a sampling Trace) or a DataTree.
+Where arviz-plots does better (marginal densities, pair plots, rank plots, forests) these helpers hand it an
+``xarray.DataTree`` and return the matplotlib Figure. The source may be sampler Signals (their parameter and
+derived signals become the ``posterior`` group; component axes are labelled by the signals' component
+labels), an object with ``to_arviz()`` (a sampling Trace, named and labelled by its layout) or a DataTree
+(e.g. a run's ``posterior.nc``, whose variables carry ``units`` attributes).
+
+Every variable is labelled ``name [unit]`` (a :class:`arviz_base.labels.MapLabeller` built from the units),
+figures use constrained layout, and their titles and labels are fitted to the panels
+(:func:`gnomon.plot._mpl.fit_text`), so no label is clipped or overlaps another.
 """
 
 from __future__ import annotations
@@ -18,8 +23,18 @@ from gnomon.plot._mpl import ensure_backend, finish
 from gnomon.signals.signals import Signals
 
 
+def _component_coords(labels: Sequence[str], name: str) -> list[str]:
+    """Coordinate values for a component axis: the labels without the signal's name (``name[Z4]`` → ``Z4``)."""
+    out = []
+    for lab in labels:
+        rest = lab[len(name) :] if lab.startswith(name) and lab != name else lab
+        out.append(rest[1:-1] if rest.startswith("[") and rest.endswith("]") else rest)
+    return out if len(set(out)) == len(out) else list(labels)
+
+
 def to_datatree(source: Any, names: Sequence[str] | None = None):
-    """An ``xarray.DataTree`` with a ``posterior`` group from sampler Signals, a Trace or a DataTree."""
+    """An ``xarray.DataTree`` with a ``posterior`` group from sampler Signals, a Trace or a DataTree; its
+    variables carry ``units`` and ``long_name`` attributes and vector parameters their component labels."""
     if isinstance(source, Signals):
         if source.kind != "sampling":
             raise ValueError("arviz views need sampler Signals (kind 'sampling'), not an optimization path")
@@ -29,21 +44,47 @@ def to_datatree(source: Any, names: Sequence[str] | None = None):
         if not names:
             raise ValueError("no parameter signals to plot")
         post, dims, coords = {}, {}, {}
+        vectors = [n for n in names if not source[n].scalar]
         for n in names:
             s = source[n]
             post[n] = np.asarray(s.values)
-            if not s.scalar:
-                dim = f"{n}_dim"
+            if not s.scalar:  # a short dimension name: views print it as a column header
+                dim = "component" if len(vectors) == 1 else f"{n.rsplit('.', 1)[-1]} component"
                 dims[n] = [dim]
-                coords[dim] = list(s.labels)
-        return azb.from_dict({"posterior": post}, dims=dims, coords=coords)
+                coords[dim] = _component_coords(s.labels, n)
+        dt = azb.from_dict({"posterior": post}, dims=dims, coords=coords)
+        ds = dt["posterior"].to_dataset()
+        for n in names:
+            ds[n].attrs.update(units=source[n].units, long_name=n)
+        dt["posterior"] = ds
+        return dt
+    if hasattr(source, "to_arviz") and getattr(source, "kind", None) == "sampling" and \
+            getattr(source, "layout", None) is not None:
+        # through Signals: identity blocks keep float64 precision (an arcsec position near 9.5" with µas
+        # scatter would be quantised by a float32 decoding), names, units and component labels come along
+        return to_datatree(Signals.from_trace(source, diagnostics=False), names)
     if hasattr(source, "to_arviz"):
-        return source.to_arviz()
+        from gnomon.artifacts.netcdf import annotate_datatree
+
+        return annotate_datatree(source.to_arviz(), getattr(source, "layout", None))
     if hasattr(source, "children") and "posterior" in getattr(source, "children", {}):
         return source
     raise ValueError(
         f"expected sampler Signals, a sampling Trace or an ArviZ DataTree, got {type(source).__name__}"
     )
+
+
+def _labeller(dt: Any, names: Sequence[str] | None):
+    """``name [unit]`` for every posterior variable with a unit."""
+    from arviz_base.labels import MapLabeller
+
+    ds = dt["posterior"].to_dataset()
+    var_map = {}
+    for v in ds.data_vars:
+        unit = str(ds[v].attrs.get("units", "") or "")
+        if unit and unit not in ("1", "frac"):
+            var_map[v] = f"{v} [{unit}]"
+    return MapLabeller(var_name_map=var_map)
 
 
 def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show: bool, dpi: int | None,
@@ -52,10 +93,15 @@ def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show
     import arviz_plots as azp
 
     dt = to_datatree(source, names)
-    var_names = None if isinstance(source, Signals) or names is None else list(names)
+    from_signals = isinstance(source, Signals) or (getattr(source, "kind", None) == "sampling"
+                                                   and getattr(source, "layout", None) is not None)
+    var_names = None if from_signals or names is None else list(names)
+    fk = dict(kwargs.pop("figure_kwargs", None) or {})
+    fk.setdefault("layout", "constrained")
     if figsize is not None:
-        kwargs["figure_kwargs"] = {**kwargs.get("figure_kwargs", {}), "figsize": figsize}
-    pc = getattr(azp, fn_name)(dt, var_names=var_names, backend="matplotlib", **kwargs)
+        fk["figsize"] = figsize
+    kwargs.setdefault("labeller", _labeller(dt, var_names))
+    pc = getattr(azp, fn_name)(dt, var_names=var_names, backend="matplotlib", figure_kwargs=fk, **kwargs)
     fig = pc.viz["figure"].item()
     return finish(fig, save=save, show=show, dpi=dpi)
 
@@ -81,3 +127,15 @@ def pair(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[floa
         n = sum(source[c].num_components for c in chosen if c in source)
         figsize = (2.4 * n + 0.8, 2.4 * n) if n else None
     return _run("plot_pair", source, names, save, show, dpi, figsize, **kwargs)
+
+
+def forest(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
+           save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
+    """Credible intervals per parameter and component on one axis (``arviz_plots.plot_forest``).
+
+    One axis holds every variable, so give it quantities of one scale: e.g. residuals in σ,
+    ``sig.apply(transforms.residual_in_sigma("x"), ...)`` and ``names=["x_z", ...]``. Chains are combined
+    into one interval per parameter unless ``combined=False``."""
+    kwargs.setdefault("combined", True)
+    return _run("plot_forest", source, names, save, show, dpi, figsize, **kwargs)
+

@@ -18,6 +18,7 @@ inputs are:
 
 * ``binary.x_position_error_uas``, ``binary.y_position_error_uas``, ``binary.separation_error_uas`` —
   ``v − v_true`` in µas;
+* ``binary.position_angle_error_as`` — ``PA − PA_true`` in arcsec;
 * ``system.plate_scale_error_ppm`` — ``10⁶ (s − s_true) / s_true``;
 * ``binary.raw_flux`` — ``F = [c·10^L/(1+c), 10^L/(1+c)]`` (stars A and B, photons);
 * ``raw_flux_error_ppm`` — ``10⁶ (F_est − F_true) / F_true`` per star, shape ``(T, 2)``;
@@ -25,7 +26,9 @@ inputs are:
   ``sqrt(mean_k (z_k − z_k,true)²)`` in nm.
 
 Error signals are NaN-filled (stable shapes) when the truth is missing; :func:`astrometry` then shows the
-parameter values instead of errors.
+parameter values instead of errors. Error signals carry the Cramér–Rao bound of their parameter in their own
+unit when the signals have one (``Signals.from_trace(..., crlb=...)``, or a run saved with ``crlb=``): the
+figure then shades ±1σ and ±2σ and draws the errors on a symlog axis that is linear within the bound.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ NOLL = tuple(f"Z{j}" for j in range(4, 12))
 
 X_ERR, Y_ERR = "binary.x_position_error_uas", "binary.y_position_error_uas"
 SEP_ERR = "binary.separation_error_uas"
+PA_ERR = "binary.position_angle_error_as"
 PLATE_ERR = "system.plate_scale_error_ppm"
 RAW_FLUX, RAW_FLUX_ERR = "binary.raw_flux", "raw_flux_error_ppm"
 ZERN_ERR, ZERN_RMS = "primary.zernike_error_nm", "primary.zernike_rms_error_nm"
@@ -71,6 +75,7 @@ def _transforms(sig: Signals) -> list[tuple[str, tuple[str, ...], Any]]:
         (X_ERR, (X,), error(X, X_ERR, units="µas")),
         (Y_ERR, (Y,), error(Y, Y_ERR, units="µas")),
         (SEP_ERR, (SEP,), error(SEP, SEP_ERR, units="µas")),
+        (PA_ERR, (PA,), error(PA, PA_ERR, units="arcsec")),
         (PLATE_ERR, (PLATE,), fractional_error(PLATE, PLATE_ERR, units="ppm")),
         (
             RAW_FLUX,
@@ -109,15 +114,16 @@ def panels(signals: Signals) -> list[dict[str, Any]]:
         p.append({"names": ["loss"], "logy": "auto"})
     elif has("log_prob"):
         p.append({"names": ["log_prob"]})
-    fixed = {"auto_units": False, "residual": False}
+    # optimizer paths span decades: symlog (linear within the bound); chains scatter about zero: linear
+    fixed = {"auto_units": False, "residual": False, "logy": sig.kind == "optimization"}
     if truth:
         xy = [n for n in (X_ERR, Y_ERR) if has(n)]
         if xy:
             p.append({"names": xy, **fixed, "ylabel": "x / y error"})
         if has(SEP_ERR):
             p.append({"names": [SEP_ERR], **fixed, "ylabel": "separation error"})
-        if has(PA):
-            p.append({"names": [PA], "residual": True, "ylabel": "position angle error"})
+        if has(PA_ERR):
+            p.append({"names": [PA_ERR], **fixed, "ylabel": "position angle error"})
         if has(PLATE_ERR):
             p.append({"names": [PLATE_ERR], **fixed, "ylabel": "plate-scale error"})
         if has(RAW_FLUX_ERR):
@@ -125,7 +131,8 @@ def panels(signals: Signals) -> list[dict[str, Any]]:
         if has(ZERN_ERR):
             p.append({"names": [ZERN_ERR], **fixed, "ylabel": "Zernike error"})
         if has(ZERN_RMS):
-            p.append({"names": [ZERN_RMS], **fixed, "logy": "auto", "ylabel": "Zernike RMS error"})
+            p.append({"names": [ZERN_RMS], **fixed, "logy": "auto" if sig.kind == "sampling" else True,
+                      "ylabel": "Zernike RMS error"})
     else:
         for group in ([X, Y], [SEP], [PA], [LOGF], [CONTRAST], [PLATE], [RAW_FLUX], [ZERN]):
             names = [n for n in group if has(n)]
@@ -146,8 +153,9 @@ def astrometry(
     show: bool = False,
     dpi: int | None = None,
 ):
-    """The SHERA-style figure: loss, x/y errors [µas], separation error [µas], position-angle residual,
-    plate-scale error [ppm], raw-flux errors of stars A and B [ppm], Zernike errors and their RMS [nm].
+    """The SHERA-style figure: loss, x/y errors [µas], separation error [µas], position-angle error [arcsec],
+    plate-scale error [ppm], raw-flux errors of stars A and B [ppm], Zernike errors and their RMS [nm], on
+    symlog axes with ±1σ / ±2σ bands where the signals carry a CRLB.
 
     Without a truth the same layout shows parameter values. Works for optimizer paths and sampler chains
     (one line per chain). ``mode`` applies to vector panels (Zernikes); returns the matplotlib Figure."""

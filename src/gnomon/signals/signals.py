@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from gnomon.signals.labels import block_labels
+from gnomon.util.files import ArtifactError, read_npz, write_npz
+
 SIGNALS_SCHEMA = 1
 ROLES = ("parameter", "derived", "diagnostic")
 _META_KEY = "__signals__"
@@ -48,6 +51,12 @@ class Signal:
         (loss, log_prob, engine statistics).
       scalar: True when the signal has no component axis.
       chains: True when the leading axis is a chain axis (sampling).
+      sigma: ``(K,)`` the 1σ scale of this signal's errors in its units — a Cramér–Rao bound or a posterior
+        sd — or None. Plots draw it as bands and measure residuals in it (``residual="sigma"``).
+      sigma_source: what ``sigma`` is (``"CRLB"``, ``"posterior sd"``, ...), for labels.
+      is_error: the values are already deviations from the truth (made by an error transform such as
+        :func:`~gnomon.signals.transforms.error`; its truth is 0): plots label the values by the signal's
+        name, never as the residual of a residual.
     """
 
     name: str
@@ -58,6 +67,9 @@ class Signal:
     role: str = "parameter"
     scalar: bool = True
     chains: bool = False
+    sigma: np.ndarray | None = None
+    sigma_source: str = ""
+    is_error: bool = False
 
     # ------------------------------------------------------------------ natural-shape views
     def _natural(self, a: np.ndarray) -> np.ndarray:
@@ -89,6 +101,22 @@ class Signal:
         return self.truth is not None
 
     @property
+    def sigma_value(self) -> np.ndarray | None:
+        """The 1σ scale as ``()`` (scalar signal) or ``(K,)``; None when unknown."""
+        if self.sigma is None:
+            return None
+        return self.sigma[0] if self.scalar else self.sigma
+
+    def spread(self) -> np.ndarray | None:
+        """The posterior sd per component ``(K,)`` of a sampler signal (over chains and draws); None for an
+        optimization path."""
+        if not self.chains:
+            return None
+        flat = self.data.reshape(-1, self.data.shape[-1])
+        with np.errstate(all="ignore"):
+            return np.nanstd(flat, axis=0, ddof=1) if flat.shape[0] > 1 else np.full(flat.shape[-1], np.nan)
+
+    @property
     def num_components(self) -> int:
         return int(self.data.shape[-1])
 
@@ -115,6 +143,7 @@ class Signal:
 
     def __repr__(self) -> str:
         t = "" if self.truth is None else ", truth"
+        t += "" if self.sigma is None else f", σ ({self.sigma_source or 'given'})"
         return f"Signal({self.name!r}, shape={self.shape}, units={self.units!r}, role={self.role}{t})"
 
 
@@ -122,6 +151,16 @@ def _component_labels(name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     if shape == ():
         return (name,)
     return tuple(f"{name}[{','.join(str(i) for i in idx)}]" for idx in np.ndindex(*shape))
+
+
+def _per_component(name: str, what: str, value: Any, comp_shape: tuple[int, ...], k: int) -> np.ndarray | None:
+    """``value`` as a float64 ``(K,)`` array (one per component, or one for all); None stays None."""
+    if value is None:
+        return None
+    v = _as_float(value)
+    if v.shape != comp_shape and v.size != 1 and v.size != k:
+        raise ValueError(f"signal {name!r}: {what} has shape {v.shape}, expected {comp_shape} (one per component)")
+    return np.array(np.broadcast_to(v.reshape(-1) if v.size != 1 else v.reshape(()), (k,)), np.float64)
 
 
 def _as_float(a: Any) -> np.ndarray:
@@ -203,10 +242,14 @@ class Signals(Mapping[str, Signal]):
         truth: Any = None,
         labels: Sequence[str] | None = None,
         role: str = "derived",
+        sigma: Any = None,
+        sigma_source: str = "",
+        is_error: bool = False,
     ) -> Signal:
         """A :class:`Signal` from natural-shape ``values`` (``(T,)``/``(T, …)`` or ``(C, T)``/``(C, T, …)``).
 
-        Trailing dimensions beyond one are flattened (labels ``name[i,j]``)."""
+        Trailing dimensions beyond one are flattened (labels ``name[i,j]``). ``truth`` and ``sigma`` are one
+        value per component (or one for all)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"signal names must be non-empty strings, got {name!r}")
         if role not in ROLES:
@@ -241,7 +284,9 @@ class Signals(Mapping[str, Signal]):
                 )
             # the truth stays float64 (a float32 trace must not quantise e.g. a 3.2 contrast)
             t = np.array(np.broadcast_to(t.reshape(-1) if t.size != 1 else t.reshape(()), (k,)), np.float64)
-        return Signal(name, data, units, t, labels, role, scalar, lead == 2)
+        sg = _per_component(name, "sigma", sigma, comp_shape, k)
+        return Signal(name, data, units, t, labels, role, scalar, lead == 2, sg, str(sigma_source or ""),
+                      bool(is_error))
 
     def _insert(self, s: Signal) -> None:
         if s.name in self._signals:
@@ -380,6 +425,41 @@ class Signals(Mapping[str, Signal]):
             out.append(s)
         return self._copy(out)
 
+    def with_sigma(self, sigma: Any, source: str = "CRLB", *, strict: bool | None = None) -> Signals:
+        """A new :class:`Signals` with the 1σ scale (``Signal.sigma``) set where ``sigma`` names it.
+
+        ``sigma`` is a mapping signal name → value (one per component, or one for all) or component label →
+        value (a scalar signal's label is its name), or a CRLB result (an object with ``labels`` and
+        ``marginal``, or with ``to_summary() -> {"crlb.<label>": value}``). ``source`` says what it is
+        (``"CRLB"``, ``"posterior sd"``). Names or labels that match no signal raise a ValueError for a
+        mapping (``strict``, default) and are skipped for a CRLB result, which may bound more than is
+        plotted."""
+        mapping, lenient = _sigma_mapping(sigma)
+        strict = (not lenient) if strict is None else strict
+        used: set[str] = set()
+        out = []
+        for n, s in self._signals.items():
+            if n in mapping and (s.scalar or np.size(mapping[n]) != 1 or n not in s.labels):
+                val = mapping[n]
+                used.add(n)
+            elif any(lab in mapping for lab in s.labels):
+                val = [mapping.get(lab, np.nan) for lab in s.labels]
+                used.update(lab for lab in s.labels if lab in mapping)
+            else:
+                out.append(s)
+                continue
+            made = self._make(n, np.zeros((1,) * self._lead_ndim() + s.values.shape[self._lead_ndim() :]),
+                              sigma=val, labels=s.labels)
+            out.append(replace(s, sigma=made.sigma, sigma_source=source))
+        unknown = sorted(set(mapping) - used)
+        if strict and unknown:
+            labels = [lab for s in self._signals.values() for lab in s.labels]
+            raise ValueError(
+                f"sigma given for {unknown[:8]}, which name no signal or component; signals are "
+                f"{list(self._signals)[:12]}, component labels {labels[:12]}"
+            )
+        return self._copy(out)
+
     def select(self, names: str | Sequence[str]) -> Signals:
         """A new :class:`Signals` holding only ``names`` (in the given order)."""
         names = [names] if isinstance(names, str) else list(names)
@@ -392,7 +472,7 @@ class Signals(Mapping[str, Signal]):
         """Apply transforms in order (callables ``Signals -> {name: Signal} | Signals`` or registered names).
 
         Each transform sees the signals added by the ones before it."""
-        from gnomon.signals.transforms import get_transform
+        from gnomon.signals.registry import get_transform
 
         out = self
         for spec in transforms:
@@ -425,6 +505,7 @@ class Signals(Mapping[str, Signal]):
         *,
         units: Mapping[str, str] | None = None,
         diagnostics: bool = True,
+        crlb: Any = None,
     ) -> Signals:
         """Decode a trace into named signals.
 
@@ -445,6 +526,11 @@ class Signals(Mapping[str, Signal]):
           units: unit strings for decoded names (overrides the layout's).
           diagnostics: also add ``loss`` / ``log_prob`` and the trace's stats channels (role
             ``"diagnostic"``; renamed ``trace.<name>`` if a parameter has the same name).
+          crlb: Cramér–Rao bounds for the parameters (see :meth:`with_sigma`): a CRLB result or a mapping
+            label → value; plots then draw bands and residuals in σ.
+
+        Component labels of the parameter signals are the layout's (its index labels, which carry the
+        component labels a layout was given, e.g. Noll indices).
         """
         from gnomon.trace.trace import Trace
 
@@ -454,7 +540,7 @@ class Signals(Mapping[str, Signal]):
             raise ValueError("Signals.from_trace: a batched trace holds B fits; decode one member (trace[i])")
         kind = trace.kind
         decode, layout = _decoder(trace, layout_or_decoder)
-        raw = trace.theta
+        raw = trace.z if trace.z is not None else trace.theta  # a θ-map decodes the engine's rows
         if hasattr(layout_or_decoder, "to_theta"):
             theta = np.asarray(layout_or_decoder.to_theta(raw))
         else:
@@ -469,7 +555,9 @@ class Signals(Mapping[str, Signal]):
         sig = cls((), x=x, kind=kind)
         out: list[Signal] = []
         for name, values in decoded.items():
-            out.append(sig._make(name, np.asarray(values), units=unit_map.get(name, ""), role="parameter"))
+            arr = np.asarray(values)
+            out.append(sig._make(name, arr, units=unit_map.get(name, ""), role="parameter",
+                                 labels=_layout_labels(layout, name, arr.shape[sig._lead_ndim() :])))
         if diagnostics:
             taken = {s.name for s in out}
             diag: dict[str, Any] = {}
@@ -488,6 +576,8 @@ class Signals(Mapping[str, Signal]):
             if not isinstance(truth, Mapping):
                 truth = {k: np.asarray(v) for k, v in decode(np.asarray(truth)).items()}
             sig = sig.with_truth(truth)
+        if crlb is not None:
+            sig = sig.with_sigma(crlb, "CRLB")
         return sig.apply(*transforms) if transforms else sig
 
     @classmethod
@@ -500,20 +590,23 @@ class Signals(Mapping[str, Signal]):
         use_cache: bool = True,
         **kwargs: Any,
     ) -> Signals:
-        """Signals of a run (a :class:`~gnomon.Run` or a run directory).
+        """Signals of a loaded run: ``Signals.from_run(gn.load_run(run_dir))``, or ``run.signals()``.
 
+        ``run`` is a :class:`~gnomon.Run` (anything with its ``trace``, ``layout``, ``meta``, ``summary``,
+        ``files`` and ``load_extra``): Signals sit below the artifacts layer and read no files of their own.
         Uses the run's cached ``signals.npz`` when present (and ``use_cache``), else decodes the trace with
-        the run's layout. The truth, unless given, comes from the run's ``truth.npz`` (``{name: value}``) or
-        from ``meta.json`` ``user.truth`` (a mapping ``name -> value``), when either exists."""
-        from gnomon.artifacts.run import Run, load_run
-
-        if not isinstance(run, Run):
-            run = load_run(run)
+        the run's layout. The truth, unless given, comes from the run's ``truth.npz`` (``{name: value}``),
+        from ``meta.json`` ``user.truth`` (a mapping ``name -> value``) or from the ``truth.<label>`` keys of
+        ``summary.json``, when any exists; the σ of each parameter from its ``crlb.<label>`` keys
+        (``save_run(crlb=...)``), unless the cache already carries one."""
+        if isinstance(run, (str, os.PathLike)) or not hasattr(run, "trace"):
+            raise ValueError(
+                f"Signals.from_run takes a loaded run, got {type(run).__name__} {str(run)[:80]!r}: "
+                "Signals.from_run(gn.load_run(path)), or gn.load_run(path).signals()"
+            )
         if truth is None:
             truth = _run_truth(run)
         if use_cache and "signals" in run.files:
-            from gnomon.artifacts.jsonio import ArtifactError
-
             units = {b.name: b.units for b in run.layout.blocks} if run.layout is not None else {}
             try:
                 sig = cls.from_arrays(run.load_extra("signals"), kind=run.trace.kind, units=units)
@@ -523,15 +616,25 @@ class Signals(Mapping[str, Signal]):
                 diag = cls.from_trace(run.trace, lambda th: {}, diagnostics=True)
                 if diag.num_rows == sig.num_rows and diag.num_chains == sig.num_chains:
                     sig = sig.with_signals([s for n, s in diag.items() if n not in sig])
+            if not truth:
+                truth = _truth_from_labels(sig, _run_label_values(run, "truth"))
             if truth:
                 sig = sig.with_truth({k: v for k, v in truth.items() if k in sig})
+            sig = _with_run_sigma(sig, run)
             return sig.apply(*transforms) if transforms else sig
-        return cls.from_trace(run.trace, run.layout, truth=truth or None, transforms=transforms, **kwargs)
+        sig = cls.from_trace(run.trace, run.layout, truth=truth or None, **kwargs)
+        if not truth:
+            found = _truth_from_labels(sig, _run_label_values(run, "truth"))
+            if found:
+                sig = sig.with_truth(found)
+        sig = _with_run_sigma(sig, run)
+        return sig.apply(*transforms) if transforms else sig
 
     # ------------------------------------------------------------------ npz round trip
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """``{array_name: array}`` for ``signals.npz``: ``x``, ``values/<name>``, ``truth/<name>`` and a
-        JSON header ``__signals__`` (units, labels, roles, order) stored as UTF-8 bytes (no pickle)."""
+        """``{array_name: array}`` for ``signals.npz``: ``x``, ``values/<name>``, ``truth/<name>``,
+        ``sigma/<name>`` and a JSON header ``__signals__`` (units, labels, roles, σ sources, error flags, order)
+        stored as UTF-8 bytes (no pickle)."""
         header = {
             "signals_schema": SIGNALS_SCHEMA,
             "kind": self._kind,
@@ -543,6 +646,8 @@ class Signals(Mapping[str, Signal]):
                     "labels": list(s.labels),
                     "role": s.role,
                     "scalar": s.scalar,
+                    "sigma_source": s.sigma_source,
+                    "is_error": s.is_error,
                 }
                 for s in self._signals.values()
             ],
@@ -553,6 +658,8 @@ class Signals(Mapping[str, Signal]):
             arrays[f"values/{n}"] = s.values
             if s.truth is not None:
                 arrays[f"truth/{n}"] = s.truth_value
+            if s.sigma is not None:
+                arrays[f"sigma/{n}"] = s.sigma_value
         return arrays
 
     @classmethod
@@ -600,22 +707,20 @@ class Signals(Mapping[str, Signal]):
                     truth=arrays.get(f"truth/{n}"),
                     labels=entry.get("labels"),
                     role=entry.get("role", "parameter"),
+                    sigma=arrays.get(f"sigma/{n}"),
+                    sigma_source=entry.get("sigma_source", ""),
+                    is_error=bool(entry.get("is_error", False)),
                 )
             )
         return sig.with_signals(out)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``signals.npz`` atomically (no pickle)."""
-        from gnomon.artifacts.npzio import write_npz
-
         write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Signals:
         """Read a file written by :meth:`save`; :class:`~gnomon.ArtifactError` naming the file on failure."""
-        from gnomon.artifacts.jsonio import ArtifactError
-        from gnomon.artifacts.npzio import read_npz
-
         arrays = read_npz(path)
         try:
             return cls.from_arrays(arrays)
@@ -672,3 +777,63 @@ def _run_truth(run: Any) -> dict[str, Any]:
     if truth is None:
         truth = run.meta.get("truth")
     return dict(truth) if isinstance(truth, Mapping) else {}
+
+
+def _layout_labels(layout: Any, name: str, comp_shape: tuple[int, ...]) -> list[str] | None:
+    """The layout's component labels of block ``name`` when its values have ``comp_shape``, else None."""
+    if layout is None or name not in layout or comp_shape == ():
+        return None
+    b = layout[name]
+    labs = block_labels(layout, b)
+    return labs if tuple(b.shape) == tuple(comp_shape) and len(labs) == int(np.prod(comp_shape)) else None
+
+
+def _sigma_mapping(sigma: Any) -> tuple[dict[str, Any], bool]:
+    """``({key: value}, lenient)`` from a mapping or a CRLB-like object (lenient: it may bound more than is
+    plotted)."""
+    if isinstance(sigma, Mapping):
+        return dict(sigma), False
+    labels = getattr(sigma, "labels", None)
+    marginal = getattr(sigma, "marginal", None)
+    if labels is not None and marginal is not None:
+        vals = np.asarray(marginal, dtype=float).reshape(-1)
+        labels = [str(x) for x in labels]
+        if len(labels) != vals.size:
+            raise ValueError(f"sigma: {len(labels)} labels but {vals.size} marginal bounds")
+        return dict(zip(labels, vals.tolist())), True
+    if callable(getattr(sigma, "to_summary", None)):
+        raw = sigma.to_summary()
+        return {k[len("crlb.") :] if k.startswith("crlb.") else k: v for k, v in raw.items()}, True
+    raise ValueError(
+        "sigma must be a mapping (signal name or component label -> value) or a CRLB result with labels and "
+        f"marginal (or to_summary()), got {type(sigma).__name__}"
+    )
+
+
+def _run_label_values(run: Any, prefix: str) -> dict[str, float]:
+    """``{label: value}`` of the ``<prefix>.<label>`` keys of a run's summary.json."""
+    head = prefix + "."
+    return {k[len(head) :]: v for k, v in (run.summary or {}).items() if k.startswith(head)
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _truth_from_labels(sig: Signals, by_label: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Truth per parameter signal whose every component label has a value in ``by_label``."""
+    out = {}
+    for n in sig.names_by_role("parameter"):
+        labs = sig[n].labels
+        if by_label and all(lab in by_label for lab in labs):
+            out[n] = np.asarray([by_label[lab] for lab in labs], dtype=float)
+            if sig[n].scalar:
+                out[n] = out[n][0]
+    return out
+
+
+def _with_run_sigma(sig: Signals, run: Any) -> Signals:
+    """σ from the run's ``crlb.<label>`` summary keys for signals that have none yet."""
+    bounds = _run_label_values(run, "crlb")
+    if not bounds:
+        return sig
+    missing = {lab: v for n, s in sig.items() if s.sigma is None for lab, v in bounds.items() if lab in s.labels}
+    return sig.with_sigma(missing, "CRLB", strict=False) if missing else sig
+

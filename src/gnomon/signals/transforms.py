@@ -12,128 +12,37 @@ Generic building blocks (domain recipes compose them, e.g. :mod:`gnomon.recipes.
 * :func:`summary` — RMS ``sqrt(mean_k v_k²)``, norm ``sqrt(Σ_k v_k²)`` or mean-abs ``mean_k |v_k|`` of a
   vector signal, truth the same summary of the truth;
 * :func:`rms_error` — ``sqrt(mean_k (v_k − t_k)²)`` (NaN without truth), truth 0;
+* :func:`residual_in_sigma` — ``(v − t) / σ``, the residual in units of its Cramér–Rao bound or posterior
+  sd, truth 0;
 * :func:`component` — one component of a vector signal as a scalar signal.
 
-Register a transform under a name with :func:`register_transform` to refer to it by that name in
-``Signals.from_trace(..., transforms=["name"])``. A name may also be registered lazily as a string
-``"package.module:attribute"`` (or ``"package.module"`` when importing the module registers the name): the
-module is imported on first use. When a name is unknown, the *transform providers*
-(:func:`add_transform_provider`; by default the package ``gnomon.recipes``, which declares its recipes'
-transform names lazily) are imported once and the lookup retried, so ``transforms=["astrometry"]`` works
-without importing the recipe first. This module imports no provider at import time and names no domain.
+The 1σ scale of a signal (``Signal.sigma``: a CRLB or a posterior sd) follows the values: an error in
+another unit carries σ in that unit, a fractional error ``σ / |t|``, a component its own σ, an RMS error
+``sqrt(mean_k σ_k²)`` (the RMS error expected at the bound). Error transforms mark their output
+``is_error`` (already a deviation from the truth).
+
+Named transforms live in :mod:`gnomon.signals.registry` (re-exported here): :func:`register_transform`,
+:func:`get_transform`, :func:`available_transforms`, :func:`add_transform_provider`. A recipe package
+registers its transforms when imported (``gnomon.recipes`` declares ``"astrometry"``); this module imports
+no recipe and names no domain.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from gnomon.signals.registry import (
+    Transform,
+    add_transform_provider,
+    available_transforms,
+    get_transform,
+    register_transform,
+)
 from gnomon.signals.signals import Signal, Signals
 from gnomon.thetaspace import units as U
-
-Transform = Callable[[Signals], Any]
-
-# name -> callable, or a lazy "module:attribute" / "module" string resolved (and replaced) on first use
-_REGISTRY: dict[str, Transform | str] = {}
-# modules imported once, on the first unknown name, so that they can register (lazily) their transform names
-_PROVIDERS: list[str] = ["gnomon.recipes"]
-_LOADED_PROVIDERS: set[str] = set()
-
-
-def register_transform(name: str, transform: Transform | str | None = None, *, overwrite: bool = False):
-    """Register ``transform`` under ``name`` (usable as a decorator).
-
-    ``transform`` is a callable ``Signals -> {name: Signal} | Signals``, or a lazy import path
-    ``"package.module:attribute"`` (or ``"package.module"`` when importing that module registers ``name``
-    itself) resolved on first use. A lazy entry is replaced by the callable its module registers, without
-    ``overwrite``."""
-
-    def _add(fn: Transform | str) -> Transform | str:
-        if isinstance(fn, str):
-            if not fn or fn.count(":") > 1 or not fn.split(":")[0] or fn.endswith(":"):
-                raise ValueError(
-                    f"lazy transform {name!r} must be 'package.module' or 'package.module:attribute', got {fn!r}"
-                )
-        elif not callable(fn):
-            raise ValueError(f"transform {name!r} must be callable, got {fn!r}")
-        old = _REGISTRY.get(name)
-        if old is None or overwrite or old is fn:
-            _REGISTRY[name] = fn
-        elif isinstance(old, str) and callable(fn):
-            _REGISTRY[name] = fn  # a lazy entry replaced by the callable its module registers
-        elif isinstance(fn, str) and callable(old):
-            pass  # declared lazily after its module was imported: keep the resolved callable
-        elif old != fn:
-            raise ValueError(f"a transform named {name!r} is already registered (pass overwrite=True)")
-        return fn
-
-    return _add if transform is None else _add(transform)
-
-
-def add_transform_provider(module: str) -> None:
-    """Import ``module`` (once) when a transform name is unknown, before reporting it as unknown.
-
-    A provider declares its names with :func:`register_transform` (lazily, as import paths, to stay cheap)."""
-    if not isinstance(module, str) or not module:
-        raise ValueError(f"a transform provider must be a module name, got {module!r}")
-    if module not in _PROVIDERS:
-        _PROVIDERS.append(module)
-
-
-def _load_providers() -> None:
-    for mod in list(_PROVIDERS):
-        if mod not in _LOADED_PROVIDERS:
-            _LOADED_PROVIDERS.add(mod)
-            importlib.import_module(mod)
-
-
-def available_transforms() -> list[str]:
-    """Registered transform names, including those the providers declare (not yet imported)."""
-    _load_providers()
-    return sorted(_REGISTRY)
-
-
-def _resolve(name: str) -> Transform:
-    entry = _REGISTRY[name]
-    if not isinstance(entry, str):
-        return entry
-    mod, _, attr = entry.partition(":")
-    module = importlib.import_module(mod)
-    now = _REGISTRY.get(name)
-    if callable(now):  # the module registered the name when imported
-        return now
-    if not attr:
-        raise ValueError(f"importing {mod!r} did not register the transform {name!r}")
-    try:
-        fn = getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"lazy transform {name!r}: module {mod!r} has no attribute {attr!r}") from None
-    if not callable(fn):
-        raise ValueError(f"lazy transform {name!r}: {entry!r} is not callable")
-    _REGISTRY[name] = fn
-    return fn
-
-
-def get_transform(spec: str | Transform) -> Transform:
-    """A callable transform from a registered name or the callable itself.
-
-    An unknown name first imports the transform providers (:func:`add_transform_provider`), then a lazy
-    entry imports its module."""
-    if isinstance(spec, str):
-        if spec not in _REGISTRY:
-            _load_providers()
-        if spec not in _REGISTRY:
-            raise ValueError(
-                f"unknown transform {spec!r}; registered transforms are {available_transforms()} "
-                f"(providers imported on demand: {_PROVIDERS}; add one with add_transform_provider)"
-            )
-        return _resolve(spec)
-    if callable(spec):
-        return spec
-    raise ValueError(f"a transform must be a registered name or a callable Signals -> signals, got {spec!r}")
 
 
 def _new(
@@ -145,8 +54,12 @@ def _new(
     truth: Any,
     labels: Sequence[str] | None,
     role: str = "derived",
+    sigma: Any = None,
+    sigma_source: str = "",
+    is_error: bool = False,
 ) -> Signal:
-    return sig._make(name, values, units=units, truth=truth, labels=labels, role=role)
+    return sig._make(name, values, units=units, truth=truth, labels=labels, role=role, sigma=sigma,
+                     sigma_source=sigma_source, is_error=is_error)
 
 
 def derive(
@@ -180,17 +93,20 @@ def _source(sig: Signals, source: str, what: str) -> Signal:
 
 
 def error(source: str, name: str | None = None, units: str | None = None) -> Transform:
-    """``name = source − truth`` expressed in ``units`` (default: the source's units). Truth 0 when the source
-    has a truth; NaN values (same shape) otherwise."""
+    """``name = source − truth`` expressed in ``units`` exactly as given (default: the source's units). Truth 0
+    when the source has a truth; NaN values (same shape) otherwise. The output is an error signal
+    (``is_error``) and carries the source's σ in ``units``."""
 
     def transform(sig: Signals) -> dict[str, Signal]:
         s = _source(sig, source, "error")
         out_units = U.normalize_unit(units) if units is not None else s.units
         factor = U.conversion_factor(s.units, out_units) if units is not None else 1.0
-        vals = s.residual * factor
+        vals = (s.values if s.is_error else s.residual) * factor
         truth = None if s.truth is None else np.zeros(s.values.shape[sig._lead_ndim() :])
         out = name or f"{source}_error"
-        return {out: _new(sig, out, vals, units=out_units, truth=truth, labels=s.labels)}
+        sg = None if s.sigma is None else s.sigma * abs(factor)
+        return {out: _new(sig, out, vals, units=out_units, truth=truth, labels=s.labels, sigma=sg,
+                          sigma_source=s.sigma_source, is_error=True)}
 
     transform.__name__ = f"error[{source}]"
     return transform
@@ -205,14 +121,18 @@ def fractional_error(source: str, name: str | None = None, units: str = "ppm") -
     def transform(sig: Signals) -> dict[str, Signal]:
         s = _source(sig, source, "fractional_error")
         factor = U.conversion_factor("frac", units)
+        sg = None
         if s.truth is None:
             vals, truth = s.residual, None
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 vals = s.residual / s.truth_value * factor
+                if s.sigma is not None:
+                    sg = s.sigma / np.abs(s.truth) * factor
             truth = np.zeros(s.values.shape[sig._lead_ndim() :])
         out = name or f"{source}_error_{U.normalize_unit(units)}"
-        return {out: _new(sig, out, vals, units=U.normalize_unit(units), truth=truth, labels=s.labels)}
+        return {out: _new(sig, out, vals, units=U.normalize_unit(units), truth=truth, labels=s.labels, sigma=sg,
+                          sigma_source=s.sigma_source, is_error=True)}
 
     transform.__name__ = f"fractional_error[{source}]"
     return transform
@@ -250,7 +170,8 @@ def summary(source: str, how: str = "rms", name: str | None = None) -> Transform
 
 
 def rms_error(source: str, name: str | None = None, units: str | None = None) -> Transform:
-    """``name = sqrt(mean_k (v_k − t_k)²)`` in ``units`` (default the source's); NaN without truth."""
+    """``name = sqrt(mean_k (v_k − t_k)²)`` in ``units`` (default the source's); NaN without truth. Its σ is
+    ``sqrt(mean_k σ_k²)``, the RMS error expected when every component errs at its bound."""
 
     def transform(sig: Signals) -> dict[str, Signal]:
         s = _source(sig, source, "rms_error")
@@ -261,9 +182,43 @@ def rms_error(source: str, name: str | None = None, units: str | None = None) ->
         vals = vals if s.chains else vals[0]
         truth = None if s.truth is None else 0.0
         out = name or f"{source}_rms_error"
-        return {out: _new(sig, out, vals, units=out_units, truth=truth, labels=None)}
+        sg = None if s.sigma is None else float(np.sqrt(np.mean(np.square(s.sigma)))) * abs(factor)
+        return {out: _new(sig, out, vals, units=out_units, truth=truth, labels=None, sigma=sg,
+                          sigma_source=s.sigma_source, is_error=True)}
 
     transform.__name__ = f"rms_error[{source}]"
+    return transform
+
+
+def residual_in_sigma(source: str, sigma: Any = None, name: str | None = None) -> Transform:
+    """``name = (source − truth) / σ``: the residual in units of its 1σ scale (unit ``"σ"``, truth 0).
+
+    σ is ``sigma`` when given (one value, or one per component), else the source's ``Signal.sigma`` (a
+    Cramér–Rao bound set by ``Signals.from_trace(..., crlb=...)`` or :meth:`Signals.with_sigma`), else for
+    sampler chains the posterior sd of the source. Values are NaN where the truth or σ is unknown. Default
+    name ``<source>_z``."""
+
+    def transform(sig: Signals) -> dict[str, Signal]:
+        s = _source(sig, source, "residual_in_sigma")
+        if sigma is not None:
+            sg, src = np.broadcast_to(np.asarray(sigma, dtype=float).reshape(-1), (s.num_components,)), "given"
+        elif s.sigma is not None:
+            sg, src = s.sigma, s.sigma_source
+        elif s.chains:
+            sg, src = s.spread(), "posterior sd"
+        else:
+            sg, src = np.full(s.num_components, np.nan), ""
+        r = s.data if s.is_error else (s.data - s.truth if s.truth is not None else np.full(s.data.shape, np.nan))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = r / np.where(np.asarray(sg) > 0, sg, np.nan)
+        vals = vals if s.chains else vals[0]
+        vals = vals[..., 0] if s.scalar else vals
+        truth = None if s.truth is None else np.zeros(s.values.shape[sig._lead_ndim() :])
+        out = name or f"{source}_z"
+        return {out: _new(sig, out, vals, units="σ", truth=truth, labels=s.labels, sigma=1.0,
+                          sigma_source=src, is_error=True)}
+
+    transform.__name__ = f"residual_in_sigma[{source}]"
     return transform
 
 
@@ -279,7 +234,9 @@ def component(source: str, index: int, name: str | None = None) -> Transform:
         vals = vals if s.chains else vals[0]
         truth = None if s.truth is None else s.truth[index]
         out = name or s.labels[index]
-        return {out: _new(sig, out, vals, units=s.units, truth=truth, labels=None)}
+        sg = None if s.sigma is None else s.sigma[index]
+        return {out: _new(sig, out, vals, units=s.units, truth=truth, labels=None, sigma=sg,
+                          sigma_source=s.sigma_source, is_error=s.is_error)}
 
     transform.__name__ = f"component[{source},{index}]"
     return transform
@@ -313,6 +270,7 @@ __all__ = [
     "summary",
     "summarize",
     "rms_error",
+    "residual_in_sigma",
     "component",
     "relabel",
 ]

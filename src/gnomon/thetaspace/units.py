@@ -6,8 +6,14 @@ of one *family* convert by a constant factor::
     value_in_b = value_in_a * factor(a, b),     factor(a, b) = scale(a) / scale(b)
 
 where ``scale(u)`` is the size of ``u`` in the family's base unit (radian, metre, second, 1). A compound unit
-``"num/den"`` scales through its numerator (``"arcsec/pix"`` → ``"µas/pix"``). Unknown units (``"log10_ph"``,
-``""``) are left alone.
+``"num/den"`` scales through its numerator (``"arcsec/pix"`` → ``"µas/pix"``). Units that form a family of
+their own (``"ph"``, ``"pix"``, ``"log10_ph"``, ``"dex"``) convert only to themselves; ``""`` means "no unit".
+
+The registry is open: :func:`register_unit` adds a unit (and aliases) to a family, new or existing.
+:func:`check_unit` refuses a unit string the registry does not know, listing the known ones — a
+:class:`gnomon.Layout` checks every block's units with it, so ``"arcsecs"`` is an error, not a silent label.
+Aliases (``"uas"``, ``"μas"`` with a Greek mu, ``"µas"`` with the micro sign) normalise for conversion only:
+layouts and tables keep the string exactly as the user wrote it.
 
 :func:`auto_unit` picks the display unit for a set of values: among the family's display candidates for the
 source unit (arcsec → arcsec, mas, µas; nm → m … pm; deg → deg, arcsec, mas, µas; ppm → %, ppm, ppb) the
@@ -54,6 +60,16 @@ _UNITS: dict[str, tuple[str, float]] = {
     "%": ("fraction", 1e-2),
     "ppm": ("fraction", 1e-6),
     "ppb": ("fraction", 1e-9),
+    "1": ("fraction", 1.0),
+    # units that convert only to themselves (one family each)
+    "pix": ("pixel", 1.0),
+    "ph": ("photon", 1.0),
+    "e-": ("electron", 1.0),
+    "adu": ("adu", 1.0),
+    "counts": ("count", 1.0),
+    "log10_ph": ("log10_photon", 1.0),
+    "dex": ("dex", 1.0),
+    "mag": ("magnitude", 1.0),
 }
 
 _ALIASES = {
@@ -82,6 +98,17 @@ _ALIASES = {
     "μs": "µs",
     "fraction": "frac",
     "percent": "%",
+    "px": "pix",
+    "pixel": "pix",
+    "pixels": "pix",
+    "photon": "ph",
+    "photons": "ph",
+    "electron": "e-",
+    "electrons": "e-",
+    "ADU": "adu",
+    "DN": "adu",
+    "count": "counts",
+    "cts": "counts",
 }
 
 # source unit -> display candidates tried by auto_unit, largest first
@@ -95,7 +122,7 @@ _AUTO = {
 }
 
 
-def _auto_key(canon: str) -> str:
+def _auto_key(canon: str) -> str | None:
     fam = _UNITS[canon][0]
     if fam == "angle":
         if canon in ("deg", "arcmin"):
@@ -103,7 +130,7 @@ def _auto_key(canon: str) -> str:
         if canon in ("rad", "mrad", "µrad", "nrad"):
             return "angle_rad"
         return "angle_arcsec"
-    return fam
+    return fam if fam in _AUTO else None
 
 
 def _split(unit: str) -> tuple[str, str]:
@@ -135,7 +162,62 @@ def family(unit: str | None) -> str | None:
 
 
 def is_known(unit: str | None) -> bool:
-    return family(unit) is not None
+    """True for ``""`` (no unit) and for units the registry knows (a compound ``num/den`` needs both parts)."""
+    num, den = _split(normalize_unit(unit))
+    if num == "" and den == "":
+        return True
+    if num not in _UNITS:
+        return False
+    return den == "" or _ALIASES.get(den[1:], den[1:]) in _UNITS
+
+
+def known_units() -> list[str]:
+    """Every unit string the registry accepts (canonical names and aliases), sorted."""
+    return sorted(set(_UNITS) | set(_ALIASES))
+
+
+def check_unit(unit: str | None, what: str = "unit") -> str:
+    """Return ``unit`` unchanged when the registry knows it (or it is ``""``/None → ``""``); else ValueError
+    naming ``what`` and listing the known units and how to register more."""
+    if unit is None:
+        return ""
+    if not isinstance(unit, str):
+        raise ValueError(f"{what}: units must be a string, got {unit!r}")
+    if not is_known(unit):
+        raise ValueError(
+            f"{what}: unknown unit {unit!r}; known units: {known_units()} "
+            "(a compound unit is 'num/den' of known units, '' means none; register more with "
+            "gnomon.register_unit(name, family, scale))"
+        )
+    return unit
+
+
+def register_unit(name: str, family: str, scale: float = 1.0, *, aliases: tuple[str, ...] | list[str] = ()) -> None:
+    """Add the unit ``name`` to the registry: ``scale`` is its size in ``family``'s base unit.
+
+    ``register_unit("R_sun", "length", 6.957e8)`` makes ``"R_sun"`` convertible to ``"m"``, ``"nm"``, ...;
+    a new family name starts a family of its own (``register_unit("Jy", "flux_density")``). ``aliases``
+    are other spellings that normalise to ``name`` for conversion. Registering an identical definition again
+    is a no-op; redefining an existing unit or alias differently is a ValueError."""
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise ValueError(f"register_unit: name must be a non-empty string without '/', got {name!r}")
+    if not isinstance(family, str) or not family:
+        raise ValueError(f"register_unit: family must be a non-empty string, got {family!r}")
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"register_unit: scale must be finite and positive, got {scale!r}")
+    old = _UNITS.get(name)
+    if name in _ALIASES or (old is not None and (old[0] != family or not math.isclose(old[1], scale, rel_tol=1e-12))):
+        current = _ALIASES.get(name, old)
+        raise ValueError(f"register_unit: {name!r} is already defined as {current!r}")
+    for a in aliases:
+        if not isinstance(a, str) or not a or "/" in a:
+            raise ValueError(f"register_unit: alias must be a non-empty string without '/', got {a!r}")
+        if (a in _UNITS and a != name) or _ALIASES.get(a, name) != name:
+            raise ValueError(f"register_unit: alias {a!r} is already a unit or an alias of another unit")
+    _UNITS[name] = (family, scale)
+    for a in aliases:
+        _ALIASES[a] = name
 
 
 def conversion_factor(from_unit: str, to_unit: str) -> float:
@@ -173,9 +255,10 @@ def auto_unit(unit: str | None, values) -> str:
     if num not in _UNITS:
         return canon
     mag = typical_magnitude(values)
-    if not math.isfinite(mag):
+    key = _auto_key(num)
+    if not math.isfinite(mag) or key is None or num == "1":
         return canon
-    candidates = _AUTO[_auto_key(num)]
+    candidates = _AUTO[key]
     base = mag * _UNITS[num][1]
     for c in candidates:
         if base / _UNITS[c][1] >= 1.0:

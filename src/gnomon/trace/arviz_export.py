@@ -5,9 +5,10 @@ Groups
 Sampling traces:
 
 ``posterior``
-    constrained values named and shaped by the layout (``layout.unpack`` of every draw; eigen-space traces
-    are decoded with :meth:`Trace.decoded_theta` first). A parameter of shape ``(k, m)`` gets dims
-    ``<name>_dim_0``, ``<name>_dim_1`` with integer coordinates. Without a layout: one variable ``theta``.
+    constrained values named and shaped by the layout (``layout.unpack`` of every draw's base θ — also for a
+    trace that ran in a θ-map's coordinates z, since ``trace.theta`` is always base θ). A parameter of shape
+    ``(k, m)`` gets dims ``<name>_dim_0``, ``<name>_dim_1`` with integer coordinates. Without a layout: one
+    variable ``theta``.
 ``unconstrained_posterior`` (``unconstrained=True``)
     the flat θ blocks before the transforms (``layout.unpack_unconstrained``).
 ``sample_stats``
@@ -35,8 +36,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from gnomon.trace.trace import Trace
 
 
 def _jsonable(x: Any) -> Any:
@@ -75,7 +74,7 @@ def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple
     return out, dims, coords
 
 
-def _meta_attr(trace: Trace, layout: Any, meta: Mapping | None) -> str:
+def _meta_attr(trace: Any, layout: Any, meta: Mapping | None) -> str:
     doc = {
         "kind": trace.kind,
         "status": trace.status,
@@ -90,7 +89,7 @@ def _meta_attr(trace: Trace, layout: Any, meta: Mapping | None) -> str:
 
 
 def to_arviz(
-    trace: Trace,
+    trace: Any,
     *,
     layout: Any = None,
     observed: Mapping[str, Any] | None = None,
@@ -112,7 +111,7 @@ def to_arviz(
     """
     from arviz_base import from_dict
 
-    if not isinstance(trace, Trace):
+    if getattr(trace, "kind", None) not in ("optimization", "sampling") or not hasattr(trace, "theta"):
         raise ValueError(f"to_arviz expects a gnomon.Trace, got {type(trace).__name__}")
     layout = layout if layout is not None else trace.layout
     attrs = {"/": {"gnomon_meta": _meta_attr(trace, layout, meta), "gnomon_kind": trace.kind}}
@@ -125,19 +124,11 @@ def to_arviz(
         dims.update(d)
         coords.update(c)
 
-    def decoded(arr):
-        a = np.asarray(arr)
-        return np.asarray(trace.thetamap.to_theta(a)) if trace.thetamap is not None else a
-
-    if layout is not None:
-        probe = decoded(np.asarray(trace.theta).reshape(-1, trace.dim)[:1])
-        if probe.shape[-1] != layout.size:
-            raise ValueError(
-                f"layout has size {layout.size} but the trace's (decoded) θ has dimension {probe.shape[-1]}"
-            )
+    if layout is not None and layout.size != trace.dim:
+        raise ValueError(f"layout has size {layout.size} but the trace's θ has dimension {trace.dim}")
 
     if trace.kind == "sampling":
-        th = decoded(trace.theta)
+        th = np.asarray(trace.theta)
         add("posterior", *_named(th, layout))
         if unconstrained:
             add("unconstrained_posterior", *_named(th, layout, unconstrained=True))
@@ -148,7 +139,7 @@ def to_arviz(
         groups["sample_stats"] = stats
         if save_warmup and trace.warmup:
             w = trace.warmup
-            wth = decoded(w["theta"])
+            wth = np.asarray(w["theta"])
             add("warmup_posterior", *_named(wth, layout))
             if unconstrained:
                 add("warmup_unconstrained_posterior", *_named(wth, layout, unconstrained=True))
@@ -165,11 +156,11 @@ def to_arviz(
         if batched:
             losses = np.asarray(trace.best_loss, dtype=float)
             best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
-        add("posterior", *_named(decoded(best)[None, None, :], layout))
+        add("posterior", *_named(np.asarray(best)[None, None, :], layout))
         if unconstrained:
-            add("unconstrained_posterior", *_named(decoded(best)[None, None, :], layout, unconstrained=True))
+            add("unconstrained_posterior", *_named(np.asarray(best)[None, None, :], layout, unconstrained=True))
         path = th if batched else th[None]
-        add("optimization_path", *_named(decoded(path), layout))
+        add("optimization_path", *_named(np.asarray(path), layout))
         opt = {"loss": np.asarray(trace.loss) if batched else np.asarray(trace.loss)[None]}
         if trace.step is not None:
             opt["step"] = np.asarray(trace.step) if batched else np.asarray(trace.step)[None]

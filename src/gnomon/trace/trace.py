@@ -9,11 +9,28 @@ Invariants (checked by :meth:`Trace.validate`):
 * ``kind == "sampling"``: ``theta`` is ``(C, N, D)`` draws, ``log_prob`` ``(C, N)``; ``stats`` holds
   sampler statistics under ArviZ names (``diverging``, ``energy``, ``tree_depth``, ``n_steps``,
   ``acceptance_rate``, ``step_size``), each ``(C, N)``; ``warmup`` optionally the warmup draws.
-* θ is always the flat unconstrained vector. Names live in the optional :attr:`layout`, never in the
-  arrays; a trace in eigen coordinates carries its :attr:`thetamap`.
+* θ is always the flat unconstrained **base** vector, whatever coordinates the engine ran in. Names live in
+  the optional :attr:`layout`, never in the arrays.
+* An engine run in a θ-map's coordinates (``obj.reparameterize(thetamap)``, e.g. a whitened
+  :class:`gnomon.EigenMap`) also keeps its own rows z under names that say so: ``z``, ``best_z``,
+  ``final_z``, ``warmup["z"]`` (:class:`~gnomon.trace.zarray.ZArray`, which a layout refuses to unpack);
+  ``theta = thetamap.to_theta(z)`` row by row.
 
-A Trace is a registered pytree (arrays are leaves; everything else is static), so it passes through
-``jax.jit``/``vmap`` and ``jax.device_get``.
+Pytree semantics
+----------------
+A Trace is a registered pytree, so it passes through ``jax.jit``/``vmap``, ``jax.device_get`` and
+``tree_map``. What a transformed function sees:
+
+* **leaves**: the recorded arrays ``theta``, ``z``, ``loss``, ``log_prob``, ``stats``, ``step``, ``warmup``;
+* **static structure, compared by value**: ``kind``, the ``layout`` (by its content hash) and the
+  ``thetamap`` (by its content hash when it has one, e.g. an EigenMap, else by identity) — together with
+  the leaves' shapes and dtypes this is the compilation key, so same-shaped traces compile once;
+* **host record, invisible to the compilation key**: ``status``, ``num_grad_evals``, ``runtime_s``,
+  ``info`` (engine settings, ``compile_s``/``run_s``), ``extras``. A host-side round trip
+  (``device_get``, ``tree_map`` over concrete arrays, :meth:`to_numpy`) keeps it. Inside a transformation
+  (the leaves are tracers) it is dropped — ``status`` is None, ``num_grad_evals`` None, ``runtime_s`` NaN,
+  ``info``/``extras`` empty — and so is a trace *returned* by a jitted function: a compiled function is
+  reused across traces with different host records, so it must not hand back any one of them.
 """
 
 from __future__ import annotations
@@ -21,55 +38,132 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from gnomon.thetaspace.eigenmap import EigenMap
+from gnomon.trace.zarray import tag_z
+
 KINDS = ("optimization", "sampling")
+_WHICH = ("theta", "best", "final", "warmup")
 
 
-class _Static:
-    """Wraps static metadata so that pytree aux data compares by identity (dicts are unhashable)."""
+class _Host(NamedTuple):
+    """The host-only facts of a trace (see the module docstring)."""
 
-    __slots__ = ("value",)
+    status: Any
+    num_grad_evals: Any
+    runtime_s: float
+    info: Mapping[str, Any]
+    extras: Mapping[str, Any]
 
-    def __init__(self, value: Any):
-        self.value = value
+
+class _HostRecord:
+    """Carries :class:`_Host` through pytree aux data without entering the compilation key."""
+
+    __slots__ = ("host",)
+
+    def __init__(self, host: _Host):
+        self.host = host
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.value is self.value
+        return isinstance(other, _HostRecord)
 
     def __hash__(self) -> int:
-        return id(self.value)
+        return 0x7ACE
+
+
+_EMPTY_HOST = _Host(None, None, math.nan, {}, {})
+
+
+class _MapKey:
+    """A θ-map as aux data: equal by ``(type, content hash)`` when the map has a string ``hash``, else by
+    identity (the map object is kept alive by the key)."""
+
+    __slots__ = ("map", "key")
+
+    def __init__(self, thetamap: Any):
+        self.map = thetamap
+        h = getattr(thetamap, "hash", None)
+        self.key = (type(thetamap).__qualname__, h) if isinstance(h, str) else ("id", id(thetamap))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MapKey) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def same_map(a: Any, b: Any) -> bool:
+    """True when two θ-maps are the same map (identity, or equal type and content hash); None is the
+    identity map (base θ)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a is b or _MapKey(a) == _MapKey(b)
+
+
+def decode_z(thetamap: Any, z: Any) -> Any:
+    """``thetamap.to_theta`` applied to every row of ``z`` ``(..., K)`` -> ``(..., D)`` (numpy in, numpy
+    out; jax arrays and tracers stay jax)."""
+    host = isinstance(z, np.ndarray)
+    z = np.asarray(z) if host else z  # a ZArray's tag must not pass to θ
+    if host and isinstance(thetamap, EigenMap) and z.shape[-1] == thetamap.z_dim:  # linear: no device round trip
+        dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.result_type(float)
+        return np.asarray(thetamap.theta_ref, dt) + z.astype(dt, copy=False) @ np.asarray(thetamap.basis.T, dt)
+    zj = jnp.asarray(z)
+    lead, k = zj.shape[:-1], zj.shape[-1]
+    flat = zj.reshape(-1, k)
+    if flat.shape[0] == 0:
+        d = getattr(thetamap, "dim", None)
+        d = int(d) if d is not None else int(jnp.shape(thetamap.to_theta(jnp.zeros(k, zj.dtype)))[-1])
+        out = jnp.zeros((0, d), zj.dtype)
+    else:
+        out = jax.vmap(thetamap.to_theta)(flat)
+    out = out.reshape(lead + out.shape[-1:])
+    return np.asarray(out) if host else out
+
+
+def _has_tracer(tree: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 @jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True)
 class Trace:
-    """Optimizer path or sampler chains in flat unconstrained θ-space.
+    """Optimizer path or sampler chains in flat unconstrained base θ-space.
 
     Attributes:
       kind: ``"optimization"`` or ``"sampling"``.
-      theta: ``(T, D)``, ``(B, T, D)`` (batched fits) or ``(C, N, D)`` (chains × draws).
+      theta: base θ rows: ``(T, D)``, ``(B, T, D)`` (batched fits) or ``(C, N, D)`` (chains × draws).
+        Derived from ``z`` (``thetamap.to_theta``) when the trace is built with ``z=`` and a ``thetamap``.
       loss: loss at each row (optimization).
-      log_prob: log density at each row (sampling; optional for optimization).
+      log_prob: log density at each row (sampling; optional for optimization) — of the engine's
+        coordinates (z when there is a θ-map).
       stats: named diagnostic channels with the leading shape of ``loss``/``log_prob``.
       step: optimizer step index of each row (optimization).
-      warmup: optional ``{"theta", "log_prob", <stats>}`` of the sampler's warmup.
+      warmup: optional ``{"theta", "z", "log_prob", "stats"}`` of the sampler's warmup (``z`` only with a
+        θ-map; ``theta`` is base θ).
       status: ``"converged"``, ``"max_steps"``, ``"diverged at step t: ..."``, ``"sampled"`` (a tuple of
-        these for a batch).
+        these for a batch). Host record (see the module docstring).
       num_grad_evals: gradient evaluations spent (an HVP counts 2, a NUTS step its leapfrog steps);
-        an array ``(B,)`` for a batch.
-      runtime_s: wall-clock seconds of the run (compilation included).
-      info: JSON-able engine description (name and hyperparameters) for ``meta.json``.
-      layout: optional :class:`gnomon.Layout` naming the (base) θ.
-      thetamap: optional θ-map (e.g. :class:`gnomon.EigenMap`) when θ here is in its coordinates z.
-      extras: other engine outputs (e.g. ``num_rows`` of a batch, the sampler's adapted parameters).
+        an array ``(B,)`` for a batch. Host record.
+      runtime_s: wall-clock seconds of the run (compilation included). Host record.
+      info: JSON-able engine description (name, hyperparameters, ``compile_s``, ``run_s``) for
+        ``meta.json``. Host record.
+      layout: optional :class:`gnomon.Layout` naming the base θ.
+      thetamap: the θ-map the engine ran in (e.g. :class:`gnomon.EigenMap`), or None (it ran in θ).
+      extras: other engine outputs (e.g. ``num_rows`` of a batch, the sampler's adapted parameters, in the
+        engine's coordinates). Host record.
+      z: the engine's rows in the θ-map's coordinates, ``(..., K)``, when ``thetamap`` is set (a
+        :class:`~gnomon.trace.zarray.ZArray`); None otherwise. An engine passes its rows as ``z=`` together
+        with ``thetamap=`` (None when it ran in θ: the rows then become ``theta``).
     """
 
     kind: str
-    theta: Any
+    theta: Any = None
     loss: Any = None
     log_prob: Any = None
     stats: Mapping[str, Any] = field(default_factory=dict)
@@ -82,35 +176,60 @@ class Trace:
     layout: Any = None
     thetamap: Any = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    z: Any = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Trace kind must be one of {KINDS}, got {self.kind!r}")
+        theta, z, warmup = self.theta, self.z, self.warmup
+        if self.thetamap is None:
+            if z is not None:
+                if theta is not None:
+                    raise ValueError("Trace: z= (θ-map coordinates) was given without thetamap=")
+                theta, z = z, None  # the engine ran in θ: its rows are θ
+            if warmup and "z" in warmup:
+                warmup = {("theta" if k == "z" else k): v for k, v in warmup.items() if k != "theta"}
+        else:
+            if z is None:
+                raise ValueError(
+                    "Trace(thetamap=...) needs z=: the engine's rows in the map's coordinates (theta, the base "
+                    "θ, is derived from them with thetamap.to_theta)"
+                )
+            if theta is None:
+                theta = decode_z(self.thetamap, z)
+            z = tag_z(z, self.thetamap)
+            if warmup and "z" in warmup:
+                warmup = dict(warmup)
+                if "theta" not in warmup:
+                    warmup["theta"] = decode_z(self.thetamap, warmup["z"])
+                warmup["z"] = tag_z(warmup["z"], self.thetamap)
+        if theta is None:
+            raise ValueError("Trace needs theta= (base θ rows), or z= with the thetamap= they belong to")
+        object.__setattr__(self, "theta", theta)
+        object.__setattr__(self, "z", z)
+        object.__setattr__(self, "warmup", warmup)
 
     # ------------------------------------------------------------------ pytree
     def tree_flatten(self):
-        children = (self.theta, self.loss, self.log_prob, dict(self.stats), self.step, self.warmup)
-        aux = (
-            self.kind,
-            _Static(self.status),
-            _Static(self.num_grad_evals),
-            self.runtime_s,
-            _Static(self.info),
-            _Static(self.layout),
-            _Static(self.thetamap),
-            _Static(self.extras),
-        )
+        children = (self.theta, self.z, self.loss, self.log_prob, dict(self.stats), self.step, self.warmup)
+        host = _Host(self.status, self.num_grad_evals, self.runtime_s, self.info, self.extras)
+        aux = (self.kind, self.layout, _MapKey(self.thetamap), _HostRecord(host))
         return children, aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        theta, loss, log_prob, stats, step, warmup = children
-        kind, status, nge, runtime_s, info, layout, thetamap, extras = aux
+        theta, z, loss, log_prob, stats, step, warmup = children
+        kind, layout, mapkey, record = aux
+        host = _EMPTY_HOST if _has_tracer(children) else record.host
+        thetamap = mapkey.map
+        if thetamap is not None:
+            z = tag_z(z, thetamap)
+            if isinstance(warmup, Mapping) and "z" in warmup:
+                warmup = {**warmup, "z": tag_z(warmup["z"], thetamap)}
         obj = object.__new__(cls)
         for k, v in dict(
-            kind=kind, theta=theta, loss=loss, log_prob=log_prob, stats=stats, step=step, warmup=warmup,
-            status=status.value, num_grad_evals=nge.value, runtime_s=runtime_s, info=info.value,
-            layout=layout.value, thetamap=thetamap.value, extras=extras.value,
+            kind=kind, theta=theta, z=z, loss=loss, log_prob=log_prob, stats=stats, step=step, warmup=warmup,
+            layout=layout, thetamap=thetamap, **host._asdict(),
         ).items():
             object.__setattr__(obj, k, v)
         return obj
@@ -123,7 +242,13 @@ class Trace:
 
     @property
     def dim(self) -> int:
+        """Dimension D of the base θ."""
         return int(np.shape(self.theta)[-1])
+
+    @property
+    def z_dim(self) -> int:
+        """Dimension K of the engine's coordinates (``dim`` when the engine ran in θ)."""
+        return int(np.shape(self.z)[-1]) if self.z is not None else self.dim
 
     @property
     def batch_size(self) -> int:
@@ -147,12 +272,47 @@ class Trace:
 
     @property
     def theta_space(self) -> str:
-        """``"eigen"`` when θ here are coordinates of a θ-map, else ``"primitive"``."""
+        """The space the engine ran in: ``"eigen"`` (a θ-map's coordinates z) or ``"primitive"`` (θ).
+        ``theta`` is base θ either way."""
         return "eigen" if self.thetamap is not None else "primitive"
 
     def _need(self, kind: str, what: str) -> None:
         if self.kind != kind:
             raise ValueError(f"{what} is defined for {kind} traces; this one is {self.kind!r}")
+
+    def _need_z(self, what: str) -> None:
+        if self.z is None:
+            raise ValueError(
+                f"{what}: this trace ran in base θ (no θ-map), so it has no z coordinates; use "
+                f"{what.replace('z', 'theta')}"
+            )
+
+    # ------------------------------------------------------------------ rows
+    def _member_rows(self) -> np.ndarray:
+        b = self.batch_size
+        return np.asarray(self.extras.get("num_rows", [np.shape(self.theta)[1]] * b)).reshape(b)
+
+    def _row(self, which: str) -> tuple:
+        """Index of the ``"final"`` or ``"best"`` row(s): a tuple usable on ``theta``/``z``/``loss``."""
+        if self.kind == "sampling":
+            if which == "final":
+                raise ValueError("final row of a sampling trace: use theta[:, -1] (one per chain)")
+            lp = np.asarray(self.log_prob, dtype=float)
+            return np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
+        if not self.is_batched:
+            return (len(self) - 1,) if which == "final" else (self.best_index,)
+        n = self._member_rows()
+        members = np.arange(n.shape[0])
+        if which == "final":
+            return members, np.maximum(n - 1, 0)
+        loss = np.asarray(self.loss, dtype=float)
+        real = np.arange(loss.shape[1])[None, :] < n[:, None]
+        return members, np.argmin(np.where(real & np.isfinite(loss), loss, np.inf), axis=1)
+
+    def _pick(self, arr: Any, which: str) -> Any:
+        if which == "theta":
+            return arr
+        return arr[self._row(which)]
 
     # ------------------------------------------------------------------ optimization views
     @property
@@ -173,13 +333,21 @@ class Trace:
 
     @property
     def final_theta(self):
+        """Base θ of the final row (``(B, D)``: each member's for a batch)."""
         self._need("optimization", "final_theta")
-        return self.theta[..., -1, :] if not self.is_batched else self._per_member(lambda t: t.final_theta)
+        return self._pick(self.theta, "final")
+
+    @property
+    def final_z(self):
+        """The engine's coordinates z of the final row (only for a trace run in a θ-map)."""
+        self._need("optimization", "final_z")
+        self._need_z("final_z")
+        return self._pick(self.z, "final")
 
     @property
     def final_loss(self):
         self._need("optimization", "final_loss")
-        return self.loss[-1] if not self.is_batched else self._per_member(lambda t: t.final_loss)
+        return self._pick(self.loss, "final")
 
     @property
     def best_index(self) -> int:
@@ -193,23 +361,42 @@ class Trace:
 
     @property
     def best_theta(self):
-        if self.kind == "sampling":
-            lp = np.asarray(self.log_prob, dtype=float)
-            c, n = np.unravel_index(np.argmax(np.where(np.isfinite(lp), lp, -np.inf)), lp.shape)
-            return self.theta[c, n]
-        if self.is_batched:
-            return self._per_member(lambda t: t.best_theta)
-        return self.theta[self.best_index]
+        """Base θ of the best row (lowest finite loss; highest log density for a sampling trace; ``(B, D)``
+        for a batch)."""
+        return self._pick(self.theta, "best")
+
+    @property
+    def best_z(self):
+        """The engine's coordinates z of the best row (only for a trace run in a θ-map)."""
+        self._need_z("best_z")
+        return self._pick(self.z, "best")
 
     @property
     def best_loss(self):
         self._need("optimization", "best_loss")
-        if self.is_batched:
-            return self._per_member(lambda t: t.best_loss)
-        return self.loss[self.best_index]
+        return self._pick(self.loss, "best")
 
-    def _per_member(self, f):
-        return np.stack([np.asarray(f(self[i])) for i in range(self.batch_size)])
+    def coords_in(self, thetamap: Any, which: str = "final") -> Any:
+        """Rows of this trace in the coordinates an engine over ``thetamap`` works in.
+
+        ``thetamap=None`` means base θ; the trace's own map gives its stored z exactly; another map gives
+        ``thetamap.to_z(θ)``. ``which``: ``"theta"`` (every row), ``"best"``, ``"final"`` or ``"warmup"``
+        (the warmup rows of a sampling trace). This is how an engine continues from, or starts at, a trace
+        (``gn.optimize(obj, trace)``, ``gn.sample(obj, trace)``) whatever space either ran in."""
+        if which not in _WHICH:
+            raise ValueError(f"coords_in: which must be one of {_WHICH}, got {which!r}")
+        if which == "warmup":
+            if not self.warmup:
+                raise ValueError("coords_in(which='warmup'): this trace kept no warmup")
+            theta, z = self.warmup["theta"], self.warmup.get("z")
+        else:
+            theta = self._pick(self.theta, which)
+            z = self._pick(self.z, which) if self.z is not None else None
+        if thetamap is None:
+            return theta
+        if same_map(thetamap, self.thetamap):
+            return z
+        return tag_z(np.asarray(thetamap.to_z(np.asarray(theta))), thetamap)
 
     def __getitem__(self, i: int) -> Trace:
         """Member ``i`` of a batch of fits, trimmed to its own rows."""
@@ -219,7 +406,7 @@ class Trace:
         if not -b <= i < b:
             raise IndexError(f"batch index {i} out of range for batch of {b}")
         i = i % b
-        n = int(np.asarray(self.extras.get("num_rows", [np.shape(self.theta)[1]] * b))[i])
+        n = int(self._member_rows()[i])
         cut = lambda a: None if a is None else a[i, :n]  # noqa: E731
         extras = {
             k: (np.asarray(v)[i] if np.ndim(v) >= 1 and np.shape(v)[0] == b else v)
@@ -229,6 +416,7 @@ class Trace:
         return replace(
             self,
             theta=cut(self.theta),
+            z=cut(self.z),
             loss=cut(self.loss),
             log_prob=cut(self.log_prob),
             stats={k: cut(v) for k, v in self.stats.items()},
@@ -245,14 +433,12 @@ class Trace:
 
     # ------------------------------------------------------------------ conversions
     def decoded_theta(self, which: str = "theta"):
-        """θ in base coordinates: for an eigen-space trace the map's ``to_theta`` applied to every row."""
-        arr = getattr(self, which) if which != "warmup" else self.warmup["theta"]
-        if self.thetamap is None:
-            return arr
-        return self.thetamap.to_theta(arr)
+        """Base θ rows: ``which`` is ``"theta"`` (the same as :attr:`theta`, which is always base θ),
+        ``"best_theta"``, ``"final_theta"`` or ``"warmup"``."""
+        return self.warmup["theta"] if which == "warmup" else getattr(self, which)
 
     def to_numpy(self) -> Trace:
-        """A copy with every array moved to host numpy."""
+        """A copy with every array moved to host numpy (the host record is kept)."""
         return jax.tree_util.tree_map(np.asarray, self)
 
     def to_arviz(self, **kwargs: Any):
@@ -262,21 +448,28 @@ class Trace:
         return to_arviz(self, **kwargs)
 
     def concatenate(self, later: Trace) -> Trace:
-        """Join a continuation (which started at this trace's final θ) after this trace.
+        """Join a continuation (which started at this trace's final point) after this trace.
 
         The continuation's first row duplicates this trace's final point and is dropped; its steps are
-        offset; gradient evaluations and runtimes add up; the status is the continuation's."""
+        offset; gradient evaluations and runtimes add up; the status is the continuation's. Both must have
+        run in the same space (the same θ-map, or none)."""
         self._need("optimization", "concatenate")
         if later.kind != "optimization" or self.is_batched or later.is_batched:
             raise ValueError("concatenate joins two single (unbatched) optimization traces")
         if later.dim != self.dim:
             raise ValueError(f"concatenate: θ dimensions differ ({self.dim} vs {later.dim})")
+        if not same_map(self.thetamap, later.thetamap):
+            raise ValueError(
+                f"concatenate: the traces ran in different spaces ({self.thetamap!r} vs {later.thetamap!r}); "
+                "continue in the same θ-map"
+            )
         cat = lambda a, b: None if a is None or b is None else np.concatenate([np.asarray(a), np.asarray(b)[1:]])  # noqa: E731
         offset = self.num_steps
         stats = {k: cat(v, later.stats[k]) for k, v in self.stats.items() if k in later.stats}
         return replace(
             later,
             theta=cat(self.theta, later.theta),
+            z=cat(self.z, later.z),
             loss=cat(self.loss, later.loss),
             log_prob=cat(self.log_prob, later.log_prob),
             stats=stats,
@@ -309,7 +502,14 @@ class Trace:
         for k, v in self.stats.items():
             if np.shape(v)[: len(lead)] != lead:
                 raise ValueError(f"stats[{k!r}] must lead with shape {lead}, got {np.shape(v)}")
-        if self.layout is not None and self.thetamap is None and self.layout.size != th[-1]:
+        if self.z is not None:
+            zs = np.shape(self.z)
+            if zs[:-1] != lead:
+                raise ValueError(f"z must have the rows of theta {lead}, got shape {zs}")
+            k = getattr(self.thetamap, "z_dim", None)
+            if k is not None and zs[-1] != int(k):
+                raise ValueError(f"z has dimension {zs[-1]} but the θ-map's z_dim is {k}")
+        if self.layout is not None and self.layout.size != th[-1]:
             raise ValueError(f"layout has size {self.layout.size} but θ has dimension {th[-1]}")
         return self
 
@@ -347,9 +547,10 @@ class Trace:
 
     def __repr__(self) -> str:
         shape = tuple(np.shape(self.theta))
+        space = f", z{tuple(np.shape(self.z))} of {self.thetamap!r}" if self.z is not None else ""
         if self.kind == "optimization" and not self.is_batched:
             return (
-                f"Trace(optimization, theta{shape}, status={self.status!r}, final_loss="
-                f"{float(np.asarray(self.loss)[-1]):.6g}, num_grad_evals={int(self.num_grad_evals)})"
+                f"Trace(optimization, theta{shape}{space}, status={self.status!r}, final_loss="
+                f"{float(np.asarray(self.loss)[-1]):.6g}, num_grad_evals={self.num_grad_evals})"
             )
-        return f"Trace({self.kind}, theta{shape}, status={self.status!r})"
+        return f"Trace({self.kind}, theta{shape}{space}, status={self.status!r})"

@@ -1,0 +1,194 @@
+"""Per-parameter summary scalars of a run: estimate, sd, CRLB, truth and z per named component.
+
+:func:`parameter_summary` is what :func:`gnomon.save_run` writes into ``summary.json`` so that a table of many
+runs (:meth:`gnomon.Experiment.aggregate` with ``params=``) still reads only ``summary.json``. For every
+component of every layout block, labelled ``<label>`` (:func:`parameter_labels`: the layout's index labels,
+e.g. ``binary.separation_as`` or ``primary.zernike_coeffs_nm[3]``, or the component labels the layout
+carries), the keys are
+
+==================  =============================================================================================
+key                 value (in the block's units, constrained values ``layout.unpack(θ)``)
+==================  =============================================================================================
+``estimate.<l>``    the MAP — the best row of an optimization run — or the posterior mean of a sampling run
+``sd.<l>``          the posterior standard deviation (sampling runs)
+``crlb.<l>``        the Cramér–Rao bound given to ``save_run(crlb=...)``
+``truth.<l>``       the true value given to ``save_run(truth=...)``
+``z.<l>``           ``(estimate − truth) / σ`` with σ the CRLB when given, else the posterior sd
+==================  =============================================================================================
+
+A CRLB is a mapping ``label → value`` (or ``block name → array`` of the block's shape) or any object with
+``to_summary() -> {"crlb.<label>": value}`` (the forward-model CRLB result). A truth is a mapping ``block name
+→ value`` (constrained, the block's shape), ``label → value``, or a flat base-θ vector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gnomon.signals.labels import (  # noqa: F401  (re-exported: the labels of summary keys)
+    MAX_COMPONENTS,
+    block_labels,
+    block_size,
+    default_component_labels,
+    parameter_labels,
+)
+
+PREFIXES = ("estimate", "sd", "crlb", "truth", "z")
+
+
+def base_theta(trace: Any) -> np.ndarray:
+    """The trace's rows in base θ (decoded through its θ-map when the rows are the map's coordinates)."""
+    if getattr(trace, "thetamap", None) is not None and getattr(trace, "z", None) is None:
+        return np.asarray(trace.decoded_theta())
+    return np.asarray(trace.theta)
+
+
+def constrained(layout: Any, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """``{block: (*rows, K)}`` constrained values of θ rows; identity blocks are sliced in NumPy (a float64
+    trace keeps float64 precision even when JAX runs in float32)."""
+    theta = np.asarray(theta)
+    unpacked = layout.unpack(theta) if not layout.is_identity else {}
+    out = {}
+    for b in layout.blocks:
+        if b.is_identity:
+            v = theta[..., b.start : b.stop]
+        else:
+            v = np.asarray(unpacked[b.name], dtype=theta.dtype)
+        out[b.name] = v.reshape(theta.shape[:-1] + (block_size(b.shape),))
+    return out
+
+
+def _crlb_values(crlb: Any, layout: Any, labels: list[tuple[str, int, str]]) -> dict[str, float]:
+    if crlb is None:
+        return {}
+    if hasattr(crlb, "to_summary") and callable(crlb.to_summary):
+        raw = {k[len("crlb.") :] if k.startswith("crlb.") else k: v for k, v in crlb.to_summary().items()}
+    elif isinstance(crlb, Mapping):
+        raw = dict(crlb)
+    else:
+        raise ValueError(
+            "crlb must be a mapping label -> value (or block name -> array) or an object with to_summary(), "
+            f"got {type(crlb).__name__}"
+        )
+    return _by_label("crlb", raw, layout, labels)
+
+
+def _by_label(what: str, raw: Mapping[str, Any], layout: Any, labels: list[tuple[str, int, str]]) -> dict[str, float]:
+    """``{label: float}`` from a mapping keyed by labels or by block names (arrays of the block's shape)."""
+    by_label = {lab for _, _, lab in labels}
+    blocks = {} if layout is None else {b.name: b for b in layout.blocks}
+    out: dict[str, float] = {}
+    unknown = []
+    for key, val in raw.items():
+        if key in by_label and (key not in blocks or np.size(val) == 1):
+            out[key] = float(np.asarray(val, dtype=float).reshape(()))
+        elif key in blocks:
+            arr = np.asarray(val, dtype=float).reshape(-1)
+            labs = [lab for name, _, lab in labels if name == key]
+            if arr.size == 1 and len(labs) > 1:
+                arr = np.full(len(labs), arr[0])
+            if arr.size != len(labs):
+                raise ValueError(
+                    f"{what} for {key!r} has {arr.size} values; the block has {len(labs)} components"
+                )
+            out.update(zip(labs, arr.tolist()))
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"{what} given for unknown parameter(s) {sorted(unknown)[:8]}; labels are "
+            f"{[lab for _, _, lab in labels][:12]}{' …' if len(labels) > 12 else ''}"
+        )
+    return out
+
+
+def _named_keys(crlb: Any) -> list[str]:
+    if crlb is None:
+        return []
+    if hasattr(crlb, "labels"):
+        return [str(x) for x in crlb.labels]
+    return [str(k) for k in crlb] if isinstance(crlb, Mapping) else []
+
+
+def _truth_values(truth: Any, layout: Any, labels: list[tuple[str, int, str]]) -> dict[str, float]:
+    if truth is None:
+        return {}
+    if isinstance(truth, Mapping):
+        return _by_label("truth", truth, layout, labels)
+    vec = np.asarray(truth, dtype=float)
+    size = layout.size if layout is not None else len(labels)
+    if vec.shape != (size,):
+        raise ValueError(
+            f"truth must be a mapping name -> value or a flat base θ of shape ({size},), got shape {vec.shape}"
+        )
+    if layout is None:
+        return {lab: float(v) for (_, _, lab), v in zip(labels, vec)}
+    vals = constrained(layout, vec)
+    return {lab: float(vals[name][k]) for name, k, lab in labels}
+
+
+def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth: Any = None) -> dict[str, float]:
+    """The per-parameter keys of the module docstring for a single (unbatched) trace."""
+    layout = layout if layout is not None else getattr(trace, "layout", None)
+    theta = base_theta(trace)
+    if layout is None:
+        labels = full = [("theta", k, f"theta[{k}]") for k in range(theta.shape[-1])]
+    else:
+        labels = full = parameter_labels(layout)
+        named = set(_named_keys(crlb)) | (set(truth) if isinstance(truth, Mapping) else set())
+        small = {b.name for b in layout.blocks if block_size(b.shape) <= MAX_COMPONENTS}
+        if len(small) < len(layout.blocks):
+            labels = [t for t in labels if t[0] in small or t[0] in named or t[2] in named]
+    sampling = trace.kind == "sampling"
+    if sampling:
+        rows = theta.reshape(-1, theta.shape[-1])
+    else:
+        rows = theta[int(trace.best_index)][None]
+    vals = constrained(layout, rows) if layout is not None else {"theta": rows}
+    out: dict[str, float] = {}
+    est, sd = {}, {}
+    for name, k, lab in labels:
+        col = np.asarray(vals[name][:, k], dtype=np.float64)
+        if sampling:
+            with np.errstate(all="ignore"):
+                est[lab] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
+                sd[lab] = float(np.nanstd(col, ddof=1)) if np.isfinite(col).sum() > 1 else math.nan
+        else:
+            est[lab] = float(col[0])
+    bounds = _crlb_values(crlb, layout, full)
+    truths = _truth_values(truth, layout, full)
+    for _, _, lab in labels:
+        out[f"estimate.{lab}"] = est[lab]
+        if sampling:
+            out[f"sd.{lab}"] = sd[lab]
+        if lab in bounds:
+            out[f"crlb.{lab}"] = bounds[lab]
+        if lab in truths:
+            out[f"truth.{lab}"] = truths[lab]
+            sigma = bounds.get(lab, sd.get(lab, math.nan))
+            with np.errstate(all="ignore"):
+                z = (est[lab] - truths[lab]) / sigma if sigma and math.isfinite(sigma) else math.nan
+            out[f"z.{lab}"] = float(z)
+    return out
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``("estimate", label)`` for a per-parameter summary key, None for any other key."""
+    head, sep, rest = key.partition(".")
+    return (head, rest) if sep and head in PREFIXES and rest else None
+
+
+__all__ = [
+    "PREFIXES",
+    "parameter_summary",
+    "parameter_labels",
+    "block_labels",
+    "default_component_labels",
+    "constrained",
+    "base_theta",
+    "split_key",
+]

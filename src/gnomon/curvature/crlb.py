@@ -1,0 +1,240 @@
+r"""The Cramér–Rao bound per named parameter, in the user's units, as a first-class result.
+
+For an unbiased estimator of θ the covariance is bounded below by the inverse Fisher information F. gnomon
+reports, for every constrained element of the layout (what ``layout.unpack`` returns, in the user's units)
+and for derived quantities :math:`h(\text{params})`:
+
+* **marginal** :math:`\sqrt{(G F^{-1} G^T)_{ii}}` — the bound when every other parameter is estimated too
+  (the one to report);
+* **conditional** :math:`|G_{ij}|/\sqrt{F_{jj}}` — the bound if all other θ were known; smaller when
+  parameters correlate (3.4× for a binary's separation next to the plate scale). Defined where the quantity
+  depends on one θ entry only (elementwise transforms); NaN otherwise (e.g. a derived separation);
+
+where :math:`G = \partial g/\partial θ` is the Jacobian of :math:`g(θ) = (\text{unpack}(θ), h(\text{unpack}(θ)))`
+— the identity for unconstrained blocks, the bijection's Jacobian otherwise (the delta method), and the
+gradient of each derived quantity.
+
+F is inverted in float64 after scaling to unit diagonal (:math:`S F S`, :math:`S = \mathrm{diag}(F)^{-1/2}`), so
+parameters in wildly different units do not matter; a Fisher that is singular to working precision is an
+error naming the parameters of its null direction (the bound is infinite there: fix them or add a prior).
+With a prior included (``estimate_curvature(..., include_prior=True)``) the result is the Bayesian
+(van Trees) bound and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class CramerRao:
+    """Cramér–Rao bounds at one θ (build with :func:`gnomon.cramer_rao`).
+
+    Attributes:
+      labels: one label per bounded quantity: the layout's element labels (``"pos[x]"``, ``"zern[Z4]"``),
+        then the derived quantities.
+      value: the quantities at θ, in the user's units.
+      marginal: ``sqrt(diag(G F⁻¹ Gᵀ))`` per label (user units): the bound to report.
+      conditional: ``|G_ij| / sqrt(F_jj)`` where the quantity depends on one θ entry, else NaN.
+      covariance: ``G F⁻¹ Gᵀ`` (labels × labels), user units.
+      units: the unit string of each label (the layout's, as written; derived: as given).
+      bayesian: True when F includes a prior's curvature (the van Trees bound).
+      method: the Fisher's method name (``"fisher"``, ``"gauss_newton"``, ``"user"``, ...).
+    """
+
+    labels: tuple[str, ...]
+    value: np.ndarray
+    marginal: np.ndarray
+    conditional: np.ndarray
+    covariance: np.ndarray
+    units: tuple[str, ...]
+    bayesian: bool = False
+    method: str = "user"
+
+    def __getitem__(self, label: str) -> float:
+        """The marginal bound of ``label``."""
+        try:
+            return float(self.marginal[self.labels.index(label)])
+        except ValueError:
+            raise KeyError(f"no bound for {label!r}; labels are {list(self.labels)}") from None
+
+    @property
+    def correlation(self) -> np.ndarray:
+        """The correlation matrix of :attr:`covariance`."""
+        s = np.sqrt(np.diag(self.covariance))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.covariance / np.outer(s, s)
+
+    def to_summary(self) -> dict[str, float]:
+        """``{"crlb.<label>": marginal}`` for ``summary.json`` (``gn.save_run(..., crlb=...)``)."""
+        return {f"crlb.{lab}": float(v) for lab, v in zip(self.labels, self.marginal)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: labels, units, value, marginal, conditional (NaN as None), bayesian, method."""
+        def f(a):
+            return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]
+
+        return {"labels": list(self.labels), "units": list(self.units), "value": f(self.value),
+                "marginal": f(self.marginal), "conditional": f(self.conditional), "bayesian": self.bayesian,
+                "method": self.method}
+
+    def table(self) -> str:
+        """A plain-text table: label, value, marginal, conditional, marginal/conditional, units."""
+        w = max(9, *(len(lab) for lab in self.labels))
+        head = f"{'parameter':<{w}}  {'value':>12}  {'marginal':>10}  {'conditional':>11}  {'ratio':>6}  units"
+        rows = [head, "-" * len(head)]
+        for lab, v, m, c, u in zip(self.labels, self.value, self.marginal, self.conditional, self.units):
+            ratio = f"{m / c:6.2f}" if np.isfinite(c) and c > 0 else f"{'-':>6}"
+            cond = f"{c:11.4g}" if np.isfinite(c) else f"{'-':>11}"
+            rows.append(f"{lab:<{w}}  {v:12.6g}  {m:10.4g}  {cond}  {ratio}  {u}")
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        kind = "Bayesian (prior included)" if self.bayesian else "likelihood only"
+        return f"CramerRao({len(self.labels)} quantities, Fisher {self.method!r}, {kind})\n{self.table()}"
+
+
+def _fisher_matrix(fisher: Any) -> tuple[np.ndarray, str, bool, float]:
+    matrix = getattr(fisher, "matrix", None) if hasattr(fisher, "diag") else fisher
+    method = getattr(fisher, "method", "user")
+    config = getattr(fisher, "config", {}) or {}
+    if matrix is None:
+        raise ValueError(
+            "the marginal Cramér–Rao bound needs the dense Fisher matrix; estimate it with dense=True "
+            "(the diagonal alone gives only the conditional bound, which understates correlated parameters)"
+        )
+    F = np.asarray(matrix, dtype=np.float64)
+    if F.ndim != 2 or F.shape[0] != F.shape[1]:
+        raise ValueError(f"the Fisher matrix must be square (D, D), got shape {F.shape}")
+    if not np.all(np.isfinite(F)):
+        raise ValueError("the Fisher matrix has non-finite entries")
+    dt = np.asarray(matrix).dtype
+    eps = float(np.finfo(dt if np.issubdtype(dt, np.floating) else np.float64).eps)
+    return 0.5 * (F + F.T), method, bool(config.get("prior_included", False)), eps
+
+
+def _inverse(F: np.ndarray, eps: float, labels: list[str]) -> np.ndarray:
+    d = np.diag(F)
+    if np.any(d <= 0):
+        bad = [labels[i] for i in np.flatnonzero(d <= 0)]
+        raise ValueError(
+            f"the Fisher matrix has no information about {bad} (zero diagonal): the bound is infinite"
+        )
+    s = 1.0 / np.sqrt(d)
+    lam, V = np.linalg.eigh(F * np.outer(s, s))
+    tol = max(lam.max(), 1.0) * eps * len(lam) * 10
+    if lam.min() <= tol:
+        v = np.abs(V[:, 0])
+        top = [labels[i] for i in np.argsort(-v)[:3] if v[i] > 0.1]
+        raise ValueError(
+            f"the Fisher matrix is singular to working precision (normalised eigenvalue {lam.min():.3g}); the "
+            f"bound is infinite along a direction mostly in {top}: fix those parameters or add a prior"
+        )
+    return (V / lam) @ V.T * np.outer(s, s)
+
+
+def cramer_rao(
+    fisher: Any,
+    theta: Any,
+    layout: Any = None,
+    derived: Mapping[str, Callable | tuple[Callable, str]] | None = None,
+) -> CramerRao:
+    """The Cramér–Rao bound at θ per named parameter and derived quantity, in the user's units.
+
+    Args:
+      fisher: a dense :class:`gnomon.Curvature` (``estimate_curvature(obj, θ, "fisher", dense=True,
+        include_prior=False)``), a (D, D) array, or an :class:`gnomon.Objective` built with
+        ``from_likelihood`` (its likelihood Fisher is then estimated at θ, prior excluded).
+      theta: the point (D,) in base θ (e.g. the MAP, ``trace.best_theta``).
+      layout: names and units (default: the objective's layout; without one, labels ``θ[i]``).
+      derived: optional ``name -> fn(params)`` or ``name -> (fn, units)``; ``params`` is
+        ``layout.unpack(θ)`` (user units; θ itself without a layout); ``fn`` returns a scalar or an array.
+        Its bound follows by the delta method.
+
+    Returns:
+      a :class:`CramerRao` (``.labels``, ``.marginal``, ``.conditional``, ``.covariance``, ``.to_summary()``).
+    """
+    from gnomon.objective.objective import Objective
+
+    theta = jnp.asarray(theta)
+    if not jnp.issubdtype(theta.dtype, jnp.floating):
+        theta = theta.astype(jnp.result_type(float))
+    if isinstance(fisher, Objective):
+        from gnomon.curvature.estimate import estimate_curvature
+
+        layout = fisher.layout if layout is None else layout
+        fisher = estimate_curvature(fisher, theta, "fisher", dense=True, include_prior=False)
+    F, method, bayesian, eps = _fisher_matrix(fisher)
+    dim = F.shape[0]
+    if theta.shape != (dim,):
+        raise ValueError(f"θ has shape {tuple(theta.shape)} but the Fisher matrix is {dim}×{dim}")
+    if layout is not None and layout.size != dim:
+        raise ValueError(f"the layout has size {layout.size} but the Fisher matrix is {dim}×{dim}")
+
+    if layout is not None:
+        base_labels = layout.element_labels()
+        base_units = [b.units for b in layout.blocks for _ in range(b.num_elements)]
+        index_labels = layout.index_labels()
+
+        def params_of(th):
+            return layout.unpack(th)
+
+        def flat(th):
+            return layout.element_values(th)
+    else:
+        base_labels = index_labels = [f"θ[{i}]" for i in range(dim)]
+        base_units = [""] * dim
+
+        def params_of(th):
+            return th
+
+        def flat(th):
+            return th
+
+    names, fns, dunits = [], [], []
+    for name, spec in dict(derived or {}).items():
+        fn, unit = spec if isinstance(spec, tuple) else (spec, "")
+        if not callable(fn):
+            raise ValueError(
+                f"derived quantity {name!r} must be a function of params (or (fn, units)), got {spec!r}"
+            )
+        names.append(name)
+        fns.append(fn)
+        dunits.append(unit)
+
+    def g(th):
+        parts = [flat(th)]
+        p = params_of(th)
+        parts += [jnp.ravel(jnp.asarray(fn(p), th.dtype)) for fn in fns]
+        return jnp.concatenate(parts)
+
+    values = np.asarray(g(theta), dtype=np.float64)
+    G = np.asarray(jax.jacfwd(g)(theta), dtype=np.float64)
+    labels, units = list(base_labels), list(base_units)
+    for name, fn, unit in zip(names, fns, dunits):
+        shp = fn_shape(fn, params_of(theta))
+        n = math.prod(shp)
+        labels += [name] if shp == () else [f"{name}[{i}]" for i in range(n)]
+        units += [unit] * n
+    cov_theta = _inverse(F, eps, index_labels)
+    cov = G @ cov_theta @ G.T
+    marginal = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    conditional = np.full(len(labels), np.nan)
+    for i, row in enumerate(G):
+        nz = np.flatnonzero(row != 0)
+        if len(nz) == 1:
+            j = nz[0]
+            conditional[i] = abs(row[j]) / np.sqrt(F[j, j])
+    return CramerRao(tuple(labels), values, marginal, conditional, cov, tuple(units), bayesian, method)
+
+
+def fn_shape(fn: Callable, params: Any) -> tuple[int, ...]:
+    """Output shape of a derived quantity (abstract evaluation)."""
+    return tuple(jax.eval_shape(fn, params).shape)

@@ -1,0 +1,153 @@
+r"""Curvature numerics: pure, jittable estimators of Hessian/Gauss–Newton diagonals and their safeguards.
+
+The driver (:func:`gnomon.estimate_curvature`, :mod:`gnomon.curvature.estimate`) plans, compiles and packages
+these; the module docstring there states the mathematics of each method. The expected Fisher of likelihood
+objectives is in :mod:`gnomon.curvature.fisher`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def hvp(f: Callable, theta: Any, v: Any) -> jnp.ndarray:
+    """Hessian-vector product ``∇²f(θ) v`` by forward-over-reverse differentiation (cost: 2 gradients)."""
+    return jax.jvp(jax.grad(f), (theta,), (v,))[1]
+
+
+def _default_batch(dim: int) -> int:
+    return dim if dim <= 512 else 128
+
+
+def exact_diag(f: Callable, theta: Any, batch_size: int | None = None) -> jnp.ndarray:
+    """``diag ∇²f(θ)`` from D HVPs with basis vectors (jittable; cost 2D)."""
+    d = theta.shape[-1]
+
+    def one(i):
+        e = jnp.zeros_like(theta).at[i].set(1)
+        return hvp(f, theta, e)[i]
+
+    return jax.lax.map(one, jnp.arange(d), batch_size=batch_size or _default_batch(d))
+
+
+def exact_matrix(f: Callable, theta: Any, batch_size: int | None = None) -> jnp.ndarray:
+    """The Hessian ``∇²f(θ)`` from D HVPs (symmetrised; cost 2D)."""
+    d = theta.shape[-1]
+    cols = jax.lax.map(
+        lambda e: hvp(f, theta, e), jnp.eye(d, dtype=theta.dtype), batch_size=batch_size or _default_batch(d)
+    )
+    return 0.5 * (cols + cols.T)
+
+
+def _rademacher(key, shape, dtype):
+    return jax.random.rademacher(key, shape, dtype=dtype)
+
+
+def hutchinson_plain(f: Callable, theta: Any, key: Any, num_probes: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Plain Hutchinson: mean and standard error of ``z ⊙ Hz`` over Rademacher probes (cost 2k)."""
+    z = _rademacher(key, (num_probes, theta.shape[-1]), theta.dtype)
+    s = z * jax.vmap(lambda v: hvp(f, theta, v))(z)
+    return s.mean(0), _stderr(s)
+
+
+def _stderr(samples: jnp.ndarray) -> jnp.ndarray:
+    k = samples.shape[0]
+    if k < 2:
+        return jnp.abs(samples[0])
+    return jnp.std(samples, axis=0, ddof=1) / math.sqrt(k)
+
+
+def hutchinson_scaled(
+    f: Callable, theta: Any, key: Any, num_probes: int, scale: Any
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Hutchinson with probes ``v = z / √scale``: unbiased, relative variance ≈ Σ_j C_ij²/k when
+    ``scale ≈ diag H`` (C = correlation matrix of H). Returns mean and standard error (cost 2k)."""
+    p = jax.lax.rsqrt(scale)
+    z = _rademacher(key, (num_probes, theta.shape[-1]), theta.dtype) * p
+    s = z * jax.vmap(lambda v: hvp(f, theta, v))(z) / (p * p)
+    return s.mean(0), _stderr(s)
+
+
+def hutchinson_rounds(num_probes: int) -> tuple[int, ...]:
+    """Probe counts per round of the variance-reduced estimator (¼, ¼, ½; at least 2 each)."""
+    if num_probes < 6:
+        return (num_probes,)
+    q = max(2, num_probes // 4)
+    return (q, q, num_probes - 2 * q)
+
+
+def hutchinson_variance_reduced(
+    f: Callable, theta: Any, key: Any, num_probes: int, scale: Any = None
+) -> jnp.ndarray:
+    """Variance-reduced Hutchinson: rounds of probes rescaled by the previous round's estimate.
+
+    The first round is plain (or scaled by ``scale`` when a previous estimate is given); each later round
+    scales its probes by ``max(|estimate|, stderr)`` of the round before and the last round is returned."""
+    rounds = hutchinson_rounds(num_probes)
+    keys = jax.random.split(key, len(rounds))
+    if scale is None:
+        est, se = hutchinson_plain(f, theta, keys[0], rounds[0])
+    else:
+        est, se = hutchinson_scaled(f, theta, keys[0], rounds[0], scale)
+    for k, kk in zip(rounds[1:], keys[1:], strict=True):
+        s = jnp.maximum(jnp.abs(est), se)
+        ref = jnp.median(s)
+        s = jnp.maximum(s, jnp.maximum(ref, jnp.finfo(theta.dtype).tiny) * 1e-12)
+        est, se = hutchinson_scaled(f, theta, kk, k, s)
+    return est
+
+
+def jacobian_mode(n: int, d: int) -> str:
+    return "forward" if n >= d else "reverse"
+
+
+def weighted_jacobian(r: Callable, theta: Any, weights: Any, n: int) -> jnp.ndarray:
+    """``√w ⊙ J`` (N, D) for the flattened residuals, J by the cheaper AD mode (cost min(N, D))."""
+    d = theta.shape[-1]
+    flat = lambda th: jnp.ravel(r(th))  # noqa: E731
+    jac = jax.jacfwd(flat)(theta) if jacobian_mode(n, d) == "forward" else jax.jacrev(flat)(theta)
+    if weights is None:
+        return jac
+    w = jnp.ravel(jnp.broadcast_to(weights, jax.eval_shape(r, theta).shape)).astype(jac.dtype)
+    return jnp.sqrt(w)[:, None] * jac
+
+
+def clean_diagonal(diag: jnp.ndarray, *, floor: float, prior_precision: Any, negative: str):
+    """Clean a raw diagonal (non-finite, negative, floor; module docstring); returns (diag, counts of 0-d arrays)."""
+    finite = jnp.isfinite(diag)
+    num_nonfinite = jnp.sum(~finite)
+    num_negative = jnp.sum(finite & (diag < 0))
+    absd = jnp.where(finite, jnp.abs(diag), jnp.nan)
+    med = jnp.nanmedian(absd)
+    big = jnp.nanmax(absd)
+    d = jnp.where(finite, diag, big)
+    if negative == "abs":
+        d = jnp.abs(d)
+    lo = floor * med
+    if prior_precision is not None:
+        lo = jnp.maximum(lo, jnp.asarray(prior_precision, d.dtype))
+    lo = jnp.maximum(lo, jnp.finfo(d.dtype).tiny)
+    num_floored = jnp.sum(d < lo)
+    d = jnp.maximum(d, lo)
+    return d, {
+        "num_nonfinite": num_nonfinite,
+        "num_negative": num_negative,
+        "num_floored": num_floored,
+        "floor_value": lo,
+        "median": med,
+    }
+
+
+def ema_of_squares(grads: Any, beta: float) -> jnp.ndarray:
+    """Bias-corrected EMA of g² over the rows of ``grads`` (K, D): ``v_K / (1 − β^K)``."""
+
+    def step(v, g):
+        return beta * v + (1 - beta) * g * g, None
+
+    v, _ = jax.lax.scan(step, jnp.zeros_like(grads[0]), grads)
+    return v / (1 - beta ** grads.shape[0])

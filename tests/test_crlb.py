@@ -1,0 +1,123 @@
+"""gn.cramer_rao: closed forms (OLS, Poisson rate), the delta method, Monte-Carlo scatter of MLEs, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gnomon as gn
+
+RNG = np.random.default_rng(1)
+
+
+def test_linear_gaussian_bound_equals_ols_standard_errors():
+    X = RNG.normal(size=(30, 3))
+    sigma = 0.7
+    lay = gn.Layout({"p": (2,), "b": ()}, units={"p": "µas", "b": "nm"}, labels={"p": ["x", "y"]})
+    with jax.enable_x64(True):
+        th = jnp.array([1.0, 2.0, 3.0])
+        y = X @ np.asarray(th) + sigma * RNG.normal(size=30)
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(X) @ t, y, gn.family.gaussian(sigma), lay)
+        cr = gn.cramer_rao(obj, th)
+    XtX = X.T @ X
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(sigma**2 * np.linalg.inv(XtX))), rtol=1e-10)
+    np.testing.assert_allclose(cr.conditional, sigma / np.sqrt(np.diag(XtX)), rtol=1e-10)
+    np.testing.assert_allclose(cr.covariance, sigma**2 * np.linalg.inv(XtX), rtol=1e-9)
+    assert cr.labels == ("p[x]", "p[y]", "b") and cr.units == ("µas", "µas", "nm")
+    assert list(cr.to_summary()) == ["crlb.p[x]", "crlb.p[y]", "crlb.b"]
+    assert cr.to_summary()["crlb.b"] == pytest.approx(cr["b"])
+    assert not cr.bayesian and "likelihood only" in repr(cr) and "p[x]" in cr.table() and "µas" in cr.table()
+    np.testing.assert_allclose(np.diag(cr.correlation), 1.0)
+
+
+def test_poisson_rate_through_a_positive_transform():
+    """n counts of rate λ: CRLB(λ) = sqrt(λ/n) in the user's units although θ = log λ (delta method)."""
+    n, lam = 50, 7.5
+    lay = gn.Layout({"rate": ()}, transforms={"rate": "positive"}, units={"rate": "ph"})
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_likelihood(lambda t: jnp.full(n, lay.unpack(t)["rate"]), np.full(n, 7.0), "poisson",
+                                           lay)
+        cr = gn.cramer_rao(obj, lay.pack({"rate": lam}))
+    assert cr.marginal[0] == pytest.approx(np.sqrt(lam / n), rel=1e-10)
+    assert cr.conditional[0] == pytest.approx(np.sqrt(lam / n), rel=1e-10)
+    assert cr.value[0] == pytest.approx(lam)
+
+
+def test_derived_quantities_by_the_delta_method():
+    """Two positions measured directly with noise σ: separation bound σ√2, midpoint bound σ/√2 per axis."""
+    sigma = 0.3
+    lay = gn.Layout({"a": (2,), "b": (2,)}, units={"a": "arcsec", "b": "arcsec"})
+    with jax.enable_x64(True):
+        th = jnp.array([0.0, 0.0, 3.0, 4.0])
+        obj = gn.Objective.from_likelihood(lambda t: t, np.asarray(th), gn.family.gaussian(sigma), lay)
+        cr = gn.cramer_rao(obj, th, derived={
+            "separation": (lambda p: jnp.linalg.norm(p["a"] - p["b"]), "arcsec"),
+            "midpoint": lambda p: 0.5 * (p["a"] + p["b"]),
+        })
+    assert cr.labels[4:] == ("separation", "midpoint[0]", "midpoint[1]")
+    assert cr.units[4:] == ("arcsec", "", "")
+    assert cr["separation"] == pytest.approx(sigma * np.sqrt(2), rel=1e-10)
+    assert cr.value[4] == pytest.approx(5.0)
+    np.testing.assert_allclose(cr.marginal[5:], sigma / np.sqrt(2), rtol=1e-10)
+    assert np.all(np.isnan(cr.conditional[4:]))  # depends on several θ entries
+
+
+def test_bound_matches_the_monte_carlo_scatter_of_mles():
+    """A nonlinear Poisson model: the scatter of 400 maximum-likelihood fits equals the marginal CRLB."""
+    x = np.linspace(-2, 2, 30)
+
+    def predict(t):
+        return 40.0 * jnp.exp(-0.5 * ((x - t[0]) / t[1]) ** 2) + t[2]
+
+    with jax.enable_x64(True):
+        th = jnp.array([0.2, 0.7, 3.0])
+        mu = predict(th)
+        obj = gn.Objective.from_likelihood(predict, np.asarray(mu), "poisson", 3)
+        cr = gn.cramer_rao(obj, th)
+        Y = jax.random.poisson(jax.random.key(2), mu, (400, 30)).astype(jnp.float64)
+
+        def mle(y):  # Newton's method on the exact Hessian (independent of gnomon's optimizers)
+            def step(t, _):
+                g = jax.grad(obj.loss)(t, y)
+                return t - jnp.linalg.solve(jax.hessian(obj.loss)(t, y), g), None
+            return jax.lax.scan(step, th, None, length=12)[0]
+
+        fits = np.asarray(jax.vmap(mle)(Y))
+    ratio = fits.std(0) / cr.marginal
+    assert np.all((ratio > 0.85) & (ratio < 1.15)), ratio
+
+
+def test_wildly_different_units_do_not_matter():
+    """Model scales 1e-9 … 1e6: F spans 30 decades; the scaled inversion still gives the exact bound."""
+    X = RNG.normal(size=(20, 3))
+    scales = np.array([1e-9, 1.0, 1e6])
+    with jax.enable_x64(True):
+        th = jnp.array([1e9, 1.0, 1e-6])
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(X) @ (t * scales), X @ np.ones(3),
+                                           gn.family.gaussian(1.0), 3)
+        cr = gn.cramer_rao(obj, th)
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(np.linalg.inv(X.T @ X))) / scales, rtol=1e-8)
+
+
+def test_prior_makes_it_bayesian_and_bad_fishers_are_refused():
+    lay = gn.Layout({"a": (), "b": ()})
+    with jax.enable_x64(True):
+        # b does not enter the model: singular without a prior
+        obj = gn.Objective.from_likelihood(lambda t: jnp.full(5, t[0]) + 0.0 * t[1], np.ones(5),
+                                           gn.family.gaussian(1.0), lay, prior=lambda p: -0.5 * p["b"] ** 2 / 4.0)
+        th = jnp.array([1.0, 0.0])
+        with pytest.raises(ValueError, match=r"no information about \['b'\]"):
+            gn.cramer_rao(obj, th)
+        F = gn.estimate_curvature(obj, th, "fisher", dense=True)  # prior included: b has sd 2
+        cr = gn.cramer_rao(F, th, lay)
+        assert cr.bayesian and "Bayesian" in repr(cr)
+        np.testing.assert_allclose(cr.marginal, [1 / np.sqrt(5), 2.0], rtol=1e-10)
+        # a degenerate direction (a and b enter only as a + b)
+        deg = gn.Objective.from_likelihood(lambda t: jnp.full(5, t[0] + t[1]), np.ones(5), gn.family.gaussian(1.0),
+                                           lay)
+        with pytest.raises(ValueError, match=r"singular to working precision.*\['a', 'b'\]|\['b', 'a'\]"):
+            gn.cramer_rao(deg, th)
+        with pytest.raises(ValueError, match="needs the dense Fisher"):
+            gn.cramer_rao(gn.estimate_curvature(obj, th, "fisher"), th, lay)
+        with pytest.raises(ValueError, match=r"θ has shape \(3,\)"):
+            gn.cramer_rao(F, jnp.zeros(3))

@@ -1,0 +1,30 @@
+"""examples/dlux_binary.py, tiny: from_module → from_likelihood → Fisher/CRLB → fit → NUTS → run dirs (needs dLux)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dLux")
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dlux_binary.py"
+
+
+def test_dlux_example_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location("dlux_binary", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(str(tmp_path / "runs"), num_samples=60, num_warmup=60, wf_npixels=24, psf_npixels=16,
+                   figures=False)
+    crlb = out["crlb"]
+    assert crlb.labels[:3] == ("position[x]", "position[y]", "separation") and crlb.units[0] == "µas"
+    assert crlb.labels[-5:-1] == ("zernikes[Z4]", "zernikes[Z5]", "zernikes[Z6]", "zernikes[Z7]")
+    assert np.all(crlb.marginal >= crlb.conditional - 1e-12 * crlb.marginal) or np.isnan(crlb.conditional[-1])
+    assert abs(out["z_separation"]) < 4  # the MAP lies within a few bounds of the truth
+    assert out["fit"].status == "converged"
+    assert np.all((out["ratios"] > 0.5) & (out["ratios"] < 2.0)), out["ratios"]  # posterior sd ≈ the bound
+    summary = json.loads((tmp_path / "runs" / "runs" / "map" / "summary.json").read_text())
+    assert summary["crlb.separation"] == pytest.approx(crlb["separation"])
+    assert "crlb.zernikes[Z4]" in summary and "truth.position[x]" in summary
