@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 
 import gnomon as gn  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "german.data-numeric"
+DATA = next((p / "shared" / "data" / "german.data-numeric" for p in Path(__file__).resolve().parents
+             if (p / "shared" / "data" / "german.data-numeric").exists()), Path("shared/data/german.data-numeric"))
 TARGET = 1e-8
 RIDGE = 1e-3
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -96,11 +97,12 @@ def main() -> None:
         "pgd (hutchinson VR 32, BB)": dict(method=pgd, curvature="hutchinson", num_probes=32),
         "pgd (exact diag, BB)": dict(method=pgd, curvature="exact"),
         "pgd (exact diag, BB, refresh 25)": dict(method=pgd, curvature="exact", refresh_every=25),
-        "pgd (exact diag, fixed step 1/λmax)": dict(method=pgd, curvature="exact", step_size="fixed"),
+        "pgd (exact diag, fixed step 1/λmax)": dict(method=pgd, curvature="exact", step_rule="fixed"),
         "pgd (empirical_fisher, BB)": dict(method=pgd, curvature="empirical_fisher"),
-        "lbfgs": dict(method="lbfgs"),
+        "lbfgs (default: preconditioned)": dict(method="lbfgs"),
+        "lbfgs (plain, curvature='identity')": dict(method="lbfgs", curvature="identity"),
         "gd (default η = 1/λmax)": dict(method="gd"),
-        "gd (BB steps)": dict(method="gd", step_size="bb"),
+        "gd (BB steps)": dict(method="gd", step_rule="bb"),
     }
     for name, kw in variants.items():
         rows[name] = evals_to_target(obj, th0, fstar, args.max_steps, **kw)

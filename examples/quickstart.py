@@ -32,10 +32,12 @@ def main(out: str = "quickstart-runs") -> None:
     obj = gn.Objective.from_log_density(log_density, layout)
     theta0 = layout.pack({"mu": 0.0, "sigma": 1.0})
 
-    # MAP: plain GD at one global rate, and preconditioned GD (exact Hessian diagonal, power 1, safeguarded)
+    # MAP: plain GD at one global rate, preconditioned GD (exact Hessian diagonal, power 1, safeguarded) and
+    # L-BFGS — a method is a name or a small configuration object of gn.optim
     gd = gn.run_simple_gd(obj, theta0, learning_rate=0.005, num_steps=2000, tol=1e-3)
     pgd = gn.optimize(obj, theta0, "preconditioned_gd", num_steps=200, tol=1e-3)
-    for name, t in (("run_simple_gd", gd), ("preconditioned_gd", pgd)):
+    lbfgs = gn.optimize(obj, theta0, gn.optim.lbfgs(memory_size=5), num_steps=200, tol=1e-3)
+    for name, t in (("run_simple_gd", gd), ("preconditioned_gd", pgd), ("lbfgs", lbfgs)):
         print(f"{name:<18} {t.status:<10} steps {t.num_steps:>5}  grad evals {int(t.num_grad_evals):>5}  "
               f"MAP {({k: round(float(v), 4) for k, v in layout.unpack(t.final_theta).items()})}")
 

@@ -385,7 +385,8 @@ def test_all_diagnostics_files(tmp_path):
     layout = gn.Layout({"x": (), "s": ()}, transforms={"s": "positive"})
     a = jnp.array([1.0, 3.0])
     obj = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(a * t**2), layout)
-    tr = gn.run_simple_gd(obj, jnp.array([1.0, -2.0]), learning_rate=0.1, num_steps=25, record_every=2)
+    tr = gn.run_simple_gd(obj, jnp.array([1.0, -2.0]), learning_rate=0.1, num_steps=25, record_every=2,
+                         channels="all")
     cfg = gn.DiagnosticsConfig(
         diag_steps_every=5, grads_every=10, signals=True, curvature=True, precond=True, handoff=True
     )

@@ -99,13 +99,12 @@ def test_refresh_re_estimates_every_k_steps_with_ema():
     with jax.enable_x64(True):
         calls = []
 
-        def refresh_fn(params, data, key, diag):
-            calls.append(1)
-            return jnp.full_like(diag, 4.0)
+        def estimate(theta, data, key, previous):
+            calls.append(1)  # traced once
+            return jnp.full_like(theta, 4.0), jnp.zeros((3,), jnp.int32)
 
-        tx = gn.scale_by_curvature(
-            jnp.ones(2), refresh_fn=refresh_fn, refresh_every=2, ema=0.5, refresh_cost=7
-        )
+        est = gn.optim.CurvatureEstimator(estimate, cost=7, method="exact")
+        tx = gn.scale_by_curvature(est, initial=jnp.ones(2), refresh_every=2, ema=0.5)
         st = tx.init(jnp.zeros(2))
         g = jnp.ones(2)
         ups = []
@@ -114,7 +113,11 @@ def test_refresh_re_estimates_every_k_steps_with_ema():
             ups.append(float(u[0]))
         # diag: 1, 1, (1+4)/2 = 2.5, 2.5, (2.5+4)/2 = 3.25
         np.testing.assert_allclose(ups, [-1.0, -1.0, -1 / 2.5, -1 / 2.5, -1 / 3.25])
-        assert int(st.num_grad_evals) == 14
+        assert int(st.num_grad_evals) == 14  # two refreshes (the initial diagonal was given: no cost)
+        # estimated at init instead: the cost of the initial estimate is counted too
+        st2 = gn.scale_by_curvature(est).init(jnp.zeros(2))
+        np.testing.assert_allclose(st2.diag, [4.0, 4.0])
+        assert int(st2.num_grad_evals) == 7
 
 
 def test_lambda_max_of_preconditioned_hessian_by_power_iteration():

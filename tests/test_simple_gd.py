@@ -7,7 +7,7 @@ import pytest
 
 import gnomon as gn
 from gnomon.engines.loop import run_loop
-from gnomon.engines.simple_gd import gd_spec
+from gnomon.engines.simple_gd import gd_program
 
 A = np.diag([1.0, 4.0, 9.0]) + 0.1
 THETA0 = np.array([1.0, -2.0, 0.5])
@@ -28,7 +28,7 @@ def closed_form_path(lr, n, dtype=np.float64):
 @pytest.mark.parametrize("x64", [False, True])
 def test_path_matches_closed_form_and_loss_is_at_theta(x64):
     with jax.enable_x64(x64):
-        tr = gn.run_simple_gd(quad, jnp.asarray(THETA0), learning_rate=0.05, num_steps=40)
+        tr = gn.run_simple_gd(quad, jnp.asarray(THETA0), learning_rate=0.05, num_steps=40, channels="all")
         dtype = np.float64 if x64 else np.float32
         assert tr.theta.dtype == dtype and tr.loss.dtype == dtype
         ref = closed_form_path(0.05, 40)
@@ -102,7 +102,7 @@ def test_second_call_does_not_recompile():
     gn.run_simple_gd(loss, jnp.ones(2), learning_rate=0.1, num_steps=20)
     traced = count["n"]
     gn.run_simple_gd(loss, 2 * jnp.ones(2), learning_rate=0.1, num_steps=20)
-    gn.run_simple_gd(loss, 3 * jnp.ones(2), learning_rate=0.1, num_steps=17)  # same power-of-two buffer
+    gn.run_simple_gd(loss, 3 * jnp.ones(2), learning_rate=0.1, num_steps=17)  # same row buffer (2^k or 1.5·2^k rows)
     assert count["n"] == traced
 
 
@@ -110,10 +110,10 @@ def test_batched_loop_equals_single_runs():
     obj = gn.Objective.from_loss(lambda t, d: 0.5 * jnp.sum(d * t**2), 3, takes_data=True)
     scales = jnp.array([[1.0, 2.0, 3.0], [0.5, 1.0, 1.5], [2.0, 2.0, 2.0]])
     starts = jnp.ones((3, 3))
-    batch = run_loop(obj, starts, gd_spec(0.2), num_steps=200, gtol=1e-3, data=scales, batched=True)
+    batch = run_loop(obj, starts, gd_program(obj, 0.2), num_steps=200, tol=1e-3, data=scales, batched=True).trace
     assert batch.is_batched and batch.batch_size == 3
     for i in range(3):
-        single = run_loop(obj, starts[i], gd_spec(0.2), num_steps=200, gtol=1e-3, data=scales[i])
+        single = run_loop(obj, starts[i], gd_program(obj, 0.2), num_steps=200, tol=1e-3, data=scales[i]).trace
         member = batch[i]
         assert member.status == single.status == "converged"
         np.testing.assert_array_equal(member.step, single.step)
@@ -163,14 +163,14 @@ def test_batch_with_mixed_endings_equals_single_runs(record_every):
     obj = gn.Objective.from_loss(lambda t, d: 0.5 * jnp.sum(d * t**2), 2, takes_data=True)
     scales = jnp.array([[1.0, 2.0], [0.1, 0.2], [30.0, 1.0], [3.0, 0.5]])  # 30·0.1 > 2: member 2 diverges
     starts = jnp.array([[1.0, 1.0], [1.0, -1.0], [0.5, 0.5], [jnp.nan, 1.0]])  # member 3: non-finite start
-    batch = run_loop(obj, starts, gd_spec(0.1), num_steps=150, gtol=1e-3, data=scales, batched=True,
-                     record_every=record_every)
+    batch = run_loop(obj, starts, gd_program(obj, 0.1), num_steps=150, tol=1e-3, data=scales, batched=True,
+                     record_every=record_every).trace
     assert [s.split(":")[0] for s in batch.status] == ["converged", "max_steps", batch[2].status.split(":")[0],
                                                       "diverged at step 0"]
     assert batch[2].diverged
     for i in range(4):
-        single = run_loop(obj, starts[i], gd_spec(0.1), num_steps=150, gtol=1e-3, data=scales[i],
-                          record_every=record_every)
+        single = run_loop(obj, starts[i], gd_program(obj, 0.1), num_steps=150, tol=1e-3, data=scales[i],
+                          record_every=record_every).trace
         member = batch[i]
         assert member.status == single.status and member.num_grad_evals == single.num_grad_evals
         np.testing.assert_array_equal(member.step, single.step)

@@ -23,7 +23,7 @@ _EXPORTS = {
     "Objective": "gnomon.objective.objective",
     "Curvature": "gnomon.curvature.estimate",
     "estimate_curvature": "gnomon.curvature.estimate",
-    "scale_by_curvature": "gnomon.curvature.precondition",
+    "scale_by_curvature": "gnomon.optim.transforms",
     "learning_rates": "gnomon.curvature.precondition",
     "Trace": "gnomon.trace.trace",
     "run_simple_gd": "gnomon.engines.simple_gd",
@@ -50,7 +50,8 @@ _EXPORTS = {
     "cramer_rao": "gnomon.curvature.crlb",
     "CramerRao": "gnomon.curvature.crlb",
 }
-_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "family": "gnomon.objective.family"}
+_SUBMODULES = {"plot": "gnomon.plot", "recipes": "gnomon.recipes", "optim": "gnomon.optim",
+               "family": "gnomon.objective.family"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

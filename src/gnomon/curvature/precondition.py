@@ -1,4 +1,4 @@
-r"""Per-index learning rates from a curvature, and the optax transformation that applies them.
+r"""Per-index learning rates from a curvature (the optax transformations that apply them are in :mod:`gnomon.optim`).
 
 .. math::
 
@@ -17,18 +17,21 @@ chosen by what :math:`c` measures:
 
 Diagonal Newton is the Jacobi iteration: on strongly correlated problems ``base_lr = 1`` diverges. The
 engines therefore bound ``base_lr`` by :math:`1/λ_\max` of the preconditioned Hessian
-:math:`P^{1/2} H P^{1/2}` (:func:`preconditioned_lambda_max`, power iteration with HVPs) by default.
+:math:`P^{1/2} H P^{1/2}` (:func:`preconditioned_lambda_max`, power iteration with HVPs) or backtrack.
+
+:func:`learning_rate_vector` is the one place the vector :math:`\mathrm{clip}(η · P, \mathrm{lr\_min},
+\mathrm{lr\_max})` is computed (:func:`learning_rates` here, :func:`gnomon.optim.scale_by_curvature` and the
+optimizer's reports use it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gnomon.curvature.estimate import POWERS, Curvature, default_power, hvp  # noqa: F401 (re-exported)
 
@@ -72,7 +75,7 @@ def block_scales(dim: int, layout: Any = None, block_scale: Mapping[str, float] 
     return s
 
 
-def _check_bounds(lr_min: float | None, lr_max: float | None) -> None:
+def check_bounds(lr_min: float | None, lr_max: float | None) -> None:
     for name, v in (("lr_min", lr_min), ("lr_max", lr_max)):
         if v is not None and not (isinstance(v, (int, float)) and v >= 0):
             raise ValueError(f"{name} must be a non-negative number or None, got {v!r}")
@@ -103,8 +106,14 @@ def inverse_curvature(
             f"curvature + eps must be positive, got min {float(np.min(dn + eps))!r}; "
             "floor the curvature or pass eps > 0"
         )
-    s = jnp.asarray(block_scales(d.shape[0], layout, block_scale), d.dtype)
-    return s * (d + eps) ** (-p)
+    return preconditioner_shape(d, p, eps, block_scales(d.shape[0], layout, block_scale))
+
+
+def preconditioner_shape(diag: Any, power: float, eps: float = 0.0, scales: Any = 1.0) -> jnp.ndarray:
+    r"""The preconditioner :math:`P = s ⊙ (\max(c, \text{tiny}) + \text{eps})^{-p}` of a curvature diagonal c
+    (jittable; the floor at the dtype's smallest normal keeps a zero entry finite)."""
+    diag = jnp.asarray(diag)
+    return jnp.asarray(scales, diag.dtype) * (jnp.maximum(diag, jnp.finfo(diag.dtype).tiny) + eps) ** (-power)
 
 
 def learning_rates(
@@ -131,129 +140,16 @@ def learning_rates(
     """
     if not (isinstance(base_lr, (int, float)) and base_lr > 0):
         raise ValueError(f"base_lr must be a positive number, got {base_lr!r}")
-    _check_bounds(lr_min, lr_max)
-    lr = base_lr * inverse_curvature(curvature, power=power, eps=eps, layout=layout, block_scale=block_scale)
-    if lr_min is not None or lr_max is not None:
-        lr = jnp.clip(lr, lr_min, lr_max)
-    return lr
+    check_bounds(lr_min, lr_max)
+    shape = inverse_curvature(curvature, power=power, eps=eps, layout=layout, block_scale=block_scale)
+    return learning_rate_vector(base_lr, shape, lr_min, lr_max)
 
 
-class ScaleByCurvatureState(NamedTuple):
-    """State of :func:`scale_by_curvature`: step count, the curvature diagonal in use, the learning-rate
-    shape derived from it, a PRNG key for refreshes and the gradient evaluations spent on refreshes."""
-
-    count: jnp.ndarray
-    diag: jnp.ndarray
-    shape: jnp.ndarray
-    key: jnp.ndarray
-    num_grad_evals: jnp.ndarray
-
-
-def scale_by_curvature(
-    curvature: Any,
-    base_lr: float | Callable = 1.0,
-    *,
-    power: float | None = None,
-    eps: float = 0.0,
-    lr_min: float | None = None,
-    lr_max: float | None = None,
-    layout: Any = None,
-    block_scale: Mapping[str, float] | None = None,
-    flip_sign: bool = True,
-    refresh_fn: Callable | None = None,
-    refresh_every: int | None = None,
-    refresh_cost: int = 0,
-    ema: float = 0.0,
-    key: Any = None,
-) -> optax.GradientTransformationExtraArgs:
-    r"""Optax transformation ``g ↦ −lr(t) ⊙ g`` with ``lr(t) = clip(base_lr(t) · s ⊙ (c + eps)^(-p), …)``.
-
-    Composes with ``optax.chain`` (clipping, momentum via ``optax.trace``, …); ``base_lr`` may be an optax
-    schedule of the step count. With ``flip_sign=False`` it returns ``+lr ⊙ g`` (to put a sign-flipping
-    transform later in a chain).
-
-    Refresh: with ``refresh_fn(params, data, key, diag) -> new_diag`` and ``refresh_every = K`` the
-    curvature is re-estimated every K updates at the current parameters and smoothed,
-    :math:`c \leftarrow \mathrm{ema}\, c + (1-\mathrm{ema})\, c_\mathrm{new}`; ``refresh_cost`` gradient
-    evaluations are added to the state's counter per refresh. ``data`` is passed as an extra argument by
-    gnomon's optimizer loop.
-    """
-    d0, p, _ = _diag_and_power(curvature, power)
-    shape0 = inverse_curvature(curvature, power=p, eps=eps, layout=layout, block_scale=block_scale)
-    _check_bounds(lr_min, lr_max)
-    if not callable(base_lr) and not (isinstance(base_lr, (int, float)) and base_lr > 0):
-        raise ValueError(f"base_lr must be a positive number or an optax schedule, got {base_lr!r}")
-    if refresh_every is not None and (
-        isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1
-    ):
-        raise ValueError(f"refresh_every must be a positive int or None, got {refresh_every!r}")
-    if refresh_every is not None and refresh_fn is None:
-        raise ValueError("refresh_every needs a refresh_fn")
-    if not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
-    scales = jnp.asarray(block_scales(d0.shape[0], layout, block_scale))
-    key0 = jax.random.key(0) if key is None else key
-    sign = -1.0 if flip_sign else 1.0
-
-    def make_shape(diag):
-        return scales.astype(diag.dtype) * (jnp.maximum(diag, jnp.finfo(diag.dtype).tiny) + eps) ** (-p)
-
-    def lr_at(count, shape):
-        b = base_lr(count) if callable(base_lr) else base_lr
-        lr = b * shape
-        if lr_min is not None or lr_max is not None:
-            lr = jnp.clip(lr, lr_min, lr_max)
-        return lr
-
-    def init_fn(params):
-        dt = jnp.result_type(params)
-        if params.shape != d0.shape:
-            raise ValueError(
-                f"params have shape {tuple(params.shape)} but the curvature has shape {tuple(d0.shape)}"
-            )
-        return ScaleByCurvatureState(
-            count=jnp.zeros((), jnp.int32),
-            diag=d0.astype(dt),
-            shape=shape0.astype(dt),
-            key=key0,
-            num_grad_evals=jnp.zeros((), jnp.int32),
-        )
-
-    def update_fn(updates, state, params=None, **extra):
-        diag, shape, key, nge = state.diag, state.shape, state.key, state.num_grad_evals
-        if refresh_every is not None:
-            if params is None:
-                raise ValueError("scale_by_curvature with refresh needs params in update()")
-            data = extra.get("data")
-
-            def refresh(args):
-                diag, key = args
-                key, sub = jax.random.split(key)
-                new = refresh_fn(params, data, sub, diag).astype(diag.dtype)
-                diag = ema * diag + (1 - ema) * new
-                return diag, make_shape(diag), key, nge + refresh_cost
-
-            due = (state.count > 0) & (state.count % refresh_every == 0)
-            diag, shape, key, nge = jax.lax.cond(
-                due, refresh, lambda a: (a[0], shape, a[1], nge), (diag, key)
-            )
-        lr = lr_at(state.count, shape)
-        new_updates = (sign * lr * updates).astype(updates.dtype)
-        return new_updates, ScaleByCurvatureState(state.count + 1, diag, shape, key, nge)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def current_learning_rates(
-    state: ScaleByCurvatureState,
-    base_lr: float | Callable = 1.0,
-    *,
-    lr_min: float | None = None,
-    lr_max: float | None = None,
-) -> jnp.ndarray:
-    """The learning-rate vector a :func:`scale_by_curvature` state applies at its next update."""
-    b = base_lr(state.count) if callable(base_lr) else base_lr
-    lr = b * state.shape
+def learning_rate_vector(learning_rate: Any, shape: Any, lr_min: Any = None, lr_max: Any = None) -> jnp.ndarray:
+    r"""The one formula for a learning-rate vector: :math:`\mathrm{clip}(η · P, \mathrm{lr\_min},
+    \mathrm{lr\_max})` with η the scalar learning rate and P the preconditioner's shape
+    :math:`s ⊙ (c + \mathrm{eps})^{-p}` (jittable; None bounds are open)."""
+    lr = learning_rate * shape
     if lr_min is not None or lr_max is not None:
         lr = jnp.clip(lr, lr_min, lr_max)
     return lr
@@ -281,3 +177,14 @@ def preconditioned_lambda_max(f: Callable, theta: Any, shape: Any, *, num_iters:
 
     _, lam = jax.lax.fori_loop(0, num_iters, body, (v, jnp.zeros((), theta.dtype)))
     return lam
+
+
+def lambda_max_bound(loss: Callable, theta: Any, shape: Any, base: Any, *, num_iters: int, key: Any):
+    r"""``(η_0, λ_max)`` with :math:`η_0 = \min(\text{base}, 1/λ_\max(P^{1/2} ∇^2 \text{loss}(θ) P^{1/2}))`,
+    ``P = diag(shape)`` (:func:`preconditioned_lambda_max`, ``2 · num_iters`` gradient evaluations). When
+    λ_max is not finite and positive η_0 is ``base`` (1 when ``base`` is infinite)."""
+    lam = preconditioned_lambda_max(loss, theta, shape, num_iters=num_iters, key=key)
+    ok = jnp.isfinite(lam) & (lam > 0)
+    inv = 1.0 / jnp.where(ok, lam, 1.0)
+    fallback = base if np.isfinite(base) else 1.0
+    return jnp.where(ok, jnp.minimum(base, inv), fallback).astype(theta.dtype), lam

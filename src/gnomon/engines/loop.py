@@ -1,27 +1,37 @@
 """The compiled optimizer loop shared by every gradient-based engine.
 
-One driver runs any optax ``GradientTransformation`` over an :class:`~gnomon.Objective`:
+One driver runs any optax transformation (a :class:`gnomon.optim.Program`) over an :class:`~gnomon.Objective`:
 
-* the loop body is a ``lax.while_loop`` over at most one *chunk* of steps, jitted once per
-  (objective, optimizer settings, recording settings) and cached, so a second call with the same objective
-  and settings does not recompile;
-* Python runs only between chunks: it collects the thinned rows, draws the progress bar and stops when
-  every fit is done;
-* a batch of fits is the same chunk function under ``jax.vmap`` (one compiled program);
-* recording follows the Trace invariant: row ``t`` holds θ_t, loss(θ_t), |∇loss(θ_t)|, the step norm
-  |θ_{t+1} − θ_t| and the learning rate used from θ_t; the final point is always recorded with its loss.
+* two compiled programs per (objective, method settings, recording settings, argument shapes), compiled
+  ahead of time and cached, so that a second call does not recompile: ``init`` (the transformation's
+  ``init`` at θ_0 — where curvature estimates happen — and no loss evaluation) and ``chunk``, a
+  ``lax.while_loop`` over at most one chunk of steps whose body evaluates ``value_and_grad`` once: the
+  objective's model is inlined at as few sites as the method needs (the body, plus its estimators);
+* each body iteration evaluates θ_t, records row t (θ_t, loss(θ_t) and the asked channels), tests the stop
+  rules and applies the update: ``loss[t]`` is the loss at ``θ[t]`` and the last row is the final point;
+* Python runs only between chunks (rows to the host, progress bar); a batch of fits is the same body
+  under ``jax.vmap``, stepping its members in lockstep;
+* compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is
+  their total).
 
-Stopping: the gradient-norm tolerance ``gtol`` (|∇loss| ≤ gtol), the relative loss change ``ftol``
+Channels (:func:`resolve_channels`): ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|),
+``learning_rate`` (the product of the state's ``learning_rate`` fields after the update from θ_t) and
+``accepted`` (a backtracking rule's verdict on θ_t), where asked and available (:mod:`gnomon.optim.readout`);
+the final row holds NaN for the channels that describe a step. By default only the ones that cost nothing per
+step are recorded (a norm is an O(D) pass per step: on cheap objectives it is a measurable share of the loop);
+the gradient norm at the final point is always reported (``info["final_grad_norm"]``).
+
+Stopping: the gradient-norm tolerance ``tol`` (|∇loss| ≤ tol), the relative loss change ``ftol``
 (|f_{t-1} − f_t| ≤ ftol · max(|f_{t-1}|, |f_t|, 1)), ``num_steps``, or a non-finite loss/gradient (status
 names the step; the trace keeps every finite point before it).
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import time
-import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -30,176 +40,227 @@ import numpy as np
 import optax
 
 from gnomon.objective.objective import Objective
+from gnomon.optim import readout
+from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
 
 RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
+CHANNELS = ("grad_norm", "step_norm", "learning_rate", "accepted")
 
-# Rows buffered on the device per chunk: bounded by memory (≈ 8 MB of θ rows) and by the run length.
-_ROW_BYTES_BUDGET = 8 * 2**20
+# Rows buffered on the device per chunk: bounded by memory (≈ 64 MB of θ rows) and by the run length.
+_ROW_BYTES_BUDGET = 64 * 2**20
 _MAX_ROWS = 1024  # per chunk while a progress bar is drawn
 _MAX_ROWS_QUIET = 1 << 16  # without a bar: few chunks (each costs a dispatch and a host copy)
+_CACHE_SIZE = 64  # compiled programs kept (least recently used dropped)
 
 
-class OptimizerSpec(NamedTuple):
-    """How to build an optimizer, plus the hashable key that identifies it for compilation caching.
+class LoopSettings(NamedTuple):
+    """Static recording and stopping settings (part of the compile key)."""
 
-    ``build()`` returns ``(tx, learning_rate_fn, extra_evals_fn)`` or a :class:`Built` (same first three
-    fields plus optional hooks):
-      * ``tx``: an optax ``GradientTransformation`` (``...ExtraArgs`` ones receive ``value``, ``grad``,
-        ``value_fn`` (and ``data`` when asked), as ``optax.lbfgs`` and gnomon's curvature refresh need);
-      * ``learning_rate_fn(opt_state, step) -> scalar`` recorded as the ``learning_rate`` channel, or None;
-      * ``extra_evals_fn(old_state, new_state) -> int`` gradient evaluations spent inside ``tx.update``
-        (line searches, curvature refreshes), or None for zero.
-    """
-
-    name: str
-    key: Hashable
-    build: Callable[[], tuple[Any, Callable | None, Callable | None]]
-    info: dict
+    rows: int
+    record_every: int
+    tol: float | None
+    ftol: float | None
+    batched: bool
+    channels: tuple[str, ...]
 
 
-class Built(NamedTuple):
-    """What ``OptimizerSpec.build()`` may return.
+class LoopResult(NamedTuple):
+    """What :func:`run_loop` returns: the trace, the final optimizer state (numpy) and the timings."""
 
-    Hooks beyond the optax transformation:
-      * ``init_state(theta0, data, loss0, grad0) -> (opt_state, num_grad_evals)`` replaces ``tx.init``
-        (e.g. to estimate a curvature at θ0 inside the compiled, possibly vmapped, program);
-      * ``reuse(opt_state) -> (loss, grad)`` at the new θ when ``tx.update`` already evaluated them (line
-        searches), saving the loop's own evaluation (the loop then counts only ``extra_evals_fn``);
-      * ``final_extras(opt_state) -> {name: array}`` copied into ``trace.extras`` (numpy) after the run;
-      * ``pass_data``: also pass ``data=`` to an ``...ExtraArgs`` transformation's update (optax's line
-        searches reject arguments their ``value_fn`` does not take, so this is opt-in);
-      * ``accepted_fn(old_state, new_state) -> bool``: whether the update from θ_t accepted θ_t (a
-        backtracking rule may reject it and step back); recorded as the ``accepted`` channel (1/0, NaN on
-        the final row, from which no step was taken).
-    """
-
-    tx: Any
-    lr_fn: Callable | None = None
-    extra_fn: Callable | None = None
-    init_state: Callable | None = None
-    reuse: Callable | None = None
-    final_extras: Callable | None = None
-    pass_data: bool = False
-    accepted_fn: Callable | None = None
+    trace: Trace
+    state: Any
+    compile_s: float
+    run_s: float
 
 
 class _Carry(NamedTuple):
-    theta: Any
-    loss: Any
-    grad: Any
+    theta: Any  # θ_t, not yet evaluated
     opt_state: Any
     t: Any
     status: Any
-    prev_theta: Any
-    prev_loss: Any
-    prev_grad_norm: Any
-    n_evals: Any
+    prev_loss: Any  # f_{t-1} (ftol)
+    n_evals: Any  # evaluations when a line search reuses its own (else unused: t + 1, one per evaluated point)
+    grad: Any  # ∇loss at the latest finite point (its norm is the final gradient norm)
+    last: Any  # thinned batched runs: (θ, f, t) of the latest finite point; else None
+
+
+class _Summary(NamedTuple):
+    """The small part of the carry the host reads after each chunk."""
+
+    status: Any
+    t: Any
+    loss: Any  # the loss at the last evaluated point
+    num_grad_evals: Any  # the loop's evaluations plus the optimizer's own (num_grad_evals fields)
+    grad_norm: Any  # |∇loss| at the final point (the latest finite one)
+    last: Any  # thinned batches: (θ, f, t) of the latest finite point (else the last recorded row is final)
 
 
 class _Rows(NamedTuple):
     theta: Any
-    scalars: Any  # (rows, len(_SCALARS)): one buffer, so one write per step
-    step: Any
+    scalars: Any  # (rows, [B,] 1 + channels): loss and channels in one buffer, one write per step
+    step: Any  # batched runs: (rows, B) step of each member's row (−1: none); None for a single run
 
 
-_SCALARS = ("loss", "grad_norm", "step_norm", "learning_rate", "accepted")
+class _Compiled(NamedTuple):
+    init: Any
+    chunk: Any
+    chunk_steps: int
+    channels: tuple[str, ...]
+    has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
+_KEY: list = []
+
+
+def default_key() -> Any:
+    """``jax.random.key(0)``, made once (creating a key costs a dispatch)."""
+    if not _KEY:
+        _KEY.append(jax.random.key(0))
+    return _KEY[0]
+
+
+def compile_key(obj: Objective) -> Hashable:
+    """The objective's compile key: ``obj.compile_key`` (shared by objectives that differ only in bound data)
+    when it has one, else the objective itself."""
+    key = getattr(obj, "compile_key", None)
+    return obj if key is None else key
 
 
 def _rows_for(dim: int, itemsize: int, num_steps: int, record_every: int, progress_on: bool = True) -> int:
     most = _MAX_ROWS if progress_on else _MAX_ROWS_QUIET
     cap = max(1, min(most, _ROW_BYTES_BUDGET // max(1, dim * itemsize)))
     need = max(1, math.ceil((num_steps + 1) / record_every))
-    return min(cap, 1 << math.ceil(math.log2(need)))  # powers of two: few distinct compilations
+    return min(cap, _round_up(need))
 
 
-def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int, gtol, ftol, batched: bool):
-    per_obj = _CACHE.setdefault(obj, {})
-    key = (spec.name, spec.key, rows, record_every, gtol, ftol, batched)
-    hit = per_obj.get(key)
-    if hit is not None:
-        return hit
-    built = spec.build()
-    built = built if isinstance(built, Built) else Built(*built)
-    tx, lr_fn, extra_fn = built.tx, built.lr_fn, built.extra_fn
-    extra_args = isinstance(tx, optax.GradientTransformationExtraArgs)
+def _round_up(n: int) -> int:
+    """``n`` rounded up to 2^k or 1.5 · 2^k: few distinct compilations, under ⅓ of the rows unused."""
+    grain = 1 << max(0, n.bit_length() - 2)
+    return -(-n // grain) * grain
+
+
+def _avals(tree: Any) -> Hashable:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+
+
+def _build(obj: Objective, program: Program, settings: LoopSettings, example: tuple) -> tuple[_Compiled, float]:
+    """Lower and compile init and chunk for the example arguments; returns them and the seconds it took."""
+    start = time.perf_counter()
+    rows, record_every, tol, ftol, batched, asked = settings
     chunk_steps = rows * record_every
+    theta0, data, key, arrays = example
 
-    def init(theta0, data):
-        loss, grad = jax.value_and_grad(obj.loss)(theta0, data)
-        nan = jnp.full((), jnp.nan, loss.dtype)
-        if built.init_state is not None:
-            opt_state, cost = built.init_state(theta0, data, loss, grad)
+    def make(data, key, arrays):
+        return optax.with_extra_args_support(program.make(data, key, arrays))
+
+    track_last = batched and record_every > 1
+
+    def init(theta0, data, key, arrays):
+        st = make(data, key, arrays).init(theta0)
+        dt = theta0.dtype
+        nan = jnp.full((), jnp.nan, dt)
+        last = (theta0, nan, jnp.zeros((), jnp.int32)) if track_last else None
+        return _Carry(theta0, st, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), nan,
+                      jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last)
+
+    # init first: its lowered output shapes tell which channels the state provides (no separate trace)
+    init_v = jax.vmap(init, in_axes=(0, 0, None, None)) if batched else init
+    init_lowered = jax.jit(init_v).lower(theta0, data, key, arrays)
+    carry_shape = init_lowered.out_info
+    state_shape = carry_shape.opt_state
+    if batched:
+        state_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state_shape)
+    has = {"learning_rate": bool(readout.scalar_fields(state_shape, "learning_rate")),
+           "accepted": readout.step_accepted(state_shape) is not None}
+    channels = tuple(c for c in asked if has.get(c, True))
+    reuse = readout.linesearch_state(state_shape) is not None
+    need_gnorm = "grad_norm" in channels or tol is not None
+    has_report = any(readout.report_nodes(state_shape))
+    # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
+    # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
+    keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
+    init_c = init_lowered.compile()
+
+    def member_step(c: _Carry, data, key, arrays, num_steps, first, record_now):
+        """One step of one fit: evaluate θ_t, record its row, test the stop rules, update. Branch-free except
+        for reusing a line search's evaluation."""
+        tx = make(data, key, arrays)
+        dtype = c.theta.dtype
+
+        def value_fn(theta, data=data):
+            return obj.loss(theta, data)
+
+        if reuse:
+            def fresh(_):
+                return jax.value_and_grad(obj.loss)(c.theta, data)
+
+            def reused(_):
+                ls = readout.linesearch_state(c.opt_state)
+                return ls.value, ls.grad
+
+            f, g = jax.lax.cond(first, fresh, reused, None)
+            evaluated = first.astype(jnp.int32)
         else:
-            opt_state, cost = tx.init(theta0), 0
-        return _Carry(
-            theta=theta0, loss=loss, grad=grad, opt_state=opt_state, t=jnp.zeros((), jnp.int32),
-            status=jnp.zeros((), jnp.int32), prev_theta=theta0, prev_loss=nan, prev_grad_norm=nan,
-            n_evals=1 + jnp.asarray(cost, jnp.int32),
-        )
-
-    def member_step(c: _Carry, data, num_steps, record_now):
-        """One branch-free step of one fit: the update is always computed and selected with `where` (only
-        the final iteration's update is discarded). Returns the next carry and the row for θ_t."""
-        dtype = c.loss.dtype
-        value_fn = lambda th: obj.loss(th, data)  # noqa: E731
-        finite = jnp.isfinite(c.loss) & jnp.all(jnp.isfinite(c.grad))
-        gnorm = jnp.linalg.norm(c.grad)
+            f, g = jax.value_and_grad(obj.loss)(c.theta, data)
+            evaluated = 1
+        f = f.astype(dtype)
+        g = g.astype(dtype)
+        finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+        gnorm = jnp.linalg.norm(g) if need_gnorm else None
         converged = jnp.zeros((), bool)
-        if gtol is not None:
-            converged = converged | (gnorm <= gtol)
+        if tol is not None:
+            converged = converged | (gnorm <= tol)
         if ftol is not None:
-            scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(c.loss)), 1.0)
-            converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - c.loss) <= ftol * scale))
+            scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(f)), 1.0)
+            converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - f) <= ftol * scale))
         stop = jnp.where(~finite, NONFINITE,
                          jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING)))
         running = stop == RUNNING
 
-        kwargs = dict(value=c.loss, grad=c.grad, value_fn=value_fn) if extra_args else {}
-        if extra_args and built.pass_data:
-            kwargs["data"] = data
-        updates, opt_state = tx.update(c.grad, c.opt_state, c.theta, **kwargs)
-        theta = optax.apply_updates(c.theta, updates).astype(c.theta.dtype)
-        if built.reuse is not None:
-            loss, grad = built.reuse(opt_state)
-            grad = grad.astype(c.grad.dtype)
-        else:
-            loss, grad = jax.value_and_grad(obj.loss)(theta, data)
-        lr = jnp.asarray(lr_fn(c.opt_state, c.t) if lr_fn is not None else jnp.nan, dtype)
-        snorm = jnp.linalg.norm(theta - c.theta).astype(dtype)
-        acc = (built.accepted_fn(c.opt_state, opt_state) if built.accepted_fn is not None else jnp.nan)
-        extra = extra_fn(c.opt_state, opt_state) if extra_fn is not None else 0
-        moved = _Carry(
-            theta=theta, loss=loss.astype(dtype), grad=grad, opt_state=opt_state, t=c.t + 1,
-            status=c.status, prev_theta=c.theta, prev_loss=c.loss, prev_grad_norm=gnorm.astype(dtype),
-            n_evals=c.n_evals + (0 if built.reuse is not None else 1) + jnp.asarray(extra, jnp.int32),
-        )
-        stopped = c._replace(status=stop.astype(jnp.int32))
-        c_next = jax.tree.map(lambda m, s: jnp.where(running, m, s), moved, stopped)
-        scal = jnp.stack([c.loss.astype(dtype), gnorm.astype(dtype), jnp.where(running, snorm, jnp.nan),
-                          jnp.where(running, lr, jnp.nan),
-                          jnp.where(running, jnp.asarray(acc, dtype), jnp.nan)]).astype(dtype)
-        step = jnp.where(finite & record_now, c.t, -1).astype(jnp.int32)
-        return c_next, (c.theta, scal, step)
+        updates, st = tx.update(g, c.opt_state, c.theta, value=f, grad=g, value_fn=value_fn, data=data)
+        theta = (c.theta + updates).astype(dtype)
+        nan = jnp.full((), jnp.nan, dtype)
+        cols = [f]
+        for name in channels:
+            if name == "grad_norm":
+                cols.append(gnorm)
+            elif name == "step_norm":
+                cols.append(jnp.where(running, jnp.linalg.norm(theta - c.theta).astype(dtype), nan))
+            elif name == "learning_rate":
+                cols.append(jnp.where(running, jnp.asarray(readout.step_learning_rate(st), dtype), nan))
+            else:
+                cols.append(jnp.where(running, jnp.asarray(readout.step_accepted(st), dtype), nan))
+        extra = 0
+        if reuse:
+            extra = jnp.where(running, readout.linesearch_state(st).info.num_linesearch_steps, 0)
+        if keep_state and not batched:  # the state of the step it stopped at (a batch selects in the chunk)
+            st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
+        last = c.last
+        if track_last:
+            last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, c.t), c.last)
+        n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
+        c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
+                        jnp.where(finite, g, c.grad), last)
+        row = (c.theta, jnp.stack(cols).astype(dtype))
+        return c_next, row, finite
 
-    # A batch steps its fits in lockstep under one shared iteration counter k, so that every fit writes
-    # its row at the same (unbatched) index: a dynamic_update_slice, not a per-member scatter that would
-    # copy the whole (rows, B, D) buffer each step. Fits that stopped keep their carry (masked).
-    step_fn = jax.vmap(member_step, in_axes=(0, 0, None, None)) if batched else member_step
+    step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, None, None, None, None)) if batched else member_step)
 
-    def chunk(carry: _Carry, data, num_steps):
-        # Rows are written at k // record_every, or into a scratch row `rows` when this step is not recorded
-        # (chunks start at multiples of chunk_steps, so k ≡ t mod record_every for running fits).
-        lead = carry.loss.shape  # () or (B,)
-        dtype = carry.loss.dtype
+    def chunk(carry: _Carry, data, key, arrays, num_steps, first_chunk):
+        # Single runs write row t at k // record_every, an unrecorded finite row at the scratch index `rows` and
+        # a non-finite one at `rows + 1`. A batch steps in lockstep under the shared counter k and writes one
+        # shared index (a dynamic_update_slice, not a per-member scatter); its final points come from `last`.
+        lead = carry.prev_loss.shape
+        dtype = carry.theta.dtype
         dim = carry.theta.shape[-1]
-        bufs = _Rows(jnp.zeros((rows + 1, *lead, dim), carry.theta.dtype),
-                     jnp.full((rows + 1, *lead, len(_SCALARS)), jnp.nan, dtype),
-                     jnp.full((rows + 1, *lead), -1, jnp.int32))
+        bufs = _Rows(jnp.zeros((rows + 2, *lead, dim), dtype), jnp.full((rows + 2, *lead, 1 + len(channels)),
+                     jnp.nan, dtype), jnp.full((rows + 2, *lead), -1, jnp.int32) if batched else None)
         put = jax.lax.dynamic_update_index_in_dim
 
         def cond(state):
@@ -209,215 +270,269 @@ def _compiled(obj: Objective, spec: OptimizerSpec, rows: int, record_every: int,
         def body(state):
             c, b, k = state
             record_now = k % record_every == 0
-            idx = jnp.where(record_now, k // record_every, rows)
-            c_next, (th, scal, step) = step_fn(c, data, num_steps, record_now)
+            first = first_chunk & (k == 0)
+            c_next, (th, scal), finite = step_fn(c, data, key, arrays, num_steps, first, record_now)
             if batched:
-                active = c.status == RUNNING
+                active = c.status == RUNNING  # a member that stopped keeps its carry
+                moved = active & (c_next.status == RUNNING)  # ... and its optimizer state the step it stopped at
                 keep = jax.vmap(lambda a, n, o: jnp.where(a, n, o))
-                c_next = jax.tree.map(keep, _bcast(active, c), c_next, c)
-                step = jnp.where(active, step, -1)
-            b = _Rows(theta=put(b.theta, th, idx, 0), scalars=put(b.scalars, scal, idx, 0),
-                      step=put(b.step, step, idx, 0))
+                masks = _Carry(*(jax.tree.map(lambda _, m=(moved if f == "opt_state" else active): m, getattr(c, f))
+                                 for f in c._fields))
+                c_next = jax.tree.map(keep, masks, c_next, c)
+                step = jnp.where(active & finite & record_now, c.t, -1).astype(jnp.int32)
+                idx = jnp.where(record_now, k // record_every, rows)
+                b = _Rows(put(b.theta, th, idx, 0), put(b.scalars, scal, idx, 0), put(b.step, step, idx, 0))
+            else:  # a single run's row t is at a known slot (its step is implied): no step buffer
+                idx = jnp.where(finite, jnp.where(record_now, k // record_every, rows), rows + 1)
+                b = _Rows(put(b.theta, th, idx, 0), put(b.scalars, scal, idx, 0), None)
             return c_next, b, k + 1
 
         c, b, _ = jax.lax.while_loop(cond, body, (carry, bufs, jnp.zeros((), jnp.int32)))
-        return c, b
+        own = (jax.vmap(readout.own_grad_evals) if batched else readout.own_grad_evals)(c.opt_state)
+        gnorm = jnp.linalg.norm(c.grad, axis=-1)
+        if batched:  # members first, as the trace holds them (a transpose on the device is cheaper than on the host)
+            b = _Rows(jnp.swapaxes(b.theta, 0, 1), jnp.swapaxes(b.scalars, 0, 1), jnp.swapaxes(b.step, 0, 1))
+        evals = c.n_evals if reuse else c.t + 1
+        return c, b, _Summary(c.status, c.t, c.prev_loss, evals + own, gnorm, c.last)
 
-    if batched:
-        init_fn = jax.jit(jax.vmap(init, in_axes=(0, 0)))
-    else:
-        init_fn = jax.jit(init)
-    chunk_fn = jax.jit(chunk)
-    per_obj[key] = (init_fn, chunk_fn, chunk_steps, built.final_extras)
-    return per_obj[key]
-
-
-def _bcast(active, tree):
-    """``active`` repeated once per leaf of ``tree`` (for a per-member vmapped select)."""
-    return jax.tree.map(lambda _: active, tree)
+    n = jax.ShapeDtypeStruct((), jnp.int32)
+    flag = jax.ShapeDtypeStruct((), jnp.bool_)
+    chunk_c = jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag).compile()
+    return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report), time.perf_counter() - start
 
 
-def _status_text(code: int, t: int, loss: float, grad_finite: bool) -> str:
+def _compiled(obj: Objective, program: Program, settings: LoopSettings, example: tuple) -> tuple[_Compiled, float]:
+    key = (compile_key(obj), program.name, program.cache_key, settings, _avals(example))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit, 0.0
+    built, seconds = _build(obj, program, settings, example)
+    _CACHE[key] = built
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return built, seconds
+
+
+def _status_text(code: int, t: int, loss: float) -> str:
+    """``loss``: the value at the point where the run stopped (a finite one at a non-finite stop means the
+    gradient was not finite)."""
     if code == CONVERGED:
         return "converged"
     if code == MAX_STEPS:
         return "max_steps"
-    what = "loss" if not math.isfinite(loss) else ("gradient" if not grad_finite else "value")
+    what = "loss" if not math.isfinite(loss) else "gradient"
     return f"diverged at step {t}: non-finite {what} ({loss if what == 'loss' else 'grad'})"
 
 
 def run_loop(
     obj: Objective,
     theta0: Any,
-    spec: OptimizerSpec,
+    program: Program,
     *,
     num_steps: int,
     record_every: int = 1,
-    gtol: float | None = None,
+    tol: float | None = None,
     ftol: float | None = None,
     data: Any = None,
+    key: Any = None,
     batched: bool = False,
     progress: bool | None = None,
-    engine_info: dict | None = None,
-) -> Trace:
-    """Run ``spec``'s optimizer from ``theta0`` (``(D,)``, or ``(B, D)`` with ``batched``) -> Trace."""
+    channels: str | tuple[str, ...] | None = None,
+) -> LoopResult:
+    """Run ``program`` from ``theta0`` (``(D,)``, or ``(B, D)`` with ``batched``) -> :class:`LoopResult`."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)) or record_every < 1:
         raise ValueError(f"record_every must be a positive int, got {record_every!r}")
-    for name, tol in (("gtol", gtol), ("ftol", ftol)):
-        if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
-            raise ValueError(f"{name} must be a non-negative number or None, got {tol!r}")
+    for name, v in (("tol", tol), ("ftol", ftol)):
+        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0)):
+            raise ValueError(f"{name} must be a non-negative number or None, got {v!r}")
+    channels = resolve_channels(channels, tol)
     theta0 = jnp.asarray(theta0)
     if not jnp.issubdtype(theta0.dtype, jnp.floating):
         theta0 = theta0.astype(jnp.result_type(float))
-    want = (2 if batched else 1)
+    want = 2 if batched else 1
     if theta0.ndim != want or theta0.shape[-1] != obj.dim:
         expected = f"(B, {obj.dim})" if batched else f"({obj.dim},)"
         raise ValueError(f"θ0 has shape {tuple(theta0.shape)}, expected {expected} for {obj!r}")
+    key = default_key() if key is None else key
 
     start = time.perf_counter()
-    gtol_f = None if gtol is None else float(gtol)
-    ftol_f = None if ftol is None else float(ftol)
-    bar = Progress(num_steps, f"{spec.name}",
+    bar = Progress(num_steps, f"{program.name}",
                    enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
     width = obj.dim * (theta0.shape[0] if batched else 1)
     rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar.enabled)
-    init_fn, chunk_fn, chunk_steps, final_extras = _compiled(obj, spec, rows, record_every, gtol_f, ftol_f,
-                                                             batched)
-    carry = init_fn(theta0, data)
+    settings = LoopSettings(rows, int(record_every), None if tol is None else float(tol),
+                            None if ftol is None else float(ftol), batched, channels)
+    compiled, compile_s = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    carry = compiled.init(theta0, data, key, program.arrays)
     pieces: list[_Rows] = []
-    n_steps_arr = jnp.asarray(num_steps, jnp.int32)
+    n_steps = np.int32(num_steps)
+    first = np.bool_(True)
     while True:
-        carry, bufs = chunk_fn(carry, data, n_steps_arr)
-        status = np.asarray(carry.status)
-        pieces.append(jax.device_get(bufs))
-        t_now = int(np.min(np.asarray(carry.t)))
-        losses = np.asarray(carry.loss)
-        finite = np.isfinite(losses)
-        bar.update(t_now, loss=float(np.mean(losses[finite])) if finite.any() else float("nan"))
-        if np.all(status != RUNNING):
+        carry, bufs, summary = compiled.chunk(carry, data, key, program.arrays, n_steps, first)
+        first = np.bool_(False)
+        bufs, summary = jax.device_get((bufs, summary))
+        pieces.append(bufs)
+        bar.update(int(np.min(summary.t)), loss=_mean_finite(np.asarray(summary.loss)))
+        if np.all(summary.status != RUNNING):
             break
     bar.close()
-    extras = {}
-    if final_extras is not None:
-        extras = jax.device_get((jax.vmap(final_extras) if batched else final_extras)(carry.opt_state))
-    carry = jax.device_get(carry)
+    state = jax.device_get(carry.opt_state) if compiled.has_report else None
     runtime = time.perf_counter() - start
-    info = {"engine": spec.name, **spec.info, "num_steps": int(num_steps), "record_every": int(record_every),
-            "gtol": gtol_f, "ftol": ftol_f, "objective": dict(obj.info), **(engine_info or {})}
+    info = {"engine": program.name, **program.info, "num_steps": int(num_steps), "record_every": int(record_every),
+            "tol": settings.tol, "ftol": settings.ftol, "objective": dict(obj.info),
+            "compile_s": compile_s, "run_s": runtime - compile_s}
+    rows_all = pieces[0] if len(pieces) == 1 else _Rows(  # chunks follow each other on the row axis
+        *(None if getattr(pieces[0], f) is None else
+          np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
+    assemble = _assemble_batch if batched else _assemble
     if not batched:
-        return _assemble(_Rows(*_joined(pieces)), carry, obj, info, runtime, extras)
-    return _assemble_batch(_Rows(*_joined(pieces)), carry, obj, info, runtime, extras)
+        info["final_grad_norm"] = float(summary.grad_norm)
+    trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels, theta0)
+    return LoopResult(trace, state, compile_s, runtime - compile_s)
 
 
-def _joined(pieces: list[_Rows]) -> tuple:
-    """Concatenate the chunks' row buffers, keeping only each chunk's recorded prefix (rows are written in
-    order; unrecorded steps go to the scratch row at the end; a batch keeps the longest member's prefix)."""
-    out = []
-    lens = [int(np.max(np.count_nonzero(np.asarray(p.step) >= 0, axis=0), initial=0)) for p in pieces]
-    for f in _Rows._fields:
-        out.append(np.concatenate([np.asarray(getattr(p, f))[:k] for p, k in zip(pieces, lens, strict=True)]))
-    return tuple(out)
+def resolve_channels(channels: str | tuple[str, ...] | None, tol: float | None = None) -> tuple[str, ...]:
+    """The recorded channels: None → the ones that cost nothing per step (``learning_rate``, ``accepted``, and
+    ``grad_norm`` when ``tol`` is set, since the stop test computes it); ``"all"`` → :data:`CHANNELS`; or a
+    subset of :data:`CHANNELS`."""
+    if channels is None:
+        return ("grad_norm", "learning_rate", "accepted") if tol is not None else ("learning_rate", "accepted")
+    if isinstance(channels, str):
+        if channels != "all":
+            raise ValueError(f"channels must be None, 'all' or a subset of {CHANNELS}, got {channels!r}")
+        return CHANNELS
+    unknown = set(channels) - set(CHANNELS)
+    if unknown:
+        raise ValueError(f"unknown channels {sorted(unknown)}; expected a subset of {CHANNELS} (or 'all')")
+    return tuple(c for c in CHANNELS if c in channels)
 
 
-def _assemble(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: float,
-              extras: dict | None = None) -> Trace:
-    """The trace of one fit from its joined row buffers and final carry."""
-    step = np.asarray(rows.step)
-    keep = step >= 0
-    cols = {"theta": np.asarray(rows.theta)[keep], "step": step[keep]}
-    scalars = np.asarray(rows.scalars)[keep]
-    cols.update({name: np.ascontiguousarray(scalars[:, j]) for j, name in enumerate(_SCALARS)})
-    c = _Carry(**{f: (np.asarray(getattr(carry, f)) if f != "opt_state" else None) for f in _Carry._fields})
-    code, t = int(c.status), int(c.t)
-    loss_now = float(c.loss)
-    grad_finite = bool(np.all(np.isfinite(c.grad)))
-    if code == NONFINITE and t > 0:
-        final = (c.prev_theta, c.prev_loss, c.prev_grad_norm, t - 1)
+def _mean_finite(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.mean(x)) if x.size else float("nan")
+
+
+def _named(scalars: np.ndarray, channels: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {name: np.array(scalars[..., j]) for j, name in enumerate(("loss", *channels))}  # writable copies
+
+
+def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objective, info: dict, runtime: float,
+              channels: tuple[str, ...], theta0: Any = None) -> Trace:
+    """The trace of one fit: each chunk's recorded prefix, then the latest scratch row when it is the final
+    point (thinned runs), or the non-finite start when nothing finite was evaluated."""
+    n = len(pieces)
+    size = np.asarray(pieces[0].theta).shape[0]
+    per = size - 2
+    every = int(info["record_every"])
+    code, t = int(summary.status), int(summary.t)
+    final_t = t - 1 if code == NONFINITE else t  # the latest finite point
+    if final_t < 0:  # nothing finite: the start, with its non-finite loss
+        theta = np.asarray(theta0)[None]
+        named = {"loss": np.asarray([summary.loss], np.asarray(rows.scalars).dtype)}
+        named.update({c: np.full(1, np.nan, named["loss"].dtype) for c in channels})
+        idx, step = None, np.zeros(1, np.int32)
     else:
-        final = (c.theta, c.loss, np.linalg.norm(c.grad), t)
-    if cols["step"].size == 0 or cols["step"][-1] != final[3]:
-        dtype = cols["loss"].dtype
-        last = np.asarray(final[0])[None].astype(cols["theta"].dtype)
-        cols["theta"] = np.concatenate([cols["theta"], last])
-        cols["loss"] = np.append(cols["loss"], np.asarray(final[1], dtype))
-        cols["grad_norm"] = np.append(cols["grad_norm"], np.asarray(final[2], dtype))
-        cols["step_norm"] = np.append(cols["step_norm"], np.asarray(np.nan, dtype))
-        cols["learning_rate"] = np.append(cols["learning_rate"], np.asarray(np.nan, dtype))
-        cols["accepted"] = np.append(cols["accepted"], np.asarray(np.nan, dtype))
-        cols["step"] = np.append(cols["step"], np.int32(final[3]))
-    else:  # final point recorded in the loop: no step was taken from it
-        cols["step_norm"][-1] = np.nan
-        cols["learning_rate"][-1] = np.nan
-        cols["accepted"][-1] = np.nan
-    stats = {"grad_norm": cols["grad_norm"], "step_norm": cols["step_norm"]}
-    for optional in ("learning_rate", "accepted"):  # only channels the optimizer provides
-        if not np.all(np.isnan(cols[optional])):
-            stats[optional] = cols[optional]
+        # row t of a single run sits at chunk t // (per · every), slot (t mod per · every) / every (recorded steps
+        # are the multiples of every); the latest unrecorded finite row is in its chunk's scratch slot `per`
+        recorded = np.arange(0, final_t + 1, every)
+        idx = (recorded // (per * every)) * size + (recorded % (per * every)) // every
+        step = recorded
+        if final_t % every:
+            idx = np.append(idx, (final_t // (per * every)) * size + per)
+            step = np.append(step, final_t)
+        if n == 1 and not final_t % every:
+            idx = slice(0, len(recorded))  # the common case: a recorded prefix (views, no gather)
+    if idx is not None:
+        theta = np.asarray(rows.theta)[idx]
+        named = _named(np.asarray(rows.scalars)[idx], channels)
+    for name in ("step_norm", "learning_rate", "accepted"):
+        if name in named:
+            named[name][-1] = np.nan  # no step was taken from the final point (named holds copies)
+    stats = {name: named[name] for name in channels if name in ("grad_norm", "step_norm")
+             or not np.all(np.isnan(named[name]))}
+    loss_now = float(summary.loss)
     return Trace(
         kind="optimization",
-        z=cols["theta"],  # the engine's coordinates; Trace derives base θ when obj has a θ-map
-        loss=cols["loss"],
+        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
+        loss=named["loss"],
         stats=stats,
-        step=cols["step"],
-        status=_status_text(code, t, loss_now, grad_finite),
-        num_grad_evals=int(c.n_evals),
+        step=np.asarray(step, np.int32),
+        status=_status_text(code, t, loss_now),
+        num_grad_evals=int(summary.num_grad_evals),
         runtime_s=runtime,
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={k: np.asarray(v) for k, v in (extras or {}).items()},
     )
 
 
-def _assemble_batch(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runtime: float,
-                    extras: dict) -> Trace:
+def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objective, info: dict,
+                    runtime: float, channels: tuple[str, ...], theta0: Any = None) -> Trace:
     """The (B, T, D) trace of a batch, vectorised over members (same rows as :func:`_assemble` per member).
 
-    Each member's recorded rows are a prefix of the joined buffers (a stopped fit records nothing more);
-    its final point is appended where it was not recorded, and shorter members are padded by repeating
-    their final row (``extras["num_rows"]`` says how many rows are real)."""
-    if np.shape(rows.step)[0] == 0:  # nothing recorded at all (every start non-finite): one empty row
-        rows = _Rows(np.zeros((1, *np.shape(rows.theta)[1:]), np.asarray(rows.theta).dtype),
-                     np.full((1, *np.shape(rows.scalars)[1:]), np.nan, np.asarray(rows.scalars).dtype),
-                     np.full((1, *np.shape(rows.step)[1:]), -1, np.int32))
-    step = np.asarray(rows.step).T  # (B, R)
-    B = step.shape[0]
-    n = np.count_nonzero(step >= 0, axis=1)  # recorded rows per member
-    status = np.asarray(carry.status)
-    t = np.asarray(carry.t)
-    back = (status == NONFINITE) & (t > 0)  # a non-finite point: the final point is the one before it
-    final_theta = np.where(back[:, None], carry.prev_theta, carry.theta)
-    final_loss = np.where(back, carry.prev_loss, carry.loss)
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's gradient may overflow
-        final_gnorm = np.where(back, carry.prev_grad_norm, np.linalg.norm(carry.grad, axis=-1))
-    final_t = np.where(back, t - 1, t)
-    last_step = np.where(n > 0, step[np.arange(B), np.maximum(n - 1, 0)], -1)
-    append = last_step != final_t
-    length = n + append
-    T = int(length.max())
-    cols = np.arange(T)[None, :]
-    src = np.minimum(cols, np.maximum(n - 1, 0)[:, None])  # recorded rows, then repeats of the last one
-    theta = np.take_along_axis(np.asarray(rows.theta).transpose(1, 0, 2), src[..., None], 1)
-    scalars = np.take_along_axis(np.asarray(rows.scalars).transpose(1, 0, 2), src[..., None], 1)
-    steps = np.take_along_axis(step, src, 1)
-    tail = append[:, None] & (cols >= n[:, None])  # the appended final point and its padding
-    theta = np.where(tail[..., None], final_theta[:, None, :].astype(theta.dtype), theta)
-    steps = np.where(tail, final_t[:, None], steps).astype(np.int32)
-    named = {name: scalars[..., j] for j, name in enumerate(_SCALARS)}
-    dtype = named["loss"].dtype
-    named["loss"] = np.where(tail, final_loss[:, None], named["loss"]).astype(dtype)
-    named["grad_norm"] = np.where(tail, final_gnorm[:, None], named["grad_norm"]).astype(dtype)
-    at_or_after_final = cols >= (length - 1)[:, None]  # no step was taken from the final point
-    stats = {"grad_norm": named["grad_norm"]}
-    for name in ("step_norm", "learning_rate", "accepted"):
-        named[name] = np.where(at_or_after_final, np.nan, named[name]).astype(dtype)
-        if name == "step_norm" or not np.all(np.isnan(named[name])):
+    Each member's recorded rows are a prefix of the joined recorded slots (a stopped fit records nothing
+    more); its final point (``summary.last``) is appended where it was not recorded, and shorter members are
+    padded by repeating their final row (``extras["num_rows"]`` says how many rows are real)."""
+    n = len(pieces)
+    size = np.asarray(pieces[0].step).shape[1]
+    per = size - 2
+    slots = slice(0, per) if n == 1 else np.concatenate([np.arange(c * size, c * size + per) for c in range(n)])
+    step_all = np.asarray(rows.step)[:, slots]  # (B, R); the recorded rows of every member are a prefix
+    R = int(np.count_nonzero(np.any(step_all >= 0, axis=0)))
+    step_rows = step_all[:, :R]
+    theta_rows = np.asarray(rows.theta)[:, slots][:, :R]  # (B, R, D)
+    scal_rows = np.asarray(rows.scalars)[:, slots][:, :R]
+    B = step_all.shape[0]
+    nrec = np.count_nonzero(step_rows >= 0, axis=1)
+    last_gnorm = np.asarray(summary.grad_norm)
+    status = np.asarray(summary.status)
+    t = np.asarray(summary.t)
+    members = np.arange(B)
+    prev = np.maximum(nrec - 1, 0)
+    last_step = np.where(nrec > 0, step_rows[members, prev] if R else -1, -1)
+    if summary.last is not None:
+        last_theta, last_loss, last_t = (np.asarray(x) for x in summary.last)
+    else:  # every finite point was recorded: the final point is the last recorded row (or a non-finite start)
+        last_theta, last_loss = np.asarray(theta0), np.asarray(summary.loss)
+        last_t = np.where(nrec > 0, last_step, 0)
+    append = last_step != last_t
+    length = nrec + append
+    T = int(max(length.max(), 1))
+    dtype = scal_rows.dtype
+    # the final row of each member: the appended point, or its last recorded row
+    fin_theta = np.where(append[:, None], last_theta, theta_rows[members, prev] if R else last_theta)
+    fin_scal = np.full((B, 1 + len(channels)), np.nan, dtype)
+    if R:
+        fin_scal = np.where(append[:, None], fin_scal, scal_rows[members, prev])
+    fin_scal[:, 0] = np.where(append, last_loss, fin_scal[:, 0])
+    if "grad_norm" in channels:
+        j = 1 + channels.index("grad_norm")
+        fin_scal[:, j] = np.where(append, last_gnorm, fin_scal[:, j])
+    fin_step = np.where(append, last_t, last_step).astype(np.int32)
+    if T <= R:  # views of the recorded rows, padded in place below (copies: the host buffers are read-only)
+        theta, scalars, steps = theta_rows[:, :T].copy(), scal_rows[:, :T].copy(), step_rows[:, :T].copy()
+    else:
+        theta = np.concatenate([theta_rows, np.empty((B, T - R, theta_rows.shape[2]), theta_rows.dtype)], axis=1)
+        scalars = np.concatenate([scal_rows, np.empty((B, T - R, scal_rows.shape[2]), dtype)], axis=1)
+        steps = np.concatenate([step_rows, np.empty((B, T - R), np.int32)], axis=1)
+    pad = np.arange(T)[None, :] >= nrec[:, None]  # (B, T): the final row (appended point or repeat) from here
+    who = np.nonzero(pad)[0]
+    theta[pad] = fin_theta[who]
+    scalars[pad] = fin_scal[who]
+    steps[pad] = fin_step[who]
+    named = _named(scalars, channels)
+    at_or_after_final = np.arange(T)[None, :] >= (length - 1)[:, None]
+    stats = {}
+    for name in channels:
+        if name in ("step_norm", "learning_rate", "accepted"):
+            named[name][at_or_after_final] = np.nan
+        if name in ("grad_norm", "step_norm") or not np.all(np.isnan(named[name])):
             stats[name] = named[name]
-    grads_finite = np.all(np.isfinite(np.asarray(carry.grad)), axis=-1)
-    statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(carry.loss)[i]),
-                                  bool(grads_finite[i])) for i in range(B))
+    statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(summary.loss)[i]))
+                     for i in range(B))
     return Trace(
         kind="optimization",
         z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
@@ -425,10 +540,10 @@ def _assemble_batch(rows: _Rows, carry: _Carry, obj: Objective, info: dict, runt
         stats=stats,
         step=steps,
         status=statuses,
-        num_grad_evals=np.asarray(carry.n_evals, dtype=np.int64),
+        num_grad_evals=np.asarray(summary.num_grad_evals, dtype=np.int64),
         runtime_s=runtime,
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,
-        extras={**{k: np.asarray(v) for k, v in extras.items()}, "num_rows": length.astype(np.int64)},
+        extras={"num_rows": length.astype(np.int64), "final_grad_norm": last_gnorm.astype(np.float64)},
     )

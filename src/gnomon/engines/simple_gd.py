@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
-import optax
 
-from gnomon.engines.loop import OptimizerSpec, run_loop
+from gnomon.engines.loop import run_loop
 from gnomon.objective.objective import Objective
+from gnomon.optim.methods import Program, gd
 from gnomon.trace.trace import Trace
 
 # Plain loss functions are wrapped once per (function, dimension) so that repeated calls reuse the
@@ -32,17 +32,11 @@ def as_objective(loss_fn: Callable | Objective, dim: int) -> Objective:
     return per_fn[dim]
 
 
-def gd_spec(learning_rate: float) -> OptimizerSpec:
-    """Plain gradient descent at a fixed learning rate, as an :class:`OptimizerSpec`."""
-    if not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+def gd_program(obj: Objective, learning_rate: float) -> Program:
+    """Plain gradient descent at a fixed learning rate (``gn.optim.gd(learning_rate)``'s program)."""
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    lr = float(learning_rate)
-    return OptimizerSpec(
-        name="gd",
-        key=(lr,),
-        build=lambda: (optax.sgd(lr), lambda state, t: lr, None),
-        info={"learning_rate": lr},
-    )
+    return gd(learning_rate=float(learning_rate)).program(obj, None, None)
 
 
 def run_simple_gd(
@@ -55,6 +49,7 @@ def run_simple_gd(
     tol: float | None = None,
     ftol: float | None = None,
     progress: bool | None = None,
+    channels: str | tuple[str, ...] | None = None,
 ) -> Trace:
     """Gradient descent with one global learning rate: ``θ_{t+1} = θ_t − lr · ∇loss(θ_t)``.
 
@@ -68,6 +63,8 @@ def run_simple_gd(
       tol: stop when |∇loss(θ_t)| ≤ tol (status ``'converged'``).
       ftol: stop when the relative loss change |f_{t-1} − f_t| / max(|f_{t-1}|, |f_t|, 1) ≤ ftol.
       progress: progress bar on stderr (default: on a terminal, for runs of 2,000 steps or more).
+      channels: extra per-step channels (``"all"`` or a subset of grad_norm, step_norm, learning_rate,
+        accepted; default the free ones), as :func:`gnomon.optimize`.
 
     Returns:
       an optimization :class:`Trace` whose ``loss[t]`` is the loss at ``theta[t]``. A non-finite loss or
@@ -80,7 +77,7 @@ def run_simple_gd(
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
     obj = as_objective(loss_fn, int(start.shape[0]))
     trace = run_loop(
-        obj, start, gd_spec(learning_rate), num_steps=num_steps, record_every=record_every,
-        gtol=tol, ftol=ftol, data=obj.data, progress=progress,
-    )
+        obj, start, gd_program(obj, learning_rate), num_steps=num_steps, record_every=record_every,
+        tol=tol, ftol=ftol, data=obj.data, progress=progress, channels=channels,
+    ).trace
     return previous.concatenate(trace) if previous is not None else trace

@@ -1,0 +1,141 @@
+"""Compile time: the first ``gn.optimize(method="preconditioned_gd", num_steps=100)`` vs a bare jitted gradient.
+
+Each measurement runs in a fresh Python process (nothing cached in memory; JAX's persistent compilation cache
+is off), on the demo's binary-star astrometry model (``gnomon.models.astrometry``: 64 × 64 Poisson image,
+3 wavelengths, D = 15) and, when dLux is installed, a dLux binary (``AngularOpticalSystem`` with an
+``AberratedAperture`` of 8 Zernikes and a ``BinarySource``, D = 14; both as weighted-residual objectives):
+
+* **bare**: ``jax.jit(jax.value_and_grad(obj.loss)).lower(θ0, data).compile()``, then 100 calls — what a user's
+  own hand-written gradient descent would cost at least;
+* **gnomon**: the wall time of the first ``gn.optimize(obj, θ0, "preconditioned_gd", num_steps=100)`` (its
+  curvature estimate, compilation of the init and loop programs, and 100 steps), with the trace's own
+  ``info["compile_s"]`` and ``info["run_s"]``.
+
+Goal (issue 12): gnomon ≤ 2× bare. Each figure is the best of ``--repeats`` fresh processes (other jobs on
+a shared machine only ever slow a run down).
+
+Run: ``python benchmarks/bench_compile.py [--repeats 3] [--method preconditioned_gd]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+ARCSEC = 3.141592653589793 / 180 / 3600
+
+
+def astrometry():
+    import jax
+
+    from gnomon.models import astrometry as A
+
+    model = A.BinaryStarModel()
+    truth = model.truth_theta()
+    data = model.simulate(jax.random.key(0), truth)
+    obj = A.make_objective(model, data, weights_at=truth)
+    return obj, truth + 0.01 * abs(truth) + 1e-3, data
+
+
+def dlux():
+    import dLux as dl
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import gnomon as gn
+
+    ap = dl.layers.AberratedAperture(dl.layers.CircularAperture(0.045), noll_inds=np.arange(4, 12),
+                                     coefficients=np.zeros(8))
+    optics = dl.AngularOpticalSystem(64, 0.09, [("aperture", ap)], 32, 0.355, oversample=2)
+    source = dl.BinarySource(wavelengths=np.linspace(495e-9, 605e-9, 3), position=np.zeros(2), mean_flux=1e6,
+                             separation=3.0 * ARCSEC, position_angle=np.deg2rad(80.0), contrast=3.2)
+    telescope = dl.Telescope(optics, source)
+
+    def image(theta):  # θ in user units: arcsec, arcsec, deg, log10 photons, log contrast, Zernikes in nm
+        m = eqx.tree_at(
+            lambda m: (m.source.position, m.source.separation, m.source.position_angle, m.source.mean_flux,
+                       m.source.contrast, m.optics.aperture.coefficients),
+            telescope,
+            (theta[0:2] * ARCSEC, theta[2] * ARCSEC, jnp.deg2rad(theta[3]), 10.0 ** theta[4], jnp.exp(theta[5]),
+             theta[6:14] * 1e-9),
+        )
+        return m.model()
+
+    truth = jnp.asarray([0.1, -0.05, 3.0, 80.0, 6.0, np.log(3.2), 5.0, -3.0, 2.0, 0.0, 1.0, -2.0, 4.0, 3.0])
+    data = jax.random.poisson(jax.random.key(0), image(truth) + 1.0).astype(truth.dtype)
+    weights = 1.0 / jnp.maximum(image(truth) + 1.0, 1.0)
+    obj = gn.Objective.from_residuals(lambda t, d: image(t) + 1.0 - d, 14, weights=weights, data=data)
+    return obj, truth + 0.01 * jnp.abs(truth) + 1e-3, data
+
+
+MODELS = {"astrometry": astrometry, "dlux": dlux}
+
+
+def one(model: str, mode: str, method: str) -> dict:
+    start = time.perf_counter()
+    import jax
+
+    import gnomon as gn
+
+    obj, theta0, data = MODELS[model]()
+    setup = time.perf_counter() - start
+    t = time.perf_counter()
+    if mode == "bare":
+        f = jax.jit(jax.value_and_grad(obj.loss)).lower(theta0, data).compile()
+        compile_s = time.perf_counter() - t
+        for _ in range(100):
+            _, g = f(theta0, data)
+        jax.block_until_ready(g)
+        total = time.perf_counter() - t
+        return {"total": total, "compile_s": compile_s, "run_s": total - compile_s, "setup": setup}
+    tr = gn.optimize(obj, theta0, method, num_steps=100)
+    total = time.perf_counter() - t
+    return {"total": total, "compile_s": tr.info["compile_s"], "run_s": tr.info["run_s"], "setup": setup,
+            "num_grad_evals": int(tr.num_grad_evals)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--method", default="preconditioned_gd")
+    ap.add_argument("--models", default="astrometry,dlux")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(*args.one, args.method)))
+        return
+    models = [m for m in args.models.split(",") if m != "dlux" or _has_dlux()]
+    print(f"# first gn.optimize(method={args.method!r}, num_steps=100) vs bare jit(value_and_grad) compile + 100 "
+          f"calls; best of {args.repeats} fresh processes")
+    print(f"{'model':<12} {'bare s':>8} {'(compile)':>10} {'gnomon s':>9} {'(compile':>9} {'run)':>6} {'ratio':>6}")
+    for model in models:
+        best = {}
+        for mode in ("bare", "gnomon"):
+            runs = [_fresh(model, mode, args.method) for _ in range(args.repeats)]
+            best[mode] = min(runs, key=lambda r: r["total"])
+        b, g = best["bare"], best["gnomon"]
+        print(f"{model:<12} {b['total']:>8.2f} {b['compile_s']:>10.2f} {g['total']:>9.2f} {g['compile_s']:>9.2f} "
+              f"{g['run_s']:>6.2f} {g['total'] / b['total']:>6.2f}")
+
+
+def _fresh(model: str, mode: str, method: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", model, mode, "--method", method], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _has_dlux() -> bool:
+    try:
+        import dLux  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

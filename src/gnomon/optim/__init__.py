@@ -1,0 +1,57 @@
+"""Optimizers as optax pieces and small configuration objects (``gn.optim``).
+
+* Methods (frozen dataclasses; their fields are the defaults): :class:`gd`, :class:`sgd`, :class:`adam`,
+  :class:`rmsprop`, :class:`lbfgs`, :class:`preconditioned_gd` — pass one to ``gn.optimize`` as ``method``.
+* Transformations (optax ``GradientTransformationExtraArgs`` with NamedTuple states):
+  :func:`scale_by_curvature`, :func:`scale_by_bb`, :func:`nonmonotone_backtracking`,
+  :func:`precondition_by_curvature`; ``preconditioned_gd`` is exactly
+  ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...), scale_by_bb()))``.
+* :func:`curvature_estimator`: a planned curvature estimate that the transformations run inside the compiled
+  program (at θ_0 and at refreshes).
+"""
+
+from gnomon.optim.estimator import CurvatureEstimator, curvature_estimator
+from gnomon.optim.methods import (
+    METHODS,  # noqa: F401 (name -> method configuration)
+    Method,
+    Program,
+    adam,
+    gd,
+    lbfgs,
+    preconditioned_gd,
+    rmsprop,
+    sgd,
+)
+from gnomon.optim.readout import OptimizerReport
+from gnomon.optim.transforms import (
+    BacktrackingState,
+    PreconditionState,
+    ScaleByBBState,
+    ScaleByCurvatureState,
+    nonmonotone_backtracking,
+    precondition_by_curvature,
+    scale_by_bb,
+    scale_by_curvature,
+)
+
+__all__ = [
+    "BacktrackingState",
+    "CurvatureEstimator",
+    "Method",
+    "OptimizerReport",
+    "PreconditionState",
+    "Program",
+    "ScaleByBBState",
+    "ScaleByCurvatureState",
+    "adam",
+    "curvature_estimator",
+    "gd",
+    "lbfgs",
+    "nonmonotone_backtracking",
+    "precondition_by_curvature",
+    "preconditioned_gd",
+    "rmsprop",
+    "scale_by_bb",
+    "scale_by_curvature",
+    "sgd",
+]

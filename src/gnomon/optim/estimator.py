@@ -1,0 +1,129 @@
+r"""Curvature estimators for the optimizers: which diagonal c a preconditioner uses, and what it costs.
+
+:func:`curvature_estimator` plans an estimator of :mod:`gnomon.curvature.estimate` on the host (validation,
+output counts, cost) and returns a :class:`CurvatureEstimator`, a pure ``estimate(θ, data, key, previous)``
+that :func:`gnomon.optim.scale_by_curvature` calls inside the compiled program (at θ_0 in ``init`` and at
+each refresh), so that it runs per member of a batch.
+
+``method=None`` (auto) chooses from what the objective offers:
+
+* the Gauss–Newton diagonal :math:`\operatorname{diag}(J^T W J)` when it has residuals;
+* else the exact Hessian diagonal while it costs no more than the Hutchinson budget (D ≤
+  :data:`EXACT_MAX_DIM`: 2D gradient evaluations ≤ 2 · 16);
+* else variance-reduced Hutchinson with :data:`OPTIMIZER_PROBES` = 16 probes (32 gradient evaluations).
+  16 probes (median relative error ≈ 0.3 on the hard 200-d test matrix) are plenty for a preconditioner
+  whose global scale is then set by Barzilai–Borwein steps; :func:`gnomon.estimate_curvature`'s own default
+  (32 probes) targets accuracy instead.
+
+Every estimate is cleaned (:func:`gnomon.curvature.estimate.clean_diagonal`): non-finite entries → the largest
+finite |c|, negatives → |c| or the floor, floor :math:`\max(\text{floor} · \operatorname{median}|c|,
+\text{prior\_precision})`; the counts of what the cleaning did travel with the estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from gnomon.curvature.estimate import METHODS as CURVATURE_METHODS
+from gnomon.curvature.estimate import clean_diagonal, curvature_fn, plan_curvature
+from gnomon.objective.objective import Objective
+
+OPTIMIZER_PROBES = 16  # Hutchinson probes of the auto choice
+EXACT_MAX_DIM = OPTIMIZER_PROBES  # auto: the exact diagonal up to this dimension
+NEGATIVE = ("abs", "floor")
+_UNSET = object()
+
+
+class CurvatureEstimator(NamedTuple):
+    """A planned curvature estimator: ``estimate(θ, data, key, previous) -> (diag, counts)``.
+
+    ``diag`` is the cleaned ``(D,)`` diagonal and ``counts`` an int32 ``(3,)`` array (non-finite, negative,
+    floored entries); ``previous`` (a diagonal or None) seeds variance-reduced Hutchinson at a refresh.
+    ``cost`` is its price in gradient evaluations, ``data`` the data it uses when none is passed (the
+    objective's bound data), ``describe`` its JSON description (→ ``trace.info["curvature"]``). Any pure,
+    jittable function with that signature can be wrapped in one (``CurvatureEstimator(fn, cost, ...)``)."""
+
+    estimate: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
+    cost: int
+    method: str
+    objective: Objective | None = None
+    data: Any = None
+    describe: Mapping[str, Any] = {}
+
+
+def curvature_estimator(
+    objective: Objective,
+    method: str | None = None,
+    *,
+    data: Any = _UNSET,
+    num_probes: int | None = None,
+    hutchinson_mode: str = "variance_reduced",
+    floor: float = 1e-6,
+    prior_precision: Any = None,
+    negative: str = "abs",
+    batch_size: int | None = None,
+) -> CurvatureEstimator:
+    """Plan a curvature estimator of ``objective`` (see the module docstring for ``method=None``).
+
+    Args:
+      objective: the :class:`gnomon.Objective`.
+      method: ``"exact"``, ``"hutchinson"``, ``"gauss_newton"``, ``"empirical_fisher"`` or None (auto).
+      data: data for objectives taking ``(θ, data)`` (default: the objective's bound data); the optimizer
+        loop passes each member's data instead.
+      num_probes: Hutchinson probes (default 16 here); hutchinson_mode: ``"variance_reduced"`` or ``"plain"``.
+      floor: relative floor (a fraction of the median |c|); prior_precision: an absolute floor (scalar or
+        (D,)); negative: ``"abs"`` or ``"floor"`` for negative entries; batch_size: HVPs per batch.
+    """
+    if not isinstance(objective, Objective):
+        raise ValueError(f"curvature_estimator needs a gnomon.Objective, got {type(objective).__name__}")
+    if negative not in NEGATIVE:
+        raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
+    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+        raise ValueError(f"floor must be a fraction of the median in [0, 1), got {floor!r}")
+    d = objective.data if data is _UNSET else data
+    chosen = "user"
+    if method is None:
+        if objective.has_residuals:
+            method = "gauss_newton"
+        elif objective.dim <= EXACT_MAX_DIM:
+            method = "exact"
+        else:
+            method = "hutchinson"
+        chosen = "auto"
+    if method == "ema_grad2":
+        raise ValueError(
+            "ema_grad2 is a running statistic of the optimizer's gradients, not an estimate at a point; use "
+            "gn.optim.preconditioned_gd(curvature='ema_grad2')"
+        )
+    if not isinstance(method, str) or method not in CURVATURE_METHODS:
+        raise ValueError(f"unknown curvature method {method!r}; expected one of {CURVATURE_METHODS} or None")
+    if method == "hutchinson" and num_probes is None:
+        num_probes = OPTIMIZER_PROBES
+    probe = jnp.zeros((objective.dim,), jnp.result_type(float))
+    plan, cost, config = plan_curvature(
+        objective, probe, d, method, num_probes=num_probes, hutchinson_mode=hutchinson_mode, batch_size=batch_size
+    )
+    raw = curvature_fn(objective, plan)
+    vr = plan.is_variance_reduced_hutchinson
+    fl = float(floor)
+
+    def estimate(theta, data, key, previous):
+        diag, _ = raw(theta, data, key, previous if (vr and previous is not None) else None)
+        diag, c = clean_diagonal(diag.astype(theta.dtype), floor=fl, prior_precision=prior_precision,
+                                 negative=negative)
+        return diag, jnp.stack([c["num_nonfinite"], c["num_negative"], c["num_floored"]]).astype(jnp.int32)
+
+    describe = {
+        "method": method,
+        "chosen": chosen,
+        "num_grad_evals": int(cost),
+        "floor": fl,
+        "negative": negative,
+        "prior_precision": None if prior_precision is None else float(np.max(prior_precision)),
+        **config,
+    }
+    return CurvatureEstimator(estimate, int(cost), method, objective, d, describe)
