@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def _shared() -> Path:
     """The shared data folder: $GNOMON_SHARED, else ``shared/`` beside the checkout (or its worktree folder)."""
     if "GNOMON_SHARED" in os.environ:
