@@ -249,19 +249,15 @@ def sample(
                           "(step size adapted only)")
         else:
             ledger.rejected_grads = ledger.grads
-            searched = rejected is not None or mode_problem is not None  # else: no seed was asked for
             plan = ph.recovery_plan(ctx, wcfg.metric, wcfg.max_dense_dim, steps)
+            # a rejected seed restarts where a cold start would (around the optimizer's first point); without a
+            # mode the chains already start there
             restart = ph.choose_restart(
                 ctx,
                 chains,
                 jax.random.fold_in(k_warm, 7),
-                # without a mode the path runs off where the density is unbounded (so is the ELBO): its start only
-                path=(start.map.path[:1] if mode_problem is not None else start.map.path)
-                if (start.map is not None and searched)
-                else None,
-                first=start.map.first_theta if (start.map is not None and searched) else None,
+                first=start.map.first_theta if (start.map is not None and rejected is not None) else None,
                 drawn=rejected.theta if rejected is not None else None,
-                max_dense_dim=wcfg.max_dense_dim,
             )
             ctx, chains = ph.recover(ctx, chains, ledger, plan, restart,
                                      budget if auto_warmup else ledger.steps + steps, step_size=step0)
