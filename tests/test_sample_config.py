@@ -50,6 +50,24 @@ def test_bad_values_and_shorthands():
         gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_warmup=5, warmup=gn.warmup(num_steps=7))
 
 
+def test_the_seed_curvature_takes_one_name_per_concept():
+    """gn.warmup(curvature=...) takes a method (with num_probes / hutchinson_mode), a Curvature or an array
+    precision; each gives the metric seed that the closed form says (Σ = H⁻¹ for this Gaussian)."""
+    h = np.array([1.0, 1 / 9.0])
+    for w in (gn.warmup(curvature=h), gn.warmup(curvature=np.diag(h)), gn.warmup(curvature="exact"),
+              gn.warmup(curvature="hutchinson", num_probes=64, hutchinson_mode="plain")):
+        post = gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_samples=5, num_warmup=0, warmup=w, progress=False)
+        np.testing.assert_allclose(np.diag(np.atleast_2d(post.extras["seed_inverse_mass_matrix"]))
+                                   if np.ndim(post.extras["seed_inverse_mass_matrix"]) == 2
+                                   else post.extras["seed_inverse_mass_matrix"], 1 / h, rtol=0.35)
+    with pytest.raises(ValueError, match=r"curvature=array\) has shape \(3,\)"):
+        gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), warmup=gn.warmup(curvature=np.ones(3)))
+    with pytest.raises(ValueError, match="hutchinson_mode must be"):
+        gn.warmup(hutchinson_mode="fancy")
+    with pytest.raises(ValueError, match=r"num_probes=3 belongs to the warmup"):
+        gn.nuts(num_probes=3)
+
+
 def test_one_source_of_defaults():
     # the factories' docstrings quote the dataclasses' defaults: they must not drift apart
     defaults = cfg.defaults()

@@ -47,6 +47,8 @@ _HOME = {
     "max_steps": "the warmup: warmup=gn.warmup(max_steps=...)",
     "metric": "the warmup: warmup=gn.warmup(metric=...)",
     "curvature": "the warmup: warmup=gn.warmup(curvature=...)",
+    "num_probes": "the warmup: warmup=gn.warmup(num_probes=...) (Hutchinson probes of the seed's curvature)",
+    "hutchinson_mode": "the warmup: warmup=gn.warmup(hutchinson_mode=...)",
     "dense": "the warmup: warmup=gn.warmup(dense=...)",
     "max_dense_dim": "the warmup: warmup=gn.warmup(max_dense_dim=...)",
     "shrinkage": "the warmup: warmup=gn.warmup(shrinkage=...)",
@@ -195,8 +197,11 @@ class Warmup:
         ``"none"`` (freeze the seed; only the step size adapts), or ``"auto"`` (default: ``"diag"`` around
         a seed, ``"low_rank"`` after a recovery — ``"diag"`` when D > ``max_dense_dim``).
       curvature: the curvature behind ``inverse_mass_matrix="curvature"``: a method name (``"exact"``,
-        ``"gauss_newton"``, ``"hutchinson"``, ``"fisher"``, ...) or a :class:`gnomon.Curvature` (default:
+        ``"gauss_newton"``, ``"hutchinson"``, ``"fisher"``, ...), a :class:`gnomon.Curvature`, or an array
+        (the precision's diagonal ``(D,)`` or the precision ``(D, D)`` of ``−log_prob``) (default:
         Gauss–Newton with residuals, else exact up to ``max_dense_dim``, else Hutchinson).
+      num_probes, hutchinson_mode: the Hutchinson (and probe-Fisher) estimator's probes and mode, as in
+        :func:`gnomon.estimate_curvature` (default: its own).
       dense: the seed's shape from a dense curvature: ``False`` (marginal variances), ``True`` (the dense
         inverse), ``"auto"`` (dense when correlations matter: largest variance inflation factor > 1.25).
       max_dense_dim: the largest D for which dense matrices are formed (curvature, metric, moments).
@@ -211,6 +216,8 @@ class Warmup:
     max_steps: int = 2000
     metric: str = "auto"
     curvature: Any = None
+    num_probes: int | None = None
+    hutchinson_mode: str = "variance_reduced"
     dense: bool | str = "auto"
     max_dense_dim: int = DEFAULT_MAX_DENSE_DIM
     shrinkage: float = 0.0
@@ -223,8 +230,15 @@ class Warmup:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
         c = self.curvature
-        if c is not None and not isinstance(c, str) and not (hasattr(c, "diag") and hasattr(c, "method")):
-            raise ValueError(f"curvature must be a method name or a gnomon.Curvature, got {type(c).__name__}")
+        is_curv = hasattr(c, "diag") and hasattr(c, "method")
+        is_array = not is_curv and not isinstance(c, str) and np.ndim(c) in (1, 2) and np.size(c) > 0
+        if c is not None and not isinstance(c, str) and not is_curv and not is_array:
+            raise ValueError(
+                f"curvature must be a method name, a gnomon.Curvature or an array (D,)/(D, D), got {type(c).__name__}"
+            )
+        _int("num_probes", self.num_probes, 1, allow_none=True)
+        if self.hutchinson_mode not in ("variance_reduced", "plain"):
+            raise ValueError(f"hutchinson_mode must be 'variance_reduced' or 'plain', got {self.hutchinson_mode!r}")
         if self.dense not in (True, False, "auto"):
             raise ValueError(f"dense must be True, False or 'auto', got {self.dense!r}")
         _int("max_dense_dim", self.max_dense_dim, 1)
@@ -239,7 +253,7 @@ class Warmup:
 
 def warmup(**options: Any) -> Warmup:
     """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
-    curvature=None, dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True)`` (see
+    curvature=None, num_probes=None, hutchinson_mode="variance_reduced", dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True)`` (see
     :class:`Warmup`; the defaults live there)."""
     return _build(Warmup, "gn.warmup", options)
 

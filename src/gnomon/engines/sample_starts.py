@@ -186,6 +186,15 @@ def seed_metric(
     curvature = warmup.curvature if not isinstance(warmup.curvature, str) else None
     method = warmup.curvature if isinstance(warmup.curvature, str) else None
     is_curv = isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature"
+    if curvature is not None and not (hasattr(curvature, "diag") and hasattr(curvature, "method")):
+        prec = np.asarray(curvature, dtype=np.float64)  # an array: the precision's diagonal or the precision
+        if prec.shape not in ((obj.dim,), (obj.dim, obj.dim)):
+            raise ValueError(f"gn.warmup(curvature=array) has shape {prec.shape}, expected ({obj.dim},) or "
+                             f"({obj.dim}, {obj.dim}) for {obj!r}")
+        if is_curv:
+            imm = (mmx.from_precision_diag(prec, dtype=dtype) if prec.ndim == 1
+                   else mmx.from_precision_matrix(prec, dense=warmup.dense, dtype=dtype))
+            return Seed(imm, "curvature", None)
     if curvature is not None and not is_curv:
         raise ValueError(
             "gn.warmup(curvature=<Curvature>) seeds the metric only with inverse_mass_matrix='curvature' "
@@ -201,7 +210,8 @@ def seed_metric(
         seed = Seed(imm, "curvature", curvature)
     elif is_curv:
         imm, curv = mmx.curvature_metric(
-            obj, center, method=method, dense=warmup.dense, max_dense_dim=warmup.max_dense_dim, key=key, data=data
+            obj, center, method=method, dense=warmup.dense, max_dense_dim=warmup.max_dense_dim, key=key, data=data,
+            num_probes=warmup.num_probes, hutchinson_mode=warmup.hutchinson_mode,
         )
         seed = Seed(imm, "curvature", curv)
     elif isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "identity" or inverse_mass_matrix is None:
