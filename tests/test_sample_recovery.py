@@ -68,7 +68,7 @@ def _costs(obj, keys):
     return np.asarray(grads, float), np.asarray(ess), hands, colds
 
 
-def _pooled_ratio(grads, ess, rng=np.random.default_rng(0)):
+def _pooled_ratio(grads, ess):
     """(hand-off ÷ cold start) gradients per effective sample pooled over keys, and its bootstrap standard
     error over keys (the Monte-Carlo error of the comparison)."""
 
@@ -77,6 +77,7 @@ def _pooled_ratio(grads, ess, rng=np.random.default_rng(0)):
         return (g[0] / e[0]) / (g[1] / e[1])
 
     n = len(grads)
+    rng = np.random.default_rng(0)
     boot = [ratio(rng.integers(0, n, n)) for _ in range(400)]
     return ratio(np.arange(n)), float(np.std(boot))
 

@@ -253,7 +253,8 @@ class Warmup:
 
 def warmup(**options: Any) -> Warmup:
     """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
-    curvature=None, num_probes=None, hutchinson_mode="variance_reduced", dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True)`` (see
+    curvature=None, num_probes=None, hutchinson_mode="variance_reduced", dense="auto", max_dense_dim=1000,
+    shrinkage=0.0, jitter=None, check=True)`` (see
     :class:`Warmup`; the defaults live there)."""
     return _build(Warmup, "gn.warmup", options)
 
