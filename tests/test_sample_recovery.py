@@ -143,11 +143,12 @@ def test_the_summary_says_what_was_decided(tmp_path):
     s = run.summary
     assert s["seed_rejected"] is True and s["recovered"] is True and s["rejected_grad_evals"] > 0
     assert "seed rejected after 10 warmup steps" in s["sampler_decisions"]
+    assert post.info["handoff"]["decision"].startswith("seed rejected after 10 warmup steps: leapfrog steps per")
     assert s["compile_s"] >= 0 and s["run_s"] > 0
     assert gn.HandOff.load(run).info["decisions"][0]["action"] == "seed rejected"
 
 
-def test_no_mode_skips_the_seed():
+def test_no_mode_skips_the_seed(capsys):
     """Stan's centred eight schools (half-Cauchy on τ) has no mode: L-BFGS runs into the neck, gaining log
     density without end; the sampler then pays for no seed and no check."""
 
@@ -161,8 +162,13 @@ def test_no_mode_skips_the_seed():
     obj = gn.Objective.from_log_prob(half_cauchy, 10)
     fit = gn.optimize(obj, jnp.zeros(10), "lbfgs", num_steps=500, tol=1e-3)
     assert fit.status != "converged"
-    post = gn.sample(obj, fit, jax.random.key(0), num_samples=300)
+    with pytest.warns(UserWarning, match="non-centred parameterisation"):
+        post = gn.sample(obj, fit, jax.random.key(0), num_samples=300, progress=True)
     actions = [d["action"] for d in post.info["decisions"]]
     assert actions[:2] == ["no mode", "recovery"]
+    assert post.info["handoff"]["decision"].startswith("the optimization did not reach a mode")
+    # the progress line names the phase and shows the leapfrog steps per draw
+    err = capsys.readouterr().err
+    assert "phase=recovery window 1" in err and "phase=sampling" in err and "steps_per_draw=" in err
     assert post.info["rejected_grad_evals"] == 0 and post.info["metric"]["seed"] == "identity"
     assert post.info["grad_evals"]["curvature"] == 0

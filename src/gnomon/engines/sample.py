@@ -403,14 +403,23 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         warmup = {"z": w.theta, "log_prob": w.log_prob, "stats": wstats}
     div_samp = int(np.sum(draws.diverging))
     diag = handoff_diagnostics(center_np, imm0, imm, draws.theta, div_samp)
-    hier = any(d.action in ("seed rejected", "no mode") for d in ledger.decisions)
-    for m in diag.pop("warnings"):
-        if hier and "disagree" in m:
-            m += (
-                "; the seed was rejected and the warmup recovered. For a hierarchical model, a non-centred "
-                "parameterisation (θ_j = μ + τ·z_j, z_j ~ N(0, 1)) removes the funnel itself"
-            )
-        _warn(messages, m)
+    failed = [d for d in ledger.decisions if d.action in ("seed rejected", "no mode")]
+    seed_notes = diag.pop("warnings")
+    if failed:  # they describe the seed that was rejected and acted on: recorded, not repeated as warnings
+        diag["seed_notes"] = seed_notes
+    else:
+        for m in seed_notes:
+            _warn(messages, m)
+    recovery = next((d for d in ledger.decisions if d.action == "recovery"), None)
+    if failed:
+        what = failed[0].message + (f"; {recovery.message}" if recovery is not None else "")
+        _warn(
+            messages,
+            f"{what}. A mode that is a poor start is typical of a hierarchical model in its centred form (group "
+            "effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation (θ_j = μ + τ·z_j, "
+            "z_j ~ N(0, 1)) usually removes the funnel and lets the curvature seed work",
+        )
+    diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
     grad_evals = {
         "curvature": int(seed.curvature.num_grad_evals) if seed.curvature is not None else 0,
         "init": init_cost,
