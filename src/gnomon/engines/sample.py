@@ -17,9 +17,11 @@ whose mode sits in the neck, a latent time series whose scales collapse at the m
 trusting it costs 10–1000× in gradients. So the first warmup steps check it (NUTS depth capped, so a wrong
 seed is cheap to find out; :mod:`gnomon.engines.seed_check`) and every later window is judged again; a
 rejected seed, or an optimizer that found no mode at all, leads to a **recovery**: the adaptation restarts
-from where the chains are, around their pooled scales, with nutpie's gradient-based low-rank metric and a
-cold window schedule (:mod:`gnomon.engines.sample_phases`). What was decided, when and why is in
-``trace.info["decisions"]``.
+where a cold start would (dispersed around the optimizer's first point; where the chains are, with their
+pooled scales, when no optimizer ran) with nutpie's gradient-based low-rank metric and a cold window schedule,
+and chains left stuck are moved to the others (:mod:`gnomon.engines.sample_phases`,
+:mod:`gnomon.engines.stuck_chains`). What was decided, when and why is in ``trace.info["decisions"]`` (one
+sentence: ``trace.info["handoff"]["decision"]``).
 
 This module is the driver: it checks the arguments, resolves the start, the seed and the compiled program,
 runs the phases and assembles the :class:`Trace` with the hand-off diagnostics

@@ -8,10 +8,10 @@ A run is a sequence of phases over the same compiled program (:mod:`gnomon.engin
    window's cost and step size judged again; then further doubling windows while the metric is unsettled
    (:func:`extend`);
 3. **recovery** (:func:`recover`) when the seed is rejected — or straight away when the optimizer found no
-   mode: the adaptation restarts from the chains' current positions around the pooled scales of what they
-   have drawn, :math:`L = \mathrm{diag}(\sigma_0)`, with a gradient-based estimator (nutpie's low-rank
-   metric, :class:`gnomon.engines.warmup.Estimator`) and a cold window schedule that is extended while
-   unsettled;
+   mode: the adaptation restarts where a cold start would (:func:`choose_restart`) with a gradient-based
+   estimator (nutpie's low-rank metric, :class:`gnomon.engines.warmup.Estimator`) and a cold window schedule
+   that is extended while unsettled; after each window, stuck chains are moved to the others
+   (:func:`rescue`);
 4. **sampling** (:func:`draw`).
 
 State: :class:`Context` (what a call fixes), :class:`Chains` (the chains, the adaptation and the whitening
@@ -98,7 +98,7 @@ class Ledger:
     grads: int = 0  # warmup gradient evaluations
     divergences: int = 0  # warmup divergences
     rejected_grads: int = 0  # of which spent around a seed that was then rejected
-    restart_grads: int = 0  # choosing the recovery's restart (path Gaussians, new starts)
+    restart_grads: int = 0  # new chain states: the recovery's restart, moved chains
     windows: int = 0
     kept: list[ChunkOut] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
