@@ -3,7 +3,7 @@
 :func:`parameter_summary` is what :func:`gnomon.save_run` writes into ``summary.json`` so that a table of many
 runs (:meth:`gnomon.Experiment.aggregate` with ``params=``) still reads only ``summary.json``. For every
 component of every layout block, labelled ``<label>`` (:func:`parameter_labels`: the layout's index labels,
-e.g. ``binary.separation_as`` or ``primary.zernike_coeffs_nm[3]``, or the component labels the layout
+e.g. ``binary.separation_as`` or ``primary.zernike_coeffs_nm[Z7]``, or the component labels the layout
 carries), the keys are
 
 ==================  =============================================================================================
