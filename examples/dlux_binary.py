@@ -138,14 +138,11 @@ def main(out: str = "dlux-runs", num_samples: int = 300, seed: int = 0, *, num_w
 
     # run directories (bounds and truth in summary.json) and figures
     exp = gn.Experiment(out, manifest={"description": "gnomon dLux binary example"})
-    truth_summary = {f"truth.{lab}": float(v)
-                     for lab, v in zip(layout.element_labels(), np.asarray(layout.element_values(theta_true)))}
-    for name, trace in (("map", fit), ("nuts", post)):
-        run = exp.new_run(name)
-        gn.save_run(run, trace, layout, meta={"model": "dLux binary", "seed": seed},
-                    summary={**crlb.to_summary(), **truth_summary}, extra_arrays={"curvature": fisher.to_arrays()})
+    for name, trace in (("map", fit), ("nuts", post)):  # summary.json: estimate./crlb./truth./z.<label>
+        gn.save_run(exp.new_run(name), trace, layout, meta={"model": "dLux binary", "seed": seed},
+                    crlb=crlb, truth=truth, extra_arrays={"curvature": fisher.to_arrays()})
     if figures:
-        sig = gn.Signals.from_trace(fit, layout, truth=truth)
+        sig = gn.Signals.from_trace(fit, layout, truth=truth, crlb=crlb)  # residuals with ±1σ (CRLB) bands
         figs = Path(out) / "figures"
         figs.mkdir(parents=True, exist_ok=True)
         gn.plot.grid(sig, save=figs / "map_grid.png")

@@ -65,6 +65,10 @@ def test_layout_and_meta_recorded(tmp_path):
     summary = run.summary
     assert summary["final_loss"] == pytest.approx(float(tr.loss[-1]))
     assert summary["num_grad_evals"] == 11 and summary["converged"] is False
+    # compilation and execution apart, as the engine measured them; the final gradient norm although the
+    # default channels did not record it per step
+    assert summary["compile_s"] == tr.info["compile_s"] > 0 and summary["run_s"] == tr.info["run_s"]
+    assert summary["final_grad_norm"] == pytest.approx(tr.info["final_grad_norm"])
 
 
 def test_summary_written_last_and_overwrite(tmp_path):

@@ -62,6 +62,23 @@ def test_derived_quantities_by_the_delta_method():
     assert np.all(np.isnan(cr.conditional[4:]))  # depends on several θ entries
 
 
+def test_save_run_writes_the_derived_bounds_and_refuses_unknown_mapping_keys(tmp_path):
+    import json
+
+    lay = gn.Layout({"a": (2,)}, units={"a": "arcsec"})
+    with jax.enable_x64(True):
+        th = jnp.array([3.0, 4.0])
+        obj = gn.Objective.from_likelihood(lambda t: t, np.asarray(th), gn.family.gaussian(0.5), lay)
+        cr = gn.cramer_rao(obj, th, derived={"r": (lambda p: jnp.linalg.norm(p["a"]), "arcsec")})
+        fit = gn.optimize(obj, th + 0.1, "lbfgs", num_steps=20)
+    gn.save_run(tmp_path / "run", fit, lay, crlb=cr, truth={"a": [3.0, 4.0]})
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["crlb.r"] == pytest.approx(0.5) and "estimate.r" not in summary  # |∇r| = 1: the bound is σ
+    assert summary["crlb.a[0]"] == pytest.approx(0.5) and summary["z.a[0]"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['r'\]"):  # a mapping: likely a typo
+        gn.save_run(tmp_path / "run2", fit, lay, crlb={"r": 0.5})
+
+
 def test_bound_matches_the_monte_carlo_scatter_of_mles():
     """A nonlinear Poisson model: the scatter of 400 maximum-likelihood fits equals the marginal CRLB."""
     x = np.linspace(-2, 2, 30)

@@ -27,4 +27,6 @@ def test_dlux_example_end_to_end(tmp_path):
     assert np.all((out["ratios"] > 0.5) & (out["ratios"] < 2.0)), out["ratios"]  # posterior sd ≈ the bound
     summary = json.loads((tmp_path / "runs" / "runs" / "map" / "summary.json").read_text())
     assert summary["crlb.separation"] == pytest.approx(crlb["separation"])
-    assert "crlb.zernikes[Z4]" in summary and "truth.position[x]" in summary
+    assert "crlb.zernikes[Z4]" in summary and summary["truth.position[x]"] == pytest.approx(120.0)
+    assert summary["crlb.companion_dx"] == pytest.approx(crlb["companion_dx"])  # the derived bound too
+    assert summary["z.separation"] == pytest.approx(out["z_separation"], rel=1e-3)  # (MAP − truth) / bound

@@ -54,6 +54,8 @@ SUMMARY_DTYPES: dict[str, str] = {
     "divergences": "Int64",
     "num_grad_evals": "Int64",
     "runtime_s": "float64",
+    "compile_s": "float64",
+    "run_s": "float64",
     "written_utc_unix": "float64",
 }
 _SKIP = {"schema_version", "run_id", FILES_KEY, USER_KEYS_KEY}

@@ -3,7 +3,7 @@
 :func:`parameter_summary` is what :func:`gnomon.save_run` writes into ``summary.json`` so that a table of many
 runs (:meth:`gnomon.Experiment.aggregate` with ``params=``) still reads only ``summary.json``. For every
 component of every layout block, labelled ``<label>`` (:func:`parameter_labels`: the layout's index labels,
-e.g. ``binary.separation_as`` or ``primary.zernike_coeffs_nm[3]``, or the component labels the layout
+e.g. ``binary.separation_as`` or ``primary.zernike_coeffs_nm[Z7]``, or the component labels the layout
 carries), the keys are
 
 ==================  =============================================================================================
@@ -17,8 +17,10 @@ key                 value (in the block's units, constrained values ``layout.unp
 ==================  =============================================================================================
 
 A CRLB is a mapping ``label → value`` (or ``block name → array`` of the block's shape) or any object with
-``to_summary() -> {"crlb.<label>": value}`` (the forward-model CRLB result). A truth is a mapping ``block name
-→ value`` (constrained, the block's shape), ``label → value``, or a flat base-θ vector.
+``to_summary() -> {"crlb.<label>": value}`` (the forward-model CRLB result); such an object's labels beyond the
+layout's are its derived quantities (``gn.cramer_rao(..., derived=...)``), written as ``crlb.<name>`` alone.
+A truth is a mapping ``block name → value`` (constrained, the block's shape), ``label → value``, or a flat
+base-θ vector.
 """
 
 from __future__ import annotations
@@ -62,11 +64,17 @@ def constrained(layout: Any, theta: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _crlb_values(crlb: Any, layout: Any, labels: list[tuple[str, int, str]]) -> dict[str, float]:
+def _crlb_values(crlb: Any, layout: Any, labels: list[tuple[str, int, str]]) -> tuple[dict, dict]:
+    """``(bounds by parameter label, bounds of derived quantities)``. Derived quantities come only from a CRLB
+    object (``gn.cramer_rao(..., derived=...)``), whose labels past the layout's are its derived names; a mapping
+    must name parameters (an unknown key there is more likely a typo than a derived quantity)."""
     if crlb is None:
-        return {}
+        return {}, {}
     if hasattr(crlb, "to_summary") and callable(crlb.to_summary):
         raw = {k[len("crlb.") :] if k.startswith("crlb.") else k: v for k, v in crlb.to_summary().items()}
+        known = {lab for _, _, lab in labels} | ({b.name for b in layout.blocks} if layout is not None else set())
+        derived = {k: float(v) for k, v in raw.items() if k not in known}
+        return _by_label("crlb", {k: v for k, v in raw.items() if k in known}, layout, labels), derived
     elif isinstance(crlb, Mapping):
         raw = dict(crlb)
     else:
@@ -74,7 +82,7 @@ def _crlb_values(crlb: Any, layout: Any, labels: list[tuple[str, int, str]]) -> 
             "crlb must be a mapping label -> value (or block name -> array) or an object with to_summary(), "
             f"got {type(crlb).__name__}"
         )
-    return _by_label("crlb", raw, layout, labels)
+    return _by_label("crlb", raw, layout, labels), {}
 
 
 def _by_label(what: str, raw: Mapping[str, Any], layout: Any, labels: list[tuple[str, int, str]]) -> dict[str, float]:
@@ -159,7 +167,7 @@ def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth
                 sd[lab] = float(np.nanstd(col, ddof=1)) if np.isfinite(col).sum() > 1 else math.nan
         else:
             est[lab] = float(col[0])
-    bounds = _crlb_values(crlb, layout, full)
+    bounds, derived_bounds = _crlb_values(crlb, layout, full)
     truths = _truth_values(truth, layout, full)
     for _, _, lab in labels:
         out[f"estimate.{lab}"] = est[lab]
@@ -173,6 +181,8 @@ def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth
             with np.errstate(all="ignore"):
                 z = (est[lab] - truths[lab]) / sigma if sigma and math.isfinite(sigma) else math.nan
             out[f"z.{lab}"] = float(z)
+    for name, bound in derived_bounds.items():  # derived quantities: the bound only (no estimate of them here)
+        out[f"crlb.{name}"] = bound
     return out
 
 

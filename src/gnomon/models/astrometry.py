@@ -133,7 +133,8 @@ def binary_layout():
     """The :class:`gnomon.Layout` of the binary-star model (names, units, blocks; contrast positive)."""
     from gnomon.thetaspace.layout import Layout
 
-    return Layout(_SHAPES, transforms={CONTRAST: "positive"}, units=_UNITS, blocks=_BLOCKS)
+    return Layout(_SHAPES, transforms={CONTRAST: "positive"}, units=_UNITS, blocks=_BLOCKS,
+                  labels={ZERNIKES: [f"Z{j}" for j in FIT_NOLL]})  # Noll indices name the components
 
 
 # ---------------------------------------------------------------------------------------------- Zernikes

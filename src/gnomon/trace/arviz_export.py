@@ -57,20 +57,31 @@ def _jsonable(x: Any) -> Any:
 
 
 def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple[dict, dict, dict]:
-    """``({name: (..., *shape)}, dims, coords)`` of θ rows ``(..., D)``."""
+    """``({name: (..., *shape)}, dims, coords)`` of θ rows ``(..., D)``.
+
+    Untransformed blocks are sliced from θ in numpy, keeping its dtype (a float64 trace exported where JAX runs
+    in float32 would otherwise lose digits: 2.5e6 µas rounds to 0.25 µas in float32); a vector block with
+    component labels (``labels=`` of the layout, e.g. Noll indices) gets them as its coordinate values."""
+    theta = np.asarray(theta)
     if layout is None:
         d = theta.shape[-1]
         return {"theta": theta}, {"theta": ["theta_dim_0"]}, {"theta_dim_0": np.arange(d)}
-    values = layout.unpack_unconstrained(theta) if unconstrained else layout.unpack(theta)
+    decoded = None
     out, dims, coords = {}, {}, {}
     for b in layout.blocks:
         shape = b.theta_shape if unconstrained else b.shape
         tag = "_unconstrained" if unconstrained and b.theta_shape != b.shape else ""
         names = [f"{b.name}{tag}_dim_{i}" for i in range(len(shape))]
-        out[b.name] = np.asarray(values[b.name])
+        if unconstrained or b.is_identity:  # a slice of θ (the unconstrained block is one by definition)
+            out[b.name] = theta[..., b.start : b.stop].reshape(theta.shape[:-1] + tuple(shape))
+        else:
+            if decoded is None:
+                decoded = layout.unpack(theta)
+            out[b.name] = np.asarray(decoded[b.name])
         dims[b.name] = names
-        for n, size in zip(names, shape):
-            coords[n] = np.arange(size)
+        for i, (n, size) in enumerate(zip(names, shape)):
+            labelled = b.labels is not None and len(shape) == 1 and i == 0 and len(b.labels) == size
+            coords[n] = np.asarray(b.labels, dtype=str) if labelled else np.arange(size)
     return out, dims, coords
 
 

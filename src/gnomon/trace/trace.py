@@ -516,6 +516,9 @@ class Trace:
     def summary(self) -> dict[str, Any]:
         """Small aggregation-friendly scalars (what ``summary.json`` holds)."""
         out: dict[str, Any] = {"kind": self.kind, "runtime_s": float(self.runtime_s)}
+        for key in ("compile_s", "run_s"):  # compilation vs execution, recorded by the engines
+            if isinstance(self.info.get(key), (int, float)):
+                out[key] = float(self.info[key])
         if self.kind == "optimization" and not self.is_batched:
             loss = np.asarray(self.loss, dtype=float)
             out.update(
@@ -531,6 +534,8 @@ class Trace:
             )
             if "grad_norm" in self.stats:
                 out["final_grad_norm"] = float(np.asarray(self.stats["grad_norm"])[-1])
+            elif isinstance(self.info.get("final_grad_norm"), (int, float)):
+                out["final_grad_norm"] = float(self.info["final_grad_norm"])
         elif self.kind == "sampling":
             out.update(
                 status=self.status,
