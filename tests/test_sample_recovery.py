@@ -172,3 +172,26 @@ def test_no_mode_skips_the_seed(capsys):
     assert "phase=recovery window 1" in err and "phase=sampling" in err and "steps_per_draw=" in err
     assert post.info["rejected_grad_evals"] == 0 and post.info["metric"]["seed"] == "identity"
     assert post.info["grad_evals"]["curvature"] == 0
+
+
+def test_stuck_chains_are_found_and_sent_to_the_others():
+    """A chain whose window sits far from the others' (the neck of a funnel), or that pays many times their
+    leapfrog steps, is stuck; a majority is never overruled, and two chains cannot tell who is stuck."""
+    from gnomon.engines.stuck_chains import find_stuck
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(50, 4, 3))
+    steps = np.full((50, 4), 7)
+    assert find_stuck(theta, steps, rng).chains == ()
+    far = theta.copy()
+    far[:, 2, 1] = -6.0 + 0.01 * far[:, 2, 1]  # chain 2 sits 6 sd away, hardly moving
+    s = find_stuck(far, steps, rng)
+    assert s.chains == (2,) and s.donors[0] in (0, 1, 3) and "within-chain sd" in s.reasons[0]
+    dear = steps.copy()
+    dear[:, 0] = 63
+    s = find_stuck(theta, dear, rng)
+    assert s.chains == (0,) and "63 leapfrog steps per draw" in s.reasons[0]
+    split = theta.copy()
+    split[:, :2, 0] += 10.0  # two against two: no majority
+    assert find_stuck(split, steps, rng).chains == ()
+    assert find_stuck(far[:, :2], steps[:, :2], rng).chains == ()

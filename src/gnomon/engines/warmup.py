@@ -55,7 +55,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SIGMA_RULE = ["fisher"]
 LOW_RANK_GAMMA = 1e-5
 LOW_RANK_CUTOFF = 2.0
 DEFAULT_RANK = 10
@@ -231,10 +230,6 @@ def low_rank_scale(m: Moments, rank: int, gamma: float = LOW_RANK_GAMMA, cutoff:
     n = jnp.maximum(m.n, 2.0)
     dim = m.mean_u.shape[0]
     sigma = fisher_sigma(m, True)
-    if SIGMA_RULE[0] == "var":
-        sigma = jnp.sqrt((n * _var(True, m.m2_u, n) + 5e-3) / (n + 5))
-    elif SIGMA_RULE[0] == "max":
-        sigma = jnp.maximum(sigma, jnp.sqrt((n * _var(True, m.m2_u, n) + 5e-3) / (n + 5)))
     a = (m.m2_u / n) / sigma[:, None] / sigma[None, :]
     b = (m.m2_g / n) * sigma[:, None] * sigma[None, :]
     k = min(rank, dim)
