@@ -30,6 +30,32 @@ def test_linear_gaussian_bound_equals_ols_standard_errors():
     np.testing.assert_allclose(np.diag(cr.correlation), 1.0)
 
 
+def test_an_eigen_space_objective_bounds_the_model_parameters_or_refuses():
+    """cramer_rao(zobj, z) used to return the bound on the whitened z (all 1, labelled θ[i]): a number that reads
+    like a bound on the parameters. Now z tagged by its trace is decoded and the bound is the OLS one on base θ;
+    a plain array is refused (it could be θ or z)."""
+    from gnomon.trace.zarray import ZArray
+
+    X = RNG.normal(size=(30, 3))
+    sigma = 0.7
+    lay = gn.Layout({"p": (2,), "b": ()}, units={"p": "µas", "b": "nm"}, labels={"p": ["x", "y"]})
+    with jax.enable_x64(True):
+        th = jnp.array([1.0, 2.0, 3.0])
+        y = X @ np.asarray(th) + sigma * RNG.normal(size=30)
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(X) @ t, y, gn.family.gaussian(sigma), lay)
+        F = gn.estimate_curvature(obj, th, "fisher", dense=True).matrix
+        emap = gn.EigenMap.from_matrix(F, th + 0.3, whiten=True, layout=lay)
+        zobj = obj.reparameterize(emap)
+        z = ZArray(np.asarray(emap.to_z(th)), emap)
+        cr = gn.cramer_rao(zobj, z)
+        with pytest.raises(ValueError, match=r"runs in the coordinates z of .*gn.cramer_rao\(zobj.base, "
+                                             r"trace.best_theta\)"):
+            gn.cramer_rao(zobj, np.asarray(z))
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(sigma**2 * np.linalg.inv(X.T @ X))), rtol=1e-8)
+    np.testing.assert_allclose(cr.value, th, rtol=1e-10)
+    assert cr.labels == ("p[x]", "p[y]", "b") and cr.units == ("µas", "µas", "nm")
+
+
 def test_poisson_rate_through_a_positive_transform():
     """n counts of rate λ: CRLB(λ) = sqrt(λ/n) in the user's units although θ = log λ (delta method)."""
     n, lam = 50, 7.5
