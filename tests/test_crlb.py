@@ -56,6 +56,14 @@ def test_an_eigen_space_objective_bounds_the_model_parameters_or_refuses():
     assert cr.labels == ("p[x]", "p[y]", "b") and cr.units == ("µas", "µas", "nm")
 
 
+def test_the_table_prints_the_digits_the_bound_resolves():
+    """9.5″ in µas with a 149 µas bound: six significant figures (9.50004e+06) dropped the µas the fit is about."""
+    lay = gn.Layout({"sep": (), "pa": ()}, units={"sep": "µas", "pa": "deg"})
+    cr = gn.cramer_rao(np.diag([1 / 148.6**2, 1 / 0.022**2]), np.array([9500039.8, 59.99197]), lay)
+    rows = {line.split()[0]: line.split()[1] for line in cr.table().splitlines()[2:]}
+    assert rows == {"sep": "9500040", "pa": "59.9920"}
+
+
 def test_poisson_rate_through_a_positive_transform():
     """n counts of rate λ: CRLB(λ) = sqrt(λ/n) in the user's units although θ = log λ (delta method)."""
     n, lam = 50, 7.5

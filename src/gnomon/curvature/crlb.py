@@ -93,12 +93,23 @@ class CramerRao:
         for lab, v, m, c, u in zip(self.labels, self.value, self.marginal, self.conditional, self.units):
             ratio = f"{m / c:6.2f}" if np.isfinite(c) and c > 0 else f"{'-':>6}"
             cond = f"{c:11.4g}" if np.isfinite(c) else f"{'-':>11}"
-            rows.append(f"{lab:<{w}}  {v:12.6g}  {m:10.4g}  {cond}  {ratio}  {u}")
+            rows.append(f"{lab:<{w}}  {_value_digits(v, m):>12}  {m:10.4g}  {cond}  {ratio}  {u}")
         return "\n".join(rows)
 
     def __repr__(self) -> str:
         kind = "Bayesian (prior included)" if self.bayesian else "likelihood only"
         return f"CramerRao({len(self.labels)} quantities, Fisher {self.method!r}, {kind})\n{self.table()}"
+
+
+def _value_digits(value: float, bound: float) -> str:
+    """The value to the digit a hundredth of its bound sits at (9500039.8 ± 148.6 µas prints 9500040, not the
+    9.50004e+06 of six significant figures, which drops digits the bound resolves); %.6g without a bound."""
+    if not (np.isfinite(value) and np.isfinite(bound) and bound > 0):
+        return f"{value:.6g}"
+    last = math.floor(math.log10(bound)) - 2
+    if abs(value) >= 1e15 or last < -12 or (value != 0 and math.log10(abs(value)) - last > 15):
+        return f"{value:.6g}"
+    return f"{value:.{max(0, -last)}f}"
 
 
 def _fisher_matrix(fisher: Any) -> tuple[np.ndarray, str, bool, float]:
