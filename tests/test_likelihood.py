@@ -267,6 +267,9 @@ def test_compile_key_of_other_constructors():
          r"data has inf at index \(1, 1\)"),
         (lambda y: gn.estimate_curvature(_poisson_obj(), jnp.asarray(THETA, jnp.float32), "fisher",
                                          data=y.at[4].set(jnp.nan)), r"data has nan at index \(4,\)"),
+        (lambda y: gn.optimize(gn.Objective.from_loss(lambda t, d: jnp.sum((t[0] - d) ** 2), 2, data=y),
+                               jnp.zeros(2), "gd", learning_rate=1e-3, num_steps=2, data=y.at[6].set(jnp.inf)),
+         r"data has inf at index \(6,\)"),
     ],
 )
 def test_bad_data_names_the_array_and_the_first_bad_index(make, match):

@@ -380,8 +380,13 @@ def estimate_curvature(
         raise ValueError(f"θ has shape {tuple(theta.shape)}, expected ({obj.dim},) for {obj!r}")
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise ValueError("θ has non-finite entries; cannot estimate curvature there")
-    if data is not _UNSET and obj.takes_data:
-        obj.with_data(data)  # per-call data checked like bound data (finite, shape, family)
+    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data (finite, shape, family)
+        if obj.likelihood is not None:
+            obj.with_data(data)
+        else:
+            from gnomon.objective.checks import check_finite_data
+
+            check_finite_data(data, "data")
     data = obj.data if data is _UNSET else data
     dim = obj.dim
     extra = None

@@ -98,8 +98,11 @@ def optimize(
     if start.ndim != 1:
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
     obj = as_objective(obj, int(start.shape[0]))
-    if data is not _UNSET and obj.takes_data:
-        obj.with_data(data)  # per-call data checked like bound data (finite, shape, family) before compiling
+    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data before compiling
+        if obj.likelihood is not None:
+            obj.with_data(data)  # finite, the predicted shape, inside the family
+        else:
+            check_finite_data(data, "data")
     d = obj.data if data is _UNSET else data
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
