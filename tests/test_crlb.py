@@ -56,6 +56,29 @@ def test_an_eigen_space_objective_bounds_the_model_parameters_or_refuses():
     assert cr.labels == ("p[x]", "p[y]", "b") and cr.units == ("µas", "µas", "nm")
 
 
+def test_the_bound_reuses_the_compiled_fisher_of_an_objective_without_prior():
+    """estimate_curvature(obj, θ, "fisher") (include_prior=True by default) then cramer_rao(obj, θ) (which asks
+    include_prior=False): without a prior the two are the same program, and the second traced the dLux model
+    again (2.7 s of compilation per first bound)."""
+    traces = []
+    X = RNG.normal(size=(20, 2))
+
+    def predict(t):
+        traces.append(1)
+        return jnp.exp(jnp.asarray(X) @ t)
+
+    with jax.enable_x64(True):
+        th = jnp.array([0.3, -0.2])
+        obj = gn.Objective.from_likelihood(predict, np.ones(20), "poisson", 2)
+        F = gn.estimate_curvature(obj, th, "fisher", dense=True)
+        n = len(traces)
+        cr = gn.cramer_rao(obj, th + 0.01)
+    assert len(traces) == n
+    assert F.config["prior_included"] is False
+    mu = np.exp(X @ (np.array([0.3, -0.2]) + 0.01))
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(np.linalg.inv(X.T @ (mu[:, None] * X)))), rtol=1e-8)
+
+
 def test_the_table_prints_the_digits_the_bound_resolves():
     """9.5″ in µas with a 149 µas bound: six significant figures (9.50004e+06) dropped the µas the fit is about."""
     lay = gn.Layout({"sep": (), "pa": ()}, units={"sep": "µas", "pa": "deg"})

@@ -248,10 +248,9 @@ def plan_curvature(
         fmode = fisher_mode(n_res, dim, num_probes, dense)
         probes = int(num_probes) if fmode == "probes" else 0
         cost = fisher_cost(fmode, n_res, dim, probes)
-        config.update(
-            num_data=n_res, jacobian_mode=fmode, family=lik.family.name,
-            prior_included=bool(include_prior and lik.neg_log_prior is not None),
-        )
+        # without a prior, include_prior changes nothing: one compiled program for both (cramer_rao asks False)
+        include_prior = bool(include_prior and lik.neg_log_prior is not None)
+        config.update(num_data=n_res, jacobian_mode=fmode, family=lik.family.name, prior_included=include_prior)
         if probes:
             config["num_probes"] = probes
     elif method == "hutchinson":
