@@ -251,3 +251,26 @@ def test_nonfinite_loss_stops_with_status_naming_the_step():
     obj = gn.Objective.from_loss(lambda t: jnp.sum(jnp.log(t)), 2)
     tr = gn.optimize(obj, jnp.array([1.0, 1.0]), "gd", learning_rate=0.6, num_steps=10)
     assert tr.status.startswith("diverged at step 2") and np.all(np.isfinite(tr.loss))
+
+
+def test_a_run_whose_updates_no_longer_change_theta_stops_as_stalled():
+    """float32 on a large θ: the update is below θ's resolution, so θ never changes. Before, such a run went on to
+    num_steps (a float32 Poisson fit spent 5,537 gradient evaluations that way); now it stops after STALL_STEPS
+    unchanged updates with a status that says so. The same run in float64 moves and runs to num_steps."""
+    from gnomon.engines.loop import STALL_STEPS
+
+    obj = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(t**2), 2)
+    th32 = jnp.array([1e4, -3e4], jnp.float32)
+    tr = gn.optimize(obj, th32, "gd", learning_rate=1e-12, num_steps=500)
+    assert tr.status.startswith(f"stalled at step {STALL_STEPS}:") and "float64" in tr.status
+    assert not tr.converged and not tr.diverged and tr.num_steps == STALL_STEPS
+    np.testing.assert_array_equal(np.asarray(tr.theta), np.broadcast_to(np.asarray(th32), tr.theta.shape))
+    with jax.enable_x64(True):
+        tr64 = gn.optimize(obj, jnp.asarray(th32, jnp.float64), "gd", learning_rate=1e-12, num_steps=50)
+    assert tr64.status == "max_steps" and float(tr64.final_theta[0]) < 1e4
+    # in a batch only the member that cannot move stalls: a step of 4e-8·θ is 4.4e-5 at θ = 1100, below half the
+    # float32 spacing there (6.1e-5), and 4e-5 at θ = 1000, above half the spacing there (3.05e-5)
+    obj1 = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(t**2), 1)
+    batch = gn.optimize_batch(obj1, jnp.array([[1100.0], [1000.0]], jnp.float32), "gd", learning_rate=4e-8,
+                              num_steps=40)
+    assert batch.status[0].startswith(f"stalled at step {STALL_STEPS}") and batch.status[1] == "max_steps"
