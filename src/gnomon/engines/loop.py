@@ -183,6 +183,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
            "accepted": readout.step_accepted(state_shape) is not None}
     channels = tuple(c for c in asked if has.get(c, True))
     reuse = readout.linesearch_state(state_shape) is not None
+    can_reject = readout.step_accepted(state_shape) is not None  # backtracking: steps back from a bad point
     need_gnorm = "grad_norm" in channels or tol is not None
     has_report = any(readout.report_nodes(state_shape))
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
@@ -223,12 +224,19 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(f)), 1.0)
             converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - f) <= ftol * scale))
         stalled = c.still >= STALL_STEPS
-        stop = jnp.where(~finite, NONFINITE,
+        # a backtracking method rejects a non-finite trial point and steps back from it (NaN counts as a rise),
+        # so the run goes on; only a non-finite start, or one at the last step, stops it
+        backs_off = (~finite & (c.t > 0) & (c.t < num_steps)) if can_reject else jnp.zeros((), bool)
+        stop = jnp.where(~finite & ~backs_off, NONFINITE,
                          jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED,
                                                                    jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING))))
         running = stop == RUNNING
 
-        updates, st = tx.update(g, c.opt_state, c.theta, value=f, grad=g, value_fn=value_fn, data=data)
+        if can_reject:  # a finite loss with a non-finite gradient is rejected too; the inner state never sees NaN
+            f_tx, g_tx = jnp.where(finite, f, jnp.nan).astype(dtype), jnp.where(finite, g, 0).astype(dtype)
+        else:
+            f_tx, g_tx = f, g
+        updates, st = tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
         theta = (c.theta + updates).astype(dtype)
         nan = jnp.full((), jnp.nan, dtype)
         cols = [f]
@@ -248,13 +256,13 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
         last = c.last
         if track_last:
-            last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, c.t), c.last)
+            last = jax.tree.map(lambda new, old: jnp.where(finite | backs_off, new, old), (c.theta, f, c.t), c.last)
         n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
         still = jnp.where(running & jnp.all(theta == c.theta), c.still + 1, 0).astype(jnp.int32)
         c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
                         jnp.where(finite, g, c.grad), last, still)
         row = (c.theta, jnp.stack(cols).astype(dtype))
-        return c_next, row, finite
+        return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
     step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, None, None, None, None)) if batched else member_step)
 
