@@ -30,6 +30,63 @@ def test_linear_gaussian_bound_equals_ols_standard_errors():
     np.testing.assert_allclose(np.diag(cr.correlation), 1.0)
 
 
+def test_an_eigen_space_objective_bounds_the_model_parameters_or_refuses():
+    """cramer_rao(zobj, z) used to return the bound on the whitened z (all 1, labelled θ[i]): a number that reads
+    like a bound on the parameters. Now z tagged by its trace is decoded and the bound is the OLS one on base θ;
+    a plain array is refused (it could be θ or z)."""
+    from gnomon.trace.zarray import ZArray
+
+    X = RNG.normal(size=(30, 3))
+    sigma = 0.7
+    lay = gn.Layout({"p": (2,), "b": ()}, units={"p": "µas", "b": "nm"}, labels={"p": ["x", "y"]})
+    with jax.enable_x64(True):
+        th = jnp.array([1.0, 2.0, 3.0])
+        y = X @ np.asarray(th) + sigma * RNG.normal(size=30)
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(X) @ t, y, gn.family.gaussian(sigma), lay)
+        F = gn.estimate_curvature(obj, th, "fisher", dense=True).matrix
+        emap = gn.EigenMap.from_matrix(F, th + 0.3, whiten=True, layout=lay)
+        zobj = obj.reparameterize(emap)
+        z = ZArray(np.asarray(emap.to_z(th)), emap)
+        cr = gn.cramer_rao(zobj, z)
+        with pytest.raises(ValueError, match=r"runs in the coordinates z of .*gn.cramer_rao\(zobj.base, "
+                                             r"trace.best_theta\)"):
+            gn.cramer_rao(zobj, np.asarray(z))
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(sigma**2 * np.linalg.inv(X.T @ X))), rtol=1e-8)
+    np.testing.assert_allclose(cr.value, th, rtol=1e-10)
+    assert cr.labels == ("p[x]", "p[y]", "b") and cr.units == ("µas", "µas", "nm")
+
+
+def test_the_bound_reuses_the_compiled_fisher_of_an_objective_without_prior():
+    """estimate_curvature(obj, θ, "fisher") (include_prior=True by default) then cramer_rao(obj, θ) (which asks
+    include_prior=False): without a prior the two are the same program, and the second traced the dLux model
+    again (2.7 s of compilation per first bound)."""
+    traces = []
+    X = RNG.normal(size=(20, 2))
+
+    def predict(t):
+        traces.append(1)
+        return jnp.exp(jnp.asarray(X) @ t)
+
+    with jax.enable_x64(True):
+        th = jnp.array([0.3, -0.2])
+        obj = gn.Objective.from_likelihood(predict, np.ones(20), "poisson", 2)
+        F = gn.estimate_curvature(obj, th, "fisher", dense=True)
+        n = len(traces)
+        cr = gn.cramer_rao(obj, th + 0.01)
+    assert len(traces) == n
+    assert F.config["prior_included"] is False
+    mu = np.exp(X @ (np.array([0.3, -0.2]) + 0.01))
+    np.testing.assert_allclose(cr.marginal, np.sqrt(np.diag(np.linalg.inv(X.T @ (mu[:, None] * X)))), rtol=1e-8)
+
+
+def test_the_table_prints_the_digits_the_bound_resolves():
+    """9.5″ in µas with a 149 µas bound: six significant figures (9.50004e+06) dropped the µas the fit is about."""
+    lay = gn.Layout({"sep": (), "pa": ()}, units={"sep": "µas", "pa": "deg"})
+    cr = gn.cramer_rao(np.diag([1 / 148.6**2, 1 / 0.022**2]), np.array([9500039.8, 59.99197]), lay)
+    rows = {line.split()[0]: line.split()[1] for line in cr.table().splitlines()[2:]}
+    assert rows == {"sep": "9500040", "pa": "59.9920"}
+
+
 def test_poisson_rate_through_a_positive_transform():
     """n counts of rate λ: CRLB(λ) = sqrt(λ/n) in the user's units although θ = log λ (delta method)."""
     n, lam = 50, 7.5

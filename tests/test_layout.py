@@ -178,18 +178,35 @@ def test_hash_of_plain_layouts_is_unchanged_by_the_new_fields():
     plain = gn.Layout({"x": (), "z": (3,), "s": ()}, transforms={"s": "positive"}, units={"x": "arcsec"},
                       blocks={"z": "w"})
     assert plain.hash == "cc86dac6cf4ac28e"
-    assert binary_layout().hash == "a1e3c30ccd95a7c4"
+    from gnomon.models import astrometry as A
+
+    unlabelled = gn.Layout(A._SHAPES, transforms={A.CONTRAST: "positive"}, units=A._UNITS, blocks=A._BLOCKS)
+    assert unlabelled.hash == "a1e3c30ccd95a7c4"  # the demo's layout as v0.1 wrote it
+    assert binary_layout().hash != unlabelled.hash  # its Noll labels (Z4…) are content: a different layout
 
 
 def test_unknown_units_are_refused_with_the_known_ones_listed():
-    with pytest.raises(ValueError, match=r"parameter 'x': unknown unit 'arcsecs'; known units: \[.*'arcsec'.*register"):
-        gn.Layout({"x": ()}, units={"x": "arcsecs"})
+    with pytest.raises(ValueError, match=r"parameter 'x': unknown unit 'arcsex' \(did you mean 'arcsec'.*\?\); "
+                                         r"known units: \[.*'arcsec'.*register"):
+        gn.Layout({"x": ()}, units={"x": "arcsex"})
+    with pytest.raises(ValueError, match=r"unknown unit 'uass' \(did you mean 'uas'"):
+        gn.Layout({"x": ()}, units={"x": "uass"})
     with pytest.raises(ValueError, match=r"unknown unit 'furlong/pix'"):
         gn.Layout({"x": ()}, units={"x": "furlong/pix"})
     # compound units of known parts, aliases and '' pass, and are kept exactly as written
     lay = gn.Layout({"a": (), "b": (), "c": (), "d": ()},
                     units={"a": "arcsec/pix", "b": "uas", "c": "μas", "d": ""})
     assert [b.units for b in lay.blocks] == ["arcsec/pix", "uas", "μas", ""]
+
+
+def test_units_spelled_out_convert_at_their_own_scale():
+    """'nanometers' must be nm, not be 'corrected' to 'meter' (a 1e9 error): words are aliases of their unit."""
+    from gnomon.thetaspace.units import conversion_factor
+
+    assert conversion_factor("nanometers", "m") == pytest.approx(1e-9)
+    assert conversion_factor("microarcseconds", "arcsec") == pytest.approx(1e-6)
+    assert conversion_factor("milliradian", "rad") == pytest.approx(1e-3)
+    assert conversion_factor("arcsecs", "mas") == pytest.approx(1e3)
 
 
 def test_register_unit_extends_the_registry():

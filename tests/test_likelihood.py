@@ -257,6 +257,19 @@ def test_compile_key_of_other_constructors():
         (lambda y: gn.Objective.from_loss(lambda t, d: jnp.sum(t * d), 2, data=np.array([np.inf, 1.0])),
          r"data has inf at index \(0,\)"),
         (lambda y: _poisson_obj().with_data(y.at[0].set(jnp.nan)), r"data has nan at index \(0,\)"),
+        # per-call data of the engines: refused before compiling, not a run "diverged at step 0"
+        (lambda y: gn.optimize(_poisson_obj(), jnp.asarray(THETA, jnp.float32), "gd", learning_rate=1e-3,
+                               num_steps=2, data=y.at[5].set(jnp.nan)), r"data has nan at index \(5,\)"),
+        (lambda y: gn.optimize(_poisson_obj(), jnp.asarray(THETA, jnp.float32), "gd", learning_rate=1e-3,
+                               num_steps=2, data=y[:7]), r"observations have shape \(7,\)"),
+        (lambda y: gn.optimize_batch(_poisson_obj(), jnp.tile(jnp.asarray(THETA, jnp.float32), (2, 1)), "gd",
+                                     learning_rate=1e-3, num_steps=2, data=jnp.stack([y, y.at[1].set(jnp.inf)])),
+         r"data has inf at index \(1, 1\)"),
+        (lambda y: gn.estimate_curvature(_poisson_obj(), jnp.asarray(THETA, jnp.float32), "fisher",
+                                         data=y.at[4].set(jnp.nan)), r"data has nan at index \(4,\)"),
+        (lambda y: gn.optimize(gn.Objective.from_loss(lambda t, d: jnp.sum((t[0] - d) ** 2), 2, data=y),
+                               jnp.zeros(2), "gd", learning_rate=1e-3, num_steps=2, data=y.at[6].set(jnp.inf)),
+         r"data has inf at index \(6,\)"),
     ],
 )
 def test_bad_data_names_the_array_and_the_first_bad_index(make, match):

@@ -251,3 +251,48 @@ def test_nonfinite_loss_stops_with_status_naming_the_step():
     obj = gn.Objective.from_loss(lambda t: jnp.sum(jnp.log(t)), 2)
     tr = gn.optimize(obj, jnp.array([1.0, 1.0]), "gd", learning_rate=0.6, num_steps=10)
     assert tr.status.startswith("diverged at step 2") and np.all(np.isfinite(tr.loss))
+
+
+def test_backtracking_steps_back_from_a_non_finite_trial_point_instead_of_stopping():
+    """f = Σ log(θ)²: a step of η = 10 from θ = 3 lands at θ < 0 (NaN). A backtracking method rejects that point
+    like any rise (the row stays, with NaN loss, and the next row is the step back) and converges; without a
+    safeguard the run still stops at the non-finite point, naming it."""
+    obj = gn.Objective.from_loss(lambda t: jnp.sum(jnp.log(t) ** 2), 2)
+    start = jnp.array([3.0, 0.2])
+    tr = gn.optimize(obj, start, "gd", learning_rate=10.0, safeguard="backtrack", num_steps=200, tol=1e-6)
+    assert tr.status == "converged"
+    np.testing.assert_allclose(tr.best_theta, [1.0, 1.0], atol=1e-5)
+    bad = np.flatnonzero(~np.isfinite(tr.loss))
+    assert bad.size and bad[0] == 1 and np.all(tr.theta[1, 0] < 0)  # the trial point is kept as its row
+    assert np.all(tr.stats["accepted"][bad] == 0) and np.array_equal(tr.step, np.arange(len(tr)))
+    assert np.isfinite(tr.loss[bad[-1] + 1])  # ... and the steps back from it reach finite ground
+    batch = gn.optimize_batch(obj, jnp.stack([start, jnp.array([1.5, 1.2])]), "gd", learning_rate=10.0,
+                              safeguard="backtrack", num_steps=200, tol=1e-6)
+    assert batch.status == ("converged", "converged")
+    np.testing.assert_allclose(batch.best_theta, 1.0, atol=1e-5)
+    np.testing.assert_allclose(batch[0].loss, tr.loss, rtol=1e-6)
+    plain = gn.optimize(obj, start, "gd", learning_rate=10.0, safeguard="none", num_steps=200)
+    assert plain.status.startswith("diverged at step 1") and np.all(np.isfinite(plain.loss))
+
+
+def test_a_run_whose_updates_no_longer_change_theta_stops_as_stalled():
+    """float32 on a large θ: the update is below θ's resolution, so θ never changes. Before, such a run went on to
+    num_steps (a float32 Poisson fit spent 5,537 gradient evaluations that way); now it stops after STALL_STEPS
+    unchanged updates with a status that says so. The same run in float64 moves and runs to num_steps."""
+    from gnomon.engines.loop import STALL_STEPS
+
+    obj = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(t**2), 2)
+    th32 = jnp.array([1e4, -3e4], jnp.float32)
+    tr = gn.optimize(obj, th32, "gd", learning_rate=1e-12, num_steps=500)
+    assert tr.status.startswith(f"stalled at step {STALL_STEPS}:") and "float64" in tr.status
+    assert not tr.converged and not tr.diverged and tr.num_steps == STALL_STEPS
+    np.testing.assert_array_equal(np.asarray(tr.theta), np.broadcast_to(np.asarray(th32), tr.theta.shape))
+    with jax.enable_x64(True):
+        tr64 = gn.optimize(obj, jnp.asarray(th32, jnp.float64), "gd", learning_rate=1e-12, num_steps=50)
+    assert tr64.status == "max_steps" and float(tr64.final_theta[0]) < 1e4
+    # in a batch only the member that cannot move stalls: a step of 4e-8·θ is 4.4e-5 at θ = 1100, below half the
+    # float32 spacing there (6.1e-5), and 4e-5 at θ = 1000, above half the spacing there (3.05e-5)
+    obj1 = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(t**2), 1)
+    batch = gn.optimize_batch(obj1, jnp.array([[1100.0], [1000.0]], jnp.float32), "gd", learning_rate=4e-8,
+                              num_steps=40)
+    assert batch.status[0].startswith(f"stalled at step {STALL_STEPS}") and batch.status[1] == "max_steps"

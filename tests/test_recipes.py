@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -126,6 +127,13 @@ def test_recipe_registry_and_errors():
         gn.recipes.get_recipe("nope")
     with pytest.raises(ValueError, match="found none"):
         A.astrometry(Signals({"a": np.zeros(3)}))
+    # a layout of one's own has a loss but none of the model's parameters: refused, not a loss-only figure
+    # titled as astrometry (which read as if the parameters had been drawn)
+    lay = gn.Layout({"separation": (), "zern": (2,)}, units={"separation": "µas", "zern": "nm"})
+    own = gn.optimize(gn.Objective.from_loss(lambda t: jnp.sum(t**2), lay), jnp.ones(3), "gd", learning_rate=0.1,
+                      num_steps=3)
+    with pytest.raises(ValueError, match=r"found none of them.*gn.plot.grid\(sig, panels=\['separation', 'zern'\]\)"):
+        A.astrometry(Signals.from_trace(own, lay))
     sig = Signals.from_trace(_trace(), truth=TRUTH, transforms=["astrometry"])
     assert A.RAW_FLUX_ERR in sig
 

@@ -253,7 +253,7 @@ def fit_quadratic(item):
 
 def _table(exp):
     df = exp.aggregate(meta_keys=["user.start", "campaign.index"])
-    return df.drop(columns=["runtime_s", "written_utc_unix"])
+    return df.drop(columns=["runtime_s", "written_utc_unix", "compile_s", "run_s"], errors="ignore")  # timings vary
 
 
 def test_dask_local_cluster_campaign_equals_process_pool(tmp_path):

@@ -93,12 +93,23 @@ class CramerRao:
         for lab, v, m, c, u in zip(self.labels, self.value, self.marginal, self.conditional, self.units):
             ratio = f"{m / c:6.2f}" if np.isfinite(c) and c > 0 else f"{'-':>6}"
             cond = f"{c:11.4g}" if np.isfinite(c) else f"{'-':>11}"
-            rows.append(f"{lab:<{w}}  {v:12.6g}  {m:10.4g}  {cond}  {ratio}  {u}")
+            rows.append(f"{lab:<{w}}  {_value_digits(v, m):>12}  {m:10.4g}  {cond}  {ratio}  {u}")
         return "\n".join(rows)
 
     def __repr__(self) -> str:
         kind = "Bayesian (prior included)" if self.bayesian else "likelihood only"
         return f"CramerRao({len(self.labels)} quantities, Fisher {self.method!r}, {kind})\n{self.table()}"
+
+
+def _value_digits(value: float, bound: float) -> str:
+    """The value to the digit a hundredth of its bound sits at (9500039.8 ± 148.6 µas prints 9500040, not the
+    9.50004e+06 of six significant figures, which drops digits the bound resolves); %.6g without a bound."""
+    if not (np.isfinite(value) and np.isfinite(bound) and bound > 0):
+        return f"{value:.6g}"
+    last = math.floor(math.log10(bound)) - 2
+    if abs(value) >= 1e15 or last < -12 or (value != 0 and math.log10(abs(value)) - last > 15):
+        return f"{value:.6g}"
+    return f"{value:.{max(0, -last)}f}"
 
 
 def _fisher_matrix(fisher: Any) -> tuple[np.ndarray, str, bool, float]:
@@ -152,7 +163,9 @@ def cramer_rao(
       fisher: a dense :class:`gnomon.Curvature` (``estimate_curvature(obj, θ, "fisher", dense=True,
         include_prior=False)``), a (D, D) array, or an :class:`gnomon.Objective` built with
         ``from_likelihood`` (its likelihood Fisher is then estimated at θ, prior excluded).
-      theta: the point (D,) in base θ (e.g. the MAP, ``trace.best_theta``).
+      theta: the point (D,) in base θ (e.g. the MAP, ``trace.best_theta``). For an objective over a θ-map's
+        coordinates (``obj.reparameterize(emap)``) only z tagged as such (``trace.best_z``) is accepted: it is
+        decoded and the bound is on base θ (a plain array is refused: it could be either).
       layout: names and units (default: the objective's layout; without one, labels ``θ[i]``).
       derived: optional ``name -> fn(params)`` or ``name -> (fn, units)``; ``params`` is
         ``layout.unpack(θ)`` (user units; θ itself without a layout); ``fn`` returns a scalar or an array.
@@ -162,6 +175,23 @@ def cramer_rao(
       a :class:`CramerRao` (``.labels``, ``.marginal``, ``.conditional``, ``.covariance``, ``.to_summary()``).
     """
     from gnomon.objective.objective import Objective
+
+    if isinstance(fisher, Objective) and fisher.thetamap is not None:
+        # An objective over a θ-map's coordinates z (obj.reparameterize(emap)): the bound that means anything is
+        # the one on the model's parameters, so decode z and bound base θ with the base objective's layout.
+        tagged = getattr(theta, "z_of", None)
+        if tagged is None or fisher.base is None or fisher.base.thetamap is not None:
+            raise ValueError(
+                f"cramer_rao: this objective runs in the coordinates z of {fisher.thetamap!r}, and a bound on z "
+                "is not a bound on the model's parameters; pass the base objective and base θ "
+                "(gn.cramer_rao(zobj.base, trace.best_theta)) or z as the trace tags it (trace.best_z), which is "
+                "then decoded to θ"
+            )
+        if tagged is not fisher.thetamap and getattr(tagged, "hash", None) != getattr(fisher.thetamap, "hash", 0):
+            raise ValueError(f"cramer_rao: z is in the coordinates of {tagged!r}, but the objective runs in "
+                             f"{fisher.thetamap!r}")
+        base_theta = fisher.thetamap.to_theta(jnp.asarray(np.asarray(theta)))
+        return cramer_rao(fisher.base, base_theta, layout, derived)
 
     theta = jnp.asarray(theta)
     if not jnp.issubdtype(theta.dtype, jnp.floating):

@@ -248,10 +248,9 @@ def plan_curvature(
         fmode = fisher_mode(n_res, dim, num_probes, dense)
         probes = int(num_probes) if fmode == "probes" else 0
         cost = fisher_cost(fmode, n_res, dim, probes)
-        config.update(
-            num_data=n_res, jacobian_mode=fmode, family=lik.family.name,
-            prior_included=bool(include_prior and lik.neg_log_prior is not None),
-        )
+        # without a prior, include_prior changes nothing: one compiled program for both (cramer_rao asks False)
+        include_prior = bool(include_prior and lik.neg_log_prior is not None)
+        config.update(num_data=n_res, jacobian_mode=fmode, family=lik.family.name, prior_included=include_prior)
         if probes:
             config["num_probes"] = probes
     elif method == "hutchinson":
@@ -380,6 +379,13 @@ def estimate_curvature(
         raise ValueError(f"θ has shape {tuple(theta.shape)}, expected ({obj.dim},) for {obj!r}")
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise ValueError("θ has non-finite entries; cannot estimate curvature there")
+    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data (finite, shape, family)
+        if obj.likelihood is not None:
+            obj.with_data(data)
+        else:
+            from gnomon.objective.checks import check_finite_data
+
+            check_finite_data(data, "data")
     data = obj.data if data is _UNSET else data
     dim = obj.dim
     extra = None

@@ -22,8 +22,9 @@ step are recorded (a norm is an O(D) pass per step: on cheap objectives it is a 
 the gradient norm at the final point is always reported (``info["final_grad_norm"]``).
 
 Stopping: the gradient-norm tolerance ``tol`` (|∇loss| ≤ tol), the relative loss change ``ftol``
-(|f_{t-1} − f_t| ≤ ftol · max(|f_{t-1}|, |f_t|, 1)), ``num_steps``, or a non-finite loss/gradient (status
-names the step; the trace keeps every finite point before it).
+(|f_{t-1} − f_t| ≤ ftol · max(|f_{t-1}|, |f_t|, 1)), ``num_steps``, a non-finite loss/gradient (status
+names the step; the trace keeps every finite point before it), or a stall: ``STALL_STEPS`` updates in a row
+that leave θ bit-for-bit unchanged (status ``"stalled at step t: ..."``; float32 on a large loss does this).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
 
-RUNNING, CONVERGED, NONFINITE, MAX_STEPS = 0, 1, 2, 3
+RUNNING, CONVERGED, NONFINITE, MAX_STEPS, STALLED = 0, 1, 2, 3, 4
+STALL_STEPS = 20  # updates in a row that leave θ bit-for-bit unchanged: the run has stalled
 CHANNELS = ("grad_norm", "step_norm", "learning_rate", "accepted")
 
 # Rows buffered on the device per chunk: bounded by memory (≈ 64 MB of θ rows) and by the run length.
@@ -84,6 +86,7 @@ class _Carry(NamedTuple):
     n_evals: Any  # evaluations when a line search reuses its own (else unused: t + 1, one per evaluated point)
     grad: Any  # ∇loss at the latest finite point (its norm is the final gradient norm)
     last: Any  # thinned batched runs: (θ, f, t) of the latest finite point; else None
+    still: Any  # updates in a row that left θ bit-for-bit unchanged (STALL_STEPS of them stop the run)
 
 
 class _Summary(NamedTuple):
@@ -167,7 +170,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         nan = jnp.full((), jnp.nan, dt)
         last = (theta0, nan, jnp.zeros((), jnp.int32)) if track_last else None
         return _Carry(theta0, st, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), nan,
-                      jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last)
+                      jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last, jnp.zeros((), jnp.int32))
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
     init_v = jax.vmap(init, in_axes=(0, 0, None, None)) if batched else init
@@ -180,6 +183,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
            "accepted": readout.step_accepted(state_shape) is not None}
     channels = tuple(c for c in asked if has.get(c, True))
     reuse = readout.linesearch_state(state_shape) is not None
+    can_reject = readout.step_accepted(state_shape) is not None  # backtracking: steps back from a bad point
     need_gnorm = "grad_norm" in channels or tol is not None
     has_report = any(readout.report_nodes(state_shape))
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
@@ -219,11 +223,20 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         if ftol is not None:
             scale = jnp.maximum(jnp.maximum(jnp.abs(c.prev_loss), jnp.abs(f)), 1.0)
             converged = converged | ((c.t > 0) & (jnp.abs(c.prev_loss - f) <= ftol * scale))
-        stop = jnp.where(~finite, NONFINITE,
-                         jnp.where(converged, CONVERGED, jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING)))
+        stalled = c.still >= STALL_STEPS
+        # a backtracking method rejects a non-finite trial point and steps back from it (NaN counts as a rise),
+        # so the run goes on; only a non-finite start, or one at the last step, stops it
+        backs_off = (~finite & (c.t > 0) & (c.t < num_steps)) if can_reject else jnp.zeros((), bool)
+        stop = jnp.where(~finite & ~backs_off, NONFINITE,
+                         jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED,
+                                                                   jnp.where(c.t >= num_steps, MAX_STEPS, RUNNING))))
         running = stop == RUNNING
 
-        updates, st = tx.update(g, c.opt_state, c.theta, value=f, grad=g, value_fn=value_fn, data=data)
+        if can_reject:  # a finite loss with a non-finite gradient is rejected too; the inner state never sees NaN
+            f_tx, g_tx = jnp.where(finite, f, jnp.nan).astype(dtype), jnp.where(finite, g, 0).astype(dtype)
+        else:
+            f_tx, g_tx = f, g
+        updates, st = tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
         theta = (c.theta + updates).astype(dtype)
         nan = jnp.full((), jnp.nan, dtype)
         cols = [f]
@@ -243,12 +256,13 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             st = jax.tree.map(lambda new, old: jnp.where(running, new, old), st, c.opt_state)
         last = c.last
         if track_last:
-            last = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (c.theta, f, c.t), c.last)
+            last = jax.tree.map(lambda new, old: jnp.where(finite | backs_off, new, old), (c.theta, f, c.t), c.last)
         n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
+        still = jnp.where(running & jnp.all(theta == c.theta), c.still + 1, 0).astype(jnp.int32)
         c_next = _Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
-                        jnp.where(finite, g, c.grad), last)
+                        jnp.where(finite, g, c.grad), last, still)
         row = (c.theta, jnp.stack(cols).astype(dtype))
-        return c_next, row, finite
+        return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
     step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, None, None, None, None)) if batched else member_step)
 
@@ -321,6 +335,9 @@ def _status_text(code: int, t: int, loss: float) -> str:
         return "converged"
     if code == MAX_STEPS:
         return "max_steps"
+    if code == STALLED:
+        return (f"stalled at step {t}: {STALL_STEPS} updates in a row left θ unchanged (the loss is flat to working "
+                f"precision, e.g. float32 on a large loss: use float64, or stop earlier with ftol or a larger tol)")
     what = "loss" if not math.isfinite(loss) else "gradient"
     return f"diverged at step {t}: non-finite {what} ({loss if what == 'loss' else 'grad'})"
 

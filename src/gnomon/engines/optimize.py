@@ -31,6 +31,7 @@ import optax
 
 from gnomon.engines.loop import compile_key, default_key, run_loop
 from gnomon.engines.simple_gd import as_objective
+from gnomon.objective.checks import check_finite_data
 from gnomon.objective.objective import Objective
 from gnomon.optim.methods import Method, Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
@@ -97,6 +98,11 @@ def optimize(
     if start.ndim != 1:
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
     obj = as_objective(obj, int(start.shape[0]))
+    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data before compiling
+        if obj.likelihood is not None:
+            obj.with_data(data)  # finite, the predicted shape, inside the family
+        else:
+            check_finite_data(data, "data")
     d = obj.data if data is _UNSET else data
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
@@ -145,6 +151,7 @@ def optimize_batch(
             raise ValueError(
                 "data= needs an objective whose functions take (θ, data) (build it with takes_data=True or data=)"
             )
+        check_finite_data(data, "data")
         leading = {int(jnp.shape(a)[0]) if jnp.ndim(a) else -1 for a in jax.tree.leaves(data)}
         if leading != {b}:
             raise ValueError(f"every data leaf must have leading axis B={b}; got leading sizes {sorted(leading)}")

@@ -165,10 +165,13 @@ def astrometry(
         raise ValueError(f"the astrometry recipe takes gnomon.Signals, got {type(signals).__name__}")
     sig = add_signals(signals)
     specs = panels(sig)
-    if not specs:
+    if not any(n in sig for n in (X, Y, SEP, PA, LOGF, CONTRAST, PLATE, ZERN)):
+        # a figure of the loss alone, titled as astrometry, reads as if the parameters had been drawn
+        params = [n for n in signals.names if signals[n].role == "parameter"]
         raise ValueError(
-            "the astrometry recipe found none of its signals "
-            f"({X}, {SEP}, {PLATE}, {ZERN}, ...); signals are {list(signals.names)}"
+            "the astrometry recipe draws the parameters of gnomon.models.astrometry "
+            f"({X}, {SEP}, {PLATE}, {ZERN}, ...) and found none of them; signals are {list(signals.names)}. "
+            f"For your own layout draw with gn.plot.grid(sig, panels={params[:4]!r}) or gn.plot.history"
         )
     for s in specs:
         s.setdefault("mode", mode)

@@ -25,6 +25,7 @@ So an arcsec residual of 2e-5 is shown as 20 µas, a 0.3 nm residual as 300 pm a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -109,6 +110,54 @@ _ALIASES = {
     "DN": "adu",
     "count": "counts",
     "cts": "counts",
+    # spelled out (a unit written in words must never be "corrected" to another scale)
+    "meters": "m",
+    "metres": "m",
+    "kilometer": "km",
+    "kilometers": "km",
+    "kilometre": "km",
+    "kilometres": "km",
+    "millimeter": "mm",
+    "millimeters": "mm",
+    "millimetre": "mm",
+    "millimetres": "mm",
+    "micrometer": "µm",
+    "micrometers": "µm",
+    "micrometre": "µm",
+    "micrometres": "µm",
+    "nanometer": "nm",
+    "nanometers": "nm",
+    "nanometre": "nm",
+    "nanometres": "nm",
+    "picometer": "pm",
+    "picometers": "pm",
+    "picometre": "pm",
+    "picometres": "pm",
+    "milliradian": "mrad",
+    "milliradians": "mrad",
+    "microradian": "µrad",
+    "microradians": "µrad",
+    "nanoradian": "nrad",
+    "nanoradians": "nrad",
+    "arcminute": "arcmin",
+    "arcminutes": "arcmin",
+    "milliarcsecond": "mas",
+    "milliarcseconds": "mas",
+    "microarcsecond": "µas",
+    "microarcseconds": "µas",
+    "second": "s",
+    "seconds": "s",
+    "millisecond": "ms",
+    "milliseconds": "ms",
+    "microsecond": "µs",
+    "microseconds": "µs",
+    "nanosecond": "ns",
+    "nanoseconds": "ns",
+    "arcmins": "arcmin",
+    "microarcsecs": "µas",
+    "milliarcsecs": "mas",
+    "arcsecs": "arcsec",
+    "secs": "s",
 }
 
 # source unit -> display candidates tried by auto_unit, largest first
@@ -185,11 +234,24 @@ def check_unit(unit: str | None, what: str = "unit") -> str:
         raise ValueError(f"{what}: units must be a string, got {unit!r}")
     if not is_known(unit):
         raise ValueError(
-            f"{what}: unknown unit {unit!r}; known units: {known_units()} "
+            f"{what}: unknown unit {unit!r}{_did_you_mean(unit)}; known units: {known_units()} "
             "(a compound unit is 'num/den' of known units, '' means none; register more with "
             "gnomon.register_unit(name, family, scale))"
         )
     return unit
+
+
+def _did_you_mean(unit: str) -> str:
+    """`` (did you mean 'uas'?)`` for the closest known unit names, or ``""``."""
+    import difflib
+
+    known = known_units()
+    close = difflib.get_close_matches(unit, known, n=3, cutoff=0.6)
+    if not close:  # case and separators: 'Micro-Arcsec' -> 'microarcsec'
+        squashed = {re.sub(r"[^0-9a-zµμ]", "", k.lower()): k for k in known}
+        key = re.sub(r"[^0-9a-zµμ]", "", unit.lower())
+        close = [squashed[k] for k in difflib.get_close_matches(key, list(squashed), n=3, cutoff=0.75)]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def register_unit(name: str, family: str, scale: float = 1.0, *, aliases: tuple[str, ...] | list[str] = ()) -> None:

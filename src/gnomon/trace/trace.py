@@ -146,8 +146,8 @@ class Trace:
       step: optimizer step index of each row (optimization).
       warmup: optional ``{"theta", "z", "log_prob", "stats"}`` of the sampler's warmup (``z`` only with a
         θ-map; ``theta`` is base θ).
-      status: ``"converged"``, ``"max_steps"``, ``"diverged at step t: ..."``, ``"sampled"`` (a tuple of
-        these for a batch). Host record (see the module docstring).
+      status: ``"converged"``, ``"max_steps"``, ``"stalled at step t: ..."``, ``"diverged at step t: ..."``,
+        ``"sampled"`` (a tuple of these for a batch). Host record (see the module docstring).
       num_grad_evals: gradient evaluations spent (an HVP counts 2, a NUTS step its leapfrog steps);
         an array ``(B,)`` for a batch. Host record.
       runtime_s: wall-clock seconds of the run (compilation included). Host record.
