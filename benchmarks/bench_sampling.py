@@ -1,33 +1,46 @@
-"""Gradient evaluations per effective sample: gnomon's MAP → NUTS hand-off vs BlackJAX and numpyro.
+"""Effective samples per gradient: gnomon's MAP → NUTS hand-off against the strongest warmups.
 
-For each target (``sampling_targets.py``: a rotated ill-conditioned 100-d Gaussian, logistic regression on the
-German credit data, eight schools centered and non-centered, a 2-d banana) and the same number of chains
-and kept draws:
+For each target (``sampling_targets.py``) and the same number of chains and kept draws:
 
-* **gnomon**: L-BFGS MAP from θ = 0, then ``gn.sample(obj, init=map_trace, key)`` with its defaults
-  (curvature-seeded metric, Laplace-draw starts, short pooled warmup). Counted: MAP + curvature + chain
-  starts + warmup + sampling gradients.
-* **blackjax**: ``blackjax.window_adaptation(blackjax.nuts, ...)`` with 1000 warmup steps per chain (vmapped),
-  then NUTS; starts uniform(−2, 2) as Stan/numpyro. Counted: starts + warmup + sampling leapfrog steps.
-* **numpyro**: ``NUTS`` defaults (diagonal mass, target 0.8, 1000 warmup), ``chain_method="vectorized"``,
-  same starts. Counted: warmup + sampling ``num_steps``.
+* **gnomon**: L-BFGS MAP from the target's start, then ``gn.sample(obj, init=map_trace, key)`` with its
+  defaults (curvature seed, seed check, recovery). Counted: MAP + curvature + chain starts + warmup (the
+  failed seed check included) + sampling gradients.
+* **bj_diag**, **bj_dense**: ``blackjax.window_adaptation`` (1000 steps per chain, vmapped) with a diagonal /
+  dense metric, then NUTS.
+* **bj_lowrank**: ``blackjax.window_adaptation_low_rank`` (nutpie's algorithm in blackjax, 1000 steps).
+* **bj_pathfinder**: ``blackjax.pathfinder_adaptation`` (multi-path Pathfinder, PSIS starts, a fixed L-BFGS
+  inverse-Hessian metric, 400 dual-averaging steps). Counted: the L-BFGS paths (``≈ 2`` evaluations per
+  iteration, estimated from a single path), every ELBO draw's log density (counted as one gradient), the
+  dual averaging and sampling leapfrog steps.
+* **nutpie_diag**, **nutpie_lowrank**: ``nutpie.sample`` on the same JAX log density
+  (``nutpie.compiled_pyfunc.from_pyfunc`` calling a jitted ``value_and_grad``), 1000 tuning steps, its
+  diagonal / low-rank adaptation. Counted: the sum of ``n_steps`` over warmup and sampling.
 
-Efficiency = gradient evaluations / min bulk ESS over all coordinates (arviz-stats); the printed ratio is
-baseline / gnomon (> 1: gnomon needs fewer gradients per effective sample). Accuracy: the largest
-|mean − reference mean| / reference sd over coordinates (exact moments for the Gaussian and the banana;
-else a long BlackJAX run: 4 × 5000 draws after its adaptation; centered eight schools from the
-non-centered reference), and the largest rank R-hat.
+Baselines start from uniform(−2, 2) draws (Stan's default). Measures:
 
-Run: ``python benchmarks/bench_sampling.py [--draws 1000] [--chains 4] [--targets a,b] [--seeds 2]``.
+* ``eff``: min bulk ESS (arviz-stats, over all θ coordinates) per 1000 gradient evaluations, everything
+  counted. The ratio ``gnomon / best baseline`` (> 1: gnomon is ahead) per target; the goal is a geometric
+  mean ≥ 1.5 with no target below 0.9.
+* ``wall/1k``: seconds of execution (compilation excluded) per 1000 min-ESS.
+* accuracy: the largest |mean − reference| / reference sd and |sd / reference sd − 1| over the reported
+  quantities (the constrained parameters for inference-gym targets), the largest rank R̂, divergences.
+  References: exact, inference-gym's ground truth, or a long BlackJAX dense-metric run (4 × 10000 draws,
+  cached in ``sampling_references.json``).
+
+Run: ``python benchmarks/bench_sampling.py --quick`` (four targets, one key, gnomon and the two strongest
+baselines) or ``python benchmarks/bench_sampling.py`` (all targets and baselines; ``--keys 3`` for medians;
+``--targets a,b`` and ``--methods m,n`` select). ``--json out.json`` writes every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -36,65 +49,139 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampling_targets import Target, all_targets  # noqa: E402
+from sampling_targets import QUICK, TARGETS, Target, load  # noqa: E402
 
 import gnomon as gn  # noqa: E402
+
+REFERENCES = Path(__file__).resolve().parent / "sampling_references.json"
+BASELINES = ("bj_diag", "bj_dense", "bj_lowrank", "bj_pathfinder", "nutpie_diag", "nutpie_lowrank")
+QUICK_METHODS = ("gnomon", "bj_dense", "nutpie_lowrank")
+
+
+@dataclass
+class Result:
+    method: str
+    theta: np.ndarray  # (C, N, D)
+    grads: int
+    wall: float  # execution seconds, compilation excluded
+    compile_s: float
+    divergences: int
+    parts: dict = field(default_factory=dict)  # gradient breakdown
+    notes: dict = field(default_factory=dict)
+    ess: float = math.nan
+    rhat: float = math.nan
+    mean_err: float = math.nan
+    sd_err: float = math.nan
+
+    @property
+    def eff(self) -> float:
+        return 1000.0 * self.ess / self.grads if self.grads else math.nan
+
+    @property
+    def wall_per_1k(self) -> float:
+        return 1000.0 * self.wall / self.ess if self.ess > 0 else math.inf
 
 
 def ess_rhat(theta: np.ndarray) -> tuple[float, float]:
     import arviz_stats as azs
 
-    ess = azs.ess(np.asarray(theta, dtype=np.float64), chain_axis=0, draw_axis=1, method="bulk")
-    rh = azs.rhat(np.asarray(theta, dtype=np.float64), chain_axis=0, draw_axis=1)
-    return float(np.min(ess)), float(np.max(rh))
+    th = np.asarray(theta, dtype=np.float64)
+    ess = azs.ess(th, chain_axis=0, draw_axis=1, method="bulk")
+    rh = azs.rhat(th, chain_axis=0, draw_axis=1)
+    return float(np.nanmin(ess)), float(np.nanmax(rh))
 
 
-def starts(key, chains: int, dim: int) -> jnp.ndarray:
+def uniform_starts(key, chains: int, dim: int) -> jnp.ndarray:
     return jax.random.uniform(key, (chains, dim), minval=-2.0, maxval=2.0)
 
 
-# ------------------------------------------------------------------------------------------------- runners
-def run_gnomon(t: Target, key, chains: int, draws: int) -> dict:
-    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
+def _timed(fn, *args):
+    """AOT-compile ``fn(*args)``, then run it: (outputs, compile seconds, run seconds)."""
     t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+# ------------------------------------------------------------------------------------------------- gnomon
+def run_gnomon(t: Target, key, chains: int, draws: int) -> Result:
+    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mp = gn.optimize(obj, jnp.zeros(t.dim), "lbfgs", num_steps=500, tol=1e-3)
+        mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
         post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
-    wall = time.perf_counter() - t0
-    grads = int(mp.num_grad_evals) + int(post.num_grad_evals)
-    return {
-        "theta": np.asarray(post.theta),
-        "grads": grads,
-        "wall": wall,
-        "divergences": int(np.sum(post.stats["diverging"])),
-        "num_warmup": post.info["num_warmup"],
-        "dense": post.info["metric"]["dense"],
-        "warnings": [str(w.message)[:90] for w in caught],
-        "ratio_spread": post.info["handoff"]["metric_ratio_spread"],
-    }
+    ge = dict(post.info["grad_evals"])
+    grads = int(post.num_grad_evals) + int(ge.get("map", 0))
+    mi, si = mp.info or {}, post.info
+    map_run = float(mi.get("run_s", mp.runtime_s))
+    map_compile = float(mi.get("compile_s", 0.0))
+    run_s = float(si.get("run_s", post.runtime_s))
+    compile_s = float(si.get("compile_s", 0.0))
+    hand = si.get("handoff") or {}
+    return Result(
+        "gnomon",
+        np.asarray(post.theta),
+        grads,
+        map_run + run_s,
+        map_compile + compile_s,
+        int(np.sum(post.stats["diverging"])),
+        parts=ge,
+        notes={
+            "map_status": str(mp.status),
+            "num_warmup": si.get("num_warmup"),
+            "decision": (si.get("decisions") or [{}])[-1].get("message") if si.get("decisions") else None,
+            "seed": (si.get("metric") or {}).get("seed"),
+            "metric": (si.get("metric") or {}).get("adapt"),
+            "step_size": si.get("step_size"),
+            "ratio_spread": hand.get("metric_ratio_spread"),
+            "warnings": [str(w.message)[:100] for w in caught],
+        },
+    )
 
 
-def _blackjax_adapt(t: Target, key, chains: int, warmup: int):
+# ------------------------------------------------------------------------------------------------- blackjax
+def run_blackjax_window(t: Target, key, chains: int, draws: int, kind: str, warmup: int = 1000) -> Result:
     import blackjax
 
-    k_init, k_warm = jax.random.split(key)
-    pos = starts(k_init, chains, t.dim)
+    k_init, k_warm, k_samp = jax.random.split(key, 3)
+    pos0 = uniform_starts(k_init, chains, t.dim)
 
-    def one(k, p):
-        wa = blackjax.window_adaptation(blackjax.nuts, t.log_prob)
-        (state, params), info = wa.run(k, p, num_steps=warmup)
-        return state, params, jnp.sum(info.info.num_integration_steps)
+    def program(k_warm, k_samp, pos0):
+        def adapt(k, p):
+            if kind == "lowrank":
+                wa = blackjax.window_adaptation_low_rank(blackjax.nuts, t.log_prob)
+            else:
+                wa = blackjax.window_adaptation(blackjax.nuts, t.log_prob, is_mass_matrix_diagonal=kind == "diag")
+            (state, params), info = wa.run(k, p, num_steps=warmup)
+            return state, params["step_size"], params["inverse_mass_matrix"], jnp.sum(
+                info.info.num_integration_steps
+            ), jnp.sum(info.info.is_divergent)
 
-    states, params, wsteps = jax.jit(jax.vmap(one))(jax.random.split(k_warm, chains), pos)
-    return states, params, int(np.sum(wsteps)) + chains
+        states, eps, imm, wsteps, wdiv = jax.vmap(adapt)(jax.random.split(k_warm, chains), pos0)
+        pos, n, div = _nuts_draws_any(t.log_prob, k_samp, states, eps, imm, draws)
+        return pos, wsteps, n, div
+
+    (pos, wsteps, n, div), c_s, r_s = _timed(program, k_warm, k_samp, pos0)
+    extra = chains * (2 if kind == "lowrank" else 1)  # chain inits (+ the low-rank re-init at μ*)
+    grads = int(np.sum(wsteps)) + int(np.sum(n)) + extra
+    return Result(
+        f"bj_{kind}",
+        np.asarray(pos),
+        grads,
+        r_s,
+        c_s,
+        int(np.sum(div)),
+        parts={"warmup": int(np.sum(wsteps)) + extra, "sampling": int(np.sum(n))},
+    )
 
 
-def _blackjax_draws(t: Target, key, states, params, draws: int):
+def _nuts_draws_any(logdensity, key, states, step_size, imm, draws: int):
+    """Like :func:`_nuts_draws` for any per-chain metric pytree (diag, dense or low-rank)."""
     import blackjax
 
-    def chain(k, state, step_size, imm):
-        kern = blackjax.nuts(t.log_prob, step_size, imm)
+    def chain(k, state, eps, m):
+        kern = blackjax.nuts(logdensity, eps, m)
 
         def body(s, kk):
             s, info = kern.step(kk, s)
@@ -104,144 +191,255 @@ def _blackjax_draws(t: Target, key, states, params, draws: int):
         return pos, jnp.sum(n), jnp.sum(div)
 
     keys = jax.random.split(key, states.position.shape[0])
-    pos, n, div = jax.jit(jax.vmap(chain))(keys, states, params["step_size"], params["inverse_mass_matrix"])
-    return np.asarray(pos), int(np.sum(n)), int(np.sum(div))
+    return jax.vmap(chain)(keys, states, step_size, imm)
 
 
-def run_blackjax(t: Target, key, chains: int, draws: int) -> dict:
-    t0 = time.perf_counter()
-    k_a, k_s = jax.random.split(key)
-    states, params, wgrads = _blackjax_adapt(t, k_a, chains, 1000)
-    pos, sgrads, div = _blackjax_draws(t, k_s, states, params, draws)
-    return {
-        "theta": pos,
-        "grads": wgrads + sgrads,
-        "wall": time.perf_counter() - t0,
-        "divergences": div,
-        "_states": states,
-        "_params": params,
-    }
+def run_blackjax_pathfinder(t: Target, key, chains: int, draws: int, warmup: int = 400) -> Result:
+    import blackjax
+    from blackjax.vi import pathfinder
 
+    k_init, k_warm, k_samp = jax.random.split(key, 3)
+    x0 = uniform_starts(k_init, 1, t.dim)[0]
 
-def run_numpyro(t: Target, key, chains: int, draws: int) -> dict:
-    from numpyro.infer import MCMC, NUTS
+    def program(k_warm, k_samp, x0):
+        pa = blackjax.pathfinder_adaptation(blackjax.nuts, t.log_prob, num_chains=chains)
+        (states, params), info = pa.run(k_warm, x0, num_steps=warmup)
+        wsteps = jnp.sum(info.info.num_integration_steps)
+        wdiv = jnp.sum(info.info.is_divergent)
+        eps = params["step_size"]
+        imm = jnp.broadcast_to(params["inverse_mass_matrix"], (chains, t.dim, t.dim))
+        pos, n, div = _nuts_draws_any(t.log_prob, k_samp, states, eps, imm, draws)
+        return pos, wsteps, n, div + 0 * wdiv
 
-    t0 = time.perf_counter()
-    k_init, k_run = jax.random.split(key)
-    init = starts(k_init, chains, t.dim)
-    mcmc = MCMC(
-        NUTS(potential_fn=lambda th: -t.log_prob(th)),
-        num_warmup=1000,
-        num_samples=draws,
-        num_chains=chains,
-        chain_method="vectorized",
-        progress_bar=False,
+    (pos, wsteps, n, div), c_s, r_s = _timed(program, k_warm, k_samp, x0)
+    # the cost of the paths: one single path from the same start gives the L-BFGS iterations
+    _, pinfo = pathfinder.approximate(k_warm, t.log_prob, x0)
+    iters = int(np.sum(np.isfinite(np.asarray(pinfo.path.elbo)))) or 30
+    n_paths, per_path_samples, maxiter = chains, 200, 30
+    path_cost = n_paths * (2 * iters + (maxiter + 1) * per_path_samples)
+    grads = path_cost + int(np.sum(wsteps)) + int(np.sum(n)) + chains
+    return Result(
+        "bj_pathfinder",
+        np.asarray(pos),
+        grads,
+        r_s,
+        c_s,
+        int(np.sum(div)),
+        parts={"pathfinder": path_cost, "warmup": int(np.sum(wsteps)) + chains, "sampling": int(np.sum(n))},
     )
-    mcmc.warmup(k_run, init_params=init, extra_fields=("num_steps",), collect_warmup=True)
-    wsteps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
-    mcmc.run(mcmc.post_warmup_state.rng_key, init_params=init, extra_fields=("num_steps", "diverging"))
-    ex = mcmc.get_extra_fields(group_by_chain=True)
-    pos = np.asarray(mcmc.get_samples(group_by_chain=True))
-    return {
-        "theta": pos,
-        "grads": wsteps + int(np.sum(ex["num_steps"])),
-        "wall": time.perf_counter() - t0,
-        "divergences": int(np.sum(ex["diverging"])),
-    }
 
 
-def reference(t: Target, by_name: dict, key, bj: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, sd) of θ: exact when known, else a long BlackJAX run (from the baseline's adaptation)."""
+# ------------------------------------------------------------------------------------------------- nutpie
+def run_nutpie(t: Target, key, chains: int, draws: int, adaptation: str, tune: int = 1000) -> Result:
+    import nutpie
+    from nutpie.compiled_pyfunc import from_pyfunc
+
+    vg = jax.jit(jax.value_and_grad(t.log_prob))
+    x = np.zeros(t.dim, np.float32)
+    t0 = time.perf_counter()
+    jax.block_until_ready(vg(x))
+    c_s = time.perf_counter() - t0
+
+    def make_logp():
+        def logp(th):
+            v, g = vg(th)
+            return float(v), np.ascontiguousarray(np.asarray(g, dtype=np.float64))
+
+        return logp
+
+    def make_expand(seed1, seed2, chain):
+        def expand(th):
+            return {"theta": np.asarray(th, dtype=np.float64)}
+
+        return expand
+
+    seed = int(np.asarray(jax.random.randint(key, (), 0, 2**30)))
+    model = from_pyfunc(
+        t.dim,
+        make_logp,
+        make_expand,
+        [np.dtype("float64")],
+        [(t.dim,)],
+        ["theta"],
+        make_initial_point_fn=lambda s: np.random.default_rng(s).uniform(-2, 2, t.dim),
+    )
+    t0 = time.perf_counter()
+    tr = nutpie.sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        adaptation="low_rank" if adaptation == "lowrank" else "diag",
+        progress_bar=False,
+        save_warmup=True,
+        cores=1,
+    )
+    r_s = time.perf_counter() - t0
+    theta = np.asarray(tr.posterior["theta"].values)
+    wn = int(tr.warmup_sample_stats["n_steps"].values.sum())
+    sn = int(tr.sample_stats["n_steps"].values.sum())
+    div = int(tr.sample_stats["diverging"].values.sum())
+    return Result(
+        f"nutpie_{adaptation}",
+        theta,
+        wn + sn + chains,
+        r_s,
+        c_s,
+        div,
+        parts={"warmup": wn + chains, "sampling": sn},
+    )
+
+
+RUNNERS = {
+    "gnomon": run_gnomon,
+    "bj_diag": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "diag"),
+    "bj_dense": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "dense"),
+    "bj_lowrank": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "lowrank"),
+    "bj_pathfinder": run_blackjax_pathfinder,
+    "nutpie_diag": lambda t, k, c, d: run_nutpie(t, k, c, d, "diag"),
+    "nutpie_lowrank": lambda t, k, c, d: run_nutpie(t, k, c, d, "lowrank"),
+}
+
+
+# ------------------------------------------------------------------------------------------------- references
+def _load_refs() -> dict:
+    if REFERENCES.exists():
+        return json.loads(REFERENCES.read_text())
+    return {"schema_version": 1, "targets": {}}
+
+
+def reference(t: Target, by_name: dict[str, Target]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(mean, sd, source) of the reported quantities: exact / inference-gym, else a cached long run."""
     if t.mean is not None:
-        return t.mean, t.sd
-    if t.reference_from is not None:
-        src = by_name[t.reference_from]
-        k_a, k_s = jax.random.split(key)
-        states, params, _ = _blackjax_adapt(src, k_a, 4, 1000)
-        pos, _, _ = _blackjax_draws(src, k_s, states, params, 5000)
-        th = t.to_this(pos.reshape(-1, src.dim))
-        return th.mean(0), th.std(0)
-    pos, _, _ = _blackjax_draws(t, key, bj["_states"], bj["_params"], 5000)
-    th = np.concatenate([pos.reshape(-1, t.dim), bj["theta"].reshape(-1, t.dim)])
-    return th.mean(0), th.std(0)
+        return t.mean, t.sd, t.ref_source
+    refs = _load_refs()
+    hit = refs["targets"].get(t.name)
+    if hit is not None:
+        return np.asarray(hit["mean"]), np.asarray(hit["sd"]), hit["source"]
+    src = by_name.get(t.reference_from) if t.reference_from else t
+    if src is None:
+        src = TARGETS[t.reference_from]()
+    r = run_blackjax_window(src, jax.random.key(12345), 4, 10000, "dense")
+    th = r.theta.reshape(-1, src.dim)
+    if t.to_this is not None:
+        th = t.to_this(th)
+    x = np.asarray(t.report(th), np.float64)
+    ess, rhat = ess_rhat(r.theta)
+    source = (
+        f"long run: blackjax dense window adaptation, 4 × 10000 draws of {src.name} "
+        f"(min ESS {ess:.0f}, R̂ {rhat:.3f})"
+    )
+    refs["targets"][t.name] = {"mean": x.mean(0).tolist(), "sd": x.std(0).tolist(), "source": source}
+    tmp = REFERENCES.with_suffix(".tmp")
+    tmp.write_text(json.dumps(refs, indent=1))
+    tmp.replace(REFERENCES)
+    return x.mean(0), x.std(0), source
+
+
+def score(r: Result, t: Target, ref: tuple[np.ndarray, np.ndarray, str]) -> Result:
+    r.ess, r.rhat = ess_rhat(r.theta)
+    x = np.asarray(t.report(r.theta.reshape(-1, t.dim)), np.float64)
+    mean, sd = ref[0], ref[1]
+    r.mean_err = float(np.max(np.abs(x.mean(0) - mean) / sd))
+    r.sd_err = float(np.max(np.abs(x.std(0) / sd - 1)))
+    return r
 
 
 # ------------------------------------------------------------------------------------------------- main
+def _median(rs: list[Result], attr: str) -> float:
+    return float(np.median([getattr(r, attr) for r in rs]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=f"targets {QUICK}, methods {QUICK_METHODS}, one key")
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--keys", type=int, default=1, help="repeat each run with this many keys (medians reported)")
+    ap.add_argument("--targets", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--methods", default="", help=f"comma-separated from gnomon,{','.join(BASELINES)}")
+    ap.add_argument("--json", default="", help="write all numbers to this file")
     ap.add_argument(
-        "--seeds", type=int, default=1, help="repeat each run with this many keys (medians reported)"
+        "--cache",
+        default="",
+        help="reuse and store baseline results (not gnomon's) in this JSON file, keyed by target, method, key",
     )
-    ap.add_argument("--targets", default="", help="comma-separated names (default: all five)")
-    ap.add_argument("--skip-numpyro", action="store_true")
     args = ap.parse_args(argv)
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
 
-    targets = all_targets()
+    names = args.targets.split(",") if args.targets else (list(QUICK) if args.quick else list(TARGETS))
+    methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else ("gnomon", *BASELINES))
+    targets = load(names)
     by_name = {t.name: t for t in targets}
-    if args.targets:
-        want = set(args.targets.split(","))
-        targets = [t for t in targets if t.name in want or t.name.split("_")[0] in want]
-    methods = ["gnomon", "blackjax"] + ([] if args.skip_numpyro else ["numpyro"])
-    runners = {"gnomon": run_gnomon, "blackjax": run_blackjax, "numpyro": run_numpyro}
     print(
-        f"{jax.devices()[0].platform}, {args.chains} chains × {args.draws} draws, {args.seeds} seed(s); "
-        "eff = gradient evaluations / min bulk ESS (lower is better)"
+        f"{jax.devices()[0].platform}, {args.chains} chains × {args.draws} draws, {args.keys} key(s); "
+        "eff = min bulk ESS per 1000 gradient evaluations (everything counted); wall/1k = execution s per 1000 ESS",
+        flush=True,
     )
-    rows = {}
+    table: dict = {}
     for t in targets:
-        per = {m: [] for m in methods}
-        ref = None
-        for s in range(args.seeds):
+        ref = reference(t, by_name)
+        per: dict[str, list[Result]] = {m: [] for m in methods}
+        for k in range(args.keys):
             for m in methods:
-                r = runners[m](t, jax.random.key(1000 * s + 17), args.chains, args.draws)
-                ess, rhat = ess_rhat(r["theta"])
-                r.update(ess=ess, rhat=rhat, eff=r["grads"] / ess)
-                per[m].append(r)
-            if ref is None:
-                ref = reference(t, by_name, jax.random.key(99), per["blackjax"][0])
-        out = {}
-        for m in methods:
-            rs = per[m]
-            err = max(
-                float(np.max(np.abs(r["theta"].reshape(-1, t.dim).mean(0) - ref[0]) / ref[1])) for r in rs
-            )
-            out[m] = {
-                "eff": float(np.median([r["eff"] for r in rs])),
-                "ess": float(np.median([r["ess"] for r in rs])),
-                "grads": float(np.median([r["grads"] for r in rs])),
-                "rhat": max(r["rhat"] for r in rs),
-                "mean_err_sd": err,
-                "divergences": int(np.median([r["divergences"] for r in rs])),
-                "wall": float(np.median([r["wall"] for r in rs])),
+                key = jax.random.key(1000 * k + 17)
+                ck = f"{t.name}|{m}|{k}|{args.chains}|{args.draws}"
+                if m != "gnomon" and ck in cache:
+                    r = Result(**cache[ck])
+                    per[m].append(r)
+                else:
+                    try:
+                        r = RUNNERS[m](t, key, args.chains, args.draws)
+                    except Exception as exc:  # a baseline that cannot run is reported, not fatal
+                        print(f"  {t.name} {m}: failed ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
+                        continue
+                    per[m].append(score(r, t, ref))
+                    if args.cache and m != "gnomon":
+                        cache[ck] = {**{k2: v for k2, v in r.__dict__.items() if k2 != "theta"}, "theta": None}
+                        tmp = Path(args.cache + ".tmp")
+                        tmp.write_text(json.dumps(cache, default=float))
+                        tmp.replace(args.cache)
+                print(
+                    f"  {t.name:34s} {m:15s} key {k}: eff {r.eff:8.3f}  ESS {r.ess:7.0f}  grads {r.grads:9d}  "
+                    f"R̂ {r.rhat:.3f}  mean {r.mean_err:.2f} sd  sd {100 * r.sd_err:4.0f} %  div {r.divergences:4d}  "
+                    f"wall/1k {r.wall_per_1k:7.2f} s  compile {r.compile_s:5.1f} s  {r.notes.get('decision') or ''}",
+                    flush=True,
+                )
+        row = {}
+        for m, rs in per.items():
+            if not rs:
+                continue
+            row[m] = {
+                "eff": _median(rs, "eff"),
+                "ess": _median(rs, "ess"),
+                "grads": _median(rs, "grads"),
+                "rhat": max(r.rhat for r in rs),
+                "mean_err": max(r.mean_err for r in rs),
+                "sd_err": max(r.sd_err for r in rs),
+                "divergences": int(np.median([r.divergences for r in rs])),
+                "wall_per_1k": _median(rs, "wall_per_1k"),
+                "compile_s": _median(rs, "compile_s"),
+                "parts": rs[0].parts,
+                "notes": rs[0].notes,
             }
-        g = per["gnomon"][0]
-        out["gnomon"].update(
-            num_warmup=g["num_warmup"],
-            dense=g["dense"],
-            warnings=g["warnings"],
-            ratio_spread=g["ratio_spread"],
-        )
-        rows[t.name] = out
-        line = f"{t.name:28s}"
-        for m in methods:
-            o = out[m]
-            line += (
-                f" | {m}: eff {o['eff']:7.1f} (grads {o['grads']:8.0f}, ESS {o['ess']:6.0f}, "
-                f"R̂ {o['rhat']:.3f}, err {o['mean_err_sd']:.3f} sd, div {o['divergences']})"
-            )
-        print(line, flush=True)
-        for m in methods[1:]:
-            print(f"{'':28s}   ratio {m}/gnomon = {out[m]['eff'] / out['gnomon']['eff']:.2f}")
-        if g["warnings"]:
-            print(f"{'':28s}   gnomon warnings: {g['warnings']}")
+        base = {m: v for m, v in row.items() if m != "gnomon"}
+        if "gnomon" in row and base:
+            best = max(base, key=lambda m: base[m]["eff"])
+            row["best_baseline"] = best
+            row["ratio"] = row["gnomon"]["eff"] / base[best]["eff"]
+            print(f"  {t.name}: gnomon / best baseline ({best}) = {row['ratio']:.2f}", flush=True)
+        row["reference"] = ref[2]
+        table[t.name] = row
 
-    for m in methods[1:]:
-        ratios = [rows[n][m]["eff"] / rows[n]["gnomon"]["eff"] for n in rows]
-        gm = math.exp(np.mean(np.log(ratios)))
-        print(f"geometric mean ratio {m}/gnomon: {gm:.2f} (min {min(ratios):.2f})")
-    return rows
+    ratios = [v["ratio"] for v in table.values() if "ratio" in v]
+    if ratios:
+        gm = math.exp(float(np.mean(np.log(ratios))))
+        print(f"geometric mean gnomon / best baseline: {gm:.2f} (min {min(ratios):.2f} over {len(ratios)} targets)")
+        table["_geometric_mean"] = gm
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1, default=float))
+    return table
 
 
 if __name__ == "__main__":

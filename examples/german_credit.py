@@ -57,7 +57,8 @@ def main(data: Path = DATA, out: str = "german-credit") -> None:
     for name, t in (("preconditioned GD", fit), ("plain GD (1/λmax)", gd)):
         print(f"{name}: {t.status} after {t.num_steps} steps, {int(t.num_grad_evals)} grad evals")
 
-    post = gn.sample(obj, init=fit, key=jax.random.key(0), num_chains=4, num_samples=500, dense=True)
+    post = gn.sample(obj, init=fit, key=jax.random.key(0), num_chains=4, num_samples=500,
+                     warmup=gn.warmup(dense=True))
     print(f"NUTS: {post.num_chains}×{post.num_draws} draws, {int(post.num_grad_evals)} grad evals, "
           f"mean acceptance {float(np.mean(np.asarray(post.stats['acceptance_rate']))):.2f}")
 

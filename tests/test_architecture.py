@@ -17,14 +17,7 @@ DOC = ROOT / "docs" / "architecture.md"
 # Known violations, each removed by the helper named, as their branches land (the lead empties this list).
 # An entry is an import edge (importer, imported) that the checks ignore; an entry that no longer occurs
 # fails the test so that it is deleted. Never add one to make a new violation pass: fix the import.
-ALLOWED: dict[tuple[str, str], str] = {
-    # engines/handoff does its own file I/O through artifacts (upward) -> "handoff" helper
-    ("gnomon.engines.handoff", "gnomon.artifacts.jsonio"): "handoff",
-    ("gnomon.engines.handoff", "gnomon.artifacts.npzio"): "handoff",
-    ("gnomon.engines.handoff", "gnomon.artifacts.provenance"): "handoff",
-    ("gnomon.engines.handoff", "gnomon.artifacts.run"): "handoff",
-    ("gnomon.engines.handoff", "gnomon.artifacts.sampling_summary"): "handoff",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 _MODULE_STRING = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+)(?::\w+)?$")
 

@@ -110,7 +110,7 @@ def test_start_forms(gauss_trace):
         num_samples=10,
         num_warmup=0,
         inverse_mass_matrix=COV,
-        step_size=0.5,
+        kernel=gn.nuts(step_size=0.5),
     )
     assert tr.info["init"] == "per-chain starts" and tr.info["jitter"] is None
     np.testing.assert_allclose(tr.extras["theta_star"], starts[0])
@@ -124,7 +124,7 @@ def test_start_forms(gauss_trace):
         num_samples=10,
         num_warmup=0,
         inverse_mass_matrix=COV,
-        step_size=0.5,
+        kernel=gn.nuts(step_size=0.5),
     )
     np.testing.assert_allclose(tr.extras["theta_star"], np.asarray(opt.best_theta))
     assert tr.info["grad_evals"]["map"] == opt.num_grad_evals
@@ -138,7 +138,7 @@ def test_start_forms(gauss_trace):
         num_samples=10,
         num_warmup=0,
         inverse_mass_matrix=COV,
-        step_size=0.5,
+        kernel=gn.nuts(step_size=0.5),
     )
     assert tr2.info["init"] == "sampling trace"
 
@@ -151,7 +151,7 @@ def test_frozen_metric_keeps_the_seed():
         num_chains=2,
         num_samples=50,
         inverse_mass_matrix=COV,
-        adapt_metric="none",
+        warmup=gn.warmup(metric="none"),
     )
     assert tr.info["num_warmup"] == 150 and tr.info["metric"]["adapt"] == "none"
     np.testing.assert_allclose(tr.extras["inverse_mass_matrix"], COV, rtol=1e-4, atol=1e-5)
@@ -164,8 +164,7 @@ def test_hmc_counts_its_leapfrog_steps():
         jax.random.key(7),
         num_chains=2,
         num_samples=400,
-        algorithm="hmc",
-        num_integration_steps=8,
+        kernel=gn.hmc(num_integration_steps=8),
         num_warmup=200,
     )
     assert "tree_depth" not in tr.stats and np.all(tr.stats["n_steps"] == 8)
@@ -183,7 +182,7 @@ def test_dense_adaptation_from_the_identity_estimates_the_covariance():
         num_chains=4,
         num_samples=100,
         inverse_mass_matrix=None,
-        adapt_metric="dense",
+        warmup="dense",
     )
     assert tr.info["num_warmup"] == 1000 and tr.info["metric"]["seed"] == "identity"
     imm = tr.extras["inverse_mass_matrix"]
@@ -233,10 +232,10 @@ def test_bad_inputs_give_clear_errors():
         gn.sample(OBJ, jnp.zeros(3), key)
     with pytest.raises(ValueError, match=r"per-chain starts of shape \(2, 4\)"):
         gn.sample(OBJ, jnp.zeros((3, 4)), key, num_chains=2)
-    with pytest.raises(ValueError, match="unknown algorithm 'mala'"):
-        gn.sample(OBJ, jnp.zeros(4), key, algorithm="mala")
-    with pytest.raises(ValueError, match="unknown adapt_metric 'full'"):
-        gn.sample(OBJ, jnp.zeros(4), key, adapt_metric="full")
+    with pytest.raises(ValueError, match="unknown kernel 'mala'"):
+        gn.sample(OBJ, jnp.zeros(4), key, kernel="mala")
+    with pytest.raises(ValueError, match="unknown metric 'full'"):
+        gn.sample(OBJ, jnp.zeros(4), key, warmup=gn.warmup(metric="full"))
     with pytest.raises(ValueError, match="unknown inverse_mass_matrix 'fisher'"):
         gn.sample(OBJ, jnp.zeros(4), key, inverse_mass_matrix="fisher")
     with pytest.raises(ValueError, match="inverse mass matrix has dimension 3"):

@@ -1,9 +1,11 @@
-"""Aggregation scalars of a sampling run for ``summary.json``: ESS, R-hat, divergences, cost, hand-off.
+"""Aggregation scalars of a sampling run for ``summary.json``: ESS, R-hat, divergences, cost, decisions.
 
 ``sampling_summary(trace)`` computes, over every θ coordinate (base coordinates for an eigen-space trace),
 the minimum bulk and tail effective sample sizes and the maximum rank-normalised split R-hat with
-arviz-stats, and adds the divergences, gradient evaluations (and per effective sample), runtime, adapted
-step size and the hand-off diagnostics the sampler recorded in ``trace.info["handoff"]``. Pass it to
+arviz-stats, and adds the divergences, gradient evaluations (and per effective sample), runtime split into
+``compile_s`` and ``run_s``, the adapted step size, the hand-off diagnostics the sampler recorded in
+``trace.info["handoff"]`` and what it decided (``seed_rejected``, ``recovered``, ``rejected_grad_evals`` and
+the decisions as one sentence, ``sampler_decisions``). Pass it to
 ``save_run(..., summary=sampling_summary(trace))`` (:meth:`gnomon.HandOff.save_run` does).
 """
 
@@ -52,6 +54,9 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
         runtime_s=float(trace.runtime_s),
     )
     info = trace.info or {}
+    for k in ("compile_s", "run_s"):
+        if k in info:
+            out[k] = float(info[k])
     if "step_size" in info:
         out["step_size"] = float(info["step_size"])
     if "num_warmup" in info:
@@ -66,6 +71,13 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
     for k in ("metric_ratio_spread", "metric_ratio_min", "metric_ratio_max", "start_max_abs_z"):
         if k in h:
             out[k] = float(h[k])
+    decisions = list(info.get("decisions") or [])
+    if decisions or "recovered" in info:
+        out["seed_rejected"] = any(d.get("action") == "seed rejected" for d in decisions)
+        out["no_mode"] = any(d.get("action") == "no mode" for d in decisions)
+        out["recovered"] = bool(info.get("recovered", False))
+        out["rejected_grad_evals"] = int(info.get("rejected_grad_evals", 0))
+        out["sampler_decisions"] = " | ".join(str(d.get("message", "")) for d in decisions)
     warns = list(info.get("warnings") or [])
     out["num_warnings"] = len(warns)
     out["poor_start"] = any("poor start" in w or "far in the tails" in w for w in warns)

@@ -1,4 +1,4 @@
-r"""`sample`: NUTS/HMC chains (BlackJAX kernels) with a curvature-seeded, pooled window adaptation.
+r"""`sample`: NUTS/HMC chains (BlackJAX kernels) with a curvature seed that is checked and recovered from.
 
 The MAP → NUTS hand-off
 -----------------------
@@ -6,46 +6,66 @@ A posterior that is locally Gaussian around its mode θ* with precision :math:`H
 :math:`\Sigma \approx H^{-1}`. :func:`sample` uses that twice: the **metric** :math:`M^{-1}` is seeded from
 the curvature at the start, and the **chains start** from "Laplace draws" :math:`θ^* + L\varepsilon_c`,
 :math:`LL^T \approx H^{-1}`, inside the typical set rather than at the mode
-(:mod:`gnomon.engines.sample_starts`). The warmup then *keeps adapting* (opt out with
-``adapt_metric="none"``) but needs far fewer steps: it re-measures the scales of the whitened coordinates
-:math:`u = L^{-1}θ`, so :math:`M^{-1} = L\,\mathrm{diag}(s)\,L^T` keeps the curvature's correlations
-(:mod:`gnomon.engines.warmup`: Stan's windows, dual averaging, every chain's draws pooled).
+(:mod:`gnomon.engines.sample_starts`). The warmup then *keeps adapting* in the seed's whitened coordinates
+:math:`u = L^{-1}θ` (:mod:`gnomon.engines.warmup`: Stan's windows, dual averaging, every chain's draws
+pooled) and needs far fewer steps.
 
-This module is the driver: it checks the arguments, resolves the start and the metric seed, runs the warmup
-(extending it while the metric is unsettled) and the sampling in compiled chunks
-(:mod:`gnomon.engines.sample_loop`), and assembles the :class:`Trace` with the hand-off diagnostics
+The seed is a hypothesis
+------------------------
+Where the curvature at the mode does not describe the posterior — a funnel, a centred hierarchical model
+whose mode sits in the neck, a latent time series whose scales collapse at the mode — the seed is wrong and
+trusting it costs 10–1000× in gradients. So the first warmup steps check it (NUTS depth capped, so a wrong
+seed is cheap to find out; :mod:`gnomon.engines.seed_check`) and every later window is judged again; a
+rejected seed, or an optimizer that found no mode at all, leads to a **recovery**: the adaptation restarts
+where a cold start would (dispersed around the optimizer's first point; where the chains are, with their
+pooled scales, when no optimizer ran) with nutpie's gradient-based low-rank metric and a cold window schedule,
+and chains left stuck are moved to the others (:mod:`gnomon.engines.sample_phases`,
+:mod:`gnomon.engines.stuck_chains`). What was decided, when and why is in ``trace.info["decisions"]`` (one
+sentence: ``trace.info["handoff"]["decision"]``).
+
+This module is the driver: it checks the arguments, resolves the start, the seed and the compiled program,
+runs the phases and assembles the :class:`Trace` with the hand-off diagnostics
 (:mod:`gnomon.engines.sample_diagnostics`).
 
 Cost accounting: every log-density gradient counts one — the start of each chain, each leapfrog step
-(NUTS ``num_integration_steps``) in warmup and sampling, plus the curvature's own cost.
-
-Loops are compiled (``lax.scan`` over chunks of ``chunk_size`` steps, chains ``vmap``-ed, jitted once per
-objective and settings); Python only draws the progress bar between chunks. With several devices and
-``num_chains`` divisible by their number, the chains are sharded over them.
+(NUTS ``num_integration_steps``) in warmup (the rejected part included) and sampling, plus the curvature's
+own cost. Timing: ``info["compile_s"]`` (lowering and compiling the sampler's programs) and
+``info["run_s"]`` (everything else: curvature, starts, warmup, sampling); ``runtime_s`` is their sum.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gnomon.curvature import mass_matrix as mmx
+from gnomon.engines import sample_phases as ph
 from gnomon.engines import warmup as wu
-from gnomon.engines.handoff import HandOff
+from gnomon.engines.handoff import HandOffBundle
+from gnomon.engines.sample_config import NUTS, Warmup, as_kernel, as_warmup, misplaced
 from gnomon.engines.sample_diagnostics import handoff_diagnostics
-from gnomon.engines.sample_loop import SamplerSettings, compiled, run_chunks, shard, stack
-from gnomon.engines.sample_starts import cold_start, resolve_init, seed_metric, start_center, start_positions
+from gnomon.engines.sample_loop import STAT_NAMES, SamplerSettings, compile_seconds, compiled, shard, stack
+from gnomon.engines.sample_starts import (
+    Seed,
+    Start,
+    dispersed_starts,
+    no_mode,
+    resolve_init,
+    seed_metric,
+    start_center,
+    start_positions,
+)
+from gnomon.engines.seed_check import CHECK_STEPS
+from gnomon.engines.warmup import AdaptSettings, Estimator
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
 
-ALGORITHMS = ("nuts", "hmc")
-METRIC_ADAPTATIONS = ("diag", "dense", "none")
 DEFAULT_WARMUP = {"identity": 1000, "curvature": 300, "array": 300, "handoff": 150, "frozen": 150}
 _DEFAULT = object()
 
@@ -74,34 +94,27 @@ def _int(name: str, v: Any, lo: int) -> int:
     return int(v)
 
 
+def _warn(messages: list[str], msg: str) -> None:
+    messages.append(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
 def sample(
     obj: Objective,
     init: Any,
     key: Any,
+    *,
     num_chains: int = 4,
     num_warmup: int | None = None,
     num_samples: int = 1000,
-    *,
-    algorithm: str = "nuts",
+    kernel: Any = "nuts",
+    warmup: Any = None,
     inverse_mass_matrix: Any = "curvature",
-    dense: bool | str = "auto",
-    adapt_metric: str | None = None,
-    metric_shrinkage: float | None = None,
     handoff: Any = None,
-    step_size: float | None = None,
-    target_acceptance_rate: float = 0.8,
-    max_tree_depth: int = 10,
-    num_integration_steps: int = 16,
-    divergence_threshold: float = 1000.0,
-    curvature_method: str | None = None,
-    max_dense_dim: int = mmx.DEFAULT_MAX_DENSE_DIM,
-    jitter: float | None = None,
-    fallback: bool = True,
-    max_warmup: int = 1000,
     keep_warmup: bool = False,
-    chunk_size: int = 100,
     data: Any = _DEFAULT,
     progress: bool | None = None,
+    **misplaced_options: Any,
 ) -> Trace:
     r"""Draw ``num_samples`` per chain from ``exp(obj.log_prob)`` with NUTS (or HMC).
 
@@ -112,293 +125,371 @@ def sample(
         per chain), a sampling Trace (continue from its last draws) or a :class:`gnomon.HandOff`.
       key: a ``jax.random.key`` (or an int seed).
       num_chains: chains ``C`` (vmapped; sharded over devices when there are several).
-      num_warmup: warmup steps; default 1000 for the identity metric, 300 when the metric is seeded from the
-        curvature or an array, 150 from a hand-off or with ``adapt_metric="none"``. With the default, a
-        seeded warmup whose last window still moved the metric by more than its noise gets further windows
-        (doubling) up to ``max_warmup``; an explicit ``num_warmup`` is run as given.
+      num_warmup: warmup steps (the same as ``gn.warmup(num_steps=...)``; default by the seed, see
+        :class:`gnomon.engines.sample_config.Warmup`).
       num_samples: draws kept per chain.
-      algorithm: ``"nuts"`` or ``"hmc"`` (``num_integration_steps`` leapfrog steps per draw).
-      inverse_mass_matrix: ``"curvature"`` (from the curvature of ``−log_prob`` at the start: see
-        :mod:`gnomon.curvature.mass_matrix`), an array ``(D,)``/``(D, D)``, a :class:`gnomon.Curvature`, an
-        ``InverseMassMatrix``, or None / ``"identity"``.
-      dense: metric shape from a dense curvature: False (marginal variances), True (the dense inverse), or
-        ``"auto"`` (dense when correlations matter: largest variance inflation factor above 1.25).
-      adapt_metric: ``"diag"`` (default: re-estimate the scales in the seed's whitened coordinates),
-        ``"dense"`` (the full whitened covariance; default for a dense identity), ``"none"`` (freeze the
-        seeded metric; only the step size adapts).
-      metric_shrinkage: pseudo-draws ``k`` of the previous metric in each window's regularisation (default 0
-        — Stan's rule).
-      handoff: a :class:`gnomon.HandOff` from an earlier fit: seeds the metric and the step size with its
+      kernel: ``"nuts"`` (default), ``"hmc"``, :func:`gnomon.nuts` or :func:`gnomon.hmc` (tree depth, target
+        acceptance rate, divergence threshold, initial step size, leapfrog steps).
+      warmup: :func:`gnomon.warmup` (warmup length and budget, the adapted metric, the curvature behind the
+        seed, dense or diagonal seed, jitter, the seed check), a metric name, or None for the defaults.
+      inverse_mass_matrix: the metric seed: ``"curvature"`` (from the curvature of ``−log_prob`` at the
+        start, see :mod:`gnomon.curvature.mass_matrix`), an array ``(D,)``/``(D, D)``, a
+        :class:`gnomon.Curvature`, an ``InverseMassMatrix``, or None / ``"identity"``.
+      handoff: a :class:`gnomon.HandOff` from an earlier run: seeds the metric and the step size with its
         adapted ones (and the warmup is short).
-      step_size: initial step size (default: the hand-off's, else 1); with ``num_warmup=0`` the one used.
-      target_acceptance_rate: dual-averaging target.
-      max_tree_depth: NUTS maximum number of trajectory doublings.
-      num_integration_steps: HMC leapfrog steps per draw.
-      divergence_threshold: energy error that flags a divergent transition.
-      curvature_method: curvature estimator for ``"curvature"`` (default Gauss–Newton with residuals, else
-        exact up to ``max_dense_dim``, else Hutchinson).
-      max_dense_dim: largest D for which a dense curvature is formed and inverted.
-      jitter: spread of jittered starts around a θ in units of the metric's Laplace draw ``Lε`` (default 1
-        with a seeded metric, 0.1 with the identity).
-      fallback: when the start is an optimization trace that diverged (no usable mode), start from its first
-        point with the identity metric and the full warmup instead (with a warning).
-      max_warmup: the most warmup steps an automatically extended warmup may take.
       keep_warmup: also return the warmup draws (``trace.warmup``).
-      chunk_size: steps per compiled chunk (the progress bar moves between chunks).
       data: data for objectives that take it (default: the objective's bound data).
-      progress: progress bar on stderr (default: on a terminal).
+      progress: progress bar on stderr (default: on a terminal, for runs of at least 2000 chain-steps); it
+        names the phase (curvature, seed check, warmup window k, recovery window k, sampling) and shows the
+        leapfrog steps per draw.
 
     Returns:
       a sampling :class:`Trace`: ``theta`` ``(C, N, D)`` unconstrained draws, ``log_prob`` ``(C, N)``,
       ``stats`` (``acceptance_rate``, ``diverging``, ``energy``, ``n_steps``, ``step_size``, ``tree_depth``),
       ``warmup`` when kept, ``num_grad_evals`` (curvature + starts + warmup + sampling), ``info`` (settings,
-      adapted step size, cost breakdown, hand-off diagnostics and warnings) and ``extras`` (the adapted and
-      seeded inverse mass matrices, θ*, last positions, key) from which :meth:`gnomon.HandOff.from_trace`
-      builds the hand-off bundle.
+      adapted step size, cost breakdown, ``compile_s``/``run_s``, the sampler's ``decisions``, hand-off
+      diagnostics and warnings) and ``extras`` (the adapted and seeded inverse mass matrices, θ*, last
+      positions, key) from which :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
+
+    Raises:
+      ValueError: for bad input, naming the value; for an option that belongs elsewhere (e.g.
+        ``max_tree_depth=`` belongs to ``kernel=gn.nuts(...)``), naming where.
     """
     t_start = time.perf_counter()
+    compiled_before = compile_seconds()
+    misplaced("gn.sample", misplaced_options)
     if not isinstance(obj, Objective):
         raise ValueError(f"sample needs a gnomon.Objective, got {type(obj).__name__}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    kern = as_kernel(kernel)
+    wcfg = as_warmup(warmup)
     num_chains = _int("num_chains", num_chains, 1)
     num_samples = _int("num_samples", num_samples, 1)
-    chunk_size = _int("chunk_size", chunk_size, 1)
-    max_tree_depth = _int("max_tree_depth", max_tree_depth, 1)
-    num_integration_steps = _int("num_integration_steps", num_integration_steps, 1)
-    if adapt_metric is not None and adapt_metric not in METRIC_ADAPTATIONS:
-        raise ValueError(f"unknown adapt_metric {adapt_metric!r}; expected one of {METRIC_ADAPTATIONS}")
-    if not (isinstance(target_acceptance_rate, (int, float)) and 0 < target_acceptance_rate < 1):
-        raise ValueError(f"target_acceptance_rate must be in (0, 1), got {target_acceptance_rate!r}")
-    if step_size is not None and not (isinstance(step_size, (int, float)) and step_size > 0):
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
-    if jitter is not None and not (isinstance(jitter, (int, float)) and jitter >= 0):
-        raise ValueError(f"jitter must be a non-negative number, got {jitter!r}")
-    if metric_shrinkage is not None and not (isinstance(metric_shrinkage, (int, float)) and metric_shrinkage >= 0):
-        raise ValueError(f"metric_shrinkage must be a non-negative number, got {metric_shrinkage!r}")
-    if dense not in (True, False, "auto"):
-        raise ValueError(f"dense must be True, False or 'auto', got {dense!r}")
-    if handoff is not None and not isinstance(handoff, HandOff):
+    if num_warmup is not None:
+        num_warmup = _int("num_warmup", num_warmup, 0)
+        if wcfg.num_steps is not None and wcfg.num_steps != num_warmup:
+            raise ValueError(
+                f"num_warmup={num_warmup} and warmup=gn.warmup(num_steps={wcfg.num_steps}) disagree; give one"
+            )
+        wcfg = wcfg.replace(num_steps=num_warmup)
+    if handoff is not None and not isinstance(handoff, HandOffBundle):
         raise ValueError(f"handoff must be a gnomon.HandOff, got {type(handoff).__name__}")
     key = _as_key(key)
     data = obj.data if data is _DEFAULT else data
     start = resolve_init(obj, init, num_chains)
-    warn: list[str] = []
+    messages: list[str] = []
+    k_curv, k_jit, k_warm, k_samp = jax.random.split(key, 4)
+    ledger = ph.Ledger()
 
-    # --- poor MAP: fall back to a cold start --------------------------------------------------------------
-    cold = cold_start(start) if fallback else None
-    if cold is not None:
-        start, msg = cold
-        warn.append(msg)
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        if isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature":
-            inverse_mass_matrix = None
-    center = start_center(start, obj, num_chains)
+    # --- no mode: no seed, no seed check ---------------------------------------------------------------
+    lp_best = None
+    if start.source == "optimization trace" and start.center is not None:
+        lp_best = float(obj.log_prob(start.center) if data is obj.data else obj.log_prob(start.center, data))
+    mode_problem = no_mode(start, obj.dim, lp_best)
+    if mode_problem is not None and not wcfg.check:
+        _warn(messages, f"{mode_problem}: its best point is a poor start (warmup check=False: used anyway)")
+    # --- the seed, the settings, the program, the starts ---------------------------------------------------
+    try:
+        prep = _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_chains,
+                        unseeded=mode_problem is not None and wcfg.check, keys=(k_curv, k_jit))
+    except _NoUsableStart as exc:
+        mode_problem, ledger.restart_grads = exc.args[0], exc.args[1]
+        prep = _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_chains, unseeded=True,
+                        keys=(k_curv, k_jit))
+    if mode_problem is not None and prep.unseeded:
+        ledger.decide("no mode", f"{mode_problem}: no seed to check; the warmup starts as a recovery")
+    start, seed, imm0, est, settings, program = prep.start, prep.seed, prep.imm0, prep.est, prep.settings, prep.program
+    unseeded, center = prep.unseeded, prep.center
     dtype = center.dtype
     center_np = np.asarray(center)
-
-    # --- the metric seed and the settings ---------------------------------------------------------------
-    k_curv, k_jit, k_warm, k_samp = jax.random.split(key, 4)
-    seed, seed_kind, curvature = seed_metric(
-        obj,
-        center,
-        inverse_mass_matrix,
-        handoff,
-        dense=dense,
-        adapt_metric=adapt_metric,
-        curvature_method=curvature_method,
-        max_dense_dim=max_dense_dim,
-        key=k_curv,
-        data=None if data is obj.data else data,
-    )
-    curvature_cost = int(curvature.num_grad_evals) if curvature is not None else 0
-    adapt = adapt_metric or ("dense" if (seed_kind == "identity" and seed.dense) else "diag")
-    if adapt == "dense" and not seed.dense:
-        seed = seed.as_dense()
+    frozen = wcfg.metric == "none"
+    seeded = seed.kind != "identity"
+    num_warmup = wcfg.num_steps
     auto_warmup = num_warmup is None
-    if num_warmup is None:
-        num_warmup = DEFAULT_WARMUP["frozen" if adapt == "none" and seed_kind != "identity" else seed_kind]
-    num_warmup = _int("num_warmup", num_warmup, 0)
-    seeded = seed_kind != "identity"
-    shrink = float(metric_shrinkage if metric_shrinkage is not None else 0.0)
-    if step_size is None:
-        step_size = float(handoff.step_size) if handoff is not None else 1.0
-
-    st = SamplerSettings(
-        algorithm=algorithm,
-        max_num_doublings=max_tree_depth,
-        num_integration_steps=num_integration_steps,
-        target_acceptance_rate=float(target_acceptance_rate),
-        divergence_threshold=float(divergence_threshold),
-        factor_dense=seed.dense,
-        adapt=adapt,
-        chunk=chunk_size,
-    )
-    fns = compiled(obj, st)
-    factor = jnp.asarray(seed.factor, dtype)
-    factor_inv = jnp.asarray(seed.factor_inv, dtype)
-
-    # --- starts ---------------------------------------------------------------------------------------------
-    if jitter is None:
-        jitter = 1.0 if seeded else 0.1
-    draw_factor = factor if seed.draw_factor is None else jnp.asarray(seed.draw_factor, dtype)
-    states, positions, shrink_tries = start_positions(
-        fns["init"], data, start, center, draw_factor, jitter, k_jit, num_chains
-    )
-    init_cost = num_chains + (shrink_tries * num_chains)
-    states = shard(states, num_chains)
-
-    # --- warmup ---------------------------------------------------------------------------------------------
-    head, tail = wu.schedule(num_warmup, seeded, adapt)
-    total = num_warmup + num_samples
+    if auto_warmup:
+        num_warmup = ph.RECOVERY_STEPS if unseeded else DEFAULT_WARMUP["frozen" if frozen and seeded else seed.kind]
+    step0 = kern.step_size if kern.step_size is not None else (float(handoff.step_size) if handoff else 1.0)
+    big = (num_warmup + num_samples) * num_chains >= 2000
     bar = Progress(
-        total,
-        f"{algorithm} ×{num_chains}",
-        enabled=progress if progress is not None else (None if total * num_chains >= 2000 else False),
+        num_warmup + num_samples,
+        f"{kern.name} ×{num_chains}",
+        enabled=progress if progress is not None else (None if big else False),
     )
-    ad = fns["adapt_init"](positions, jnp.asarray(step_size, dtype), factor)
-    args = (data, factor, factor_inv, jnp.asarray(shrink, dtype))
-    warm_out: list[dict] = []
-    tally = {"t": 0, "grads": 0, "div": 0}
 
-    def on_warmup_chunk(outs: dict[str, np.ndarray], ad: wu.AdaptState) -> None:
-        tally["t"] += len(outs["n_steps"])
-        tally["grads"] += int(np.sum(outs["n_steps"]))
-        tally["div"] += int(np.sum(outs["diverging"]))
-        if keep_warmup:
-            warm_out.append(outs)
-        bar.update(tally["t"], phase="warmup", step_size=float(ad.step_size), divergences=tally["div"])
+    states, positions, init_cost = prep.states, prep.positions, prep.init_cost
+    factor = jnp.asarray(imm0.factor, dtype)
+    factor_inv = jnp.asarray(imm0.factor_inv, dtype)
+    jitter = prep.jitter
+    ctx = ph.Context(
+        obj=obj,
+        settings=settings,
+        program=program,
+        data=data,
+        key=k_warm,
+        dim=obj.dim,
+        max_depth=kern.max_tree_depth if isinstance(kern, NUTS) else 0,
+        keep_warmup=keep_warmup,
+        num_samples=num_samples,
+        bar=bar,
+        shrink=jnp.asarray(wcfg.shrinkage, dtype),
+    )
+    ad = program.adapt_init(positions, jnp.asarray(step0, dtype), factor)
+    chains = ph.Chains(states, ad, factor, factor_inv)
 
-    def run_warmup(rows: np.ndarray) -> None:
-        nonlocal states, ad
-        states, ad = run_chunks(
-            fns["chunk"], states, ad, k_warm, tally["t"], rows, True, args, chunk_size, on_warmup_chunk
-        )
-
-    run_warmup(head)
-    extended = []
-    if auto_warmup and seeded and adapt != "none" and len(head):
-        last = wu.last_window(head)
-        while wu.unsettled(ad, obj.dim) and tally["t"] + 2 * last + len(tail) <= max_warmup:
-            last *= 2
-            extended.append(last)
-            bar.total += last
-            run_warmup(wu.extra_window(last))
-    run_warmup(tail)
-    num_warmup = tally["t"]
-    warm_steps, div_warm = tally["grads"], tally["div"]
+    # --- warmup -----------------------------------------------------------------------------------------
+    budget = max(wcfg.max_steps, num_warmup)
+    rejected = None
+    if num_warmup > 0 and not unseeded:
+        ctx, chains, rejected = _seeded(ctx, chains, ledger, wcfg, seed, center, num_warmup, auto_warmup, budget, est)
+    if num_warmup > 0 and (unseeded or rejected is not None):
+        left = (budget if auto_warmup else num_warmup) - ledger.steps
+        steps = min(num_warmup if unseeded else ph.RECOVERY_STEPS, left) if auto_warmup else left
+        if steps < 20:
+            if steps > 0:  # too short to adapt a metric: the step size only
+                chains, _ = ph.advance(ctx, chains, ledger, np.zeros((steps, 2), np.int32), phase="warmup",
+                                       estimator=Estimator.NONE)
+            ledger.decide("budget", f"no metric adaptation: only {max(steps, 0)} warmup steps left of the budget "
+                          "(step size adapted only)")
+        else:
+            ledger.rejected_grads = ledger.grads
+            plan = ph.recovery_plan(ctx, wcfg.metric, wcfg.max_dense_dim, steps)
+            # a rejected seed restarts where a cold start would (around the optimizer's first point); without a
+            # mode the chains already start there
+            restart = ph.choose_restart(
+                ctx,
+                chains,
+                jax.random.fold_in(k_warm, 7),
+                first=start.map.first_theta if (start.map is not None and rejected is not None) else None,
+                drawn=rejected.theta if rejected is not None else None,
+            )
+            ctx, chains = ph.recover(ctx, chains, ledger, plan, restart,
+                                     budget if auto_warmup else ledger.steps + steps, step_size=step0)
     if num_warmup > 0:
-        step_final, imm = fns["adapt_final"](ad)
+        step_final, imm = ctx.program.adapt_final(chains.adapt)
     else:
-        step_final, imm = jnp.asarray(step_size, dtype), jnp.asarray(seed.matrix, dtype)
-    if not bool(np.isfinite(np.asarray(step_final))) or float(step_final) <= 0:
-        raise ValueError(f"warmup ended with an unusable step size {float(step_final)!r}")
+        step_final, imm = jnp.asarray(step0, dtype), chains.adapt.imm  # the seed, in the program's shape
+    step_size = ph.finite_step_size(step_final)
+    chains = ph.replace_adapt(chains, step_final, imm)
 
     # --- sampling -------------------------------------------------------------------------------------------
-    ad = ad._replace(step_size=jnp.asarray(step_final, dtype), imm=jnp.asarray(imm, dtype))
-    samp_out: list[dict] = []
-    done = {"t": 0, "div": 0}
-
-    def on_sampling_chunk(outs: dict[str, np.ndarray], ad: wu.AdaptState) -> None:
-        done["t"] += len(outs["n_steps"])
-        done["div"] += int(np.sum(outs["diverging"]))
-        samp_out.append(outs)
-        bar.update(
-            num_warmup + done["t"],
-            force=done["t"] == num_samples,
-            phase="sampling",
-            step_size=float(step_final),
-            divergences=div_warm + done["div"],
-        )
-
-    states, ad = run_chunks(
-        fns["chunk"],
-        states,
-        ad,
-        k_samp,
-        0,
-        np.zeros((num_samples, 2), np.int32),
-        False,
-        args,
-        chunk_size,
-        on_sampling_chunk,
-    )
-    div_samp = done["div"]
+    chains, outs = ph.draw(ctx, chains, k_samp, num_samples, ledger.steps)
+    draws = stack(outs)
+    div_samp = int(np.sum(draws.diverging))
     bar.close(f"{div_samp} divergences")
 
     # --- the trace ------------------------------------------------------------------------------------------
-    draws = stack(samp_out)
-    sample_steps = int(np.sum(draws["n_steps"]))
-    theta = draws.pop("theta")
-    log_prob = draws.pop("log_prob")
-    warmup = None
-    if keep_warmup and warm_out:
-        w = stack(warm_out)
-        warmup = {"z": w.pop("theta"), "log_prob": w.pop("log_prob"), "stats": w}
-    imm_np = np.asarray(imm)
-    step_np = float(step_final)
+    compile_s = compile_seconds() - compiled_before
+    return _trace(
+        obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages,
+        num_chains=num_chains, num_samples=num_samples, step0=step0, step_size=step_size, imm=np.asarray(imm),
+        init_cost=init_cost, jitter=jitter, est=est, key=key, t_start=t_start, compile_s=compile_s,
+    )
 
-    diag = handoff_diagnostics(center_np, seed, imm_np, theta, div_samp)
-    for m in diag.pop("warnings"):
-        warn.append(m)
-        warnings.warn(m, UserWarning, stacklevel=2)
+
+class _NoUsableStart(Exception):
+    """The Laplace draws around an optimizer's best point leave the support: treat it as no mode."""
+
+
+class _Prepared(NamedTuple):
+    start: Start
+    center: Any
+    seed: Seed
+    imm0: mmx.InverseMassMatrix
+    est: Estimator
+    settings: SamplerSettings
+    program: Any
+    unseeded: bool
+    states: Any
+    positions: Any
+    init_cost: int
+    jitter: float | None
+
+
+def _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_chains, *, unseeded, keys) -> _Prepared:
+    """The seed, the adaptation's shape, the compiled program and the chains' starts. Unseeded (no mode, or no
+    seed with a gradient-based metric): the identity, and starts around the optimizer's first point."""
+    k_curv, k_jit = keys
+    if unseeded and start.source == "optimization trace":
+        first = start.map.first_theta if start.map is not None else None
+        start = Start(jnp.asarray(first) if first is not None else start.center, None, "no mode", start.map)
+    center = start_center(start, obj, num_chains)
+    dtype = center.dtype
+    if unseeded:
+        seed = Seed(mmx.identity(obj.dim, dtype=dtype), "identity", None)
+    else:
+        seed = seed_metric(obj, center, inverse_mass_matrix, handoff, wcfg, key=k_curv,
+                           data=None if data is obj.data else data)
+    seeded = seed.kind != "identity"
+    unseeded = unseeded or (not seeded and wcfg.metric in ("auto", "low_rank") and obj.dim <= wcfg.max_dense_dim)
+    est = _seed_estimator(wcfg.metric, seed, obj.dim, wcfg.max_dense_dim)
+    imm0 = seed.imm.as_dense() if (est == Estimator.COVARIANCE and not seed.imm.dense) else seed.imm
+    moments_dense = est in wu.DENSE_ESTIMATORS
+    settings = SamplerSettings(
+        kernel=kern,
+        adapt=AdaptSettings(
+            factor_dense=imm0.dense,
+            scale_dense=moments_dense,
+            moments_dense=moments_dense,
+            target_acceptance_rate=float(kern.target_acceptance_rate),
+        ),
+    )
+    program = compiled(obj, settings)
+    jitter = wcfg.jitter if wcfg.jitter is not None else (1.0 if seeded else 0.1)
+    if start.source == "no mode":
+        start = start._replace(starts=dispersed_starts(center, k_jit, num_chains))
+        jitter = None
+    factor = jnp.asarray(imm0.factor, dtype)
+    draw_factor = factor if imm0.draw_factor is None else jnp.asarray(imm0.draw_factor, dtype)
+    try:
+        states, positions, tries = start_positions(
+            program.init, data, start, center, draw_factor, jitter or 0.0, k_jit, num_chains
+        )
+    except ValueError as exc:
+        if start.source == "optimization trace" and wcfg.check:
+            spent = (int(seed.curvature.num_grad_evals) if seed.curvature is not None else 0) + 7 * num_chains
+            msg = f"the Laplace draws around the optimizer's best point leave the support ({exc})"
+            raise _NoUsableStart(msg, spent) from None
+        raise
+    return _Prepared(start, center, seed, imm0, est, settings, program, unseeded, shard(states, num_chains), positions,
+                     num_chains * (1 + tries), jitter)
+
+
+def _seed_estimator(metric: str, seed: Seed, dim: int, max_dense_dim: int) -> Estimator:
+    """The estimator around a seed for the warmup's ``metric``: ``"auto"`` is nutpie's low-rank metric
+    where dense moments fit (D ≤ ``max_dense_dim``; measured ≥ the whitened variances on every near-Gaussian
+    benchmark target, 1.6× on the banana), else the whitened variances; a dense identity seed with
+    ``"dense"`` estimates the covariance."""
+    dense_ok = dim <= max_dense_dim
+    if metric == "none":
+        return Estimator.NONE
+    if metric == "dense":
+        return Estimator.COVARIANCE if dense_ok else Estimator.VARIANCE
+    if metric in ("auto", "low_rank"):
+        return Estimator.LOW_RANK if dense_ok else Estimator.VARIANCE
+    return Estimator.VARIANCE
+
+
+def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: int, auto: bool, budget: int,
+            est: Estimator):
+    """The warmup around a seed: the check, the windows (each judged), the extension and the final buffer;
+    returns ``(ctx, chains, rejected)`` with the outputs that got the seed rejected (None when kept)."""
+    seeded = seed.kind != "identity"
+    head, tail = wu.schedule(num_warmup, seeded, est != Estimator.NONE)
+    last = wu.last_window(head)
+    check = wcfg.check and seeded and est != Estimator.NONE
+    if check:
+        n_check = min(CHECK_STEPS, len(head))
+        chains, verdict, out = ph.check_seed(ctx, chains, ledger, head[:n_check], center)
+        head = head[n_check:]
+        if verdict.rejected:
+            return ctx, chains, out
+    chains, verdict, out = ph.seeded_warmup(ctx, chains, ledger, head, estimator=est, check=check)
+    if verdict is not None:
+        return ctx, chains, out
+    if auto and seeded and est != Estimator.NONE:
+        chains = ph.extend(ctx, chains, ledger, last, len(tail), budget, estimator=est, phase="warmup window")
+    if len(tail):
+        chains, _ = ph.advance(ctx, chains, ledger, tail, phase="warmup final buffer", estimator=est)
+    return ctx, chains, None
+
+
+def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages, *, num_chains,
+           num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s) -> Trace:
+    sample_steps = int(np.sum(draws.n_steps))
+    stats = {name: getattr(draws, name) for name in STAT_NAMES}
+    if not isinstance(kern, NUTS):
+        stats.pop("tree_depth")
+    warmup = None
+    if ledger.kept:
+        w = stack(ledger.kept)
+        wstats = {name: getattr(w, name) for name in STAT_NAMES if name in stats}
+        warmup = {"z": w.theta, "log_prob": w.log_prob, "stats": wstats}
+    div_samp = int(np.sum(draws.diverging))
+    diag = handoff_diagnostics(center_np, imm0, imm, draws.theta, div_samp)
+    failed = [d for d in ledger.decisions if d.action in ("seed rejected", "no mode")]
+    seed_notes = diag.pop("warnings")
+    if failed:  # they describe the seed that was rejected and acted on: recorded, not repeated as warnings
+        diag["seed_notes"] = seed_notes
+    else:
+        for m in seed_notes:
+            _warn(messages, m)
+    recovery = next((d for d in ledger.decisions if d.action == "recovery"), None)
+    if failed:
+        what = failed[0].message + (f"; {recovery.message}" if recovery is not None else "")
+        _warn(
+            messages,
+            f"{what}. A mode that is a poor start is typical of a hierarchical model in its centred form (group "
+            "effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation (θ_j = μ + τ·z_j, "
+            "z_j ~ N(0, 1)) usually removes the funnel and lets the curvature seed work",
+        )
+    diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
     grad_evals = {
-        "curvature": curvature_cost,
+        "curvature": int(seed.curvature.num_grad_evals) if seed.curvature is not None else 0,
         "init": init_cost,
-        "warmup": warm_steps,
+        "warmup": ledger.grads,
+        "restart": ledger.restart_grads,
         "sampling": sample_steps,
     }
-    if "map_num_grad_evals" in start.map_info:
-        grad_evals["map"] = start.map_info["map_num_grad_evals"]
+    if start.map is not None:
+        grad_evals["map"] = start.map.num_grad_evals
+    adapted = bool(ledger.steps) and est != Estimator.NONE
+    recovered = any(d.action == "recovery" for d in ledger.decisions)
+    runtime = time.perf_counter() - t_start
     info = {
-        "engine": algorithm,
+        "engine": kern.name,
         "objective": dict(obj.info),
         "num_chains": num_chains,
-        "num_warmup": num_warmup,
-        "warmup_extended_by": extended,
+        "num_warmup": ledger.steps,
+        "warmup_extended_by": ledger.extended,
         "num_samples": num_samples,
-        "step_size": step_np,
-        "initial_step_size": float(step_size),
-        "target_acceptance_rate": float(target_acceptance_rate),
-        "max_tree_depth": max_tree_depth if algorithm == "nuts" else None,
-        "num_integration_steps": num_integration_steps if algorithm == "hmc" else None,
+        "step_size": step_size,
+        "initial_step_size": float(step0),
+        "target_acceptance_rate": float(kern.target_acceptance_rate),
+        "max_tree_depth": kern.max_tree_depth if isinstance(kern, NUTS) else None,
+        "num_integration_steps": getattr(kern, "num_integration_steps", None),
         "init": start.source,
-        "jitter": float(jitter) if start.starts is None else None,
+        "jitter": float(jitter) if (start.starts is None and jitter is not None) else None,
         "metric": {
-            "seed": seed_kind,
-            "dense": bool(imm_np.ndim == 2),
-            "adapt": adapt,
-            "shrinkage": shrink,
+            "seed": seed.kind,
+            "dense": bool(np.ndim(imm) == 2),
+            "adapt": wcfg.metric,
+            "estimator": (ledger.estimator or Estimator(est)).name.lower() if adapted else None,
+            "shrinkage": float(wcfg.shrinkage),
             "pooled_chains": True,
-            **seed.info,
+            **imm0.info,
         },
-        "curvature": curvature.describe() if curvature is not None else None,
+        "seed_check": wcfg.check,
+        "decisions": [d.as_info() for d in ledger.decisions],
+        "recovered": recovered,
+        "rejected_grad_evals": ledger.rejected_grads,
+        "curvature": seed.curvature.describe() if seed.curvature is not None else None,
         "grad_evals": grad_evals,
         "handoff": diag,
-        "warnings": warn,
-        "map_status": start.map_info.get("map_status"),
+        "warnings": messages,
+        "map_status": start.map.status if start.map is not None else None,
+        "compile_s": compile_s,
+        "run_s": max(runtime - compile_s, 0.0),
     }
     extras = {
-        "step_size": step_np,
-        "inverse_mass_matrix": imm_np,
-        "seed_inverse_mass_matrix": np.asarray(seed.matrix),
+        "step_size": step_size,
+        "inverse_mass_matrix": imm,
+        "seed_inverse_mass_matrix": np.asarray(imm0.matrix),
         "theta_star": center_np,
-        "positions": np.asarray(states.position),
+        "positions": np.asarray(chains.states.position),
         "key": _key_data(key),
     }
-    if curvature is not None:
-        extras["curvature_diag"] = np.asarray(curvature.diag)
-        if getattr(curvature, "matrix", None) is not None:
-            extras["curvature_matrix"] = np.asarray(curvature.matrix)
+    if seed.curvature is not None:
+        extras["curvature_diag"] = np.asarray(seed.curvature.diag)
+        if getattr(seed.curvature, "matrix", None) is not None:
+            extras["curvature_matrix"] = np.asarray(seed.curvature.matrix)
     return Trace(
         kind="sampling",
-        z=theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
-        log_prob=log_prob,
-        stats=draws,
+        z=draws.theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
+        log_prob=draws.log_prob,
+        stats=stats,
         warmup=warmup,
         status="sampled",
         num_grad_evals=int(sum(v for k, v in grad_evals.items() if k != "map")),
-        runtime_s=time.perf_counter() - t_start,
+        runtime_s=runtime,
         info=info,
         layout=obj.base_layout,
         thetamap=obj.thetamap,

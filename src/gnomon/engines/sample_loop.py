@@ -1,96 +1,148 @@
-r"""The compiled sampler loop: BlackJAX NUTS/HMC steps of all chains in chunks, warmup adaptation inside.
+r"""The compiled sampler loop: NUTS/HMC steps of all chains in chunks, the warmup adaptation inside.
 
-One chunk is a ``lax.scan`` over ``chunk_size`` steps; each step advances every chain (``vmap``) with the
-current step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the
-chains' positions and acceptance rates to the pooled adaptation of :mod:`gnomon.engines.warmup`. A chunk
-whose schedule is shorter than ``chunk_size`` masks the tail (``active``), so every chunk has one shape and
-the program compiles once per objective and :class:`SamplerSettings` (a weak per-objective cache); Python
-only runs between chunks (progress bar, warmup extension).
+One chunk is a ``lax.scan`` over ``chunk`` steps; each step advances every chain (``vmap``) with the current
+step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the chains'
+positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.engines.warmup`. A chunk
+whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
+program compiles once per objective and :class:`SamplerSettings` (a weak per-objective cache). The NUTS depth
+cap and the adaptation's estimator are arguments, so the seed check, the warmup, a recovery and the sampling
+all run the same program. Python only runs between chunks (progress, the seed check, warmup extension).
 
-Per step and chain the chunk records ``theta``, ``log_prob`` and the kernel's statistics: ``acceptance_rate``,
-``diverging``, ``energy``, ``n_steps`` (leapfrog steps = gradient evaluations), ``step_size`` and, for NUTS,
-``tree_depth``.
+Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` and the kernel's statistics
+``acceptance_rate``, ``diverging``, ``energy``, ``n_steps`` (leapfrog steps = gradient evaluations),
+``step_size`` and ``tree_depth``.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.engines.warmup import AdaptState, window_adaptation
+from gnomon.engines.sample_config import HMC, NUTS
+from gnomon.engines.sample_kernels import build_step
+from gnomon.engines.warmup import AdaptSettings, AdaptState, window_adaptation
 from gnomon.objective.objective import Objective
+
+CHUNK = 100
 
 
 class SamplerSettings(NamedTuple):
     """Everything that changes the compiled program (the compile-cache key)."""
 
-    algorithm: str
-    max_num_doublings: int
-    num_integration_steps: int
-    target_acceptance_rate: float
-    divergence_threshold: float
-    factor_dense: bool
-    adapt: str
-    chunk: int
+    kernel: NUTS | HMC
+    adapt: AdaptSettings
+    chunk: int = CHUNK
 
 
-def _kernel_fn(st: SamplerSettings, logdensity):
-    from blackjax.mcmc import hmc, nuts
+class ChunkOut(NamedTuple):
+    """Per step and chain (steps, chains, ...) outputs of a chunk."""
 
-    if st.algorithm == "nuts":
-        kernel = nuts.build_kernel(divergence_threshold=st.divergence_threshold)
-
-        def step(key, state, step_size, imm):
-            return kernel(key, state, logdensity, step_size, imm, max_num_doublings=st.max_num_doublings)
-    else:
-        kernel = hmc.build_kernel(divergence_threshold=st.divergence_threshold)
-
-        def step(key, state, step_size, imm):
-            return kernel(key, state, logdensity, step_size, imm, num_integration_steps=st.num_integration_steps)
-
-    return step
+    theta: Any
+    log_prob: Any
+    acceptance_rate: Any
+    diverging: Any
+    energy: Any
+    n_steps: Any
+    step_size: Any
+    tree_depth: Any
 
 
-def _stats(st: SamplerSettings, info, step_size, num_chains: int) -> dict[str, Any]:
-    out = {
-        "acceptance_rate": info.acceptance_rate,
-        "diverging": info.is_divergent,
-        "energy": info.energy,
-        "n_steps": jnp.asarray(info.num_integration_steps, jnp.int32) * jnp.ones((num_chains,), jnp.int32),
-        "step_size": jnp.broadcast_to(step_size, (num_chains,)),
-    }
-    if st.algorithm == "nuts":
-        out["tree_depth"] = jnp.asarray(info.num_trajectory_expansions, jnp.int32)
-    return out
+STAT_NAMES = ("acceptance_rate", "diverging", "energy", "n_steps", "step_size", "tree_depth")
+
+
+class ChunkArgs(NamedTuple):
+    """The chunk's per-call arrays: the objective's data, the whitening factor L, L⁻¹, the shrinkage."""
+
+    data: Any
+    factor: Any
+    factor_inv: Any
+    shrink: Any
+
+
+class SamplerProgram(NamedTuple):
+    """The jitted functions of one objective and :class:`SamplerSettings`."""
+
+    init: Callable  # (positions (C, D), data) -> chain states
+    adapt_init: Callable  # (positions, step_size, factor) -> AdaptState
+    adapt_restart: Callable  # (AdaptState, step_size, factor) -> AdaptState
+    # (states, ad, key, t0, sched, active, adapting, depth, estimator, ChunkArgs) -> (states, ad, ChunkOut)
+    chunk: Callable
+    adapt_final: Callable  # (AdaptState) -> (step_size, inverse mass matrix)
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent compiling this program's functions so far (all calls)."""
+        return sum(f.compile_s for f in self)
+
+
+_COMPILE_TOTAL = [0.0]
+
+
+def compile_seconds() -> float:
+    """Seconds spent compiling sampler programs in this process so far (take differences around a call)."""
+    return _COMPILE_TOTAL[0]
+
+
+class Aot:
+    """A function compiled ahead of time once per argument signature (tree, shapes, dtypes, shardings), so
+    that compilation and execution are timed apart: ``compile_s`` accumulates the seconds spent lowering and
+    compiling."""
+
+    def __init__(self, fn: Callable):
+        self.jitted = jax.jit(fn)
+        self.executables: dict = {}
+        self.compile_s = 0.0
+
+    def __call__(self, *args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        sig = (tree, tuple(_signature(x) for x in leaves))
+        exe = self.executables.get(sig)
+        if exe is None:
+            t0 = time.perf_counter()
+            exe = self.jitted.lower(*args).compile()
+            dt = time.perf_counter() - t0
+            self.compile_s += dt
+            _COMPILE_TOTAL[0] += dt
+            self.executables[sig] = exe
+        return exe(*args)
+
+
+def _signature(x: Any) -> tuple:
+    return (
+        tuple(np.shape(x)),
+        str(x.dtype) if hasattr(x, "dtype") else type(x).__name__,
+        bool(getattr(x, "weak_type", False)),
+        str(getattr(x, "sharding", "")),
+    )
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled(obj: Objective, st: SamplerSettings) -> dict[str, Any]:
-    """The jitted functions for ``obj`` and ``st`` (cached): ``init`` (chain states at positions (C, D)),
-    ``adapt_init``, ``chunk`` and ``adapt_final`` (the adapted step size and inverse mass matrix)."""
+def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
+    """The (cached) :class:`SamplerProgram` for ``obj`` and ``st``."""
     per = _CACHE.setdefault(obj, {})
     hit = per.get(st)
     if hit is not None:
         return hit
     from blackjax.mcmc import hmc
 
-    wa = window_adaptation(st.adapt, st.factor_dense, st.target_acceptance_rate)
+    wa = window_adaptation(st.adapt)
+    step = build_step(st.kernel)
 
     def init(positions, data):
         logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
         return jax.vmap(lambda p: hmc.init(p, logdensity))(positions)
 
-    def chunk(states, ad: AdaptState, key, t0, sched, active, adapting, data, factor, factor_inv, shrink):
+    def chunk(states, ad: AdaptState, key, t0, sched, active, adapting, depth, estimator, args: ChunkArgs):
         """``len(active)`` steps; with ``adapting`` (warmup) the step size and the metric adapt."""
-        logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
-        step = _kernel_fn(st, logdensity)
+        logdensity = lambda th: obj.log_prob(th, args.data)  # noqa: E731
         num_chains = states.position.shape[0]
 
         def body(carry, xs):
@@ -99,14 +151,30 @@ def compiled(obj: Objective, st: SamplerSettings) -> dict[str, Any]:
             def run(carry):
                 states, ad = carry
                 keys = jax.random.split(jax.random.fold_in(key, t), num_chains)
-                new, info = jax.vmap(lambda k, s: step(k, s, ad.step_size, ad.imm))(keys, states)
-                out = _stats(st, info, ad.step_size, num_chains)
-                out["log_prob"] = new.logdensity
-                out["theta"] = new.position
+                new, info = jax.vmap(lambda k, s: step(k, s, logdensity, ad.step_size, ad.imm, depth))(keys, states)
+                out = ChunkOut(
+                    theta=new.position,
+                    log_prob=new.logdensity,
+                    acceptance_rate=info.acceptance_rate,
+                    diverging=info.is_divergent,
+                    energy=info.energy,
+                    n_steps=info.num_integration_steps,
+                    step_size=jnp.broadcast_to(ad.step_size, (num_chains,)),
+                    tree_depth=info.tree_depth,
+                )
                 ad = jax.lax.cond(
                     adapting,
                     lambda a: wa.update(
-                        a, stage, is_end, new.position, info.acceptance_rate, factor, factor_inv, shrink
+                        a,
+                        stage,
+                        is_end,
+                        new.position,
+                        new.logdensity_grad,
+                        info.acceptance_rate,
+                        args.factor,
+                        args.factor_inv,
+                        args.shrink,
+                        estimator,
                     ),
                     lambda a: a,
                     ad,
@@ -122,53 +190,66 @@ def compiled(obj: Objective, st: SamplerSettings) -> dict[str, Any]:
         (states, ad), outs = jax.lax.scan(body, (states, ad), (ts, (sched[:, 0], sched[:, 1].astype(bool)), active))
         return states, ad, outs
 
-    hit = {
-        "init": jax.jit(init),
-        "adapt_init": jax.jit(wa.init),
-        "chunk": jax.jit(chunk),
-        "adapt_final": jax.jit(wa.final),
-    }
+    hit = SamplerProgram(
+        init=Aot(init),
+        adapt_init=Aot(wa.init),
+        adapt_restart=Aot(wa.restart),
+        chunk=Aot(chunk),
+        adapt_final=Aot(wa.final),
+    )
     per[st] = hit
     return hit
 
 
+class Chunk(NamedTuple):
+    """One finished chunk on the host: the states and adaptation after it and its outputs (trimmed to the
+    active steps, ``(steps, chains, ...)``)."""
+
+    states: Any
+    adapt: AdaptState
+    out: ChunkOut
+
+
 def run_chunks(
-    chunk: Callable,
+    program: SamplerProgram,
+    st: SamplerSettings,
     states: Any,
     ad: AdaptState,
     key: Any,
     t0: int,
     rows: np.ndarray,
+    *,
     adapting: bool,
-    args: tuple,
-    chunk_size: int,
-    on_chunk: Callable[[dict[str, np.ndarray], AdaptState], None],
-) -> tuple[Any, AdaptState]:
-    """Run the schedule ``rows`` (steps × (slow?, window end?)) in compiled chunks from step ``t0``.
-
-    ``args`` are the chunk's trailing arguments ``(data, factor, factor_inv, shrink)``; ``on_chunk`` gets
-    each chunk's outputs (steps, chains, ...) on the host, trimmed to the active steps, and the adaptation
-    state after it."""
-    for c0 in range(0, len(rows), chunk_size):
-        n = min(chunk_size, len(rows) - c0)
-        sch = np.zeros((chunk_size, 2), np.int32)
+    depth: int,
+    estimator: int,
+    args: ChunkArgs,
+) -> Iterator[Chunk]:
+    """Run the schedule ``rows`` (steps × (slow?, window end?)) in compiled chunks from step ``t0``."""
+    size = st.chunk
+    for c0 in range(0, len(rows), size):
+        n = min(size, len(rows) - c0)
+        sch = np.zeros((size, 2), np.int32)
         sch[:n] = rows[c0 : c0 + n]
-        active = np.arange(chunk_size) < n
-        states, ad, outs = chunk(
-            states, ad, key, jnp.int32(t0 + c0), jnp.asarray(sch), jnp.asarray(active), adapting, *args
+        active = np.arange(size) < n
+        states, ad, outs = program.chunk(
+            states,
+            ad,
+            key,
+            jnp.int32(t0 + c0),
+            jnp.asarray(sch),
+            jnp.asarray(active),
+            jnp.asarray(adapting),
+            jnp.int32(depth),
+            jnp.int32(estimator),
+            args,
         )
         outs = jax.device_get(outs)
-        on_chunk({k: v[:n] for k, v in outs.items()}, ad)
-    return states, ad
+        yield Chunk(states, ad, ChunkOut(*(np.asarray(v)[:n] for v in outs)))
 
 
-def stack(chunks: list[dict]) -> dict[str, np.ndarray]:
+def stack(chunks: list[ChunkOut]) -> ChunkOut:
     """Concatenate chunk outputs (steps, chains, ...) and move chains first: (chains, steps, ...)."""
-    out = {}
-    for k in chunks[0]:
-        a = np.concatenate([c[k] for c in chunks], axis=0)
-        out[k] = np.swapaxes(a, 0, 1)
-    return out
+    return ChunkOut(*(np.swapaxes(np.concatenate(parts, axis=0), 0, 1) for parts in zip(*chunks, strict=True)))
 
 
 def shard(states: Any, num_chains: int) -> Any:

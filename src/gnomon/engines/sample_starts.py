@@ -17,7 +17,8 @@ A posterior that is locally Gaussian around its mode θ* with precision :math:`H
 θ* itself is resolved from the ``init`` forms of :func:`gnomon.sample` (:func:`resolve_init`): a θ, per-chain
 starts, an optimization Trace (its best θ, the MAP; a batch of fits gives one start per chain), a sampling
 Trace (its last draws) or a :class:`gnomon.HandOff`. An optimization that diverged has no usable mode: its
-first point with the identity metric is the fallback (:func:`cold_start`).
+chains then start from dispersed points around its first point and the warmup adapts without a seed
+(:func:`no_mode`, :func:`dispersed_starts`).
 """
 
 from __future__ import annotations
@@ -30,16 +31,37 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.curvature import mass_matrix as mmx
-from gnomon.engines.handoff import HandOff
+from gnomon.engines.handoff import HandOffBundle
+from gnomon.engines.sample_config import Warmup
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
+
+
+class MapInfo(NamedTuple):
+    """What the optimization trace behind a start reports."""
+
+    num_grad_evals: int
+    status: str | None
+    loss: float
+    first_theta: Any  # (D,) the optimizer's first point, or None
+    path: Any = None  # (T, D) the optimizer's recorded θ rows (of the best member of a batch)
+    losses: Any = None  # (T,) their losses
 
 
 class Start(NamedTuple):
     center: Any  # (D,) or None
     starts: Any  # (C, D) or None
     source: str
-    map_info: dict
+    map: MapInfo | None = None
+
+
+class Seed(NamedTuple):
+    """The metric seed: the inverse mass matrix, where it came from (``"curvature"``, ``"handoff"``,
+    ``"array"`` or ``"identity"``) and the curvature it was computed from (or None)."""
+
+    imm: mmx.InverseMassMatrix
+    kind: str
+    curvature: Any
 
 
 def map_theta(init: Trace, which: str, obj: Objective):
@@ -50,33 +72,34 @@ def map_theta(init: Trace, which: str, obj: Objective):
 def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
     """The start θ* (``center``) and/or per-chain starts of one of the ``init`` forms of :func:`gnomon.sample`."""
     d = obj.dim
-    if isinstance(init, HandOff):
+    if isinstance(init, HandOffBundle):
         if init.dim != d:
             raise ValueError(f"the hand-off is for θ of dimension {init.dim}, but the objective has dim {d}")
         pos = init.positions
         starts = jnp.asarray(pos) if pos is not None and np.shape(pos)[0] == num_chains else None
-        return Start(jnp.asarray(init.theta), starts, "handoff", {})
+        return Start(jnp.asarray(init.theta), starts, "handoff")
     if isinstance(init, Trace):
         if init.kind == "sampling":
             last = map_theta(init, "theta", obj)[:, -1]
             if last.shape[0] == num_chains:
-                return Start(map_theta(init, "best", obj), last, "sampling trace", {})
-            return Start(map_theta(init, "best", obj), None, "sampling trace", {})
-        info = {"map_num_grad_evals": int(np.sum(np.asarray(init.num_grad_evals)))}
+                return Start(map_theta(init, "best", obj), last, "sampling trace")
+            return Start(map_theta(init, "best", obj), None, "sampling trace")
+        cost = int(np.sum(np.asarray(init.num_grad_evals)))
         if init.is_batched:
             best = np.asarray(init.best_theta)
             losses = np.asarray(init.best_loss, dtype=float)
             order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))
             status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
-            info.update(map_status=status, map_loss=float(losses[order[0]]))
-            center = map_theta(init, "best", obj)[order[0]]
-            starts = map_theta(init, "best", obj) if best.shape[0] == num_chains else None
+            member = int(order[0])
+            path = np.asarray(map_theta(init, "theta", obj)[member])
+            member_loss = np.asarray(init.loss)[member]
+            info = MapInfo(cost, status, float(losses[member]), path[0], path, member_loss)
+            best_z = map_theta(init, "best", obj)
+            center = best_z[member]
+            starts = best_z if best.shape[0] == num_chains else None
             return Start(center, starts, "optimization trace", info)
-        info.update(
-            map_status=init.status,
-            map_loss=float(np.asarray(init.best_loss)),
-            map_first_theta=np.asarray(map_theta(init, "theta", obj)[0]),
-        )
+        path = np.asarray(map_theta(init, "theta", obj))
+        info = MapInfo(cost, init.status, float(np.asarray(init.best_loss)), path[0], path, np.asarray(init.loss))
         return Start(map_theta(init, "best", obj), None, "optimization trace", info)
     try:
         arr = jnp.asarray(init)
@@ -88,28 +111,47 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
     if arr.ndim == 1 and arr.shape[0] == d:
-        return Start(arr, None, "theta", {})
+        return Start(arr, None, "theta")
     if arr.ndim == 2 and arr.shape == (num_chains, d):
-        return Start(None, arr, "per-chain starts", {})
+        return Start(None, arr, "per-chain starts")
     raise ValueError(
         f"init has shape {tuple(arr.shape)}; expected a θ of shape ({d},) or per-chain starts of shape "
         f"({num_chains}, {d}) (num_chains={num_chains})"
     )
 
 
-def cold_start(start: Start) -> tuple[Start, str] | None:
-    """For an optimization that diverged (no usable mode): a start from its first point, and why; else None.
-
-    The caller also drops a curvature seed for the identity metric and the full warmup."""
-    status = start.map_info.get("map_status")
-    if not (start.source == "optimization trace" and isinstance(status, str) and status.startswith("diverged")):
+def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> str | None:
+    """Why the optimization behind ``start`` has no usable mode, or None: it went non-finite (the density
+    grows without bound, or the optimizer ran off to a boundary), its best point has a non-finite log density
+    (``log_prob_at_best``), or it stopped at its step limit while still gaining more than ``max(D, 10)`` nats
+    of log density over its last tenth — running away rather than converging (near a mode, the whole typical
+    set lies within about D/2 nats of it)."""
+    m = start.map
+    if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
-    first = start.map_info.get("map_first_theta")
-    msg = (
-        f"the optimization did not reach a mode ({status}); its best point is a poor start, so sampling starts "
-        "from the optimizer's first point with the identity metric and a full warmup"
-    )
-    return Start(jnp.asarray(first) if first is not None else start.center, None, "fallback", start.map_info), msg
+    if m.status.startswith("diverged"):
+        return f"the optimization did not reach a mode ({m.status})"
+    if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
+        return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
+    if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
+        loss = np.asarray(m.losses, np.float64)
+        cut = int(0.9 * len(loss))
+        head, tail = loss[:cut], loss[cut:]
+        head, tail = head[np.isfinite(head)], tail[np.isfinite(tail)]
+        if head.size and tail.size and float(np.min(head) - np.min(tail)) > max(dim, 10):
+            gain = float(np.min(head) - np.min(tail))
+            return (
+                f"the optimization did not reach a mode (it stopped at its step limit still gaining {gain:.3g} "
+                "nats of log density over its last tenth)"
+            )
+    return None
+
+
+def dispersed_starts(center: Any, key: Any, num_chains: int, radius: float = 2.0):
+    """Starts without a seed: ``center + uniform(−radius, radius)`` per coordinate (Stan's initialisation
+    around the given point)."""
+    u = jax.random.uniform(key, (num_chains, center.shape[0]), center.dtype, -radius, radius)
+    return center[None, :] + u
 
 
 def start_center(start: Start, obj: Objective, num_chains: int):
@@ -131,50 +173,66 @@ def seed_metric(
     obj: Objective,
     center: Any,
     inverse_mass_matrix: Any,
-    handoff: HandOff | None,
+    handoff: HandOffBundle | None,
+    warmup: Warmup,
     *,
-    dense: bool | str,
-    adapt_metric: str | None,
-    curvature_method: str | None,
-    max_dense_dim: int,
     key: Any,
     data: Any,
-) -> tuple[mmx.InverseMassMatrix, str, Any]:
-    """The metric seed, its kind (``"handoff"``, ``"curvature"``, ``"identity"`` or ``"array"``) and the
-    curvature it came from (or None); arguments as in :func:`gnomon.sample`, ``data`` None for the bound data."""
+) -> Seed:
+    """The metric seed of :func:`gnomon.sample`'s ``inverse_mass_matrix``/``handoff`` and the warmup's
+    ``curvature``/``dense``/``max_dense_dim``; ``data`` None for the bound data."""
     dtype = center.dtype
-    curvature = None
-    if handoff is not None and isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature":
+    dense_identity = warmup.metric == "dense"
+    curvature = warmup.curvature if not isinstance(warmup.curvature, str) else None
+    method = warmup.curvature if isinstance(warmup.curvature, str) else None
+    is_curv = isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "curvature"
+    if curvature is not None and not (hasattr(curvature, "diag") and hasattr(curvature, "method")):
+        prec = np.asarray(curvature, dtype=np.float64)  # an array: the precision's diagonal or the precision
+        if prec.shape not in ((obj.dim,), (obj.dim, obj.dim)):
+            raise ValueError(f"gn.warmup(curvature=array) has shape {prec.shape}, expected ({obj.dim},) or "
+                             f"({obj.dim}, {obj.dim}) for {obj!r}")
+        if is_curv:
+            imm = (mmx.from_precision_diag(prec, dtype=dtype) if prec.ndim == 1
+                   else mmx.from_precision_matrix(prec, dense=warmup.dense, dtype=dtype))
+            return Seed(imm, "curvature", None)
+    if curvature is not None and not is_curv:
+        raise ValueError(
+            "gn.warmup(curvature=<Curvature>) seeds the metric only with inverse_mass_matrix='curvature' "
+            f"(got inverse_mass_matrix={type(inverse_mass_matrix).__name__})"
+        )
+    if handoff is not None and is_curv:
         if handoff.dim != obj.dim:
             raise ValueError(f"the hand-off is for θ of dimension {handoff.dim}, but the objective has dim {obj.dim}")
-        seed = mmx.from_array(np.asarray(handoff.inverse_mass_matrix, dtype=dtype), source="handoff")
-        seed_kind = "handoff"
+        imm = mmx.from_array(np.asarray(handoff.inverse_mass_matrix, dtype=dtype), source="handoff")
+        seed = Seed(imm, "handoff", None)
+    elif is_curv and curvature is not None:
+        imm = mmx.from_curvature(curvature, dense=warmup.dense, max_dense_dim=warmup.max_dense_dim, dtype=dtype)
+        seed = Seed(imm, "curvature", curvature)
+    elif is_curv:
+        imm, curv = mmx.curvature_metric(
+            obj, center, method=method, dense=warmup.dense, max_dense_dim=warmup.max_dense_dim, key=key, data=data,
+            num_probes=warmup.num_probes, hutchinson_mode=warmup.hutchinson_mode,
+        )
+        seed = Seed(imm, "curvature", curv)
+    elif isinstance(inverse_mass_matrix, str) and inverse_mass_matrix == "identity" or inverse_mass_matrix is None:
+        seed = Seed(mmx.identity(obj.dim, dense=dense_identity, dtype=dtype), "identity", None)
     elif isinstance(inverse_mass_matrix, str):
-        if inverse_mass_matrix == "curvature":
-            seed, curvature = mmx.curvature_metric(
-                obj, center, method=curvature_method, dense=dense, max_dense_dim=max_dense_dim, key=key, data=data
-            )
-            seed_kind = "curvature"
-        elif inverse_mass_matrix == "identity":
-            seed, seed_kind = mmx.identity(obj.dim, dense=adapt_metric == "dense", dtype=dtype), "identity"
-        else:
-            raise ValueError(
-                f"unknown inverse_mass_matrix {inverse_mass_matrix!r}; expected 'curvature', 'identity', "
-                "None, an array (D,) or (D, D), or a gnomon.Curvature"
-            )
-    elif inverse_mass_matrix is None:
-        seed, seed_kind = mmx.identity(obj.dim, dense=adapt_metric == "dense", dtype=dtype), "identity"
+        raise ValueError(
+            f"unknown inverse_mass_matrix {inverse_mass_matrix!r}; expected 'curvature', 'identity', "
+            "None, an array (D,) or (D, D), or a gnomon.Curvature"
+        )
     elif isinstance(inverse_mass_matrix, mmx.InverseMassMatrix):
-        seed, seed_kind = inverse_mass_matrix, "array"
+        seed = Seed(inverse_mass_matrix, "array", None)
     elif hasattr(inverse_mass_matrix, "diag") and hasattr(inverse_mass_matrix, "method"):
-        curvature = inverse_mass_matrix
-        seed = mmx.from_curvature(curvature, dense=dense, max_dense_dim=max_dense_dim, dtype=dtype)
-        seed_kind = "curvature"
+        imm = mmx.from_curvature(
+            inverse_mass_matrix, dense=warmup.dense, max_dense_dim=warmup.max_dense_dim, dtype=dtype
+        )
+        seed = Seed(imm, "curvature", inverse_mass_matrix)
     else:
-        seed, seed_kind = mmx.from_array(np.asarray(inverse_mass_matrix, dtype=dtype)), "array"
-    if seed.dim != obj.dim:
-        raise ValueError(f"the inverse mass matrix has dimension {seed.dim}, but the objective has dim {obj.dim}")
-    return seed, seed_kind, curvature
+        seed = Seed(mmx.from_array(np.asarray(inverse_mass_matrix, dtype=dtype)), "array", None)
+    if seed.imm.dim != obj.dim:
+        raise ValueError(f"the inverse mass matrix has dimension {seed.imm.dim}, but the objective has dim {obj.dim}")
+    return seed
 
 
 def _bad_chains(states: Any) -> np.ndarray:

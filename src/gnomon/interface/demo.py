@@ -187,7 +187,7 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     # the sampler's seed metric is the dense inverse of this Fisher matrix (the curvature hand-off)
     posterior = gn.sample(obj, init=traces[best], key=jax.random.key(seed + 1), num_chains=cfg.num_chains,
                           num_warmup=cfg.num_warmup, num_samples=cfg.num_samples,
-                          inverse_mass_matrix=fisher_map, dense=True,
+                          inverse_mass_matrix=fisher_map, warmup=gn.warmup(dense=True),
                           progress=False)
     draws = np.asarray(posterior.theta, dtype=float).reshape(-1, layout.size)
     post_mean, post_sd = draws.mean(axis=0), draws.std(axis=0, ddof=1)

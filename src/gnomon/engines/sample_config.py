@@ -1,0 +1,277 @@
+r"""The sampler's configuration objects: kernels (:func:`nuts`, :func:`hmc`) and the warmup (:func:`warmup`).
+
+In the style of blackjax's algorithms and optax's factories, a kernel or a warmup is a small frozen value
+that says *what* to run; :func:`gnomon.sample` runs it::
+
+    post = gn.sample(obj, init=fit, key=key,
+                     kernel=gn.nuts(max_tree_depth=8, target_acceptance_rate=0.9),
+                     warmup=gn.warmup(metric="low_rank", max_steps=2000))
+
+String shorthands work (``kernel="nuts"``, ``kernel="hmc"``; ``warmup="diag"`` etc. is
+``gn.warmup(metric=...)``). Each option has one home and one default, written here; an option given to the
+wrong object raises a ``ValueError`` that names where it belongs (:func:`misplaced`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+DEFAULT_MAX_DENSE_DIM = 1000
+METRICS = ("auto", "diag", "dense", "low_rank", "none")
+
+# Where each sampler option lives (and what became of the v0.1 names): used to say where a misplaced
+# option belongs.
+_HOME = {
+    # gn.sample
+    "num_chains": "gn.sample(..., num_chains=...)",
+    "num_warmup": "gn.sample(..., num_warmup=...) (or gn.warmup(num_steps=...))",
+    "num_samples": "gn.sample(..., num_samples=...)",
+    "inverse_mass_matrix": "gn.sample(..., inverse_mass_matrix=...)",
+    "handoff": "gn.sample(..., handoff=...)",
+    "keep_warmup": "gn.sample(..., keep_warmup=...)",
+    "data": "gn.sample(..., data=...)",
+    "progress": "gn.sample(..., progress=...)",
+    "kernel": "gn.sample(..., kernel=...)",
+    "warmup": "gn.sample(..., warmup=...)",
+    # kernels
+    "max_tree_depth": "the NUTS kernel: kernel=gn.nuts(max_tree_depth=...)",
+    "num_integration_steps": "the HMC kernel: kernel=gn.hmc(num_integration_steps=...)",
+    "target_acceptance_rate": "the kernel: kernel=gn.nuts(target_acceptance_rate=...) (or gn.hmc)",
+    "divergence_threshold": "the kernel: kernel=gn.nuts(divergence_threshold=...) (or gn.hmc)",
+    "step_size": "the kernel: kernel=gn.nuts(step_size=...) (or gn.hmc)",
+    # warmup
+    "num_steps": "the warmup: warmup=gn.warmup(num_steps=...) (or gn.sample(..., num_warmup=...))",
+    "max_steps": "the warmup: warmup=gn.warmup(max_steps=...)",
+    "metric": "the warmup: warmup=gn.warmup(metric=...)",
+    "curvature": "the warmup: warmup=gn.warmup(curvature=...)",
+    "num_probes": "the warmup: warmup=gn.warmup(num_probes=...) (Hutchinson probes of the seed's curvature)",
+    "hutchinson_mode": "the warmup: warmup=gn.warmup(hutchinson_mode=...)",
+    "dense": "the warmup: warmup=gn.warmup(dense=...)",
+    "max_dense_dim": "the warmup: warmup=gn.warmup(max_dense_dim=...)",
+    "shrinkage": "the warmup: warmup=gn.warmup(shrinkage=...)",
+    "jitter": "the warmup: warmup=gn.warmup(jitter=...)",
+    "check": "the warmup: warmup=gn.warmup(check=...)",
+    # v0.1 names
+    "algorithm": "gn.sample(..., kernel=...) (was algorithm=; 'nuts', 'hmc' or gn.nuts(...)/gn.hmc(...))",
+    "adapt_metric": "the warmup: warmup=gn.warmup(metric=...) (was adapt_metric=)",
+    "curvature_method": "the warmup: warmup=gn.warmup(curvature=...) (was curvature_method=)",
+    "metric_shrinkage": "the warmup: warmup=gn.warmup(shrinkage=...) (was metric_shrinkage=)",
+    "max_warmup": "the warmup: warmup=gn.warmup(max_steps=...) (was max_warmup=)",
+    "fallback": "the warmup: warmup=gn.warmup(check=...) (the seed check replaces fallback=)",
+    "chunk_size": "nowhere: the compiled chunk length is internal",
+    "key": "gn.sample(obj, init, key) (the third argument)",
+}
+
+
+def misplaced(where: str, options: dict[str, Any]) -> None:
+    """Raise the ``ValueError`` for options that ``where`` does not take, naming where each belongs."""
+    if not options:
+        return
+    parts = []
+    for name, value in options.items():
+        home = _HOME.get(name)
+        shown = f"{name}={value!r}" if len(repr(value)) < 40 else name
+        parts.append(f"{shown} belongs to {home}" if home else f"{name!r} is not a sampler option")
+    raise ValueError(f"{where} does not take " + "; ".join(parts))
+
+
+def _positive(name: str, v: Any, *, allow_none: bool = False, strict: bool = True) -> None:
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+    if not ok or (v <= 0 if strict else v < 0):
+        raise ValueError(f"{name} must be a {'positive' if strict else 'non-negative'} number, got {v!r}")
+
+
+def _int(name: str, v: Any, lo: int, *, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+@dataclass(frozen=True)
+class NUTS:
+    r"""The No-U-Turn sampler (BlackJAX's multinomial NUTS).
+
+    Attributes:
+      max_tree_depth: most trajectory doublings per draw (at most :math:`2^{d}-1` leapfrog steps).
+      target_acceptance_rate: the mean acceptance probability dual averaging tunes the step size towards.
+      divergence_threshold: energy error above which a transition counts as divergent.
+      step_size: the initial leapfrog step size (default: the hand-off's, else 1); with ``num_warmup=0`` the
+        one used.
+    """
+
+    max_tree_depth: int = 10
+    target_acceptance_rate: float = 0.8
+    divergence_threshold: float = 1000.0
+    step_size: float | None = None
+    name: ClassVar[str] = "nuts"
+
+    def __post_init__(self):
+        _int("max_tree_depth", self.max_tree_depth, 1)
+        if self.max_tree_depth > 16:
+            raise ValueError(f"max_tree_depth must be ≤ 16 (65535 leapfrog steps), got {self.max_tree_depth}")
+        _check_common(self)
+
+
+@dataclass(frozen=True)
+class HMC:
+    r"""Hamiltonian Monte Carlo with a fixed number of leapfrog steps per draw.
+
+    Attributes:
+      num_integration_steps: leapfrog steps per draw.
+      target_acceptance_rate, divergence_threshold, step_size: as for :class:`NUTS`.
+    """
+
+    num_integration_steps: int = 16
+    target_acceptance_rate: float = 0.8
+    divergence_threshold: float = 1000.0
+    step_size: float | None = None
+    name: ClassVar[str] = "hmc"
+
+    def __post_init__(self):
+        _int("num_integration_steps", self.num_integration_steps, 1)
+        _check_common(self)
+
+
+Kernel = NUTS | HMC
+
+
+def _check_common(k: Kernel) -> None:
+    t = k.target_acceptance_rate
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1):
+        raise ValueError(f"target_acceptance_rate must be in (0, 1), got {t!r}")
+    _positive("divergence_threshold", k.divergence_threshold)
+    _positive("step_size", k.step_size, allow_none=True)
+
+
+def _build(cls: type, where: str, options: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    misplaced(where, {k: v for k, v in options.items() if k not in known})
+    return cls(**options)
+
+
+def nuts(**options: Any) -> NUTS:
+    """The NUTS kernel for :func:`gnomon.sample`: ``gn.nuts(max_tree_depth=10, target_acceptance_rate=0.8,
+    divergence_threshold=1000.0, step_size=None)`` (see :class:`NUTS`; the defaults live there)."""
+    return _build(NUTS, "gn.nuts", options)
+
+
+def hmc(**options: Any) -> HMC:
+    """The HMC kernel for :func:`gnomon.sample`: ``gn.hmc(num_integration_steps=16,
+    target_acceptance_rate=0.8, divergence_threshold=1000.0, step_size=None)`` (see :class:`HMC`)."""
+    return _build(HMC, "gn.hmc", options)
+
+
+def as_kernel(kernel: Any) -> Kernel:
+    """A kernel from ``"nuts"``, ``"hmc"``, :class:`NUTS` or :class:`HMC`."""
+    if isinstance(kernel, (NUTS, HMC)):
+        return kernel
+    if kernel == "nuts":
+        return NUTS()
+    if kernel == "hmc":
+        return HMC()
+    raise ValueError(f"unknown kernel {kernel!r}; expected 'nuts', 'hmc', gn.nuts(...) or gn.hmc(...)")
+
+
+# ------------------------------------------------------------------------------------------------ warmup
+@dataclass(frozen=True)
+class Warmup:
+    r"""How :func:`gnomon.sample` warms up: the metric seed, the adaptation and the seed check.
+
+    Attributes:
+      num_steps: warmup steps. ``None`` (default): by the seed — 300 after a curvature or array seed, 150
+        after a hand-off or with ``metric="none"``, 1000 from the identity — extended by further windows
+        while the metric is unsettled, and replaced by a recovery when the seed check rejects the seed, up
+        to ``max_steps``. An explicit number is run as given (no extension; a rejected seed still recovers
+        within it).
+      max_steps: the most warmup steps an automatic warmup (extensions and recovery) may take.
+      metric: what the warmup adapts, in the seed's whitened coordinates :math:`u = L^{-1}θ`:
+        ``"diag"`` (the variances of u: Stan's estimator), ``"dense"`` (the covariance of u),
+        ``"low_rank"`` (nutpie's: a diagonal plus low-rank metric from the draws *and* their gradients),
+        ``"none"`` (freeze the seed; only the step size adapts), or ``"auto"`` (default: ``"diag"`` around
+        a seed, ``"low_rank"`` after a recovery — ``"diag"`` when D > ``max_dense_dim``).
+      curvature: the curvature behind ``inverse_mass_matrix="curvature"``: a method name (``"exact"``,
+        ``"gauss_newton"``, ``"hutchinson"``, ``"fisher"``, ...), a :class:`gnomon.Curvature`, or an array
+        (the precision's diagonal ``(D,)`` or the precision ``(D, D)`` of ``−log_prob``) (default:
+        Gauss–Newton with residuals, else exact up to ``max_dense_dim``, else Hutchinson).
+      num_probes, hutchinson_mode: the Hutchinson (and probe-Fisher) estimator's probes and mode, as in
+        :func:`gnomon.estimate_curvature` (default: its own).
+      dense: the seed's shape from a dense curvature: ``False`` (marginal variances), ``True`` (the dense
+        inverse), ``"auto"`` (dense when correlations matter: largest variance inflation factor > 1.25).
+      max_dense_dim: the largest D for which dense matrices are formed (curvature, metric, moments).
+      shrinkage: pseudo-draws of the previous metric in each window's regularisation (0: Stan's rule).
+      jitter: spread of the chains' starts around θ* in units of the seed's Laplace draw :math:`Lε`
+        (default 1 with a seed, 0.1 with the identity).
+      check: check the seed while the warmup runs and recover when it fails (default True); with False the
+        seed is trusted, and an optimizer that found no mode is only warned about.
+    """
+
+    num_steps: int | None = None
+    max_steps: int = 2000
+    metric: str = "auto"
+    curvature: Any = None
+    num_probes: int | None = None
+    hutchinson_mode: str = "variance_reduced"
+    dense: bool | str = "auto"
+    max_dense_dim: int = DEFAULT_MAX_DENSE_DIM
+    shrinkage: float = 0.0
+    jitter: float | None = None
+    check: bool = True
+
+    def __post_init__(self):
+        _int("num_steps", self.num_steps, 0, allow_none=True)
+        _int("max_steps", self.max_steps, 1)
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
+        c = self.curvature
+        is_curv = hasattr(c, "diag") and hasattr(c, "method")
+        is_array = not is_curv and not isinstance(c, str) and np.ndim(c) in (1, 2) and np.size(c) > 0
+        if c is not None and not isinstance(c, str) and not is_curv and not is_array:
+            raise ValueError(
+                f"curvature must be a method name, a gnomon.Curvature or an array (D,)/(D, D), got {type(c).__name__}"
+            )
+        _int("num_probes", self.num_probes, 1, allow_none=True)
+        if self.hutchinson_mode not in ("variance_reduced", "plain"):
+            raise ValueError(f"hutchinson_mode must be 'variance_reduced' or 'plain', got {self.hutchinson_mode!r}")
+        if self.dense not in (True, False, "auto"):
+            raise ValueError(f"dense must be True, False or 'auto', got {self.dense!r}")
+        _int("max_dense_dim", self.max_dense_dim, 1)
+        _positive("shrinkage", self.shrinkage, strict=False)
+        _positive("jitter", self.jitter, allow_none=True, strict=False)
+        if not isinstance(self.check, bool):
+            raise ValueError(f"check must be True or False, got {self.check!r}")
+
+    def replace(self, **changes: Any) -> Warmup:
+        return replace(self, **changes)
+
+
+def warmup(**options: Any) -> Warmup:
+    """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
+    curvature=None, num_probes=None, hutchinson_mode="variance_reduced", dense="auto", max_dense_dim=1000,
+    shrinkage=0.0, jitter=None, check=True)`` (see
+    :class:`Warmup`; the defaults live there)."""
+    return _build(Warmup, "gn.warmup", options)
+
+
+def as_warmup(w: Any) -> Warmup:
+    """A warmup from ``None`` (the defaults), a :class:`Warmup` or a metric name (``"diag"``, ...)."""
+    if w is None:
+        return Warmup()
+    if isinstance(w, Warmup):
+        return w
+    if isinstance(w, str):
+        if w not in METRICS:
+            raise ValueError(f"unknown warmup {w!r}; expected gn.warmup(...) or a metric name {METRICS}")
+        return Warmup(metric=w)
+    raise ValueError(f"warmup must be gn.warmup(...), a metric name or None, got {type(w).__name__}")
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """Every kernel and warmup option with its default (the one source of them), for the docs."""
+    return {cls.__name__: {f.name: f.default for f in fields(cls)} for cls in (NUTS, HMC, Warmup)}

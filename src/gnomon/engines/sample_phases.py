@@ -1,0 +1,464 @@
+r"""The phases of one :func:`gnomon.sample` call, as functions over typed state.
+
+A run is a sequence of phases over the same compiled program (:mod:`gnomon.engines.sample_loop`):
+
+1. **seed check** (:func:`check_seed`): the first warmup steps around a seed, NUTS depth capped, judged by
+   :mod:`gnomon.engines.seed_check`;
+2. **warmup windows** (:func:`seeded_warmup`): the rest of the seeded schedule, window by window, each
+   window's cost and step size judged again; then further doubling windows while the metric is unsettled
+   (:func:`extend`);
+3. **recovery** (:func:`recover`) when the seed is rejected — or straight away when the optimizer found no
+   mode: the adaptation restarts where a cold start would (:func:`choose_restart`) with a gradient-based
+   estimator (nutpie's low-rank metric, :class:`gnomon.engines.warmup.Estimator`) and a cold window schedule
+   that is extended while unsettled; after each window, stuck chains are moved to the others
+   (:func:`rescue`);
+4. **sampling** (:func:`draw`).
+
+State: :class:`Context` (what a call fixes), :class:`Chains` (the chains, the adaptation and the whitening
+between phases, on the device) and :class:`Ledger` (what has been spent and decided, on the host). Every
+decision — seed kept or rejected, recovery, extension — is a :class:`Decision` in ``trace.info``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gnomon.engines import seed_check as sc
+from gnomon.engines import warmup as wu
+from gnomon.engines.sample_loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, compiled, run_chunks
+from gnomon.engines.stuck_chains import find_stuck
+from gnomon.engines.warmup import Estimator
+from gnomon.objective.objective import Objective
+
+# the recovery's schedule: with the gradient-based low-rank estimator a short fast buffer and short first
+# windows (it is exact for a Gaussian from a few dozen draws, and every chain's draws are pooled), doubling
+# after that; with the draws' (co)variances Stan's buffers (75, 25, 50)
+RECOVERY_STEPS = 600
+RECOVERY_BUFFERS = {"gradient": (15, 15, 50), "draws": (75, 25, 50)}
+# the estimator after a recovery, by the warmup's metric (dense ones fall back to the variances beyond
+# max_dense_dim; a frozen metric that was rejected adapts like "auto")
+RECOVERY_ESTIMATORS = {
+    "auto": Estimator.LOW_RANK,
+    "diag": Estimator.VARIANCE,
+    "dense": Estimator.COVARIANCE,
+    "low_rank": Estimator.LOW_RANK,
+    "none": Estimator.LOW_RANK,
+}
+
+
+class Context(NamedTuple):
+    """What one call fixes."""
+
+    obj: Objective
+    settings: SamplerSettings
+    program: SamplerProgram
+    data: Any
+    key: Any  # the warmup's key; step t uses fold_in(key, t)
+    dim: int
+    max_depth: int  # the kernel's NUTS depth (0 for HMC)
+    keep_warmup: bool
+    num_samples: int
+    bar: Any  # a Progress
+    shrink: Any
+
+
+class Chains(NamedTuple):
+    """The chains between phases: their states, the adaptation and the whitening ``u = L⁻¹θ``."""
+
+    states: Any
+    adapt: Any  # warmup.AdaptState
+    factor: Any  # L
+    factor_inv: Any  # L⁻¹
+
+
+class Decision(NamedTuple):
+    """One thing the sampler decided, when (warmup step) and why."""
+
+    step: int
+    action: str  # "seed kept" | "seed rejected" | "no mode" | "recovery" | "warmup extended" | "chains moved"
+    #              | "budget"
+    message: str
+    details: dict
+
+    def as_info(self) -> dict[str, Any]:
+        return {"step": self.step, "action": self.action, "message": self.message, **self.details}
+
+
+@dataclass
+class Ledger:
+    """What the run has spent and decided so far (host side)."""
+
+    steps: int = 0  # warmup steps
+    grads: int = 0  # warmup gradient evaluations
+    divergences: int = 0  # warmup divergences
+    rejected_grads: int = 0  # of which spent around a seed that was then rejected
+    restart_grads: int = 0  # new chain states: the recovery's restart, moved chains
+    windows: int = 0
+    kept: list[ChunkOut] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    extended: list[int] = field(default_factory=list)
+    estimator: Estimator | None = None  # the recovery's, once there is one
+
+    def decide(self, action: str, message: str, **details: Any) -> Decision:
+        d = Decision(self.steps, action, message, details)
+        self.decisions.append(d)
+        return d
+
+
+def _args(ctx: Context, chains: Chains) -> ChunkArgs:
+    return ChunkArgs(ctx.data, chains.factor, chains.factor_inv, ctx.shrink)
+
+
+def advance(
+    ctx: Context,
+    chains: Chains,
+    ledger: Ledger,
+    rows: np.ndarray,
+    *,
+    phase: str,
+    estimator: Estimator,
+    depth: int | None = None,
+) -> tuple[Chains, list[ChunkOut]]:
+    """Run the warmup rows ``rows`` (steps × (slow?, window end?)); count, show and keep their outputs."""
+    outs: list[ChunkOut] = []
+    states, ad = chains.states, chains.adapt
+    for ch in run_chunks(
+        ctx.program,
+        ctx.settings,
+        states,
+        ad,
+        ctx.key,
+        ledger.steps,
+        rows,
+        adapting=True,
+        depth=ctx.max_depth if depth is None else depth,
+        estimator=int(estimator),
+        args=_args(ctx, chains),
+    ):
+        states, ad, out = ch.states, ch.adapt, ch.out
+        outs.append(out)
+        ledger.steps += out.n_steps.shape[0]
+        ledger.grads += int(np.sum(out.n_steps))
+        ledger.divergences += int(np.sum(out.diverging))
+        if ctx.keep_warmup:
+            ledger.kept.append(out)
+        ctx.bar.update(
+            ledger.steps,
+            phase=phase,
+            steps_per_draw=round(float(np.mean(out.n_steps)), 1),
+            step_size=float(ad.step_size),
+            divergences=ledger.divergences,
+        )
+    return chains._replace(states=states, adapt=ad), outs
+
+
+def _cat(outs: list[ChunkOut]) -> ChunkOut:
+    return ChunkOut(*(np.concatenate(parts, axis=0) for parts in zip(*outs, strict=True)))
+
+
+def _window_rows(rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` cut after each window end (the last piece may hold no window end)."""
+    ends = list(np.flatnonzero(rows[:, 1]) + 1)
+    cuts = [0, *ends] + ([len(rows)] if not ends or ends[-1] != len(rows) else [])
+    return [rows[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+# ------------------------------------------------------------------------------------------------ seed check
+def check_seed(
+    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, center: Any
+) -> tuple[Chains, sc.Verdict, ChunkOut]:
+    """The first warmup steps ``rows`` around the seed with the NUTS depth capped, and their verdict; a seed
+    that fails grossly within the first :data:`~gnomon.engines.seed_check.EARLY_STEPS` is rejected there."""
+    depth = sc.check_depth(ctx.dim, ctx.max_depth) if ctx.max_depth else None
+    outs: list[ChunkOut] = []
+    v = None
+    for part in (rows[: sc.EARLY_STEPS], rows[sc.EARLY_STEPS :]):
+        if not len(part):
+            continue
+        chains, more = advance(ctx, chains, ledger, part, phase="seed check", estimator=Estimator.VARIANCE,
+                               depth=depth)
+        outs += more
+        out = _cat(outs)
+        v = sc.verdict(
+            out.n_steps,
+            out.tree_depth,
+            out.theta,
+            float(chains.adapt.step_size),
+            dim=ctx.dim,
+            depth_cap=depth,
+            center=np.asarray(center),
+            factor_inv=np.asarray(chains.factor_inv),
+            when=ledger.steps,
+            nuts=bool(ctx.max_depth),
+        )
+        if ledger.steps < len(rows) and not sc.gross(v):
+            continue
+        break
+    ledger.decide("seed rejected" if v.rejected else "seed kept", v.message, check=v.as_info())
+    return chains, v, out
+
+
+def seeded_warmup(
+    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, *, estimator: Estimator, check: bool
+) -> tuple[Chains, sc.Verdict | None, ChunkOut | None]:
+    """The seeded schedule's windows ``rows``, each judged for cost and step size when ``check``; returns
+    the chains, the verdict that rejected the seed (or None) and the outputs of the rejected window."""
+    for piece in _window_rows(rows):
+        ledger.windows += 1
+        chains, outs = advance(ctx, chains, ledger, piece, phase=f"warmup window {ledger.windows}", estimator=estimator)
+        if not check or not outs:
+            continue
+        out = _cat(outs)
+        v = sc.verdict(
+            out.n_steps,
+            out.tree_depth,
+            None,
+            float(chains.adapt.step_size),
+            dim=ctx.dim,
+            depth_cap=None,
+            what=f"seed (warmup window {ledger.windows})",
+            when=ledger.steps,
+            nuts=bool(ctx.max_depth),
+        )
+        if v.rejected:
+            ledger.decide("seed rejected", v.message, check=v.as_info())
+            return chains, v, out
+    return chains, None, None
+
+
+# ------------------------------------------------------------------------------------------------ extension
+def extend(
+    ctx: Context,
+    chains: Chains,
+    ledger: Ledger,
+    last: int,
+    tail: int,
+    budget: int,
+    *,
+    estimator: Estimator,
+    phase: str,
+) -> Chains:
+    """Insert doubling windows (``2 × last`` steps each) while the metric is unsettled and ``budget``
+    allows (counting the final buffer ``tail``)."""
+    while last:
+        s = wu.unsettled(chains.adapt, ctx.dim)
+        if not s.unsettled:
+            break
+        if ledger.steps + 2 * last + tail > budget:
+            ledger.decide("budget", f"warmup not extended at step {ledger.steps}: {s.reason}, but the warmup "
+                          f"budget (max_steps={budget}) is spent")
+            break
+        last *= 2
+        ledger.extended.append(last)
+        ledger.windows += 1
+        ctx.bar.total += last
+        ledger.decide("warmup extended", f"warmup extended by a window of {last} steps: {s.reason}")
+        chains, outs = advance(ctx, chains, ledger, wu.extra_window(last), phase=f"{phase} {ledger.windows}",
+                               estimator=estimator)
+        chains = rescue(ctx, chains, ledger, outs)
+    return chains
+
+
+def rescue(ctx: Context, chains: Chains, ledger: Ledger, outs: list[ChunkOut]) -> Chains:
+    """Move the chains that the window ``outs`` left stuck (:mod:`gnomon.engines.stuck_chains`) to the current
+    positions of chains that are not; each move costs one gradient evaluation per chain (the new states)."""
+    if not outs:
+        return chains
+    out = _cat(outs)
+    stuck = find_stuck(out.theta, out.n_steps, np.random.default_rng(ledger.steps))
+    if not stuck.chains:
+        return chains
+    pos = np.array(chains.states.position)
+    for c, d in zip(stuck.chains, stuck.donors, strict=True):
+        pos[c] = pos[d]
+    states = ctx.program.init(jnp.asarray(pos), ctx.data)
+    ledger.restart_grads += pos.shape[0]
+    moved = "; ".join(
+        f"chain {c} ({why}) to chain {d}'s position" for c, d, why in zip(*stuck, strict=True)
+    )
+    ledger.decide("chains moved", f"stuck chains moved at warmup step {ledger.steps}: {moved}",
+                  chains=list(stuck.chains))
+    return chains._replace(states=states)
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+class RecoveryPlan(NamedTuple):
+    """How a recovery adapts: the estimator, the program's static shape and the schedule."""
+
+    estimator: Estimator
+    settings: SamplerSettings
+    head: np.ndarray
+    tail: np.ndarray
+
+
+def recovery_plan(ctx: Context, metric: str, max_dense_dim: int, num_steps: int) -> RecoveryPlan:
+    """The estimator for the warmup's ``metric`` after a recovery (``"auto"``: nutpie's low-rank metric where
+    dense moments fit, ``D ≤ max_dense_dim``, else the draws' variances) and a cold schedule of ``num_steps``."""
+    dense_ok = ctx.dim <= max_dense_dim
+    est = RECOVERY_ESTIMATORS[metric]
+    if est in wu.DENSE_ESTIMATORS and not dense_ok:
+        est = Estimator.VARIANCE
+    scale_dense = est in wu.DENSE_ESTIMATORS
+    adapt = ctx.settings.adapt._replace(factor_dense=False, scale_dense=scale_dense, moments_dense=scale_dense)
+    settings = ctx.settings._replace(adapt=adapt)
+    initial, first, final = RECOVERY_BUFFERS["gradient" if est in (Estimator.LOW_RANK, Estimator.FISHER) else "draws"]
+    rows = wu.windows(
+        num_steps, min(initial, num_steps // 4), max(5, min(first, num_steps // 8)), min(final, num_steps // 4)
+    )
+    head, tail = wu.split_final(rows)
+    return RecoveryPlan(est, settings, head, tail)
+
+
+class Restart(NamedTuple):
+    """Where a recovery restarts: new chain positions (None: where the chains are), the whitening factor ``L``
+    (``(D,)`` or ``(D, D)``), a phrase saying where it came from, and its cost in gradient evaluations."""
+
+    positions: Any
+    factor: np.ndarray
+    source: str
+    cost: int
+    details: dict
+
+
+def pooled_scales(theta: np.ndarray | None, dim: int, dtype: Any) -> np.ndarray:
+    """σ₀: the sd of the pooled draws ``theta`` (steps, chains, D) per coordinate (1 without draws);
+    coordinates that did not move get the median of the others."""
+    if theta is None or np.size(theta) == 0:
+        return np.ones(dim, dtype)
+    sd = np.std(np.asarray(theta, np.float64).reshape(-1, dim), axis=0)
+    ok = np.isfinite(sd) & (sd > 0)
+    fill = float(np.median(sd[ok])) if ok.any() else 1.0
+    return np.where(ok, sd, fill).astype(dtype)
+
+
+def choose_restart(
+    ctx: Context,
+    chains: Chains,
+    key: Any,
+    *,
+    first: np.ndarray | None,
+    drawn: np.ndarray | None,
+) -> Restart:
+    """Where to restart after a rejected seed or without a mode:
+
+    * with the optimizer's ``first`` point: Stan's dispersed starts around it, unit scales — the places a
+      cold start would begin, away from the neck the mode sits in;
+    * else (a θ or per-chain starts were given): where the chains are, with the pooled scales of what they
+      have ``drawn`` (unit scales without draws).
+
+    Measured alternative (not used): Laplace draws from the largest-ELBO Gaussian along the optimizer's path
+    (Pathfinder's choice) cost 1.3× a cold start per effective sample on the centred eight schools — in 2 of
+    10 runs its pick lay in the neck and a chain stayed there — against 0.70× for the dispersed starts."""
+    from gnomon.engines.sample_starts import dispersed_starts
+
+    dtype = np.asarray(chains.states.position).dtype
+    num_chains = chains.states.position.shape[0]
+    if first is not None:
+        positions = dispersed_starts(jnp.asarray(first, dtype), jax.random.fold_in(key, 2), num_chains)
+        return Restart(positions, np.ones(ctx.dim, dtype), "dispersed starts around the optimizer's start",
+                       num_chains, {})
+    if drawn is None:
+        return Restart(None, np.ones(ctx.dim, dtype), "the chains' starts with unit scales (no seed)", 0, {})
+    return Restart(None, pooled_scales(drawn, ctx.dim, dtype),
+                   "the chains' current positions with the pooled scales of their draws", 0, {})
+
+
+def recover(
+    ctx: Context,
+    chains: Chains,
+    ledger: Ledger,
+    plan: RecoveryPlan,
+    restart: Restart,
+    budget: int,
+    *,
+    step_size: float = 1.0,
+) -> tuple[Context, Chains]:
+    """Restart the adaptation from ``restart`` with the plan's estimator and schedule (extended while
+    unsettled, within ``budget`` warmup steps)."""
+    factor_dense = np.ndim(restart.factor) == 2
+    settings = plan.settings._replace(adapt=plan.settings.adapt._replace(factor_dense=factor_dense))
+    program = compiled(ctx.obj, settings)
+    ctx = ctx._replace(settings=settings, program=program)
+    dtype = chains.states.position.dtype
+    factor = jnp.asarray(restart.factor, dtype)
+    factor_inv = jnp.linalg.inv(factor) if factor_dense else 1.0 / factor
+    states = chains.states
+    if restart.positions is not None:
+        states = program.init(jnp.asarray(restart.positions, dtype), ctx.data)
+    ad = program.adapt_init(states.position, jnp.asarray(step_size, dtype), factor)
+    chains = Chains(states, ad, factor, factor_inv)
+    ledger.restart_grads += restart.cost
+    ctx.bar.total = ledger.steps + len(plan.head) + len(plan.tail) + ctx.num_samples
+    ledger.estimator = plan.estimator
+    ledger.decide(
+        "recovery",
+        f"recovery at warmup step {ledger.steps}: {restart.source}; {plan.estimator.name.lower().replace('_', '-')} "
+        f"metric, {len(plan.head) + len(plan.tail)} steps",
+        estimator=plan.estimator.name.lower(),
+        restart_cost=restart.cost,
+        **restart.details,
+    )
+    for piece in _window_rows(plan.head):
+        ledger.windows += 1
+        chains, outs = advance(ctx, chains, ledger, piece, phase=f"recovery window {ledger.windows}",
+                               estimator=plan.estimator)
+        chains = rescue(ctx, chains, ledger, outs)
+    chains = extend(ctx, chains, ledger, wu.last_window(plan.head), len(plan.tail), budget,
+                    estimator=plan.estimator, phase="recovery window")
+    if len(plan.tail):
+        chains, _ = advance(ctx, chains, ledger, plan.tail, phase="warmup final buffer", estimator=plan.estimator)
+    return ctx, chains
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def draw(ctx: Context, chains: Chains, key: Any, num_samples: int, t_offset: int) -> tuple[Chains, list[ChunkOut]]:
+    """``num_samples`` draws with the adapted step size and metric fixed."""
+    outs: list[ChunkOut] = []
+    states, ad = chains.states, chains.adapt
+    done, div = 0, 0
+    for ch in run_chunks(
+        ctx.program,
+        ctx.settings,
+        states,
+        ad,
+        key,
+        0,
+        np.zeros((num_samples, 2), np.int32),
+        adapting=False,
+        depth=ctx.max_depth,
+        estimator=int(Estimator.NONE),
+        args=_args(ctx, chains),
+    ):
+        states, ad, out = ch.states, ch.adapt, ch.out
+        outs.append(out)
+        done += out.n_steps.shape[0]
+        div += int(np.sum(out.diverging))
+        ctx.bar.update(
+            t_offset + done,
+            force=done == num_samples,
+            phase="sampling",
+            steps_per_draw=round(float(np.mean(out.n_steps)), 1),
+            step_size=float(ad.step_size),
+            divergences=div,
+        )
+    return chains._replace(states=states, adapt=ad), outs
+
+
+def finite_step_size(step: Any) -> float:
+    s = float(np.asarray(step))
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"warmup ended with an unusable step size {s!r}")
+    return s
+
+
+def replace_adapt(chains: Chains, step_size: Any, imm: Any) -> Chains:
+    """The chains with the adaptation's step size and metric set (for sampling)."""
+    dtype = chains.states.position.dtype
+    ad = chains.adapt._replace(step_size=jnp.asarray(step_size, dtype), imm=jnp.asarray(imm, dtype))
+    return chains._replace(adapt=ad)

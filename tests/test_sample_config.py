@@ -1,0 +1,118 @@
+"""gn.sample's configuration objects, the depth-capped NUTS step and the typed compiled program."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gnomon as gn
+from gnomon.engines import sample_config as cfg
+from gnomon.engines.sample_loop import Aot, SamplerProgram, SamplerSettings, compiled
+from gnomon.engines.warmup import AdaptSettings
+
+OBJ = gn.Objective.from_log_prob(lambda th: -0.5 * jnp.sum((th / jnp.asarray([1.0, 3.0], th.dtype)) ** 2), 2)
+
+
+def test_options_given_to_the_wrong_object_name_their_home():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"max_tree_depth=5 belongs to the NUTS kernel: kernel=gn\.nuts"):
+        gn.sample(OBJ, jnp.zeros(2), key, max_tree_depth=5)
+    with pytest.raises(ValueError, match=r"curvature_method.*belongs to the warmup: warmup=gn\.warmup\(curvature"):
+        gn.sample(OBJ, jnp.zeros(2), key, curvature_method="exact")
+    with pytest.raises(ValueError, match=r"algorithm='hmc' belongs to gn\.sample\(\.\.\., kernel=\.\.\.\)"):
+        gn.sample(OBJ, jnp.zeros(2), key, algorithm="hmc")
+    with pytest.raises(ValueError, match=r"gn\.nuts does not take num_integration_steps=3 belongs to the HMC"):
+        gn.nuts(num_integration_steps=3)
+    with pytest.raises(ValueError, match=r"gn\.warmup does not take step_size=0\.1 belongs to the kernel"):
+        gn.warmup(step_size=0.1)
+    with pytest.raises(ValueError, match=r"gn\.hmc does not take metric='diag' belongs to the warmup"):
+        gn.hmc(metric="diag")
+    with pytest.raises(ValueError, match="'frobnicate' is not a sampler option"):
+        gn.nuts(frobnicate=1)
+
+
+def test_bad_values_and_shorthands():
+    with pytest.raises(ValueError, match="max_tree_depth must be an int ≥ 1"):
+        gn.nuts(max_tree_depth=0)
+    with pytest.raises(ValueError, match=r"target_acceptance_rate must be in \(0, 1\)"):
+        gn.hmc(target_acceptance_rate=1.5)
+    with pytest.raises(ValueError, match="unknown metric 'full'"):
+        gn.warmup(metric="full")
+    with pytest.raises(ValueError, match="jitter must be a non-negative number"):
+        gn.warmup(jitter=-1.0)
+    assert cfg.as_kernel("nuts") == gn.nuts() and cfg.as_kernel("hmc") == gn.hmc()
+    assert cfg.as_warmup("low_rank") == gn.warmup(metric="low_rank") and cfg.as_warmup(None) == gn.warmup()
+    with pytest.raises(ValueError, match=r"num_warmup=5 and warmup=gn\.warmup\(num_steps=7\) disagree"):
+        gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_warmup=5, warmup=gn.warmup(num_steps=7))
+
+
+def test_the_seed_curvature_takes_one_name_per_concept():
+    """gn.warmup(curvature=...) takes a method (with num_probes / hutchinson_mode), a Curvature or an array
+    precision; each gives the metric seed that the closed form says (Σ = H⁻¹ for this Gaussian)."""
+    h = np.array([1.0, 1 / 9.0])
+    for w in (gn.warmup(curvature=h), gn.warmup(curvature=np.diag(h)), gn.warmup(curvature="exact"),
+              gn.warmup(curvature="hutchinson", num_probes=64, hutchinson_mode="plain")):
+        post = gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_samples=5, num_warmup=0, warmup=w, progress=False)
+        np.testing.assert_allclose(np.diag(np.atleast_2d(post.extras["seed_inverse_mass_matrix"]))
+                                   if np.ndim(post.extras["seed_inverse_mass_matrix"]) == 2
+                                   else post.extras["seed_inverse_mass_matrix"], 1 / h, rtol=0.35)
+    with pytest.raises(ValueError, match=r"curvature=array\) has shape \(3,\)"):
+        gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), warmup=gn.warmup(curvature=np.ones(3)))
+    with pytest.raises(ValueError, match="hutchinson_mode must be"):
+        gn.warmup(hutchinson_mode="fancy")
+    with pytest.raises(ValueError, match=r"num_probes=3 belongs to the warmup"):
+        gn.nuts(num_probes=3)
+
+
+def test_one_source_of_defaults():
+    # the factories' docstrings quote the dataclasses' defaults: they must not drift apart
+    defaults = cfg.defaults()
+    for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.warmup, "Warmup")):
+        quoted = dict(re.findall(r"(\w+)=([^,)]+)", fn.__doc__.split("``")[1]))
+        assert set(quoted) == set(defaults[cls]), cls
+        for name, text in quoted.items():
+            assert text.strip('"') == str(defaults[cls][name]), (cls, name)
+    assert fn() == cfg.Warmup()
+
+
+def test_depth_capped_nuts_step_is_blackjax_at_full_depth():
+    import blackjax
+    from blackjax.mcmc import hmc
+
+    from gnomon.engines.sample_kernels import build_step
+
+    def lp(x):
+        return -0.5 * jnp.sum((x / jnp.arange(1.0, 6.0)) ** 2) - 0.1 * x[0] ** 4
+
+    imm = jnp.arange(1.0, 6.0) ** 2
+    theirs = jax.jit(lambda k, s: blackjax.nuts.build_kernel()(k, s, lp, 0.7, imm, max_num_doublings=10))
+    step = build_step(gn.nuts())
+    ours = jax.jit(lambda k, s, d: step(k, s, lp, 0.7, imm, d))
+    state = hmc.init(jnp.ones(5), lp)
+    for i in range(4):
+        k = jax.random.key(i)
+        a, ia = theirs(k, state)
+        b, ib = ours(k, state, 10)
+        np.testing.assert_array_equal(np.asarray(a.position), np.asarray(b.position))
+        assert int(ia.num_integration_steps) == int(ib.num_integration_steps)
+        assert float(ia.acceptance_rate) == float(ib.acceptance_rate)
+        _, ic = ours(k, state, 1)  # capped at one doubling: at most one leapfrog step
+        assert int(ic.num_integration_steps) <= 1 and int(ic.tree_depth) <= 1
+        state = a
+
+
+def test_compiled_program_is_typed_and_timed():
+    st = SamplerSettings(gn.nuts(), AdaptSettings(False, False, False, 0.8))
+    prog = compiled(OBJ, st)
+    assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog)
+    assert compiled(OBJ, st) is prog  # cached per objective and settings
+    kw = dict(num_chains=2, num_samples=200, inverse_mass_matrix=[1.0, 9.0])
+    tr = gn.sample(OBJ, jnp.zeros(2), jax.random.key(1), **kw)
+    again = gn.sample(OBJ, jnp.zeros(2), jax.random.key(2), **kw)
+    assert tr.info["compile_s"] > 0 and tr.info["run_s"] > 0
+    assert again.info["compile_s"] == 0.0  # the same objective and settings: nothing compiles again
+    assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"], rel=1e-6)
