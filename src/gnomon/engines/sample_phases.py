@@ -381,12 +381,18 @@ def recover(
 ) -> tuple[Context, Chains]:
     """Restart the adaptation from ``restart`` with the plan's estimator and schedule (extended while
     unsettled, within ``budget`` warmup steps)."""
-    factor_dense = np.ndim(restart.factor) == 2
+    restart_factor = restart.factor
+    reuse = plan.settings._replace(adapt=plan.settings.adapt._replace(factor_dense=True))
+    if np.ndim(restart_factor) == 1 and ctx.settings.adapt.factor_dense and reuse == ctx.settings:
+        # the seeded phase compiled a program with a dense factor: a diagonal restart factor as a dense matrix
+        # reuses it (the model is inlined into every program; a second compile costs as much as the first)
+        restart_factor = np.diag(np.asarray(restart_factor))
+    factor_dense = np.ndim(restart_factor) == 2
     settings = plan.settings._replace(adapt=plan.settings.adapt._replace(factor_dense=factor_dense))
     program = compiled(ctx.obj, settings)
     ctx = ctx._replace(settings=settings, program=program)
     dtype = chains.states.position.dtype
-    factor = jnp.asarray(restart.factor, dtype)
+    factor = jnp.asarray(restart_factor, dtype)
     factor_inv = jnp.linalg.inv(factor) if factor_dense else 1.0 / factor
     states = chains.states
     if restart.positions is not None:
