@@ -184,7 +184,8 @@ def from_precision_matrix(
     # units make the raw spectrum span many decades, and a rank cut-off relative to the largest raw
     # eigenvalue would then throw away well-determined directions.
     hdiag = np.diagonal(hm)
-    scale_vec = np.where(np.isfinite(hdiag) & (np.abs(hdiag) > 0), 1.0 / np.sqrt(np.abs(hdiag)), 1.0)
+    usable = np.isfinite(hdiag) & (np.abs(hdiag) > 0)
+    scale_vec = np.where(usable, 1.0 / np.sqrt(np.where(usable, np.abs(hdiag), 1.0)), 1.0)  # no 1/0 evaluated
     hn = hm * scale_vec[:, None] * scale_vec[None, :]
     lam, vecs = np.linalg.eigh(hn)
     scale = float(np.max(np.abs(lam))) if lam.size else 1.0
