@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.engines.sample_health import RHAT_LIMIT, chain_health
+from gnomon.engines.sample_health import RHAT_LIMIT, chain_health, mode_note
 
 
 def test_chain_health_against_synthetic_chains():
@@ -21,11 +21,16 @@ def test_chain_health_against_synthetic_chains():
     shifted = good + np.array([0.0, 0.0, 3.0, 3.0])[:, None, None] * np.array([0, 1, 0])  # two chains elsewhere
     div = np.zeros((4, 500), bool)
     div[0, :40] = True  # 2 % divergent
-    h = chain_health(shifted, div, map_status="max_steps")
+    note = mode_note("stalled at step 9: ...", np.array([7e13, 0.0]), judged_no_mode=False)
+    assert note == "the optimizer that gave the start ran off to |θ| = 7e+13 (stalled at step 9)"
+    assert mode_note("stalled at step 9: ...", np.array([2.5e6, 1.0]), False) is None  # µas values are fine
+    assert mode_note("diverged at step 3: ...", np.ones(2), False).endswith("found no mode (diverged at step 3)")
+    assert mode_note("converged", np.ones(2), True).endswith("found no mode (converged)")
+    h = chain_health(shifted, div, note)
     assert h["max_rhat"] > RHAT_LIMIT and h["worst_coordinate"] == 1
     assert len(h["problems"]) == 3 and "chains disagree" in h["problems"][0] and "2 %" in h["problems"][1]
-    assert "did not converge (max_steps)" in h["problems"][2]
-    assert chain_health(shifted, div, map_status="converged")["problems"][-1].startswith("2 %")
+    assert h["problems"][2].startswith(note) and "cannot be sampled" in h["problems"][2]
+    assert chain_health(shifted, div)["problems"][-1].startswith("2 %")
     bad = good.copy()
     bad[1, 7, 0] = np.nan
     assert chain_health(bad, np.zeros((4, 500), bool))["problems"] == ["1 draws hold non-finite values"]
@@ -41,7 +46,7 @@ def test_an_improper_posterior_is_not_returned_silently():
         warnings.simplefilter("always")
         post = gn.sample(obj, fit, jax.random.key(0), num_samples=200)
     problems = post.info["health"]["problems"]
-    assert problems and any("did not converge" in p for p in problems)
+    assert problems and any("ran off to |θ|" in p and "cannot be sampled" in p for p in problems)
     assert any(str(w.message).startswith("sampling: ") and "R̂" in str(w.message) for w in caught)
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 

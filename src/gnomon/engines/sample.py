@@ -49,7 +49,7 @@ from gnomon.engines import warmup as wu
 from gnomon.engines.handoff import HandOffBundle
 from gnomon.engines.sample_config import NUTS, Warmup, as_kernel, as_warmup, misplaced
 from gnomon.engines.sample_diagnostics import handoff_diagnostics
-from gnomon.engines.sample_health import chain_health
+from gnomon.engines.sample_health import chain_health, mode_note
 from gnomon.engines.sample_loop import STAT_NAMES, SamplerSettings, compile_seconds, compiled, shard, stack
 from gnomon.engines.sample_starts import (
     Seed,
@@ -423,7 +423,11 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
             "z_j ~ N(0, 1)) usually removes the funnel and lets the curvature seed work",
         )
     diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
-    health = chain_health(draws.theta, draws.diverging, start.map.status if start.map is not None else None)
+    note = None
+    if start.map is not None:
+        judged = any(d.action == "no mode" for d in ledger.decisions)
+        note = mode_note(start.map.status, center_np, judged)
+    health = chain_health(draws.theta, draws.diverging, note)
     if health["problems"]:
         _warn(messages, "sampling: " + "; ".join(health["problems"]))
     grad_evals = {

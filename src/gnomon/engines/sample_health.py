@@ -3,8 +3,9 @@ r"""After sampling: do the chains agree, and did the integrator hold?
 A problem found here is said — a warning and ``trace.info["health"]`` — never left for the user to find in a
 table: chains that disagree (rank-normalised split :math:`\hat R` from arviz-stats above :data:`RHAT_LIMIT`),
 divergent transitions in more than :data:`DIVERGENCE_LIMIT` of the draws, or non-finite draws. When the
-optimizer that gave the start did not converge, the message says that a posterior without a mode (improper,
-or running off to a boundary) cannot be sampled at all.
+optimizer that gave the start found no mode (it diverged, the sampler judged its end no mode, or it ran off to
+:math:`|θ| > 10^{10}`), the message says that a posterior without a mode (improper, or with its mass at a
+boundary) cannot be sampled at all.
 """
 
 from __future__ import annotations
@@ -18,10 +19,27 @@ RHAT_LIMIT = 1.05  # warn above (R̂ ≤ 1.01 is the bar for reporting; 1.05 is 
 DIVERGENCE_LIMIT = 0.01  # fraction of the kept draws
 
 
-def chain_health(theta: Any, diverging: Any, map_status: str | None = None) -> dict[str, Any]:
+RUNAWAY = 1e10  # an optimizer's best |θ| beyond this ran off rather than found a mode
+
+
+def mode_note(map_status: str | None, best_theta: Any, judged_no_mode: bool) -> str | None:
+    """Why the optimizer's end may not be a mode (for :func:`chain_health`), or None when nothing says so."""
+    if map_status is None:
+        return None
+    status = map_status.split(":")[0]
+    if judged_no_mode or map_status.startswith("diverged"):
+        return f"the optimizer that gave the start found no mode ({status})"
+    size = float(np.max(np.abs(np.asarray(best_theta, np.float64)))) if np.size(best_theta) else 0.0
+    if not np.isfinite(size) or size > RUNAWAY:
+        return f"the optimizer that gave the start ran off to |θ| = {size:.2g} ({status})"
+    return None
+
+
+def chain_health(theta: Any, diverging: Any, map_note: str | None = None) -> dict[str, Any]:
     """``{"max_rhat", "worst_coordinate", "divergence_fraction", "nonfinite_draws", "problems"}`` of draws
     ``theta`` ``(chains, draws, D)`` and ``diverging`` ``(chains, draws)``; ``problems`` holds one sentence
-    per problem found (empty when the chains look healthy)."""
+    per problem found (empty when the chains look healthy). ``map_note`` (:func:`mode_note`) is added when
+    there is a problem."""
     theta = np.asarray(theta, np.float64)
     chains, draws = theta.shape[:2]
     finite = np.isfinite(theta)
@@ -47,10 +65,10 @@ def chain_health(theta: Any, diverging: Any, map_status: str | None = None) -> d
                         "draws then miss")
     if out["nonfinite_draws"]:
         problems.append(f"{out['nonfinite_draws']} draws hold non-finite values")
-    if problems and map_status is not None and map_status != "converged":
-        problems.append(f"the optimizer that gave the start did not converge ({map_status.split(':')[0]}): a "
-                        "posterior without a mode — improper, or with its mass at a boundary — cannot be sampled")
+    if problems and map_note:
+        problems.append(f"{map_note}: a posterior without a mode — improper, or with its mass at a boundary — "
+                        "cannot be sampled")
     return out
 
 
-__all__ = ["chain_health", "RHAT_LIMIT", "DIVERGENCE_LIMIT"]
+__all__ = ["chain_health", "mode_note", "RHAT_LIMIT", "DIVERGENCE_LIMIT", "RUNAWAY"]
