@@ -45,8 +45,10 @@ def test_an_improper_posterior_is_not_returned_silently():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         post = gn.sample(obj, fit, jax.random.key(0), num_samples=200)
+    first = post.info["decisions"][0]
+    assert first["action"] == "no mode" and "ran off to |θ|" in first["message"]  # no seeded warmup paid for
     problems = post.info["health"]["problems"]
-    assert problems and any("ran off to |θ|" in p and "cannot be sampled" in p for p in problems)
+    assert problems and any("found no mode" in p and "cannot be sampled" in p for p in problems)
     assert any(str(w.message).startswith("sampling: ") and "R̂" in str(w.message) for w in caught)
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 

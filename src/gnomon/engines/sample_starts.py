@@ -33,6 +33,7 @@ import numpy as np
 from gnomon.curvature import mass_matrix as mmx
 from gnomon.engines.handoff import HandOffBundle
 from gnomon.engines.sample_config import Warmup
+from gnomon.engines.sample_health import RUNAWAY
 from gnomon.objective.objective import Objective
 from gnomon.trace.trace import Trace
 
@@ -125,12 +126,16 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     grows without bound, or the optimizer ran off to a boundary), its best point has a non-finite log density
     (``log_prob_at_best``), or it stopped at its step limit while still gaining more than ``max(D, 10)`` nats
     of log density over its last tenth — running away rather than converging (near a mode, the whole typical
-    set lies within about D/2 nats of it)."""
+    set lies within about D/2 nats of it) — or its best point lies beyond ``|θ| = RUNAWAY`` (1e10: an improper
+    density's optimizer stalls out there, in float32 at the precision limit, rather than stopping as diverged)."""
     m = start.map
     if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
     if m.status.startswith("diverged"):
         return f"the optimization did not reach a mode ({m.status})"
+    size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
+    if not math.isfinite(size) or size > RUNAWAY:
+        return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
     if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
