@@ -38,18 +38,9 @@ HANDOFF_FILE = "handoff.npz"
 
 @dataclass(frozen=True, eq=False)
 class HandOff(HandOffBundle):
-    """The adaptation state of a sampling run, reusable by the next run, and storable with it.
-
-    Attributes (from :class:`gnomon.engines.handoff.HandOffBundle`):
-      theta: θ* ``(D,)``, the point the run started from (the MAP in a hand-off).
-      step_size: the adapted step size.
-      inverse_mass_matrix: the adapted inverse mass matrix, ``(D,)`` or ``(D, D)``.
-      seed_inverse_mass_matrix: the metric the warmup was seeded with (e.g. from the curvature).
-      curvature_diag, curvature_matrix: the curvature at θ* when the seed came from it.
-      positions: the chains' last positions ``(C, D)``.
-      key: the run's PRNG key data (uint32), for the record.
-      info: JSON-able description (engine settings, diagnostics, decisions, versions, layout hash).
-    """
+    """The adaptation state of a sampling run, reusable by the next run, and storable with it: the fields of
+    :class:`gnomon.engines.handoff.HandOffBundle` (θ*, step size, adapted and seeded metrics, curvature,
+    chain positions, key, info) plus saving and loading as ``handoff.npz``."""
 
     @classmethod
     def from_trace(cls, trace: Trace) -> HandOff:

@@ -34,6 +34,7 @@ backtracking for preconditioned_gd (plus the bound with fixed steps) and for gd/
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 from collections.abc import Callable, Hashable, Mapping
@@ -75,14 +76,14 @@ class Program(NamedTuple):
     curvature_info: Mapping[str, Any] | None = None
 
 
-class Method:
-    """Base of the method configurations (frozen dataclasses)."""
+class Method(abc.ABC):
+    """Base of the method configurations (frozen dataclasses); each one builds its :class:`Program`."""
 
     name: ClassVar[str] = ""
 
-    def program(self, obj: Objective, theta: Any, data: Any) -> Program:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def program(self, obj: Objective, theta: Any, data: Any) -> Program:
         """The :class:`Program` for ``obj`` (``theta``/``data``: one member's start and data, for planning)."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings (field values; arrays and schedules by kind)."""
