@@ -191,8 +191,9 @@ def test_no_mode_skips_the_seed(capsys):
 
 
 def test_stuck_chains_are_found_and_sent_to_the_others():
-    """A chain whose window sits far from the others' (the neck of a funnel), or that pays many times their
-    leapfrog steps, is stuck; a majority is never overruled, and two chains cannot tell who is stuck."""
+    """A chain whose window sits far from the others' (the neck of a funnel), or that pays an order of magnitude
+    more leapfrog steps, is stuck (a few times more is not); a majority is never overruled, and two chains
+    cannot tell who is stuck."""
     from gnomon.engines.stuck_chains import find_stuck
 
     rng = np.random.default_rng(0)
@@ -204,9 +205,11 @@ def test_stuck_chains_are_found_and_sent_to_the_others():
     s = find_stuck(far, steps, rng)
     assert s.chains == (2,) and s.donors[0] in (0, 1, 3) and "within-chain sd" in s.reasons[0]
     dear = steps.copy()
-    dear[:, 0] = 63
+    dear[:, 0] = 255  # the tree-depth cap's cost
     s = find_stuck(theta, dear, rng)
-    assert s.chains == (0,) and "63 leapfrog steps per draw" in s.reasons[0]
+    assert s.chains == (0,) and "255 leapfrog steps per draw" in s.reasons[0]
+    dear[:, 0] = 40  # a few times the others' cost: exploring a narrower region (a funnel's neck), not stuck
+    assert find_stuck(theta, dear, rng).chains == ()
     split = theta.copy()
     split[:, :2, 0] += 10.0  # two against two: no majority
     assert find_stuck(split, steps, rng).chains == ()
@@ -225,3 +228,18 @@ def test_a_diverged_optimization_goes_straight_to_the_recovery():
     assert post.info["grad_evals"]["curvature"] == 0 and post.info["rejected_grad_evals"] == 0
     draws = np.asarray(post.theta, np.float64).reshape(-1, 3)
     assert np.all(np.abs(draws.mean(0) - 1.0) <= 0.15 * 2.0) and np.all(np.abs(draws.std(0) / 2.0 - 1) <= 0.1)
+
+
+def test_recovery_scales_come_from_the_gradients_at_its_starts():
+    """σ₀ = 1/√mean|g| per coordinate (nutpie's first metric); zero or non-finite gradients take the median of
+    the others, so one flat coordinate cannot give an infinite scale."""
+    from gnomon.engines.sample_phases import gradient_scales
+
+    g = np.array([[1.0, -100.0, 0.0, np.nan], [-1.0, 100.0, 0.0, 1.0]])
+    s = gradient_scales(g, np.float32)
+    assert s.dtype == np.float32
+    np.testing.assert_allclose(s, [1.0, 0.1, 1 / np.sqrt(50.5), 1 / np.sqrt(50.5)], rtol=1e-6)
+    assert np.all(gradient_scales(np.zeros((4, 3)), np.float64) == 1.0)
+    # for a Gaussian coordinate of sd σ started one σ out, |g| = 1/σ: the scale is √σ, between 1 and σ
+    sigma = np.array([0.01, 1.0, 100.0])
+    np.testing.assert_allclose(gradient_scales((sigma / sigma**2)[None, :], np.float64), np.sqrt(sigma))

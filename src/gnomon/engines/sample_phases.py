@@ -317,10 +317,11 @@ def recovery_plan(ctx: Context, metric: str, max_dense_dim: int, num_steps: int)
 
 class Restart(NamedTuple):
     """Where a recovery restarts: new chain positions (None: where the chains are), the whitening factor ``L``
-    (``(D,)`` or ``(D, D)``), a phrase saying where it came from, and its cost in gradient evaluations."""
+    (``(D,)`` or ``(D, D)``; None: :func:`gradient_scales` at the restart positions), a phrase saying where it
+    came from, and its cost in gradient evaluations."""
 
     positions: Any
-    factor: np.ndarray
+    factor: np.ndarray | None
     source: str
     cost: int
     details: dict
@@ -337,6 +338,23 @@ def pooled_scales(theta: np.ndarray | None, dim: int, dtype: Any) -> np.ndarray:
     return np.where(ok, sd, fill).astype(dtype)
 
 
+def gradient_scales(grads: Any, dtype: Any) -> np.ndarray:
+    r"""σ₀ from the gradients ``grads`` (C, D) at the chains' starts, as nutpie begins its adaptation:
+    :math:`σ_i = 1/\sqrt{\overline{|g_i|}}` (for a Gaussian coordinate of sd σ started about σ from its mean,
+    :math:`|g| ≈ 1/σ`, so this lands between 1 and σ: a first metric a fast window can tighten). Coordinates
+    whose gradient is zero or not finite get the median of the others; the scales stay within 10⁴ of it.
+
+    Measured on the centred eight schools from dispersed starts: the first 30 recovery steps cost 35–383
+    leapfrog steps per draw with unit scales (a third of the whole run's gradients)."""
+    g = np.mean(np.abs(np.asarray(grads, np.float64)), axis=0)
+    ok = np.isfinite(g) & (g > 0)
+    if not ok.any():
+        return np.ones(g.shape[-1], dtype)
+    med = float(np.median(g[ok]))
+    g = np.clip(np.where(ok, g, med), med * 1e-8, med * 1e8)
+    return (1.0 / np.sqrt(g)).astype(dtype)
+
+
 def choose_restart(
     ctx: Context,
     chains: Chains,
@@ -347,10 +365,11 @@ def choose_restart(
 ) -> Restart:
     """Where to restart after a rejected seed or without a mode:
 
-    * with the optimizer's ``first`` point: Stan's dispersed starts around it, unit scales — the places a
-      cold start would begin, away from the neck the mode sits in;
+    * with the optimizer's ``first`` point: Stan's dispersed starts around it — the places a cold start
+      would begin, away from the neck the mode sits in — with scales from the gradients there
+      (:func:`gradient_scales`; ``factor=None`` tells :func:`recover` to compute them);
     * else (a θ or per-chain starts were given): where the chains are, with the pooled scales of what they
-      have ``drawn`` (unit scales without draws).
+      have ``drawn`` (without draws — no mode — the scales from the gradients where they are).
 
     Measured alternative (not used): Laplace draws from the largest-ELBO Gaussian along the optimizer's path
     (Pathfinder's choice) cost 1.3× a cold start per effective sample on the centred eight schools — in 2 of
@@ -361,10 +380,10 @@ def choose_restart(
     num_chains = chains.states.position.shape[0]
     if first is not None:
         positions = dispersed_starts(jnp.asarray(first, dtype), jax.random.fold_in(key, 2), num_chains)
-        return Restart(positions, np.ones(ctx.dim, dtype), "dispersed starts around the optimizer's start",
-                       num_chains, {})
+        return Restart(positions, None, "dispersed starts around the optimizer's start, scales from their "
+                       "gradients", num_chains, {})
     if drawn is None:
-        return Restart(None, np.ones(ctx.dim, dtype), "the chains' starts with unit scales (no seed)", 0, {})
+        return Restart(None, None, "the chains' starts, scales from their gradients (no seed)", 0, {})
     return Restart(None, pooled_scales(drawn, ctx.dim, dtype),
                    "the chains' current positions with the pooled scales of their draws", 0, {})
 
@@ -381,7 +400,13 @@ def recover(
 ) -> tuple[Context, Chains]:
     """Restart the adaptation from ``restart`` with the plan's estimator and schedule (extended while
     unsettled, within ``budget`` warmup steps)."""
+    dtype = chains.states.position.dtype
+    states = chains.states
+    if restart.positions is not None:
+        states = ctx.program.init(jnp.asarray(restart.positions, dtype), ctx.data)
     restart_factor = restart.factor
+    if restart_factor is None:
+        restart_factor = gradient_scales(states.logdensity_grad, dtype)
     reuse = plan.settings._replace(adapt=plan.settings.adapt._replace(factor_dense=True))
     if np.ndim(restart_factor) == 1 and ctx.settings.adapt.factor_dense and reuse == ctx.settings:
         # the seeded phase compiled a program with a dense factor: a diagonal restart factor as a dense matrix
@@ -391,12 +416,8 @@ def recover(
     settings = plan.settings._replace(adapt=plan.settings.adapt._replace(factor_dense=factor_dense))
     program = compiled(ctx.obj, settings)
     ctx = ctx._replace(settings=settings, program=program)
-    dtype = chains.states.position.dtype
     factor = jnp.asarray(restart_factor, dtype)
     factor_inv = jnp.linalg.inv(factor) if factor_dense else 1.0 / factor
-    states = chains.states
-    if restart.positions is not None:
-        states = program.init(jnp.asarray(restart.positions, dtype), ctx.data)
     ad = program.adapt_init(states.position, jnp.asarray(step_size, dtype), factor)
     chains = Chains(states, ad, factor, factor_inv)
     ledger.restart_grads += restart.cost
