@@ -111,8 +111,11 @@ def test_sigkill_mid_campaign_then_resume(tmp_path):
         while True:
             assert proc.poll() is None, "the writer ended before it was killed"
             assert time.monotonic() < deadline, "the writer made no progress"
+            # runs are staged in hidden folders and renamed into place: a staged one is not a run yet
             done = [
-                d for d in (os.listdir(runs) if runs.exists() else []) if (runs / d / "summary.json").exists()
+                d
+                for d in (os.listdir(runs) if runs.exists() else [])
+                if not d.startswith(".") and (runs / d / "summary.json").exists()
             ]
             if len(done) >= 8:
                 break
@@ -282,3 +285,20 @@ def test_dask_local_cluster_campaign_equals_process_pool(tmp_path):
     pd.testing.assert_frame_equal(_table(dask_exp), ref)
     # and the fits are real: the loss decreased towards the minimum at θ = (1, 1)
     assert (ref.loc[1:, "final_loss"] < 1e-3 * ref.loc[1:, "initial_loss"]).all()
+
+
+def test_a_dead_writers_claim_on_a_complete_run_is_cleared(tmp_path):
+    """A writer killed between writing summary.json and releasing its claim leaves a complete run with a claim
+    file: the next campaign skips the run and removes the dead claim (a live writer's claim stays)."""
+    from gnomon.artifacts import runids
+    from gnomon.artifacts.run_writer import acquire_run
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "summary.json").write_text("{}")
+    dead = {"token": "t", "host": runids._HOST, "pid": 2**22 + 4321, "start": 0, "created_unix": time.time()}
+    (d / runids.CLAIM_FILE).write_text(json.dumps(dead))
+    assert acquire_run(d)[0] == "complete" and not (d / runids.CLAIM_FILE).exists()
+    live = {**dead, "pid": os.getpid(), "start": None}  # this process: alive
+    (d / runids.CLAIM_FILE).write_text(json.dumps(live))
+    assert acquire_run(d)[0] == "complete" and (d / runids.CLAIM_FILE).exists()

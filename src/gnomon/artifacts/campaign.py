@@ -25,7 +25,7 @@ from typing import Any
 from gnomon.artifacts.diagnostics import DiagnosticsConfig
 from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable
 from gnomon.artifacts.run import META_FILE, SUMMARY_FILE
-from gnomon.artifacts.runids import check_run_id
+from gnomon.artifacts.runids import CLAIM_FILE, check_run_id
 from gnomon.trace.trace import Trace
 
 _RESULT_KEYS = (
@@ -232,6 +232,10 @@ def run_many(
         d = runs_dir / rid
         if (d / SUMMARY_FILE).exists():
             result.skipped.append(rid)
+            if (d / CLAIM_FILE).exists():  # its writer died between summary.json and releasing the claim
+                from gnomon.artifacts.run_writer import drop_dead_claim
+
+                drop_dead_claim(d)
             if check_items:
                 _, h = item_fingerprint(item)
                 if h is not None:

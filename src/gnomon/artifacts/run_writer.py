@@ -53,6 +53,16 @@ UNCLAIMED_GRACE_S = 60.0
 EMPTY_GRACE_S = 2.0
 
 
+def drop_dead_claim(run_dir: Path) -> None:
+    """Remove the claim a writer left on a complete run when it died between writing summary.json and
+    releasing the claim (the run is complete either way; the leftover file would stay forever)."""
+    if claim_state(run_dir) == "stale":
+        try:
+            os.unlink(run_dir / CLAIM_FILE)
+        except FileNotFoundError:
+            pass
+
+
 def acquire_run(
     run_dir: Path,
     *,
@@ -87,6 +97,7 @@ def acquire_run(
     took_over = False
     for _ in range(5):
         if not overwrite and (run_dir / SUMMARY_FILE).exists():
+            drop_dead_claim(run_dir)
             return "complete", f"{run_dir.name}: already complete", None
         if not created and read_claim(run_dir) is None:
             # unclaimed and incomplete: a failed attempt (error.json) is free; else give its writer a grace
