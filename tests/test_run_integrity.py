@@ -69,25 +69,26 @@ def test_layout_of_another_gnomon_version_loads(tmp_path):
     assert check_run(d).ok and gn.load_run(d).layout.names == ("x", "v", "s")
 
 
-def test_save_run_refuses_unrelated_files_and_overwrite_replaces_them(tmp_path):
+def test_save_run_never_deletes_unrelated_files(tmp_path):
     d = tmp_path / "results"
     d.mkdir()
     (d / "notes.txt").write_text("my notes")
     (d / "figs").mkdir()
-    with pytest.raises(FileExistsError, match=r"results: is not empty and is not this run's directory \(it holds "
-                                              r"figs, notes\.txt\).*overwrite=True to replace its contents"):
-        gn.save_run(d, trace())
-    assert sorted(os.listdir(d)) == ["figs", "notes.txt"]  # untouched
-    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no staging left behind
-    gn.save_run(d, trace(), overwrite=True)
-    assert sorted(os.listdir(d)) == ["meta.json", "summary.json", "trace.npz"]
+    for overwrite in (False, True):  # save_run(".", overwrite=True) must not empty a working directory
+        with pytest.raises(FileExistsError, match=r"results: is not empty and is not this run's directory \(it "
+                                                  r"holds figs, notes\.txt\).*never deletes files it did not write"):
+            gn.save_run(d, trace(), overwrite=overwrite)
+        assert sorted(os.listdir(d)) == ["figs", "notes.txt"]  # untouched
+        assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no staging left behind
     # an incomplete run of another run id is not this run either
     other = tmp_path / "other"
     gn.save_run(other, trace(), run_id="someone-else")
     os.remove(other / "summary.json")
     assert target_state(other, "other") == ("foreign", ["meta.json of run 'someone-else'"])
-    with pytest.raises(FileExistsError, match="someone-else"):
+    with pytest.raises(FileExistsError, match="someone-else.*overwrite=True to replace it"):
         gn.save_run(other, trace())
+    gn.save_run(other, trace(), overwrite=True)
+    assert gn.load_run(other).run_id == "other"
 
 
 def test_rewrites_never_mix_two_runs_files(tmp_path):

@@ -13,9 +13,9 @@ written run is installed:
   moved in with ``summary.json`` last. At every moment the directory holds files of one run only.
 
 What a target holds decides whether it may be written (:func:`target_state`): a complete run needs
-``overwrite=True``; a directory holding anything that is not a gnomon run file (or a run of another run id)
-is refused unless ``overwrite=True``, which replaces its contents; a run being written by another live
-writer is always refused.
+``overwrite=True``, and so does an incomplete run of another run id; a directory holding anything that is not
+a gnomon run file is always refused (gnomon never deletes files it did not write); a run being written by
+another live writer is always refused.
 """
 
 from __future__ import annotations
@@ -95,11 +95,15 @@ def check_target(run_dir: Path, run_id: str, *, overwrite: bool, claim_token: st
             raise FileExistsError(f"{run_dir}: is being written by {describe_claim(rec)}")
     if state == "complete" and not overwrite:
         raise FileExistsError(f"{run_dir}: already holds a complete run (summary.json); pass overwrite=True")
-    if state == "foreign" and not overwrite:
+    other_run = state == "foreign" and all(n.startswith(f"{META_FILE} of run ") for n in names)
+    if state == "foreign" and not (overwrite and other_run):
+        # files that are not run files are never deleted, overwrite or not (save_run(".", overwrite=True) must
+        # not empty a working directory); an incomplete run of another run id may be replaced with overwrite
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        fix = "pass overwrite=True to replace it" if other_run else "gnomon never deletes files it did not write"
         raise FileExistsError(
             f"{run_dir}: is not empty and is not this run's directory (it holds {shown}); choose another "
-            "directory, or pass overwrite=True to replace its contents"
+            f"directory ({fix})"
         )
     return state
 
