@@ -91,15 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gnomon.interface import commands
 
         return int(getattr(commands, args.command)(args) or 0)
-    except (ArtifactError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as exc:
-        print(f"gnomon {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
         except OSError:
             pass
         return 0
+    except (ArtifactError, OSError, ValueError) as exc:
+        print(f"gnomon {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"gnomon {args.command}: interrupted", file=sys.stderr)
         return 130
