@@ -119,13 +119,15 @@ def test_the_recovery_reuses_the_seeded_program():
     compile a second one (measured: 20 s more on a 103-d stochastic-volatility model)."""
     from gnomon.engines import sample_loop
 
-    obj = gn.Objective.from_log_prob(_schools, 10)  # a fresh objective: an empty program cache
+    obj = gn.Objective.from_log_prob(_schools, 10)
+    for key in [k for k in sample_loop._CACHE if k[0] == obj.compile_key]:  # programs of other tests' SCHOOLS
+        del sample_loop._CACHE[key]
     fit = gn.optimize(obj, jnp.zeros(obj.dim), "lbfgs", num_steps=500, tol=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = gn.sample(obj, fit, jax.random.key(1), num_samples=200)
     assert [d["action"] for d in post.info["decisions"]][:2] == ["seed rejected", "recovery"]
-    programs = list(sample_loop._CACHE[obj])
+    programs = [st for key, st in sample_loop._CACHE if key == obj.compile_key]
     assert len(programs) == 1 and programs[0].adapt.factor_dense, programs
     assert post.info["compile_s"] > 0 and post.info["run_s"] > 0
 
@@ -243,3 +245,17 @@ def test_recovery_scales_come_from_the_gradients_at_its_starts():
     # for a Gaussian coordinate of sd σ started one σ out, |g| = 1/σ: the scale is √σ, between 1 and σ
     sigma = np.array([0.01, 1.0, 100.0])
     np.testing.assert_allclose(gradient_scales((sigma / sigma**2)[None, :], np.float64), np.sqrt(sigma))
+
+
+def test_bad_starts_are_named():
+    """init=None or a string names what init may be; a float32 start under x64 (BlackJAX's NUTS would fail
+    deep inside a lax.cond) asks for float64."""
+    obj = gn.Objective.from_log_prob(lambda t: -0.5 * jnp.sum(t**2), 3)
+    for bad in (None, "abc"):
+        with pytest.raises(ValueError, match="init must be a θ"):
+            gn.sample(obj, bad, jax.random.key(0), num_samples=10)
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match="float32 but jax_enable_x64 is on"):
+            gn.sample(obj, jnp.zeros(3, jnp.float32), jax.random.key(0), num_samples=10)
+        post = gn.sample(obj, jnp.zeros(3, jnp.float64), jax.random.key(0), num_samples=20, num_warmup=20)
+        assert post.theta.dtype == jnp.float64

@@ -217,7 +217,8 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         g = g.astype(dtype)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
         gnorm = jnp.linalg.norm(g) if need_gnorm else None
-        converged = jnp.zeros((), bool)
+        # an exactly zero gradient is a stationary point whatever the tolerances (not a float32 stall)
+        converged = jnp.all(g == 0)
         if tol is not None:
             converged = converged | (gnorm <= tol)
         if ftol is not None:

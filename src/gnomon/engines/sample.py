@@ -35,6 +35,7 @@ own cost. Timing: ``info["compile_s"]`` (lowering and compiling the sampler's pr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -325,7 +326,7 @@ def _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_cha
     imm0 = seed.imm.as_dense() if (est == Estimator.COVARIANCE and not seed.imm.dense) else seed.imm
     moments_dense = est in wu.DENSE_ESTIMATORS
     settings = SamplerSettings(
-        kernel=kern,
+        kernel=dataclasses.replace(kern, step_size=None),  # the first step size is an argument, not compiled in
         adapt=AdaptSettings(
             factor_dense=imm0.dense,
             scale_dense=moments_dense,

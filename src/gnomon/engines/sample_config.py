@@ -186,7 +186,8 @@ class Warmup:
 
     Attributes:
       num_steps: warmup steps. ``None`` (default): by the seed — 300 after a curvature or array seed, 150
-        after a hand-off or with ``metric="none"``, 1000 from the identity — extended by further windows
+        after a hand-off or with ``metric="none"``, 600 (a recovery's schedule) from the identity with
+        ``metric="auto"``/``"low_rank"`` and D ≤ ``max_dense_dim``, else 1000 — extended by further windows
         while the metric is unsettled, and replaced by a recovery when the seed check rejects the seed, up
         to ``max_steps``. An explicit number is run as given (no extension; a rejected seed still recovers
         within it).
@@ -194,8 +195,9 @@ class Warmup:
       metric: what the warmup adapts, in the seed's whitened coordinates :math:`u = L^{-1}θ`:
         ``"diag"`` (the variances of u: Stan's estimator), ``"dense"`` (the covariance of u),
         ``"low_rank"`` (nutpie's: a diagonal plus low-rank metric from the draws *and* their gradients),
-        ``"none"`` (freeze the seed; only the step size adapts), or ``"auto"`` (default: ``"diag"`` around
-        a seed, ``"low_rank"`` after a recovery — ``"diag"`` when D > ``max_dense_dim``).
+        ``"none"`` (freeze the seed; only the step size adapts), or ``"auto"`` (default; today the same as
+        ``"low_rank"``: nutpie's metric around a seed and after a recovery, the whitened variances
+        (``"diag"``) when D > ``max_dense_dim``, where dense moments are not formed).
       curvature: the curvature behind ``inverse_mass_matrix="curvature"``: a method name (``"exact"``,
         ``"gauss_newton"``, ``"hutchinson"``, ``"fisher"``, ...), a :class:`gnomon.Curvature`, or an array
         (the precision's diagonal ``(D,)`` or the precision ``(D, D)`` of ``−log_prob``) (default:

@@ -4,7 +4,7 @@ One chunk is a ``lax.scan`` over ``chunk`` steps; each step advances every chain
 step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the chains'
 positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.engines.warmup`. A chunk
 whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
-program compiles once per objective and :class:`SamplerSettings` (a weak per-objective cache). The NUTS depth
+program compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
 cap and the adaptation's estimator are arguments, so the seed check, the warmup, a recovery and the sampling
 all run the same program. Python only runs between chunks (progress, the seed check, warmup extension).
 
@@ -15,8 +15,8 @@ Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` 
 
 from __future__ import annotations
 
+import collections
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gnomon.engines.loop import compile_key
 from gnomon.engines.sample_config import HMC, NUTS
 from gnomon.engines.sample_kernels import build_step
 from gnomon.engines.warmup import AdaptSettings, AdaptState, window_adaptation
@@ -70,15 +71,10 @@ class SamplerProgram(NamedTuple):
 
     init: Callable  # (positions (C, D), data) -> chain states
     adapt_init: Callable  # (positions, step_size, factor) -> AdaptState
-    adapt_restart: Callable  # (AdaptState, step_size, factor) -> AdaptState
     # (states, ad, key, t0, sched, active, adapting, depth, estimator, ChunkArgs) -> (states, ad, ChunkOut)
     chunk: Callable
     adapt_final: Callable  # (AdaptState) -> (step_size, inverse mass matrix)
 
-    @property
-    def compile_s(self) -> float:
-        """Seconds spent compiling this program's functions so far (all calls)."""
-        return sum(f.compile_s for f in self)
 
 
 _COMPILE_TOTAL = [0.0]
@@ -122,14 +118,18 @@ def _signature(x: Any) -> tuple:
     )
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE: collections.OrderedDict = collections.OrderedDict()  # (compile key, settings) -> SamplerProgram
+_CACHE_SIZE = 16  # programs kept (least recently used dropped)
 
 
 def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
-    """The (cached) :class:`SamplerProgram` for ``obj`` and ``st``."""
-    per = _CACHE.setdefault(obj, {})
-    hit = per.get(st)
+    """The (cached) :class:`SamplerProgram` for ``obj`` and ``st``: objectives that share a compile key (differ
+    only in bound data, which the programs take as an argument) share their programs, as the optimizer loop's
+    do."""
+    key = (compile_key(obj), st)
+    hit = _CACHE.get(key)
     if hit is not None:
+        _CACHE.move_to_end(key)
         return hit
     from blackjax.mcmc import hmc
 
@@ -193,11 +193,12 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
     hit = SamplerProgram(
         init=Aot(init),
         adapt_init=Aot(wa.init),
-        adapt_restart=Aot(wa.restart),
         chunk=Aot(chunk),
         adapt_final=Aot(wa.final),
     )
-    per[st] = hit
+    _CACHE[key] = hit
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return hit
 
 

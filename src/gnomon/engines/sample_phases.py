@@ -31,7 +31,7 @@ import numpy as np
 
 from gnomon.engines import seed_check as sc
 from gnomon.engines import warmup as wu
-from gnomon.engines.sample_loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, compiled, run_chunks
+from gnomon.engines.sample_loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, compiled, run_chunks, shard
 from gnomon.engines.stuck_chains import find_stuck
 from gnomon.engines.warmup import Estimator
 from gnomon.objective.objective import Objective
@@ -277,7 +277,7 @@ def rescue(ctx: Context, chains: Chains, ledger: Ledger, outs: list[ChunkOut]) -
     pos = np.array(chains.states.position)
     for c, d in zip(stuck.chains, stuck.donors, strict=True):
         pos[c] = pos[d]
-    states = ctx.program.init(jnp.asarray(pos), ctx.data)
+    states = shard(ctx.program.init(jnp.asarray(pos), ctx.data), pos.shape[0])
     ledger.restart_grads += pos.shape[0]
     moved = "; ".join(
         f"chain {c} ({why}) to chain {d}'s position" for c, d, why in zip(*stuck, strict=True)
@@ -307,7 +307,7 @@ def recovery_plan(ctx: Context, metric: str, max_dense_dim: int, num_steps: int)
     scale_dense = est in wu.DENSE_ESTIMATORS
     adapt = ctx.settings.adapt._replace(factor_dense=False, scale_dense=scale_dense, moments_dense=scale_dense)
     settings = ctx.settings._replace(adapt=adapt)
-    initial, first, final = RECOVERY_BUFFERS["gradient" if est in (Estimator.LOW_RANK, Estimator.FISHER) else "draws"]
+    initial, first, final = RECOVERY_BUFFERS["gradient" if est == Estimator.LOW_RANK else "draws"]
     rows = wu.windows(
         num_steps, min(initial, num_steps // 4), max(5, min(first, num_steps // 8)), min(final, num_steps // 4)
     )
@@ -324,7 +324,6 @@ class Restart(NamedTuple):
     factor: np.ndarray | None
     source: str
     cost: int
-    details: dict
 
 
 def pooled_scales(theta: np.ndarray | None, dim: int, dtype: Any) -> np.ndarray:
@@ -381,11 +380,11 @@ def choose_restart(
     if first is not None:
         positions = dispersed_starts(jnp.asarray(first, dtype), jax.random.fold_in(key, 2), num_chains)
         return Restart(positions, None, "dispersed starts around the optimizer's start, scales from their "
-                       "gradients", num_chains, {})
+                       "gradients", num_chains)
     if drawn is None:
-        return Restart(None, None, "the chains' starts, scales from their gradients (no seed)", 0, {})
+        return Restart(None, None, "the chains' starts, scales from their gradients (no seed)", 0)
     return Restart(None, pooled_scales(drawn, ctx.dim, dtype),
-                   "the chains' current positions with the pooled scales of their draws", 0, {})
+                   "the chains' current positions with the pooled scales of their draws", 0)
 
 
 def recover(
@@ -403,7 +402,7 @@ def recover(
     dtype = chains.states.position.dtype
     states = chains.states
     if restart.positions is not None:
-        states = ctx.program.init(jnp.asarray(restart.positions, dtype), ctx.data)
+        states = shard(ctx.program.init(jnp.asarray(restart.positions, dtype), ctx.data), len(restart.positions))
     restart_factor = restart.factor
     if restart_factor is None:
         restart_factor = gradient_scales(states.logdensity_grad, dtype)
@@ -429,7 +428,6 @@ def recover(
         f"metric, {len(plan.head) + len(plan.tail)} steps",
         estimator=plan.estimator.name.lower(),
         restart_cost=restart.cost,
-        **restart.details,
     )
     for piece in _window_rows(plan.head):
         ledger.windows += 1

@@ -45,8 +45,7 @@ class MapInfo(NamedTuple):
     status: str | None
     loss: float
     first_theta: Any  # (D,) the optimizer's first point, or None
-    path: Any = None  # (T, D) the optimizer's recorded θ rows (of the best member of a batch)
-    losses: Any = None  # (T,) their losses
+    losses: Any = None  # (T,) the optimizer's recorded losses (of the best member of a batch)
 
 
 class Start(NamedTuple):
@@ -92,19 +91,18 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
             order = np.argsort(np.where(np.isfinite(losses), losses, np.inf))
             status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
             member = int(order[0])
-            path = np.asarray(map_theta(init, "theta", obj)[member])
-            member_loss = np.asarray(init.loss)[member]
-            info = MapInfo(cost, status, float(losses[member]), path[0], path, member_loss)
+            first = np.asarray(map_theta(init, "theta", obj)[member, 0])
+            info = MapInfo(cost, status, float(losses[member]), first, np.asarray(init.loss)[member])
             best_z = map_theta(init, "best", obj)
             center = best_z[member]
             starts = best_z if best.shape[0] == num_chains else None
             return Start(center, starts, "optimization trace", info)
-        path = np.asarray(map_theta(init, "theta", obj))
-        info = MapInfo(cost, init.status, float(np.asarray(init.best_loss)), path[0], path, np.asarray(init.loss))
+        first = np.asarray(map_theta(init, "theta", obj)[0])
+        info = MapInfo(cost, init.status, float(np.asarray(init.best_loss)), first, np.asarray(init.loss))
         return Start(map_theta(init, "best", obj), None, "optimization trace", info)
     try:
         arr = jnp.asarray(init)
-    except TypeError:
+    except (TypeError, ValueError):  # e.g. None, a string
         raise ValueError(
             f"init must be a θ ({d},), per-chain starts ({num_chains}, {d}), a Trace or a HandOff; got "
             f"{type(init).__name__}"
@@ -168,6 +166,12 @@ def start_center(start: Start, obj: Objective, num_chains: int):
         raise ValueError(f"the start θ has shape {tuple(center.shape)}, expected ({obj.dim},) for {obj!r}")
     if start.starts is not None and tuple(start.starts.shape) != (num_chains, obj.dim):
         raise ValueError(f"per-chain starts have shape {tuple(start.starts.shape)}, expected ({num_chains}, {obj.dim})")
+    if center.dtype == jnp.float32 and jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64:
+        # BlackJAX's NUTS then mixes float64 (step size, energies) with float32 θ and fails deep in a lax.cond
+        raise ValueError(
+            "the start θ is float32 but jax_enable_x64 is on: pass it as float64 (e.g. θ.astype('float64'); "
+            "for a float32 optimizer Trace, its best_theta), or sample with x64 off"
+        )
     center_np = np.asarray(center)
     if not np.all(np.isfinite(center_np)):
         raise ValueError(f"the start θ has non-finite entries: {center_np[~np.isfinite(center_np)][:3].tolist()}")

@@ -26,8 +26,8 @@ The cost criterion applies to NUTS only (HMC's steps per draw are fixed).
 A seed that fails grossly — most transitions at the depth cap *and* scales 100× off or a collapsed step
 size — is rejected after the first :data:`EARLY_STEPS` (:func:`gross`), a third of the check's cost.
 
-The same statistics are computed on every later warmup window (:func:`window_verdict`: cost and step size
-only, the scales there being the adaptation's business), so a seed that passed the first steps but fails
+The same statistics are computed on every later warmup window (:func:`verdict` with ``what=``: cost and step
+size only, the scales there being the adaptation's business), so a seed that passed the first steps but fails
 later is still abandoned. A rejection triggers the recovery (:mod:`gnomon.engines.sample_phases`).
 """
 

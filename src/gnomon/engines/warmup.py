@@ -15,9 +15,7 @@ Estimators (``Estimator``; chosen per phase, one compiled program serves them al
 ----------------------------------------------------------------------------------
 ``VARIANCE`` (Stan's): :math:`S = \mathrm{diag}\,\widehat{\mathrm{Var}}[u]`, regularised as
 :math:`s = (n\hat s + k\,s_{prev} + 5\cdot10^{-3})/(n + 5 + k)` with ``k = shrinkage`` pseudo-draws of the
-previous value. ``COVARIANCE``: the same for the full covariance. ``FISHER`` (nutpie's diagonal):
-:math:`s_i = \sqrt{\mathrm{Var}[u_i]/\mathrm{Var}[g_{u,i}]}` — exact for a Gaussian, whose gradient
-variance is the precision, and far less noisy than draws alone early in a warmup. ``LOW_RANK`` (nutpie's
+previous value. ``COVARIANCE``: the same for the full covariance. ``LOW_RANK`` (nutpie's
 Algorithm 1, Seyboldt et al. 2026): with :math:`\sigma = (\mathrm{Var}[u]/\mathrm{Var}[g_u])^{1/4}`, the
 scaled draw and gradient covariances :math:`A = D^{-1}C_uD^{-1}`, :math:`B = DC_gD` (:math:`D = \mathrm{diag}\,
 \sigma`) are projected on the span :math:`Q` of their top ``rank`` eigenvectors each; there
@@ -65,9 +63,8 @@ class Estimator(IntEnum):
 
     VARIANCE = 0
     COVARIANCE = 1
-    FISHER = 2
-    LOW_RANK = 3
-    NONE = 4
+    LOW_RANK = 2
+    NONE = 3
 
 
 DENSE_ESTIMATORS = (Estimator.COVARIANCE, Estimator.LOW_RANK)
@@ -126,7 +123,6 @@ class WindowAdaptation(NamedTuple):
     init: Callable  # (positions (C, D), step_size, factor) -> AdaptState
     update: Callable  # (state, stage, is_end, positions, grads, acceptance (C,), factor, factor_inv, shrink, est)
     final: Callable  # (state) -> (step_size, inverse mass matrix)
-    restart: Callable  # (state, step_size, factor) -> state with S = I, fresh moments and dual averaging
 
 
 # ------------------------------------------------------------------------------------------------ algebra
@@ -291,17 +287,6 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             windows=jnp.zeros((), jnp.int32),
         )
 
-    def restart(ad: AdaptState, step_size, factor) -> AdaptState:
-        """A fresh adaptation around a new factor (the recovery): S = I, no moments, dual averaging anew."""
-        num_chains, dim = ad.chains.mean.shape
-        dtype = ad.step_size.dtype
-        scale, mom, chains = fresh(num_chains, dim, dtype)
-        eps = jnp.asarray(step_size, dtype)
-        return ad._replace(
-            da=da_init(eps), step_size=eps, scale=scale, mom=mom, chains=chains,
-            imm=inverse_mass_matrix(st, factor, scale),
-        )
-
     def estimate(est, mom: Moments, prev, shrink):
         n = mom.n
         dim = mom.mean_u.shape[0]
@@ -317,13 +302,10 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             s = (n * _var(st.moments_dense, mom.m2_u, n) + shrink * prev_diag() + 5e-3) / (n + 5 + shrink)
             return as_scale(s)
 
-        def fisher(_):
-            return as_scale(fisher_sigma(mom, st.moments_dense) ** 2)
-
         def none(_):
             return prev
 
-        branches = [variance, variance, fisher, fisher, none]
+        branches = [variance, variance, variance, none]  # without dense moments the dense estimators cannot run
         if st.scale_dense:
 
             def covariance(_):
@@ -334,7 +316,7 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             def low_rank(_):
                 return low_rank_scale(mom, st.rank).astype(dtype)
 
-            branches = [variance, covariance, fisher, low_rank, none]
+            branches = [variance, covariance, low_rank, none]
         return jax.lax.switch(est, branches, None)
 
     def update(ad: AdaptState, stage, is_end, positions, grads, acceptance, factor, factor_inv, shrink, est):
@@ -384,7 +366,7 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
         avg = jnp.where(ad.da.step > 1, ad.da.log_step_size_avg, ad.da.log_step_size)
         return jnp.exp(avg), ad.imm
 
-    return WindowAdaptation(init, update, final, restart)
+    return WindowAdaptation(init, update, final)
 
 
 # ------------------------------------------------------------------------------------ the schedule (NumPy)
