@@ -329,16 +329,19 @@ def _compiled(obj: Objective, program: Program, settings: LoopSettings, example:
     return built, seconds
 
 
-def _status_text(code: int, t: int, loss: float) -> str:
+def _status_text(code: int, t: int, loss: float, dtype: Any = None) -> str:
     """``loss``: the value at the point where the run stopped (a finite one at a non-finite stop means the
-    gradient was not finite)."""
+    gradient was not finite); ``dtype``: θ's (the float32 advice only where θ is in low precision)."""
     if code == CONVERGED:
         return "converged"
     if code == MAX_STEPS:
         return "max_steps"
     if code == STALLED:
+        low = dtype is not None and np.dtype(dtype).itemsize < 8
+        why = ("e.g. float32 on a large loss: use float64, or stop earlier with ftol or a larger tol" if low
+               else "at or next to an optimum, or along a flat direction: set tol or ftol to stop earlier")
         return (f"stalled at step {t}: {STALL_STEPS} updates in a row left θ unchanged (the loss is flat to working "
-                f"precision, e.g. float32 on a large loss: use float64, or stop earlier with ftol or a larger tol)")
+                f"precision, {why})")
     what = "loss" if not math.isfinite(loss) else "gradient"
     return f"diverged at step {t}: non-finite {what} ({loss if what == 'loss' else 'grad'})"
 
@@ -478,7 +481,7 @@ def _assemble(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Objectiv
         loss=named["loss"],
         stats=stats,
         step=np.asarray(step, np.int32),
-        status=_status_text(code, t, loss_now),
+        status=_status_text(code, t, loss_now, np.asarray(theta).dtype),
         num_grad_evals=int(summary.num_grad_evals),
         runtime_s=runtime,
         info=info,
@@ -549,7 +552,7 @@ def _assemble_batch(rows: _Rows, pieces: list[_Rows], summary: _Summary, obj: Ob
             named[name][at_or_after_final] = np.nan
         if name in ("grad_norm", "step_norm") or not np.all(np.isnan(named[name])):
             stats[name] = named[name]
-    statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(summary.loss)[i]))
+    statuses = tuple(_status_text(int(status[i]), int(t[i]), float(np.asarray(summary.loss)[i]), theta.dtype)
                      for i in range(B))
     return Trace(
         kind="optimization",

@@ -78,6 +78,9 @@ def _as_key(key: Any):
         return jax.random.key(int(key))
     dtype = getattr(key, "dtype", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if np.shape(key) != ():
+            raise ValueError(f"key must be one PRNG key, got a key array of shape {np.shape(key)} (the chains' "
+                             "keys are split from it: pass jax.random.key(seed))")
         return key
     if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
         return jnp.asarray(key)
@@ -287,6 +290,28 @@ def sample(
     )
 
 
+def _coarse_precision(center: np.ndarray, seed_imm: np.ndarray | None, theta: np.ndarray) -> str | None:
+    """A sentence when θ's dtype cannot resolve the posterior: at the start ``center`` some coordinate's float
+    spacing is over 5 % of its sd — the seed's (``seed_imm``: the curvature's M⁻¹) where there is one, else the
+    draws' (float32 near 10⁵ with an sd of 0.005: the sampler then sees a staircase)."""
+    th = np.asarray(theta)
+    if not np.issubdtype(th.dtype, np.floating) or th.dtype.itemsize >= 8:
+        return None
+    if seed_imm is not None:
+        m = np.asarray(seed_imm, np.float64)
+        sd = np.sqrt(np.diagonal(m) if m.ndim == 2 else m)
+    else:
+        sd = th.reshape(-1, th.shape[-1]).astype(np.float64).std(axis=0)
+    spacing = np.spacing(np.abs(np.asarray(center)).astype(th.dtype)).astype(np.float64)
+    ratio = np.where(sd > 0, spacing / np.where(sd > 0, sd, 1.0), 0.0)
+    i = int(np.argmax(ratio))
+    if not ratio[i] > 0.05:
+        return None
+    return (f"θ is {th.dtype} and coordinate {i} (θ* = {float(np.asarray(center)[i]):.6g}) is resolved only to "
+            f"{spacing[i]:.2g}, {ratio[i]:.2g}× its sd ({sd[i]:.2g}): rounding, not the posterior's shape, is the "
+            "likely cause; use float64 (jax_enable_x64) or centre that parameter (an offset or Affine in the layout)")
+
+
 class _NoUsableStart(Exception):
     """The Laplace draws around an optimizer's best point leave the support: treat it as no mode."""
 
@@ -417,11 +442,13 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
     recovery = next((d for d in ledger.decisions if d.action == "recovery"), None)
     if failed:
         what = failed[0].message + (f"; {recovery.message}" if recovery is not None else "")
+        coarse = _coarse_precision(center_np, imm0.matrix if seed.kind != "identity" else None, draws.theta)
         _warn(
             messages,
-            f"{what}. A mode that is a poor start is typical of a hierarchical model in its centred form (group "
-            "effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation (θ_j = μ + τ·z_j, "
-            "z_j ~ N(0, 1)) usually removes the funnel and lets the curvature seed work",
+            f"{what}. " + (coarse or "A mode that is a poor start is typical of a hierarchical model in its centred "
+                           "form (group effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation "
+                           "(θ_j = μ + τ·z_j, z_j ~ N(0, 1)) usually removes the funnel and lets the curvature "
+                           "seed work"),
         )
     diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
     note = None
