@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -157,7 +158,10 @@ class EigenMap:
         if z.shape[-1:] != (self.z_dim,):
             raise ValueError(f"z must have trailing dimension {self.z_dim}, got shape {tuple(z.shape)}")
         dt = z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else jnp.result_type(float)
-        return jnp.asarray(self.theta_ref, dt) + z.astype(dt) @ jnp.asarray(self.basis.T, dt)
+        # HIGHEST: on GPUs the default matmul is TF32, and θ must be the θ the model sees (Trace decodes z
+        # exactly on the host)
+        return jnp.asarray(self.theta_ref, dt) + jnp.matmul(z.astype(dt), jnp.asarray(self.basis.T, dt),
+                                                            precision=jax.lax.Precision.HIGHEST)
 
     def to_z(self, theta: Any) -> jnp.ndarray:
         """z = B⁺ (θ − θ_ref) for θ of shape (..., D) (jittable)."""
@@ -165,7 +169,8 @@ class EigenMap:
         if theta.shape[-1:] != (self.dim,):
             raise ValueError(f"θ must have trailing dimension {self.dim}, got shape {tuple(theta.shape)}")
         dt = theta.dtype if jnp.issubdtype(theta.dtype, jnp.floating) else jnp.result_type(float)
-        return (theta.astype(dt) - jnp.asarray(self.theta_ref, dt)) @ jnp.asarray(self._inverse().T, dt)
+        return jnp.matmul(theta.astype(dt) - jnp.asarray(self.theta_ref, dt), jnp.asarray(self._inverse().T, dt),
+                          precision=jax.lax.Precision.HIGHEST)
 
     # ------------------------------------------------------------------ save / load
     @property
