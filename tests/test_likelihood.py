@@ -1,5 +1,7 @@
 """Objective.from_likelihood, likelihood families and the expected Fisher (estimate_curvature method="fisher")."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -364,3 +366,21 @@ def test_poisson_floor_removes_information_from_the_loss_and_the_fisher_alike():
     g = jax.grad(lambda m: jnp.sum(fam.log_likelihood(jnp.array([1.0, 0.0, 2.0]), m, p)))(mu)
     np.testing.assert_allclose(g[:2], 0.0)
     np.testing.assert_allclose(fam.fisher_weights(mu, p), [0.0, 0.0, 1 / 3.0], rtol=1e-6)
+
+
+def test_numpyro_model_with_nan_data_names_the_argument():
+    """numpyro's own error ("Cannot find valid initial parameters") is replaced by the datum at fault."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x, y=None):
+        a = numpyro.sample("a", dist.Normal(0, 1))
+        numpyro.sample("y", dist.Normal(a * x, 1.0), obs=y)
+
+    x = np.linspace(0, 1, 20)
+    y = x.copy()
+    y[7] = np.nan
+    with warnings.catch_warnings():  # numpyro warns about the out-of-support value on its way
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"arguments\['args'\]\[1\] has nan at index \(7,\)"):
+            gn.Objective.from_numpyro(model, x, y)

@@ -297,3 +297,11 @@ def test_a_run_whose_updates_no_longer_change_theta_stops_as_stalled():
     batch = gn.optimize_batch(obj1, jnp.array([[1100.0], [1000.0]], jnp.float32), "gd", learning_rate=4e-8,
                               num_steps=40)
     assert batch.status[0].startswith(f"stalled at step {STALL_STEPS}") and batch.status[1] == "max_steps"
+
+
+def test_bad_starts_are_refused_by_name():
+    obj = gn.Objective.from_log_prob(lambda t: -0.5 * jnp.sum(t**2), 2)
+    with pytest.raises(ValueError, match=r"θ0 must be a flat vector \(D,\) of numbers .*got dict"):
+        gn.optimize(obj, {"a": 0.0, "b": 1.0}, "lbfgs")
+    with pytest.raises(ValueError, match=r"θ0 has non-finite entries at indices \[1\]"):
+        gn.optimize(obj, jnp.array([0.0, jnp.inf]), "lbfgs")

@@ -94,9 +94,17 @@ def optimize(
         start = previous.coords_in(getattr(obj, "thetamap", None), "final")
     else:
         start = theta0
-    start = jnp.asarray(start)
+    try:
+        start = jnp.asarray(start)
+    except (TypeError, ValueError):
+        raise ValueError(f"θ0 must be a flat vector (D,) of numbers (named values: layout.pack(...)), got "
+                         f"{type(start).__name__}") from None
     if start.ndim != 1:
         raise ValueError(f"θ0 must be a flat vector (D,), got shape {tuple(start.shape)}")
+    bad = ~np.isfinite(np.asarray(start))
+    if bad.any():
+        raise ValueError(f"θ0 has non-finite entries at indices {np.flatnonzero(bad)[:5].tolist()}: "
+                         f"{np.asarray(start)[bad][:5].tolist()}")
     obj = as_objective(obj, int(start.shape[0]))
     if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data before compiling
         if obj.likelihood is not None:

@@ -16,6 +16,7 @@ Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -132,6 +133,9 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
         _CACHE.move_to_end(key)
         return hit
     from blackjax.mcmc import hmc
+
+    if obj.data is not None:  # the programs take data as an argument: do not keep the bound data alive here
+        obj = dataclasses.replace(obj, data=None)
 
     wa = window_adaptation(st.adapt)
     step = build_step(st.kernel)

@@ -36,7 +36,13 @@ def numpyro_objective(cls: type, model: Any, args: tuple, kwargs: dict, loss_inc
     from numpyro import handlers
     from numpyro.infer.util import initialize_model, log_density
 
-    info = initialize_model(jax.random.PRNGKey(0), model, model_args=args, model_kwargs=kwargs)
+    try:
+        info = initialize_model(jax.random.PRNGKey(0), model, model_args=args, model_kwargs=kwargs)
+    except RuntimeError:  # "Cannot find valid initial parameters": non-finite data is the usual cause; name it
+        from gnomon.objective.checks import check_finite_data
+
+        check_finite_data({"args": args, "kwargs": kwargs}, "the numpyro model's arguments")
+        raise
     model_trace = info.model_trace
     shapes, transforms = {}, {}
     for name, site in _latent_sites(model_trace):

@@ -25,6 +25,7 @@ Jacobian term :meth:`gnomon.Objective.reparameterize` adds to ``log_prob``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -173,9 +174,10 @@ class EigenMap:
                           precision=jax.lax.Precision.HIGHEST)
 
     # ------------------------------------------------------------------ save / load
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        """sha256 (first 16 hex chars) of the arrays (as float64) and the settings."""
+        """sha256 (first 16 hex chars) of the arrays (as float64) and the settings (computed once: every
+        flatten of a Trace in this map asks for it)."""
         h = hashlib.sha256()
         for a in (self.theta_ref, self.basis, self.scale, self.eigenvalues, self.eigenvectors):
             h.update(np.ascontiguousarray(np.asarray(a, np.float64)).tobytes())
