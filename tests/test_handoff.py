@@ -79,6 +79,10 @@ def test_save_run_and_load_round_trip(first, tmp_path):
     assert gn.HandOff.load(run_dir / "handoff.npz").dim == 3
     p = h.save(tmp_path / "other")
     assert gn.HandOff.load(p).step_size == h.step_size
+    # a complete run's files are recorded in its summary: save() does not rewrite one behind its back
+    with pytest.raises(FileExistsError, match="is a complete run"):
+        h.save(run_dir)
+    assert gn.load_run(run_dir).path is not None
 
 
 def test_resume_with_the_same_adaptation(first, tmp_path):

@@ -90,8 +90,15 @@ class HandOff(HandOffBundle):
         return save_run(run_dir, trace, **kw)
 
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write ``handoff.npz`` into ``run_dir`` (created if needed); return its path."""
+        """Write ``handoff.npz`` into ``run_dir`` (created if needed); return its path. A complete run directory
+        is refused: its summary.json records every file's size, so a rewritten bundle would mark the run as
+        changed after it was written (use :meth:`save_run` with ``overwrite=True`` to replace the run)."""
+        from gnomon.artifacts.run import SUMMARY_FILE
+
         run_dir = Path(run_dir)
+        if (run_dir / SUMMARY_FILE).exists():
+            raise FileExistsError(f"{run_dir}: is a complete run; write its bundle with bundle.save_run(run_dir, "
+                                  "trace, overwrite=True) or save it to another directory")
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / HANDOFF_FILE
         write_npz(path, self.to_arrays())

@@ -347,7 +347,7 @@ def _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_cha
                            data=None if data is obj.data else data)
     seeded = seed.kind != "identity"
     unseeded = unseeded or (not seeded and wcfg.metric in ("auto", "low_rank") and obj.dim <= wcfg.max_dense_dim)
-    est = _seed_estimator(wcfg.metric, seed, obj.dim, wcfg.max_dense_dim)
+    est = ph.estimator_for(wcfg.metric, obj.dim, wcfg.max_dense_dim)
     imm0 = seed.imm.as_dense() if (est == Estimator.COVARIANCE and not seed.imm.dense) else seed.imm
     moments_dense = est in wu.DENSE_ESTIMATORS
     settings = SamplerSettings(
@@ -378,21 +378,6 @@ def _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_cha
         raise
     return _Prepared(start, center, seed, imm0, est, settings, program, unseeded, shard(states, num_chains), positions,
                      num_chains * (1 + tries), jitter)
-
-
-def _seed_estimator(metric: str, seed: Seed, dim: int, max_dense_dim: int) -> Estimator:
-    """The estimator around a seed for the warmup's ``metric``: ``"auto"`` is nutpie's low-rank metric
-    where dense moments fit (D ≤ ``max_dense_dim``; measured ≥ the whitened variances on every near-Gaussian
-    benchmark target, 1.6× on the banana), else the whitened variances; a dense identity seed with
-    ``"dense"`` estimates the covariance."""
-    dense_ok = dim <= max_dense_dim
-    if metric == "none":
-        return Estimator.NONE
-    if metric == "dense":
-        return Estimator.COVARIANCE if dense_ok else Estimator.VARIANCE
-    if metric in ("auto", "low_rank"):
-        return Estimator.LOW_RANK if dense_ok else Estimator.VARIANCE
-    return Estimator.VARIANCE
 
 
 def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: int, auto: bool, budget: int,

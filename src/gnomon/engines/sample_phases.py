@@ -41,15 +41,20 @@ from gnomon.objective.objective import Objective
 # after that; with the draws' (co)variances Stan's buffers (75, 25, 50)
 RECOVERY_STEPS = 600
 RECOVERY_BUFFERS = {"gradient": (15, 15, 50), "draws": (75, 25, 50)}
-# the estimator after a recovery, by the warmup's metric (dense ones fall back to the variances beyond
-# max_dense_dim; a frozen metric that was rejected adapts like "auto")
-RECOVERY_ESTIMATORS = {
-    "auto": Estimator.LOW_RANK,
-    "diag": Estimator.VARIANCE,
-    "dense": Estimator.COVARIANCE,
-    "low_rank": Estimator.LOW_RANK,
-    "none": Estimator.LOW_RANK,
-}
+# the estimator by the warmup's metric (a frozen metric, "none", that was rejected adapts like "auto")
+ESTIMATORS = {"auto": Estimator.LOW_RANK, "low_rank": Estimator.LOW_RANK, "dense": Estimator.COVARIANCE,
+              "diag": Estimator.VARIANCE, "none": Estimator.NONE}
+
+
+def estimator_for(metric: str, dim: int, max_dense_dim: int, *, recovering: bool = False) -> Estimator:
+    """The adaptation's estimator for the warmup's ``metric``: ``"auto"`` is nutpie's low-rank metric
+    (measured ≥ the whitened variances on every near-Gaussian benchmark target, 1.6× on the banana); dense
+    estimators fall back to the whitened variances beyond ``max_dense_dim``, where dense moments are not
+    formed; a recovery never keeps a frozen metric."""
+    est = ESTIMATORS["auto" if recovering and metric == "none" else metric]
+    if est in wu.DENSE_ESTIMATORS and dim > max_dense_dim:
+        return Estimator.VARIANCE
+    return est
 
 
 class Context(NamedTuple):
@@ -300,10 +305,7 @@ class RecoveryPlan(NamedTuple):
 def recovery_plan(ctx: Context, metric: str, max_dense_dim: int, num_steps: int) -> RecoveryPlan:
     """The estimator for the warmup's ``metric`` after a recovery (``"auto"``: nutpie's low-rank metric where
     dense moments fit, ``D ≤ max_dense_dim``, else the draws' variances) and a cold schedule of ``num_steps``."""
-    dense_ok = ctx.dim <= max_dense_dim
-    est = RECOVERY_ESTIMATORS[metric]
-    if est in wu.DENSE_ESTIMATORS and not dense_ok:
-        est = Estimator.VARIANCE
+    est = estimator_for(metric, ctx.dim, max_dense_dim, recovering=True)
     scale_dense = est in wu.DENSE_ESTIMATORS
     adapt = ctx.settings.adapt._replace(factor_dense=False, scale_dense=scale_dense, moments_dense=scale_dense)
     settings = ctx.settings._replace(adapt=adapt)

@@ -149,7 +149,8 @@ def campaign(
             raise ValueError(f"campaign: no column {x!r} in the table; columns are {list(df.columns)[:12]}")
         xs, xlabel = _col(df, col), x
         if xs is None or not np.isfinite(xs).any():
-            raise ValueError(f"campaign: column {x!r} holds no numbers")
+            hint = f" (user metadata is under 'user.<key>': --x user.{x})" if "." not in x else ""
+            raise ValueError(f"campaign: no run has a number under {x!r}{hint}")
     order = np.argsort(xs, kind="stable")
     n = len(labels)
     ncols = ncols or (1 if n == 1 else 2 if n <= 4 else 3)

@@ -18,9 +18,9 @@ from gnomon.signals.transforms import register_transform
 # name -> callable, or "module:function" imported on first use
 _RECIPES: dict[str, Any] = {"astrometry": "gnomon.recipes.astrometry:astrometry"}
 
-# the derived-signal transforms the recipes define, declared lazily: gnomon.signals imports this package
-# (never a recipe module) when a transform name is unknown, so Signals.from_trace(..., transforms=
-# ["astrometry"]) works before gnomon.recipes.astrometry is imported
+# the derived-signal transforms the recipes define, declared lazily: once this package is imported (gn.recipes),
+# Signals.from_trace(..., transforms=["astrometry"]) works before gnomon.recipes.astrometry is imported
+# (gnomon.signals sits below the recipes and imports none of them)
 register_transform("astrometry", "gnomon.recipes.astrometry:add_signals")
 
 
