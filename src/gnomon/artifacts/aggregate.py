@@ -24,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -80,31 +80,18 @@ class _Row(NamedTuple):
     run_id: str
     summary: dict[str, Any] | None
     metavals: list[Any] | None
-    meta: dict[str, Any] | None
     problem: tuple[str, str] | None  # (state, message) of a run that is not complete
 
 
 def _read_run(runs_dir: str, name: str, meta_keys: Sequence[str]) -> _Row:
     st = check_run(os.path.join(runs_dir, name))
     if not st.ok:
-        return _Row(name, None, None, None, (st.state, st.reason))
+        return _Row(name, None, None, (st.state, st.reason))
     metavals = [_dotted(st.meta, k) for k in meta_keys]
-    return _Row(name, st.summary, metavals, st.meta, None)
+    return _Row(name, st.summary, metavals, None)
 
 
-def _param_labels_of_block(meta: Mapping[str, Any] | None, name: str) -> set[str]:
-    """Labels a block's components may carry in summary keys, from a run's meta.json layout entry."""
-    out = {name}
-    layout = ((meta or {}).get("theta") or {}).get("layout") or {}
-    blocks = layout.get("blocks", []) if isinstance(layout, Mapping) else layout
-    for b in blocks if isinstance(blocks, list) else []:
-        if isinstance(b, Mapping) and b.get("name") == name and isinstance(b.get("labels"), list):
-            out.update(str(x) for x in b["labels"])
-            out.update(f"{name}[{x}]" for x in b["labels"])
-    return out
-
-
-def _select_params(good: list[_Row], keys: Sequence[str], params: Any) -> list[str]:
+def _select_params(keys: Sequence[str], params: Any) -> list[str]:
     """The per-parameter summary keys to keep as columns, grouped by label in first-seen order."""
     if params is None or params is False:
         return []
@@ -121,10 +108,7 @@ def _select_params(good: list[_Row], keys: Sequence[str], params: Any) -> list[s
         for w in wanted:
             if not isinstance(w, str) or not w:
                 raise ValueError(f"params entries must be parameter names or labels, got {w!r}")
-            cands = set()
-            for r in good:
-                cands |= _param_labels_of_block(r.meta, w)
-            hit = [lab for lab in labels if lab in cands or lab.startswith(w + "[")]
+            hit = [lab for lab in labels if lab == w or lab.startswith(w + "[")]  # a block's labels are name[...]
             if not hit:
                 missing.append(w)
             chosen += [lab for lab in hit if lab not in chosen]
@@ -273,7 +257,7 @@ def aggregate(
         for k in r.summary:
             if k not in _SKIP:
                 keys.setdefault(k, None)
-    per_param = _select_params(good, list(keys), params)
+    per_param = _select_params(list(keys), params)
     run_keys = [k for k in keys if split_key(k) is None]
     ordered = [k for k in SUMMARY_DTYPES if k in keys] + sorted(k for k in run_keys if k not in SUMMARY_DTYPES)
     data: dict[str, Any] = {"run_id": pd.array([r.run_id for r in good], dtype="string")}
