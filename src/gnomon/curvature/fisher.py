@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gnomon.curvature.numerics import exact_matrix
+
 MODES = ("forward", "reverse", "probes")
 _HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on GPUs (not TF32): F feeds inverses and bounds
 
@@ -60,14 +62,7 @@ def _prior_terms(neg_log_prior: Callable | None, theta: Any, dense: bool, batch_
     """(diag, matrix|None) of the prior's Hessian at θ, or (0, None/0) without a prior."""
     if neg_log_prior is None:
         return 0.0, (0.0 if dense else None)
-    d = theta.shape[-1]
-    g = jax.grad(neg_log_prior)
-
-    def hvp(v):
-        return jax.jvp(g, (theta,), (v,))[1]
-
-    cols = jax.lax.map(hvp, jnp.eye(d, dtype=theta.dtype), batch_size=batch_size)
-    m = 0.5 * (cols + cols.T)
+    m = exact_matrix(neg_log_prior, theta, batch_size)
     return jnp.diagonal(m), (m if dense else None)
 
 
