@@ -16,6 +16,7 @@ Run:  python benchmarks/bench_logreg.py [--data PATH] [--max-steps N]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -28,8 +29,9 @@ import numpy as np  # noqa: E402
 
 import gnomon as gn  # noqa: E402
 
-DATA = next((p / "shared" / "data" / "german.data-numeric" for p in Path(__file__).resolve().parents
-             if (p / "shared" / "data" / "german.data-numeric").exists()), Path("shared/data/german.data-numeric"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampling_targets import GERMAN as DATA  # noqa: E402  (one lookup of the shared data: $GNOMON_SHARED first)
+
 TARGET = 1e-8
 RIDGE = 1e-3
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)

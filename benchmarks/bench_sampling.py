@@ -347,6 +347,22 @@ def score(r: Result, t: Target, ref: tuple[np.ndarray, np.ndarray, str]) -> Resu
 
 
 # ------------------------------------------------------------------------------------------------- main
+def _versions() -> str:
+    """The baselines' library versions (part of the --cache key: a cached result is reused only for them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("blackjax", "nutpie", "jax"):
+        try:
+            out.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name}=-")
+    return ",".join(out)
+
+
+_VERSIONS = _versions()
+
+
 def _median(rs: list[Result], attr: str) -> float:
     return float(np.median([getattr(r, attr) for r in rs]))
 
@@ -384,9 +400,10 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(args.keys):
             for m in methods:
                 key = jax.random.key(1000 * k + 17)
-                ck = f"{t.name}|{m}|{k}|{args.chains}|{args.draws}"
+                ck = f"{t.name}|{t.dim}|{t.note}|{m}|{k}|{args.chains}|{args.draws}|{_VERSIONS}"
                 if m != "gnomon" and ck in cache:
                     r = Result(**cache[ck])
+                    r.notes = {**r.notes, "cached": True}
                     per[m].append(r)
                 else:
                     try:
@@ -403,7 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(
                     f"  {t.name:34s} {m:15s} key {k}: eff {r.eff:8.3f}  ESS {r.ess:7.0f}  grads {r.grads:9d}  "
                     f"R̂ {r.rhat:.3f}  mean {r.mean_err:.2f} sd  sd {100 * r.sd_err:4.0f} %  div {r.divergences:4d}  "
-                    f"wall/1k {r.wall_per_1k:7.2f} s  compile {r.compile_s:5.1f} s  {r.notes.get('decision') or ''}",
+                    f"wall/1k {r.wall_per_1k:7.2f} s  compile {r.compile_s:5.1f} s  {r.notes.get('decision') or ''}"
+                    f"{'(cached)' if r.notes.get('cached') else ''}",
                     flush=True,
                 )
         row = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class Target:
     # the reference of this target comes from another target's long run, mapped by to_this
     reference_from: str | None = None
     to_this: Callable[[np.ndarray], np.ndarray] | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def start(self) -> np.ndarray:
@@ -278,6 +277,3 @@ def load(names: list[str] | tuple[str, ...] | None = None) -> list[Target]:
         raise ValueError(f"unknown targets {unknown}; have {list(TARGETS)}")
     return [TARGETS[n]() for n in names]
 
-
-def all_targets() -> list[Target]:
-    return load()
