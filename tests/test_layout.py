@@ -315,3 +315,12 @@ def test_affine_rejects_zero_scale_and_nonfinite():
         gn.Affine(offset=float("nan"))
     with pytest.raises(ValueError, match="non-zero nominal"):
         gn.Affine.relative(0.0)
+
+
+def test_unit_denominators_take_aliases_too():
+    from gnomon.thetaspace.units import conversion_factor, normalize_unit
+
+    assert normalize_unit("as/px") == "arcsec/pix"
+    assert conversion_factor("arcsec/px", "mas/pix") == pytest.approx(1e3)
+    with pytest.raises(ValueError, match=r"known families: .*pixel.*time"):
+        conversion_factor("nm", "s")

@@ -201,11 +201,12 @@ def normalize_unit(unit: str | None) -> str:
         raise ValueError(f"a unit must be a string, got {unit!r}")
     num, den = _split(unit)
     canon = _ALIASES.get(num, num)
-    return canon + den
+    return canon + ("/" + _ALIASES.get(den[1:], den[1:]) if den else "")
 
 
 def family(unit: str | None) -> str | None:
-    """The unit's family (``"angle"``, ``"length"``, ``"time"``, ``"fraction"``) or None when unknown."""
+    """The unit's family (``"angle"``, ``"length"``, ``"time"``, ``"fraction"``, ``"pixel"``, ...) or None when
+    unknown."""
     num, _ = _split(normalize_unit(unit))
     return _UNITS[num][0] if num in _UNITS else None
 
@@ -292,8 +293,8 @@ def conversion_factor(from_unit: str, to_unit: str) -> float:
         return 1.0
     if a_num not in _UNITS or b_num not in _UNITS or _UNITS[a_num][0] != _UNITS[b_num][0] or a_den != b_den:
         raise ValueError(
-            f"cannot convert {from_unit!r} to {to_unit!r}: not units of one family "
-            f"(known families: angle, length, time, fraction; compound units must share the denominator)"
+            f"cannot convert {from_unit!r} to {to_unit!r}: not units of one family (known families: "
+            f"{', '.join(sorted({fam for fam, _ in _UNITS.values()}))}; compound units must share the denominator)"
         )
     return _UNITS[a_num][1] / _UNITS[b_num][1]
 
