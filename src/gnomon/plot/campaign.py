@@ -55,11 +55,12 @@ def _table(source: Any, params: Any, x: str | None):
     exp = source if isinstance(source, Experiment) else Experiment(os.fspath(source), create=False)
     meta_keys = []
     units: dict[str, str] = {}
-    states = [s for s in exp.run_states() if s.ok]
-    if states:
-        units = _label_units(states[0].meta)
-        summary_keys = set(states[0].summary or {})
-        if x is not None and x not in summary_keys and x != "run_id":
+    from gnomon.artifacts.status import check_run
+
+    first = next((st for st in (check_run(exp.run_dir(r)) for r in exp.runs()) if st.ok), None)  # not every run
+    if first is not None:
+        units = _label_units(first.meta)
+        if x is not None and x not in set(first.summary or {}) and x != "run_id":
             meta_keys = [x]
     df = exp.aggregate(meta_keys=meta_keys, params=params if params is not None else True, on_problem="ignore")
     return df, units
