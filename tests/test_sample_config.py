@@ -103,7 +103,7 @@ def test_depth_capped_nuts_step_is_blackjax_at_full_depth():
 
 
 def test_compiled_program_is_typed_and_timed():
-    st = SamplerSettings(gn.nuts(), AdaptSettings(False, False, False, 0.8))
+    st = SamplerSettings(gn.nuts(), AdaptSettings(False, False, False))
     prog = compiled(OBJ, st)
     assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog)
     assert compiled(OBJ, st) is prog  # cached per objective and settings
@@ -112,4 +112,10 @@ def test_compiled_program_is_typed_and_timed():
     again = gn.sample(OBJ, jnp.zeros(2), jax.random.key(2), **kw)
     assert tr.info["compile_s"] > 0 and tr.info["run_s"] > 0
     assert again.info["compile_s"] == 0.0  # the same objective and settings: nothing compiles again
+    # the first step size and the target acceptance rate are arguments: changing them compiles nothing, and the
+    # adaptation follows the target (a higher target, a smaller step size)
+    hi = gn.sample(OBJ, jnp.zeros(2), jax.random.key(2), kernel=gn.nuts(target_acceptance_rate=0.95, step_size=0.3),
+                   **kw)
+    assert hi.info["compile_s"] == 0.0 and hi.info["target_acceptance_rate"] == 0.95
+    assert hi.info["step_size"] < again.info["step_size"]
     assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"], rel=1e-6)

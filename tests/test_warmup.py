@@ -52,18 +52,18 @@ def test_fisher_diagonal_of_an_axis_aligned_gaussian():
 def test_a_degenerate_window_keeps_the_previous_metric(monkeypatch):
     """A window whose estimate is not finite (too few distinct draws) keeps the metric it had."""
     monkeypatch.setattr(wu, "low_rank_scale", lambda m, rank, *a, **k: jnp.full((3, 3), jnp.nan))
-    st = wu.AdaptSettings(factor_dense=False, scale_dense=True, moments_dense=True, target_acceptance_rate=0.8)
+    st = wu.AdaptSettings(factor_dense=False, scale_dense=True, moments_dense=True)
     wa = wu.window_adaptation(st)
     pos = jnp.zeros((4, 3))
     ad = wa.init(pos, 0.5, jnp.ones(3))
     ad = ad._replace(scale=2 * jnp.eye(3))
     ad = wa.update(ad, 1, True, pos, jnp.zeros((4, 3)), jnp.full(4, 0.8), jnp.ones(3), jnp.ones(3), 0.0,
-                   int(wu.Estimator.LOW_RANK))
+                   int(wu.Estimator.LOW_RANK), 0.8)
     np.testing.assert_array_equal(np.asarray(ad.scale), 2 * np.eye(3))
 
 
 def test_unsettled_names_its_reason():
-    st = wu.AdaptSettings(False, False, False, 0.8)
+    st = wu.AdaptSettings(False, False, False)
     ad = wu.window_adaptation(st).init(jnp.zeros((4, 5)), 0.5, jnp.ones(5))
     fresh = wu.unsettled(ad, 5)
     assert not fresh.unsettled  # no window yet

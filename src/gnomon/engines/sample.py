@@ -236,6 +236,7 @@ def sample(
         num_samples=num_samples,
         bar=bar,
         shrink=jnp.asarray(wcfg.shrinkage, dtype),
+        target=jnp.asarray(kern.target_acceptance_rate, dtype),
     )
     ad = program.adapt_init(positions, jnp.asarray(step0, dtype), factor)
     chains = ph.Chains(states, ad, factor, factor_inv)
@@ -351,13 +352,9 @@ def _prepare(obj, start, kern, wcfg, inverse_mass_matrix, handoff, data, num_cha
     imm0 = seed.imm.as_dense() if (est == Estimator.COVARIANCE and not seed.imm.dense) else seed.imm
     moments_dense = est in wu.DENSE_ESTIMATORS
     settings = SamplerSettings(
-        kernel=dataclasses.replace(kern, step_size=None),  # the first step size is an argument, not compiled in
-        adapt=AdaptSettings(
-            factor_dense=imm0.dense,
-            scale_dense=moments_dense,
-            moments_dense=moments_dense,
-            target_acceptance_rate=float(kern.target_acceptance_rate),
-        ),
+        # the first step size and the target acceptance rate are arguments, not compiled in
+        kernel=dataclasses.replace(kern, step_size=None, target_acceptance_rate=0.8),
+        adapt=AdaptSettings(factor_dense=imm0.dense, scale_dense=moments_dense, moments_dense=moments_dense),
     )
     program = compiled(obj, settings)
     jitter = wcfg.jitter if wcfg.jitter is not None else (1.0 if seeded else 0.1)

@@ -5,8 +5,8 @@ step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during wa
 positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.engines.warmup`. A chunk
 whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
 program compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
-cap and the adaptation's estimator are arguments, so the seed check, the warmup, a recovery and the sampling
-all run the same program. Python only runs between chunks (progress, the seed check, warmup extension).
+cap, the adaptation's estimator and the target acceptance rate are arguments, so the seed check, the warmup,
+a recovery and the sampling all run the same program. Python only runs between chunks (progress, the seed check, warmup extension).
 
 Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` and the kernel's statistics
 ``acceptance_rate``, ``diverging``, ``energy``, ``n_steps`` (leapfrog steps = gradient evaluations),
@@ -59,12 +59,14 @@ STAT_NAMES = ("acceptance_rate", "diverging", "energy", "n_steps", "step_size", 
 
 
 class ChunkArgs(NamedTuple):
-    """The chunk's per-call arrays: the objective's data, the whitening factor L, L⁻¹, the shrinkage."""
+    """The chunk's per-call arrays: the objective's data, the whitening factor L, L⁻¹, the shrinkage and the
+    target acceptance rate."""
 
     data: Any
     factor: Any
     factor_inv: Any
     shrink: Any
+    target: Any
 
 
 class SamplerProgram(NamedTuple):
@@ -179,6 +181,7 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
                         args.factor_inv,
                         args.shrink,
                         estimator,
+                        args.target,
                     ),
                     lambda a: a,
                     ad,

@@ -71,6 +71,7 @@ class Context(NamedTuple):
     num_samples: int
     bar: Any  # a Progress
     shrink: Any
+    target: Any  # the kernel's target acceptance rate (an argument of the compiled program)
 
 
 class Chains(NamedTuple):
@@ -117,7 +118,7 @@ class Ledger:
 
 
 def _args(ctx: Context, chains: Chains) -> ChunkArgs:
-    return ChunkArgs(ctx.data, chains.factor, chains.factor_inv, ctx.shrink)
+    return ChunkArgs(ctx.data, chains.factor, chains.factor_inv, ctx.shrink, ctx.target)
 
 
 def advance(

@@ -109,7 +109,6 @@ class AdaptSettings(NamedTuple):
     factor_dense: bool  # L is (D, D)
     scale_dense: bool  # S is (D, D)
     moments_dense: bool  # moments keep (D, D) sums of squares
-    target_acceptance_rate: float
     rank: int = DEFAULT_RANK
 
     @property
@@ -121,7 +120,8 @@ class WindowAdaptation(NamedTuple):
     """Pure functions of the pooled adaptation (jit them; they carry no state)."""
 
     init: Callable  # (positions (C, D), step_size, factor) -> AdaptState
-    update: Callable  # (state, stage, is_end, positions, grads, acceptance (C,), factor, factor_inv, shrink, est)
+    # (state, stage, is_end, positions, grads, acceptance (C,), factor, factor_inv, shrink, est, target)
+    update: Callable
     final: Callable  # (state) -> (step_size, inverse mass matrix)
 
 
@@ -257,7 +257,8 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
     """The pooled window adaptation for the static shape ``st`` (see :class:`AdaptSettings`)."""
     from blackjax.adaptation.step_size import dual_averaging_adaptation
 
-    da_init, da_update, da_final = dual_averaging_adaptation(st.target_acceptance_rate)
+    # only update uses the target acceptance rate: it is an argument (a new target does not recompile)
+    da_init, _, da_final = dual_averaging_adaptation(0.8)
     if st.scale_dense and not st.moments_dense:
         raise ValueError("a dense whitened metric needs dense moments")
 
@@ -319,7 +320,8 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             branches = [variance, covariance, low_rank, none]
         return jax.lax.switch(est, branches, None)
 
-    def update(ad: AdaptState, stage, is_end, positions, grads, acceptance, factor, factor_inv, shrink, est):
+    def update(ad: AdaptState, stage, is_end, positions, grads, acceptance, factor, factor_inv, shrink, est,
+               target):
         """One warmup step: dual averaging on the chains' mean acceptance; in a slow window (``stage == 1``)
         the whitened positions and gradients join the pooled moments; at a window end the metric is
         re-estimated by the estimator ``est`` (an :class:`Estimator` code)."""
@@ -350,7 +352,7 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
                 windows=ad.windows + 1,
             )
 
-        da = da_update(ad.da, jnp.mean(acceptance))
+        da = dual_averaging_adaptation(target)[1](ad.da, jnp.mean(acceptance))
         ad = ad._replace(da=da, step_size=jnp.exp(da.log_step_size))
         u = whiten(st.factor_dense, factor_inv, positions)
         gu = grad_to_u(st.factor_dense, factor, grads)
