@@ -6,7 +6,8 @@ positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnom
 whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
 program compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
 cap, the adaptation's estimator and the target acceptance rate are arguments, so the seed check, the warmup,
-a recovery and the sampling all run the same program. Python only runs between chunks (progress, the seed check, warmup extension).
+a recovery and the sampling all run the same program. Python only runs between chunks (progress, the seed
+check, warmup extension).
 
 Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` and the kernel's statistics
 ``acceptance_rate``, ``diverging``, ``energy``, ``n_steps`` (leapfrog steps = gradient evaluations),
