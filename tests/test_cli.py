@@ -113,6 +113,11 @@ def test_plot_errors(capsys, experiment, tmp_path):
     _one_line_error(code, err, "unknown recipe")
     code, _, err = _run(capsys, "plot", run, "-o", str(tmp_path / "x.txt"))
     _one_line_error(code, err, "x.txt", ".png")
+    code, _, err = _run(capsys, "plot", run, "-o", str(tmp_path / "x.png"), "--x", "epoch")
+    _one_line_error(code, err, "--x only go with --campaign")
+    (tmp_path / "adir.png").mkdir()  # an output path that is a directory: one line, not a traceback
+    code, _, err = _run(capsys, "plot", run, "-o", str(tmp_path / "adir.png"))
+    _one_line_error(code, err, "adir.png")
     code, _, err = _run(capsys, "plot", str(experiment), "-o", str(tmp_path / "x.png"))
     _one_line_error(code, err, "experiment")
     assert not (tmp_path / "x.png").exists()

@@ -361,6 +361,9 @@ def plot(args: Any) -> int:
     out = _check_output(args.output, _IMAGE_SUFFIXES, "the output image")
     if getattr(args, "campaign", False):
         return _plot_campaign(args, out)
+    only = [f for f, v in (("--params", getattr(args, "params", None)), ("--x", getattr(args, "x", None))) if v]
+    if only:
+        raise ValueError(f"{' and '.join(only)} only go with --campaign (an experiment's campaign figures)")
     if _dir_kind(args.path) != "run":
         raise ValueError(
             f"{args.path}: is an experiment; gnomon plot takes one run directory ({args.path}/runs/<id>), or "
