@@ -195,3 +195,10 @@ def test_prior_makes_it_bayesian_and_bad_fishers_are_refused():
             gn.cramer_rao(gn.estimate_curvature(obj, th, "fisher"), th, lay)
         with pytest.raises(ValueError, match=r"θ has shape \(3,\)"):
             gn.cramer_rao(F, jnp.zeros(3))
+    # matrices that are no Fisher are named for what they are, not called singular or uninformative
+    with pytest.raises(ValueError, match=r"not positive semi-definite: negative diagonal"):
+        gn.cramer_rao(-jnp.eye(2), jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"not positive semi-definite \(normalised eigenvalue -1"):
+        gn.cramer_rao(jnp.array([[1.0, 2.0], [2.0, 1.0]]), jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"not symmetric: F\[0,1\] = 0.5 but F\[1,0\] = 0"):
+        gn.cramer_rao(jnp.array([[1.0, 0.5], [0.0, 1.0]]), jnp.zeros(2))

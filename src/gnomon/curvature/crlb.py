@@ -128,19 +128,32 @@ def _fisher_matrix(fisher: Any) -> tuple[np.ndarray, str, bool, float]:
         raise ValueError("the Fisher matrix has non-finite entries")
     dt = np.asarray(matrix).dtype
     eps = float(np.finfo(dt if np.issubdtype(dt, np.floating) else np.float64).eps)
+    scale = max(float(np.max(np.abs(F))), np.finfo(np.float64).tiny)
+    asym = float(np.max(np.abs(F - F.T))) / scale
+    if asym > max(1e3 * eps, 1e-6):  # a Fisher is symmetric; rounding aside, this is not one
+        i, j = np.unravel_index(int(np.argmax(np.abs(F - F.T))), F.shape)
+        raise ValueError(f"the Fisher matrix is not symmetric: F[{i},{j}] = {F[i, j]:.6g} but F[{j},{i}] = "
+                         f"{F[j, i]:.6g}")
     return 0.5 * (F + F.T), method, bool(config.get("prior_included", False)), eps
 
 
 def _inverse(F: np.ndarray, eps: float, labels: list[str]) -> np.ndarray:
     d = np.diag(F)
-    if np.any(d <= 0):
-        bad = [labels[i] for i in np.flatnonzero(d <= 0)]
+    if np.any(d < 0):
+        bad = {labels[i]: float(d[i]) for i in np.flatnonzero(d < 0)}
+        raise ValueError(f"the Fisher matrix is not positive semi-definite: negative diagonal {bad} (a Hessian of "
+                         "log p rather than of −log p, or one taken away from the mode?)")
+    if np.any(d == 0):
+        bad = [labels[i] for i in np.flatnonzero(d == 0)]
         raise ValueError(
             f"the Fisher matrix has no information about {bad} (zero diagonal): the bound is infinite"
         )
     s = 1.0 / np.sqrt(d)
     lam, V = np.linalg.eigh(F * np.outer(s, s))
     tol = max(lam.max(), 1.0) * eps * len(lam) * 10
+    if lam.min() < -tol:
+        raise ValueError(f"the Fisher matrix is not positive semi-definite (normalised eigenvalue {lam.min():.3g}): "
+                         "it is not a Fisher (or a Hessian at a mode); the bound is undefined")
     if lam.min() <= tol:
         v = np.abs(V[:, 0])
         top = [labels[i] for i in np.argsort(-v)[:3] if v[i] > 0.1]
