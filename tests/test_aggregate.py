@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import gnomon as gn
-from gnomon.artifacts.aggregate import SUMMARY_DTYPES, AggregationWarning
+from gnomon.experiment.aggregate import SUMMARY_DTYPES, AggregationWarning
 
 
 def trace(seed, T=6, status="converged"):

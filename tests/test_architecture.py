@@ -167,13 +167,27 @@ def test_the_documented_order():
     layers = parse_layers(DOC.read_text(encoding="utf-8"))
     rank = {pkg: r for pkg, (r, _) in layers.items()}
     order = ["gnomon.util", "gnomon.thetaspace", "gnomon.objective", "gnomon.curvature", "gnomon.trace",
-             "gnomon.engines", "gnomon.signals", "gnomon.artifacts", "gnomon.plot", "gnomon.recipes", "gnomon",
-             "gnomon.interface"]
+             "gnomon.signals", "gnomon.io", "gnomon.optim", "gnomon.sampler", "gnomon.experiment", "gnomon.plot",
+             "gnomon.recipes", "gnomon", "gnomon.interface"]
     ranks = [rank[p] for p in order]
     assert all(a < b for a, b in zip(ranks, ranks[1:])), dict(zip(order, ranks))
     assert rank["gnomon.models"] == rank["gnomon.recipes"] and rank["gnomon.__main__"] == rank["gnomon.interface"]
     for owner in set(ALLOWED.values()):
         assert owner in {"handoff", "outputs", "core", "forward"}
+
+
+def test_engines_write_no_files_but_the_handoff():
+    """The optimizer and sampler engines sit above the run files only so that the hand-off bundle can be
+    saved beside its run; nothing else in them may use ``gnomon.io`` (they return traces, callers write)."""
+    modules = module_files(ROOT / "src", "gnomon")
+    offenders = sorted(
+        f"{m} imports {b}"
+        for m, p in modules.items()
+        if m.startswith(("gnomon.optim", "gnomon.sampler")) and m != "gnomon.sampler.handoff_files"
+        for b in imports_of(m, p, modules)
+        if b.startswith("gnomon.io")
+    )
+    assert offenders == []
 
 
 # ------------------------------------------------------------------------------------------------ the checker

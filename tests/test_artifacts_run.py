@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gnomon as gn
-from gnomon.artifacts.jsonio import read_json, to_jsonable, write_json
-from gnomon.artifacts.npzio import read_npz, write_npz
-from gnomon.artifacts.status import check_run
+from gnomon.io.jsonio import read_json, to_jsonable, write_json
+from gnomon.io.npzio import read_npz, write_npz
+from gnomon.io.status import check_run
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
@@ -178,7 +178,7 @@ def test_npz_refuses_object_arrays_and_writes_atomically(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="no pickle"):
         write_npz(tmp_path / "a.npz", {"x": np.array([{"a": 1}], dtype=object)})
     write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
-    import gnomon.artifacts.jsonio as jio
+    import gnomon.io.jsonio as jio
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -200,7 +200,7 @@ def test_batched_trace_refused(tmp_path):
 def test_posterior_netcdf_carries_units_and_long_names(tmp_path):
     """Every variable of every group of posterior.nc has ``units`` and ``long_name`` (netCDF round trip);
     parameters carry the layout's units exactly as given, vector blocks their component labels."""
-    from gnomon.artifacts.netcdf import read_netcdf
+    from gnomon.io.netcdf import read_netcdf
 
     layout = gn.Layout({"sep": (), "zern": (3,), "s": ()}, transforms={"s": "positive"},
                        units={"sep": "µas", "zern": "nm"})

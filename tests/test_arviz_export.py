@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.artifacts.netcdf import read_netcdf, write_netcdf
+from gnomon.io.netcdf import read_netcdf, write_netcdf
 
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(30, 3))

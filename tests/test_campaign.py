@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.artifacts.runids import CLAIM_FILE
+from gnomon.io.runids import CLAIM_FILE
 
 
 def make_trace(seed: int, T: int = 8):

@@ -96,7 +96,7 @@ def test_signals_netcdf_and_figures(demo):
     assert sig["binary.separation_as"].sigma_value == pytest.approx(float(saved["crlb"][i]))  # the CRLB band
     assert run.summary["crlb.binary.separation_as"] == pytest.approx(float(saved["crlb"][i]))
     assert run.summary["truth.binary.separation_as"] == pytest.approx(A.TRUTH["binary.separation_as"])
-    from gnomon.artifacts.netcdf import read_netcdf
+    from gnomon.io.netcdf import read_netcdf
 
     dt = read_netcdf(out / "runs" / "posterior-nuts" / "posterior.nc")
     sep = dt["posterior"]["binary.separation_as"]

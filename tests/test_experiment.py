@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gnomon as gn
-from gnomon.artifacts import manifest as manifest_mod
-from gnomon.artifacts.diagnostics import every_rows, read_diag_steps
-from gnomon.artifacts.runids import CLAIM_FILE, check_run_id
+from gnomon.experiment import manifest as manifest_mod
+from gnomon.io.diagnostics import every_rows, read_diag_steps
+from gnomon.io.runids import CLAIM_FILE, check_run_id
 
 
 def opt_trace(T=12, D=3, seed=0, layout=None, dtype=np.float64):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.artifacts.jsonio import ArtifactError
+from gnomon.io.jsonio import ArtifactError
 
 SD = np.array([0.5, 2.0, 1.0])
 OBJ = gn.Objective.from_log_prob(lambda th: -0.5 * jnp.sum((th / jnp.asarray(SD, th.dtype)) ** 2), 3)

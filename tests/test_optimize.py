@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import gnomon as gn
-from gnomon.engines.optimize import precond_arrays
+from gnomon.optim.optimize import precond_arrays
 
 D = 5
 DIAG = 10.0 ** np.linspace(-2, 2, D)
@@ -280,7 +280,7 @@ def test_a_run_whose_updates_no_longer_change_theta_stops_as_stalled():
     """float32 on a large θ: the update is below θ's resolution, so θ never changes. Before, such a run went on to
     num_steps (a float32 Poisson fit spent 5,537 gradient evaluations that way); now it stops after STALL_STEPS
     unchanged updates with a status that says so. The same run in float64 moves and runs to num_steps."""
-    from gnomon.engines.loop import STALL_STEPS
+    from gnomon.optim.loop import STALL_STEPS
 
     obj = gn.Objective.from_loss(lambda t: 0.5 * jnp.sum(t**2), 2)
     th32 = jnp.array([1e4, -3e4], jnp.float32)

@@ -16,7 +16,7 @@ def _run(code: str) -> str:
 
 def test_import_gnomon_is_light():
     out = _run(
-        "import sys, gnomon, gnomon.trace.trace, gnomon.engines.simple_gd, gnomon.artifacts.run;"
+        "import sys, gnomon, gnomon.trace.trace, gnomon.optim.simple_gd, gnomon.io.run;"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     assert out.strip() == "[]"

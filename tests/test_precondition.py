@@ -8,7 +8,7 @@ import pytest
 
 import gnomon as gn
 from gnomon.curvature.estimate import Curvature
-from gnomon.curvature.precondition import preconditioned_lambda_max
+from gnomon.optim.precondition import preconditioned_lambda_max
 
 D_AX = np.array([1e-3, 0.5, 2.0, 1e3])
 OPT = np.array([1.0, -2.0, 3.0, 0.5])

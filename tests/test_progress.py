@@ -50,7 +50,7 @@ def test_quiet_off_a_terminal_and_when_disabled():
 
 def test_tqdm_loads_only_to_draw():
     code = (
-        "import io, sys, gnomon, gnomon.engines.loop\n"
+        "import io, sys, gnomon, gnomon.optim.loop\n"
         "from gnomon.util.progress import Progress\n"
         "b = Progress(3, 'q', enabled=None, stream=io.StringIO()); b.update(2); b.close('x')\n"
         "print('tqdm' in sys.modules)\n"

@@ -290,8 +290,8 @@ def test_dask_local_cluster_campaign_equals_process_pool(tmp_path):
 def test_a_dead_writers_claim_on_a_complete_run_is_cleared(tmp_path):
     """A writer killed between writing summary.json and releasing its claim leaves a complete run with a claim
     file: the next campaign skips the run and removes the dead claim (a live writer's claim stays)."""
-    from gnomon.artifacts import runids
-    from gnomon.artifacts.run_writer import acquire_run
+    from gnomon.experiment.run_writer import acquire_run
+    from gnomon.io import runids
 
     d = tmp_path / "run"
     d.mkdir()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.artifacts.install import target_state
-from gnomon.artifacts.jsonio import read_json
-from gnomon.artifacts.status import check_run
+from gnomon.io.install import target_state
+from gnomon.io.jsonio import read_json
+from gnomon.io.status import check_run
 
 LAYOUT = gn.Layout({"x": (), "v": (3,), "s": ()}, transforms={"s": "positive"}, units={"x": "arcsec", "v": "nm"})
 
@@ -107,7 +107,7 @@ def test_rewrites_never_mix_two_runs_files(tmp_path):
 
 def test_failed_write_leaves_the_old_run_and_no_staging(tmp_path, monkeypatch):
     d = gn.save_run(tmp_path / "r", trace(1))
-    import gnomon.artifacts.run as run_mod
+    import gnomon.io.run as run_mod
 
     def boom(*a, **k):
         raise OSError("disk full")

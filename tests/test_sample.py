@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.curvature import mass_matrix as mmx
+from gnomon.sampler import metric as mmx
 
 MEAN = np.array([1.0, -2.0, 0.5, 3.0])
 _A = np.array([[1.0, 0.0, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0], [0.0, 0.5, 2.0, 0.0], [0.3, 0.0, -0.4, 0.2]])
@@ -268,7 +268,7 @@ def test_float64_is_respected():
 def test_curvature_metric_survives_parameters_in_very_different_units():
     """Regression: a float32 Fisher whose diagonal spans 12 decades (units, not degeneracy) keeps every
     direction; the metric equals the exact inverse (marginal variances and dense)."""
-    from gnomon.curvature.mass_matrix import from_precision_matrix
+    from gnomon.sampler.metric import from_precision_matrix
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 6))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.engines import sample_config as cfg
-from gnomon.engines.sample_loop import Aot, SamplerProgram, SamplerSettings, compiled
-from gnomon.engines.warmup import AdaptSettings
+from gnomon.sampler import config as cfg
+from gnomon.sampler.loop import Aot, SamplerProgram, SamplerSettings, compiled
+from gnomon.sampler.warmup import AdaptSettings
 
 OBJ = gn.Objective.from_log_prob(lambda th: -0.5 * jnp.sum((th / jnp.asarray([1.0, 3.0], th.dtype)) ** 2), 2)
 
@@ -80,7 +80,7 @@ def test_depth_capped_nuts_step_is_blackjax_at_full_depth():
     import blackjax
     from blackjax.mcmc import hmc
 
-    from gnomon.engines.sample_kernels import build_step
+    from gnomon.sampler.kernels import build_step
 
     def lp(x):
         return -0.5 * jnp.sum((x / jnp.arange(1.0, 6.0)) ** 2) - 0.1 * x[0] ** 4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.engines.sample_health import RHAT_LIMIT, chain_health, mode_note
+from gnomon.sampler.health import RHAT_LIMIT, chain_health, mode_note
 
 
 def test_chain_health_against_synthetic_chains():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.engines import seed_check as sc
+from gnomon.sampler import seed_check as sc
 
 SCHOOLS_Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
 SCHOOLS_SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], np.float32)
@@ -117,7 +117,7 @@ def test_rejected_seed_recovers_at_the_cost_of_a_cold_start(obj):
 def test_the_recovery_reuses_the_seeded_program():
     """The model is inlined into every compiled sampler program, so a recovery after a dense seed must not
     compile a second one (measured: 20 s more on a 103-d stochastic-volatility model)."""
-    from gnomon.engines import sample_loop
+    from gnomon.sampler import loop as sample_loop
 
     obj = gn.Objective.from_log_prob(_schools, 10)
     for key in [k for k in sample_loop._CACHE if k[0] == obj.compile_key]:  # programs of other tests' SCHOOLS
@@ -196,7 +196,7 @@ def test_stuck_chains_are_found_and_sent_to_the_others():
     """A chain whose window sits far from the others' (the neck of a funnel), or that pays an order of magnitude
     more leapfrog steps, is stuck (a few times more is not); a majority is never overruled, and two chains
     cannot tell who is stuck."""
-    from gnomon.engines.stuck_chains import find_stuck
+    from gnomon.sampler.stuck_chains import find_stuck
 
     rng = np.random.default_rng(0)
     theta = rng.normal(size=(50, 4, 3))
@@ -235,7 +235,7 @@ def test_a_diverged_optimization_goes_straight_to_the_recovery():
 def test_recovery_scales_come_from_the_gradients_at_its_starts():
     """σ₀ = 1/√mean|g| per coordinate (nutpie's first metric); zero or non-finite gradients take the median of
     the others, so one flat coordinate cannot give an infinite scale."""
-    from gnomon.engines.sample_phases import gradient_scales
+    from gnomon.sampler.phases import gradient_scales
 
     g = np.array([[1.0, -100.0, 0.0, np.nan], [-1.0, 100.0, 0.0, 1.0]])
     s = gradient_scales(g, np.float32)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gnomon as gn
-from gnomon.engines.loop import run_loop
-from gnomon.engines.simple_gd import gd_program
+from gnomon.optim.loop import run_loop
+from gnomon.optim.simple_gd import gd_program
 
 A = np.diag([1.0, 4.0, 9.0]) + 0.1
 THETA0 = np.array([1.0, -2.0, 0.5])

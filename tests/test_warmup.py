@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.engines import warmup as wu
+from gnomon.sampler import warmup as wu
 
 
 def _gaussian_moments(cov: np.ndarray, n: int, seed: int = 0, dense: bool = True) -> wu.Moments:

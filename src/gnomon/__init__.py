@@ -24,24 +24,24 @@ _EXPORTS = {
     "Curvature": "gnomon.curvature.estimate",
     "estimate_curvature": "gnomon.curvature.estimate",
     "scale_by_curvature": "gnomon.optim.transforms",
-    "learning_rates": "gnomon.curvature.precondition",
+    "learning_rates": "gnomon.optim.precondition",
     "Trace": "gnomon.trace.trace",
-    "run_simple_gd": "gnomon.engines.simple_gd",
-    "optimize": "gnomon.engines.optimize",
-    "optimize_batch": "gnomon.engines.optimize",
-    "precond_arrays": "gnomon.engines.optimize",
-    "sample": "gnomon.engines.sample",
-    "HandOff": "gnomon.artifacts.handoff_io",
-    "nuts": "gnomon.engines.sample_config",
-    "hmc": "gnomon.engines.sample_config",
-    "warmup": "gnomon.engines.sample_config",
-    "save_run": "gnomon.artifacts.run",
-    "load_run": "gnomon.artifacts.run",
-    "Run": "gnomon.artifacts.run",
-    "ArtifactError": "gnomon.artifacts.jsonio",
-    "sampling_summary": "gnomon.artifacts.sampling_summary",
-    "Experiment": "gnomon.artifacts.experiment",
-    "DiagnosticsConfig": "gnomon.artifacts.experiment",
+    "run_simple_gd": "gnomon.optim.simple_gd",
+    "optimize": "gnomon.optim.optimize",
+    "optimize_batch": "gnomon.optim.optimize",
+    "precond_arrays": "gnomon.optim.optimize",
+    "sample": "gnomon.sampler.api",
+    "HandOff": "gnomon.sampler.handoff_files",
+    "nuts": "gnomon.sampler.config",
+    "hmc": "gnomon.sampler.config",
+    "warmup": "gnomon.sampler.config",
+    "save_run": "gnomon.io.run",
+    "load_run": "gnomon.io.run",
+    "Run": "gnomon.io.run",
+    "ArtifactError": "gnomon.io.jsonio",
+    "sampling_summary": "gnomon.io.sampling_summary",
+    "Experiment": "gnomon.experiment.experiment",
+    "DiagnosticsConfig": "gnomon.experiment.experiment",
     "Signals": "gnomon.signals.signals",
     "enable_compilation_cache": "gnomon.util.compile_cache",
     "disable_compilation_cache": "gnomon.util.compile_cache",
@@ -72,8 +72,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gnomon.artifacts.run import Run, load_run, save_run  # noqa: F401
-    from gnomon.engines.simple_gd import run_simple_gd  # noqa: F401
+    from gnomon.io.run import Run, load_run, save_run  # noqa: F401
     from gnomon.objective.objective import Objective  # noqa: F401
+    from gnomon.optim.simple_gd import run_simple_gd  # noqa: F401
     from gnomon.thetaspace.layout import Layout  # noqa: F401
     from gnomon.trace.trace import Trace  # noqa: F401

@@ -3,7 +3,7 @@ r"""Curvature estimators: diagonal (and optionally dense) second-order informati
 Every estimator returns a :class:`Curvature` — the diagonal ``diag`` (D,), optionally the dense ``matrix``
 (D, D), the ``method`` name, its cost ``num_grad_evals`` in gradient-evaluation equivalents and a JSON-able
 ``config`` (method parameters and what the safeguards did). One curvature feeds both per-index learning
-rates (:mod:`gnomon.curvature.precondition`) and HMC/NUTS inverse mass matrices.
+rates (:mod:`gnomon.optim.precondition`) and HMC/NUTS inverse mass matrices.
 
 Methods (``f = loss``, ``H = ∇²f``):
 

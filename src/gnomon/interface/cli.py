@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 2
-    from gnomon.artifacts.jsonio import ArtifactError
+    from gnomon.io.jsonio import ArtifactError
 
     try:
         if args.command == "demo":

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError
-from gnomon.artifacts.status import FILES_KEY, STATES, USER_KEYS_KEY
+from gnomon.io.jsonio import ArtifactError
+from gnomon.io.status import FILES_KEY, STATES, USER_KEYS_KEY
 from gnomon.util.format import format_number, format_uncertain, iso_time
 
 _RUN_FILES = ("summary.json", "meta.json", "trace.npz")
@@ -58,7 +58,7 @@ def _dir_kind(path: str) -> str:
 
 
 def _load_run(path: str):
-    from gnomon.artifacts.run import load_run
+    from gnomon.io.run import load_run
 
     try:
         return load_run(path)
@@ -129,7 +129,7 @@ def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
     units."""
     import numpy as np
 
-    from gnomon.artifacts.parameters import constrained, parameter_labels, parameter_summary, split_key
+    from gnomon.io.parameters import constrained, parameter_labels, parameter_summary, split_key
 
     summary = run.summary
     keys = {split_key(k): v for k, v in summary.items() if split_key(k) is not None}
@@ -145,7 +145,7 @@ def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
     if sampling and layout is not None and order:
         import arviz_stats as azs
 
-        from gnomon.artifacts.parameters import base_theta
+        from gnomon.io.parameters import base_theta
 
         th = base_theta(run.trace)
         vals = constrained(layout, th)
@@ -207,7 +207,7 @@ def _show_run(path: str, out: Any) -> int:
         short = {k: v for k, v in user.items() if k != "truth"}
         if short:
             w(f"  user meta: {_fmt(_scalars(short)) or ', '.join(sorted(short))}")
-    from gnomon.artifacts.parameters import split_key
+    from gnomon.io.parameters import split_key
 
     user_keys = [k for k in summary.get(USER_KEYS_KEY) or [] if k in summary]
     gnomon_keys = [
@@ -259,8 +259,8 @@ def _user_summary_keys(states: list[Any]) -> list[str]:
 
 
 def _show_experiment(path: str, out: Any) -> int:
-    from gnomon.artifacts.experiment import Experiment
-    from gnomon.artifacts.incomplete import incomplete_state
+    from gnomon.experiment.experiment import Experiment
+    from gnomon.experiment.incomplete import incomplete_state
 
     exp = Experiment(path, create=False)
     w = lambda s="": print(s, file=out)  # noqa: E731
@@ -337,7 +337,7 @@ def _plot_campaign(args: Any, out: Path) -> int:
         raise ValueError(f"{args.path}: --campaign takes an experiment directory, not a run directory")
     if args.signals or args.recipe:
         raise ValueError("--campaign draws its own figures; it cannot be combined with --signals or --recipe")
-    from gnomon.artifacts.experiment import Experiment
+    from gnomon.experiment.experiment import Experiment
     from gnomon.plot import campaign, z_distribution
 
     exp = Experiment(args.path, create=False)
@@ -417,7 +417,7 @@ def aggregate(args: Any) -> int:
     out = _check_output(args.output, ("parquet", "csv"), "the table file") if args.output else None
     if _dir_kind(args.path) != "experiment":
         raise ValueError(f"{args.path}: is a run directory; gnomon aggregate takes an experiment directory")
-    from gnomon.artifacts.experiment import Experiment
+    from gnomon.experiment.experiment import Experiment
 
     exp = Experiment(args.path, create=False)
     if out is not None and out.suffix.lower() == ".parquet":
@@ -436,7 +436,7 @@ def aggregate(args: Any) -> int:
     if out is not None:
         print(f"wrote {len(df)} runs × {len(df.columns)} columns to {out}")
     else:
-        from gnomon.artifacts.parameters import split_key
+        from gnomon.io.parameters import split_key
 
         cols = [c for c in df.columns if c not in ("written_utc_unix",) and not df[c].isna().all()]
         base = [c for c in cols if split_key(c) is None and c not in meta_keys and not c.startswith("meta.")]

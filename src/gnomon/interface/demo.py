@@ -116,7 +116,7 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     import jax.numpy as jnp
 
     import gnomon as gn
-    from gnomon.artifacts.npzio import write_npz
+    from gnomon.io.npzio import write_npz
     from gnomon.models import astrometry as A
     from gnomon.recipes.astrometry import add_signals
 

@@ -44,15 +44,15 @@ import numpy as np
 import optax
 
 from gnomon.curvature.estimate import Curvature, default_power
-from gnomon.curvature.precondition import (
+from gnomon.objective.objective import Objective
+from gnomon.optim.estimator import CurvatureEstimator, curvature_estimator
+from gnomon.optim.precondition import (
     block_scales,
     check_bounds,
     lambda_max_bound,
     learning_rate_vector,
     preconditioner_shape,
 )
-from gnomon.objective.objective import Objective
-from gnomon.optim.estimator import CurvatureEstimator, curvature_estimator
 
 ARMIJO = 1e-4  # sufficient-decrease constant c of the backtracking test
 BB_CLAMP = (1e-6, 1e6)  # range of the Barzilai–Borwein multiplier α
@@ -102,7 +102,7 @@ def scale_by_curvature(
     .. math:: \mathrm{lr}_t = \mathrm{clip}(η_t · P,\ \mathrm{lr\_min},\ \mathrm{lr\_max}),\qquad
        P = s ⊙ (c + \mathrm{eps})^{-p},\qquad η_t = η_0 · \mathrm{schedule}(t)
 
-    (:func:`gnomon.curvature.precondition.learning_rate_vector`). c is the curvature diagonal, p its power
+    (:func:`gnomon.optim.precondition.learning_rate_vector`). c is the curvature diagonal, p its power
     (1 for Hessian/Gauss–Newton/Fisher diagonals, where η = 1 is the diagonal Newton step; ½ for g²
     statistics), s per-block multipliers (``block_scale`` over the ``layout``'s parameters or groups).
 

@@ -50,12 +50,12 @@ def _table(source: Any, params: Any, x: str | None):
     """``(DataFrame, {label: unit})`` from an Experiment, a directory or a DataFrame."""
     if hasattr(source, "columns") and hasattr(source, "iterrows"):
         return source, {}
-    from gnomon.artifacts.experiment import Experiment
+    from gnomon.experiment.experiment import Experiment
 
     exp = source if isinstance(source, Experiment) else Experiment(os.fspath(source), create=False)
     meta_keys = []
     units: dict[str, str] = {}
-    from gnomon.artifacts.status import check_run
+    from gnomon.io.status import check_run
 
     first = next((st for st in (check_run(exp.run_dir(r)) for r in exp.runs()) if st.ok), None)  # not every run
     if first is not None:
@@ -72,8 +72,8 @@ def _label_units(meta: Mapping[str, Any] | None) -> dict[str, str]:
     if not doc:
         return {}
     try:
-        from gnomon.artifacts.jsonio import from_jsonable
-        from gnomon.artifacts.parameters import parameter_labels
+        from gnomon.io.jsonio import from_jsonable
+        from gnomon.io.parameters import parameter_labels
         from gnomon.thetaspace.layout import Layout
 
         layout = Layout.from_dict(from_jsonable(doc))

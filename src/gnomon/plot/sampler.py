@@ -64,7 +64,7 @@ def to_datatree(source: Any, names: Sequence[str] | None = None):
         # scatter would be quantised by a float32 decoding), names, units and component labels come along
         return to_datatree(Signals.from_trace(source, diagnostics=False), names)
     if hasattr(source, "to_arviz"):
-        from gnomon.artifacts.netcdf import annotate_datatree
+        from gnomon.io.netcdf import annotate_datatree
 
         return annotate_datatree(source.to_arviz(), getattr(source, "layout", None))
     if hasattr(source, "children") and "posterior" in getattr(source, "children", {}):

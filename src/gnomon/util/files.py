@@ -1,7 +1,7 @@
 """Files written whole or not at all: the atomic writes, the NPZ reader/writer and the artifact error.
 
 The bottom layer's file helpers, shared by every layer that writes (:mod:`gnomon.artifacts` re-exports them
-from :mod:`gnomon.artifacts.jsonio` and :mod:`gnomon.artifacts.npzio`; ``Signals.save`` uses them too):
+from :mod:`gnomon.io.jsonio` and :mod:`gnomon.io.npzio`; ``Signals.save`` uses them too):
 
 * :func:`atomic_write_bytes` writes through ``.<name>.tmp-<pid>-<random>`` in the same folder and
   ``os.replace``-s it over the target, so a crash never leaves a half-written file (orphan temporary files

@@ -4,7 +4,7 @@ NUTS doubles its trajectory until it turns back on itself, at most ``max_tree_de
 (:math:`2^{d}-1` leapfrog steps). BlackJAX fixes that maximum when the kernel is built, because the U-turn
 checkpoints are arrays of that length; :func:`build_step` keeps the arrays at the kernel's
 ``max_tree_depth`` but takes the cap of each step as a (traced) argument ``depth`` ≤ ``max_tree_depth``.
-The seed check runs its first steps with a lower cap (see :mod:`gnomon.engines.seed_check`), so a wrong
+The seed check runs its first steps with a lower cap (see :mod:`gnomon.sampler.seed_check`), so a wrong
 seed costs at most :math:`2^{d_{check}}-1` gradients per draw while it is being found out, and both phases
 run in one compiled program. With ``depth = max_tree_depth`` the transition is BlackJAX's own
 (``blackjax.nuts.build_kernel``), draw for draw.
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.engines.sample_config import HMC, NUTS
+from gnomon.sampler.config import HMC, NUTS
 
 
 class StepInfo(NamedTuple):

@@ -7,7 +7,7 @@ and the key, so that ``gn.sample(obj_next, init=bundle, key=..., handoff=bundle)
 adaptation with a short warmup (150 steps by default; ``num_warmup=0`` reuses it as is).
 
 This module holds the data and how it is built from a sampling trace; the engine reads it. Storing it is
-the artifacts layer's business: the public :class:`gnomon.HandOff` (:mod:`gnomon.artifacts.handoff_io`) is
+the artifacts layer's business: the public :class:`gnomon.HandOff` (:mod:`gnomon.sampler.handoff_files`) is
 this bundle plus ``to_arrays``/``save``/``save_run``/``load``.
 """
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.install import staged_run
-from gnomon.artifacts.jsonio import ArtifactError, from_jsonable, read_json, to_jsonable, write_json
-from gnomon.artifacts.npzio import read_npz, write_npz
-from gnomon.artifacts.parameters import parameter_summary
-from gnomon.artifacts.provenance import git_hash, package_versions, platform_info
-from gnomon.artifacts.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
+from gnomon.io.install import staged_run
+from gnomon.io.jsonio import ArtifactError, from_jsonable, read_json, to_jsonable, write_json
+from gnomon.io.npzio import read_npz, write_npz
+from gnomon.io.parameters import parameter_summary
+from gnomon.io.provenance import git_hash, package_versions, platform_info
+from gnomon.io.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
 from gnomon.thetaspace.layout import Layout
 from gnomon.trace.trace import Trace
 
@@ -164,7 +164,7 @@ def save_run(
     """Write ``trace`` as a run directory and return its path.
 
     Every file is written into a staging directory beside ``run_dir`` and installed only when complete
-    (:mod:`gnomon.artifacts.install`), so a run directory never holds files of two runs.
+    (:mod:`gnomon.io.install`), so a run directory never holds files of two runs.
 
     Args:
       run_dir: directory to create (parents too). It may be missing or empty, or hold an incomplete earlier
@@ -184,7 +184,7 @@ def save_run(
         base θ; written as ``truth.<label>``. With a layout, summary.json always gets ``estimate.<label>``
         (the MAP, or the posterior mean of a sampling run), ``sd.<label>`` for sampling runs, and
         ``z.<label>`` = (estimate − truth) / (CRLB, else sd) when a truth is given
-        (:mod:`gnomon.artifacts.parameters`).
+        (:mod:`gnomon.io.parameters`).
       extra_arrays: optional diagnostic files ``{name: {array_name: array}}`` written as ``<name>.npz``
         (e.g. ``curvature``, ``precond``, ``grads``, ``signals``, ``handoff``).
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
@@ -288,7 +288,7 @@ def _write_files(
         write_npz(run_dir / f"{name}.npz", arrays, fsync=fsync)
         files.append(f"{name}.npz")
     if arviz:
-        from gnomon.artifacts.netcdf import write_netcdf
+        from gnomon.io.netcdf import write_netcdf
 
         write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta)
         files.append(NETCDF_FILE)
@@ -317,7 +317,7 @@ def _write_files(
     write_json(run_dir / META_FILE, meta_doc, fsync=fsync)
     base = trace.summary()
     if trace.kind == "sampling":  # ESS, R-hat, divergences, cost per effective sample (arviz-stats)
-        from gnomon.artifacts.sampling_summary import sampling_summary
+        from gnomon.io.sampling_summary import sampling_summary
 
         base.update(sampling_summary(trace))
     summary_doc = {"run_id": run_id, **base, **dict(params), **dict(summary or {})}
@@ -336,7 +336,7 @@ def _json_scalar_like(v: Any) -> bool:
 def load_run(run_dir: str | os.PathLike, *, require_complete: bool = True) -> Run:
     """Load a run directory written by :func:`save_run`.
 
-    The run is first classified by :func:`gnomon.artifacts.status.check_run` (the judge every reader
+    The run is first classified by :func:`gnomon.io.status.check_run` (the judge every reader
     shares): a corrupt run — unreadable or newer JSON, a meta.json whose layout no longer matches its stored
     hash (e.g. a block renamed by hand), a data file missing or of another size than recorded — raises
     :class:`ArtifactError` naming the file and the reason, as does any array file that cannot be read. An

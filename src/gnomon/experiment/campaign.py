@@ -2,7 +2,7 @@
 
 ``run_many(exp, fn, items, executor)`` maps every item to a run id, skips items whose run is complete,
 and runs the rest as tasks. A task (in whatever process or machine the executor picks) claims its run
-directory (:func:`gnomon.artifacts.run_writer.acquire_run`), calls ``fn(item)``, writes the result with
+directory (:func:`gnomon.experiment.run_writer.acquire_run`), calls ``fn(item)``, writes the result with
 summary.json last, and returns a small status record — traces never travel back through the executor.
 
 Crash safety follows from three rules: a run is complete iff summary.json exists; a claim names its
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.diagnostics import DiagnosticsConfig
-from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable
-from gnomon.artifacts.run import META_FILE, SUMMARY_FILE
-from gnomon.artifacts.runids import CLAIM_FILE, check_run_id
+from gnomon.io.diagnostics import DiagnosticsConfig
+from gnomon.io.jsonio import ArtifactError, read_json, to_jsonable
+from gnomon.io.run import META_FILE, SUMMARY_FILE
+from gnomon.io.runids import CLAIM_FILE, check_run_id
 from gnomon.trace.trace import Trace
 
 _RESULT_KEYS = (
@@ -108,8 +108,8 @@ def run_item(
     stale_after_s: float | None,
 ) -> dict[str, Any]:
     """One campaign task: claim the run, fit, write; a small status record. Runs in the executor's worker."""
-    from gnomon.artifacts.run_writer import acquire_run, write_error, write_run
-    from gnomon.artifacts.runids import release_claim
+    from gnomon.experiment.run_writer import acquire_run, write_error, write_run
+    from gnomon.io.runids import release_claim
 
     t0 = time.perf_counter()
     d = Path(runs_dir) / run_id
@@ -233,7 +233,7 @@ def run_many(
         if (d / SUMMARY_FILE).exists():
             result.skipped.append(rid)
             if (d / CLAIM_FILE).exists():  # its writer died between summary.json and releasing the claim
-                from gnomon.artifacts.run_writer import drop_dead_claim
+                from gnomon.experiment.run_writer import drop_dead_claim
 
                 drop_dead_claim(d)
             if check_items:

@@ -6,8 +6,8 @@ A posterior that is locally Gaussian around its mode θ* with precision :math:`H
 :math:`\Sigma \approx H^{-1}`. :func:`sample` uses that twice: the **metric** :math:`M^{-1}` is seeded from
 the curvature at the start, and the **chains start** from "Laplace draws" :math:`θ^* + L\varepsilon_c`,
 :math:`LL^T \approx H^{-1}`, inside the typical set rather than at the mode
-(:mod:`gnomon.engines.sample_starts`). The warmup then *keeps adapting* in the seed's whitened coordinates
-:math:`u = L^{-1}θ` (:mod:`gnomon.engines.warmup`: Stan's windows, dual averaging, every chain's draws
+(:mod:`gnomon.sampler.starts`). The warmup then *keeps adapting* in the seed's whitened coordinates
+:math:`u = L^{-1}θ` (:mod:`gnomon.sampler.warmup`: Stan's windows, dual averaging, every chain's draws
 pooled) and needs far fewer steps.
 
 The seed is a hypothesis
@@ -15,17 +15,17 @@ The seed is a hypothesis
 Where the curvature at the mode does not describe the posterior — a funnel, a centred hierarchical model
 whose mode sits in the neck, a latent time series whose scales collapse at the mode — the seed is wrong and
 trusting it costs 10–1000× in gradients. So the first warmup steps check it (NUTS depth capped, so a wrong
-seed is cheap to find out; :mod:`gnomon.engines.seed_check`) and every later window is judged again; a
+seed is cheap to find out; :mod:`gnomon.sampler.seed_check`) and every later window is judged again; a
 rejected seed, or an optimizer that found no mode at all, leads to a **recovery**: the adaptation restarts
 where a cold start would (dispersed around the optimizer's first point; where the chains are, with their
 pooled scales, when no optimizer ran) with nutpie's gradient-based low-rank metric and a cold window schedule,
-and chains left stuck are moved to the others (:mod:`gnomon.engines.sample_phases`,
-:mod:`gnomon.engines.stuck_chains`). What was decided, when and why is in ``trace.info["decisions"]`` (one
+and chains left stuck are moved to the others (:mod:`gnomon.sampler.phases`,
+:mod:`gnomon.sampler.stuck_chains`). What was decided, when and why is in ``trace.info["decisions"]`` (one
 sentence: ``trace.info["handoff"]["decision"]``).
 
 This module is the driver: it checks the arguments, resolves the start, the seed and the compiled program,
 runs the phases and assembles the :class:`Trace` with the hand-off diagnostics
-(:mod:`gnomon.engines.sample_diagnostics`).
+(:mod:`gnomon.sampler.diagnostics`).
 
 Cost accounting: every log-density gradient counts one — the start of each chain, each leapfrog step
 (NUTS ``num_integration_steps``) in warmup (the rejected part included) and sampling, plus the curvature's
@@ -44,15 +44,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.curvature import mass_matrix as mmx
-from gnomon.engines import sample_phases as ph
-from gnomon.engines import warmup as wu
-from gnomon.engines.handoff import HandOffBundle
-from gnomon.engines.sample_config import NUTS, Warmup, as_kernel, as_warmup, misplaced
-from gnomon.engines.sample_diagnostics import handoff_diagnostics
-from gnomon.engines.sample_health import chain_health, mode_note
-from gnomon.engines.sample_loop import STAT_NAMES, SamplerSettings, compile_seconds, compiled, shard, stack
-from gnomon.engines.sample_starts import (
+from gnomon.objective.objective import Objective
+from gnomon.sampler import metric as mmx
+from gnomon.sampler import phases as ph
+from gnomon.sampler import warmup as wu
+from gnomon.sampler.config import NUTS, Warmup, as_kernel, as_warmup, misplaced
+from gnomon.sampler.diagnostics import handoff_diagnostics
+from gnomon.sampler.handoff import HandOffBundle
+from gnomon.sampler.health import chain_health, mode_note
+from gnomon.sampler.loop import STAT_NAMES, SamplerSettings, compile_seconds, compiled, shard, stack
+from gnomon.sampler.seed_check import CHECK_STEPS
+from gnomon.sampler.starts import (
     Seed,
     Start,
     dispersed_starts,
@@ -62,9 +64,7 @@ from gnomon.engines.sample_starts import (
     start_center,
     start_positions,
 )
-from gnomon.engines.seed_check import CHECK_STEPS
-from gnomon.engines.warmup import AdaptSettings, Estimator
-from gnomon.objective.objective import Objective
+from gnomon.sampler.warmup import AdaptSettings, Estimator
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
 
@@ -131,14 +131,14 @@ def sample(
       key: a ``jax.random.key`` (or an int seed).
       num_chains: chains ``C`` (vmapped; sharded over devices when there are several).
       num_warmup: warmup steps (the same as ``gn.warmup(num_steps=...)``; default by the seed, see
-        :class:`gnomon.engines.sample_config.Warmup`).
+        :class:`gnomon.sampler.config.Warmup`).
       num_samples: draws kept per chain.
       kernel: ``"nuts"`` (default), ``"hmc"``, :func:`gnomon.nuts` or :func:`gnomon.hmc` (tree depth, target
         acceptance rate, divergence threshold, initial step size, leapfrog steps).
       warmup: :func:`gnomon.warmup` (warmup length and budget, the adapted metric, the curvature behind the
         seed, dense or diagonal seed, jitter, the seed check), a metric name, or None for the defaults.
       inverse_mass_matrix: the metric seed: ``"curvature"`` (from the curvature of ``−log_prob`` at the
-        start, see :mod:`gnomon.curvature.mass_matrix`), an array ``(D,)``/``(D, D)``, a
+        start, see :mod:`gnomon.sampler.metric`), an array ``(D,)``/``(D, D)``, a
         :class:`gnomon.Curvature`, an ``InverseMassMatrix``, or None / ``"identity"``.
       handoff: a :class:`gnomon.HandOff` from an earlier run: seeds the metric and the step size with its
         adapted ones (and the warmup is short).

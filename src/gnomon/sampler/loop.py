@@ -2,7 +2,7 @@ r"""The compiled sampler loop: NUTS/HMC steps of all chains in chunks, the warmu
 
 One chunk is a ``lax.scan`` over ``chunk`` steps; each step advances every chain (``vmap``) with the current
 step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the chains'
-positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.engines.warmup`. A chunk
+positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.sampler.warmup`. A chunk
 whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
 program compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
 cap, the adaptation's estimator and the target acceptance rate are arguments, so the seed check, the warmup,
@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.engines.loop import compile_key
-from gnomon.engines.sample_config import HMC, NUTS
-from gnomon.engines.sample_kernels import build_step
-from gnomon.engines.warmup import AdaptSettings, AdaptState, window_adaptation
 from gnomon.objective.objective import Objective
+from gnomon.optim.loop import compile_key
+from gnomon.sampler.config import HMC, NUTS
+from gnomon.sampler.kernels import build_step
+from gnomon.sampler.warmup import AdaptSettings, AdaptState, window_adaptation
 
 CHUNK = 100
 

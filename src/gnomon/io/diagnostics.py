@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.jsonio import to_jsonable
+from gnomon.io.jsonio import to_jsonable
 from gnomon.trace.trace import Trace
 
 DIAG_STEPS_FILE = "diag_steps.jsonl"
@@ -135,7 +135,7 @@ def write_diag_steps(path: Path, trace: Trace, every: int) -> int:
 
 def read_diag_steps(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``diag_steps.jsonl``; a torn final line (a crash mid-write) is skipped."""
-    from gnomon.artifacts.jsonio import from_jsonable
+    from gnomon.io.jsonio import from_jsonable
 
     out = []
     with open(path, encoding="utf-8") as fh:

@@ -1,7 +1,7 @@
 """Aggregate an experiment's runs into one table: ``summary.json`` scalars plus chosen ``meta.json`` keys.
 
 Per run, ``summary.json`` and ``meta.json`` are read and the run is classified by
-:func:`gnomon.artifacts.status.check_run` — the judge :func:`gnomon.load_run` and ``gnomon show`` use too, so
+:func:`gnomon.io.status.check_run` — the judge :func:`gnomon.load_run` and ``gnomon show`` use too, so
 a run is in the table exactly when it loads, whether or not meta keys are asked for. The cost is file opens,
 so the reads run in a small thread pool (file I/O releases the GIL). Runs that cannot be used are reported,
 never fatal: ``df.attrs["problems"]`` lists ``{"run_id", "problem", "message"}`` with problem
@@ -10,7 +10,7 @@ schema_version, a layout that does not match its hash, a data file missing or tr
 the file) or ``"newer_schema"`` (written by a newer gnomon).
 
 Per-parameter keys (``estimate.<label>``, ``sd.<label>``, ``crlb.<label>``, ``truth.<label>``,
-``z.<label>``: :mod:`gnomon.artifacts.parameters`) become columns when ``params=`` asks for them.
+``z.<label>``: :mod:`gnomon.io.parameters`) become columns when ``params=`` asks for them.
 
 Column dtypes are explicit (pandas nullable dtypes, so a missing value is ``<NA>`` and never turns an
 integer column into floats): see :data:`SUMMARY_DTYPES`; other summary keys and meta keys are inferred
@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gnomon.artifacts.jsonio import ArtifactError, atomic_path
-from gnomon.artifacts.parameters import PREFIXES, split_key
-from gnomon.artifacts.status import FILES_KEY, USER_KEYS_KEY, check_run
+from gnomon.io.jsonio import ArtifactError, atomic_path
+from gnomon.io.parameters import PREFIXES, split_key
+from gnomon.io.status import FILES_KEY, USER_KEYS_KEY, check_run
 
 SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

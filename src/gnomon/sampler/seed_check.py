@@ -28,7 +28,7 @@ size — is rejected after the first :data:`EARLY_STEPS` (:func:`gross`), a thir
 
 The same statistics are computed on every later warmup window (:func:`verdict` with ``what=``: cost and step
 size only, the scales there being the adaptation's business), so a seed that passed the first steps but fails
-later is still abandoned. A rejection triggers the recovery (:mod:`gnomon.engines.sample_phases`).
+later is still abandoned. A rejection triggers the recovery (:mod:`gnomon.sampler.phases`).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from gnomon.artifacts.jsonio import ArtifactError, read_json
-from gnomon.artifacts.runids import CLAIM_FILE, claim_state, describe_claim, read_claim
+from gnomon.io.jsonio import ArtifactError, read_json
+from gnomon.io.runids import CLAIM_FILE, claim_state, describe_claim, read_claim
 
 SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
 #: names a run directory may hold besides ``<identifier>.npz`` diagnostics files

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError, read_json, to_jsonable
-from gnomon.artifacts.provenance import package_versions
+from gnomon.io.jsonio import ArtifactError, read_json, to_jsonable
+from gnomon.io.provenance import package_versions
 
 __all__ = [
     "MANIFEST_FILE",

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError, NewerSchemaError, from_jsonable, read_json_raw
+from gnomon.io.jsonio import ArtifactError, NewerSchemaError, from_jsonable, read_json_raw
 
 SUMMARY_FILE, META_FILE, TRACE_FILE = "summary.json", "meta.json", "trace.npz"
 STATES = ("complete", "incomplete", "corrupt", "newer_schema")

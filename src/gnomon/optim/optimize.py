@@ -7,7 +7,7 @@ chains of :mod:`gnomon.optim.transforms` pieces). Options not named here (``mome
 are forwarded to the method's factory; an option the method does not take is an error naming the methods
 it belongs to.
 
-Every method runs in the shared compiled loop (:mod:`gnomon.engines.loop`). This module validates the inputs,
+Every method runs in the shared compiled loop (:mod:`gnomon.optim.loop`). This module validates the inputs,
 turns the method into its program, runs the loop and turns the final optimizer state into the typed
 :class:`~gnomon.optim.readout.OptimizerReport` recorded in ``info``/``extras``:
 
@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon.engines.loop import compile_key, default_key, run_loop
-from gnomon.engines.simple_gd import as_objective
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.objective import Objective
+from gnomon.optim.loop import compile_key, default_key, run_loop
 from gnomon.optim.methods import Method, Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
+from gnomon.optim.simple_gd import as_objective
 from gnomon.trace.trace import Trace
 
 _UNSET = object()

@@ -1,11 +1,11 @@
 """Writing one run directory safely while other processes may write the same experiment.
 
 * :func:`acquire_run` takes a run directory for writing: it creates it (atomic ``mkdir``) or claims it
-  (:mod:`gnomon.artifacts.runids`), leaves complete runs and runs of live writers alone, and takes over
+  (:mod:`gnomon.io.runids`), leaves complete runs and runs of live writers alone, and takes over
   what a crashed writer left behind.
 * :func:`write_run` writes a run taken that way: the optional diagnostics files
-  (:class:`~gnomon.artifacts.diagnostics.DiagnosticsConfig`), then the artifacts of
-  :func:`gnomon.artifacts.run.save_run` with ``summary.json`` last, and releases the claim.
+  (:class:`~gnomon.io.diagnostics.DiagnosticsConfig`), then the artifacts of
+  :func:`gnomon.io.run.save_run` with ``summary.json`` last, and releases the claim.
 * :func:`write_error` records why a run failed (``error.json``), which frees it for the next attempt.
 
 A run without a claim that is not complete counts as being written while it changed recently
@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.diagnostics import DiagnosticsConfig, build_diagnostics
-from gnomon.artifacts.jsonio import write_json
-from gnomon.artifacts.run import SUMMARY_FILE, write_run_dir
-from gnomon.artifacts.runids import (
+from gnomon.io.diagnostics import DiagnosticsConfig, build_diagnostics
+from gnomon.io.jsonio import write_json
+from gnomon.io.run import SUMMARY_FILE, write_run_dir
+from gnomon.io.runids import (
     CLAIM_FILE,
     claim_state,
     describe_claim,
@@ -202,7 +202,7 @@ def write_run(
     **save_kwargs: Any,
 ) -> Path:
     """Write a claimed run directory (diagnostics, then the artifacts, summary.json last; all staged and
-    installed at once by :func:`gnomon.artifacts.run.write_run_dir`) and release the claim.
+    installed at once by :func:`gnomon.io.run.write_run_dir`) and release the claim.
 
     ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
     (from :func:`acquire_run`). On an exception a fresh directory is removed again; a claimed run stays

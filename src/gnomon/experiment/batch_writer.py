@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.diagnostics import DiagnosticsConfig
-from gnomon.artifacts.run_writer import write_run
-from gnomon.artifacts.runids import check_run_id, generate_run_id
+from gnomon.experiment.run_writer import write_run
+from gnomon.io.diagnostics import DiagnosticsConfig
+from gnomon.io.runids import check_run_id, generate_run_id
 from gnomon.trace.trace import Trace
 
 __all__ = ["save_batch"]

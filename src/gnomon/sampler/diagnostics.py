@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.curvature import mass_matrix as mmx
+from gnomon.sampler import metric as mmx
 
 
 def handoff_diagnostics(

@@ -1,7 +1,7 @@
 """Incomplete runs of an experiment (no ``summary.json``): what state each is in, and sweeping them away.
 
 * :func:`incomplete_state` classifies one: ``"in_progress"`` (a live writer holds its claim, or an
-  unclaimed writer changed it within the grace of :func:`gnomon.artifacts.run_writer.unclaimed_grace`),
+  unclaimed writer changed it within the grace of :func:`gnomon.experiment.run_writer.unclaimed_grace`),
   ``"foreign"`` (claimed from another host), ``"failed"`` (a campaign recorded ``error.json``) or
   ``"abandoned"``.
 * :func:`sweep_runs` deletes those whose writer is gone: it holds each run's claim while renaming it away
@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError, read_json
-from gnomon.artifacts.run_writer import ERROR_FILE, unclaimed_grace
-from gnomon.artifacts.runids import claim_state, read_claim, take_over_claim, write_claim
+from gnomon.experiment.run_writer import ERROR_FILE, unclaimed_grace
+from gnomon.io.jsonio import ArtifactError, read_json
+from gnomon.io.runids import claim_state, read_claim, take_over_claim, write_claim
 
 __all__ = ["incomplete_state", "sweep_runs", "sweep_staging_dirs", "sweep_temp_files"]
 

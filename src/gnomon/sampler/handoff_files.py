@@ -1,6 +1,6 @@
 """`HandOff`: the hand-off bundle with its files (``handoff.npz`` in a run directory).
 
-:class:`HandOff` is :class:`gnomon.engines.handoff.HandOffBundle` (what the sampler reads and writes) plus
+:class:`HandOff` is :class:`gnomon.sampler.handoff.HandOffBundle` (what the sampler reads and writes) plus
 storage, kept here so that the engine layer never reaches up into the artifacts layer:
 
 * ``to_arrays()`` / ``from_arrays()``: the arrays of ``handoff.npz``, with the JSON description (settings,
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.artifacts.jsonio import ArtifactError, from_jsonable, to_jsonable
-from gnomon.artifacts.npzio import read_npz, write_npz
-from gnomon.artifacts.provenance import package_versions
-from gnomon.engines.handoff import ARRAYS, HANDOFF_SCHEMA, HandOffBundle
+from gnomon.io.jsonio import ArtifactError, from_jsonable, to_jsonable
+from gnomon.io.npzio import read_npz, write_npz
+from gnomon.io.provenance import package_versions
+from gnomon.sampler.handoff import ARRAYS, HANDOFF_SCHEMA, HandOffBundle
 from gnomon.trace.trace import Trace
 
 HANDOFF_FILE = "handoff.npz"
@@ -39,7 +39,7 @@ HANDOFF_FILE = "handoff.npz"
 @dataclass(frozen=True, eq=False)
 class HandOff(HandOffBundle):
     """The adaptation state of a sampling run, reusable by the next run, and storable with it: the fields of
-    :class:`gnomon.engines.handoff.HandOffBundle` (θ*, step size, adapted and seeded metrics, curvature,
+    :class:`gnomon.sampler.handoff.HandOffBundle` (θ*, step size, adapted and seeded metrics, curvature,
     chain positions, key, info) plus saving and loading as ``handoff.npz``."""
 
     @classmethod
@@ -80,8 +80,8 @@ class HandOff(HandOffBundle):
         and the sampling summary (min ESS, max R-hat, divergences, cost, hand-off diagnostics) merged into
         ``summary.json``. Other keyword arguments go to :func:`gnomon.save_run` (``arviz=True``, ``meta=``,
         ...)."""
-        from gnomon.artifacts.run import save_run
-        from gnomon.artifacts.sampling_summary import sampling_summary
+        from gnomon.io.run import save_run
+        from gnomon.io.sampling_summary import sampling_summary
 
         kw = dict(save_run_kwargs)
         kw["summary"] = {**sampling_summary(trace), **dict(kw.get("summary") or {})}
@@ -93,7 +93,7 @@ class HandOff(HandOffBundle):
         """Write ``handoff.npz`` into ``run_dir`` (created if needed); return its path. A complete run directory
         is refused: its summary.json records every file's size, so a rewritten bundle would mark the run as
         changed after it was written (use :meth:`save_run` with ``overwrite=True`` to replace the run)."""
-        from gnomon.artifacts.run import SUMMARY_FILE
+        from gnomon.io.run import SUMMARY_FILE
 
         run_dir = Path(run_dir)
         if (run_dir / SUMMARY_FILE).exists():

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.jsonio import ArtifactError, atomic_path
+from gnomon.io.jsonio import ArtifactError, atomic_path
 from gnomon.trace.trace import Trace
 
 ENGINE = "netcdf4"
@@ -73,7 +73,7 @@ def annotate_datatree(dt: Any, layout: Any = None) -> Any:
     blocks = {b.name: b for b in layout.blocks} if layout is not None else {}
     labels: dict[str, list[str]] = {}
     if layout is not None:
-        from gnomon.artifacts.parameters import block_labels
+        from gnomon.io.parameters import block_labels
 
         labels = {b.name: block_labels(layout, b) for b in layout.blocks if len(b.shape) == 1}
     for node in dt.subtree:
@@ -119,7 +119,7 @@ def write_datatree(path: str | os.PathLike, dt: Any) -> Path:
 def read_netcdf(path: str | os.PathLike) -> Any:
     """Read a netCDF file written by :func:`write_netcdf` as an in-memory ``xarray.DataTree``.
 
-    Raises :class:`~gnomon.artifacts.jsonio.ArtifactError` naming the file when it is missing or
+    Raises :class:`~gnomon.io.jsonio.ArtifactError` naming the file when it is missing or
     unreadable."""
     import xarray as xr
 

@@ -7,7 +7,7 @@ A posterior that is locally Gaussian around its mode θ* with precision :math:`H
 
 * the **metric seed** :math:`M^{-1}_0 = LL^T` comes from the curvature at θ* (marginal variances
   :math:`\mathrm{diag}(H^{-1})`, the dense :math:`H^{-1}`, or :math:`1/\mathrm{diag}\,H` for large D; see
-  :mod:`gnomon.curvature.mass_matrix`), from an earlier run's hand-off, an array, or the identity
+  :mod:`gnomon.sampler.metric`), from an earlier run's hand-off, an array, or the identity
   (:func:`seed_metric`), and
 * the **chains start** from "Laplace draws" :math:`θ^* + j\,L\varepsilon_c`, :math:`\varepsilon_c \sim N(0, I)`
   with jitter :math:`j` (:func:`start_positions`), so they begin inside the typical set rather than at the
@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.curvature import mass_matrix as mmx
-from gnomon.engines.handoff import HandOffBundle
-from gnomon.engines.sample_config import Warmup
-from gnomon.engines.sample_health import RUNAWAY
 from gnomon.objective.objective import Objective
+from gnomon.sampler import metric as mmx
+from gnomon.sampler.config import Warmup
+from gnomon.sampler.handoff import HandOffBundle
+from gnomon.sampler.health import RUNAWAY
 from gnomon.trace.trace import Trace
 
 

@@ -5,7 +5,7 @@ Layout on disk (schema in ``docs/artifacts.md``)::
     <experiment>/
       manifest.json          schema_version, description, sweep / time-series settings, dataset ids,
                              created time, gnomon version (written once, atomically; never rewritten)
-      runs/<run_id>/         one run directory per fit (``gnomon.artifacts.run.save_run``)
+      runs/<run_id>/         one run directory per fit (``gnomon.io.run.save_run``)
         trace.npz meta.json summary.json       the default artifacts; summary.json is written last
         .claim.json                            while a writer holds the run (host, pid, start time)
         error.json                             when a campaign item failed (message and traceback)
@@ -16,12 +16,12 @@ A run is *complete* iff ``summary.json`` exists. Everything else is incomplete: 
 :meth:`Experiment.run_many` on resume, removable with :meth:`Experiment.sweep_incomplete`.
 
 Concurrency: run directories are created with an atomic ``mkdir`` and owned through an exclusive claim
-file (:mod:`gnomon.artifacts.runids`), the manifest is created with an atomic ``link`` (first creator wins,
+file (:mod:`gnomon.io.runids`), the manifest is created with an atomic ``link`` (first creator wins,
 others read it), and every file is written through a temporary file and ``os.replace``.
 
-This module is the :class:`Experiment` façade; the work is done by :mod:`gnomon.artifacts.manifest`
-(the manifest), :mod:`gnomon.artifacts.run_writer` (taking and writing one run),
-:mod:`gnomon.artifacts.batch_writer` (a batched trace as B runs) and :mod:`gnomon.artifacts.incomplete`
+This module is the :class:`Experiment` façade; the work is done by :mod:`gnomon.experiment.manifest`
+(the manifest), :mod:`gnomon.experiment.run_writer` (taking and writing one run),
+:mod:`gnomon.experiment.batch_writer` (a batched trace as B runs) and :mod:`gnomon.experiment.incomplete`
 (states of incomplete runs, sweeping).
 """
 
@@ -33,11 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gnomon.artifacts.batch_writer import save_batch
-from gnomon.artifacts.diagnostics import DIAG_STEPS_FILE, DiagnosticsConfig, read_diag_steps
-from gnomon.artifacts.incomplete import incomplete_state, sweep_runs, sweep_staging_dirs, sweep_temp_files
-from gnomon.artifacts.jsonio import ArtifactError
-from gnomon.artifacts.manifest import (
+from gnomon.experiment.batch_writer import save_batch
+from gnomon.experiment.incomplete import incomplete_state, sweep_runs, sweep_staging_dirs, sweep_temp_files
+from gnomon.experiment.manifest import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA_VERSION,
     check_manifest_agrees,
@@ -45,9 +43,11 @@ from gnomon.artifacts.manifest import (
     manifest_doc,
     read_manifest,
 )
-from gnomon.artifacts.run import SUMMARY_FILE, Run, load_run
-from gnomon.artifacts.run_writer import UNCLAIMED_GRACE_S, acquire_run, write_run
-from gnomon.artifacts.runids import (
+from gnomon.experiment.run_writer import UNCLAIMED_GRACE_S, acquire_run, write_run
+from gnomon.io.diagnostics import DIAG_STEPS_FILE, DiagnosticsConfig, read_diag_steps
+from gnomon.io.jsonio import ArtifactError
+from gnomon.io.run import SUMMARY_FILE, Run, load_run
+from gnomon.io.runids import (
     check_run_id,
     claim_state,
     describe_claim,
@@ -55,7 +55,7 @@ from gnomon.artifacts.runids import (
     read_claim,
     write_claim,
 )
-from gnomon.artifacts.status import RunState, check_run
+from gnomon.io.status import RunState, check_run
 from gnomon.trace.trace import Trace
 
 __all__ = ["Experiment", "DiagnosticsConfig", "MANIFEST_SCHEMA_VERSION"]
@@ -122,7 +122,7 @@ class Experiment:
         """Create and claim a new run directory; return its path.
 
         ``run_id=None`` generates a unique id (``YYYYmmddTHHMMSS-<12 hex>``). A given id must be a safe name
-        (:func:`gnomon.artifacts.runids.check_run_id`); if it exists already — or another process creates
+        (:func:`gnomon.io.runids.check_run_id`); if it exists already — or another process creates
         it at the same moment — a FileExistsError says so (exactly one creator wins)."""
         if run_id is None:
             for _ in range(16):
@@ -270,10 +270,10 @@ class Experiment:
         return sorted(e.name for e in self._entries() if os.path.exists(os.path.join(e.path, SUMMARY_FILE)))
 
     def run_states(self, *, workers: int | None = None) -> list[RunState]:
-        """The state of every run, sorted by id: a :class:`~gnomon.artifacts.status.RunState` with ``state``
+        """The state of every run, sorted by id: a :class:`~gnomon.io.status.RunState` with ``state``
         ``"complete"``, ``"incomplete"``, ``"corrupt"`` or ``"newer_schema"`` and, when not complete, the
         ``file`` at fault and the ``reason`` — the classification :func:`gnomon.load_run`,
-        :meth:`aggregate` and ``gnomon show`` share (:func:`gnomon.artifacts.status.check_run`)."""
+        :meth:`aggregate` and ``gnomon show`` share (:func:`gnomon.io.status.check_run`)."""
         names = sorted(e.name for e in self._entries())
         paths = [self.runs_dir / n for n in names]
         if len(paths) < 256 or workers == 1:
@@ -346,19 +346,19 @@ class Experiment:
         workers: int | None = None,
         params: bool | str | Sequence[str] | None = None,
     ):
-        """One row per complete run, as a pandas DataFrame (:func:`gnomon.artifacts.aggregate.aggregate`).
+        """One row per complete run, as a pandas DataFrame (:func:`gnomon.experiment.aggregate.aggregate`).
 
         ``params=`` adds per-parameter columns ``estimate.<label>``, ``sd.<label>``, ``crlb.<label>``,
         ``truth.<label>``, ``z.<label>`` (True or ``"all"``, or a list of parameter names / labels)."""
-        from gnomon.artifacts.aggregate import aggregate
+        from gnomon.experiment.aggregate import aggregate
 
         return aggregate(
             self.runs_dir, meta_keys=meta_keys, output=output, on_problem=on_problem, workers=workers, params=params
         )
 
     def run_many(self, fn: Callable[[Any], Any], items: Sequence[Any], executor: Any = None, **kwargs: Any):
-        """One fit per item, skipping complete runs; see :func:`gnomon.artifacts.campaign.run_many`."""
-        from gnomon.artifacts.campaign import run_many
+        """One fit per item, skipping complete runs; see :func:`gnomon.experiment.campaign.run_many`."""
+        from gnomon.experiment.campaign import run_many
 
         kwargs.setdefault("diagnostics", self.diagnostics)
         return run_many(self, fn, items, executor=executor, **kwargs)

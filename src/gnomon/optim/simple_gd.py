@@ -8,8 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from gnomon.engines.loop import run_loop
 from gnomon.objective.objective import Objective
+from gnomon.optim.loop import run_loop
 from gnomon.optim.methods import Program, gd
 from gnomon.trace.trace import Trace
 

@@ -2,7 +2,7 @@ r"""Warmup: one pooled window adaptation of the step size and the metric for all
 
 Whitened coordinates
 --------------------
-The metric is seeded as :math:`M^{-1}_0 = LL^T` (see :mod:`gnomon.engines.sample_starts`; after a recovery
+The metric is seeded as :math:`M^{-1}_0 = LL^T` (see :mod:`gnomon.sampler.starts`; after a recovery
 :math:`L = \mathrm{diag}(\sigma_0)` from the chains' pooled scales, without a seed :math:`L = I`). The warmup
 does not re-estimate :math:`M^{-1}` from scratch: it estimates a metric :math:`S` of the whitened
 coordinates :math:`u = L^{-1}θ` (ideally :math:`S = I`), so that

@@ -1,15 +1,15 @@
 r"""The phases of one :func:`gnomon.sample` call, as functions over typed state.
 
-A run is a sequence of phases over the same compiled program (:mod:`gnomon.engines.sample_loop`):
+A run is a sequence of phases over the same compiled program (:mod:`gnomon.sampler.loop`):
 
 1. **seed check** (:func:`check_seed`): the first warmup steps around a seed, NUTS depth capped, judged by
-   :mod:`gnomon.engines.seed_check`;
+   :mod:`gnomon.sampler.seed_check`;
 2. **warmup windows** (:func:`seeded_warmup`): the rest of the seeded schedule, window by window, each
    window's cost and step size judged again; then further doubling windows while the metric is unsettled
    (:func:`extend`);
 3. **recovery** (:func:`recover`) when the seed is rejected — or straight away when the optimizer found no
    mode: the adaptation restarts where a cold start would (:func:`choose_restart`) with a gradient-based
-   estimator (nutpie's low-rank metric, :class:`gnomon.engines.warmup.Estimator`) and a cold window schedule
+   estimator (nutpie's low-rank metric, :class:`gnomon.sampler.warmup.Estimator`) and a cold window schedule
    that is extended while unsettled; after each window, stuck chains are moved to the others
    (:func:`rescue`);
 4. **sampling** (:func:`draw`).
@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.engines import seed_check as sc
-from gnomon.engines import warmup as wu
-from gnomon.engines.sample_loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, compiled, run_chunks, shard
-from gnomon.engines.stuck_chains import find_stuck
-from gnomon.engines.warmup import Estimator
 from gnomon.objective.objective import Objective
+from gnomon.sampler import seed_check as sc
+from gnomon.sampler import warmup as wu
+from gnomon.sampler.loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, compiled, run_chunks, shard
+from gnomon.sampler.stuck_chains import find_stuck
+from gnomon.sampler.warmup import Estimator
 
 # the recovery's schedule: with the gradient-based low-rank estimator a short fast buffer and short first
 # windows (it is exact for a Gaussian from a few dozen draws, and every chain's draws are pooled), doubling
@@ -180,7 +180,7 @@ def check_seed(
     ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, center: Any
 ) -> tuple[Chains, sc.Verdict, ChunkOut]:
     """The first warmup steps ``rows`` around the seed with the NUTS depth capped, and their verdict; a seed
-    that fails grossly within the first :data:`~gnomon.engines.seed_check.EARLY_STEPS` is rejected there."""
+    that fails grossly within the first :data:`~gnomon.sampler.seed_check.EARLY_STEPS` is rejected there."""
     depth = sc.check_depth(ctx.dim, ctx.max_depth) if ctx.max_depth else None
     outs: list[ChunkOut] = []
     v = None
@@ -272,7 +272,7 @@ def extend(
 
 
 def rescue(ctx: Context, chains: Chains, ledger: Ledger, outs: list[ChunkOut]) -> Chains:
-    """Move the chains that the window ``outs`` left stuck (:mod:`gnomon.engines.stuck_chains`) to the current
+    """Move the chains that the window ``outs`` left stuck (:mod:`gnomon.sampler.stuck_chains`) to the current
     positions of chains that are not; each move costs one gradient evaluation per chain (the new states)."""
     if not outs:
         return chains
@@ -376,7 +376,7 @@ def choose_restart(
     Measured alternative (not used): Laplace draws from the largest-ELBO Gaussian along the optimizer's path
     (Pathfinder's choice) cost 1.3× a cold start per effective sample on the centred eight schools — in 2 of
     10 runs its pick lay in the neck and a chain stayed there — against 0.70× for the dispersed starts."""
-    from gnomon.engines.sample_starts import dispersed_starts
+    from gnomon.sampler.starts import dispersed_starts
 
     dtype = np.asarray(chains.states.position).dtype
     num_chains = chains.states.position.shape[0]

@@ -1,7 +1,7 @@
 r"""Stuck chains: a chain that a warmup window left somewhere the others are not, found and moved.
 
 After a rejected seed or without a mode, a recovery restarts the chains from wherever it could
-(:mod:`gnomon.engines.sample_phases`). On a funnel-shaped posterior one of them can land in the neck, where the
+(:mod:`gnomon.sampler.phases`). On a funnel-shaped posterior one of them can land in the neck, where the
 step size the others need is far too large: it stays there, every draw runs to the tree-depth cap, and since
 the step size is pooled, the whole run pays for it (measured on the centred eight schools: 1.6 million
 gradients instead of 60 thousand). The other chains have already found the bulk, so the cure is to move the

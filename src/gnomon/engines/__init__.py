@@ -1,1 +1,0 @@
-"""gnomon.engines layer."""
