@@ -1,0 +1,196 @@
+"""The transport stage (issue 20), composed from public pieces: gnomon's default against gnomon + a learned map.
+
+For each target (``sampling_targets.NECKS`` by default) and key:
+
+* **gnomon**: the default — ``gn.optimize(obj, x0, "lbfgs", num_steps=500, tol=1e-3)`` then
+  ``gn.sample(obj, init=fit, key)`` (curvature seed, seed check, recovery).
+* **gnomon_transport**: the same MAP, then a *pilot* ``gn.sample(obj, init=fit, key, num_warmup=W,
+  num_samples=S, keep_warmup=True)`` (the seed check and a short recovery), the gradients at the pilot's last
+  draws (one evaluation each, counted — once the stage is inside the sampler they come with the leapfrog steps),
+  :func:`gnomon.sampler.transport.fit_transport` on them, and, when the map is kept,
+  ``gn.sample(transported(obj, map), init=z_starts, key, inverse_mass_matrix=ones)``: NUTS in z, whose seed
+  (the identity) is checked like any other; the Trace's ``theta`` is base θ. A refused map continues the pilot
+  with gnomon's default sampler.
+
+Counted: every gradient (MAP, curvature, pilot, the training draws' gradients, the run in z); the training itself
+evaluates no log density (its seconds are in the wall time). Accuracy against ``sampling_targets`` references
+(exact for the funnels; long runs of the non-centred models, cached in ``sampling_references.json``).
+Baselines (nutpie low-rank and flow, blackjax dense / low-rank / pathfinder) are read from a cache written by
+``bench_sampling.py --cache benchmarks/transport_baselines.json`` (their runs take minutes each).
+
+Run: ``python benchmarks/bench_transport.py [--targets a,b] [--keys 3] [--methods gnomon,gnomon_transport]``.
+``--step-sizes`` adds the per-chain step-size study (item 3): the leapfrog step per draw in neck and mouth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sampling import Result, reference, run_gnomon, score  # noqa: E402
+from sampling_targets import NECKS, Target, load  # noqa: E402
+
+import gnomon as gn  # noqa: E402
+from gnomon.sampler import transport as tp  # noqa: E402
+
+BASELINE_CACHE = Path(__file__).resolve().parent / "transport_baselines.json"
+PILOT_WARMUP, PILOT_SAMPLES, TRAIN_DRAWS = 150, 50, 600
+
+
+def _grads(obj, theta: np.ndarray) -> np.ndarray:
+    g = jax.jit(jax.vmap(jax.grad(obj.log_prob)))
+    return np.concatenate([np.asarray(g(jnp.asarray(theta[i : i + 2048]))) for i in range(0, len(theta), 2048)])
+
+
+def run_transport(t: Target, key, chains: int, draws: int, *, pilot_warmup: int = PILOT_WARMUP,
+                  pilot_samples: int = PILOT_SAMPLES, train_draws: int = TRAIN_DRAWS) -> Result:
+    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
+    k_pilot, k_main = jax.random.split(key)
+    notes: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
+        pilot = gn.sample(obj, mp, k_pilot, num_chains=chains, num_warmup=pilot_warmup, num_samples=pilot_samples,
+                          keep_warmup=True)
+        w = pilot.warmup
+        wth = np.asarray(w.get("theta", w.get("z")))  # (C, W, D)
+        pool = np.concatenate([wth, np.asarray(pilot.theta)], axis=1)
+        per_chain = max(train_draws // chains, 10)
+        train = pool[:, -per_chain:].reshape(-1, t.dim)
+        t0 = time.perf_counter()
+        g = _grads(obj, train)
+        grad_s = time.perf_counter() - t0
+        tmap, decision = tp.fit_transport(train, g, seed=int(np.asarray(jax.random.randint(key, (), 0, 2**30))))
+        notes["transport"] = decision.as_info()
+        if tmap is not None:
+            tobj = tp.transported(obj, tmap)
+            z0 = np.asarray(tmap.to_z(pilot.theta[:, -1]))
+            post = gn.sample(tobj, jnp.asarray(z0, jnp.float32), k_main, num_chains=chains, num_samples=draws,
+                             inverse_mass_matrix=np.ones(t.dim, np.float32))
+        else:
+            post = gn.sample(obj, pilot, k_main, num_chains=chains, num_samples=draws)
+    ge = {"map": int(mp.num_grad_evals), "pilot": int(pilot.num_grad_evals), "train_grads": len(train),
+          "main": int(post.num_grad_evals)}
+    grads = sum(ge.values())
+    info, pi, mi = post.info, pilot.info, mp.info or {}
+    run_s = (float(mi.get("run_s", mp.runtime_s)) + float(pi.get("run_s", 0)) + float(info.get("run_s", 0))
+             + grad_s + decision.details["train_s"])
+    compile_s = float(mi.get("compile_s", 0)) + float(pi.get("compile_s", 0)) + float(info.get("compile_s", 0))
+    notes.update({
+        "decision": ("map kept; " if tmap is not None else "map refused; ")
+        + ((info.get("decisions") or [{}])[-1].get("message") or "")[:90],
+        "pilot_decisions": [d.get("action") for d in pi.get("decisions", [])],
+        "main_decisions": [d.get("action") for d in info.get("decisions", [])],
+        "step_size": info.get("step_size"),
+        "warnings": [str(x.message)[:100] for x in caught],
+    })
+    return Result("gnomon_transport", np.asarray(post.theta), grads, run_s, compile_s,
+                  int(np.sum(post.stats["diverging"])), parts=ge, notes=notes)
+
+
+RUNNERS = {"gnomon": run_gnomon, "gnomon_transport": run_transport}
+
+
+def step_size_study(t: Target, key, chains: int = 4, draws: int = 1000) -> dict:
+    """Item 3: how much step size the chains want in the neck vs the mouth, with the pooled step size in θ and in
+    the map's z. Proxy: NUTS' leapfrog steps per draw binned by the neck coordinate (coordinate 1 = log τ, or 0
+    = v for the funnels) — with one step size, a region that wants a 10× smaller step pays ~10× the steps."""
+    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
+    ic = 0 if t.family == "funnel" else 1
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
+        base = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
+        r = run_transport(t, key, chains, draws)
+    for name, th, n in (("theta", np.asarray(base.theta), np.asarray(base.stats["n_steps"])),):
+        out[name] = _binned(th[..., ic], n)
+    out["z"] = r.notes.get("transport", {}).get("action")
+    return out
+
+
+def _binned(neck: np.ndarray, n: np.ndarray) -> dict:
+    q = np.quantile(neck, [0.0, 0.1, 0.5, 0.9, 1.0])
+    lo, hi = neck <= q[1], neck >= q[3]
+    return {"neck_steps": float(np.mean(n[lo])), "mouth_steps": float(np.mean(n[hi])),
+            "ratio": float(np.mean(n[lo]) / max(np.mean(n[hi]), 1e-9)), "quantiles": q.round(2).tolist()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", default="", help=f"comma-separated (default {','.join(NECKS)})")
+    ap.add_argument("--methods", default="gnomon,gnomon_transport")
+    ap.add_argument("--keys", type=int, default=1)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--baselines", default=str(BASELINE_CACHE), help="bench_sampling --cache file to read")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args(argv)
+    names = args.targets.split(",") if args.targets else list(NECKS)
+    methods = args.methods.split(",")
+    cache = json.loads(Path(args.baselines).read_text()) if Path(args.baselines).exists() else {}
+    targets = load(names)
+    by_name = {t.name: t for t in targets}
+    table: dict = {}
+    for t in targets:
+        ref = reference(t, by_name)
+        rows: dict[str, list[Result]] = {}
+        for k in range(args.keys):
+            key = jax.random.key(1000 * k + 17)
+            for m in methods:
+                r = score(RUNNERS[m](t, key, args.chains, args.draws), t, ref)
+                rows.setdefault(m, []).append(r)
+                _print(t, m, k, r)
+        for ck, v in cache.items():
+            parts = ck.split("|")
+            if parts[0] == t.name and int(parts[4]) < args.keys:
+                r = Result(**{**v, "theta": np.zeros((1, 1, t.dim))})
+                rows.setdefault(parts[3], []).append(r)
+                _print(t, parts[3], int(parts[4]), r, cached=True)
+        table[t.name] = {m: _summary(rs) for m, rs in rows.items()}
+        table[t.name]["reference"] = ref[2]
+        _ratio(t.name, table[t.name])
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1, default=float))
+    return table
+
+
+def _print(t, m, k, r, cached=False):
+    print(f"  {t.name:34s} {m:17s} key {k}: eff {r.eff:8.2f}  ESS {r.ess:6.0f}  grads {r.grads:8d}  R̂ {r.rhat:.3f}  "
+          f"mean {r.mean_err:.2f} sd  sd {100 * r.sd_err:4.0f} %  div {r.divergences:4d}  wall {r.wall:6.1f} s  "
+          f"compile {r.compile_s:5.1f} s {'(cached)' if cached else (r.notes.get('decision') or '')[:80]}", flush=True)
+
+
+def _summary(rs: list[Result]) -> dict:
+    return {"eff": float(np.median([r.eff for r in rs])), "rhat": max(r.rhat for r in rs),
+            "mean_err": max(r.mean_err for r in rs), "sd_err": max(r.sd_err for r in rs),
+            "grads": float(np.median([r.grads for r in rs])), "wall": float(np.median([r.wall for r in rs])),
+            "divergences": int(np.median([r.divergences for r in rs])), "keys": len(rs),
+            "parts": rs[0].parts, "notes": {k: v for k, v in rs[0].notes.items() if k != "warnings"}}
+
+
+def _ratio(name: str, row: dict) -> None:
+    base = {m: v for m, v in row.items() if isinstance(v, dict) and not m.startswith("gnomon")}
+    ok = {m: v for m, v in base.items() if v["rhat"] <= 1.05}
+    for m in ("gnomon", "gnomon_transport"):
+        if m in row and ok:
+            best = max(ok, key=lambda b: ok[b]["eff"])
+            row[f"{m}_ratio"] = row[m]["eff"] / ok[best]["eff"]
+            print(f"  {name}: {m} / best baseline with R̂ ≤ 1.05 ({best}) = {row[f'{m}_ratio']:.2f}", flush=True)
+    if not math.isfinite(sum(v["eff"] for v in base.values())):
+        print(f"  {name}: a baseline has no finite eff", flush=True)
+
+
+if __name__ == "__main__":
+    main()
