@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -340,8 +341,9 @@ def reference(t: Target, by_name: dict[str, Target]) -> tuple[np.ndarray, np.nda
         f"long run: blackjax dense window adaptation, 4 × 10000 draws of {src.name} "
         f"(min ESS {ess:.0f}, R̂ {rhat:.3f})"
     )
+    refs = _load_refs()  # again: another process may have added a reference during the long run
     refs["targets"][t.name] = {"mean": x.mean(0).tolist(), "sd": x.std(0).tolist(), "source": source}
-    tmp = REFERENCES.with_suffix(".tmp")
+    tmp = REFERENCES.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(refs, indent=1))
     tmp.replace(REFERENCES)
     return x.mean(0), x.std(0), source

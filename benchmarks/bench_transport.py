@@ -61,8 +61,13 @@ def run_transport(t: Target, key, chains: int, draws: int, *, pilot_warmup: int 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
-        pilot = gn.sample(obj, mp, k_pilot, num_chains=chains, num_warmup=pilot_warmup, num_samples=pilot_samples,
-                          keep_warmup=True)
+        try:
+            pilot = gn.sample(obj, mp, k_pilot, num_chains=chains, num_warmup=pilot_warmup,
+                              num_samples=pilot_samples, keep_warmup=True)
+        except ValueError as exc:  # e.g. a curvature that overflows at a mode deep in the neck (funnel_100d)
+            notes["pilot_fallback"] = f"gn.sample from the MAP failed ({str(exc)[:80]}): pilot from the start"
+            pilot = gn.sample(obj, jnp.asarray(t.start), k_pilot, num_chains=chains, num_warmup=pilot_warmup,
+                              num_samples=pilot_samples, keep_warmup=True, inverse_mass_matrix="identity")
         w = pilot.warmup
         wth = np.asarray(w.get("theta", w.get("z")))  # (C, W, D)
         pool = np.concatenate([wth, np.asarray(pilot.theta)], axis=1)
@@ -120,6 +125,50 @@ def step_size_study(t: Target, key, chains: int = 4, draws: int = 1000) -> dict:
     return out
 
 
+def detect_runoff(theta: np.ndarray, loss: np.ndarray, window: int = 10, min_move: float = 2.0,
+                  min_slope: float = 1.0) -> tuple[int, int] | None:
+    """Item 4 (a prototype for the optimizer's stop test): the first step at which the path has run off along one
+    coordinate for ``window`` steps — it moved monotonically by more than ``min_move``, the loss fell by at
+    least ``min_slope`` nats per unit of that movement, and the fall did not slow down (the second half of the
+    window fell at ≥ half the rate of the first). A density ∝ e^{−k·logτ} along log τ → −∞ (a centred model
+    without a mode: the loss falls by k = J − 1 nats per unit, forever) fires this; a mode does not (the fall
+    stops). Returns ``(step, coordinate)`` or None."""
+    th, lo = np.asarray(theta, np.float64), np.asarray(loss, np.float64)
+    for s in range(window, len(th)):
+        seg, ls = th[s - window : s + 1], lo[s - window : s + 1]
+        if not (np.all(np.isfinite(seg)) and np.all(np.isfinite(ls))):
+            return None
+        d = np.diff(seg, axis=0)
+        mono = np.all(d <= 0, axis=0) | np.all(d >= 0, axis=0)
+        move = np.abs(seg[-1] - seg[0])
+        cand = np.flatnonzero(mono & (move > min_move))
+        if not len(cand):
+            continue
+        i = int(cand[np.argmax(move[cand])])
+        fall = ls[0] - ls[-1]
+        half = window // 2
+        first, second = ls[0] - ls[half], ls[half] - ls[-1]
+        if fall >= min_slope * move[i] and second >= 0.5 * first * (window - half) / half and first > 0:
+            return s, i
+    return None
+
+
+def runoff_study(names: list[str]) -> None:
+    """Where :func:`detect_runoff` fires on the default MAP (L-BFGS, 500 steps) of each target."""
+    for t in load(names):
+        obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
+        th, lo = np.asarray(mp.theta), np.asarray(mp.loss)
+        hit = detect_runoff(th, lo)
+        per_row = mp.num_grad_evals / max(len(th), 1)
+        where = (f"fires at step {hit[0]} along coordinate {hit[1]} (≈ {int(hit[0] * per_row)} gradients)"
+                 if hit else "does not fire")
+        print(f"  {t.name:34s} MAP {str(mp.status)[:40]:40s} {mp.num_grad_evals:6d} gradients; runoff test {where}",
+              flush=True)
+
+
 def _binned(neck: np.ndarray, n: np.ndarray) -> dict:
     q = np.quantile(neck, [0.0, 0.1, 0.5, 0.9, 1.0])
     lo, hi = neck <= q[1], neck >= q[3]
@@ -136,8 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--baselines", default=str(BASELINE_CACHE), help="bench_sampling --cache file to read")
     ap.add_argument("--json", default="")
+    ap.add_argument("--runoff", action="store_true", help="only the MAP run-off study (item 4)")
     args = ap.parse_args(argv)
     names = args.targets.split(",") if args.targets else list(NECKS)
+    if args.runoff:
+        runoff_study(names + ["eight_schools_noncentered_lognormal", "banana_2d", "rotated_gaussian_100d"])
+        return {}
     methods = args.methods.split(",")
     cache = json.loads(Path(args.baselines).read_text()) if Path(args.baselines).exists() else {}
     targets = load(names)
@@ -149,7 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(args.keys):
             key = jax.random.key(1000 * k + 17)
             for m in methods:
-                r = score(RUNNERS[m](t, key, args.chains, args.draws), t, ref)
+                try:
+                    r = score(RUNNERS[m](t, key, args.chains, args.draws), t, ref)
+                except Exception as exc:  # reported, not fatal: gnomon's default fails on funnel_100d
+                    print(f"  {t.name:34s} {m:17s} key {k}: failed ({type(exc).__name__}: {str(exc)[:150]})",
+                          flush=True)
+                    continue
                 rows.setdefault(m, []).append(r)
                 _print(t, m, k, r)
         for ck, v in cache.items():
