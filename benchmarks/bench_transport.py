@@ -98,6 +98,7 @@ def run_transport(t: Target, key, chains: int, draws: int, *, pilot_warmup: int 
         "pilot_decisions": [d.get("action") for d in pi.get("decisions", [])],
         "main_decisions": [d.get("action") for d in info.get("decisions", [])],
         "step_size": info.get("step_size"),
+        "n_steps": np.asarray(post.stats["n_steps"]),
         "warnings": [str(x.message)[:100] for x in caught],
     })
     return Result("gnomon_transport", np.asarray(post.theta), grads, run_s, compile_s,
@@ -119,9 +120,17 @@ def step_size_study(t: Target, key, chains: int = 4, draws: int = 1000) -> dict:
         mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
         base = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
         r = run_transport(t, key, chains, draws)
-    for name, th, n in (("theta", np.asarray(base.theta), np.asarray(base.stats["n_steps"])),):
-        out[name] = _binned(th[..., ic], n)
-    out["z"] = r.notes.get("transport", {}).get("action")
+    out["theta"] = _binned(np.asarray(base.theta)[..., ic], np.asarray(base.stats["n_steps"]))
+    out["theta"]["step_size"] = base.info["step_size"]
+    if "n_steps" in r.notes:
+        out["z"] = _binned(r.theta[..., ic], r.notes["n_steps"])
+        out["z"]["step_size"] = r.notes.get("step_size")
+    out["transport"] = r.notes.get("transport", {}).get("action")
+    print(f"  {t.name}: leapfrog steps per draw, lowest / highest decile of coordinate {ic}: "
+          f"θ {out['theta']['neck_steps']:.1f} / {out['theta']['mouth_steps']:.1f} (step size "
+          f"{out['theta']['step_size']:.3g})" + (f"; z {out['z']['neck_steps']:.1f} / {out['z']['mouth_steps']:.1f} "
+                                                 f"(step size {out['z']['step_size']:.3g})" if "z" in out else ""),
+          flush=True)
     return out
 
 
@@ -186,8 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baselines", default=str(BASELINE_CACHE), help="bench_sampling --cache file to read")
     ap.add_argument("--json", default="")
     ap.add_argument("--runoff", action="store_true", help="only the MAP run-off study (item 4)")
+    ap.add_argument("--step-sizes", action="store_true", help="only the neck/mouth step-size study (item 3)")
     args = ap.parse_args(argv)
     names = args.targets.split(",") if args.targets else list(NECKS)
+    if args.step_sizes:
+        return {t.name: step_size_study(t, jax.random.key(17)) for t in load(names)}
     if args.runoff:
         runoff_study(names + ["eight_schools_noncentered_lognormal", "banana_2d", "rotated_gaussian_100d"])
         return {}
@@ -235,7 +247,8 @@ def _summary(rs: list[Result]) -> dict:
             "mean_err": max(r.mean_err for r in rs), "sd_err": max(r.sd_err for r in rs),
             "grads": float(np.median([r.grads for r in rs])), "wall": float(np.median([r.wall for r in rs])),
             "divergences": int(np.median([r.divergences for r in rs])), "keys": len(rs),
-            "parts": rs[0].parts, "notes": {k: v for k, v in rs[0].notes.items() if k != "warnings"}}
+            "parts": rs[0].parts,
+            "notes": {k: v for k, v in rs[0].notes.items() if k not in ("warnings", "n_steps")}}
 
 
 def _ratio(name: str, row: dict) -> None:
