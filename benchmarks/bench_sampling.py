@@ -12,9 +12,11 @@ For each target (``sampling_targets.py``) and the same number of chains and kept
   inverse-Hessian metric, 400 dual-averaging steps). Counted: the L-BFGS paths (``≈ 2`` evaluations per
   iteration, estimated from a single path), every ELBO draw's log density (counted as one gradient), the
   dual averaging and sampling leapfrog steps.
-* **nutpie_diag**, **nutpie_lowrank**: ``nutpie.sample`` on the same JAX log density
+* **nutpie_diag**, **nutpie_lowrank**, **nutpie_flow**: ``nutpie.sample`` on the same JAX log density
   (``nutpie.compiled_pyfunc.from_pyfunc`` calling a jitted ``value_and_grad``), 1000 tuning steps, its
-  diagonal / low-rank adaptation. Counted: the sum of ``n_steps`` over warmup and sampling.
+  diagonal / low-rank / normalizing-flow adaptation (``adaptation="flow"``: flowjax, trained by Fisher
+  divergence on the draws and gradients; the adapter evaluates the JAX function itself). Counted: the sum of
+  ``n_steps`` over warmup and sampling.
 
 Baselines start from uniform(−2, 2) draws (Stan's default). Measures:
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -54,7 +57,7 @@ from sampling_targets import QUICK, TARGETS, Target, load  # noqa: E402
 import gnomon as gn  # noqa: E402
 
 REFERENCES = Path(__file__).resolve().parent / "sampling_references.json"
-BASELINES = ("bj_diag", "bj_dense", "bj_lowrank", "bj_pathfinder", "nutpie_diag", "nutpie_lowrank")
+BASELINES = ("bj_diag", "bj_dense", "bj_lowrank", "bj_pathfinder", "nutpie_diag", "nutpie_lowrank", "nutpie_flow")
 QUICK_METHODS = ("gnomon", "bj_dense", "nutpie_lowrank")
 
 
@@ -254,6 +257,12 @@ def run_nutpie(t: Target, key, chains: int, draws: int, adaptation: str, tune: i
         return expand
 
     seed = int(np.asarray(jax.random.randint(key, (), 0, 2**30)))
+    flow = {}
+    if adaptation == "flow":  # nutpie's normalizing-flow adaptation (flowjax): the adapter calls the JAX function
+        import nutpie.transform_adapter as nta
+
+        flow = {"make_transform_adapter": nta.make_transform_adapter(),
+                "raw_logp_fn": lambda th: (t.log_prob(th), None)}
     model = from_pyfunc(
         t.dim,
         make_logp,
@@ -262,6 +271,7 @@ def run_nutpie(t: Target, key, chains: int, draws: int, adaptation: str, tune: i
         [(t.dim,)],
         ["theta"],
         make_initial_point_fn=lambda s: np.random.default_rng(s).uniform(-2, 2, t.dim),
+        **flow,
     )
     t0 = time.perf_counter()
     tr = nutpie.sample(
@@ -270,7 +280,7 @@ def run_nutpie(t: Target, key, chains: int, draws: int, adaptation: str, tune: i
         tune=tune,
         chains=chains,
         seed=seed,
-        adaptation="low_rank" if adaptation == "lowrank" else "diag",
+        adaptation={"lowrank": "low_rank"}.get(adaptation, adaptation),
         progress_bar=False,
         save_warmup=True,
         cores=1,
@@ -299,6 +309,7 @@ RUNNERS = {
     "bj_pathfinder": run_blackjax_pathfinder,
     "nutpie_diag": lambda t, k, c, d: run_nutpie(t, k, c, d, "diag"),
     "nutpie_lowrank": lambda t, k, c, d: run_nutpie(t, k, c, d, "lowrank"),
+    "nutpie_flow": lambda t, k, c, d: run_nutpie(t, k, c, d, "flow"),
 }
 
 
@@ -330,8 +341,9 @@ def reference(t: Target, by_name: dict[str, Target]) -> tuple[np.ndarray, np.nda
         f"long run: blackjax dense window adaptation, 4 × 10000 draws of {src.name} "
         f"(min ESS {ess:.0f}, R̂ {rhat:.3f})"
     )
+    refs = _load_refs()  # again: another process may have added a reference during the long run
     refs["targets"][t.name] = {"mean": x.mean(0).tolist(), "sd": x.std(0).tolist(), "source": source}
-    tmp = REFERENCES.with_suffix(".tmp")
+    tmp = REFERENCES.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(refs, indent=1))
     tmp.replace(REFERENCES)
     return x.mean(0), x.std(0), source
@@ -352,7 +364,7 @@ def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("blackjax", "nutpie", "jax"):
+    for name in ("blackjax", "nutpie", "jax", "flowjax"):
         try:
             out.append(f"{name}={version(name)}")
         except PackageNotFoundError:

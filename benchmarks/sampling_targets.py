@@ -252,6 +252,211 @@ def item_response() -> Target:
     return gym_target("SyntheticItemResponseTheory", "item_response_501d", "near-gaussian")
 
 
+# ----------------------------------------------------------------------------------------------- issue 20: necks
+# Hand-written (no inference-gym / TensorFlow needed), so the transport benchmark runs on any machine. The
+# funnels have exact moments; the centred models take their references from long runs of their non-centred
+# forms (``reference_from`` + ``to_this``), cached in ``sampling_references.json``.
+def funnel(dim: int = 10, v_sd: float = 3.0) -> Target:
+    """Neal's funnel in ``dim`` dimensions: v ~ N(0, v_sd²), x_i | v ~ N(0, (e^{v/2})²), θ = (v, x_1..x_{D−1}).
+    Exact moments: v mean 0, sd v_sd; x_i mean 0, sd e^{v_sd²/4} (E e^v = e^{v_sd²/2}); reported: v and
+    x_i e^{−v/2} (see :func:`_funnel_report`). Its mode is at x = 0,
+    v = −v_sd²(D − 1)/2 (−40.5 for D = 10, −445.5 for D = 100): deep in the neck, where the optimizer runs."""
+
+    def log_prob(th):
+        v, x = th[0], th[1:]
+        return -0.5 * (v / v_sd) ** 2 - 0.5 * jnp.sum(x**2) * jnp.exp(-v) - 0.5 * (dim - 1) * v
+
+    sd = np.ones(dim)
+    sd[0] = v_sd
+    x0 = np.zeros(dim)
+    x0[0] = 1.0
+    return Target(f"funnel_{dim}d", dim, log_prob, "funnel", mean=np.zeros(dim), sd=sd, ref_source="exact",
+                  x0=x0, note=f"v ~ N(0, {v_sd:g}²)", report=_funnel_report)
+
+
+def _funnel_report(th):
+    """The funnel's reported quantities: v and x_i e^{−v/2} (exactly N(0, 1) and independent of v). The sd of
+    x_i itself (e^{v_sd²/4}) cannot be checked from 4000 draws: its kurtosis is 3e^{v_sd²}, so the Monte-Carlo
+    error of a sample sd is about 100 % even for exact independent draws; the standardised x_i test the joint
+    shape (the neck included) with a Monte-Carlo error of ~2 %."""
+    th = np.asarray(th, np.float64)
+    return np.concatenate([th[..., :1], th[..., 1:] * np.exp(-th[..., :1] / 2)], axis=-1)
+
+
+def _funnel_exact_noncentred(dim: int, v_sd: float = 3.0):
+    """The exact non-centring of :func:`funnel`: z ~ N(0, I) ↦ θ = (v_sd z_0, e^{v_sd z_0 / 2} z_{1:})."""
+
+    def to_theta(z):
+        z = np.asarray(z)
+        v = v_sd * z[..., :1]
+        return np.concatenate([v, np.exp(v / 2) * z[..., 1:]], axis=-1)
+
+    return to_theta
+
+
+def eight_schools_centered_lognormal() -> Target:
+    """inference-gym's centred eight schools, hand-written: μ ~ N(0, 10²), log τ ~ N(5, 1), θ_j ~ N(μ, τ²),
+    y_j ~ N(θ_j, σ_j²); θ = (μ, log τ, θ_1..8). Its mode is at log τ ≈ −3, deep in the neck."""
+    y, s = jnp.asarray(SCHOOLS_Y, jnp.float32), jnp.asarray(SCHOOLS_SIGMA, jnp.float32)
+
+    def log_prob(th):
+        mu, log_tau, t = th[0], th[1], th[2:]
+        lp = -0.5 * (mu / 10.0) ** 2 - 0.5 * (log_tau - 5.0) ** 2
+        lp = lp + jnp.sum(-0.5 * ((t - mu) * jnp.exp(-log_tau)) ** 2) - 8 * log_tau
+        return lp + jnp.sum(-0.5 * ((y - t) / s) ** 2)
+
+    return Target("eight_schools_centered_lognormal", 10, log_prob, "hierarchical",
+                  reference_from="eight_schools_noncentered_lognormal", to_this=_schools_from_noncentred,
+                  note="mode in the neck")
+
+
+def eight_schools_noncentered_lognormal() -> Target:
+    """The non-centred form of :func:`eight_schools_centered_lognormal` (θ_j = μ + τ z_j): the reference."""
+    y, s = jnp.asarray(SCHOOLS_Y, jnp.float32), jnp.asarray(SCHOOLS_SIGMA, jnp.float32)
+
+    def log_prob(th):
+        mu, log_tau, z = th[0], th[1], th[2:]
+        t = mu + jnp.exp(log_tau) * z
+        lp = -0.5 * (mu / 10.0) ** 2 - 0.5 * (log_tau - 5.0) ** 2 - 0.5 * jnp.sum(z**2)
+        return lp + jnp.sum(-0.5 * ((y - t) / s) ** 2)
+
+    return Target("eight_schools_noncentered_lognormal", 10, log_prob, "hierarchical")
+
+
+def _schools_from_noncentred(th_nc):
+    th_nc = np.asarray(th_nc)
+    mu, log_tau, z = th_nc[..., :1], th_nc[..., 1:2], th_nc[..., 2:]
+    return np.concatenate([mu, log_tau, mu + np.exp(log_tau) * z], axis=-1)
+
+
+HREG_GROUPS, HREG_PER_GROUP = 20, 5
+
+
+def _hreg_data(seed: int = 3):
+    """Synthetic grouped data: α_j ~ N(1, 0.3²), y_ij = α_j + 0.5 x_ij + N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(HREG_GROUPS, HREG_PER_GROUP))
+    alpha = 1.0 + 0.3 * rng.normal(size=HREG_GROUPS)
+    y = alpha[:, None] + 0.5 * x + rng.normal(size=x.shape)
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+def _hreg_log_prob(centred: bool):
+    x, y = _hreg_data()
+
+    def log_prob(th):
+        mu, log_tau, beta, log_sigma, a = th[0], th[1], th[2], th[3], th[4:]
+        tau, sigma = jnp.exp(log_tau), jnp.exp(log_sigma)
+        # μ ~ N(0, 5²), τ ~ half-N(0, 1), β ~ N(0, 2²), σ ~ half-N(0, 2): log-Jacobians of τ, σ included
+        lp = -0.5 * (mu / 5.0) ** 2 - 0.5 * tau**2 + log_tau - 0.5 * (beta / 2.0) ** 2 - 0.125 * sigma**2 + log_sigma
+        if centred:
+            alpha = a
+            lp = lp + jnp.sum(-0.5 * ((a - mu) / tau) ** 2) - HREG_GROUPS * log_tau
+        else:
+            alpha = mu + tau * a
+            lp = lp - 0.5 * jnp.sum(a**2)
+        r = (y - alpha[:, None] - beta * x) / sigma
+        return lp - 0.5 * jnp.sum(r**2) - y.size * log_sigma
+
+    return log_prob
+
+
+def hierarchical_regression() -> Target:
+    """A varying-intercept regression, centred: y_ij ~ N(α_j + β x_ij, σ²), α_j ~ N(μ, τ²) with the group scale
+    τ unknown (half-normal), 20 groups × 5 observations; θ = (μ, log τ, β, log σ, α_1..20), D = 24. The data's
+    group scale (0.3) is small against the noise (1): the posterior of τ reaches into the neck."""
+    return Target("hierarchical_regression", 4 + HREG_GROUPS, _hreg_log_prob(True), "hierarchical",
+                  reference_from="hierarchical_regression_noncentered", to_this=_hreg_from_noncentred,
+                  note="unknown group scale")
+
+
+def hierarchical_regression_noncentered() -> Target:
+    return Target("hierarchical_regression_noncentered", 4 + HREG_GROUPS, _hreg_log_prob(False), "hierarchical")
+
+
+def _hreg_from_noncentred(th_nc):
+    th_nc = np.asarray(th_nc)
+    mu, log_tau, z = th_nc[..., :1], th_nc[..., 1:2], th_nc[..., 4:]
+    return np.concatenate([th_nc[..., :4], mu + np.exp(log_tau) * z], axis=-1)
+
+
+SV_T = 100
+
+
+def _sv_data(seed: int = 5):
+    """Synthetic daily returns from the model itself: μ = −1, φ = 0.95, σ = 0.25 (a persistent log-volatility)."""
+    rng = np.random.default_rng(seed)
+    h = np.empty(SV_T)
+    h[0] = -1.0 + 0.25 / np.sqrt(1 - 0.95**2) * rng.normal()
+    for t in range(1, SV_T):
+        h[t] = -1.0 + 0.95 * (h[t - 1] + 1.0) + 0.25 * rng.normal()
+    return jnp.asarray(np.exp(h / 2) * rng.normal(size=SV_T), jnp.float32)
+
+
+def _sv_log_prob(centred: bool):
+    y = _sv_data()
+
+    def log_prob(th):
+        mu, phi_raw, log_sigma, hh = th[0], th[1], th[2], th[3:]
+        phi = jnp.tanh(phi_raw)  # φ ∈ (−1, 1)
+        sigma = jnp.exp(log_sigma)
+        # μ ~ N(0, 5²), (φ + 1)/2 ~ Beta(20, 1.5), σ ~ half-Cauchy(0, 2); log-Jacobians included
+        lp = -0.5 * (mu / 5.0) ** 2
+        lp = lp + 19.0 * jnp.log1p(phi) + 0.5 * jnp.log1p(-phi) + jnp.log1p(-(phi**2))
+        lp = lp - jnp.log1p((sigma / 2.0) ** 2) + log_sigma
+        if centred:
+            h = hh
+            sd0 = sigma / jnp.sqrt(1 - phi**2)
+            lp = lp - 0.5 * ((h[0] - mu) / sd0) ** 2 - jnp.log(sd0)
+            lp = lp + jnp.sum(-0.5 * ((h[1:] - mu - phi * (h[:-1] - mu)) / sigma) ** 2) - (SV_T - 1) * log_sigma
+        else:
+            h = _sv_states(mu, phi, sigma, hh)
+            lp = lp - 0.5 * jnp.sum(hh**2)
+        return lp + jnp.sum(-0.5 * y**2 * jnp.exp(-h) - 0.5 * h)
+
+    return log_prob
+
+
+def _sv_states(mu, phi, sigma, eps):
+    """h from the standardised innovations ε (non-centred): h_0 = μ + σ/√(1−φ²) ε_0,
+    h_t = μ + φ(h_{t−1} − μ) + σ ε_t."""
+    xp = jnp if isinstance(eps, jax.Array) else np
+    h0 = mu + sigma / xp.sqrt(1 - phi**2) * eps[..., 0]
+
+    def step(prev, e):
+        nxt = mu + phi * (prev - mu) + sigma * e
+        return nxt, nxt
+
+    if xp is jnp:
+        _, rest = jax.lax.scan(step, h0, eps[1:])
+        return jnp.concatenate([h0[None], rest])
+    out = [h0]
+    for t in range(1, eps.shape[-1]):
+        out.append(mu + phi * (out[-1] - mu) + sigma * eps[..., t])
+    return np.stack(out, axis=-1)
+
+
+def stochastic_volatility_centred() -> Target:
+    """Stochastic volatility on 100 synthetic daily returns, centred: h_t = μ + φ(h_{t−1} − μ) + σ η_t,
+    y_t ~ N(0, e^{h_t}); θ = (μ, atanh φ, log σ, h_1..100), D = 103 (inference-gym's SP500 model, hand-written,
+    with the data drawn from the model)."""
+    return Target("stochastic_volatility_centred", 3 + SV_T, _sv_log_prob(True), "time series",
+                  reference_from="stochastic_volatility_noncentred", to_this=_sv_from_noncentred,
+                  x0=np.r_[0.0, 1.0, -1.0, np.zeros(SV_T)])
+
+
+def stochastic_volatility_noncentred() -> Target:
+    return Target("stochastic_volatility_noncentred", 3 + SV_T, _sv_log_prob(False), "time series",
+                  x0=np.r_[0.0, 1.0, -1.0, np.zeros(SV_T)])
+
+
+def _sv_from_noncentred(th_nc):
+    th_nc = np.asarray(th_nc, np.float64)
+    mu, phi, sigma = th_nc[..., 0], np.tanh(th_nc[..., 1]), np.exp(th_nc[..., 2])
+    h = _sv_states(mu, phi, sigma, th_nc[..., 3:])
+    return np.concatenate([th_nc[..., :3], h], axis=-1)
+
+
 # ----------------------------------------------------------------------------------------------- registry
 TARGETS: dict[str, Callable[[], Target]] = {
     "rotated_gaussian_100d": rotated_gaussian,
@@ -265,7 +470,25 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "eight_schools_noncentered": eight_schools_noncentered,
     "brownian_unknown_scales": brownian_unknown_scales,
     "stochastic_volatility": stochastic_volatility,
+    # issue 20 (hand-written; see bench_transport.py)
+    "funnel_10d": lambda: funnel(10),
+    "funnel_100d": lambda: funnel(100),
+    "eight_schools_centered_lognormal": eight_schools_centered_lognormal,
+    "eight_schools_noncentered_lognormal": eight_schools_noncentered_lognormal,
+    "hierarchical_regression": hierarchical_regression,
+    "hierarchical_regression_noncentered": hierarchical_regression_noncentered,
+    "stochastic_volatility_centred": stochastic_volatility_centred,
+    "stochastic_volatility_noncentred": stochastic_volatility_noncentred,
 }
+# the transport benchmark's targets (issue 20, item 5): a neck in every one
+NECKS = (
+    "funnel_10d",
+    "funnel_100d",
+    "eight_schools_centered_lognormal",
+    "eight_schools_centered_halfcauchy",
+    "hierarchical_regression",
+    "stochastic_volatility_centred",
+)
 QUICK = ("rotated_gaussian_100d", "banana_2d", "neals_funnel", "eight_schools_centered")
 
 

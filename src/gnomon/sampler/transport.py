@@ -1,0 +1,499 @@
+r"""A transport stage: learn a map :math:`θ = T(z)` under which the target is close to N(0, I), from draws and
+gradients the sampler already has, and sample in z.
+
+Why
+---
+Where a scale parameter shapes the others — a funnel, a centred hierarchical model, a latent time series with
+an unknown innovation scale — no metric fits everywhere: in the neck the posterior is narrow, in the mouth
+wide, and NUTS with one step size and one metric pays in divergences, depth and wrong answers. The fix users
+apply by hand is *non-centring* (:math:`θ_j = μ + τ z_j`); an **affine autoregressive map** whose shift and
+log-scale depend linearly on earlier coordinates does it without the model's structure, and contains every
+non-centring of a loc-scale family exactly:
+
+.. math::
+
+    x = \mathrm{standardise}(θ)_{π}, \qquad
+    x_j = a_j + \sum_{k<j} A_{jk} u_k + \exp\Big(c_j + \sum_{k<j} B_{jk} u_k\Big) u_j, \qquad u = z_{π},
+
+with π an ordering of the coordinates (scale parents first, :func:`parent_order`), the standardisation
+:math:`θ = m + s ⊙ x` (nutpie's first metric: :math:`s = \sqrt{\mathrm{sd}(θ)/\mathrm{sd}(∇\log p)}`), and
+:math:`\log|\det ∂θ/∂z| = \sum_j \log s_j + \sum_j h_j(u)`, :math:`h_j = c_j + (B u)_j`. With :math:`B = 0`
+it is a dense linear map (the Gaussian a dense metric describes); :math:`B ≠ 0` is what a metric cannot do.
+``T`` is parallel (one matrix product per direction: cheap inside every leapfrog step); ``T⁻¹`` is sequential
+in the coordinates and is only needed to map draws and starts.
+
+Training (nutpie's Fisher divergence)
+-------------------------------------
+For draws :math:`θ_i` with gradients :math:`g_i = ∇\log p(θ_i)` — which NUTS computes anyway — the score in z
+is :math:`∇_z \log p_z(z_i) = J(z_i)^T g_i + ∇_z \log|\det J(z_i)|` at :math:`z_i = T^{-1}(θ_i)`: no new
+evaluation of the log density. For N(0, I) the score is :math:`-z`, so the map minimises
+
+.. math::
+
+    F(T) = \frac1N \sum_i \big\| z_i + ∇_z \log p_z(z_i) \big\|^2 \quad (\log F \text{ is optimised, as nutpie})
+
+— zero exactly when the pushforward of N(0, I) is the target. The draws need not come from the target: where the
+family contains the exact map, any draws that cover the region identify it (the seed check's draws in the neck
+count as much as the recovery's). Full-batch L-BFGS (``optax.lbfgs``) on a few hundred draws: the parameters are
+:math:`2D + D(D-1)` numbers, far fewer than nutpie's neural flows.
+
+Keeping the map
+---------------
+The map is kept only when it helps: on held-out draws the Fisher divergence of the fitted map must be below
+``keep_ratio`` × that of the best *linear* map fitted the same way (what a dense metric achieves) and lower by
+``min_gain`` per dimension; a Gaussian target, whose linear map is already exact, is refused.
+:func:`fit_transport` returns the map (or None) and a :class:`TransportDecision` — the record the sampler
+puts in ``trace.info["decisions"]``.
+
+Sampling in z
+-------------
+:func:`transported` returns an :class:`~gnomon.objective.objective.Objective` over z with
+:math:`\log p(T(z)) + \log|\det ∂T/∂z|` and ``thetamap=`` the map, so :func:`gnomon.sample` on it returns a
+Trace whose ``theta`` is base θ (decoded with :meth:`TransportMap.to_theta`) and ``z`` the sampler's
+coordinates, as for an :class:`~gnomon.thetaspace.eigenmap.EigenMap`. The map's arrays travel as the
+objective's data, so a second map of the same dimension reuses the compiled sampler.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gnomon.objective.objective import Objective
+
+TRANSPORT_SCHEMA = 1
+
+
+class TransportParams(NamedTuple):
+    """The trainable arrays (ordered coordinates): shift ``a`` (D,), log-scale ``c`` (D,), and the strictly lower
+    triangular weights of the shift ``A`` (D, D) and of the log-scale ``B`` (D, D) on the earlier coordinates of
+    u (entries on and above the diagonal are ignored)."""
+
+    shift: Any
+    log_scale: Any
+    shift_w: Any
+    scale_w: Any
+
+
+class TransportSettings(NamedTuple):
+    """How :func:`fit_transport` trains and judges a map.
+
+    Attributes:
+      max_draws: draws used (a random subset beyond that; the cost of training grows linearly).
+      holdout: the fraction of draws held out to judge the map.
+      max_iter: L-BFGS iterations per fit (two fits: the linear map and the full one).
+      tol: stop when the gradient norm of the loss falls below this.
+      keep_ratio: keep the map when its held-out Fisher divergence is below ``keep_ratio`` × the linear map's.
+      l2: a ridge on ``A`` and ``B`` (relative to the log-loss), against overfitting few draws.
+      min_gain: and only when it lowers the held-out Fisher divergence per dimension by at least this much
+        (below it the linear map — the metric the sampler adapts anyway — is already close to N(0, I)).
+    """
+
+    max_draws: int = 1000
+    holdout: float = 0.25
+    max_iter: int = 200
+    tol: float = 1e-6
+    keep_ratio: float = 0.5
+    l2: float = 1e-4
+    min_gain: float = 0.05
+
+
+class TransportDecision(NamedTuple):
+    """What :func:`fit_transport` decided and why: ``action`` is ``"transport kept"`` or ``"transport refused"``;
+    ``details`` holds the held-out Fisher divergences (per dimension) of the linear and the full map, the worst
+    coordinate, the draws used, the L-BFGS iterations, the training seconds and the ordering."""
+
+    action: str
+    message: str
+    details: dict
+
+    def as_info(self) -> dict[str, Any]:
+        return {"action": self.action, "message": self.message, **self.details}
+
+
+# ------------------------------------------------------------------------------------------------ the map (pure)
+def _tri(d: int, dtype: Any) -> jnp.ndarray:
+    return jnp.tri(d, d, -1, dtype=dtype)
+
+
+def forward(p: TransportParams, u: Any) -> tuple[Any, Any]:
+    """``x = T_π(u)`` in the ordered, standardised coordinates and ``Σ_j h_j(u)`` (the log-det of this part);
+    ``u`` (D,)."""
+    m = _tri(u.shape[-1], u.dtype)
+    h = p.log_scale + (p.scale_w * m) @ u
+    x = p.shift + (p.shift_w * m) @ u + jnp.exp(h) * u
+    return x, jnp.sum(h)
+
+
+def inverse(p: TransportParams, x: Any) -> Any:
+    """``u = T_π⁻¹(x)`` for x (N, D): the triangular solve, one coordinate at a time (``lax.scan``)."""
+    d = x.shape[-1]
+    m = _tri(d, x.dtype)
+    aw, bw = p.shift_w * m, p.scale_w * m
+
+    def step(u, j):
+        h = p.log_scale[j] + u @ bw[j]
+        uj = (x[:, j] - p.shift[j] - u @ aw[j]) * jnp.exp(-h)
+        return u.at[:, j].set(uj), None
+
+    u, _ = jax.lax.scan(step, jnp.zeros_like(x), jnp.arange(d))
+    return u
+
+
+def fisher_residuals(p: TransportParams, x: Any, gx: Any) -> Any:
+    """``z + ∇_z log p_z(z)`` at ``z = T⁻¹(x)`` for draws x (N, D) with gradients ``gx = ∂ log p/∂x`` (ordered,
+    standardised coordinates): zero for every draw exactly when the map pushes N(0, I) onto the target."""
+    u = inverse(p, x)
+
+    def one(ui, gi):
+        _, pull = jax.vjp(lambda v: forward(p, v), ui)
+        (score,) = pull((gi, jnp.ones((), ui.dtype)))
+        return ui + score
+
+    return jax.vmap(one)(u, gx)
+
+
+def _loss(p: TransportParams, x: Any, gx: Any, l2: Any, linear: bool) -> Any:
+    if linear:
+        p = p._replace(scale_w=jnp.zeros_like(p.scale_w))
+    r = fisher_residuals(p, x, gx)
+    fisher = jnp.mean(jnp.sum(r**2, axis=-1))
+    m = _tri(x.shape[-1], x.dtype)
+    ridge = jnp.sum((p.shift_w * m) ** 2) + jnp.sum((p.scale_w * m) ** 2)
+    return jnp.log(fisher + 1e-12) + l2 * ridge
+
+
+@functools.partial(jax.jit, static_argnames=("linear", "max_iter"))
+def _train(p0: TransportParams, x: Any, gx: Any, l2: Any, tol: Any, *, linear: bool, max_iter: int):
+    """Full-batch L-BFGS on the log Fisher divergence; returns (params, final loss, iterations)."""
+    import optax
+
+    fn = functools.partial(_loss, x=x, gx=gx, l2=l2, linear=linear)
+    opt = optax.lbfgs(memory_size=20)
+    vg = optax.value_and_grad_from_state(fn)
+
+    def cond(c):
+        _, _, it, gn, val = c
+        return (it < max_iter) & (gn > tol) & jnp.isfinite(val)
+
+    def body(c):
+        p, st, it, _, _ = c
+        val, g = vg(p, state=st)
+        upd, st = opt.update(g, st, p, value=val, grad=g, value_fn=fn)
+        p = optax.apply_updates(p, upd)
+        return p, st, it + 1, optax.tree.norm(g), val
+
+    init = (p0, opt.init(p0), jnp.asarray(0), jnp.asarray(jnp.inf, x.dtype), jnp.asarray(0.0, x.dtype))
+    p, _, it, _, _ = jax.lax.while_loop(cond, body, init)
+    return p, fn(p), it
+
+
+@jax.jit
+def _per_dim_fisher(p: TransportParams, x: Any, gx: Any) -> Any:
+    r = fisher_residuals(p, x, gx)
+    return jnp.mean(r**2, axis=0)
+
+
+# ------------------------------------------------------------------------------------------------ the θ-map
+@dataclass(frozen=True, eq=False)
+class TransportMap:
+    """``θ = T(z)`` (see the module docstring): the standardisation ``loc``/``scale`` (D,), the ordering ``order``
+    (θ's coordinate at position j of the ordered vector), and the trained :class:`TransportParams` (numpy).
+
+    A θ-map like :class:`gnomon.EigenMap` (``to_theta``, ``to_z``, ``dim``, ``z_dim``, ``hash``, ``describe``,
+    ``to_arrays``), but nonlinear: its log-Jacobian depends on z (:meth:`log_det_jacobian`), so sample with
+    :func:`transported` rather than ``Objective.reparameterize`` (which adds a constant ``log_abs_det``)."""
+
+    loc: np.ndarray
+    scale: np.ndarray
+    order: np.ndarray
+    params: TransportParams
+    info: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.loc.shape[0])
+
+    @property
+    def z_dim(self) -> int:
+        return self.dim
+
+    def arrays(self, dtype: Any = None) -> dict[str, Any]:
+        """The map as a dict of device arrays (the data of :func:`transported`'s objective)."""
+        dt = dtype or self.loc.dtype
+        inv = np.argsort(self.order)
+        return {
+            "loc": jnp.asarray(self.loc, dt),
+            "scale": jnp.asarray(self.scale, dt),
+            "order": jnp.asarray(self.order, jnp.int32),
+            "inv_order": jnp.asarray(inv, jnp.int32),
+            **{k: jnp.asarray(v, dt) for k, v in self.params._asdict().items()},
+        }
+
+    def to_theta(self, z: Any) -> Any:
+        """θ = T(z) for z of shape (..., D) (jittable)."""
+        z = jnp.asarray(z)
+        return apply(self.arrays(z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else None), z)[0]
+
+    def log_det_jacobian(self, z: Any) -> Any:
+        """``log|det ∂θ/∂z|`` at z (..., D)."""
+        z = jnp.asarray(z)
+        return apply(self.arrays(z.dtype), z)[1]
+
+    def to_z(self, theta: Any) -> Any:
+        """z = T⁻¹(θ) for θ of shape (..., D)."""
+        theta = jnp.asarray(theta)
+        a = self.arrays(theta.dtype if jnp.issubdtype(theta.dtype, jnp.floating) else None)
+        flat = theta.reshape(-1, self.dim)
+        x = ((flat - a["loc"]) / a["scale"])[:, a["order"]]
+        u = inverse(_params(a), x)
+        return u[:, a["inv_order"]].reshape(theta.shape)
+
+    @functools.cached_property
+    def hash(self) -> str:
+        h = hashlib.sha256()
+        for v in (self.loc, self.scale, self.order, *self.params):
+            h.update(np.ascontiguousarray(np.asarray(v, np.float64)).tobytes())
+        return h.hexdigest()[:16]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"loc": np.asarray(self.loc), "scale": np.asarray(self.scale), "order": np.asarray(self.order),
+                **{k: np.asarray(v) for k, v in self.params._asdict().items()}}
+
+    def describe(self) -> dict[str, Any]:
+        return {"transport_schema": TRANSPORT_SCHEMA, "type": "affine autoregressive", "hash": self.hash,
+                "dim": self.dim, **{k: v for k, v in self.info.items() if isinstance(v, (int, float, str, list))}}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any], meta: dict[str, Any] | None = None) -> TransportMap:
+        """Rebuild from :meth:`to_arrays` (and :meth:`describe`: its hash is checked)."""
+        need = ("loc", "scale", "order", *TransportParams._fields)
+        missing = [k for k in need if k not in arrays]
+        if missing:
+            raise ValueError(f"TransportMap arrays lack {missing}")
+        tm = cls(np.asarray(arrays["loc"]), np.asarray(arrays["scale"]), np.asarray(arrays["order"]),
+                 TransportParams(*(np.asarray(arrays[k]) for k in TransportParams._fields)))
+        if meta and "hash" in meta and meta["hash"] != tm.hash:
+            raise ValueError(f"TransportMap hash mismatch: arrays give {tm.hash}, meta says {meta['hash']}")
+        return tm
+
+    def __repr__(self) -> str:
+        return f"TransportMap(D={self.dim}, affine autoregressive, hash={self.hash})"
+
+
+def _params(a: dict[str, Any]) -> TransportParams:
+    return TransportParams(a["shift"], a["log_scale"], a["shift_w"], a["scale_w"])
+
+
+def apply(a: dict[str, Any], z: Any) -> tuple[Any, Any]:
+    """``(θ, log|det ∂θ/∂z|)`` for z (..., D) with the map's arrays ``a`` (:meth:`TransportMap.arrays`)."""
+    p = _params(a)
+
+    def one(zi):
+        x, ld = forward(p, zi[a["order"]])
+        return a["loc"] + a["scale"] * x[a["inv_order"]], ld + jnp.sum(jnp.log(a["scale"]))
+
+    flat = z.reshape(-1, z.shape[-1])
+    th, ld = jax.vmap(one)(flat)
+    return th.reshape(z.shape), ld.reshape(z.shape[:-1])
+
+
+def transported(obj: Objective, tmap: TransportMap) -> Objective:
+    """The objective over z: ``log_prob(z) = obj.log_prob(T(z)) + log|det ∂T/∂z|``, with ``thetamap=tmap`` (a
+    sampling Trace on it holds base θ in ``theta`` and z in ``z``). The map's arrays are the objective's data
+    (with the base objective's data beside them), so another map of the same dimension reuses every compiled
+    program (the compile key is the base's); the loss is ``−log_prob`` (the map's Jacobian is part of the
+    density of z)."""
+    if not isinstance(tmap, TransportMap):
+        raise ValueError(f"transported needs a TransportMap, got {type(tmap).__name__}")
+    if tmap.dim != obj.dim:
+        raise ValueError(f"the map has dimension {tmap.dim} but the objective {obj.dim}")
+    base = obj
+
+    def model_log_density(z, d):
+        a, bd = d
+        th, ld = apply(a, z)
+        lp = base.model_log_density(th, bd)
+        if base.log_jacobian is not None:
+            lp = lp + base.log_jacobian(th)
+        return lp + ld
+
+    return Objective(
+        dim=obj.dim,
+        layout=None,
+        model_log_density=model_log_density,
+        data=(tmap.arrays(), obj.data),
+        takes_data=True,
+        thetamap=tmap,
+        base=obj,
+        info={**obj.info, "transported": True, "transport": tmap.describe()},
+        key_parts=None if obj.key_parts is None else ("transport", obj.key_parts, obj.loss_includes_jacobian),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def standardisation(theta: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""nutpie's first affine map from draws and gradients: :math:`s = \sqrt{\mathrm{sd}(θ)/\mathrm{sd}(g)}`,
+    :math:`m = \overline{θ} + \overline{g} s^2` (exact for a Gaussian with a diagonal covariance)."""
+    th, g = np.asarray(theta, np.float64), np.asarray(grads, np.float64)
+    s = np.sqrt(np.clip(th.std(0), 1e-8, 1e8) / np.clip(g.std(0), 1e-8, 1e8))
+    return th.mean(0) + g.mean(0) * s**2, s
+
+
+def parent_order(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """An ordering of the coordinates, *scale parents* first: coordinate k scores by how well it predicts the
+    log spread of the others, Σ_j corr(x_k, log|x_j − median_j|)² (v in a funnel, log τ in a hierarchical
+    model), then *shift parents* by Σ_j corr(x_k, x_j)² (μ). A linear map fits any ordering; a log-scale can
+    only depend on coordinates before it. Returns the ordering and the number of scale parents at its head."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    if d == 1:
+        return np.zeros(1, np.int64), 0
+    xs = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    spread = np.log(np.abs(x - np.median(x, 0)) + 1e-3 * np.maximum(x.std(0), 1e-12))
+    spread = (spread - spread.mean(0)) / np.maximum(spread.std(0), 1e-12)
+    rs = (xs.T @ spread) / n
+    rl = (xs.T @ xs) / n
+    np.fill_diagonal(rs, 0.0)
+    np.fill_diagonal(rl, 0.0)
+    scale_score = np.sum(rs**2, axis=1)
+    shift_score = np.sum(rl**2, axis=1)
+    # a clear scale parent explains at least one other coordinate's spread (|corr| ≥ 0.3 on average over
+    # 1/√D of them ...): rank parents by the scale score, everything else by the shift score after them
+    parent = scale_score > max(0.5 * scale_score.max(), 0.09)
+    key = np.where(parent, 1e6 + scale_score, shift_score)
+    return np.argsort(-key, kind="stable"), int(np.sum(parent))
+
+
+def scale_start(p_lin: TransportParams, x: np.ndarray, parents: int) -> TransportParams:
+    r"""A start for the full map when there are scale parents (the first ``parents`` ordered coordinates, P):
+    the parents standardised by their draws' moments (u_P; the Fisher-optimal linear map squeezes a funnel's v,
+    whose gradients in the neck are huge), then for every other coordinate the least-squares line of
+    :math:`x_j` on u_P (the shift: a_j, A's row) and of the log of the residual's size on u_P (for
+    :math:`r_j = e^{h_j(u_P)} ε_j`, ε ~ N(0, 1), :math:`E\log|r_j| = h_j − 0.635`: c_j and B's row). This is
+    the non-centring map when the model is one; from B = 0 L-BFGS needs about a thousand iterations to find a
+    funnel's log-scale. Without parents the linear map ``p_lin`` is the start."""
+    if parents == 0:
+        return p_lin
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    a, c = np.zeros(d), np.zeros(d)
+    aw, bw = np.zeros((d, d)), np.zeros((d, d))
+    a[:parents] = x[:, :parents].mean(0)
+    c[:parents] = np.log(np.maximum(x[:, :parents].std(0), 1e-12))
+    up = (x[:, :parents] - a[:parents]) / np.exp(c[:parents])
+    design = np.c_[np.ones(n), up]
+    ridge = 1e-6 * n * np.eye(parents + 1)
+    gram = design.T @ design + ridge
+    h = np.zeros((n, d - parents))
+    for _ in range(3):  # the shift by least squares weighted by the current spread, then the spread again
+        shift = np.stack([np.linalg.solve((design * w[:, None]).T @ design + ridge, (design * w[:, None]).T @ xj)
+                          for w, xj in zip(np.exp(-2 * h).T, x[:, parents:].T, strict=True)], axis=1)
+        resid = x[:, parents:] - design @ shift
+        spread = np.linalg.solve(gram, design.T @ np.log(np.abs(resid) + 1e-12))
+        h = np.clip(design @ spread, -30.0, 30.0)
+    a[parents:], aw[parents:, :parents] = shift[0], shift[1:].T
+    c[parents:], bw[parents:, :parents] = spread[0] + 0.635, spread[1:].T
+    dt = np.asarray(p_lin.shift).dtype
+    return TransportParams(*(jnp.asarray(v, dt) for v in (a, c, aw, bw)))
+
+
+def _prepare(theta, grads, loc, scale, order):
+    x = ((theta - loc) / scale)[:, order]
+    gx = (grads * scale)[:, order]
+    return x, gx
+
+
+def fit_transport(
+    theta: Any, grads: Any, *, seed: int = 0, settings: TransportSettings | None = None
+) -> tuple[TransportMap | None, TransportDecision]:
+    """Fit the affine autoregressive map to draws ``theta`` (N, D) and their gradients ``grads`` = ∇ log p
+    (N, D) (the sampler's draws: chains and steps flattened; non-finite rows are dropped), and judge it; ``seed``
+    picks the held-out draws (and the subset beyond ``settings.max_draws``).
+
+    Returns ``(map or None, decision)``: the map when its held-out Fisher divergence is below
+    ``settings.keep_ratio`` × the linear map's (the map helps beyond a dense metric), else None. No log density
+    is evaluated: the cost is the training's wall time (``decision.details["train_s"]``).
+
+    Raises ValueError for arrays of different or wrong shapes, or fewer than 20 finite draws."""
+    st = settings or TransportSettings()
+    th = np.asarray(theta)
+    g = np.asarray(grads)
+    if th.ndim != 2 or th.shape != g.shape:
+        raise ValueError(f"theta and grads must both have shape (N, D); got {th.shape} and {g.shape}")
+    dtype = th.dtype if np.issubdtype(th.dtype, np.floating) else np.float64
+    ok = np.all(np.isfinite(th), axis=1) & np.all(np.isfinite(g), axis=1)
+    th, g = th[ok].astype(np.float64), g[ok].astype(np.float64)
+    n, d = th.shape
+    if n < 20:
+        raise ValueError(f"fit_transport needs at least 20 finite draws with gradients, got {n} of {len(ok)}")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(n)[: st.max_draws]
+    th, g = th[idx], g[idx]
+    n = len(th)
+    n_val = max(int(round(st.holdout * n)), 5)
+    tr, va = slice(n_val, None), slice(0, n_val)
+    loc, scale = standardisation(th[tr], g[tr])
+    order, parents = parent_order((th[tr] - loc) / scale)
+    x, gx = _prepare(th, g, loc, scale, order)
+    x, gx = jnp.asarray(x, dtype), jnp.asarray(gx, dtype)
+    zeros = jnp.zeros((d,), dtype)
+    p0 = TransportParams(zeros, zeros, jnp.zeros((d, d), dtype), jnp.zeros((d, d), dtype))
+    l2, tol = jnp.asarray(st.l2, dtype), jnp.asarray(st.tol, dtype)
+    p_lin, _, it_lin = _train(p0, x[tr], gx[tr], l2, tol, linear=True, max_iter=st.max_iter)
+    p_lin = p_lin._replace(scale_w=jnp.zeros_like(p_lin.scale_w))
+    p_start = scale_start(p_lin, np.asarray(x[tr]), parents)
+    if not np.isfinite(float(_loss(p_start, x[tr], gx[tr], l2, False))):
+        p_start = p_lin
+    p_full, _, it_full = _train(p_start, x[tr], gx[tr], l2, tol, linear=False, max_iter=st.max_iter)
+    f_lin = np.asarray(_per_dim_fisher(p_lin, x[va], gx[va]))
+    f_full = np.asarray(_per_dim_fisher(p_full, x[va], gx[va]))
+    f_id = np.asarray(_per_dim_fisher(p0, x[va], gx[va]))
+    train_s = time.perf_counter() - t0
+    fl, ff, fi = (float(np.mean(f)) for f in (f_lin, f_full, f_id))
+    worst = int(order[int(np.argmax(f_full))])
+    details = {
+        "fisher_standardised": fi,
+        "fisher_linear": fl,
+        "fisher_map": ff,
+        "worst_coordinate": worst,
+        "draws": int(n),
+        "held_out": int(n_val),
+        "iterations": [int(it_lin), int(it_full)],
+        "train_s": round(train_s, 3),
+        "order": [int(i) for i in order[: min(d, 8)]],
+        "scale_parents": parents,
+        "grad_evals": 0,
+    }
+    helps = math.isfinite(ff) and ff < st.keep_ratio * fl and fl - ff > st.min_gain
+    what = (f"held-out Fisher divergence per dimension {ff:.3g} with the map vs {fl:.3g} for the best linear map "
+            f"(a dense metric) and {fi:.3g} standardised; {n} draws, {train_s:.1f} s of training")
+    if not helps:
+        return None, TransportDecision(
+            "transport refused",
+            f"transport map refused: {what}: it does not improve on a linear map by {1 / st.keep_ratio:g}× and "
+            f"{st.min_gain:g} per dimension",
+            details,
+        )
+    p_np = TransportParams(*(np.asarray(v, dtype) for v in p_full))
+    tmap = TransportMap(loc.astype(dtype), scale.astype(dtype), order.astype(np.int64), p_np,
+                        info={"fisher_map": ff, "fisher_linear": fl, "draws": int(n)})
+    return tmap, TransportDecision("transport kept", f"transport map kept: {what}", details)
+
+
+def standard_normal_check(tobj: Objective, z: Any) -> dict[str, float]:
+    """Whitened-gradient diagnostics of a transported objective at z (N, D): in a perfect map ``∇ log p_z(z) = −z``;
+    returns the mean per-dimension ``|z + ∇|²`` and the sd of the gradients (1 for N(0, I))."""
+    z = jnp.asarray(z)
+    grads = jax.vmap(jax.grad(tobj.log_prob))(z)
+    r = np.asarray(z + grads)
+    return {"fisher": float(np.mean(r**2)), "grad_sd": float(np.mean(np.std(np.asarray(grads), axis=0)))}
