@@ -33,7 +33,8 @@ still has its ``status`` and ``info``, a trace *returned* by a jitted or vmapped
 tree map keeps them. A compiled function is reused for traces whose shapes *and* host records are equal, and
 only for those (a cached function hands back the record it was traced with, so it must not serve another).
 Two runs differ in ``info`` (timings at least): a function jitted over whole traces compiles once per run;
-to compile once for many runs, pass the arrays (``trace.theta``, ``trace.stats``). Under ``vmap`` over a batch
+to compile once for many runs, pass the arrays (``trace.theta``, ``trace.stats``); a tree map over several
+traces needs equal records too. Under ``vmap`` over a batch
 of fits each member sees the batch's record (``status`` a tuple of B). Treat ``info`` and ``extras`` as
 frozen once a trace exists (its canonical form is computed once per trace; build a new trace with
 ``dataclasses.replace`` to change them).
