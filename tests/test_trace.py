@@ -1,9 +1,11 @@
-"""Trace: pytree semantics (one compilation for same-shaped traces, round trips through jit / vmap /
-device_get) and θ vs z (every θ-returning view is base θ; a θ-map's rows are z, refused by a layout)."""
+"""Trace: pytree semantics (one compilation for same-shaped traces with one host record; status and info
+through jit / vmap / tree_map / device_get) and θ vs z (every θ-returning view is base θ; a θ-map's rows are
+z, refused by a layout)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import jax
@@ -28,26 +30,36 @@ def _opt_trace(i: int, layout=None, **kw) -> gn.Trace:
     )
 
 
-def test_same_shaped_traces_compile_once():
+def test_same_shaped_traces_with_one_record_compile_once():
     calls = {"n": 0}
 
     @jax.jit
     def total(tr):
         calls["n"] += 1
-        assert tr.status is None and tr.info == {} and tr.num_grad_evals is None  # host record stays outside
+        assert tr.status == "converged" and tr.info["engine"] == "gd" and tr.num_grad_evals == 0  # record inside
         return jnp.sum(tr.theta) + jnp.sum(tr.loss) + jnp.sum(tr.stats["grad_norm"])
 
-    # equal layouts built separately: static parts compare by value, not identity
+    # equal layouts and equal records built separately: static parts compare by value, not identity
     traces = [_opt_trace(i, layout=gn.Layout({"a": (), "b": (2,)})) for i in range(3)]
+    traces = [_same_record(tr) for tr in traces]
     for tr in traces:
         want = float(np.sum(tr.theta) + np.sum(tr.loss) + 6)
         assert float(total(tr)) == pytest.approx(want, rel=1e-6)
     assert calls["n"] == 1
-    # a structural difference does recompile: another layout, another kind of trace, another shape
-    total(_opt_trace(0, layout=gn.Layout({"a": (3,)})))
+    # a structural difference does recompile: another layout, another shape, another record
+    total(_same_record(_opt_trace(0, layout=gn.Layout({"a": (3,)}))))
     assert calls["n"] == 2
-    total(replace_theta(traces[0], np.zeros((7, 3), np.float32)))
+    total(_same_record(replace_theta(traces[0], np.zeros((7, 3), np.float32))))
     assert calls["n"] == 3
+    total(dataclasses.replace(traces[0], info={"engine": "gd", "compile_s": 1.0}))
+    assert calls["n"] == 4
+
+
+def _same_record(tr):
+    """``tr`` with one fixed host record (new objects each call: equal by value only)."""
+    return dataclasses.replace(tr, status="converged", num_grad_evals=0, runtime_s=float("nan"),
+                               info={"engine": "gd", "nan": float("nan"), "rates": [0.1, 0.2]},
+                               extras={"note": np.arange(2)})
 
 
 def replace_theta(tr, theta):
@@ -56,31 +68,42 @@ def replace_theta(tr, theta):
                     stats={"grad_norm": np.ones(n, np.float32)}, step=np.arange(n, dtype=np.int32), layout=tr.layout)
 
 
-def test_engine_traces_and_reloaded_maps_compile_once(tmp_path):
+def test_engine_traces_keep_their_own_records_and_reloaded_maps_compile_once(tmp_path):
     obj = gn.Objective.from_loss(lambda t: jnp.sum((t - 1.0) ** 2), 3)
     a = gn.optimize(obj, jnp.zeros(3), "gd", learning_rate=0.1, num_steps=20)
-    b = gn.optimize(obj, jnp.ones(3) * 3.0, "gd", learning_rate=0.1, num_steps=20)
-    assert a.runtime_s != b.runtime_s and a.info is not b.info
+    b = gn.optimize(obj, jnp.ones(3) * 3.0, "gd", learning_rate=0.1, num_steps=200, tol=1e-3)
+    assert a.status != b.status and a.info != b.info
+    calls = {"n": 0}
+
+    @jax.jit
+    def same(tr):
+        calls["n"] += 1
+        return tr
+
+    out_a, out_b, again = same(a), same(b), same(a)
+    assert calls["n"] == 2  # two records, two compilations (a compiled function hands back its own record)
+    for out, tr in ((out_a, a), (out_b, b), (again, a)):
+        assert out.status == tr.status and out.info == tr.info and out.num_grad_evals == tr.num_grad_evals
+        assert out.runtime_s == tr.runtime_s and out.extras.keys() == tr.extras.keys()
+        np.testing.assert_array_equal(np.asarray(out.theta), np.asarray(tr.theta))
     emap = gn.EigenMap.from_matrix(np.diag([1.0, 4.0, 9.0]), np.zeros(3))
     zt = gn.Trace(kind="optimization", z=np.ones((21, 3), np.float32), loss=np.zeros(21, np.float32),
                   stats=dict(a.stats), step=np.asarray(a.step), thetamap=emap)
     gn.save_run(tmp_path / "z", zt)
     zt2 = gn.load_run(tmp_path / "z").trace
     assert zt2.thetamap is not emap and zt2.thetamap.hash == emap.hash
-    calls = {"n": 0}
+    calls["n"] = 0
 
     @jax.jit
     def f(tr):
         calls["n"] += 1
         return jnp.sum(tr.theta)
 
-    f(a), f(b)
+    f(zt), f(dataclasses.replace(zt, thetamap=zt2.thetamap))  # the same EigenMap content, two objects: one compilation
     assert calls["n"] == 1
-    f(zt), f(zt2)  # the same EigenMap content, two objects: one compilation
-    assert calls["n"] == 2
 
 
-def test_round_trips_keep_arrays_and_say_what_they_keep():
+def test_round_trips_keep_arrays_and_the_host_record():
     tr = _opt_trace(1)
     # device_get / tree_map over concrete arrays: arrays and host record intact
     back = jax.device_get(jax.device_put(tr))
@@ -89,19 +112,71 @@ def test_round_trips_keep_arrays_and_say_what_they_keep():
     assert back.status == tr.status and back.num_grad_evals == 10 and back.info == tr.info
     host = tr.to_numpy()
     assert isinstance(host.theta, np.ndarray) and host.runtime_s == tr.runtime_s
-    # jit: the arrays come back; the host record does not (one compiled function serves many traces)
+    doubled = jax.tree_util.tree_map(lambda x: 2 * x, tr)
+    np.testing.assert_array_equal(doubled.loss, 2 * tr.loss)
+    assert doubled.status == tr.status and doubled.info == tr.info and doubled.num_grad_evals == 10
+    # jit: the arrays and the host record come back
     out = jax.jit(lambda t: t)(tr)
     np.testing.assert_array_equal(np.asarray(out.theta), tr.theta)
     np.testing.assert_array_equal(np.asarray(out.stats["grad_norm"]), tr.stats["grad_norm"])
-    assert out.status is None and np.isnan(out.runtime_s) and out.extras == {}
-    # vmap over a batch of fits: members are (T, D) traces inside
+    assert out.status == tr.status and out.runtime_s == tr.runtime_s and out.info == tr.info
+    np.testing.assert_array_equal(out.extras["note"], tr.extras["note"])
+    # vmap over a batch of fits: members are (T, D) traces inside, each seeing the batch's record
     batch = gn.Trace(kind="optimization", theta=np.arange(24.0).reshape(2, 4, 3), loss=np.ones((2, 4)),
-                     step=np.tile(np.arange(4), (2, 1)), status=("converged", "max_steps"))
-    per_member = jax.vmap(lambda t: (t.theta.shape, jnp.sum(t.theta[-1])))(batch)
+                     step=np.tile(np.arange(4), (2, 1)), status=("converged", "max_steps"),
+                     num_grad_evals=np.array([4, 7]), info={"method": "gd"})
+
+    def member(t):
+        assert t.status == ("converged", "max_steps") and t.info == {"method": "gd"}
+        return t.theta.shape, jnp.sum(t.theta[-1])
+
+    per_member = jax.vmap(member)(batch)
     np.testing.assert_allclose(per_member[1], batch.theta[:, -1].sum(-1))
     twice = jax.vmap(lambda t: t)(batch)
     np.testing.assert_array_equal(np.asarray(twice.theta), batch.theta)
     np.testing.assert_array_equal(np.asarray(twice.step), batch.step)
+    assert twice.status == batch.status and twice.info == batch.info
+    np.testing.assert_array_equal(twice.num_grad_evals, [4, 7])
+    # the same for sampler chains: the record (adapted metric in extras, decisions in info) goes through jit
+    draws = gn.Trace(kind="sampling", theta=np.ones((2, 5, 3)), log_prob=np.zeros((2, 5)),
+                     stats={"diverging": np.zeros((2, 5), bool)}, status="sampled", num_grad_evals=70,
+                     info={"decisions": [{"action": "seed kept"}]}, extras={"inverse_mass_matrix": np.eye(3)})
+    chains = jax.jit(lambda t: t)(draws)
+    assert chains.status == "sampled" and chains.info == draws.info and chains.num_grad_evals == 70
+    np.testing.assert_array_equal(chains.extras["inverse_mass_matrix"], np.eye(3))
+
+
+def test_traces_that_differ_only_in_their_record_never_share_a_compiled_function():
+    calls = {"n": 0}
+
+    @jax.jit
+    def same(t):
+        calls["n"] += 1
+        return t
+
+    base = _opt_trace(1)  # info {"engine": "gd", "compile_s": 0.01, "run_s": 1}, extras {"note": [1, 1]}
+    variants = [
+        dataclasses.replace(base, info={"engine": "gd", "compile_s": 0.01, "run_s": 1.0}),  # 1.0 == 1, a float
+        dataclasses.replace(base, info={"engine": "gd", "compile_s": 0.0, "run_s": 1}),
+        dataclasses.replace(base, info={"engine": "gd", "compile_s": -0.0, "run_s": 1}),
+        dataclasses.replace(base, extras={"note": np.full(2, 2)}),  # another array content
+        dataclasses.replace(base, extras={"note": np.full(2, 1, np.int32)}),  # another dtype
+        dataclasses.replace(base, status="converged"),
+        dataclasses.replace(base, num_grad_evals=11),
+    ]
+    records = [base, *variants]
+    outs = [same(t) for t in records]
+    assert calls["n"] == len(records)
+    for out, t in zip(outs, records, strict=True):
+        assert out.status == t.status and out.num_grad_evals == t.num_grad_evals
+        assert out.info == t.info and [type(v) for v in out.info.values()] == [type(v) for v in t.info.values()]
+        assert np.asarray(out.extras["note"]).dtype == np.asarray(t.extras["note"]).dtype
+        np.testing.assert_array_equal(out.extras["note"], t.extras["note"])
+    assert str(outs[3].info["compile_s"]) == "-0.0"
+    # the same records again, as new objects: every one is a cache hit
+    again = [same(dataclasses.replace(t, info=dict(t.info), extras={k: np.copy(v) for k, v in t.extras.items()}))
+             for t in records]
+    assert calls["n"] == len(records) and [o.info for o in again] == [t.info for t in records]
 
 
 def test_eigen_trace_through_jit_keeps_z_and_its_map():

@@ -45,6 +45,7 @@ _EXPORTS = {
     "Signals": "gnomon.signals.signals",
     "enable_compilation_cache": "gnomon.util.compile_cache",
     "disable_compilation_cache": "gnomon.util.compile_cache",
+    "clear_caches": "gnomon.util.programs",
     "Affine": "gnomon.thetaspace.modelmap",
     "register_unit": "gnomon.thetaspace.units",
     "cramer_rao": "gnomon.curvature.crlb",

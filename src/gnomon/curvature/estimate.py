@@ -56,9 +56,7 @@ shrink its preconditioned step 20-fold. The dense matrix is symmetrised and othe
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
@@ -86,6 +84,7 @@ from gnomon.curvature.result import (  # noqa: F401 (re-exported: gnomon.curvatu
     default_power,
 )
 from gnomon.objective.objective import Objective
+from gnomon.util.programs import Live, ProgramCache
 
 METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "fisher", "ema_grad2")
 HUTCHINSON_MODES = ("variance_reduced", "plain")
@@ -109,29 +108,27 @@ class CurvaturePlan(NamedTuple):
         return self.method == "hutchinson" and self.mode != "plain"
 
 
-_CACHE: OrderedDict = OrderedDict()  # (obj.compile_key, plan) -> jitted estimator; least recently used dropped
-_CACHE_SIZE = 64
+# (obj.compile_key, plan) -> (jitted estimator, Live): it traces through the Live, holding no objective
+_PROGRAMS: ProgramCache = ProgramCache("curvature estimators", maxsize=64)
+# (obj.compile_key, residuals | per_observation, θ and data shapes) -> their number (planning traces the model)
+_OUTPUTS: ProgramCache = ProgramCache("curvature output counts", maxsize=256)
 
 
 def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
     key = (getattr(obj, "compile_key", obj), settings)
-    fn = _CACHE.get(key)
-    if fn is None:
-        # the program takes data as an argument: do not keep the bound data alive in the cache
-        raw = _raw_fn(replace(obj, data=None) if obj.data is not None else obj, settings)
+    hit = _PROGRAMS.get(key)
+    if hit is None:
+        live = Live()
 
         def highest(*args: Any, **kwargs: Any) -> Any:
             # the user's model is traced here too (Jacobians, HVPs): on GPUs its matmuls default to TF32, and a
             # curvature feeds inverses and bounds (measured: Gauss–Newton 2e-3 off on an H200, 4e-6 on CPU)
             with jax.default_matmul_precision("highest"):
-                return raw(*args, **kwargs)
+                return _raw_fn(live.get(), settings)(*args, **kwargs)
 
-        fn = jax.jit(highest)
-        _CACHE[key] = fn
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
+        hit = _PROGRAMS.put(key, (jax.jit(highest), live))
+    fn, live = hit
+    live.bind(obj)  # what the estimator traces with while this caller runs (weakly held; data is an argument)
     return fn
 
 
@@ -194,8 +191,17 @@ def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
 
 
 def _count_outputs(obj: Objective, theta: Any, data: Any, fn_name: str) -> int:
-    f = obj.residual_fn if fn_name == "residuals" else obj.per_observation_fn
-    return int(np.prod(jax.eval_shape(lambda th: f(th, data), theta).shape))
+    key = (getattr(obj, "compile_key", obj), fn_name, _shapes(theta), _shapes(data))
+    n = _OUTPUTS.get(key)
+    if n is None:
+        f = obj.residual_fn if fn_name == "residuals" else obj.per_observation_fn
+        n = _OUTPUTS.put(key, int(np.prod(jax.eval_shape(lambda th: f(th, data), theta).shape)))
+    return n
+
+
+def _shapes(tree: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
 
 
 FLOORS = {"fisher": 1e-12, "gauss_newton": 1e-12, "empirical_fisher": 1e-12}

@@ -14,7 +14,6 @@ Every file is written atomically; nothing is pickled; every JSON carries ``schem
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import time
@@ -35,6 +34,7 @@ from gnomon.io.provenance import git_hash, package_versions, platform_info
 from gnomon.io.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
 from gnomon.thetaspace.layout import Layout
 from gnomon.trace.trace import Trace
+from gnomon.util.programs import memoized
 
 TRACE_FILE, META_FILE, SUMMARY_FILE = "trace.npz", "meta.json", "summary.json"
 THETAMAP_FILE = "thetamap.npz"
@@ -128,7 +128,7 @@ def _trace_from_arrays(arrays: dict[str, np.ndarray], meta: dict, summary: dict,
     )
 
 
-@functools.lru_cache(maxsize=16)
+@memoized(maxsize=16)
 def _provenance(cwd: str) -> dict[str, Any]:
     """The provenance block of meta.json, computed once per process (and working directory)."""
     return to_jsonable({
@@ -139,7 +139,7 @@ def _provenance(cwd: str) -> dict[str, Any]:
     })
 
 
-@functools.lru_cache(maxsize=64)
+@memoized(maxsize=64)
 def _layout_doc(layout: Layout) -> dict[str, Any]:
     return to_jsonable(layout.to_dict())
 

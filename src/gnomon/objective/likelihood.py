@@ -19,7 +19,6 @@ per epoch). Everything in it reaches the compiled program as an argument, never 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.family import Family
+from gnomon.util.programs import ProgramCache
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,26 +84,29 @@ class Likelihood:
         )
 
 
-_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (predict, dim, dtype) -> (shape, dtype) of predict(θ): abstract evaluation traces the model, once per function
+_SHAPES: ProgramCache = ProgramCache("predicted shapes", maxsize=256)
 
 
 def predicted_shape(predict: Callable, dim: int) -> tuple[tuple[int, ...], str]:
     """Shape and dtype of ``predict(θ)`` (abstract evaluation, cached per function and dtype)."""
     dtype = jnp.result_type(float)
+    key = (predict, dim, str(dtype))
     try:
-        per = _SHAPES.setdefault(predict, {})
-    except TypeError:  # not weak-referenceable
-        per = {}
-    key = (dim, str(dtype))
-    if key not in per:
+        hit = _SHAPES.get(key)
+    except TypeError:  # an unhashable predict (a module with array fields): not cached
+        hit, key = None, None
+    if hit is None:
         try:
             out = jax.eval_shape(predict, jax.ShapeDtypeStruct((dim,), dtype))
         except Exception as exc:
             raise ValueError(f"from_likelihood: predict(θ) failed on a θ of shape ({dim},): {exc}") from exc
         if not hasattr(out, "shape"):
             raise ValueError(f"from_likelihood: predict(θ) must return one array (the model mean), got {out!r}")
-        per[key] = (tuple(out.shape), str(out.dtype))
-    return per[key]
+        hit = (tuple(out.shape), str(out.dtype))
+        if key is not None:
+            _SHAPES.put(key, hit)
+    return hit
 
 
 def check_likelihood_data(family: Family, data: Any, shape: tuple[int, ...], where: str) -> None:

@@ -29,7 +29,6 @@ that leave θ bit-for-bit unchanged (status ``"stalled at step t: ..."``; float3
 
 from __future__ import annotations
 
-import collections
 import math
 import time
 from collections.abc import Hashable
@@ -44,7 +43,9 @@ from gnomon.objective.objective import Objective
 from gnomon.optim import readout
 from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
+from gnomon.util.programs import ProgramCache
 from gnomon.util.progress import Progress
+from gnomon.util.validate import default_key
 
 RUNNING, CONVERGED, NONFINITE, MAX_STEPS, STALLED = 0, 1, 2, 3, 4
 STALL_STEPS = 20  # updates in a row that leave θ bit-for-bit unchanged: the run has stalled
@@ -54,7 +55,6 @@ CHANNELS = ("grad_norm", "step_norm", "learning_rate", "accepted")
 _ROW_BYTES_BUDGET = 64 * 2**20
 _MAX_ROWS = 1024  # per chunk while a progress bar is drawn
 _MAX_ROWS_QUIET = 1 << 16  # without a bar: few chunks (each costs a dispatch and a host copy)
-_CACHE_SIZE = 64  # compiled programs kept (least recently used dropped)
 
 
 class LoopSettings(NamedTuple):
@@ -114,17 +114,9 @@ class _Compiled(NamedTuple):
     has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
 
 
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-
-
-_KEY: list = []
-
-
-def default_key() -> Any:
-    """``jax.random.key(0)``, made once (creating a key costs a dispatch)."""
-    if not _KEY:
-        _KEY.append(jax.random.key(0))
-    return _KEY[0]
+# (compile key, method, settings, argument shapes) -> init and chunk compiled ahead of time (no Python function
+# kept: the objective's arrays are constants of the executables, freed with the entry)
+_PROGRAMS: ProgramCache = ProgramCache("optimizer loops", maxsize=64)
 
 
 def compile_key(obj: Objective) -> Hashable:
@@ -318,15 +310,11 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
 
 def _compiled(obj: Objective, program: Program, settings: LoopSettings, example: tuple) -> tuple[_Compiled, float]:
     key = (compile_key(obj), program.name, program.cache_key, settings, _avals(example))
-    hit = _CACHE.get(key)
+    hit = _PROGRAMS.get(key)
     if hit is not None:
-        _CACHE.move_to_end(key)
         return hit, 0.0
     built, seconds = _build(obj, program, settings, example)
-    _CACHE[key] = built
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return built, seconds
+    return _PROGRAMS.put(key, built), seconds
 
 
 def _status_text(code: int, t: int, loss: float, dtype: Any = None) -> str:

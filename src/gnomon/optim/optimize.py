@@ -19,7 +19,6 @@ turns the method into its program, runs the loop and turns the final optimizer s
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -31,14 +30,14 @@ import optax
 
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.objective import Objective
-from gnomon.optim.loop import compile_key, default_key, run_loop
-from gnomon.optim.methods import Method, Program, make_method
+from gnomon.optim.loop import run_loop
+from gnomon.optim.methods import Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
 from gnomon.optim.simple_gd import as_objective
 from gnomon.trace.trace import Trace
+from gnomon.util.validate import as_key
 
 _UNSET = object()
-_PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # planned programs (host-side planning traces)
 
 
 def optimize(
@@ -172,7 +171,8 @@ def optimize_batch(
 
 def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: Any, curvature: Any,
              options: dict) -> Program:
-    """The method's :class:`Program` (planning is cached per objective compile key, settings and data shapes)."""
+    """The method's :class:`Program`, planned on each call (a Program closes over the objective, so no cache
+    keeps one; what planning traces — residual counts — is cached in ``gnomon.util.programs``)."""
     if isinstance(method, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)):
         given = {k: v for k, v in dict(options, learning_rate=learning_rate, curvature=curvature).items()
                  if v is not None}
@@ -184,38 +184,11 @@ def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: 
         return Program("optax", ("optax", method), lambda data, key, arrays: method, None,
                        {"method": "optax", "transform": type(method).__name__})
     cfg = make_method(method, learning_rate=learning_rate, curvature=curvature, **options)
-    leaves = jax.tree.leaves(data)
-    cache = (compile_key(obj), cfg._key(), jax.tree.structure(data),
-             tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
-    hit = _PROGRAMS.get(cache)
-    if hit is not None and not _has_given(cfg):
-        _PROGRAMS.move_to_end(cache)
-        return hit
-    program = cfg.program(obj, theta, data)
-    if not _has_given(cfg):
-        _PROGRAMS[cache] = program
-        while len(_PROGRAMS) > 64:
-            _PROGRAMS.popitem(last=False)
-    return program
-
-
-def _has_given(cfg: Method) -> bool:
-    """A configuration whose program carries runtime arrays (a given curvature) is re-planned each call."""
-    c = getattr(cfg, "curvature", None)
-    return c is not None and not isinstance(c, str)
+    return cfg.program(obj, theta, data)
 
 
 def _as_key(key: Any) -> Any:
-    if key is None:
-        return default_key()
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return key
-    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
-        return jax.random.wrap_key_data(jnp.asarray(key))
-    raise ValueError(f"key must be a jax.random.key, a legacy uint32 (2,) key or an int seed, got {key!r}")
+    return as_key(key, optional=True)  # None: jax.random.key(0)
 
 
 def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bool) -> Trace:

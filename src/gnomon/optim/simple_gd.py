@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -13,23 +12,17 @@ from gnomon.optim.loop import run_loop
 from gnomon.optim.methods import Program, gd
 from gnomon.trace.trace import Trace
 
-# Plain loss functions are wrapped once per (function, dimension) so that repeated calls reuse the
-# compiled loop instead of tracing a fresh Objective each time.
-_WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 def as_objective(loss_fn: Callable | Objective, dim: int) -> Objective:
-    """``loss_fn`` itself if it is an Objective, else a cached ``Objective.from_loss(loss_fn, dim)``."""
+    """``loss_fn`` itself if it is an Objective, else ``Objective.from_loss(loss_fn, dim)`` (built on each call:
+    its compile key is the function's identity, so repeated calls reuse the compiled loop)."""
     if isinstance(loss_fn, Objective):
         if loss_fn.dim != dim:
             raise ValueError(f"θ0 has length {dim} but the objective has dim {loss_fn.dim}")
         return loss_fn
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable or a gnomon.Objective, got {loss_fn!r}")
-    per_fn = _WRAPPED.setdefault(loss_fn, {})
-    if dim not in per_fn:
-        per_fn[dim] = Objective.from_loss(loss_fn, dim)
-    return per_fn[dim]
+    return Objective.from_loss(loss_fn, dim)
 
 
 def gd_program(obj: Objective, learning_rate: float) -> Program:

@@ -67,24 +67,15 @@ from gnomon.sampler.starts import (
 from gnomon.sampler.warmup import AdaptSettings, Estimator
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
+from gnomon.util.validate import as_key
 
 DEFAULT_WARMUP = {"identity": 1000, "curvature": 300, "array": 300, "handoff": 150, "frozen": 150}
 _DEFAULT = object()
 
 
 def _as_key(key: Any):
-    """A PRNG key from a typed key, a legacy uint32 (2,) key or an int seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if np.shape(key) != ():
-            raise ValueError(f"key must be one PRNG key, got a key array of shape {np.shape(key)} (the chains' "
-                             "keys are split from it: pass jax.random.key(seed))")
-        return key
-    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
-        return jnp.asarray(key)
-    raise ValueError(f"key must be a jax PRNG key (jax.random.key(seed)) or an int seed, got {key!r}")
+    """A PRNG key from a typed key, a legacy uint32 (2,) key or an int seed (:func:`gnomon.util.validate.as_key`)."""
+    return as_key(key)
 
 
 def _key_data(key) -> np.ndarray:

@@ -16,8 +16,6 @@ Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` 
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -31,6 +29,7 @@ from gnomon.optim.loop import compile_key
 from gnomon.sampler.config import HMC, NUTS
 from gnomon.sampler.kernels import build_step
 from gnomon.sampler.warmup import AdaptSettings, AdaptState, window_adaptation
+from gnomon.util.programs import Live, ProgramCache
 
 CHUNK = 100
 
@@ -122,8 +121,8 @@ def _signature(x: Any) -> tuple:
     )
 
 
-_CACHE: collections.OrderedDict = collections.OrderedDict()  # (compile key, settings) -> SamplerProgram
-_CACHE_SIZE = 16  # programs kept (least recently used dropped)
+# (compile key, settings) -> (SamplerProgram, Live): the programs trace through the Live, holding no objective
+_PROGRAMS: ProgramCache = ProgramCache("sampler programs", maxsize=16)
 
 
 def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
@@ -131,24 +130,31 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
     only in bound data, which the programs take as an argument) share their programs, as the optimizer loop's
     do."""
     key = (compile_key(obj), st)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    from blackjax.mcmc import hmc
+    hit = _PROGRAMS.get(key)
+    if hit is None:
+        live = Live()
+        hit = _PROGRAMS.put(key, (_build(live, st), live))
+    program, live = hit
+    live.bind(obj)  # the objective the programs trace with while this caller runs (weakly held)
+    return program
 
-    if obj.data is not None:  # the programs take data as an argument: do not keep the bound data alive here
-        obj = dataclasses.replace(obj, data=None)
+
+def _build(live: Live, st: SamplerSettings) -> SamplerProgram:
+    """The programs of one compile key: they reach the objective through ``live`` (never closing over one)
+    and take its data as an argument."""
+    from blackjax.mcmc import hmc
 
     wa = window_adaptation(st.adapt)
     step = build_step(st.kernel)
 
     def init(positions, data):
+        obj = live.get()
         logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
         return jax.vmap(lambda p: hmc.init(p, logdensity))(positions)
 
     def chunk(states, ad: AdaptState, key, t0, sched, active, adapting, depth, estimator, args: ChunkArgs):
         """``len(active)`` steps; with ``adapting`` (warmup) the step size and the metric adapt."""
+        obj = live.get()
         logdensity = lambda th: obj.log_prob(th, args.data)  # noqa: E731
         num_chains = states.position.shape[0]
 
@@ -198,16 +204,12 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
         (states, ad), outs = jax.lax.scan(body, (states, ad), (ts, (sched[:, 0], sched[:, 1].astype(bool)), active))
         return states, ad, outs
 
-    hit = SamplerProgram(
+    return SamplerProgram(
         init=Aot(init),
         adapt_init=Aot(wa.init),
         chunk=Aot(chunk),
         adapt_final=Aot(wa.final),
     )
-    _CACHE[key] = hit
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return hit
 
 
 class Chunk(NamedTuple):

@@ -30,11 +30,12 @@ re-estimated), and chains start from "Laplace draws" :math:`θ^* + L\varepsilon`
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from gnomon.util.programs import ProgramCache
 
 DEFAULT_MAX_DENSE_DIM = 1000
 # dense="auto" switches to a dense metric when the largest variance-inflation factor exceeds this: a
@@ -274,7 +275,9 @@ def from_curvature(
 
 
 # ------------------------------------------------------------------------------------------ from objective
-_LOGPROB_OBJ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# obj -> obj with loss = −log_prob, while obj lives (an objective without function identity, e.g. from_numpyro,
+# is its own compile key: the same copy keeps reusing its compiled curvature)
+_LOGPROB_OBJ: ProgramCache = ProgramCache("log-density objectives", maxsize=64)
 
 
 def _log_prob_objective(obj: Any) -> Any:
@@ -283,8 +286,7 @@ def _log_prob_objective(obj: Any) -> Any:
         return obj
     hit = _LOGPROB_OBJ.get(obj)
     if hit is None:
-        hit = obj.with_jacobian_in_loss(True)
-        _LOGPROB_OBJ[obj] = hit
+        hit = _LOGPROB_OBJ.put(obj, obj.with_jacobian_in_loss(True))
     return hit
 
 

@@ -22,21 +22,29 @@ A Trace is a registered pytree, so it passes through ``jax.jit``/``vmap``, ``jax
 ``tree_map``. What a transformed function sees:
 
 * **leaves**: the recorded arrays ``theta``, ``z``, ``loss``, ``log_prob``, ``stats``, ``step``, ``warmup``;
-* **static structure, compared by value**: ``kind``, the ``layout`` (by its content hash) and the
-  ``thetamap`` (by its content hash when it has one, e.g. an EigenMap, else by identity) — together with
-  the leaves' shapes and dtypes this is the compilation key, so same-shaped traces compile once;
-* **host record, invisible to the compilation key**: ``status``, ``num_grad_evals``, ``runtime_s``,
-  ``info`` (engine settings, ``compile_s``/``run_s``), ``extras``. A host-side round trip
-  (``device_get``, ``tree_map`` over concrete arrays, :meth:`to_numpy`) keeps it. Inside a transformation
-  (the leaves are tracers) it is dropped — ``status`` is None, ``num_grad_evals`` None, ``runtime_s`` NaN,
-  ``info``/``extras`` empty — and so is a trace *returned* by a jitted function: a compiled function is
-  reused across traces with different host records, so it must not hand back any one of them.
+* **static structure, compared by value**: ``kind``, the ``layout`` (by its content hash), the ``thetamap``
+  (by its content hash when it has one, e.g. an EigenMap, else by identity) and the **host record** —
+  ``status``, ``num_grad_evals``, ``runtime_s``, ``info`` (engine settings, ``compile_s``/``run_s``) and
+  ``extras`` — compared by a canonical form (mappings by their items, arrays by dtype, shape and a digest of
+  their bytes, floats by their bits). Together with the leaves' shapes and dtypes this is the compilation key.
+
+So the host record survives every transformation: inside ``jit``/``vmap`` (the leaves are tracers) a trace
+still has its ``status`` and ``info``, a trace *returned* by a jitted or vmapped function carries them, and a
+tree map keeps them. A compiled function is reused for traces whose shapes *and* host records are equal, and
+only for those (a cached function hands back the record it was traced with, so it must not serve another).
+Two runs differ in ``info`` (timings at least): a function jitted over whole traces compiles once per run;
+to compile once for many runs, pass the arrays (``trace.theta``, ``trace.stats``); a tree map over several
+traces needs equal records too. Under ``vmap`` over a batch
+of fits each member sees the batch's record (``status`` a tuple of B). Treat ``info`` and ``extras`` as
+frozen once a trace exists (its canonical form is computed once per trace; build a new trace with
+``dataclasses.replace`` to change them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -62,21 +70,54 @@ class _Host(NamedTuple):
 
 
 class _HostRecord:
-    """Carries :class:`_Host` through pytree aux data without entering the compilation key."""
+    """Carries :class:`_Host` through pytree aux data, compared by value: two records are equal when their
+    canonical forms (:func:`_canonical`) are, so a compiled function is reused only for traces whose record is
+    the same, and hands that record back unchanged. The canonical form is computed once per record."""
 
-    __slots__ = ("host",)
+    __slots__ = ("_hash", "_key", "host")
 
     def __init__(self, host: _Host):
         self.host = host
+        self._key: Any = None
+        self._hash: int | None = None
+
+    @property
+    def key(self) -> Any:
+        if self._key is None:
+            self._key = _canonical(tuple(self.host))
+        return self._key
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _HostRecord)
+        return isinstance(other, _HostRecord) and (other is self or other.key == self.key)
 
     def __hash__(self) -> int:
-        return 0x7ACE
+        if self._hash is None:
+            self._hash = hash(self.key)
+        return self._hash
 
 
-_EMPTY_HOST = _Host(None, None, math.nan, {}, {})
+def _canonical(x: Any) -> Hashable:
+    """A hashable form of a host value that is equal for equal values, each part tagged with its type: mappings
+    by their sorted items, sequences item by item, arrays by dtype, shape and a digest of their bytes, floats by
+    their exact bits (NaN equal to NaN, −0.0 apart from 0.0), other hashable objects as they are, and anything
+    else (a tracer, an unhashable object) by identity."""
+    kind = type(x).__qualname__
+    if isinstance(x, Mapping):
+        items = sorted(((_canonical(k), _canonical(v)) for k, v in x.items()), key=repr)
+        return ("map", kind, tuple(items))
+    if isinstance(x, (list, tuple)):
+        return ("seq", kind, tuple(_canonical(v) for v in x))
+    if isinstance(x, (float, np.floating)):
+        return ("float", kind, float(x).hex())
+    if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
+        a = np.ascontiguousarray(np.asarray(x))
+        if a.dtype != object:
+            return ("array", kind, a.dtype.str, a.shape, hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest())
+    try:
+        hash(x)
+    except TypeError:
+        return ("id", kind, id(x))
+    return ("value", kind, x)
 
 
 class _MapKey:
@@ -124,10 +165,6 @@ def decode_z(thetamap: Any, z: Any) -> Any:
         out = jax.vmap(thetamap.to_theta)(flat)
     out = out.reshape(lead + out.shape[-1:])
     return np.asarray(out) if host else out
-
-
-def _has_tracer(tree: Any) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -212,15 +249,21 @@ class Trace:
     # ------------------------------------------------------------------ pytree
     def tree_flatten(self):
         children = (self.theta, self.z, self.loss, self.log_prob, dict(self.stats), self.step, self.warmup)
+        return children, (self.kind, self.layout, _MapKey(self.thetamap), self._record())
+
+    def _record(self) -> _HostRecord:
+        """The host record as aux data, made once per trace (its canonical form is then computed once)."""
         host = _Host(self.status, self.num_grad_evals, self.runtime_s, self.info, self.extras)
-        aux = (self.kind, self.layout, _MapKey(self.thetamap), _HostRecord(host))
-        return children, aux
+        record = self.__dict__.get("_host_record")
+        if record is None or any(a is not b for a, b in zip(record.host, host, strict=True)):
+            record = _HostRecord(host)
+            object.__setattr__(self, "_host_record", record)
+        return record
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         theta, z, loss, log_prob, stats, step, warmup = children
         kind, layout, mapkey, record = aux
-        host = _EMPTY_HOST if _has_tracer(children) else record.host
         thetamap = mapkey.map
         if thetamap is not None:
             z = tag_z(z, thetamap)
@@ -229,9 +272,10 @@ class Trace:
         obj = object.__new__(cls)
         for k, v in dict(
             kind=kind, theta=theta, z=z, loss=loss, log_prob=log_prob, stats=stats, step=step, warmup=warmup,
-            layout=layout, thetamap=thetamap, **host._asdict(),
+            layout=layout, thetamap=thetamap, **record.host._asdict(),
         ).items():
             object.__setattr__(obj, k, v)
+        object.__setattr__(obj, "_host_record", record)
         return obj
 
     # ------------------------------------------------------------------ shape
