@@ -96,8 +96,10 @@ def test_astrometry_figure_with_truth(tmp_path):
     assert (tmp_path / "astro.png").stat().st_size > 10_000
     axes = fig.axes
     ylabels = [ax.get_ylabel() for ax in axes]
-    assert ylabels == [
-        "loss",
+    # the loss (101 → 1.8, within two decades) as its excess over its minimum, the axis saying so
+    assert ylabels[0].replace("\n", " ") == f"loss − {sig.values('loss').min():.4g} (its minimum) (floored at " \
+        f"{np.sort(sig.values('loss') - sig.values('loss').min())[1]:.4g})"
+    assert ylabels[1:] == [
         "x / y error [µas]",
         "separation error [µas]",
         "position angle error [arcsec]",
