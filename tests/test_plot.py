@@ -439,7 +439,7 @@ def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels():
     np.testing.assert_array_equal(post["binary.separation_as"].values, theta[..., 0])  # no float32 rounding
     fig = gn.plot.pair(tr)
     labels = " ".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)
-    assert "binary.separation_as [arcsec]" in labels and "zern [nm]" in labels and "Z5" in labels
+    assert "binary.separation_as [arcsec]" in labels and "zern[Z4] [nm]" in labels and "zern[Z5] [nm]" in labels
     assert text_overlaps(fig) == []
     r, box = renderer(fig), fig.bbox
     for ax in fig.axes:

@@ -1,7 +1,7 @@
-"""Sampler views through arviz-plots: trace + marginal, pair, rank, forest — named, in the layout's units.
+"""Sampler views through arviz-plots: trace + marginal, rank, forest — named, in the layout's units.
 
 Chain histories are :func:`gnomon.plot.history` with sampler :class:`~gnomon.Signals` (one line per chain).
-Where arviz-plots does better (marginal densities, pair plots, rank plots, forests) these helpers hand it an
+Where arviz-plots does better (marginal densities, rank plots, forests) these helpers hand it an
 ``xarray.DataTree`` and return the matplotlib Figure. The source may be sampler Signals (their parameter and
 derived signals become the ``posterior`` group; component axes are labelled by the signals' component
 labels), an object with ``to_arviz()`` (a sampling Trace, named and labelled by its layout) or a DataTree
@@ -9,7 +9,8 @@ labels), an object with ``to_arviz()`` (a sampling Trace, named and labelled by 
 
 Every variable is labelled ``name [unit]`` (a :class:`arviz_base.labels.MapLabeller` built from the units),
 figures use constrained layout, and their titles and labels are fitted to the panels
-(:func:`gnomon.plot._mpl.fit_text`), so no label is clipped or overlaps another.
+(:func:`gnomon.plot._mpl.fit_text`), so no label is clipped or overlaps another. Pair (corner) plots with
+truth markers and Cramér–Rao ellipses are :func:`gnomon.plot.pair` (:mod:`gnomon.plot.pair`).
 """
 
 from __future__ import annotations
@@ -116,17 +117,6 @@ def trace_dist(source: Any, names: Sequence[str] | None = None, *, figsize: tupl
                save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
     """Marginal densities beside chain traces (``arviz_plots.plot_trace_dist``)."""
     return _run("plot_trace_dist", source, names, save, show, dpi, figsize, **kwargs)
-
-
-def pair(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
-         save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
-    """Pairwise scatter/density matrix with marginals (``arviz_plots.plot_pair``); square panels by default
-    for sampler Signals (2.4 inches per variable)."""
-    if figsize is None and isinstance(source, Signals):
-        chosen = list(names) if names is not None else list(source.names_by_role("parameter", "derived"))
-        n = sum(source[c].num_components for c in chosen if c in source)
-        figsize = (2.4 * n + 0.8, 2.4 * n) if n else None
-    return _run("plot_pair", source, names, save, show, dpi, figsize, **kwargs)
 
 
 def forest(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
