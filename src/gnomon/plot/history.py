@@ -336,7 +336,12 @@ def draw(
     if logy == "auto":
         logy = log_auto(plotted) or (centred and bool(bounds) and band_swamped(plotted, min(bounds)))
     if logy:
-        set_log_y(ax, plotted, linthresh=min(bounds) if bounds else None, symlog=centred and bool(bounds))
+        # a positive error (an RMS) on a log axis shows its band from the bottom up to σ, unless every value
+        # lies above σ: then symlog, so that the band (and zero) stay on the axis
+        pooled = np.concatenate([np.ravel(p) for p in plotted]) if plotted else np.zeros(0)
+        pooled = pooled[np.isfinite(pooled)]
+        above = bool(bounds) and pooled.size > 0 and float(pooled.min()) > min(bounds)
+        set_log_y(ax, plotted, linthresh=min(bounds) if bounds else None, symlog=centred and above)
     elif rejected_points:
         extra = [np.array([r for *_, r, _, _, _ in series if r is not None], dtype=float)]
         if bounds and with_bands and centred:

@@ -15,12 +15,13 @@ truth markers and Cramér–Rao ellipses are :func:`gnomon.plot.pair` (:mod:`gno
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from gnomon.plot._mpl import ensure_backend, finish
+from gnomon.plot._mpl import bracket, ensure_backend, finish, unit_text
 from gnomon.signals.signals import Signals
 
 
@@ -82,10 +83,17 @@ def _labeller(dt: Any, names: Sequence[str] | None):
     ds = dt["posterior"].to_dataset()
     var_map = {}
     for v in ds.data_vars:
-        unit = str(ds[v].attrs.get("units", "") or "")
-        if unit and unit not in ("1", "frac"):
+        unit = unit_text(str(ds[v].attrs.get("units", "") or ""))
+        if unit:
             var_map[v] = f"{v} [{unit}]"
     return MapLabeller(var_name_map=var_map)
+
+
+def _units(dt: Any, var_names: Sequence[str] | None) -> dict[str, str]:
+    """``{variable: unit as printed}`` of the posterior variables drawn."""
+    ds = dt["posterior"].to_dataset()
+    names = list(var_names) if var_names is not None else list(ds.data_vars)
+    return {v: unit_text(str(ds[v].attrs.get("units", "") or "")) for v in names if v in ds.data_vars}
 
 
 def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show: bool, dpi: int | None,
@@ -104,7 +112,33 @@ def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show
     kwargs.setdefault("labeller", _labeller(dt, var_names))
     pc = getattr(azp, fn_name)(dt, var_names=var_names, backend="matplotlib", figure_kwargs=fk, **kwargs)
     fig = pc.viz["figure"].item()
+    _label_axes(fig, fn_name, _units(dt, var_names))
     return finish(fig, save=save, show=show, dpi=dpi)
+
+
+def _label_axes(fig: Any, fn_name: str, units: dict[str, str]) -> None:
+    """Name the axes arviz-plots leaves bare: the rank plot's Δ-ECDF, the trace plot's draw axis, and the
+    forest's value axis with the variables' common unit (a warning when they have none in common: one axis
+    then holds several units)."""
+    for ax in fig.axes:
+        if fn_name == "plot_rank" and ax.get_xlabel() and not ax.get_ylabel():
+            ax.set_ylabel("Δ-ECDF (observed − uniform)")
+        if fn_name == "plot_trace_dist" and ax.get_xlabel() == "Draw":
+            ax.set_xlabel("draw")
+    if fn_name != "plot_forest":
+        return
+    found = set(units.values())
+    if len(found) == 1:
+        unit = next(iter(found))
+        text = "residual [σ]" if unit == "σ" else f"value{bracket(unit)}"
+    else:
+        shown = ", ".join(f"{v} [{u or '—'}]" for v, u in list(units.items())[:6])
+        warnings.warn(f"forest: the variables have different units ({shown}) but share one axis; give it "
+                      "quantities of one scale, e.g. residuals in σ (transforms.residual_in_sigma)", stacklevel=4)
+        text = "value (each in its own unit: see the labels)"
+    for ax in fig.axes:
+        if ax.get_lines() and not ax.get_xlabel():
+            ax.set_xlabel(text)
 
 
 def rank(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
