@@ -23,7 +23,13 @@ labelled by its name, never as a "residual" of itself. Units are shown exactly a
 (``units=`` converts to another unit of the same family, per signal or for all; ``auto_units=True`` picks
 the largest unit in which the values are at least 1). With a 1σ scale, ``bands`` shades ±1σ (and ±2σ) around
 the truth (values), zero (residuals) or ±1, ±2 (residuals in σ). ``logy=True`` uses a log axis (symlog when
-values cross zero) whose limits hold every point, the starting values included.
+values cross zero, or — for a residual or error with a σ — when every value lies above σ; linear within ±σ)
+whose limits hold every point, the starting values included. ``logy="auto"`` is log when the values are
+positive over more than two decades, and symlog linear within ±σ when a residual or error with a known σ spans
+more than 20 σ (a linear axis would shrink its band to a line).
+
+Rows a backtracking rule rejected (the ``accepted`` diagnostic signal is 0 there) are left out of the lines
+and of the axis limits and drawn faintly (``gid="rejected:<name>"``).
 
 Data lines carry ``gid="data:<signal name>"``, bands ``gid="band:<signal name>"``.
 """
