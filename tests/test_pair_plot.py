@@ -165,3 +165,23 @@ def test_pair_bounds_without_correlation_and_refusals():
         gn.plot.pair(Signals({"a": d[0, :, 0]}))
     with pytest.raises(ValueError, match="no signal or component 'c'"):
         gn.plot.pair(sig, ["c"])
+
+
+def test_a_saved_posterior_run_brings_its_truth_and_marginal_bounds(tmp_path):
+    lay = gn.Layout({"sep": (), "pa": ()}, units={"sep": "µas", "pa": "deg"})
+    d = np.random.default_rng(1).normal(size=(2, 300, 2)) * [38.0, 1e-4] + [9.5e6, 122.01]
+    tr = gn.Trace(kind="sampling", theta=d, log_prob=np.zeros((2, 300)), layout=lay, status="sampled")
+    gn.save_run(tmp_path / "run", tr, crlb={"sep": 38.0, "pa": 1e-4}, truth={"sep": 9.5e6, "pa": 122.01})
+    fig = gn.plot.pair(gn.load_run(tmp_path / "run"))
+    axes = _grid(fig, 2)
+    assert [ln.get_xdata()[0] for ln in axes[0, 0].get_lines() if ln.get_gid() == "truth"] == [9.5e6]
+    x, y = next(ln for ln in axes[1, 1].get_lines() if ln.get_gid() == "crlb:marginal").get_xydata().T
+    np.testing.assert_allclose(y, np.exp(-0.5 * ((x - 122.01) / 1e-4) ** 2) / (1e-4 * np.sqrt(2 * np.pi)), rtol=1e-6)
+    assert not axes[1, 0].patches  # marginal bounds only: no ellipses
+    with pytest.warns(UserWarning, match="truth= is not used"):
+        ens = [gn.Trace(kind="optimization", theta=np.array([[9.5e6 + e, 122.01]]), loss=np.ones(1),
+                        step=np.arange(1), layout=lay) for e in range(3)]
+        exp = gn.Experiment(tmp_path / "exp")
+        for e, t in enumerate(ens):
+            exp.save(f"r{e}", t, truth={"sep": 9.5e6 + 2 * e, "pa": 122.01})
+        gn.plot.pair(exp, truth={"sep": 9.5e6})

@@ -78,9 +78,11 @@ def _expand(sig: Signals, names: Sequence[str] | None) -> list[tuple[str, int]]:
 
 def _from_signals(sig: Signals, names: Sequence[str] | None, kind: str) -> _Points:
     chosen = _expand(sig, names)
-    cols, labels, units, truth, index = [], [], [], [], []
+    cols, labels, units, truth, index, sigma = [], [], [], [], [], []
     for n, k in chosen:
         index.append(k)
+        sigma.append(float(sig[n].sigma[k]) if sig[n].sigma is not None and sig[n].sigma_source == "CRLB"
+                     else np.nan)
         s = sig[n]
         cols.append(np.asarray(s.data[..., k], dtype=np.float64).reshape(-1))
         labels.append(s.labels[k])
@@ -88,8 +90,9 @@ def _from_signals(sig: Signals, names: Sequence[str] | None, kind: str) -> _Poin
         truth.append(float(s.truth[k]) if s.truth is not None else np.nan)
     t = np.asarray(truth, dtype=float)
     what = f"{sig.num_chains} × {sig.num_rows} posterior draws" if kind == "posterior" else ""
+    m = np.asarray(sigma, dtype=float)
     return _Points(labels, units, np.stack(cols, axis=-1), kind, t if np.isfinite(t).any() else None, what=what,
-                   index=index)
+                   index=index, marginal=m if np.isfinite(m).any() else None)
 
 
 def _from_datatree(dt: Any, names: Sequence[str] | None) -> _Points:
@@ -201,8 +204,10 @@ def _points(source: Any, names: Sequence[str] | None) -> _Points:
                              "optimizer path (use gn.plot.history), or pass a batch trace of many fits")
         return _from_signals(source, names, "posterior")
     run_trace = getattr(source, "trace", None)
-    if isinstance(run_trace, Trace) and run_trace.kind == "sampling":  # a Run of a sampler
-        source = run_trace
+    if isinstance(run_trace, Trace) and run_trace.kind == "sampling" and hasattr(source, "summary"):
+        # a Run of a sampler: its Signals carry the truth and the marginal CRLB it was saved with
+        sig = Signals.from_run(source)
+        return _from_signals(sig, names if names is not None else sig.names_by_role("parameter"), "posterior")
     if isinstance(source, Trace):
         if source.kind == "sampling":
             if source.layout is None:
@@ -231,8 +236,11 @@ def _points(source: Any, names: Sequence[str] | None) -> _Points:
 # ---------------------------------------------------------------------------------------------- bounds
 def _truth_vector(pts: _Points, truth: Any) -> np.ndarray | None:
     """``(K,)`` truth per plotted label from ``{label: value}`` or ``{name: value(s)}`` (NaN where unknown)."""
-    if pts.residual:
-        return np.zeros(len(pts.labels))  # estimates are already about their own truths
+    if pts.residual:  # estimates are already about their own truths
+        if truth is not None:
+            warnings.warn("pair: the runs' truths differ, so each estimate is drawn minus its own truth; truth= "
+                          "is not used", stacklevel=3)
+        return np.zeros(len(pts.labels))
     if truth is None:
         return pts.truth
     if not isinstance(truth, Mapping):
@@ -271,7 +279,8 @@ def _covariance(pts: _Points, crlb: Any) -> tuple[np.ndarray | None, np.ndarray 
     array, or a mapping label → marginal bound (no correlations: no ellipses)."""
     k = len(pts.labels)
     if crlb is None:
-        return None, pts.marginal, None, "marginal CRLB (median over runs)" if pts.marginal is not None else ""
+        what = "marginal CRLB" + (" (median over runs)" if pts.kind == "estimates" else "")
+        return None, pts.marginal, None, what if pts.marginal is not None else ""
     if isinstance(crlb, Mapping):
         m = np.array([float(crlb[lab]) if lab in crlb else np.nan for lab in pts.labels])
         if not np.isfinite(m).any():
