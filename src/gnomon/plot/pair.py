@@ -458,23 +458,10 @@ def pair(
                           None if marginal is None else marginal[i], centre[i], pal, posterior)
             else:
                 ax.set_ylim(*ranges[i])
-                ax.scatter(shown[:, j], shown[:, i], s=3 if posterior else 9, alpha=0.25 if posterior else 0.7,
-                           color=pal[0], lw=0, gid="data", rasterized=shown.shape[0] > 1000)
-                if draw_contours:
-                    xc, yc, h, lv = mass_levels(values[:, j], values[:, i], masses, ranges[j], ranges[i])
-                    lv = sorted(set(lv))
-                    if len(lv) == len(masses) and lv[0] < lv[-1] or len(lv) == 1:
-                        cs = ax.contour(xc, yc, h.T, levels=lv, colors=[pal[0]], linewidths=1.1)
-                        cs.set_gid("contours")
-                if cov is not None:
-                    sub = cov[np.ix_([j, i], [j, i])]
-                    if np.isfinite(sub).all() and np.isfinite(centre[[j, i]]).all():
-                        for lvl in levels:
-                            ax.add_patch(ellipse((centre[j], centre[i]), sub, lvl, fill=False, color=pal[1],
-                                                 lw=1.3, ls="--" if lvl > 1 else "-", gid=f"crlb:{lvl:g}σ"))
-                if has_truth and np.isfinite(tv[[j, i]]).all():
-                    ax.plot(tv[j], tv[i], marker="*", ms=9, color="k", mec="w", mew=0.6, ls="none", gid="truth",
-                            zorder=5)
+                _off_diagonal(ax, values[:, [j, i]], shown[:, [j, i]], (ranges[j], ranges[i]), posterior,
+                              masses if draw_contours else None,
+                              None if cov is None else cov[np.ix_([j, i], [j, i])], centre[[j, i]], levels,
+                              tv[[j, i]] if has_truth else None, pal)
             # labels: the bottom row names its x variable, the left column its y variable
             if i == k - 1:
                 ax.set_xlabel(names_u[j])
@@ -498,6 +485,27 @@ def pair(
         if ax.get_visible():
             ax.tick_params(axis="x", labelrotation=30)
     return finish(fig, save=save, show=show, dpi=dpi)
+
+
+def _off_diagonal(ax: Any, xy: np.ndarray, shown: np.ndarray, ranges: tuple, posterior: bool,
+                  masses: list[float] | None, cov: np.ndarray | None, centre: np.ndarray, levels: list[float],
+                  truth: np.ndarray | None, pal: list[Any]) -> None:
+    """One pair panel: the points, the posterior contours (``masses``), the bound's ellipses, the truth."""
+    ax.scatter(shown[:, 0], shown[:, 1], s=3 if posterior else 9, alpha=0.25 if posterior else 0.7,
+               color=pal[0], lw=0, gid="data", rasterized=shown.shape[0] > 1000)
+    if masses is not None:
+        xc, yc, h, lv = mass_levels(xy[:, 0], xy[:, 1], masses, ranges[0], ranges[1])
+        lv = sorted(set(lv))
+        if len(lv) == len(masses) and lv[0] < lv[-1] or len(lv) == 1:
+            cs = ax.contour(xc, yc, h.T, levels=lv, colors=[pal[0]], linewidths=1.1)
+            cs.set_gid("contours")
+    if cov is not None and np.isfinite(cov).all() and np.isfinite(centre).all():
+        for lvl in levels:
+            ax.add_patch(ellipse(tuple(centre), cov, lvl, fill=False, color=pal[1], lw=1.3,
+                                 ls="--" if lvl > 1 else "-", gid=f"crlb:{lvl:g}σ"))
+    if truth is not None and np.isfinite(truth).all():
+        ax.plot(truth[0], truth[1], marker="*", ms=9, color="k", mec="w", mew=0.6, ls="none", gid="truth",
+                zorder=5)
 
 
 def _diagonal(ax: Any, v: np.ndarray, rng: tuple[float, float], t: float, sigma: float | None, c: float,
