@@ -95,3 +95,45 @@ def test_cli_plot_campaign(series, tmp_path, capsys):
     assert str(out) in printed and str(tmp_path / "camp-z.png") in printed
     assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "camp-z.png").stat().st_size > 5000
     assert main(["plot", str(exp.run_dir("epoch-00")), "--campaign", "-o", str(out)]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- issue 21
+def test_campaign_draws_derived_names_readable_keys_and_no_offset_text(tmp_path):
+    """A derived quantity with estimate/sd/crlb/truth/z keys in summary.json (written here by hand, as
+    save_run writes them for gn.cramer_rao(..., derived=...)) is a panel and a z like any named parameter;
+    the epoch axis reads 'epoch', not 'user.epoch'; tick labels are absolute (no offset text)."""
+    import json
+
+    rng = np.random.default_rng(2)
+    exp = gn.Experiment(tmp_path / "exp")
+    dm = []
+    for e in range(8):
+        truth = np.array([9.5e6 + 100.0 * e, 80.0 + 0.02 * e])
+        est = truth + rng.normal(size=2) * [CRLB["sep"], CRLB["pa"]]
+        tr = gn.Trace(kind="optimization", theta=est[None], loss=np.ones(1), step=np.arange(1), status="converged",
+                      layout=LAYOUT)
+        run = exp.save(f"e{e}", tr, meta={"epoch": 2020.0 + 0.25 * e}, crlb=CRLB,
+                       truth={"sep": truth[0], "pa": truth[1]})
+        path = run / "summary.json"
+        summary = json.loads(path.read_text())
+        est_dm, truth_dm = 1.2 + 0.01 * rng.normal(), 1.2
+        summary.update({"estimate.dm": est_dm, "sd.dm": 0.01, "crlb.dm": 0.01, "truth.dm": truth_dm,
+                        "z.dm": (est_dm - truth_dm) / 0.01})
+        path.write_text(json.dumps(summary))
+        dm.append((2020.0 + 0.25 * e, est_dm, (est_dm - truth_dm) / 0.01))
+    fig = gn.plot.campaign(exp, x="user.epoch", units={"dm": "mag"})
+    fig.canvas.draw()
+    titles = [ax.get_title().split(":")[0] for ax in fig.axes]
+    assert titles == ["sep", "pa", "dm"]
+    ax_dm = fig.axes[2]
+    x, y, err = _points(ax_dm)
+    np.testing.assert_allclose(x, [d[0] for d in dm])
+    np.testing.assert_allclose(y, [d[1] for d in dm])
+    np.testing.assert_allclose(err, 0.01)
+    assert ax_dm.get_ylabel() == "dm [mag]" and ax_dm.get_xlabel() == "epoch"
+    for ax in fig.axes:
+        assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
+    z = gn.plot.z_distribution(exp, "dm")
+    assert f"n {len(dm)}" in z.axes[0].get_title()
+    per = gn.plot.z_distribution(exp, per_parameter=True)
+    assert [a.get_title().split(":")[0] for a in per.axes] == ["sep", "pa", "dm"]

@@ -439,7 +439,7 @@ def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels():
     np.testing.assert_array_equal(post["binary.separation_as"].values, theta[..., 0])  # no float32 rounding
     fig = gn.plot.pair(tr)
     labels = " ".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)
-    assert "binary.separation_as [arcsec]" in labels and "zern [nm]" in labels and "Z5" in labels
+    assert "binary.separation_as [arcsec]" in labels and "zern[Z4] [nm]" in labels and "zern[Z5] [nm]" in labels
     assert text_overlaps(fig) == []
     r, box = renderer(fig), fig.bbox
     for ax in fig.axes:
@@ -455,3 +455,124 @@ def test_arviz_views_of_a_trace_carry_layout_names_units_and_labels():
     assert text_overlaps(fig) == [] and len(fig.axes) >= 1
     with pytest.raises(ValueError, match="sampler"):
         gn.plot.rank(_sig("optimization"))
+
+
+# ---------------------------------------------------------------------------------------------- issue 21
+def _overshoot_trace():
+    """A backtracking fit: rows 7 and 15 are rejected trial points (one at 1e220), the rest converge."""
+    t = np.arange(40)
+    loss = 1.0 + 50.0 * np.exp(-t / 6.0)
+    loss[7], loss[15] = 1e220, 20.0
+    acc = np.ones(40)
+    acc[[7, 15]] = 0.0
+    acc[-1] = np.nan  # the final row has no verdict
+    theta = (1.0 + np.exp(-t / 6.0))[:, None] * np.ones((1, 2))
+    theta[7] = 1e30  # the rejected overshoot in θ too
+    layout = gn.Layout({"a": (), "b": ()}, units={"a": "nm", "b": "nm"})
+    return gn.Trace(kind="optimization", theta=theta, loss=loss, step=t, stats={"accepted": acc}, layout=layout)
+
+
+def test_loss_axis_from_accepted_rows_rejected_trials_drawn_faintly():
+    tr = _overshoot_trace()
+    ax = gn.plot.loss(tr).axes[0]
+    (line,) = _data_lines(ax)
+    acc = np.asarray(tr.stats["accepted"]) != 0
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(40)[acc])  # the line joins accepted rows only
+    lo, hi = ax.get_ylim()
+    kept = np.asarray(tr.loss)[acc] - np.asarray(tr.loss)[acc].min()
+    assert hi < 10 * kept.max() and lo <= np.sort(kept)[1]  # the 1e220 trial does not set the range
+    marks = [ln for ln in ax.get_lines() if ln.get_gid() == "rejected:loss"]
+    above = next(m for m in marks if m.get_marker() == "^")
+    assert list(above.get_xdata()) == [7] and above.get_ydata()[0] == pytest.approx(hi)  # on the edge
+    inside = next(m for m in marks if m.get_marker() == "x")
+    assert list(inside.get_xdata()) == [15]
+    assert "up to 1e+220" in " ".join(_legend(ax)) and "2 rejected trials" in ax.get_title()
+    # the grid of the run: the parameter panels are scaled to the accepted rows too
+    fig = gn.plot.grid(Signals.from_trace(tr))
+    ax_a = fig.axes[1]
+    assert ax_a.get_ylim()[1] < 10.0 and [ln for ln in ax_a.get_lines() if ln.get_gid() == "rejected:a"]
+    assert fig.axes[0].get_ylim()[1] < 1e3
+
+
+def test_loss_scale_follows_what_the_loss_spans():
+    t = np.arange(50)
+    decades = 1e-3 + 1e3 * np.exp(-t / 4.0)  # positive over six decades: log of the loss itself
+    ax = gn.plot.loss(decades).axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss"
+    narrow = 2079.0 + 1e3 * np.exp(-t / 4.0)  # 3079 → 2079: a linear axis would show a flat line
+    ax = gn.plot.loss(narrow).axes[0]
+    y = _data_lines(ax)[0].get_ydata()
+    floor = np.sort(narrow - narrow.min())[1]
+    np.testing.assert_allclose(y, np.maximum(narrow - narrow.min(), floor))
+    assert ax.get_yscale() == "log" and ax.get_ylabel().replace("\n", " ") == \
+        f"loss − {narrow.min():.4g} (its minimum) (floored at {floor:.4g})"
+    negative = -1e5 + 10.0 * np.exp(-t / 4.0)  # a Poisson deviance-like loss below zero: the same excess
+    ax = gn.plot.loss(negative).axes[0]
+    assert ax.get_yscale() == "log" and "its minimum" in ax.get_ylabel()
+    ax = gn.plot.loss(narrow, logy=False).axes[0]  # asked linear: the loss as it is, absolute tick labels
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "loss"
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    assert gn.plot.loss(_sig("sampling")).axes[0].get_yscale() == "linear"  # chains' log_prob
+
+
+def _band_fraction(ax, sigma, centre=0.0):
+    lo, hi = ax.transData.transform([[0.0, centre - sigma], [0.0, centre + sigma]])[:, 1]
+    return (hi - lo) / ax.get_window_extent().height
+
+
+def test_default_grid_keeps_the_crlb_band_visible():
+    """A separation 2000 µas from the truth at the start that converges within its ±38 µas bound: on a linear
+    axis the band is a line; the default grid draws it on a symlog axis linear within ±σ."""
+    t = np.arange(80)
+    sep = 9.5e6 + 2000.0 * np.exp(-t / 8.0) + 20.0 * np.cos(t)
+    sig = Signals({"sep": sep, "loss": 1 + np.exp(-t / 8.0)}, units={"sep": "µas"}, truth={"sep": 9.5e6})
+    sig = sig.with_sigma({"sep": 38.0})
+    linear = gn.plot.history(sig, "sep").axes[0]
+    assert _band_fraction(linear, 38.0) < 0.05  # the problem
+    fig = gn.plot.grid(sig)
+    ax = fig.axes[1]
+    assert ax.get_yscale() == "symlog" and ax.yaxis.get_transform().linthresh == pytest.approx(38.0)
+    assert _band_fraction(ax, 38.0) > 0.1
+    y = _data_lines(ax)[0].get_ydata()
+    lo, hi = ax.get_ylim()
+    assert lo < y.min() and y.max() < hi  # the start stays on the axis
+    # a path that stays near its bound keeps a linear axis
+    near = Signals({"sep": 9.5e6 + 60.0 * np.cos(t)}, units={"sep": "µas"}, truth={"sep": 9.5e6}).with_sigma(
+        {"sep": 38.0})
+    assert gn.plot.grid(near).axes[0].get_yscale() == "linear"
+
+
+def test_no_offset_text_and_no_unit_one():
+    """A position angle of 122.01° with µ° scatter: absolute tick labels (122.0100), never '+1.22e2'; a
+    dimensionless contrast reads '3.2', never '3.2 1'."""
+    rng = np.random.default_rng(0)
+    pa = 122.01 + 1e-4 * rng.normal(size=40)
+    sig = Signals({"pa": pa, "contrast": 3.2 + 0 * pa}, units={"pa": "deg", "contrast": "1"})
+    fig = gn.plot.grid(sig, ["pa", "contrast"])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.yaxis.get_offset_text().get_text() == "" and ax.xaxis.get_offset_text().get_text() == ""
+    ticks = [float(t.get_text().replace("−", "-")) for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    lo, hi = fig.axes[0].get_ylim()
+    assert all(lo - 1e-3 <= v <= hi + 1e-3 for v in ticks) and min(ticks) > 122.0  # absolute values
+    assert fig.axes[1].get_title() == "contrast: final 3.2" and fig.axes[1].get_ylabel() == "contrast"
+
+
+def test_arviz_views_name_every_axis_with_units():
+    from gnomon.signals import transforms as tfm
+
+    sig = _sig("sampling")
+    fig = gn.plot.rank(sig, ["pos"])
+    assert fig.axes[0].get_ylabel().replace("\n", " ") == "Δ-ECDF (observed − uniform)"
+    assert "pos [arcsec]" in fig.axes[0].get_title()
+    fig = gn.plot.trace_dist(sig, ["pos"])
+    fig.canvas.draw()
+    labels = [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
+    assert "draw" in labels and "pos [arcsec]" in labels
+    assert all(ax.xaxis.get_offset_text().get_text() == "" == ax.yaxis.get_offset_text().get_text()
+               for ax in fig.axes)
+    zsig = sig.apply(tfm.residual_in_sigma("pos", 2e-5))
+    fig = gn.plot.forest(zsig, ["pos_z"])
+    assert "residual [σ]" in [ax.get_xlabel() for ax in fig.axes]
+    with pytest.warns(UserWarning, match="different units"):
+        gn.plot.forest(sig, ["pos", "z"])

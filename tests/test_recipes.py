@@ -96,8 +96,10 @@ def test_astrometry_figure_with_truth(tmp_path):
     assert (tmp_path / "astro.png").stat().st_size > 10_000
     axes = fig.axes
     ylabels = [ax.get_ylabel() for ax in axes]
-    assert ylabels == [
-        "loss",
+    # the loss (101 → 1.8, within two decades) as its excess over its minimum, the axis saying so
+    assert ylabels[0].replace("\n", " ") == f"loss − {sig.values('loss').min():.4g} (its minimum) (floored at " \
+        f"{np.sort(sig.values('loss') - sig.values('loss').min())[1]:.4g})"
+    assert ylabels[1:] == [
         "x / y error [µas]",
         "separation error [µas]",
         "position angle error [arcsec]",
@@ -183,3 +185,71 @@ def test_recipe_names_match_the_flagship_model_layout():
     layout = models.binary_layout()
     for name, shape in SHAPES.items():
         assert layout[name].shape == shape and layout[name].units == UNITS[name]
+
+
+# ---------------------------------------------------------------------------------------------- roles (issue 21)
+OWN = gn.Layout({"x": (), "y": (), "sep": (), "pa": (), "scale": (), "zern": (3,), "pix": ()},
+                units={"x": "mas", "y": "mas", "sep": "µas", "pa": "deg", "scale": "arcsec/pix", "zern": "µm",
+                       "pix": "pix"})
+OWN_TRUTH = {"x": 120.0, "y": -70.0, "sep": 9.5e6, "pa": 80.0, "scale": 0.355, "zern": [0.01, -0.02, 0.005],
+             "pix": 3.0}
+OWN_ROLES = {"separation": "sep", "position_angle": "pa", "position": ("x", "y"), "plate_scale": "scale",
+             "zernikes": "zern"}
+
+
+def own_signals(T=60):
+    """A fit on the user's own names: the separation starts 2000 µas off and converges within its ±38 µas
+    bound; positions in mas, Zernikes in µm."""
+    t = np.arange(T)
+    decay = np.exp(-t / 6.0)[:, None]
+    truth = np.concatenate([np.ravel(np.asarray(OWN_TRUTH[n], dtype=np.float64)) for n in OWN.names])  # identity
+    start = np.array([0.5, -0.4, 2000.0, 0.01, 1e-4, 0.003, 0.002, -0.001, 0.5])
+    wiggle = np.array([0.01, 0.01, 20.0, 1e-5, 1e-6, 1e-4, 1e-4, 1e-4, 0.01]) * np.cos(t)[:, None]
+    theta = truth + decay * start + wiggle
+    tr = gn.Trace(kind="optimization", theta=theta, loss=1 + 1e3 * decay[:, 0], step=t, layout=OWN)
+    crlb = {"x": 0.03, "y": 0.03, "sep": 38.0, "pa": 2e-5, "scale": 5e-5, "zern[0]": 1e-3, "zern[1]": 1e-3,
+            "zern[2]": 1e-3, "pix": 0.1}
+    return Signals.from_trace(tr, truth=OWN_TRUTH, crlb=crlb), theta, truth
+
+
+def _band_fraction(ax, sigma):
+    """The height of the ±1σ band about zero as a fraction of the axis height (display coordinates)."""
+    lo, hi = ax.transData.transform([[0.0, -sigma], [0.0, sigma]])[:, 1]
+    return (hi - lo) / ax.get_window_extent().height
+
+
+def test_recipe_on_the_users_names_with_roles():
+    sig, theta, truth = own_signals()
+    with pytest.warns(UserWarning, match=r"no signal fills the role\(s\) \['log_flux', 'contrast'\]"):
+        fig = A.astrometry(sig, roles=OWN_ROLES)
+    ylab = [ax.get_ylabel().replace("\n", " ") for ax in fig.axes]
+    assert ylab[1:] == ["x / y error [µas]", "separation error [µas]", "position angle error [arcsec]",
+                        "plate-scale error [ppm]", "Zernike error [nm]", "Zernike RMS error [nm]"]
+    xy = _data_lines(fig.axes[1])
+    np.testing.assert_allclose(xy[0].get_ydata(), (theta[:, 0] - truth[0]) * 1e3)  # mas → µas
+    np.testing.assert_allclose(_data_lines(fig.axes[2])[0].get_ydata(), theta[:, 2] - truth[2])
+    np.testing.assert_allclose(_data_lines(fig.axes[3])[0].get_ydata(), (theta[:, 3] - truth[3]) * 3600.0)
+    np.testing.assert_allclose(_data_lines(fig.axes[5])[1].get_ydata(), (theta[:, 6] - truth[6]) * 1e3)  # µm→nm
+    # the ±38 µas band of a 2000 µas start is not a line: symlog, linear within ±σ, the band ≥ a tenth
+    sep_ax = fig.axes[2]
+    assert sep_ax.get_yscale() == "symlog" and sep_ax.yaxis.get_transform().linthresh == pytest.approx(38.0)
+    assert _band_fraction(sep_ax, 38.0) > 0.1
+    assert "sep_error: final" in sep_ax.get_title() and "(CRLB 38 µas)" in sep_ax.get_title()
+
+
+def test_roles_refusals_and_unit_fallbacks():
+    sig, _, _ = own_signals(T=10)
+    with pytest.raises(ValueError, match=r"unknown astrometry role\(s\) \['sepration'\]"):
+        A.astrometry(sig, roles={"sepration": "sep"})
+    with pytest.raises(ValueError, match=r"roles\['separation'\] names \['spe'\]"):
+        A.astrometry(sig, roles={"separation": "spe"})
+    with pytest.raises(ValueError, match="2-vector or two scalar names"):
+        A.astrometry(sig, roles={"position": "zern"})
+    with pytest.warns(UserWarning) as caught:
+        fig = A.astrometry(sig, roles={"separation": "pix"})
+    said = [str(w.message) for w in caught]
+    assert any("separation 'pix' is in 'pix', which does not convert to 'µas'" in m for m in said)
+    assert any("no signal fills the role(s) ['position', 'position_angle'," in m for m in said)
+    assert fig.axes[1].get_ylabel() == "separation error [pix]"
+    rm = A.resolve_roles(sig, {"position": "x, y"})
+    assert rm.get("position") == ("x", "y") and "separation" in rm.missing

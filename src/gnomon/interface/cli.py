@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--mode", default="components", choices=["components", "summary", "hybrid"])
     pl.add_argument("--recipe", default=None, help="a figure recipe, e.g. 'astrometry'")
     pl.add_argument(
+        "--map",
+        action="append",
+        default=None,
+        metavar="ROLE=NAME",
+        help="with --recipe: which of your layout's names plays one of the recipe's roles, e.g. --map "
+        "separation=sep --map position=x,y (astrometry roles: position, separation, position_angle, log_flux, "
+        "contrast, plate_scale, zernikes); repeat for several roles",
+    )
+    pl.add_argument(
         "--campaign",
         action="store_true",
         help="an experiment's estimates ± σ per parameter across its runs, and its z-scores against N(0, 1)",

@@ -335,8 +335,8 @@ def _plot_campaign(args: Any, out: Path) -> int:
     runs have z-scores, their distribution against N(0, 1) to FILE-z."""
     if _dir_kind(args.path) != "experiment":
         raise ValueError(f"{args.path}: --campaign takes an experiment directory, not a run directory")
-    if args.signals or args.recipe:
-        raise ValueError("--campaign draws its own figures; it cannot be combined with --signals or --recipe")
+    if args.signals or args.recipe or getattr(args, "map", None):
+        raise ValueError("--campaign draws its own figures; it cannot be combined with --signals, --recipe or --map")
     from gnomon.experiment.experiment import Experiment
     from gnomon.plot import campaign, z_distribution
 
@@ -355,8 +355,22 @@ def _plot_campaign(args: Any, out: Path) -> int:
     return 0
 
 
+def _role_map(items: list[str] | None) -> dict[str, str]:
+    """``{role: name}`` from ``--map ROLE=NAME`` arguments (``NAME`` may be ``x,y`` for a pair)."""
+    roles: dict[str, str] = {}
+    for item in items or []:
+        role, sep, name = item.partition("=")
+        role, name = role.strip(), name.strip()
+        if not sep or not role or not name:
+            raise ValueError(f"--map {item!r}: expected ROLE=NAME, e.g. --map separation=sep")
+        if role in roles:
+            raise ValueError(f"--map: the role {role!r} is mapped twice ({roles[role]!r} and {name!r})")
+        roles[role] = name
+    return roles
+
+
 def plot(args: Any) -> int:
-    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe ...]`` or
+    """``gnomon plot RUN_DIR -o FILE.png [--signals ...] [--mode ...] [--recipe NAME [--map ROLE=NAME ...]]`` or
     ``gnomon plot EXPERIMENT_DIR --campaign -o FILE.png [--params ...] [--x KEY]``."""
     out = _check_output(args.output, _IMAGE_SUFFIXES, "the output image")
     if getattr(args, "campaign", False):
@@ -372,6 +386,9 @@ def plot(args: Any) -> int:
     signals_arg = list(args.signals) if args.signals else []
     if args.recipe and signals_arg:
         raise ValueError("use either --recipe or --signals (a recipe chooses its own signals)")
+    roles = _role_map(getattr(args, "map", None))
+    if roles and not args.recipe:
+        raise ValueError("--map ROLE=NAME names the roles of a recipe; give it with --recipe NAME")
     run = _load_run(args.path)
     from gnomon.signals.signals import Signals
 
@@ -381,8 +398,19 @@ def plot(args: Any) -> int:
         from gnomon.recipes import get_recipe
 
         fn = get_recipe(args.recipe)
-        kwargs = {"mode": args.mode} if "mode" in inspect.signature(fn).parameters else {}
-        figs = fn(sig, **kwargs)
+        params = inspect.signature(fn).parameters
+        kwargs: dict[str, Any] = {"mode": args.mode} if "mode" in params else {}
+        if roles:
+            if "roles" not in params:
+                raise ValueError(f"recipe {args.recipe!r} takes no role map (--map)")
+            kwargs["roles"] = roles
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            figs = fn(sig, **kwargs)
+        for w in caught:  # a recipe says which roles it could not fill: one line each, not a traceback
+            print(f"gnomon plot: note: {w.message}", file=sys.stderr)
     else:
         from gnomon.plot import default_panels, grid
 

@@ -239,7 +239,7 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     # figures ----------------------------------------------------------------------------------------
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    written = _figures(gn, figs, signals, post_sig, traces, emap, best)
+    written = _figures(gn, figs, signals, post_sig, traces, emap, best, gn.cramer_rao(F, truth, layout))
     clock.say(f"wrote {len(written)} figures to {figs}")
 
     # table ------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
 
 
 def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, emap: Any,
-             best: str) -> list[Path]:
+             best: str, cr: Any = None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
@@ -279,7 +279,7 @@ def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, em
     names = ["binary.separation_as", "system.plate_scale_as_per_pix", "binary.x_position_as",
              "binary.position_angle_deg"]
     keep(gn.plot.trace_dist(post_sig, names), "posterior_trace.png")
-    keep(gn.plot.pair(post_sig, names[:3]), "posterior_pair.png")
+    keep(gn.plot.pair(post_sig, names[:3], crlb=cr), "posterior_pair.png")  # truth stars, CRLB ellipses
     # every parameter's posterior relative to the truth in units of its CRLB: one scale for all
     from gnomon.signals.transforms import residual_in_sigma
 

@@ -1,5 +1,5 @@
 """Matplotlib plumbing shared by the plotting functions: lazy import, headless backend, figures, saving,
-text that fits, log axes that keep every point.
+text that fits, log axes that keep every point, tick labels without offset text.
 
 Figures are created as bare :class:`matplotlib.figure.Figure` objects (not through pyplot) unless
 ``show=True``: nothing is registered with a GUI, no window opens, and a figure is freed when dropped.
@@ -9,6 +9,11 @@ Jupyter still displays a returned Figure. When no display is available (Linux wi
 Figures use constrained layout, which makes room for labels but cannot shorten a label longer than its axes:
 :func:`fit_text` wraps (at spaces, dots, underscores) and if need be shrinks axis titles and labels to their
 axes, so that no two texts of a figure overlap at any grid size (:func:`text_overlaps` checks it).
+
+Tick labels are absolute values (:class:`PlainFormatter`, installed on every linear axis by :func:`finish`):
+never an offset text (``+1.22e2``) or a shared multiplier (``1e−5``) that a reader must add back, but each
+tick with the digits its spacing needs (``122.0100``, ``9500050``), in scientific notation per tick when the
+magnitude is extreme (``2.5e−7``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ def new_figure(figsize: tuple[float, float] | None = None, show: bool = False, *
 def finish(
     fig: Any, save: str | os.PathLike | None = None, show: bool = False, dpi: int | None = None
 ) -> Any:
-    """Fit the figure's texts (:func:`fit_text`), save it (format from the suffix) and/or show it; return it."""
+    """Put absolute tick labels on every linear axis (:func:`plain_ticks`), fit the figure's texts
+    (:func:`fit_text`), save it (format from the suffix) and/or show it; return it."""
+    plain_ticks(fig)
     fit_text(fig)
     if save is not None:
         path = Path(save)
@@ -75,15 +82,130 @@ def fmt(v: float, signed: bool = False) -> str:
     return f"{v:+.4g}" if signed else f"{v:.4g}"
 
 
-def set_log_y(ax: Any, arrays: list[np.ndarray], linthresh: float | None = None) -> None:
-    """Log y when every finite plotted value is positive, else symlog — linear within ``±linthresh`` (e.g. the
-    1σ bound of a residual; default: the 5th percentile of the non-zero |values|) and logarithmic beyond; the
-    limits are then set to hold every finite value (the starting values of a history included)."""
+def unit_text(unit: str | None) -> str:
+    """A unit as printed after a number or in brackets: ``""`` for no unit and for the dimensionless ``"1"``
+    and ``"frac"`` (a contrast of 3.2 reads ``3.2``, never ``3.2 1``)."""
+    u = (unit or "").strip()
+    return "" if u in ("", "1", "frac", "dimensionless") else u
+
+
+def bracket(unit: str | None) -> str:
+    """``" [µas]"`` for an axis label, ``""`` for no unit or a dimensionless one."""
+    u = unit_text(unit)
+    return f" [{u}]" if u else ""
+
+
+def readable_key(key: str) -> str:
+    """A metadata or table key as a reader names it: the user's own key without its place in meta.json
+    (``"user.epoch"``, ``"meta.user.epoch"`` → ``"epoch"``), other dotted meta keys without the ``meta.``
+    prefix (``"meta.engine.learning_rate"`` → ``"engine.learning_rate"``)."""
+    k = key[len("meta.") :] if key.startswith("meta.") else key
+    return k[len("user.") :] if k.startswith("user.") and len(k) > len("user.") else k
+
+
+# ---------------------------------------------------------------------------------------------- ticks
+_MINUS = "\u2212"
+
+
+def _decimals(locs: np.ndarray, step: float, limit: int = 15) -> int:
+    """Fewest decimals that write every tick exactly (to a millionth of the spacing)."""
+    for d in range(0, limit + 1):
+        if np.all(np.abs(np.round(locs, d) - locs) <= 1e-6 * step):
+            return d
+    return limit
+
+
+def _plain_formatter_class():
+    from matplotlib.ticker import Formatter
+
+    class PlainFormatter(Formatter):
+        """Tick labels as absolute values, each with the digits the tick spacing needs; no offset text and
+        no shared multiplier. Magnitudes ≥ 1e9 or < 1e-3 are written per tick in scientific notation."""
+
+        def __init__(self) -> None:
+            self._spec: tuple[str, float] = ("f", 0)  # ("f", decimals) or ("e", tick spacing)
+
+        def set_locs(self, locs: Any) -> None:
+            a = np.asarray(list(locs), dtype=float)
+            if self.axis is not None:
+                lo, hi = sorted(self.axis.get_view_interval())
+                pad = (hi - lo) * 1e-9
+                inside = a[(a >= lo - pad) & (a <= hi + pad)]
+                a = inside if inside.size else a
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                self._spec = ("f", 0)
+                return
+            diffs = np.diff(np.unique(a))
+            step = float(diffs.min()) if diffs.size else (abs(float(a[0])) or 1.0)
+            big = float(np.max(np.abs(a)))
+            if big >= 1e9 or (0 < big < 1e-3):
+                self._spec = ("e", step)
+            else:
+                self._spec = ("f", _decimals(a, step))
+
+        def __call__(self, x: float, pos: Any = None) -> str:
+            kind, d = self._spec
+            if not np.isfinite(x):
+                return ""
+            if kind == "e":  # per tick: its own exponent, the fewest decimals that write it exactly
+                if x == 0:
+                    return "0"
+                e = math.floor(math.log10(abs(x)))
+                m = x / 10.0**e
+                dm = _decimals(np.array([m]), d / 10.0**e, 12)
+                if round(abs(m), dm) >= 10.0:
+                    m, e = m / 10.0, e + 1
+                text = f"{m:.{dm}f}e{e}"
+            else:
+                text = f"{x:.{d}f}"
+                if float(text) == 0.0:
+                    text = text.lstrip("-")
+            return text.replace("-", _MINUS)
+
+        def format_data_short(self, value: float) -> str:
+            return f"{value:.12g}"
+
+        def get_offset(self) -> str:
+            return ""
+
+    return PlainFormatter
+
+
+_PLAIN = None
+
+
+def plain_formatter() -> Any:
+    """A new :class:`PlainFormatter` (a ``matplotlib.ticker.Formatter``; the class is built on first use so
+    that matplotlib is imported lazily)."""
+    global _PLAIN
+    if _PLAIN is None:
+        _PLAIN = _plain_formatter_class()
+    return _PLAIN()
+
+
+def plain_ticks(fig: Any) -> None:
+    """Replace matplotlib's default :class:`~matplotlib.ticker.ScalarFormatter` (which moves a common offset
+    or multiplier into an offset text) by :func:`plain_formatter` on every linear axis of ``fig``; log, symlog
+    and user-set formatters are left alone."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if type(axis.get_major_formatter()) is ScalarFormatter and axis.get_scale() == "linear":
+                axis.set_major_formatter(plain_formatter())
+
+
+def set_log_y(ax: Any, arrays: list[np.ndarray], linthresh: float | None = None, symlog: bool = False) -> None:
+    """Log y when every finite plotted value is positive (and not ``symlog``), else symlog — linear within
+    ``±linthresh`` (e.g. the 1σ bound of a residual, whose band then sits in the linear part about zero;
+    default: the 5th percentile of the non-zero |values|) and logarithmic beyond; the limits are then set to
+    hold every finite value (the starting values of a history included)."""
     vals = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return
-    if np.all(vals > 0):
+    if np.all(vals > 0) and not symlog:
         ax.set_yscale("log")
         lo, hi = float(vals.min()), float(vals.max())
         if hi / lo < 10.0:  # pad to at least a decade so that log ticks show

@@ -2,7 +2,9 @@
 
 Both read the per-parameter columns of :meth:`gnomon.Experiment.aggregate` (``estimate.<label>``,
 ``sd.<label>``, ``crlb.<label>``, ``truth.<label>``, ``z.<label>``, written by ``save_run(crlb=..., truth=...)``)
-— so they need no trace, only ``summary.json`` files:
+— so they need no trace, only ``summary.json`` files. Any name with these keys is drawn, a layout's parameter
+or a derived quantity (a secondary's offset, a magnitude difference: ``gn.cramer_rao(..., derived=...)``)
+alike; a derived quantity has no layout unit unless ``units={name: unit}`` gives one:
 
 * :func:`campaign` — one panel per named parameter: the estimate of every run (MAP or posterior mean) with
   ±1σ error bars (the CRLB, or the posterior sd), against an epoch column (or the run order), and the truth
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.plot._mpl import colors, finish, fmt, new_figure
+from gnomon.plot._mpl import bracket, colors, finish, fmt, new_figure, readable_key
 
 _PREFIXES = ("estimate", "sd", "crlb", "truth", "z")
 
@@ -128,8 +130,8 @@ def campaign(
       source: an :class:`~gnomon.Experiment`, an experiment directory, or a table from
         ``exp.aggregate(params=...)``.
       params: parameter names (all their components) or component labels; default every parameter.
-      x: the column giving each run's epoch — a summary key or a dotted meta.json key (``"user.epoch"``);
-        default the runs in ``run_id`` order.
+      x: the column giving each run's epoch — a summary key or a dotted meta.json key (``"user.epoch"``,
+        labelled ``epoch``); default the runs in ``run_id`` order.
       sigma: the error bars: ``"crlb"``, ``"sd"`` (posterior sd) or ``"auto"`` (the CRLB where known, else
         the sd).
       residual: plot ``estimate − truth`` (with a line at zero) instead of the estimate with the truth.
@@ -148,7 +150,7 @@ def campaign(
         col = x if x in df.columns else f"meta.{x}"
         if col not in df.columns:
             raise ValueError(f"campaign: no column {x!r} in the table; columns are {list(df.columns)[:12]}")
-        xs, xlabel = _col(df, col), x
+        xs, xlabel = _col(df, col), readable_key(x)
         if xs is None or not np.isfinite(xs).any():
             hint = f" (user metadata is under 'user.<key>': --x user.{x})" if "." not in x else ""
             raise ValueError(f"campaign: no run has a number under {x!r}{hint}")
@@ -183,7 +185,7 @@ def campaign(
         elif truth is not None and np.isfinite(truth).any():
             ax.plot(xs[order], truth[order], color="k", ls="--", lw=0.9, marker=".", ms=3, label="truth")
         unit = found_units.get(lab, "")
-        ax.set_ylabel(f"{lab}{' − truth' if residual and truth is not None else ''}" + (f" [{unit}]" if unit else ""))
+        ax.set_ylabel(f"{lab}{' − truth' if residual and truth is not None else ''}{bracket(unit)}")
         parts = [lab]
         if z is not None and np.isfinite(z).any():
             zz = z[np.isfinite(z)]

@@ -13,6 +13,7 @@ from typing import Any
 from gnomon.plot._mpl import finish, new_figure
 from gnomon.plot._panel_data import check_signals, select_names
 from gnomon.plot.history import draw
+from gnomon.plot.loss import LOSS_NAMES, draw_loss
 from gnomon.signals.signals import Signals
 
 _PANEL_KEYS = {
@@ -52,16 +53,25 @@ def _panel_spec(p: Any, i: int) -> dict[str, Any]:
 
 
 def default_panels(signals: Signals) -> list[dict[str, Any]]:
-    """One panel per signal: the loss (or log_prob) first, on a log axis when it spans decades, then every
-    parameter and derived signal."""
+    """One panel per signal: the loss (or log_prob) first — on a log axis when it is positive and spans
+    decades, else its excess over its minimum on a log axis (:func:`gnomon.plot.loss`) —, then every parameter
+    and derived signal, with ``logy="auto"``: a residual whose CRLB band a linear axis would shrink to a line
+    is drawn on a symlog axis, linear within ±σ."""
     panels: list[dict[str, Any]] = []
     for n in ("loss", "log_prob"):
         if n in signals:
-            panels.append({"names": [n], "logy": "auto" if n == "loss" else False})
+            panels.append({"names": [n], "logy": "auto"})
             break
     first = {p["names"][0] for p in panels}
-    panels += [{"names": [n]} for n in signals.names_by_role("parameter", "derived") if n not in first]
+    panels += [{"names": [n], "logy": "auto"} for n in signals.names_by_role("parameter", "derived")
+               if n not in first]
     return panels
+
+
+def _is_loss_panel(sig: Signals, names: list[str]) -> bool:
+    """A panel of one loss / log_prob diagnostic: drawn by :func:`gnomon.plot.loss` (accepted rows set the
+    axis, the excess over the minimum when the loss does not span decades)."""
+    return len(names) == 1 and names[0] in LOSS_NAMES and sig[names[0]].role == "diagnostic"
 
 
 def grid(
@@ -126,11 +136,14 @@ def grid(
     for i, spec in enumerate(specs):
         ax = flat[i]
         opts = {**defaults, **{k: v for k, v in spec.items() if k not in ("names", "title")}}
-        info = draw(ax, sig, spec["names"], **opts)
+        if _is_loss_panel(sig, spec["names"]):
+            text = draw_loss(ax, sig, name=spec["names"][0], logy=opts["logy"])
+        else:
+            text = draw(ax, sig, spec["names"], **opts).title
         if spec.get("title") is not None:
             ax.set_title(str(spec["title"]) if spec["title"] else "", fontsize=9)
         elif titles:
-            ax.set_title(info.title, fontsize=8)
+            ax.set_title(text, fontsize=8)
     for ax in flat[n:]:
         fig.delaxes(ax)
     for i in range(n):  # x label and tick labels on the lowest axis of each column

@@ -23,7 +23,13 @@ labelled by its name, never as a "residual" of itself. Units are shown exactly a
 (``units=`` converts to another unit of the same family, per signal or for all; ``auto_units=True`` picks
 the largest unit in which the values are at least 1). With a 1σ scale, ``bands`` shades ±1σ (and ±2σ) around
 the truth (values), zero (residuals) or ±1, ±2 (residuals in σ). ``logy=True`` uses a log axis (symlog when
-values cross zero) whose limits hold every point, the starting values included.
+values cross zero, or — for a residual or error with a σ — when every value lies above σ; linear within ±σ)
+whose limits hold every point, the starting values included. ``logy="auto"`` is log when the values are
+positive over more than two decades, and symlog linear within ±σ when a residual or error with a known σ spans
+more than 20 σ (a linear axis would shrink its band to a line).
+
+Rows a backtracking rule rejected (the ``accepted`` diagnostic signal is 0 there) are left out of the lines
+and of the axis limits and drawn faintly (``gid="rejected:<name>"``).
 
 Data lines carry ``gid="data:<signal name>"``, bands ``gid="band:<signal name>"``.
 """
@@ -36,8 +42,17 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.plot._mpl import colors, ensure_backend, finish, fmt, new_figure, set_log_y, symlog_x
-from gnomon.plot._panel_data import check_signals, final_rows, log_auto, select_names
+from gnomon.plot._mpl import bracket, colors, ensure_backend, finish, fmt, new_figure, set_log_y, symlog_x, unit_text
+from gnomon.plot._panel_data import (
+    band_swamped,
+    check_signals,
+    final_rows,
+    limits,
+    log_auto,
+    mark_rejected,
+    rejected_rows,
+    select_names,
+)
 from gnomon.signals.signals import Signal, Signals
 from gnomon.signals.transforms import summarize
 from gnomon.thetaspace import units as U
@@ -113,7 +128,8 @@ def _data(s: Signal, what: bool | str, sigma: np.ndarray | None) -> np.ndarray:
 
 
 def _fmt_unit(unit: str) -> str:
-    return f" {unit}" if unit and unit != "frac" else ""
+    u = unit_text(unit)
+    return f" {u}" if u else ""
 
 
 def _final_text(s: Signal, data: np.ndarray, what: bool | str, unit: str, factor: float, mode: str,
@@ -264,6 +280,9 @@ def draw(
                            s.name))
 
     num_chains = sig.num_chains
+    rej = rejected_rows(sig) if sig.kind == "optimization" else None
+    rej_row = None if rej is None else rej[0]
+    rejected_points: list[tuple[np.ndarray, np.ndarray]] = []
     by_chain = num_chains > 1 and len(series) == 1
     palette = colors(num_chains if by_chain else max(len(series), 1))
     drawn = banded = 0
@@ -287,9 +306,13 @@ def draw(
                 col, clab = palette[c], f"chain {c}"
             else:
                 clab = lab if c == 0 else "_nolegend_"
-            ax.plot(x, y[c], color=col, lw=lw, alpha=alpha, label=clab, gid=gid)
+            if rej_row is not None:  # rejected trial rows: out of the line, drawn faintly after the limits
+                rejected_points.append((x[rej_row], y[c][rej_row]))
+                ax.plot(x[~rej_row], y[c][~rej_row], color=col, lw=lw, alpha=alpha, label=clab, gid=gid)
+            else:
+                ax.plot(x, y[c], color=col, lw=lw, alpha=alpha, label=clab, gid=gid)
             drawn += 1
-        plotted.append(y)
+        plotted.append(y if rej_row is None else np.where(rej_row, np.nan, y))
         what = next(w for s, w, *_ in entries if s.name == owner)
         centre = 0.0 if what is not False else ref
         if with_bands and sg is not None and np.isfinite(sg) and sg > 0 and what != "sigma" and centre is not None \
@@ -313,16 +336,32 @@ def draw(
         ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center", color="0.4",
                 fontsize=9)
 
+    bounds = [float(sg) for *_, sg, _, _ in series if sg is not None and np.isfinite(sg) and sg > 0]
+    # residuals and errors sit about zero: with a bound, a symlog axis linear within ±σ keeps its band visible
+    centred = all(w is not False or s.is_error for s, w, *_ in entries)
     if logy == "auto":
-        logy = log_auto(plotted)
+        logy = log_auto(plotted) or (centred and bool(bounds) and band_swamped(plotted, min(bounds)))
     if logy:
-        bounds = [sg for *_, sg, _, _ in series if sg is not None and np.isfinite(sg) and sg > 0]
-        set_log_y(ax, plotted, linthresh=min(bounds) if bounds else None)
+        # a positive error (an RMS) on a log axis shows its band from the bottom up to σ, unless every value
+        # lies above σ: then symlog, so that the band (and zero) stay on the axis
+        pooled = np.concatenate([np.ravel(p) for p in plotted]) if plotted else np.zeros(0)
+        pooled = pooled[np.isfinite(pooled)]
+        above = bool(bounds) and pooled.size > 0 and float(pooled.min()) > min(bounds)
+        set_log_y(ax, plotted, linthresh=min(bounds) if bounds else None, symlog=centred and above)
+    elif rejected_points:
+        extra = [np.array([r for *_, r, _, _, _ in series if r is not None], dtype=float)]
+        if bounds and with_bands and centred:
+            extra.append(np.array([-2.0 * max(bounds), 2.0 * max(bounds)]))
+        lim = limits(np.concatenate([np.ravel(p) for p in plotted] + extra))
+        if lim is not None:
+            ax.set_ylim(*lim)
+    if rejected_points:
+        mark_rejected(ax, rejected_points, names[0] if single else "panel")
     if logx:
         symlog_x(ax, x)
 
     disp = {u for u, _ in unit_of.values()}
-    ulab = U.label(next(iter(disp))) if len(disp) == 1 else ""
+    ulab = bracket(next(iter(disp))) if len(disp) == 1 else ""
     whats = {w for _, w, *_ in entries}
     prefix = f"{summary} of " if mode == "summary" and any(not s.scalar for s, *_ in entries) else ""
     if ylabel is not None:

@@ -15,11 +15,14 @@ from typing import Any
 import numpy as np
 
 from gnomon.plot._mpl import colors, finish, fmt, new_figure, set_log_y
-from gnomon.plot._panel_data import final_rows, log_auto
+from gnomon.plot._panel_data import final_rows, limits, log_auto, mark_rejected, rejected_of, rejected_rows
 from gnomon.signals.signals import Signals
 
+LOSS_NAMES = ("loss", "trace.loss", "log_prob", "trace.log_prob")
 
-def _loss_signals(source: Any) -> tuple[Signals, str]:
+
+def _loss_signals(source: Any, name: str | None = None) -> tuple[Signals, str, np.ndarray | None]:
+    """``(signals, loss signal name, rejected rows (C, T) or None)`` of one source."""
     from gnomon.trace.trace import Trace
 
     if hasattr(source, "trace") and isinstance(source.trace, Trace):  # a Run
@@ -28,17 +31,23 @@ def _loss_signals(source: Any) -> tuple[Signals, str]:
         if source.is_batched:
             raise ValueError("loss: a batched trace holds B fits; plot one member (trace[i])")
         if source.loss is not None:
-            return Signals({"loss": np.asarray(source.loss)}, x=source.step, kind=source.kind), "loss"
-        return Signals({"log_prob": np.asarray(source.log_prob)}, kind=source.kind), "log_prob"
+            loss = np.asarray(source.loss)
+            rej = rejected_of((source.stats or {}).get("accepted"), (1,) + loss.shape)
+            return Signals({"loss": loss}, x=source.step, kind=source.kind), "loss", rej
+        return Signals({"log_prob": np.asarray(source.log_prob)}, kind=source.kind), "log_prob", None
     if isinstance(source, Signals):
-        for n in ("loss", "trace.loss", "log_prob", "trace.log_prob"):
+        if name is not None:
+            if name not in source:
+                raise ValueError(f"loss: no signal {name!r}; signals are {list(source)}")
+            return source, name, rejected_rows(source)
+        for n in LOSS_NAMES:
             if n in source:
-                return source, n
+                return source, n, rejected_rows(source)
         raise ValueError(f"loss: these Signals have no 'loss' or 'log_prob' signal; signals are {list(source)}")
     arr = np.asarray(source, dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"loss: an array loss history must be one-dimensional, got shape {arr.shape}")
-    return Signals({"loss": arr}), "loss"
+    return Signals({"loss": arr}), "loss", None
 
 
 def _is_multi(source: Any) -> bool:
@@ -65,8 +74,8 @@ def _source_label(src: Any, i: int) -> str:
     return f"#{i}"
 
 
-def _loss_sources(source: Any) -> list[tuple[str, Signals, str]]:
-    """``[(label, signals, loss signal name)]`` of several sources."""
+def _loss_sources(source: Any) -> list[tuple[str, Signals, str, np.ndarray | None]]:
+    """``[(label, signals, loss signal name, rejected rows)]`` of several sources."""
     if isinstance(source, Mapping):
         items = [(str(k), v) for k, v in source.items()]
     else:
@@ -78,15 +87,182 @@ def _loss_sources(source: Any) -> list[tuple[str, Signals, str]]:
     out = []
     for lab, v in items:
         try:
-            sig, name = _loss_signals(v)
+            sig, name, rej = _loss_signals(v)
         except ValueError as e:
             raise ValueError(f"loss source {lab!r}: {e}") from None
-        out.append((lab, sig, name))
+        out.append((lab, sig, name, rej))
     return out
 
 
 def _base(name: str) -> str:
     return name.rsplit(".", 1)[-1]  # "trace.loss" -> "loss"
+
+
+def draw_loss(
+    ax: Any,
+    source: Any,
+    reference: float | None = None,
+    *,
+    name: str | None = None,
+    relative: bool = False,
+    relative_to: str | float | None = None,
+    floor: float | None = None,
+    logy: bool | str = "auto",
+    legend: bool = True,
+) -> str:
+    """Draw the loss history of ``source`` (one or several, as :func:`loss`) on ``ax``; return the title text.
+
+    ``name`` picks the loss signal of a :class:`~gnomon.Signals` (default: ``loss``, else ``log_prob``)."""
+    multi = _is_multi(source)
+    entries = _loss_sources(source) if multi else [(None, *_loss_signals(source, name))]
+    bases = sorted({_base(n) for _, _, n, _ in entries})
+    if len(bases) > 1:
+        raise ValueError(
+            f"loss: cannot overlay {' and '.join(bases)} histories on one axis; sources are "
+            + ", ".join(f"{lab}: {n}" for lab, _, n, _ in entries)
+        )
+    name = entries[0][2] if not multi else bases[0]
+    maximize = name.endswith("log_prob")
+    if floor is not None and not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0):
+        raise ValueError(f"floor must be a positive finite number, got {floor!r}")
+    if logy not in (True, False, "auto"):
+        raise ValueError(f"logy must be True, False or 'auto', got {logy!r}")
+
+    raw = [np.asarray(sig[n].data[..., 0], dtype=float) for _, sig, n, _ in entries]  # (C, T) each
+    # rows that count: finite and not rejected by a backtracking rule (a trial at 1e220 must not set the axis)
+    kept = [np.where(rej, np.nan, r) if rej is not None else r for r, (*_, rej) in zip(raw, entries, strict=True)]
+    optimization = all(sig.kind == "optimization" for _, sig, _, _ in entries) and not maximize
+    auto_offset = False
+    if logy == "auto" and relative_to is None and not relative and reference is None and optimization:
+        vals = np.concatenate([k.ravel() for k in kept])
+        vals = vals[np.isfinite(vals)]
+        spans = bool(vals.size) and bool(np.all(vals > 0)) and float(vals.max() / vals.min()) > 100.0
+        if vals.size and not spans and float(vals.max()) > float(vals.min()):
+            # neither positive nor spanning decades: the excess over the minimum, on a log axis, says how far
+            # from its end the run is at each step (a linear axis of a loss ≈ 2079 shows a flat line)
+            relative_to, logy, auto_offset = "best", True, True
+    best_label = None
+    if relative_to is not None:
+        if relative:
+            raise ValueError("loss: pass either relative=True (with a reference) or relative_to, not both")
+        if isinstance(relative_to, str):
+            if relative_to != "best":
+                raise ValueError(f"relative_to must be 'best' or a number, got {relative_to!r}")
+            with np.errstate(all="ignore"):
+                per = [np.nanmax(k) if maximize else np.nanmin(k) for k in kept]
+            finite = [(v, i) for i, v in enumerate(per) if np.isfinite(v)]
+            if not finite:
+                raise ValueError(f"loss(relative_to='best'): no finite {name} value in any source")
+            ref, ibest = max(finite) if maximize else min(finite)
+            best_label = entries[ibest][0]
+        else:
+            ref = float(relative_to)
+            if not math.isfinite(ref):
+                raise ValueError(f"relative_to must be 'best' or a finite number, got {relative_to!r}")
+        rel = True
+    else:
+        if reference is not None:
+            ref = reference
+        else:
+            truths = {float(sig[n].truth[0]) for _, sig, n, _ in entries if sig[n].truth is not None}
+            ref = truths.pop() if len(truths) == 1 else None
+        if relative and ref is None:
+            raise ValueError("loss(relative=True) needs a reference (or a loss signal with a truth)")
+        rel = relative
+    flip = relative_to == "best" and maximize  # best log_prob − log_prob ≥ 0
+
+    def shift(a: np.ndarray) -> np.ndarray:
+        return (ref - a if flip else a - ref) if rel else a
+
+    data = [shift(r) for r in raw]
+    shown = [shift(k) for k in kept]
+
+    # y scale, and the floor that keeps zeros (the best run at its best) on a log axis
+    use_floor = relative_to is not None or floor is not None
+    vals = np.concatenate([d.ravel() for d in shown])
+    vals = vals[np.isfinite(vals)]
+    nonneg = bool(vals.size) and bool(np.all(vals >= 0))
+    pos = vals[vals > 0]
+    if logy == "auto":
+        logy = log_auto([pos]) if use_floor and nonneg else log_auto(shown)
+    floored = None
+    if logy and use_floor and nonneg and (floor is not None or pos.size):
+        floored = float(floor) if floor is not None else float(pos.min())
+        data = [np.maximum(d, floored) for d in data]  # NaN stays NaN
+        shown = [np.maximum(d, floored) for d in shown]
+
+    finals = []
+    for _, sig, n, _ in entries:
+        s = sig[n]
+        fin = float(final_rows(s.data, s.chains)[0])
+        finals.append((ref - fin if flip else fin - ref) if rel else fin)
+    rejected_points: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def line(xs: np.ndarray, y: np.ndarray, rej: np.ndarray | None, **kw: Any) -> None:
+        if rej is not None and rej.any():
+            rejected_points.append((xs[rej], y[rej]))
+            xs, y = xs[~rej], y[~rej]
+        ax.plot(xs, y, **kw)
+
+    if multi:
+        palette = colors(len(entries))
+        delta = "Δ " if rel else ""
+        for i, ((lab, sig, n, rej), d) in enumerate(zip(entries, data, strict=True)):
+            word = "mean" if sig[n].chains else "final"
+            text = f"{lab} ({word} {delta}{fmt(finals[i], signed=rel and relative_to != 'best')})"
+            for c in range(d.shape[0]):
+                line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[i], lw=1.2,
+                     alpha=0.7 if d.shape[0] > 1 else 1.0, gid=f"data:{n}",
+                     label=text if c == 0 else "_nolegend_")
+    else:
+        _, sig, _, rej = entries[0]
+        d = data[0]
+        palette = colors(d.shape[0])
+        for c in range(d.shape[0]):
+            line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[c], lw=1.2,
+                 gid=f"data:{name}", label=f"chain {c}" if d.shape[0] > 1 else name)
+    if ref is not None and not rel:
+        ax.axhline(ref, color="k", ls="--", lw=0.9, label=f"reference {fmt(ref)}")
+    if logy:
+        set_log_y(ax, shown)
+    elif rejected_points:
+        lim = limits(np.concatenate([d.ravel() for d in shown] + ([np.array([ref])] if ref is not None and not rel
+                                                                    else [])))
+        if lim is not None:
+            ax.set_ylim(*lim)
+    if rejected_points:
+        mark_rejected(ax, rejected_points, name)
+    ax.set_xlabel(entries[0][1].x_label)
+    if auto_offset:
+        where = "its minimum" if not multi else f"the lowest, {best_label}"
+        ylabel = f"{name} − {fmt(ref)} ({where})"
+    elif relative_to == "best":
+        ylabel = f"best {name} − {name}" if maximize else f"{name} − best {name}"
+    else:
+        ylabel = f"{name} − reference" if rel else name
+    if floored is not None:
+        ylabel += f" (floored at {fmt(floored)})"
+    ax.set_ylabel(ylabel)
+    if legend and (multi or ref is not None or data[0].shape[0] > 1 or rejected_points):
+        ax.legend(fontsize="small")
+    if multi:
+        text = f"{name} of {len(entries)} runs"
+        if best_label is not None:
+            text += f", relative to the best {fmt(ref)} ({best_label})"
+        elif ref is not None:
+            text += f", reference {fmt(ref)}"
+    else:
+        s = entries[0][1][entries[0][2]]
+        fin = float(final_rows(s.data, s.chains)[0])
+        word = "mean" if s.chains else "final"
+        text = f"{name}: {word} {fmt(fin)}"
+        if ref is not None:
+            what = "best" if relative_to == "best" else "reference"
+            text += f" ({what} {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
+    n_rej = sum(int(p[0].size) for p in rejected_points)
+    if n_rej:
+        text += f"; {n_rej} rejected trial{'s' if n_rej > 1 else ''} drawn faintly"
+    return text
 
 
 def loss(
@@ -121,136 +297,24 @@ def loss(
       floor: on a log y axis with non-negative values (``relative_to`` or ``floor`` given), values below
         ``floor`` are drawn at ``floor`` (default: the smallest positive value plotted), so the zeros of
         ``relative_to="best"`` stay on the axis; the y label says so.
-      logy: True, False or ``"auto"`` (log when positive and spanning more than two decades; with
-        ``relative_to``/``floor``, judged on the positive values).
+      logy: True, False or ``"auto"``: the loss itself on a log axis when it is positive and spans more than
+        two decades; otherwise (an optimizer's loss that is negative, or positive but within two decades, e.g.
+        120 000 → 2079) its excess over its minimum, ``loss − min loss``, on a log axis floored at the smallest
+        positive excess, the y label saying so (``loss − 2079 (its minimum)``); sampler log_probs linear. With
+        ``relative_to``/``floor``, judged on the positive values.
       title: None for a summary (final value, reference), a string, or False for none.
+
+    Rows a backtracking rule rejected (``trace.stats["accepted"] == 0``: a trial point the optimizer stepped
+    back from, which may lie at 1e220) are left out of the lines and of the axis limits and drawn faintly as
+    grey crosses, or as grey triangles on the edge when they lie beyond it (``gid="rejected:<name>"``).
     """
-    multi = _is_multi(source)
-    entries = _loss_sources(source) if multi else [(None, *_loss_signals(source))]
-    bases = sorted({_base(n) for _, _, n in entries})
-    if len(bases) > 1:
-        raise ValueError(
-            f"loss: cannot overlay {' and '.join(bases)} histories on one axis; sources are "
-            + ", ".join(f"{lab}: {n}" for lab, _, n in entries)
-        )
-    name = entries[0][2] if not multi else bases[0]
-    maximize = name.endswith("log_prob")
-    if floor is not None and not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0):
-        raise ValueError(f"floor must be a positive finite number, got {floor!r}")
-
-    raw = [np.asarray(sig[n].data[..., 0], dtype=float) for _, sig, n in entries]  # (C, T) each
-    best_label = None
-    if relative_to is not None:
-        if relative:
-            raise ValueError("loss: pass either relative=True (with a reference) or relative_to, not both")
-        if isinstance(relative_to, str):
-            if relative_to != "best":
-                raise ValueError(f"relative_to must be 'best' or a number, got {relative_to!r}")
-            with np.errstate(all="ignore"):
-                per = [np.nanmax(r) if maximize else np.nanmin(r) for r in raw]
-            finite = [(v, i) for i, v in enumerate(per) if np.isfinite(v)]
-            if not finite:
-                raise ValueError(f"loss(relative_to='best'): no finite {name} value in any source")
-            ref, ibest = max(finite) if maximize else min(finite)
-            best_label = entries[ibest][0]
-        else:
-            ref = float(relative_to)
-            if not math.isfinite(ref):
-                raise ValueError(f"relative_to must be 'best' or a finite number, got {relative_to!r}")
-        rel = True
-    else:
-        if reference is not None:
-            ref = reference
-        else:
-            truths = {float(sig[n].truth[0]) for _, sig, n in entries if sig[n].truth is not None}
-            ref = truths.pop() if len(truths) == 1 else None
-        if relative and ref is None:
-            raise ValueError("loss(relative=True) needs a reference (or a loss signal with a truth)")
-        rel = relative
-    flip = relative_to == "best" and maximize  # best log_prob − log_prob ≥ 0
-    data = [(ref - r if flip else r - ref) if rel else r for r in raw]
-
-    # y scale, and the floor that keeps zeros (the best run at its best) on a log axis
-    use_floor = relative_to is not None or floor is not None
-    vals = np.concatenate([d.ravel() for d in data])
-    vals = vals[np.isfinite(vals)]
-    nonneg = bool(vals.size) and bool(np.all(vals >= 0))
-    pos = vals[vals > 0]
-    if logy == "auto":
-        logy = log_auto([pos]) if use_floor and nonneg else log_auto(data)
-    floored = None
-    if logy and use_floor and nonneg and (floor is not None or pos.size):
-        floored = float(floor) if floor is not None else float(pos.min())
-        data = [np.maximum(d, floored) for d in data]  # NaN stays NaN
-
     if ax is None:
         fig = new_figure(figsize or (7.0, 4.0), show=show)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    finals = []
-    for _, sig, n in entries:
-        s = sig[n]
-        fin = float(final_rows(s.data, s.chains)[0])
-        finals.append((ref - fin if flip else fin - ref) if rel else fin)
-    if multi:
-        palette = colors(len(entries))
-        delta = "Δ " if rel else ""
-        for i, ((lab, sig, n), d) in enumerate(zip(entries, data, strict=True)):
-            word = "mean" if sig[n].chains else "final"
-            text = f"{lab} ({word} {delta}{fmt(finals[i], signed=rel and relative_to != 'best')})"
-            for c in range(d.shape[0]):
-                ax.plot(
-                    sig.x,
-                    d[c],
-                    color=palette[i],
-                    lw=1.2,
-                    alpha=0.7 if d.shape[0] > 1 else 1.0,
-                    gid=f"data:{n}",
-                    label=text if c == 0 else "_nolegend_",
-                )
-    else:
-        sig = entries[0][1]
-        d = data[0]
-        palette = colors(d.shape[0])
-        for c in range(d.shape[0]):
-            ax.plot(
-                sig.x,
-                d[c],
-                color=palette[c],
-                lw=1.2,
-                gid=f"data:{name}",
-                label=f"chain {c}" if d.shape[0] > 1 else name,
-            )
-    if ref is not None and not rel:
-        ax.axhline(ref, color="k", ls="--", lw=0.9, label=f"reference {fmt(ref)}")
-    if logy:
-        set_log_y(ax, data)
-    ax.set_xlabel(entries[0][1].x_label)
-    if relative_to == "best":
-        ylabel = f"best {name} − {name}" if maximize else f"{name} − best {name}"
-    else:
-        ylabel = f"{name} − reference" if rel else name
-    if floored is not None:
-        ylabel += f" (floored at {fmt(floored)})"
-    ax.set_ylabel(ylabel)
-    if multi or ref is not None or data[0].shape[0] > 1:
-        ax.legend(fontsize="small")
+    text = draw_loss(ax, source, reference, relative=relative, relative_to=relative_to, floor=floor, logy=logy)
     if title is None:
-        if multi:
-            text = f"{name} of {len(entries)} runs"
-            if best_label is not None:
-                text += f", relative to the best {fmt(ref)} ({best_label})"
-            elif ref is not None:
-                text += f", reference {fmt(ref)}"
-        else:
-            s = entries[0][1][entries[0][2]]
-            fin = float(final_rows(s.data, s.chains)[0])
-            word = "mean" if s.chains else "final"
-            text = f"{name}: {word} {fmt(fin)}"
-            if ref is not None:
-                what = "best" if relative_to == "best" else "reference"
-                text += f" ({what} {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
         ax.set_title(text, fontsize=9)
     elif title:
         ax.set_title(str(title))

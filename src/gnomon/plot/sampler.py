@@ -1,7 +1,7 @@
-"""Sampler views through arviz-plots: trace + marginal, pair, rank, forest — named, in the layout's units.
+"""Sampler views through arviz-plots: trace + marginal, rank, forest — named, in the layout's units.
 
 Chain histories are :func:`gnomon.plot.history` with sampler :class:`~gnomon.Signals` (one line per chain).
-Where arviz-plots does better (marginal densities, pair plots, rank plots, forests) these helpers hand it an
+Where arviz-plots does better (marginal densities, rank plots, forests) these helpers hand it an
 ``xarray.DataTree`` and return the matplotlib Figure. The source may be sampler Signals (their parameter and
 derived signals become the ``posterior`` group; component axes are labelled by the signals' component
 labels), an object with ``to_arviz()`` (a sampling Trace, named and labelled by its layout) or a DataTree
@@ -9,17 +9,19 @@ labels), an object with ``to_arviz()`` (a sampling Trace, named and labelled by 
 
 Every variable is labelled ``name [unit]`` (a :class:`arviz_base.labels.MapLabeller` built from the units),
 figures use constrained layout, and their titles and labels are fitted to the panels
-(:func:`gnomon.plot._mpl.fit_text`), so no label is clipped or overlaps another.
+(:func:`gnomon.plot._mpl.fit_text`), so no label is clipped or overlaps another. Pair (corner) plots with
+truth markers and Cramér–Rao ellipses are :func:`gnomon.plot.pair` (:mod:`gnomon.plot.pair`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from gnomon.plot._mpl import ensure_backend, finish
+from gnomon.plot._mpl import bracket, ensure_backend, finish, unit_text
 from gnomon.signals.signals import Signals
 
 
@@ -81,10 +83,17 @@ def _labeller(dt: Any, names: Sequence[str] | None):
     ds = dt["posterior"].to_dataset()
     var_map = {}
     for v in ds.data_vars:
-        unit = str(ds[v].attrs.get("units", "") or "")
-        if unit and unit not in ("1", "frac"):
+        unit = unit_text(str(ds[v].attrs.get("units", "") or ""))
+        if unit:
             var_map[v] = f"{v} [{unit}]"
     return MapLabeller(var_name_map=var_map)
+
+
+def _units(dt: Any, var_names: Sequence[str] | None) -> dict[str, str]:
+    """``{variable: unit as printed}`` of the posterior variables drawn."""
+    ds = dt["posterior"].to_dataset()
+    names = list(var_names) if var_names is not None else list(ds.data_vars)
+    return {v: unit_text(str(ds[v].attrs.get("units", "") or "")) for v in names if v in ds.data_vars}
 
 
 def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show: bool, dpi: int | None,
@@ -103,7 +112,33 @@ def _run(fn_name: str, source: Any, names: Sequence[str] | None, save: Any, show
     kwargs.setdefault("labeller", _labeller(dt, var_names))
     pc = getattr(azp, fn_name)(dt, var_names=var_names, backend="matplotlib", figure_kwargs=fk, **kwargs)
     fig = pc.viz["figure"].item()
+    _label_axes(fig, fn_name, _units(dt, var_names))
     return finish(fig, save=save, show=show, dpi=dpi)
+
+
+def _label_axes(fig: Any, fn_name: str, units: dict[str, str]) -> None:
+    """Name the axes arviz-plots leaves bare: the rank plot's Δ-ECDF, the trace plot's draw axis, and the
+    forest's value axis with the variables' common unit (a warning when they have none in common: one axis
+    then holds several units)."""
+    for ax in fig.axes:
+        if fn_name == "plot_rank" and ax.get_xlabel() and not ax.get_ylabel():
+            ax.set_ylabel("Δ-ECDF (observed − uniform)")
+        if fn_name == "plot_trace_dist" and ax.get_xlabel() == "Draw":
+            ax.set_xlabel("draw")
+    if fn_name != "plot_forest":
+        return
+    found = set(units.values())
+    if len(found) == 1:
+        unit = next(iter(found))
+        text = "residual [σ]" if unit == "σ" else f"value{bracket(unit)}"
+    else:
+        shown = ", ".join(f"{v} [{u or '—'}]" for v, u in list(units.items())[:6])
+        warnings.warn(f"forest: the variables have different units ({shown}) but share one axis; give it "
+                      "quantities of one scale, e.g. residuals in σ (transforms.residual_in_sigma)", stacklevel=4)
+        text = "value (each in its own unit: see the labels)"
+    for ax in fig.axes:
+        if ax.get_lines() and not ax.get_xlabel():
+            ax.set_xlabel(text)
 
 
 def rank(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
@@ -116,17 +151,6 @@ def trace_dist(source: Any, names: Sequence[str] | None = None, *, figsize: tupl
                save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
     """Marginal densities beside chain traces (``arviz_plots.plot_trace_dist``)."""
     return _run("plot_trace_dist", source, names, save, show, dpi, figsize, **kwargs)
-
-
-def pair(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
-         save: Any = None, show: bool = False, dpi: int | None = None, **kwargs: Any):
-    """Pairwise scatter/density matrix with marginals (``arviz_plots.plot_pair``); square panels by default
-    for sampler Signals (2.4 inches per variable)."""
-    if figsize is None and isinstance(source, Signals):
-        chosen = list(names) if names is not None else list(source.names_by_role("parameter", "derived"))
-        n = sum(source[c].num_components for c in chosen if c in source)
-        figsize = (2.4 * n + 0.8, 2.4 * n) if n else None
-    return _run("plot_pair", source, names, save, show, dpi, figsize, **kwargs)
 
 
 def forest(source: Any, names: Sequence[str] | None = None, *, figsize: tuple[float, float] | None = None,
