@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gnomon.experiment.run_writer import write_run
+from gnomon.io.install import discard_run_dir
 from gnomon.io.diagnostics import DiagnosticsConfig
 from gnomon.io.runids import check_run_id, generate_run_id
 from gnomon.trace.trace import Trace
@@ -68,7 +68,7 @@ def save_batch(
         made.append(d)
     if taken:
         for d in made:
-            shutil.rmtree(d, ignore_errors=True)
+            discard_run_dir(d)
         raise FileExistsError(
             f"save_batch: run ids already taken in {experiment.path}: {taken[:10]}"
             + (f" and {len(taken) - 10} more" if len(taken) > 10 else "")
@@ -93,7 +93,7 @@ def save_batch(
             )
         except BaseException:
             for rest in dirs[i + 1 :]:  # created for this batch, still empty
-                shutil.rmtree(rest, ignore_errors=True)
+                discard_run_dir(rest)
             raise
     return dirs
 

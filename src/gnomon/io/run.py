@@ -169,8 +169,9 @@ def save_run(
     Args:
       run_dir: directory to create (parents too). It may be missing or empty, or hold an incomplete earlier
         attempt of this run. A complete run there (or an incomplete one of another run id) is refused unless
-        ``overwrite=True``; a directory holding anything that is not a run file is always refused (gnomon
-        never deletes files it did not write).
+        ``overwrite=True``; a directory holding no run file, only other files, is always refused. Rewriting a
+        run replaces gnomon's own files of it only: the user's files and folders in the directory stay
+        (:mod:`gnomon.io.install`).
       trace: a single (unbatched) optimization or sampling :class:`Trace`.
       layout: the layout naming θ (defaults to ``trace.layout``); stored as index map + hash.
       meta: user metadata (JSON-able), stored under ``"user"`` in meta.json.
@@ -190,7 +191,8 @@ def save_run(
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
       arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF; every variable carries
         ``units`` and ``long_name`` attributes).
-      overwrite: replace a complete run there, or an incomplete run of another run id.
+      overwrite: replace a complete run there, or an incomplete run of another run id (its files only; a new
+        file named like one of the user's is refused before anything changes).
       compress: compress trace.npz (≈7% smaller, ≈5× slower to write).
       fsync: fsync each file (durable against power loss, ≈3× slower).
     """
