@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from gnomon.experiment.run_writer import write_run
-from gnomon.io.install import discard_run_dir
 from gnomon.io.diagnostics import DiagnosticsConfig
+from gnomon.io.install import discard_run_dir
 from gnomon.io.runids import check_run_id, generate_run_id
 from gnomon.trace.trace import Trace
 
