@@ -239,7 +239,9 @@ class Experiment:
           run_ids: B safe ids; default ``<prefix or generated batch id>-<i>`` (zero-padded).
           meta, summary: one mapping for every member, or a sequence of B mappings.
           prefix: batch id used in generated run ids (itself validated); default a fresh generated id.
-        All B directories are created (atomically) before anything is written; if any id is taken, none is
+          crlb, truth (keywords): one for every member (as :func:`gnomon.save_run` takes them) or a sequence of
+            B, one per member (``crlb=[cr_0, cr_1, ...]``, ``truth=[t_0, ...]`` or a ``(B, D)`` array of base θ).
+        Other keywords go to :func:`gnomon.save_run`. All B directories are created (atomically) before anything is written; if any id is taken, none is
         written and a FileExistsError lists the taken ids. If writing member i fails, members before it stay
         complete and the directories of i and later are removed. Each member's meta.json records
         ``batch: {batch_id, index, size}``."""

@@ -245,9 +245,10 @@ def write_run_dir(
     trace = trace.to_numpy()
     params = parameter_summary(trace, layout, crlb=crlb, truth=truth) if (layout is not None or crlb is not None
                                                                          or truth is not None) else {}
+    record = getattr(crlb, "record", None)
     with staged_run(run_dir, run_id, overwrite=overwrite, claim_token=claim_token, fresh=fresh) as staging:
         extra_arrays = dict(extra_arrays or {})
-        extra_meta = dict(extra_meta or {})
+        extra_meta = {**({"crlb": record()} if callable(record) else {}), **dict(extra_meta or {})}
         if prepare is not None:
             more_arrays, more_meta = prepare(staging)
             clash = sorted(set(more_arrays) & set(extra_arrays))
