@@ -61,7 +61,7 @@ def test_save_batch_takes_one_crlb_and_truth_per_member(tmp_path):
     # a (B, D) array of truths, one CRLB for all; a wrong count is refused before anything is written
     exp2 = gn.Experiment(tmp_path / "e2")
     exp2.save_batch(batch_trace(finals), layout=LAY, crlb=bounds[0], truth=np.asarray(finals) + 0.5, prefix="c")
-    for i, s in enumerate(summaries(exp2).values()):
+    for s in summaries(exp2).values():
         assert s["z.a[x]"] == pytest.approx(-0.5 / bounds[0]["a[x]"]) and s["crlb.r"] == pytest.approx(bounds[0]["r"])
     with pytest.raises(ValueError, match="crlb: 2 values for 3 members"):
         exp2.save_batch(batch_trace(finals), layout=LAY, crlb=bounds[:2], prefix="d")

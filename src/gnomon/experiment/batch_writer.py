@@ -4,7 +4,8 @@ All B run directories are created (atomic ``mkdir``) before anything is written,
 its ids or none; creating a directory makes it the batch's own, so no claim file is written. Member ``i`` is
 ``trace[i]`` with the per-member engine outputs in ``extras`` cut to that member, and its ``meta.json``
 records ``batch: {batch_id, index, size}``. ``crlb=`` and ``truth=`` take one value for every member or a
-sequence of B (one per member: per-epoch bounds and truths, :func:`per_member_values`). This is the body of :meth:`gnomon.Experiment.save_batch`.
+sequence of B (one per member: per-epoch bounds and truths, :func:`per_member_values`). This is the body
+of :meth:`gnomon.Experiment.save_batch`.
 """
 
 from __future__ import annotations
