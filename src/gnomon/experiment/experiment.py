@@ -242,9 +242,9 @@ class Experiment:
           crlb, truth (keywords): one for every member (as :func:`gnomon.save_run` takes them) or a sequence of
             B, one per member (``crlb=[cr_0, cr_1, ...]``, ``truth=[t_0, ...]`` or a ``(B, D)`` array of base θ).
         Other keywords go to :func:`gnomon.save_run`. All B directories are created (atomically) before anything
-        is written; if any id is taken, none is written and a FileExistsError lists the taken ids. If writing member i fails, members before it stay
-        complete and the directories of i and later are removed. Each member's meta.json records
-        ``batch: {batch_id, index, size}``."""
+        is written; if any id is taken, none is written and a FileExistsError lists the taken ids. If writing
+        member i fails, members before it stay complete and the directories of i and later are removed. Each
+        member's meta.json records ``batch: {batch_id, index, size}``."""
         return save_batch(
             self,
             trace,
