@@ -21,6 +21,7 @@ import numpy as np
 from gnomon.experiment.run_writer import write_run
 from gnomon.io.diagnostics import DiagnosticsConfig
 from gnomon.io.install import discard_run_dir
+from gnomon.io.run import member_info
 from gnomon.io.runids import check_run_id, generate_run_id
 from gnomon.trace.trace import Trace
 
@@ -108,7 +109,8 @@ def _member(batch: Trace, i: int, b: int) -> Trace:
     axis of size B, e.g. the curvature and lr_vec of ``gn.optimize_batch``) cut to that member."""
     member = batch[i]
     cut = {k: v[i] for k, v in member.extras.items() if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == b}
-    return dataclasses.replace(member, extras={**member.extras, **cut}) if cut else member
+    member = dataclasses.replace(member, extras={**member.extras, **cut}) if cut else member
+    return member_info(member)  # info["goodness_of_fit"]: the member's own
 
 
 def per_member_values(name: str, value: Any, n: int, what: str = "member") -> list[Any]:

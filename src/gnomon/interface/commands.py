@@ -28,6 +28,8 @@ _TABLE_COLUMNS = (
     "status",
     "final_loss",
     "best_loss",
+    "reduced_deviance",
+    "misfit",
     "num_steps",
     "num_chains",
     "num_draws",

@@ -14,6 +14,7 @@ Every file is written atomically; nothing is pickled; every JSON carries ``schem
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -38,6 +39,8 @@ from gnomon.trace.trace import Trace
 
 TRACE_FILE, META_FILE, SUMMARY_FILE = "trace.npz", "meta.json", "summary.json"
 THETAMAP_FILE = "thetamap.npz"
+#: goodness-of-fit keys copied from ``trace.info["goodness_of_fit"]`` into summary.json
+GOF_SUMMARY_KEYS = ("deviance", "reduced_deviance", "pearson_chi2", "reduced_pearson_chi2", "dof", "misfit")
 NETCDF_FILE = "posterior.nc"
 _EXTRA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _RESERVED = {"trace", "meta", "summary", "thetamap"}
@@ -242,7 +245,7 @@ def write_run_dir(
         if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
             raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
     run_id = run_id or run_dir.name
-    trace = trace.to_numpy()
+    trace = member_info(trace.to_numpy())
     params = parameter_summary(trace, layout, crlb=crlb, truth=truth) if (layout is not None or crlb is not None
                                                                          or truth is not None) else {}
     record = getattr(crlb, "record", None)
@@ -323,6 +326,12 @@ def _write_files(
         from gnomon.io.sampling_summary import sampling_summary
 
         base.update(sampling_summary(trace))
+    gof = trace.info.get("goodness_of_fit")
+    if isinstance(gof, Mapping):  # deviance, reduced_deviance, pearson_chi2, reduced_pearson_chi2, dof, misfit
+        base.update({k: gof[k] for k in GOF_SUMMARY_KEYS if k in gof})
+    for k in ("batch_size", "batch_runtime_s"):  # a batch member: runtime_s is its share, these the batch's
+        if isinstance(trace.info.get(k), (int, float)):
+            base[k] = trace.info[k]
     summary_doc = {"run_id": run_id, **base, **dict(params), **dict(summary or {})}
     summary_doc["written_utc_unix"] = time.time()
     summary_doc[USER_KEYS_KEY] = sorted(str(k) for k in (summary or {}))
@@ -330,6 +339,22 @@ def _write_files(
         e.name: e.stat().st_size for e in os.scandir(run_dir) if e.is_file() and e.name not in (META_FILE,)
     }
     write_json(run_dir / SUMMARY_FILE, summary_doc, fsync=fsync)  # last: marks the run complete
+
+
+def member_info(trace: Trace) -> Trace:
+    """A member of a batch (``batch[i]``: ``extras["batch_index"]``) with the per-member lists of the batch's
+    ``info`` (``goodness_of_fit``) cut to its own entry, so that its meta.json and summary.json describe it
+    alone."""
+    i = trace.extras.get("batch_index")
+    gof = trace.info.get("goodness_of_fit")
+    if isinstance(gof, (list, tuple)):
+        info = dict(trace.info)
+        if isinstance(i, (int, np.integer)) and 0 <= int(i) < len(gof):
+            info["goodness_of_fit"] = gof[int(i)]
+        else:
+            info.pop("goodness_of_fit")
+        return dataclasses.replace(trace, info=info)
+    return trace
 
 
 def _json_scalar_like(v: Any) -> bool:
