@@ -86,7 +86,7 @@ def test_crash_while_writing_keeps_the_old_run_and_user_files(tmp_path, monkeypa
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(run_mod, "write_npz", boom)
+    monkeypatch.setattr(run_mod, "write_staged", boom)
     with pytest.raises(OSError, match="disk full"):
         gn.save_run(d, trace(2), overwrite=True)
     monkeypatch.undo()

@@ -187,13 +187,10 @@ class Experiment:
                 "save writes one fit; a batched trace is B runs: use Experiment.save_batch or save trace[i]"
             )
         if run_id is None:
-            for _ in range(16):
-                d = self.runs_dir / generate_run_id()
-                state, msg, token = acquire_run(d, claim_fresh=False)
-                if state == "fresh":
-                    break
-            else:  # pragma: no cover
-                raise RuntimeError(f"{self.runs_dir}: could not create a fresh run id")
+            # a generated id (48 random bits) is free: the staged run is renamed onto it, atomically, and that
+            # rename fails if another writer took the name meanwhile (nothing is reserved beforehand)
+            d = self.runs_dir / generate_run_id()
+            state, msg, token = "absent", "", None
         else:
             d = self.run_dir(run_id)
             state, msg, token = acquire_run(d, overwrite=overwrite, claim_fresh=False)

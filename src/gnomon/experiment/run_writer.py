@@ -197,11 +197,13 @@ def write_run(
     installed at once by :func:`gnomon.io.run.write_run_dir`) and release the claim.
 
     ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
-    (from :func:`acquire_run`). On an exception a fresh directory is removed again; a claimed run stays
+    (from :func:`acquire_run`), or None for a run directory that does not exist yet (a generated id). On an
+    exception a fresh directory is removed again; a claimed run stays
     incomplete and its claim is released (unless ``release=False``: the caller then records the error
     first)."""
+    new = not fresh and token is None  # a run directory that does not exist yet (Experiment.save(None))
     try:
-        if not fresh:
+        if not fresh and not new:
             try:
                 os.unlink(run_dir / ERROR_FILE)
             except FileNotFoundError:
@@ -244,10 +246,10 @@ def write_run(
     except BaseException:
         if fresh:  # we created it and nobody else writes into an unclaimed fresh run: leave no trace
             discard_run_dir(run_dir)
-        elif release:
+        elif release and not new:
             release_claim(run_dir, token)
         raise
-    if not fresh:
+    if not fresh and not new:
         release_claim(run_dir, token)
     return run_dir
 

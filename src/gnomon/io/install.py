@@ -8,6 +8,12 @@ written run is installed:
 * a target that does not exist or is empty (and unclaimed) is replaced by the staging directory with one
   ``rename`` — the run appears complete, all at once; if another writer filled the target meanwhile, the
   rename fails and nothing of ours is left behind (FileExistsError);
+* a directory the writer has just created for the run (``fresh``: :meth:`gnomon.Experiment.save` with a given
+  id and ``save_batch`` reserve their ids that way) is staged file by file: each file is written whole under a
+  temporary name beside its final one and renamed into place, ``summary.json`` last, so the directory never
+  holds a partial file and the run is complete when ``summary.json`` lands (a staging directory would have to
+  be removed again, or renamed over the reserved one: both cost a journal commit, ~3 ms on ext4, against
+  ~15 µs for a file rename);
 * a target that holds a run (being rewritten with ``overwrite=True``, an incomplete earlier attempt of this
   run, or a run directory claimed through :meth:`gnomon.Experiment.new_run`) has **gnomon's own files** of the
   old run removed — ``summary.json`` first, so that it is incomplete from the first change, ``meta.json``
@@ -32,13 +38,14 @@ always refused.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from gnomon.io.jsonio import ArtifactError, read_json
+from gnomon.io.jsonio import ArtifactError, atomic_write_bytes, read_json
 from gnomon.io.runids import CLAIM_FILE, claim_state, describe_claim, read_claim
 
 SUMMARY_FILE, META_FILE = "summary.json", "meta.json"
@@ -185,9 +192,11 @@ def discard_run_dir(run_dir: Path) -> None:
 
 def install(staging: Path, run_dir: Path, state: str) -> None:
     """Install the fully written ``staging`` directory as ``run_dir`` (module docstring)."""
-    claimed = state != "fresh" and (run_dir / CLAIM_FILE).exists()
+    if state == "fresh":  # staged file by file in the run directory itself (staged_run): nothing to move
+        return
+    claimed = (run_dir / CLAIM_FILE).exists()
     is_cwd = state == "empty" and str(run_dir) == os.getcwd()  # renaming over the cwd would orphan it
-    if state in ("absent", "empty", "fresh") and not claimed and not is_cwd:
+    if state in ("absent", "empty") and not claimed and not is_cwd:
         try:
             os.rename(staging, run_dir)  # atomic; replaces an empty directory
             return
@@ -215,6 +224,46 @@ def install(staging: Path, run_dir: Path, state: str) -> None:
     os.rmdir(staging)
 
 
+_SUFFIX: list = [None, None]  # [pid, "<pid>-<random>"], refreshed after a fork
+
+
+def _reset_suffix() -> None:
+    _SUFFIX[0] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_suffix)
+_COUNTER = itertools.count()
+
+
+def _staging_suffix() -> str:
+    """``<pid>-<random>-<n>``: unique per process (the random part drawn once per process) and per call."""
+    if _SUFFIX[0] is None:
+        pid = os.getpid()
+        _SUFFIX[:] = [pid, f"{pid}-{secrets.token_hex(4)}"]
+    return f"{_SUFFIX[1]}-{next(_COUNTER)}"
+
+
+def write_staged(path: Path, data: bytes, fsync: bool = False, *, atomic: bool = False) -> int:
+    """Write a new file whole and return its size. Into a private staging directory (``atomic=False``) it is
+    created in place (``O_EXCL``: the directory is installed as a whole later); into a run directory that is
+    being written file by file (``atomic=True``, a fresh directory) through a temporary name and a rename, so
+    that it appears complete."""
+    if atomic:
+        atomic_write_bytes(path, data, fsync=fsync)
+        return len(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(data)
+
+
 @contextlib.contextmanager
 def staged_run(
     run_dir: str | os.PathLike,
@@ -230,8 +279,12 @@ def staged_run(
     (empty and unclaimed, its own by the atomic ``mkdir``), so it is not inspected."""
     run_dir = Path(run_dir).absolute()  # "." or "runs/x/.." name a real directory with a parent
     state = "fresh" if fresh else check_target(run_dir, run_id, overwrite=overwrite, claim_token=claim_token)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = run_dir.parent / f".{run_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    if state == "absent":
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if state == "fresh":  # the writer's own new directory: files are staged one by one (write_staged, atomic)
+        yield run_dir
+        return
+    staging = run_dir.parent / f".{run_dir.name}.tmp-{_staging_suffix()}"
     os.mkdir(staging)
     try:
         yield staging
@@ -247,4 +300,4 @@ def is_staging_dir(name: str) -> bool:
 
 
 __all__ = ["RUN_FILES", "target_state", "check_target", "install", "staged_run", "is_staging_dir", "split_entries",
-           "remove_run_files", "recorded_files", "discard_run_dir"]
+           "remove_run_files", "recorded_files", "discard_run_dir", "write_staged"]

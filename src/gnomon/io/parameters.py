@@ -56,18 +56,36 @@ def base_theta(trace: Any) -> np.ndarray:
     return np.asarray(trace.theta)
 
 
+_NUMPY_TRANSFORMS = {  # elementwise transforms evaluated in NumPy (float64 rows keep float64; no JAX dispatch)
+    "positive": lambda u, spec: np.exp(u),
+    "softplus_positive": lambda u, spec: np.logaddexp(u, 0.0),
+    "greater_than": lambda u, spec: spec[1] + np.exp(u),
+    "less_than": lambda u, spec: spec[1] - np.exp(u),
+}
+
+
 def constrained(layout: Any, theta: np.ndarray) -> dict[str, np.ndarray]:
-    """``{block: (*rows, K)}`` constrained values of θ rows; identity blocks are sliced in NumPy (a float64
-    trace keeps float64 precision even when JAX runs in float32)."""
+    """``{block: (*rows, K)}`` constrained values of θ rows. Identity blocks are sliced and the elementwise
+    transforms (positive, softplus, greater/less than) evaluated in NumPy — a float64 trace keeps float64
+    precision even when JAX runs in float32, and a run's summary costs no JAX dispatch; other transforms go
+    through ``layout.unpack``."""
     theta = np.asarray(theta)
-    unpacked = layout.unpack(theta) if not layout.is_identity else {}
-    out = {}
+    lead = theta.shape[:-1]
+    out: dict[str, np.ndarray] = {}
+    unpacked = None
     for b in layout.blocks:
+        u = theta[..., b.start : b.stop]
+        fast = _NUMPY_TRANSFORMS.get(b.transform[0]) if b.theta_shape == b.shape else None
         if b.is_identity:
-            v = theta[..., b.start : b.stop]
+            v = u
+        elif fast is not None:
+            with np.errstate(over="ignore"):
+                v = fast(u, b.transform).astype(theta.dtype, copy=False)
         else:
+            if unpacked is None:
+                unpacked = layout.unpack(theta)
             v = np.asarray(unpacked[b.name], dtype=theta.dtype)
-        out[b.name] = v.reshape(theta.shape[:-1] + (block_size(b.shape),))
+        out[b.name] = v.reshape(lead + (block_size(b.shape),))
     return out
 
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.io.install import staged_run
-from gnomon.io.jsonio import ArtifactError, from_jsonable, read_json, to_jsonable, write_json
-from gnomon.io.npzio import read_npz, write_npz
+from gnomon.io.install import staged_run, write_staged
+from gnomon.io.jsonio import ArtifactError, encode_json, from_jsonable, read_json, to_jsonable
+from gnomon.io.npzio import npz_bytes, read_npz
 from gnomon.io.parameters import parameter_summary
 from gnomon.io.provenance import git_hash, package_versions, platform_info
 from gnomon.io.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
@@ -261,7 +261,7 @@ def write_run_dir(
             extra_meta.update(more_meta)
         _write_files(staging, trace, layout, meta, run_id=run_id, summary=summary, params=params,
                      extra_arrays=extra_arrays, extra_meta=extra_meta, arviz=arviz, compress=compress,
-                     fsync=fsync)
+                     fsync=fsync, scan=prepare is not None, atomic=fresh)
     return run_dir
 
 
@@ -279,25 +279,36 @@ def _write_files(
     arviz: bool,
     compress: bool,
     fsync: bool,
+    scan: bool = False,
+    atomic: bool = False,
 ) -> None:
-    """Write the run's files into ``run_dir`` (a staging directory), summary.json last."""
+    """Write the run's files into ``run_dir`` (a private staging directory: each file is written whole, once,
+    without a temporary file; the directory is installed atomically), summary.json last. ``scan``: other
+    files were put there before (diagnostics), so their sizes are read back for ``summary.json``; ``atomic``:
+    ``run_dir`` is a fresh run directory staged file by file (:func:`gnomon.io.install.staged_run`)."""
+    sizes: dict[str, int] = {}
+
+    def put(name: str, data: bytes) -> None:
+        sizes[name] = write_staged(run_dir / name, data, fsync, atomic=atomic)
+
     files = [TRACE_FILE]
-    write_npz(run_dir / TRACE_FILE, _trace_arrays(trace), compress=compress, fsync=fsync)
+    put(TRACE_FILE, npz_bytes(_trace_arrays(trace), compress=compress))
 
     thetamap_meta = None
     if trace.thetamap is not None:
         tm = trace.thetamap
-        write_npz(run_dir / THETAMAP_FILE, tm.to_arrays(), fsync=fsync)
+        put(THETAMAP_FILE, npz_bytes(tm.to_arrays()))
         files.append(THETAMAP_FILE)
         thetamap_meta = {"type": type(tm).__name__, **tm.describe()}
     for name, arrays in extra_arrays.items():
-        write_npz(run_dir / f"{name}.npz", arrays, fsync=fsync)
+        put(f"{name}.npz", npz_bytes(arrays))
         files.append(f"{name}.npz")
     if arviz:
         from gnomon.io.netcdf import write_netcdf
 
         write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta)
         files.append(NETCDF_FILE)
+        scan = True
 
     theta_dtype = str(np.asarray(trace.theta).dtype)
     meta_doc: dict[str, Any] = {
@@ -320,7 +331,7 @@ def _write_files(
         "user": dict(meta or {}),
         **dict(extra_meta or {}),
     }
-    write_json(run_dir / META_FILE, meta_doc, fsync=fsync)
+    write_staged(run_dir / META_FILE, encode_json(meta_doc), fsync, atomic=atomic)
     base = trace.summary()
     if trace.kind == "sampling":  # ESS, R-hat, divergences, cost per effective sample (arviz-stats)
         from gnomon.io.sampling_summary import sampling_summary
@@ -335,10 +346,12 @@ def _write_files(
     summary_doc = {"run_id": run_id, **base, **dict(params), **dict(summary or {})}
     summary_doc["written_utc_unix"] = time.time()
     summary_doc[USER_KEYS_KEY] = sorted(str(k) for k in (summary or {}))
-    summary_doc[FILES_KEY] = {
-        e.name: e.stat().st_size for e in os.scandir(run_dir) if e.is_file() and e.name not in (META_FILE,)
-    }
-    write_json(run_dir / SUMMARY_FILE, summary_doc, fsync=fsync)  # last: marks the run complete
+    if scan:
+        with os.scandir(run_dir) as it:
+            sizes.update({e.name: e.stat().st_size for e in it
+                          if e.is_file() and e.name not in sizes and e.name != META_FILE})
+    summary_doc[FILES_KEY] = sizes
+    write_staged(run_dir / SUMMARY_FILE, encode_json(summary_doc), fsync, atomic=atomic)  # last: complete
 
 
 def member_info(trace: Trace) -> Trace:
