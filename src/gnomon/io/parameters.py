@@ -197,6 +197,8 @@ def _derived(crlb: Any, layout: Any, rows: np.ndarray, truth: Any, labels: list,
     at = getattr(crlb, "derived_at", None)
     if at is None or not getattr(crlb, "derived", ()):
         return {}, {}, {}
+    if getattr(crlb, "on_layout", False) and layout is None:  # functions of the layout's values, and none here
+        return {}, {}, {}
     vals = at(rows, layout)
     est, sd = {}, {}
     for lab, col in vals.items():
