@@ -148,7 +148,8 @@ def available(obj: Any) -> bool:
     return getattr(obj, "likelihood", None) is not None or getattr(obj, "residual_fn", None) is not None
 
 
-def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = True) -> dict[str, Any] | None:
+def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = True,
+                    stacklevel: int = 2) -> dict[str, Any] | None:
     """Deviance, Pearson χ², degrees of freedom and their reduced values at θ (module docstring), or None for an
     objective without a noise model.
 
@@ -157,7 +158,7 @@ def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = Tr
         in its own coordinates).
       theta: the point (D,), e.g. the fit's best θ.
       data: the data the fit used (default: the objective's bound data).
-      warn: issue a :class:`MisfitWarning` when the fit is flagged.
+      warn: issue a :class:`MisfitWarning` when the fit is flagged (``stacklevel`` as for ``warnings.warn``).
 
     Returns:
       a JSON-able dict: ``deviance``, ``reduced_deviance``, ``pearson_chi2``, ``reduced_pearson_chi2``,
@@ -170,11 +171,12 @@ def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = Tr
     d = obj.data if data is _UNSET else data
     out = _statistics(obj, np.asarray(theta), _host(d))
     if warn and out["misfit"]:
-        warnings.warn(_message([out]), MisfitWarning, stacklevel=2)
+        warnings.warn(_message([out]), MisfitWarning, stacklevel=stacklevel)
     return out
 
 
-def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool = True) -> list[dict] | None:
+def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool = True,
+                          stacklevel: int = 2) -> list[dict] | None:
     """:func:`goodness_of_fit` per member of a batch: ``thetas`` ``(B, D)``, ``data`` batched on its leading
     axis (None: the objective's own data for every member). One warning names the flagged members."""
     if not available(obj):
@@ -187,7 +189,7 @@ def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool
         out.append(_statistics(obj, thetas[i], _host(d)))
     flagged = [i for i, g in enumerate(out) if g["misfit"]]
     if warn and flagged:
-        warnings.warn(_message([out[i] for i in flagged], flagged, len(out)), MisfitWarning, stacklevel=2)
+        warnings.warn(_message([out[i] for i in flagged], flagged, len(out)), MisfitWarning, stacklevel=stacklevel)
     return out
 
 

@@ -399,7 +399,7 @@ class Objective:
         objective without a noise model (not ``from_likelihood`` / ``from_residuals``)."""
         from gnomon.objective.goodness import goodness_of_fit
 
-        return goodness_of_fit(self, theta, self._data(data), warn=warn)
+        return goodness_of_fit(self, theta, self._data(data), warn=warn, stacklevel=3)
 
     def __repr__(self) -> str:
         ctor = self.info.get("constructor", "?")

@@ -282,9 +282,9 @@ def _record_outputs(obj: Objective, trace: Trace, data: Any, *, batched: bool) -
             if isinstance(info.get(k), (int, float)):
                 info[f"batch_{k}"], info[k] = float(info[k]), float(info[k]) / b
         runtime = float(runtime) / b
-        gof = goodness_of_fit_batch(obj, trace.coords_in(obj.thetamap, "best"), data)
+        gof = goodness_of_fit_batch(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
     else:
-        gof = goodness_of_fit(obj, trace.coords_in(obj.thetamap, "best"), data)
+        gof = goodness_of_fit(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
     if gof is not None:
         info["goodness_of_fit"] = gof
     return replace(trace, info=info, runtime_s=runtime)
