@@ -10,7 +10,8 @@
 2. Aggregation: 10,000 complete runs (written with ``save_batch``), ``Experiment.aggregate()`` of the summary
    scalars, with two meta keys, with 1 reader thread, and written to Parquet.
 
-Run: ``python benchmarks/bench_artifacts.py [--runs-per-round 40] [--rounds 25] [--aggregate 10000]``.
+Run: ``python benchmarks/bench_artifacts.py [--runs-per-round 40] [--rounds 25] [--aggregate 10000]
+[--layout none|d20|both]``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from pathlib import Path
 import numpy as np
 
 
-def make_trace(gn, rng, T=1000, D=20, batch=None):
+def bench_layout(gn):
+    """A D=20 layout as a campaign run carries one: a position pair, a separation, a positive flux, 16 Zernikes
+    with labels (the parameter summary then writes estimate.<label> for its 20 components)."""
+    return gn.Layout({"position": (2,), "separation": (), "flux": (), "zernikes": (16,)},
+                     transforms={"flux": "positive"},
+                     units={"position": "µas", "separation": "µas", "zernikes": "nm"},
+                     labels={"position": ["x", "y"], "zernikes": [f"Z{j}" for j in range(4, 20)]})
+
+
+def make_trace(gn, rng, T=1000, D=20, batch=None, layout=None):
     lead = (T,) if batch is None else (batch, T)
     step = np.arange(T, dtype=np.int32)
     kw = dict(
@@ -42,6 +52,7 @@ def make_trace(gn, rng, T=1000, D=20, batch=None):
         status="max_steps" if batch is None else ("max_steps",) * batch,
         runtime_s=0.5,
         info={"engine": "gd", "learning_rate": 0.1, "num_steps": T - 1},
+        layout=layout,
     )
     if batch is not None:
         kw["extras"] = {"num_rows": np.full(batch, T)}
@@ -73,14 +84,16 @@ def raw_writer(trace, meta_doc, summary_doc):
     return write
 
 
-def bench_writes(gn, root: Path, per_round: int, rounds: int) -> dict[str, tuple[float, float]]:
+def bench_writes(gn, root: Path, per_round: int, rounds: int, layout=None) -> dict[str, tuple[float, float]]:
     """(median wall, median CPU) seconds per run of each method, interleaved in small blocks, order rotated.
 
     CPU time (user + system of this process: the Python work and the system calls) is robust to other
-    processes' load on a shared machine; wall time also counts waiting for the disk and for a core."""
+    processes' load on a shared machine; wall time also counts waiting for the disk and for a core. With a
+    ``layout`` the runs carry it (meta.json its index map, summary.json the per-parameter estimates) and the
+    raw baseline writes the same documents."""
     rng = np.random.default_rng(0)
-    trace = make_trace(gn, rng)
-    batch = make_trace(gn, rng, batch=per_round)
+    trace = make_trace(gn, rng, layout=layout)
+    batch = make_trace(gn, rng, batch=per_round, layout=layout)
     ref = gn.save_run(root / "ref", trace)
     meta_doc = json.loads((ref / "meta.json").read_text())
     summary_doc = json.loads((ref / "summary.json").read_text())
@@ -145,17 +158,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--aggregate", type=int, default=10_000)
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    ap.add_argument("--layout", choices=("none", "d20", "both"), default="both",
+                    help="runs without a layout, with a D=20 layout (parameter summaries, index map), or both")
     args = ap.parse_args()
     import gnomon as gn
 
     root = Path(tempfile.mkdtemp(prefix="gnomon-bench-", dir=args.dir))
     try:
-        if args.rounds:
-            w = bench_writes(gn, root, args.runs_per_round, args.rounds)
+        layouts = {"none": [None], "d20": [bench_layout(gn)], "both": [None, bench_layout(gn)]}[args.layout]
+        for k, lay in enumerate(layouts if args.rounds else []):
+            w = bench_writes(gn, root / f"w{k}", args.runs_per_round, args.rounds, layout=lay)
             base_wall, base_cpu = w["raw numpy+json (temp+replace)"]
             print(
-                f"per-run write cost, T=1000 D=20 float64 ({args.rounds} interleaved blocks × "
-                f"{args.runs_per_round} runs per method; medians of wall and of process CPU time):"
+                f"per-run write cost, T=1000 D=20 float64, {'no layout' if lay is None else 'a D=20 layout'} "
+                f"({args.rounds} interleaved blocks × {args.runs_per_round} runs per method; medians of wall and "
+                "of process CPU time):"
             )
             for k, (wt, ct) in w.items():
                 print(

@@ -223,3 +223,57 @@ def test_posterior_netcdf_carries_units_and_long_names(tmp_path):
     stats = dt["sample_stats"].to_dataset()
     assert stats["lp"].attrs["long_name"] == "log density of θ" and stats["custom"].attrs["long_name"] == "custom"
     assert check_run(d).ok
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@hsettings(max_examples=150)
+@given(doc=st.dictionaries(st.text(max_size=10).filter(lambda k: k != "schema_version"), json_values, max_size=8))
+def test_encode_json_reads_back_as_the_plain_form(doc):
+    """The fast encoder (one top-level key per line, scalars by hand, the C encoder for the rest) writes what
+    to_jsonable + json.dumps wrote: the same document read back, non-finite floats as strings."""
+    from gnomon.io.jsonio import encode_json
+
+    text = encode_json(doc).decode()
+    assert json.loads(text) == to_jsonable({"schema_version": 2, **doc})
+    assert text.count("\n") == len(doc) + 3  # "{", schema_version, one line per key, "}"
+    numpy_doc = {"a": np.float32(1.5), "b": np.int64(3), "c": np.bool_(True), "d": np.arange(3), "e": np.float64("nan")}
+    assert json.loads(encode_json(numpy_doc)) == {"schema_version": 2, "a": 1.5, "b": 3, "c": True, "d": [0, 1, 2],
+                                                  "e": "NaN"}
+
+
+def test_fresh_runs_are_staged_file_by_file_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    """Experiment.save with a given id (a fresh directory): every file appears whole (no temporary left), the
+    summary last; a failure while writing removes the fresh directory again."""
+    exp = gn.Experiment(tmp_path / "e")
+    tr = gn.Trace(kind="optimization", theta=np.zeros((3, 2)), loss=np.ones(3), status="converged")
+    order = []
+    import gnomon.util.files as files_mod
+
+    real = os.replace
+
+    def replace(src, dst):
+        order.append(os.path.basename(str(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(files_mod.os, "replace", replace)
+    d = exp.save("given", tr)
+    monkeypatch.undo()
+    assert order == ["trace.npz", "meta.json", "summary.json"]
+    assert sorted(os.listdir(d)) == ["meta.json", "summary.json", "trace.npz"] and check_run(d).ok
+    import gnomon.io.run as run_mod
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run_mod, "encode_json", boom)
+    with pytest.raises(OSError, match="disk full"):
+        exp.save("broken", tr)
+    monkeypatch.undo()
+    assert not exp.run_dir("broken").exists() and not [n for n in os.listdir(exp.runs_dir) if n.startswith(".")]

@@ -130,7 +130,10 @@ def test_save_run_writes_the_derived_bounds_and_refuses_unknown_mapping_keys(tmp
         fit = gn.optimize(obj, th + 0.1, "lbfgs", num_steps=20)
     gn.save_run(tmp_path / "run", fit, lay, crlb=cr, truth={"a": [3.0, 4.0]})
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["crlb.r"] == pytest.approx(0.5) and "estimate.r" not in summary  # |∇r| = 1: the bound is σ
+    assert summary["crlb.r"] == pytest.approx(0.5)  # |∇r| = 1: the bound is σ
+    a_hat = np.asarray(fit.best_theta)
+    assert summary["estimate.r"] == pytest.approx(float(np.hypot(*a_hat)), rel=1e-9)  # a derived quantity is a
+    assert summary["truth.r"] == pytest.approx(5.0)  # parameter in the outputs (issue 21, item 6)
     assert summary["crlb.a[0]"] == pytest.approx(0.5) and summary["z.a[0]"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['r'\]"):  # a mapping: likely a typo
         gn.save_run(tmp_path / "run2", fit, lay, crlb={"r": 0.5})
@@ -202,3 +205,50 @@ def test_prior_makes_it_bayesian_and_bad_fishers_are_refused():
         gn.cramer_rao(jnp.array([[1.0, 2.0], [2.0, 1.0]]), jnp.zeros(2))
     with pytest.raises(ValueError, match=r"not symmetric: F\[0,1\] = 0.5 but F\[1,0\] = 0"):
         gn.cramer_rao(jnp.array([[1.0, 0.5], [0.0, 1.0]]), jnp.zeros(2))
+
+
+def test_a_near_degenerate_pair_is_named_warned_and_recorded(tmp_path):
+    """Two columns that differ by 1 % of noise: their marginal bounds are ~100× the conditional ones
+    (1/sqrt(1 − R²)); cramer_rao warns naming the partner of each, the third parameter is not named, and the
+    findings reach CramerRao.degenerate, summary.json and meta.json (issue 18, item 8)."""
+    import json
+    import warnings
+
+    rng = np.random.default_rng(3)
+    x1 = rng.normal(size=200)
+    X = np.stack([x1, x1 + 0.01 * rng.normal(size=200), rng.normal(size=200)], axis=1)
+    lay = gn.Layout({"pos": (), "tilt": (), "flux": ()}, units={"pos": "µas", "tilt": "µas"})
+    with jax.enable_x64(True):
+        th = jnp.array([1.0, 2.0, 3.0])
+        obj = gn.Objective.from_likelihood(lambda t: jnp.asarray(X) @ t, X @ np.asarray(th), gn.family.gaussian(1.0),
+                                           lay)
+        with pytest.warns(gn.curvature.crlb.DegeneracyWarning) as rec:
+            cr = gn.cramer_rao(obj, th)
+    F = X.T @ X
+    ratio = np.sqrt(np.diag(np.linalg.inv(F)) * np.diag(F))  # closed form of marginal / conditional
+    assert ratio[0] > 50 and ratio[1] > 50 and ratio[2] < 1.1
+    msg = str(rec[0].message)
+    assert "2 parameter(s) nearly degenerate" in msg and "'flux':" not in msg
+    assert "'pos': marginal" in msg and "most correlated with 'tilt' (ρ = -1.000)" in msg and "µas" in msg
+    assert [d["label"] for d in cr.degenerate] == sorted(["pos", "tilt"], key=lambda lab: -ratio[lay.names.index(lab)])
+    for d in cr.degenerate:
+        i = lay.names.index(d["label"])
+        assert d["ratio"] == pytest.approx(ratio[i], rel=1e-8)
+        assert [p["label"] for p in d["partners"]] == [{"pos": "tilt", "tilt": "pos"}[d["label"]]]
+        rho = np.linalg.inv(F)[0, 1] / np.sqrt(np.linalg.inv(F)[0, 0] * np.linalg.inv(F)[1, 1])
+        assert d["partners"][0]["correlation"] == pytest.approx(rho, rel=1e-8)
+    fit = gn.Trace(kind="optimization", theta=np.asarray(th)[None], loss=np.zeros(1), status="converged",
+                   layout=lay)
+    gn.save_run(tmp_path / "r", fit, crlb=cr)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["crlb_max_ratio"] == pytest.approx(ratio.max(), rel=1e-8)
+    assert set(summary["crlb_degenerate"].split("; ")) == {"pos~tilt", "tilt~pos"}
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["crlb"]["degeneracy_ratio"] == 10.0 and len(meta["crlb"]["degenerate"]) == 2
+    # a well-conditioned problem: no warning, nothing recorded, the max ratio still written
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok = gn.cramer_rao(obj, th, degeneracy_ratio=1e3)
+    assert ok.degenerate == () and "crlb_degenerate" not in ok.summary_scalars()
+    with pytest.raises(ValueError, match="degeneracy_ratio must be a number > 1"):
+        gn.cramer_rao(obj, th, degeneracy_ratio=0.5)

@@ -124,6 +124,35 @@ def test_bad_paths_name_the_problem(paths, match):
         gn.Layout.from_module(_scope(), paths)
 
 
+def test_physical_units_without_model_units_are_refused_naming_model_units():
+    """θ in µas must never reach a model that reads radians unconverted (issue 18, item 6)."""
+    scope = _scope()
+    paths = {"pos": "source.position", "zern": "optics.aperture.coefficients", "plate": "optics.pixel_scale"}
+    with pytest.raises(ValueError) as err:
+        gn.Layout.from_module(scope, paths, units={"pos": "µas", "zern": "nm"}, model_units={"zern": "m"})
+    msg = str(err.value)
+    assert "'pos' in 'µas' (path 'source.position')" in msg and "zern" not in msg.split("has units")[0]
+    assert "model_units={'pos': 'rad'}" in msg and "affine=" in msg and "model_units={'pos': 'same'}" in msg
+    # a ppm is a scale too: a bare ppm block without a map is refused as well; "1" and no unit need nothing
+    with pytest.raises(ValueError, match="'plate' in 'ppm'"):
+        gn.Layout.from_module(scope, paths, units={"plate": "ppm"})
+    for unit in ("1", "frac", ""):
+        assert gn.Layout.from_module(scope, {"flux": "source.flux"}, units={"flux": unit}).size == 1
+
+
+def test_model_units_same_says_the_model_takes_the_users_units():
+    scope = _scope()
+    lay = gn.Layout.from_module(scope, {"pos": "source.position", "flux": "source.flux"},
+                                units={"pos": "µas", "flux": "ph"}, model_units={"pos": "same", "flux": "ph"})
+    theta = lay.pack({"pos": np.array([3.0, -2.0]), "flux": 7.0})
+    out = lay.apply(scope, theta)
+    np.testing.assert_allclose(np.asarray(out.source.position), [3.0, -2.0])  # no conversion: µas in, µas used
+    assert float(out.source.flux) == 7.0
+    entries = {e["name"]: e for e in lay.index_map()}
+    assert entries["pos"]["model_units"] == "µas" and "to_model" not in entries["pos"]
+    assert gn.Layout.from_dict(lay.to_dict()) == lay and gn.Layout.from_dict(lay.to_dict()).hash == lay.hash
+
+
 def test_apply_refuses_batches_and_layouts_without_paths():
     scope = _scope()
     lay = _layout(scope)

@@ -266,7 +266,7 @@ def test_compile_key_of_other_constructors():
                                num_steps=2, data=y[:7]), r"observations have shape \(7,\)"),
         (lambda y: gn.optimize_batch(_poisson_obj(), jnp.tile(jnp.asarray(THETA, jnp.float32), (2, 1)), "gd",
                                      learning_rate=1e-3, num_steps=2, data=jnp.stack([y, y.at[1].set(jnp.inf)])),
-         r"data has inf at index \(1, 1\)"),
+         r"data of batch member 1 has inf at index \(1,\)"),  # names the member (issue 18, item 7)
         (lambda y: gn.estimate_curvature(_poisson_obj(), jnp.asarray(THETA, jnp.float32), "fisher",
                                          data=y.at[4].set(jnp.nan)), r"data has nan at index \(4,\)"),
         (lambda y: gn.optimize(gn.Objective.from_loss(lambda t, d: jnp.sum((t[0] - d) ** 2), 2, data=y),

@@ -112,7 +112,7 @@ def test_failed_write_leaves_the_old_run_and_no_staging(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(run_mod, "write_json", boom)
+    monkeypatch.setattr(run_mod, "encode_json", boom)
     with pytest.raises(OSError, match="disk full"):
         gn.save_run(d, trace(2), overwrite=True)
     monkeypatch.undo()

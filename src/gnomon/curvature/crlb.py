@@ -14,6 +14,20 @@ where :math:`G = \partial g/\partial θ` is the Jacobian of :math:`g(θ) = (\tex
 — the identity for unconstrained blocks, the bijection's Jacobian otherwise (the delta method), and the
 gradient of each derived quantity.
 
+**Degeneracy.** Where the conditional bound is defined, marginal/conditional :math:`= \sqrt{(F^{-1})_{jj}F_{jj}}
+= 1/\sqrt{1-R_j^2}`, with :math:`R_j` the multiple correlation of parameter j with all the others: a ratio of
+10 means :math:`R_j^2 = 0.99` — the data barely tell that parameter from a combination of the others.
+:func:`cramer_rao` warns (:class:`DegeneracyWarning`) for every parameter whose ratio reaches
+``degeneracy_ratio`` (default 10), naming its most correlated partners (largest :math:`|\rho|` in the
+covariance), and records them (:attr:`CramerRao.degenerate`; ``summary.json`` ``crlb_max_ratio`` and
+``crlb_degenerate``, ``meta.json`` ``crlb``).
+
+**Derived quantities as parameters.** A :class:`CramerRao` keeps the derived functions it was given, so
+:func:`gnomon.save_run` can evaluate them on the run (:meth:`CramerRao.derived_at`): at the fit's best point
+(the estimate whose spread the delta-method bound describes) or on every posterior draw (mean and sd), and at
+the truth given for the parameters; each derived label then gets ``estimate``, ``sd``, ``crlb``, ``truth``,
+``z`` keys like a named parameter.
+
 F is inverted in float64 after scaling to unit diagonal (:math:`S F S`, :math:`S = \mathrm{diag}(F)^{-1/2}`), so
 parameters in wildly different units do not matter; a Fisher that is singular to working precision is an
 error naming the parameters of its null direction (the bound is infinite there: fix them or add a prior).
@@ -24,6 +38,7 @@ With a prior included (``estimate_curvature(..., include_prior=True)``) the resu
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +46,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class DegeneracyWarning(UserWarning):
+    """Some parameter's marginal Cramér–Rao bound is ≥ ``degeneracy_ratio`` × its conditional one: it is
+    nearly degenerate with the partners the message names (:attr:`CramerRao.degenerate`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +67,11 @@ class CramerRao:
       units: the unit string of each label (the layout's, as written; derived: as given).
       bayesian: True when F includes a prior's curvature (the van Trees bound).
       method: the Fisher's method name (``"fisher"``, ``"gauss_newton"``, ``"user"``, ...).
+      degenerate: one dict per nearly degenerate parameter (marginal ≥ ``degeneracy_ratio`` × conditional):
+        ``{"label", "ratio", "partners": [{"label", "correlation"}, ...]}``, worst first.
+      derived: ``((name, fn), ...)``: the derived quantities' functions (:meth:`derived_at` evaluates them).
+      num_base: how many labels are the layout's elements (the rest are derived).
+      on_layout: the derived functions take ``layout.unpack(θ)`` (True) or θ itself (no layout was given).
     """
 
     labels: tuple[str, ...]
@@ -57,6 +82,11 @@ class CramerRao:
     units: tuple[str, ...]
     bayesian: bool = False
     method: str = "user"
+    degenerate: tuple = ()
+    derived: tuple = ()
+    num_base: int = -1
+    on_layout: bool = True
+    degeneracy_ratio: float = 10.0
 
     def __getitem__(self, label: str) -> float:
         """The marginal bound of ``label``."""
@@ -77,13 +107,70 @@ class CramerRao:
         return {f"crlb.{lab}": float(v) for lab, v in zip(self.labels, self.marginal)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: labels, units, value, marginal, conditional (NaN as None), bayesian, method."""
+        """JSON-able form: labels, units, value, marginal, conditional (NaN as None), bayesian, method,
+        degenerate."""
         def f(a):
             return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]
 
         return {"labels": list(self.labels), "units": list(self.units), "value": f(self.value),
                 "marginal": f(self.marginal), "conditional": f(self.conditional), "bayesian": self.bayesian,
-                "method": self.method}
+                "method": self.method, "degenerate": [dict(d) for d in self.degenerate]}
+
+    @property
+    def derived_labels(self) -> tuple[str, ...]:
+        """The labels of the derived quantities (after the layout's elements)."""
+        return self.labels[self._num_base:]
+
+    @property
+    def _num_base(self) -> int:
+        return self.num_base if self.num_base >= 0 else len(self.labels)
+
+    def record(self) -> dict[str, Any]:
+        """The small JSON-able record ``save_run`` keeps in ``meta.json`` (``crlb``): the Fisher's method,
+        whether it is Bayesian, the degeneracy threshold and findings, and the derived quantities' units."""
+        n = self._num_base
+        return {"method": self.method, "bayesian": self.bayesian, "degeneracy_ratio": self.degeneracy_ratio,
+                "degenerate": [dict(d) for d in self.degenerate],
+                "derived": {lab: u for lab, u in zip(self.labels[n:], self.units[n:])}}
+
+    def summary_scalars(self) -> dict[str, Any]:
+        """Run-level ``summary.json`` scalars: ``crlb_max_ratio`` (the largest marginal/conditional ratio) and,
+        when some parameter is nearly degenerate, ``crlb_degenerate`` (``"a~b,c; d~e"``: each degenerate
+        label with its most correlated partners)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.asarray(self.marginal, float) / np.asarray(self.conditional, float)
+        r = r[np.isfinite(r)]
+        out: dict[str, Any] = {"crlb_max_ratio": float(r.max()) if r.size else math.nan}
+        if self.degenerate:
+            out["crlb_degenerate"] = "; ".join(
+                f"{d['label']}~{','.join(p['label'] for p in d['partners'])}" for d in self.degenerate)
+        return out
+
+    def derived_at(self, theta: Any, layout: Any = None) -> dict[str, np.ndarray]:
+        """The derived quantities at θ rows ``(N, D)`` (base θ): ``{label: (N,) float64}``. The functions take
+        ``layout.unpack(θ)`` (``layout``: the one the bound was computed with) or θ itself when the bound had
+        no layout. Empty when there are no derived quantities."""
+        if not self.derived:
+            return {}
+        rows = jnp.asarray(np.asarray(theta))
+        if rows.ndim != 2:
+            raise ValueError(f"derived_at takes θ rows (N, D), got shape {tuple(rows.shape)}")
+        if self.on_layout:
+            if layout is None:
+                raise ValueError("these derived quantities take the layout's values: pass the layout")
+            params = layout.unpack(rows)
+        else:
+            params = rows
+        cols = []
+        for _, fn in self.derived:
+            out = jax.vmap(lambda p, fn=fn: jnp.ravel(jnp.asarray(fn(p))))(params)
+            cols.append(np.asarray(out, dtype=np.float64).reshape(rows.shape[0], -1))
+        values = np.concatenate(cols, axis=1)
+        labels = self.derived_labels
+        if values.shape[1] != len(labels):
+            raise ValueError(f"the derived quantities give {values.shape[1]} values per θ; the bound has "
+                             f"{len(labels)} derived labels {list(labels)}")
+        return {lab: values[:, i] for i, lab in enumerate(labels)}
 
     def table(self) -> str:
         """A plain-text table: label, value, marginal, conditional, marginal/conditional, units."""
@@ -169,6 +256,8 @@ def cramer_rao(
     theta: Any,
     layout: Any = None,
     derived: Mapping[str, Callable | tuple[Callable, str]] | None = None,
+    *,
+    degeneracy_ratio: float = 10.0,
 ) -> CramerRao:
     """The Cramér–Rao bound at θ per named parameter and derived quantity, in the user's units.
 
@@ -182,7 +271,11 @@ def cramer_rao(
       layout: names and units (default: the objective's layout; without one, labels ``θ[i]``).
       derived: optional ``name -> fn(params)`` or ``name -> (fn, units)``; ``params`` is
         ``layout.unpack(θ)`` (user units; θ itself without a layout); ``fn`` returns a scalar or an array.
-        Its bound follows by the delta method.
+        Its bound follows by the delta method. Saved with a run (``save_run(..., crlb=cr)``), each derived label
+        gets estimate, sd (posterior), CRLB, truth and z in ``summary.json`` like a named parameter.
+      degeneracy_ratio: warn (:class:`DegeneracyWarning`) and record in :attr:`CramerRao.degenerate` every
+        parameter whose marginal bound is at least this many times its conditional one (10: its multiple
+        correlation with the others has R² ≥ 0.99), naming its most correlated partners.
 
     Returns:
       a :class:`CramerRao` (``.labels``, ``.marginal``, ``.conditional``, ``.covariance``, ``.to_summary()``).
@@ -204,8 +297,10 @@ def cramer_rao(
             raise ValueError(f"cramer_rao: z is in the coordinates of {tagged!r}, but the objective runs in "
                              f"{fisher.thetamap!r}")
         base_theta = fisher.thetamap.to_theta(jnp.asarray(np.asarray(theta)))
-        return cramer_rao(fisher.base, base_theta, layout, derived)
+        return cramer_rao(fisher.base, base_theta, layout, derived, degeneracy_ratio=degeneracy_ratio)
 
+    if not (isinstance(degeneracy_ratio, (int, float)) and degeneracy_ratio > 1):
+        raise ValueError(f"degeneracy_ratio must be a number > 1, got {degeneracy_ratio!r}")
     theta = jnp.asarray(theta)
     if not jnp.issubdtype(theta.dtype, jnp.floating):
         theta = theta.astype(jnp.result_type(float))
@@ -275,7 +370,58 @@ def cramer_rao(
         if len(nz) == 1:
             j = nz[0]
             conditional[i] = abs(row[j]) / np.sqrt(F[j, j])
-    return CramerRao(tuple(labels), values, marginal, conditional, cov, tuple(units), bayesian, method)
+    n_base = len(base_labels)
+    degenerate = _degeneracies(labels, marginal, conditional, cov, n_base, float(degeneracy_ratio))
+    if degenerate:
+        _warn_degenerate(degenerate, marginal, conditional, labels, units, float(degeneracy_ratio))
+    return CramerRao(tuple(labels), values, marginal, conditional, cov, tuple(units), bayesian, method,
+                     degenerate=degenerate, derived=tuple(zip(names, fns)), num_base=n_base,
+                     on_layout=layout is not None, degeneracy_ratio=float(degeneracy_ratio))
+
+
+def _degeneracies(labels: list[str], marginal: np.ndarray, conditional: np.ndarray, cov: np.ndarray, n: int,
+                  ratio: float) -> tuple[dict, ...]:
+    """The parameters (of the first ``n`` labels) whose marginal/conditional ≥ ``ratio``, worst first, each with
+    up to three partners among the other parameters: those with |ρ| ≥ 0.5, at least the most correlated one."""
+    s = np.sqrt(np.clip(np.diag(cov)[:n], 0.0, None))
+    out = []
+    for i in range(n):
+        c = conditional[i]
+        if not (np.isfinite(c) and c > 0 and np.isfinite(marginal[i])):
+            continue
+        r = float(marginal[i] / c)
+        if r < ratio:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = cov[i, :n] / (s[i] * s)
+        rho = np.where(np.isfinite(rho), rho, 0.0)
+        rho[i] = 0.0
+        order = [int(j) for j in np.argsort(-np.abs(rho), kind="stable")]
+        picked = [j for j in order[:3] if abs(rho[j]) >= 0.5] or order[:1]
+        out.append({"label": labels[i], "ratio": r,
+                    "partners": [{"label": labels[j], "correlation": float(rho[j])} for j in picked]})
+    out.sort(key=lambda d: -d["ratio"])
+    return tuple(out)
+
+
+def _warn_degenerate(found: tuple[dict, ...], marginal, conditional, labels, units, ratio: float) -> None:
+    idx = {lab: i for i, lab in enumerate(labels)}
+    parts = []
+    for d in found[:5]:
+        i = idx[d["label"]]
+        u = f" {units[i]}" if units[i] else ""
+        partners = ", ".join(f"{p['label']!r} (ρ = {p['correlation']:+.3f})" for p in d["partners"])
+        parts.append(f"{d['label']!r}: marginal {marginal[i]:.4g}{u} vs conditional {conditional[i]:.4g}{u} "
+                     f"({d['ratio']:.3g}×), most correlated with {partners}")
+    more = f"; and {len(found) - 5} more" if len(found) > 5 else ""
+    warnings.warn(
+        f"cramer_rao: {len(found)} parameter(s) nearly degenerate (marginal bound ≥ {ratio:g}× the conditional: "
+        f"the data barely tell them from the others): {'; '.join(parts)}{more}. Fix one of each pair, add a "
+        "prior, or reparameterise; an optimizer may crawl along this direction (CramerRao.degenerate lists "
+        "them)",
+        DegeneracyWarning,
+        stacklevel=3,
+    )
 
 
 def fn_shape(fn: Callable, params: Any) -> tuple[int, ...]:

@@ -57,6 +57,16 @@ SUMMARY_DTYPES: dict[str, str] = {
     "compile_s": "float64",
     "run_s": "float64",
     "written_utc_unix": "float64",
+    "deviance": "float64",
+    "reduced_deviance": "float64",
+    "pearson_chi2": "float64",
+    "reduced_pearson_chi2": "float64",
+    "dof": "Int64",
+    "misfit": "boolean",
+    "crlb_max_ratio": "float64",
+    "crlb_degenerate": "string",
+    "batch_size": "Int64",
+    "batch_runtime_s": "float64",
 }
 _SKIP = {"schema_version", "run_id", FILES_KEY, USER_KEYS_KEY}
 _MISSING = object()

@@ -135,8 +135,7 @@ def run_item(
             extra_meta=extra_meta,
             release=False,
             token=token,
-            **kw,
-            **(save_kwargs or {}),
+            **{**(save_kwargs or {}), **kw},  # what fn returned for this item wins over the campaign's defaults
         )
     except Exception as exc:  # noqa: BLE001 - one failed item must not stop the campaign
         write_error(d, run_id, exc)
@@ -193,10 +192,12 @@ def run_many(
 
     Args:
       exp: the :class:`~gnomon.Experiment`.
-      fn: ``fn(item) -> Trace | (Trace, meta) | {"trace": ..., "meta"/"summary"/"layout"/"crlb"/"truth"/...}``
-        (``crlb`` and ``truth`` give the per-parameter summary keys of :func:`gnomon.save_run`). With a
-        process pool or Dask it must be picklable (a module-level function); its result is written in the
-        worker, so traces never travel back.
+      fn: ``fn(item) -> Trace | (Trace, meta) | dict``; the dict has ``"trace"`` and optionally ``"layout"``,
+        ``"meta"``, ``"summary"``, ``"crlb"``, ``"truth"``, ``"extra_arrays"``, ``"extra_meta"`` (keywords of
+        :func:`gnomon.save_run`: ``crlb`` and ``truth`` give the per-parameter summary keys) and the diagnostics
+        sources ``"objective"``, ``"curvature"``, ``"precond"``, ``"signals"``, ``"handoff"`` (docs/experiments.md);
+        another key is an error naming the allowed ones. With a process pool or Dask it must be picklable (a
+        module-level function); its result is written in the worker, so traces never travel back.
       items: the campaign's items (settings, seeds, epochs...). JSON-able items are recorded in meta.json
         (``campaign.item``) with a fingerprint, so a resume can check they did not change.
       executor: None (run here, one by one) or any ``concurrent.futures.Executor``: a
@@ -205,7 +206,9 @@ def run_many(
       run_id: ids of the runs: None gives ``item-000000``, ``item-000001``... by position; a format string
         with ``{index}`` and ``{item}`` (``"seed{item[seed]}"``); or a callable ``item -> id``.
       diagnostics: :class:`DiagnosticsConfig` of every run (default: the experiment's).
-      save_kwargs: more keyword arguments of :func:`gnomon.save_run` (``compress``, ``fsync``, ...).
+      save_kwargs: more keyword arguments of :func:`gnomon.save_run` (``compress``, ``fsync``, ...);
+        ``crlb`` and ``truth`` there may be one for every item or a sequence with one per item (``None`` where
+        an item has none). What ``fn`` returns for an item wins over them.
       progress: a bar on stderr (True; None: only on a terminal) or a callable
         ``progress(done, total, record)`` called as each item finishes.
       reclaim: take over incomplete runs held from *another host* (whose writer cannot be checked: use
@@ -260,6 +263,10 @@ def run_many(
     bad = sorted(set(skw) & {"overwrite", "run_id", "extra_meta"})
     if bad:
         raise ValueError(f"save_kwargs {bad} are set by run_many")
+    from gnomon.experiment.batch_writer import per_member_values
+
+    per_item = {k: per_member_values(f"save_kwargs[{k!r}]", skw.pop(k), len(items), "item")
+                for k in ("crlb", "truth") if k in skw}
 
     bar = None
     if not callable(progress):
@@ -283,7 +290,10 @@ def run_many(
         elif bar is not None:
             bar.update(done, ok=len(result.completed), failed=len(result.failed))
 
-    args = lambda i, rid, item: (str(runs_dir), rid, i, item, fn, diag, skw, reclaim, stale_after_s)  # noqa: E731
+    def args(i, rid, item):
+        kw = {**skw, **{k: v[i] for k, v in per_item.items() if v[i] is not None}} if per_item else skw
+        return (str(runs_dir), rid, i, item, fn, diag, kw, reclaim, stale_after_s)
+
     try:
         if executor is None:
             for i, rid, item in todo:

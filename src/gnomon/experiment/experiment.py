@@ -187,13 +187,10 @@ class Experiment:
                 "save writes one fit; a batched trace is B runs: use Experiment.save_batch or save trace[i]"
             )
         if run_id is None:
-            for _ in range(16):
-                d = self.runs_dir / generate_run_id()
-                state, msg, token = acquire_run(d, claim_fresh=False)
-                if state == "fresh":
-                    break
-            else:  # pragma: no cover
-                raise RuntimeError(f"{self.runs_dir}: could not create a fresh run id")
+            # a generated id (48 random bits) is free: the staged run is renamed onto it, atomically, and that
+            # rename fails if another writer took the name meanwhile (nothing is reserved beforehand)
+            d = self.runs_dir / generate_run_id()
+            state, msg, token = "absent", "", None
         else:
             d = self.run_dir(run_id)
             state, msg, token = acquire_run(d, overwrite=overwrite, claim_fresh=False)
@@ -239,10 +236,12 @@ class Experiment:
           run_ids: B safe ids; default ``<prefix or generated batch id>-<i>`` (zero-padded).
           meta, summary: one mapping for every member, or a sequence of B mappings.
           prefix: batch id used in generated run ids (itself validated); default a fresh generated id.
-        All B directories are created (atomically) before anything is written; if any id is taken, none is
-        written and a FileExistsError lists the taken ids. If writing member i fails, members before it stay
-        complete and the directories of i and later are removed. Each member's meta.json records
-        ``batch: {batch_id, index, size}``."""
+          crlb, truth (keywords): one for every member (as :func:`gnomon.save_run` takes them) or a sequence of
+            B, one per member (``crlb=[cr_0, cr_1, ...]``, ``truth=[t_0, ...]`` or a ``(B, D)`` array of base θ).
+        Other keywords go to :func:`gnomon.save_run`. All B directories are created (atomically) before anything
+        is written; if any id is taken, none is written and a FileExistsError lists the taken ids. If writing
+        member i fails, members before it stay complete and the directories of i and later are removed. Each
+        member's meta.json records ``batch: {batch_id, index, size}``."""
         return save_batch(
             self,
             trace,

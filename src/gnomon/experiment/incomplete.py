@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from gnomon.experiment.run_writer import ERROR_FILE, unclaimed_grace
+from gnomon.io.install import split_entries
 from gnomon.io.jsonio import ArtifactError, read_json
 from gnomon.io.runids import claim_state, read_claim, take_over_claim, write_claim
 
@@ -64,13 +66,23 @@ def sweep_runs(
 
     Claimed runs go when the claiming process is gone (same host), or with ``force`` when claimed from
     another host; runs held by a live writer are never touched. Unclaimed runs go only when nothing in them
-    changed for ``min_age_s`` seconds before ``now``. ``dry_run`` only lists what would go."""
+    changed for ``min_age_s`` seconds before ``now``. A run that holds files or folders gnomon did not write
+    (:func:`gnomon.io.install.split_entries`) is left alone, with a warning naming them. ``dry_run`` only lists
+    what would go."""
     removed = []
+    kept: dict[str, list[str]] = {}
     for rid in run_ids:
         d = runs_dir / rid
         rec = read_claim(d)
         state = claim_state(d, rec)
         if state in ("live", "mine") or (state == "foreign" and not force):
+            continue
+        try:
+            theirs = split_entries(d)[1]
+        except OSError:
+            continue
+        if theirs:  # a user's files or folders in it: never deleted
+            kept[rid] = theirs
             continue
         if state == "none":
             try:
@@ -92,6 +104,13 @@ def sweep_runs(
             continue
         shutil.rmtree(grave, ignore_errors=True)
         removed.append(rid)
+    if kept:
+        shown = "; ".join(f"{rid}: {', '.join(names[:3])}" for rid, names in list(kept.items())[:5])
+        warnings.warn(
+            f"sweep_incomplete left {len(kept)} incomplete run(s) alone because they hold files gnomon did not "
+            f"write ({shown}{' …' if len(kept) > 5 else ''}); move those files and sweep again",
+            stacklevel=3,
+        )
     return removed
 
 

@@ -15,7 +15,6 @@ A run without a claim that is not complete counts as being written while it chan
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gnomon.io.diagnostics import DiagnosticsConfig, build_diagnostics
+from gnomon.io.install import discard_run_dir, remove_run_files
 from gnomon.io.jsonio import write_json
 from gnomon.io.run import SUMMARY_FILE, write_run_dir
 from gnomon.io.runids import (
@@ -168,17 +168,9 @@ def unclaimed_grace(run_dir: Path) -> tuple[float, float]:
 
 
 def _clear_partial(run_dir: Path) -> None:
-    """Remove what a crashed attempt left in an incomplete run (everything but our claim)."""
-    for entry in os.scandir(run_dir):
-        if entry.name == CLAIM_FILE:
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
+    """Remove what a crashed attempt left in an incomplete run: gnomon's own files but our claim
+    (:func:`gnomon.io.install.remove_run_files`); a user's files and folders stay."""
+    remove_run_files(run_dir)
 
 
 def write_run(
@@ -205,11 +197,13 @@ def write_run(
     installed at once by :func:`gnomon.io.run.write_run_dir`) and release the claim.
 
     ``fresh=True``: the caller just created ``run_dir`` (empty, unclaimed); else ``token`` is the claim's
-    (from :func:`acquire_run`). On an exception a fresh directory is removed again; a claimed run stays
+    (from :func:`acquire_run`), or None for a run directory that does not exist yet (a generated id). On an
+    exception a fresh directory is removed again; a claimed run stays
     incomplete and its claim is released (unless ``release=False``: the caller then records the error
     first)."""
+    new = not fresh and token is None  # a run directory that does not exist yet (Experiment.save(None))
     try:
-        if not fresh:
+        if not fresh and not new:
             try:
                 os.unlink(run_dir / ERROR_FILE)
             except FileNotFoundError:
@@ -251,11 +245,11 @@ def write_run(
         )
     except BaseException:
         if fresh:  # we created it and nobody else writes into an unclaimed fresh run: leave no trace
-            shutil.rmtree(run_dir, ignore_errors=True)
-        elif release:
+            discard_run_dir(run_dir)
+        elif release and not new:
             release_claim(run_dir, token)
         raise
-    if not fresh:
+    if not fresh and not new:
         release_claim(run_dir, token)
     return run_dir
 

@@ -28,6 +28,8 @@ _TABLE_COLUMNS = (
     "status",
     "final_loss",
     "best_loss",
+    "reduced_deviance",
+    "misfit",
     "num_steps",
     "num_chains",
     "num_draws",
@@ -138,11 +140,16 @@ def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
     if layout is not None and not any(p == "estimate" for p, _ in keys):
         keys = {split_key(k): v for k, v in parameter_summary(run.trace, layout).items()}
     units = {lab: layout[name].units for name, _, lab in labels} if layout is not None else {}
+    crlb_meta = run.meta.get("crlb") if isinstance(run.meta.get("crlb"), Mapping) else {}
+    derived_units = crlb_meta.get("derived") if isinstance(crlb_meta.get("derived"), Mapping) else {}
+    units.update({str(k): str(v) for k, v in derived_units.items()})
     order = [lab for _, _, lab in labels] or sorted({lab for _, lab in keys})
     order = [lab for lab in order if ("estimate", lab) in keys]
+    named = len(order)  # the layout's parameters; derived quantities (cramer_rao(derived=...)) follow them
+    order += [lab for p, lab in keys if p == "estimate" and lab not in order]
     sampling = run.trace.kind == "sampling"
     ess = rhat = None
-    if sampling and layout is not None and order:
+    if sampling and layout is not None and named:
         import arviz_stats as azs
 
         from gnomon.io.parameters import base_theta
@@ -150,7 +157,7 @@ def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
         th = base_theta(run.trace)
         vals = constrained(layout, th)
         cols = {lab: np.asarray(vals[name][..., k], dtype=np.float64) for name, k, lab in labels}
-        draws = np.stack([cols[lab] for lab in order], axis=-1)  # (C, N, K)
+        draws = np.stack([cols[lab] for lab in order[:named]], axis=-1)  # (C, N, K)
         ess = np.atleast_1d(azs.ess(draws, chain_axis=0, draw_axis=1, method="bulk"))
         rhat = np.atleast_1d(azs.rhat(draws, chain_axis=0, draw_axis=1)) if draws.shape[0] > 1 else None
     has = {p: any((p, lab) in keys for lab in order) for p in ("sd", "crlb", "truth", "z")}
@@ -175,9 +182,9 @@ def _parameter_rows(run: Any) -> tuple[list[str], list[list[str]]]:
             z = keys.get(("z", lab))
             row.append(f"{float(z):+.2f}" if isinstance(z, (int, float)) else "")
         if ess is not None:
-            row.append(f"{float(ess[i]):.0f}")
+            row.append(f"{float(ess[i]):.0f}" if i < named else "")
             if rhat is not None:
-                row.append(f"{float(rhat[i]):.3f}")
+                row.append(f"{float(rhat[i]):.3f}" if i < named else "")
         row.append(units.get(lab, ""))
         rows.append(row)
     return header, rows

@@ -66,12 +66,63 @@ def from_jsonable(x: Any) -> Any:
     return x
 
 
+def _default(x: Any) -> Any:
+    """``json.dumps`` fallback for what the C encoder does not know (numpy scalars and arrays, paths)."""
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "__array__") or hasattr(x, "shape"):
+        arr = np.asarray(x)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    raise TypeError(f"cannot store {type(x).__name__} {x!r} in JSON")
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_default)  # built once, not per call
+_line = _ENCODER.encode
+_string = json.encoder.encode_basestring  # the C escaper (ensure_ascii=False)
+_NONFINITE_TEXT = {math.inf: '"Infinity"', -math.inf: '"-Infinity"'}
+
+
+def _value(v: Any) -> str:
+    """JSON text of one top-level value: plain scalars by hand (most of a summary), the rest by the encoder."""
+    t = type(v)
+    if t is float:
+        return float.__repr__(v) if v - v == 0.0 else (_NONFINITE_TEXT.get(v, '"NaN"'))
+    if t is str:
+        return _string(v)
+    if t is int:
+        return int.__repr__(v)
+    if t is bool:
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    try:
+        return _line(v)
+    except (ValueError, TypeError):  # NaN/inf inside (written as strings), keys the encoder refuses, mappings...
+        return _line(to_jsonable(v))
+
+
+def encode_json(obj: Mapping[str, Any], *, schema_version: int = SCHEMA_VERSION) -> bytes:
+    """The bytes gnomon writes for a JSON artifact: ``schema_version`` first, one top-level key per line.
+
+    Nested values are written on their key's line by the C encoder (an indented dump runs the pure-Python
+    encoder, several times slower; summary.json is flat, so it reads as before). Non-finite floats, numpy
+    values and other non-JSON types go through :func:`to_jsonable` (only when the fast path meets one)."""
+    lines = [f' "schema_version": {int(schema_version)}']
+    lines += [f" {_string(str(k))}: {_value(v)}" for k, v in obj.items() if k != "schema_version"]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *, schema_version: int = SCHEMA_VERSION,
                fsync: bool = False) -> None:
-    """Atomically write ``obj`` (with ``schema_version`` first) as indented JSON."""
-    body = {"schema_version": schema_version, **{k: v for k, v in obj.items() if k != "schema_version"}}
-    text = json.dumps(to_jsonable(body), indent=1, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync)
+    """Atomically write ``obj`` (with ``schema_version`` first) as JSON, one top-level key per line
+    (:func:`encode_json`)."""
+    atomic_write_bytes(path, encode_json(obj, schema_version=schema_version), fsync=fsync)
 
 
 class NewerSchemaError(ArtifactError):

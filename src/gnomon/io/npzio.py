@@ -7,6 +7,22 @@ float32 (the loader would otherwise see raw bytes). Loading uses ``allow_pickle=
 
 from __future__ import annotations
 
-from gnomon.util.files import read_npz, write_npz
+import io
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["read_npz", "write_npz"]
+import numpy as np
+
+from gnomon.util.files import _portable, read_npz, write_npz
+
+
+def npz_bytes(arrays: Mapping[str, Any], *, compress: bool = False) -> bytes:
+    """The bytes of an NPZ file of ``{name: array}`` (what :func:`write_npz` writes; for files written whole into
+    a private staging directory, :func:`gnomon.io.install.write_staged`)."""
+    buf = io.BytesIO()
+    clean = {k: _portable(k, v) for k, v in arrays.items() if v is not None}
+    (np.savez_compressed if compress else np.savez)(buf, **clean)
+    return buf.getvalue()
+
+
+__all__ = ["read_npz", "write_npz", "npz_bytes"]

@@ -18,9 +18,16 @@ key                 value (in the block's units, constrained values ``layout.unp
 
 A CRLB is a mapping ``label → value`` (or ``block name → array`` of the block's shape) or any object with
 ``to_summary() -> {"crlb.<label>": value}`` (the forward-model CRLB result); such an object's labels beyond the
-layout's are its derived quantities (``gn.cramer_rao(..., derived=...)``), written as ``crlb.<name>`` alone.
+layout's are its derived quantities (``gn.cramer_rao(..., derived=...)``). A derived quantity is a parameter
+in the outputs: when the object can evaluate it (:meth:`gnomon.curvature.crlb.CramerRao.derived_at`) its
+label gets ``estimate`` (at the fit's best point — the estimate whose spread the delta-method bound describes
+— or the posterior mean over the draws), ``sd`` (over the draws), ``crlb``, ``truth`` (the function at the
+truth given for the parameters) and ``z``, exactly as a named parameter does.
 A truth is a mapping ``block name → value`` (constrained, the block's shape), ``label → value``, or a flat
 base-θ vector.
+
+Run-level keys from a CRLB object: ``crlb_max_ratio`` (largest marginal/conditional ratio) and, when a
+parameter is nearly degenerate, ``crlb_degenerate`` (:func:`gnomon.cramer_rao`).
 """
 
 from __future__ import annotations
@@ -49,18 +56,36 @@ def base_theta(trace: Any) -> np.ndarray:
     return np.asarray(trace.theta)
 
 
+_NUMPY_TRANSFORMS = {  # elementwise transforms evaluated in NumPy (float64 rows keep float64; no JAX dispatch)
+    "positive": lambda u, spec: np.exp(u),
+    "softplus_positive": lambda u, spec: np.logaddexp(u, 0.0),
+    "greater_than": lambda u, spec: spec[1] + np.exp(u),
+    "less_than": lambda u, spec: spec[1] - np.exp(u),
+}
+
+
 def constrained(layout: Any, theta: np.ndarray) -> dict[str, np.ndarray]:
-    """``{block: (*rows, K)}`` constrained values of θ rows; identity blocks are sliced in NumPy (a float64
-    trace keeps float64 precision even when JAX runs in float32)."""
+    """``{block: (*rows, K)}`` constrained values of θ rows. Identity blocks are sliced and the elementwise
+    transforms (positive, softplus, greater/less than) evaluated in NumPy — a float64 trace keeps float64
+    precision even when JAX runs in float32, and a run's summary costs no JAX dispatch; other transforms go
+    through ``layout.unpack``."""
     theta = np.asarray(theta)
-    unpacked = layout.unpack(theta) if not layout.is_identity else {}
-    out = {}
+    lead = theta.shape[:-1]
+    out: dict[str, np.ndarray] = {}
+    unpacked = None
     for b in layout.blocks:
+        u = theta[..., b.start : b.stop]
+        fast = _NUMPY_TRANSFORMS.get(b.transform[0]) if b.theta_shape == b.shape else None
         if b.is_identity:
-            v = theta[..., b.start : b.stop]
+            v = u
+        elif fast is not None:
+            with np.errstate(over="ignore"):
+                v = fast(u, b.transform).astype(theta.dtype, copy=False)
         else:
+            if unpacked is None:
+                unpacked = layout.unpack(theta)
             v = np.asarray(unpacked[b.name], dtype=theta.dtype)
-        out[b.name] = v.reshape(theta.shape[:-1] + (block_size(b.shape),))
+        out[b.name] = v.reshape(lead + (block_size(b.shape),))
     return out
 
 
@@ -139,8 +164,66 @@ def _truth_values(truth: Any, layout: Any, labels: list[tuple[str, int, str]]) -
     return {lab: float(vals[name][k]) for name, k, lab in labels}
 
 
-def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth: Any = None) -> dict[str, float]:
-    """The per-parameter keys of the module docstring for a single (unbatched) trace."""
+def _truth_theta(truth: Any, layout: Any, labels: list[tuple[str, int, str]]) -> np.ndarray | None:
+    """The truth as one base-θ vector (for derived quantities), or None when it does not name every parameter."""
+    if truth is None:
+        return None
+    if not isinstance(truth, Mapping):
+        return np.asarray(truth, dtype=float)
+    if layout is None:
+        try:
+            return np.asarray([float(truth[lab]) for _, _, lab in labels])
+        except KeyError:
+            return None
+    values: dict[str, Any] = {}
+    for b in layout.blocks:
+        if b.name in truth:
+            arr = np.asarray(truth[b.name], dtype=float)
+            values[b.name] = arr.reshape(b.shape) if arr.size == block_size(b.shape) else np.broadcast_to(arr, b.shape)
+        else:
+            labs = [lab for name, _, lab in labels if name == b.name]
+            if not all(lab in truth for lab in labs):
+                return None
+            values[b.name] = np.asarray([float(truth[lab]) for lab in labs]).reshape(b.shape)
+    try:
+        return np.asarray(layout.pack(values), dtype=float)
+    except ValueError:  # a value outside a transform's support: no θ for it, so no derived truth
+        return None
+
+
+def _derived(crlb: Any, layout: Any, rows: np.ndarray, truth: Any, labels: list, sampling: bool
+             ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """``(estimate, sd, truth)`` of the CRLB object's derived quantities by label (empty without them)."""
+    at = getattr(crlb, "derived_at", None)
+    if at is None or not getattr(crlb, "derived", ()):
+        return {}, {}, {}
+    if getattr(crlb, "on_layout", False) and layout is None:  # functions of the layout's values, and none here
+        return {}, {}, {}
+    vals = at(rows, layout)
+    est, sd = {}, {}
+    for lab, col in vals.items():
+        col = np.asarray(col, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            if sampling:
+                est[lab] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
+                sd[lab] = float(np.nanstd(col, ddof=1)) if np.isfinite(col).sum() > 1 else math.nan
+            else:
+                est[lab] = float(col[0])
+    truths = {}
+    t = _truth_theta(truth, layout, labels)
+    if t is not None:
+        truths = {lab: float(v[0]) for lab, v in at(t[None], layout).items()}
+    return est, sd, truths
+
+
+def _z(est: float, truth: float, sigma: float) -> float:
+    with np.errstate(all="ignore"):
+        return float((est - truth) / sigma) if sigma and math.isfinite(sigma) else math.nan
+
+
+def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth: Any = None) -> dict[str, Any]:
+    """The per-parameter keys of the module docstring for a single (unbatched) trace (plus the run-level CRLB
+    scalars of a CRLB object)."""
     layout = layout if layout is not None else getattr(trace, "layout", None)
     theta = base_theta(trace)
     if layout is None:
@@ -157,7 +240,7 @@ def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth
     else:
         rows = theta[int(trace.best_index)][None]
     vals = constrained(layout, rows) if layout is not None else {"theta": rows}
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     est, sd = {}, {}
     for name, k, lab in labels:
         col = np.asarray(vals[name][:, k], dtype=np.float64)
@@ -169,20 +252,27 @@ def parameter_summary(trace: Any, layout: Any = None, *, crlb: Any = None, truth
             est[lab] = float(col[0])
     bounds, derived_bounds = _crlb_values(crlb, layout, full)
     truths = _truth_values(truth, layout, full)
-    for _, _, lab in labels:
-        out[f"estimate.{lab}"] = est[lab]
-        if sampling:
+    d_est, d_sd, d_truth = _derived(crlb, layout, rows, truth, full, sampling)
+    order = [lab for _, _, lab in labels]
+    order += [lab for lab in dict.fromkeys([*derived_bounds, *d_est]) if lab not in order]
+    est.update(d_est)
+    sd.update(d_sd)
+    truths.update(d_truth)
+    bounds.update(derived_bounds)
+    for lab in order:
+        if lab in est:
+            out[f"estimate.{lab}"] = est[lab]
+        if lab in sd:
             out[f"sd.{lab}"] = sd[lab]
         if lab in bounds:
             out[f"crlb.{lab}"] = bounds[lab]
         if lab in truths:
             out[f"truth.{lab}"] = truths[lab]
-            sigma = bounds.get(lab, sd.get(lab, math.nan))
-            with np.errstate(all="ignore"):
-                z = (est[lab] - truths[lab]) / sigma if sigma and math.isfinite(sigma) else math.nan
-            out[f"z.{lab}"] = float(z)
-    for name, bound in derived_bounds.items():  # derived quantities: the bound only (no estimate of them here)
-        out[f"crlb.{name}"] = bound
+            if lab in est:
+                out[f"z.{lab}"] = _z(est[lab], truths[lab], bounds.get(lab, sd.get(lab, math.nan)))
+    scalars = getattr(crlb, "summary_scalars", None)
+    if callable(scalars):
+        out.update(scalars())
     return out
 
 

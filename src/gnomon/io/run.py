@@ -14,6 +14,7 @@ Every file is written atomically; nothing is pickled; every JSON carries ``schem
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -26,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from gnomon.io.install import staged_run
-from gnomon.io.jsonio import ArtifactError, from_jsonable, read_json, to_jsonable, write_json
-from gnomon.io.npzio import read_npz, write_npz
+from gnomon.io.install import staged_run, write_staged
+from gnomon.io.jsonio import ArtifactError, encode_json, from_jsonable, read_json, to_jsonable
+from gnomon.io.npzio import npz_bytes, read_npz
 from gnomon.io.parameters import parameter_summary
 from gnomon.io.provenance import git_hash, package_versions, platform_info
 from gnomon.io.status import FILES_KEY, USER_KEYS_KEY, check_meta, check_run
@@ -38,6 +39,8 @@ from gnomon.util.programs import memoized
 
 TRACE_FILE, META_FILE, SUMMARY_FILE = "trace.npz", "meta.json", "summary.json"
 THETAMAP_FILE = "thetamap.npz"
+#: goodness-of-fit keys copied from ``trace.info["goodness_of_fit"]`` into summary.json
+GOF_SUMMARY_KEYS = ("deviance", "reduced_deviance", "pearson_chi2", "reduced_pearson_chi2", "dof", "misfit")
 NETCDF_FILE = "posterior.nc"
 _EXTRA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _RESERVED = {"trace", "meta", "summary", "thetamap"}
@@ -169,8 +172,9 @@ def save_run(
     Args:
       run_dir: directory to create (parents too). It may be missing or empty, or hold an incomplete earlier
         attempt of this run. A complete run there (or an incomplete one of another run id) is refused unless
-        ``overwrite=True``; a directory holding anything that is not a run file is always refused (gnomon
-        never deletes files it did not write).
+        ``overwrite=True``; a directory holding no run file, only other files, is always refused. Rewriting a
+        run replaces gnomon's own files of it only: the user's files and folders in the directory stay
+        (:mod:`gnomon.io.install`).
       trace: a single (unbatched) optimization or sampling :class:`Trace`.
       layout: the layout naming θ (defaults to ``trace.layout``); stored as index map + hash.
       meta: user metadata (JSON-able), stored under ``"user"`` in meta.json.
@@ -190,7 +194,8 @@ def save_run(
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
       arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF; every variable carries
         ``units`` and ``long_name`` attributes).
-      overwrite: replace a complete run there, or an incomplete run of another run id.
+      overwrite: replace a complete run there, or an incomplete run of another run id (its files only; a new
+        file named like one of the user's is refused before anything changes).
       compress: compress trace.npz (≈7% smaller, ≈5× slower to write).
       fsync: fsync each file (durable against power loss, ≈3× slower).
     """
@@ -240,12 +245,13 @@ def write_run_dir(
         if not _EXTRA_NAME.fullmatch(name) or name in _RESERVED:
             raise ValueError(f"extra_arrays name {name!r} must be a plain identifier other than {sorted(_RESERVED)}")
     run_id = run_id or run_dir.name
-    trace = trace.to_numpy()
+    trace = member_info(trace.to_numpy())
     params = parameter_summary(trace, layout, crlb=crlb, truth=truth) if (layout is not None or crlb is not None
                                                                          or truth is not None) else {}
+    record = getattr(crlb, "record", None)
     with staged_run(run_dir, run_id, overwrite=overwrite, claim_token=claim_token, fresh=fresh) as staging:
         extra_arrays = dict(extra_arrays or {})
-        extra_meta = dict(extra_meta or {})
+        extra_meta = {**({"crlb": record()} if callable(record) else {}), **dict(extra_meta or {})}
         if prepare is not None:
             more_arrays, more_meta = prepare(staging)
             clash = sorted(set(more_arrays) & set(extra_arrays))
@@ -255,7 +261,7 @@ def write_run_dir(
             extra_meta.update(more_meta)
         _write_files(staging, trace, layout, meta, run_id=run_id, summary=summary, params=params,
                      extra_arrays=extra_arrays, extra_meta=extra_meta, arviz=arviz, compress=compress,
-                     fsync=fsync)
+                     fsync=fsync, scan=prepare is not None, atomic=fresh)
     return run_dir
 
 
@@ -273,25 +279,36 @@ def _write_files(
     arviz: bool,
     compress: bool,
     fsync: bool,
+    scan: bool = False,
+    atomic: bool = False,
 ) -> None:
-    """Write the run's files into ``run_dir`` (a staging directory), summary.json last."""
+    """Write the run's files into ``run_dir`` (a private staging directory: each file is written whole, once,
+    without a temporary file; the directory is installed atomically), summary.json last. ``scan``: other
+    files were put there before (diagnostics), so their sizes are read back for ``summary.json``; ``atomic``:
+    ``run_dir`` is a fresh run directory staged file by file (:func:`gnomon.io.install.staged_run`)."""
+    sizes: dict[str, int] = {}
+
+    def put(name: str, data: bytes) -> None:
+        sizes[name] = write_staged(run_dir / name, data, fsync, atomic=atomic)
+
     files = [TRACE_FILE]
-    write_npz(run_dir / TRACE_FILE, _trace_arrays(trace), compress=compress, fsync=fsync)
+    put(TRACE_FILE, npz_bytes(_trace_arrays(trace), compress=compress))
 
     thetamap_meta = None
     if trace.thetamap is not None:
         tm = trace.thetamap
-        write_npz(run_dir / THETAMAP_FILE, tm.to_arrays(), fsync=fsync)
+        put(THETAMAP_FILE, npz_bytes(tm.to_arrays()))
         files.append(THETAMAP_FILE)
         thetamap_meta = {"type": type(tm).__name__, **tm.describe()}
     for name, arrays in extra_arrays.items():
-        write_npz(run_dir / f"{name}.npz", arrays, fsync=fsync)
+        put(f"{name}.npz", npz_bytes(arrays))
         files.append(f"{name}.npz")
     if arviz:
         from gnomon.io.netcdf import write_netcdf
 
         write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta)
         files.append(NETCDF_FILE)
+        scan = True
 
     theta_dtype = str(np.asarray(trace.theta).dtype)
     meta_doc: dict[str, Any] = {
@@ -314,19 +331,43 @@ def _write_files(
         "user": dict(meta or {}),
         **dict(extra_meta or {}),
     }
-    write_json(run_dir / META_FILE, meta_doc, fsync=fsync)
+    write_staged(run_dir / META_FILE, encode_json(meta_doc), fsync, atomic=atomic)
     base = trace.summary()
     if trace.kind == "sampling":  # ESS, R-hat, divergences, cost per effective sample (arviz-stats)
         from gnomon.io.sampling_summary import sampling_summary
 
         base.update(sampling_summary(trace))
+    gof = trace.info.get("goodness_of_fit")
+    if isinstance(gof, Mapping):  # deviance, reduced_deviance, pearson_chi2, reduced_pearson_chi2, dof, misfit
+        base.update({k: gof[k] for k in GOF_SUMMARY_KEYS if k in gof})
+    for k in ("batch_size", "batch_runtime_s"):  # a batch member: runtime_s is its share, these the batch's
+        if isinstance(trace.info.get(k), (int, float)):
+            base[k] = trace.info[k]
     summary_doc = {"run_id": run_id, **base, **dict(params), **dict(summary or {})}
     summary_doc["written_utc_unix"] = time.time()
     summary_doc[USER_KEYS_KEY] = sorted(str(k) for k in (summary or {}))
-    summary_doc[FILES_KEY] = {
-        e.name: e.stat().st_size for e in os.scandir(run_dir) if e.is_file() and e.name not in (META_FILE,)
-    }
-    write_json(run_dir / SUMMARY_FILE, summary_doc, fsync=fsync)  # last: marks the run complete
+    if scan:
+        with os.scandir(run_dir) as it:
+            sizes.update({e.name: e.stat().st_size for e in it
+                          if e.is_file() and e.name not in sizes and e.name != META_FILE})
+    summary_doc[FILES_KEY] = sizes
+    write_staged(run_dir / SUMMARY_FILE, encode_json(summary_doc), fsync, atomic=atomic)  # last: complete
+
+
+def member_info(trace: Trace) -> Trace:
+    """A member of a batch (``batch[i]``: ``extras["batch_index"]``) with the per-member lists of the batch's
+    ``info`` (``goodness_of_fit``) cut to its own entry, so that its meta.json and summary.json describe it
+    alone."""
+    i = trace.extras.get("batch_index")
+    gof = trace.info.get("goodness_of_fit")
+    if isinstance(gof, (list, tuple)):
+        info = dict(trace.info)
+        if isinstance(i, (int, np.integer)) and 0 <= int(i) < len(gof):
+            info["goodness_of_fit"] = gof[int(i)]
+        else:
+            info.pop("goodness_of_fit")
+        return dataclasses.replace(trace, info=info)
+    return trace
 
 
 def _json_scalar_like(v: Any) -> bool:

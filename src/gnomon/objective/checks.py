@@ -76,3 +76,28 @@ def _hashable(x: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def check_batch_data(obj: Any, data: Any, b: int) -> None:
+    """Check the data of a batch of ``b`` fits (every leaf batched on its leading axis) as one fit's data is
+    checked — finite, and for a ``from_likelihood`` objective the predicted shape and the family's domain
+    (no negative Poisson count, σ > 0) — and name the first bad member: ``ValueError("data of batch member 3:
+    ...")``. The leaves go to the host once; each member is then a NumPy view."""
+    leaves = jax.tree.leaves(data)
+    leading = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+    if leading != {b}:
+        raise ValueError(f"every data leaf must have leading axis B={b}; got leading sizes {sorted(leading)}")
+    host = jax.tree.map(lambda a: a if isinstance(a, jax.core.Tracer) else np.asarray(a), data)
+    likelihood = getattr(obj, "likelihood", None)
+    for i in range(b):
+        member = jax.tree.map(lambda a, i=i: a[i], host)
+        where = f"data of batch member {i}"
+        try:
+            check_finite_data(member, where)
+            if likelihood is not None:
+                obj.with_data(member)  # the predicted shape and the family's domain, as gn.optimize checks
+        except ValueError as exc:
+            msg = str(exc)
+            if msg.startswith("data: "):  # with_data names the data "data": this is the member's
+                msg = msg[len("data: "):]
+            raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None

@@ -393,6 +393,14 @@ class Objective:
             return self.layout
         return self.base.base_layout
 
+    def goodness_of_fit(self, theta: Any, data: Any = _UNSET, *, warn: bool = True) -> dict[str, Any] | None:
+        """Deviance, Pearson χ², degrees of freedom and their reduced values at θ, with a misfit flag (and a
+        warning) when the noise model cannot explain the residuals (:mod:`gnomon.objective.goodness`); None for an
+        objective without a noise model (not ``from_likelihood`` / ``from_residuals``)."""
+        from gnomon.objective.goodness import goodness_of_fit
+
+        return goodness_of_fit(self, theta, self._data(data), warn=warn, stacklevel=3)
+
     def __repr__(self) -> str:
         ctor = self.info.get("constructor", "?")
         extra = []

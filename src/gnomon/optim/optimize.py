@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gnomon.objective.checks import check_finite_data
+from gnomon.objective.checks import check_batch_data, check_finite_data
 from gnomon.objective.objective import Objective
 from gnomon.optim.loop import run_loop
 from gnomon.optim.methods import Program, make_method
@@ -115,7 +115,8 @@ def optimize(
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
                       data=d, key=_as_key(key), progress=progress, channels=channels)
     trace = _finish(result.trace, program, report(result.state), batched=False)
-    return previous.concatenate(trace) if previous is not None else trace
+    trace = previous.concatenate(trace) if previous is not None else trace
+    return _record_outputs(obj, trace, d, batched=False)
 
 
 def optimize_batch(
@@ -158,15 +159,13 @@ def optimize_batch(
             raise ValueError(
                 "data= needs an objective whose functions take (θ, data) (build it with takes_data=True or data=)"
             )
-        check_finite_data(data, "data")
-        leading = {int(jnp.shape(a)[0]) if jnp.ndim(a) else -1 for a in jax.tree.leaves(data)}
-        if leading != {b}:
-            raise ValueError(f"every data leaf must have leading axis B={b}; got leading sizes {sorted(leading)}")
+        check_batch_data(obj, data, b)  # finite, shape and family domain per member, naming the member
     probe = None if data is None else jax.tree.map(lambda a: a[0], data)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
     result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
                       data=data, key=_as_key(key), batched=True, progress=progress, channels=channels)
-    return _finish(result.trace, program, report(result.state, batched=True), batched=True)
+    trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
+    return _record_outputs(obj, trace, data, batched=True)
 
 
 def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: Any, curvature: Any,
@@ -238,3 +237,27 @@ def precond_arrays(trace: Trace) -> dict[str, dict[str, np.ndarray]]:
         if "lr_vec_final" in ex:
             out["precond"]["lr_vec_final"] = np.asarray(ex["lr_vec_final"])
     return out
+
+
+def _record_outputs(obj: Objective, trace: Trace, data: Any, *, batched: bool) -> Trace:
+    """What a fit records beside its rows (issue 18, items 4 and 7): ``info["goodness_of_fit"]`` at the best point
+    (:mod:`gnomon.objective.goodness`; a list, one per member, for a batch) and, for a batch, each member's share
+    of the cost (``runtime_s``, ``compile_s``, ``run_s`` divided by B) beside the batch's totals
+    (``batch_runtime_s``, ``batch_compile_s``, ``batch_run_s``, ``batch_size``)."""
+    from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
+
+    info = dict(trace.info)
+    runtime = trace.runtime_s
+    if batched:
+        b = trace.batch_size
+        info.update(batch_size=b, batch_runtime_s=float(runtime))
+        for k in ("compile_s", "run_s"):
+            if isinstance(info.get(k), (int, float)):
+                info[f"batch_{k}"], info[k] = float(info[k]), float(info[k]) / b
+        runtime = float(runtime) / b
+        gof = goodness_of_fit_batch(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
+    else:
+        gof = goodness_of_fit(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
+    if gof is not None:
+        info["goodness_of_fit"] = gof
+    return replace(trace, info=info, runtime_s=runtime)

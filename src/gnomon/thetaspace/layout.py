@@ -53,7 +53,8 @@ class Layout:
       affine: optional mapping ``name -> gnomon.Affine`` (or a scale, or a ``(scale, offset)`` pair): the map
         from the user's units to the model's (:meth:`to_model`).
       model_units: optional mapping ``name -> the model's unit``; where no ``affine`` is given the map is
-        the unit conversion ``units[name] -> model_units[name]`` (``"µas" -> "rad"``).
+        the unit conversion ``units[name] -> model_units[name]`` (``"µas" -> "rad"``); ``"same"`` says the
+        model takes the block in ``units[name]`` (recorded, no conversion).
       paths: optional mapping ``name -> dotted module path`` (set by :meth:`from_module`, used by
         :meth:`apply`).
 
@@ -115,6 +116,8 @@ class Layout:
             if strict_units:
                 check_unit(unit, f"parameter {name!r}")
             mu = model_units.get(name, "")
+            if mu == _paths.SAME:  # "the model takes the user's units"
+                mu = unit
             if strict_units:
                 check_unit(mu, f"parameter {name!r} (model_units)")
             amap = model_map_of(name, shape, unit, affine.get(name), mu)
@@ -153,11 +156,15 @@ class Layout:
 
         Shapes (and dtypes, for information) come from the module's leaves. Values in the user's units map
         to the module's through ``affine``/``model_units``: e.g. ``units={"source.position": "µas"},
-        model_units={"source.position": "rad"}``. :meth:`apply` sets the leaves from θ;
+        model_units={"source.position": "rad"}``. A block with physical units (anything but ``""``, ``"1"``,
+        ``"frac"``) must say what its leaf takes — ``model_units`` (a unit, or ``"same"`` when the model takes
+        the user's units) or ``affine`` — else a ValueError names it: θ in µas must never reach radians
+        unconverted. :meth:`apply` sets the leaves from θ;
         :meth:`theta_from_module` reads θ off a module. equinox is imported only when :meth:`apply` runs.
         """
         named = _paths.named_paths(paths)
         infos = _paths.leaf_infos(module, named)
+        _paths.check_model_units(named, units, model_units, affine)
         layout = cls.__new__(cls)
         layout._build({name: info.shape for name, info in infos.items()}, transforms, units, blocks, labels, affine,
                       model_units, named, {name: info.dtype for name, info in infos.items()}, strict_units=True)

@@ -153,3 +153,45 @@ def set_leaves(module: Any, paths: Sequence[str], values: Sequence[Any]) -> Any:
             f"cannot set the leaves at {paths} in the {type(module).__name__} (two paths naming one leaf, or a "
             f"path that is not a leaf of this module?): {exc}"
         ) from None
+
+
+#: ``model_units={name: SAME}``: the model takes the block in the user's units (no conversion)
+SAME = "same"
+
+
+def needs_model_units(unit: str) -> bool:
+    """True for a unit that names a scale a model could read otherwise (µas, nm, deg, ppm, ph, ...); False for
+    none (``""``) and for the plain number (``"1"``, ``"frac"``)."""
+    from gnomon.thetaspace.units import conversion_factor, family
+
+    if not unit:
+        return False
+    if family(unit) == "fraction":
+        try:
+            return conversion_factor(unit, "1") != 1.0
+        except ValueError:
+            return True
+    return True
+
+
+def check_model_units(named: Mapping[str, str], units: Mapping[str, str] | None,
+                      model_units: Mapping[str, str] | None, affine: Mapping[str, Any] | None) -> None:
+    """ValueError when a block of :meth:`Layout.from_module` has physical ``units`` but says nothing about the
+    units its module leaf takes (neither ``model_units`` nor ``affine``): θ in µas would otherwise reach a model
+    that reads radians as if they were radians. The error names each such block, its path and the three ways
+    to say it (a unit conversion, any other map, or ``"same"``)."""
+    units, model_units, affine = dict(units or {}), dict(model_units or {}), dict(affine or {})
+    silent = [name for name in named if needs_model_units(str(units.get(name) or ""))
+              and name not in model_units and name not in affine]
+    if not silent:
+        return
+    shown = ", ".join(f"{n!r} in {units[n]!r} (path {named[n]!r})" for n in silent[:6])
+    more = f" and {len(silent) - 6} more" if len(silent) > 6 else ""
+    first = silent[0]
+    raise ValueError(
+        f"Layout.from_module: {shown}{more} {'has' if len(silent) == 1 else 'have'} units but no model_units: "
+        f"gnomon cannot know what units the module's leaf takes, and would pass θ in {units[first]!r} to the model "
+        f"unchanged. Say it: model_units={{{first!r}: 'rad'}} (the model's unit, converted through the unit "
+        f"registry), affine={{{first!r}: gn.Affine(...)}} for any other map, or model_units={{{first!r}: 'same'}} "
+        f"when the model takes {units[first]!r} itself"
+    )
