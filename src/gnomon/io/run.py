@@ -156,7 +156,7 @@ def save_run(
     truth: Any = None,
     extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
-    arviz: bool = False,
+    arviz: Any = False,
     overwrite: bool = False,
     compress: bool = False,
     fsync: bool = False,
@@ -189,7 +189,9 @@ def save_run(
         (e.g. ``curvature``, ``precond``, ``grads``, ``signals``, ``handoff``).
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
       arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF; every variable carries
-        ``units`` and ``long_name`` attributes).
+        ``units`` and ``long_name`` attributes); ``arviz=obj`` (the objective the trace came from) adds its
+        groups (``to_arviz(objective=obj)``: a numpyro model's deterministic sites, ``log_likelihood``,
+        ``observed_data``, ``constant_data`` and plate dims).
       overwrite: replace a complete run there, or an incomplete run of another run id.
       compress: compress trace.npz (≈7% smaller, ≈5× slower to write).
       fsync: fsync each file (durable against power loss, ≈3× slower).
@@ -213,7 +215,7 @@ def write_run_dir(
     truth: Any = None,
     extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
-    arviz: bool = False,
+    arviz: Any = False,
     overwrite: bool = False,
     compress: bool = False,
     fsync: bool = False,
@@ -270,7 +272,7 @@ def _write_files(
     params: Mapping[str, Any],
     extra_arrays: Mapping[str, Mapping[str, Any]],
     extra_meta: Mapping[str, Any],
-    arviz: bool,
+    arviz: Any,
     compress: bool,
     fsync: bool,
 ) -> None:
@@ -290,7 +292,8 @@ def _write_files(
     if arviz:
         from gnomon.io.netcdf import write_netcdf
 
-        write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta)
+        objective = None if isinstance(arviz, bool) else arviz  # arviz=obj: the objective's groups too
+        write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta, objective=objective)
         files.append(NETCDF_FILE)
 
     theta_dtype = str(np.asarray(trace.theta).dtype)

@@ -44,8 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.objective.objective import Objective
+from gnomon.objective.objective import Objective, data_digest
+from gnomon.sampler import diagnosis as dg
 from gnomon.sampler import metric as mmx
+from gnomon.sampler import modes as md
 from gnomon.sampler import phases as ph
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.config import NUTS, Warmup, as_kernel, as_warmup, misplaced
@@ -187,6 +189,7 @@ def sample(
 
     # --- no mode: no seed, no seed check ---------------------------------------------------------------
     lp_best = None
+    origin = _probe_origin(start)  # where a cold start would begin: the probe for modes starts around it
     if start.source == "optimization trace" and start.center is not None:
         lp_best = float(obj.log_prob(start.center) if data is obj.data else obj.log_prob(start.center, data))
     mode_problem = no_mode(start, obj.dim, lp_best)
@@ -202,6 +205,8 @@ def sample(
                         keys=(k_curv, k_jit))
     if mode_problem is not None and prep.unseeded:
         ledger.decide("no mode", f"{mode_problem}: no seed to check; the warmup starts as a recovery")
+    names = dg.coordinate_names(obj.layout, obj.dim)
+    ledger.check_grads += _check_proper(prep, data, names)
     start, seed, imm0, est, settings, program = prep.start, prep.seed, prep.imm0, prep.est, prep.settings, prep.program
     unseeded, center = prep.unseeded, prep.center
     dtype = center.dtype
@@ -281,6 +286,7 @@ def sample(
     draws = stack(outs)
     div_samp = int(np.sum(draws.diverging))
     bar.close(f"{div_samp} divergences")
+    findings = _findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1), names)
 
     # --- the trace ------------------------------------------------------------------------------------------
     compile_s = compile_seconds() - compiled_before
@@ -288,29 +294,65 @@ def sample(
         obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages,
         num_chains=num_chains, num_samples=num_samples, step0=step0, step_size=step_size, imm=np.asarray(imm),
         init_cost=init_cost, jitter=jitter, est=est, key=key, t_start=t_start, compile_s=compile_s,
+        findings=findings, names=names, lp_best=lp_best, data=data,
     )
 
 
-def _coarse_precision(center: np.ndarray, seed_imm: np.ndarray | None, theta: np.ndarray) -> str | None:
-    """A sentence when θ's dtype cannot resolve the posterior: at the start ``center`` some coordinate's float
-    spacing is over 5 % of its sd — the seed's (``seed_imm``: the curvature's M⁻¹) where there is one, else the
-    draws' (float32 near 10⁵ with an sd of 0.005: the sampler then sees a staircase)."""
-    th = np.asarray(theta)
-    if not np.issubdtype(th.dtype, np.floating) or th.dtype.itemsize >= 8:
-        return None
-    if seed_imm is not None:
-        m = np.asarray(seed_imm, np.float64)
-        sd = np.sqrt(np.diagonal(m) if m.ndim == 2 else m)
-    else:
-        sd = th.reshape(-1, th.shape[-1]).astype(np.float64).std(axis=0)
-    spacing = np.spacing(np.abs(np.asarray(center)).astype(th.dtype)).astype(np.float64)
-    ratio = np.where(sd > 0, spacing / np.where(sd > 0, sd, 1.0), 0.0)
-    i = int(np.argmax(ratio))
-    if not ratio[i] > 0.05:
-        return None
-    return (f"θ is {th.dtype} and coordinate {i} (θ* = {float(np.asarray(center)[i]):.6g}) is resolved only to "
-            f"{spacing[i]:.2g}, {ratio[i]:.2g}× its sd ({sd[i]:.2g}): rounding, not the posterior's shape, is the "
-            "likely cause; use float64 (jax_enable_x64) or centre that parameter (an offset or Affine in the layout)")
+def _check_proper(prep: _Prepared, data: Any, names) -> int:
+    """Refuse an improper posterior before the warmup (:func:`gnomon.sampler.diagnosis.improper_directions`:
+    a coordinate whose gradient is the same at every chain's start, followed out along a ray with the compiled
+    program's ``init``, C points per call); returns the gradient evaluations spent."""
+    grads = np.asarray(prep.states.logdensity_grad)
+    positions = np.asarray(prep.positions)
+    num_chains, dtype = positions.shape[0], positions.dtype
+    spent = [0]
+
+    def evaluate(points: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(points), num_chains):
+            part = points[i : i + num_chains]
+            pad = np.concatenate([part, np.repeat(part[-1:], num_chains - len(part), axis=0)])
+            out.append(np.asarray(prep.program.init(jnp.asarray(pad, dtype), data).logdensity)[: len(part)])
+            spent[0] += num_chains
+        return np.concatenate(out)
+
+    scales = np.sqrt(np.asarray(prep.imm0.variances, np.float64))
+    found = dg.improper_directions(grads, positions, np.asarray(prep.center), scales, evaluate)
+    if found:
+        raise ValueError(dg.improper_message(found, names))
+    return spent[0]
+
+
+def _probe_origin(start: Start) -> np.ndarray | None:
+    """Where a cold start would begin, for the mode probe: the optimizer's first point, or the θ given; None
+    for a continuation (a hand-off, a sampling trace) or per-chain starts."""
+    if start.source == "optimization trace" and start.map is not None and start.map.first_theta is not None:
+        return np.asarray(start.map.first_theta)
+    if start.source == "theta":
+        return np.asarray(start.center)
+    return None
+
+
+def _findings(ctx, chains, ledger, draws, rejected, origin, key, names) -> list[dict]:
+    """Regions the chains did not share (:mod:`gnomon.sampler.modes`): separate modes among the chains, else
+    a probe from around ``origin``; and after a rejected seed, a region of the seed check the draws never
+    entered."""
+    found = []
+    split = md.chain_modes(draws.theta, draws.log_prob, names)
+    if split is not None:
+        found.append(split)
+    elif origin is not None and np.all(np.isfinite(origin)):
+        starts = md.probe_starts(origin, key, draws.theta.shape[0])
+        run = ph.probe(ctx, chains, jax.random.fold_in(key, 1), starts, md.PROBE_STEPS)
+        if run is not None:
+            out, cost = run
+            ledger.check_grads += cost
+            found += md.probe_modes(out.theta, out.log_prob, out.diverging, draws.theta, draws.log_prob, names)
+    if rejected is not None and rejected.log_prob is not None:
+        neck = md.unentered_region(rejected.theta, rejected.log_prob, draws.theta, draws.log_prob, names)
+        if neck is not None:
+            found.append(neck)
+    return found
 
 
 class _NoUsableStart(Exception):
@@ -401,8 +443,27 @@ def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: i
     return ctx, chains, None
 
 
+def _explain(obj, center_np, draws, step_size, imm, diag, names, optimizer_end: str | None) -> str:
+    """The likely cause of a rejected seed or a missing mode (``optimizer_end``: what the optimizer's end
+    shows), claimed only on evidence (:mod:`gnomon.sampler.diagnosis`); otherwise what was seen."""
+    said = [optimizer_end[0].upper() + optimizer_end[1:]] if optimizer_end else []
+    coarse = dg.precision_limit(draws.theta, step_size, imm, names)
+    sites = [] if coarse else dg.loc_scale_sites(obj, center_np)
+    funnel = None if (coarse or sites) else dg.funnel_signature(draws.theta, names)
+    cause = coarse or (dg.loc_scale_message(sites) if sites else None) or (funnel["message"] if funnel else None)
+    if cause:
+        said.append(cause[0].upper() + cause[1:])
+    elif not said:
+        said.append(f"The draws show no funnel, no centred loc-scale site and no float precision limit; what was "
+                    f"seen: the adapted metric differs from the seed by {diag['metric_ratio_min']:.3g}…"
+                    f"{diag['metric_ratio_max']:.3g}× in variance — the curvature at the start did not describe the "
+                    "posterior the chains found")
+    return ". ".join(said)
+
+
 def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages, *, num_chains,
-           num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s) -> Trace:
+           num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s, findings, names,
+           lp_best, data) -> Trace:
     sample_steps = int(np.sum(draws.n_steps))
     stats = {name: getattr(draws, name) for name in STAT_NAMES}
     if not isinstance(kern, NUTS):
@@ -422,22 +483,26 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         for m in seed_notes:
             _warn(messages, m)
     recovery = next((d for d in ledger.decisions if d.action == "recovery"), None)
+    has_jac = obj.log_jacobian is not None and obj.thetamap is None
     if failed:
         what = failed[0].message + (f"; {recovery.message}" if recovery is not None else "")
-        coarse = _coarse_precision(center_np, imm0.matrix if seed.kind != "identity" else None, draws.theta)
-        _warn(
-            messages,
-            f"{what}. " + (coarse or "A mode that is a poor start is typical of a hierarchical model in its centred "
-                           "form (group effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation "
-                           "(θ_j = μ + τ·z_j, z_j ~ N(0, 1)) usually removes the funnel and lets the curvature "
-                           "seed work"),
-        )
+        end = None
+        if failed[0].action == "no mode" and start.map is not None:
+            end = dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
+        diag["diagnosis"] = _explain(obj, center_np, draws, step_size, imm, diag, names, end)
+        _warn(messages, f"{what}. {diag['diagnosis']}")
+    for d in ledger.decisions:
+        if d.action == "chains moved":  # never silent: where the chain was is in the message and the decision
+            _warn(messages, f"warmup: {d.message}")
     diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
     note = None
     if start.map is not None:
         judged = any(d.action == "no mode" for d in ledger.decisions)
         note = mode_note(start.map.status, center_np, judged)
-    health = chain_health(draws.theta, draws.diverging, note)
+        if note is not None:
+            note = f"{note}: " + dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
+    health = chain_health(draws.theta, draws.diverging, note, energy=draws.energy, warmup_rhat=ledger.rhat,
+                          names=names, findings=findings)
     if health["problems"]:
         _warn(messages, "sampling: " + "; ".join(health["problems"]))
     grad_evals = {
@@ -446,6 +511,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         "warmup": ledger.grads,
         "restart": ledger.restart_grads,
         "sampling": sample_steps,
+        "checks": ledger.check_grads,
     }
     if start.map is not None:
         grad_evals["map"] = start.map.num_grad_evals
@@ -485,6 +551,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         "health": health,
         "warnings": messages,
         "map_status": start.map.status if start.map is not None else None,
+        "data_digest": data_digest(data) if obj.takes_data else None,
         "compile_s": compile_s,
         "run_s": max(runtime - compile_s, 0.0),
     }
