@@ -11,8 +11,9 @@ per-call dataset too), each refusal naming the site:
   Marginalise it in the model (e.g. a mixture as ``dist.MixtureSameFamily``) or run numpyro's own NUTS
   with enumeration outside gnomon — instead of numpyro's "enumerate support" error or funsor's ImportError;
 * **observations whose shape is not the site's distribution shape** (batch + event, after its plates) are
-  refused with both shapes: ``y[:, None]`` against a plate of ``n`` would otherwise broadcast the
-  likelihood to ``(n, n)``, and a wrong-length ``y`` fail inside JAX naming no site;
+  refused with both shapes, unless the observations merely repeat a smaller distribution (``n`` iid values of a
+  scalar one: still one term per observation): ``y[:, None]`` against a plate of ``n`` would otherwise
+  broadcast the likelihood to ``(n, n)``, and a wrong-length ``y`` fail inside JAX naming no site;
 * an **observation passed as None** that turns a site latent is warned about by name (the model is run once
   more with the site's value as that argument: when the site becomes observed, the argument was its data).
 
@@ -66,15 +67,17 @@ def _shape_handler():
             fn, value = msg["fn"], msg["value"]
             want = tuple(fn.batch_shape) + tuple(fn.event_shape)
             got = tuple(jnp.shape(value))
-            if got != want:
-                hint = (f"wrap the site in numpyro.plate(..., {got[0]})" if not fn.batch_shape and got
-                        else f"pass observations of shape {want}")
+            # one likelihood term per observation: the observations may repeat a smaller distribution (n iid
+            # values of a scalar one), never be repeated by it (y[:, None] against a plate of n: n × n terms)
+            joint = tuple(np.broadcast_shapes(got, want)) if _broadcastable(got, want) else None
+            if joint != got:
                 raise ValueError(
                     f"numpyro model: the observations of site {msg['name']!r} have shape {got}, but its "
                     f"distribution ({type(fn).__name__}) has shape {want} (batch {tuple(fn.batch_shape)} + event "
-                    f"{tuple(fn.event_shape)}); the likelihood would broadcast to "
-                    + (f"{tuple(np.broadcast_shapes(got, want))}" if _broadcastable(got, want)
-                       else "nothing (not broadcastable: JAX would fail naming no site)") + f": {hint}"
+                    f"{tuple(fn.event_shape)}): "
+                    + (f"the likelihood would broadcast to {joint} terms" if joint is not None
+                       else "they do not broadcast (JAX would fail naming no site)")
+                    + f"; pass observations of shape {want}"
                 )
 
     _HANDLER.append(CheckObserved)
@@ -178,23 +181,21 @@ class NumpyroModel:
     # ------------------------------------------------------------------ data
     def observed(self, data: Any) -> dict[str, Any]:
         """``{site: observed value}`` with ``data``."""
-        from numpyro import handlers
 
         args, kwargs = self.call(data)
-        tr = handlers.trace(handlers.seed(_shape_handler()(self.model), 0)).get_trace(*args, **kwargs)
+        tr = _pretrace(self.model, args, kwargs)
         return {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and s.get("is_observed", False)}
 
     def check_data(self, data: Any) -> dict[str, Any]:
         """New data for :meth:`Objective.with_data`: the right names, finite, observation shapes that match
         their sites, and latent sites of unchanged shapes. Returns the observed values."""
-        from numpyro import handlers
 
         from gnomon.objective.checks import check_finite_data
 
         self.check_names(data)
         check_finite_data(dict(data), "data")
         args, kwargs = self.call(data)
-        tr = handlers.trace(handlers.seed(_shape_handler()(self.model), 0)).get_trace(*args, **kwargs)
+        tr = _pretrace(self.model, args, kwargs)
         for name, site in tr.items():
             if site["type"] == "sample" and not site.get("is_observed", False):
                 block = self.layout[name] if name in self.layout else None
@@ -320,17 +321,25 @@ def _bind(model: Any, args: tuple, kwargs: dict, data_argnames: tuple[str, ...])
     return sig, arguments
 
 
-def _pretrace(model: Any, args: tuple, kwargs: dict) -> dict:
+def _pretrace(model: Any, args: tuple, kwargs: dict, check: bool = True) -> dict:
+    """The model's trace with latent values as numpyro initialises them (uniform in (−2, 2) unconstrained:
+    improper sites cannot be sampled), observation shapes checked."""
     from numpyro import handlers
+    from numpyro.infer.initialization import init_to_uniform
 
-    return handlers.trace(handlers.seed(_shape_handler()(model), 0)).get_trace(*args, **kwargs)
+    fn = _shape_handler()(model) if check else model
+    return handlers.trace(handlers.substitute(handlers.seed(fn, 0), substitute_fn=init_to_uniform)).get_trace(
+        *args, **kwargs)
 
 
 def _refuse_discrete(tr: dict) -> None:
     for name, site in tr.items():
         if site["type"] == "sample" and not site.get("is_observed", False) and _is_discrete(site["fn"]):
+            fn = site["fn"]
+            while hasattr(fn, "base_dist"):  # ExpandedDistribution, Independent, Masked: name what the user wrote
+                fn = fn.base_dist
             raise ValueError(
-                f"numpyro model: latent site {name!r} is discrete ({type(site['fn']).__name__}); gnomon's θ is "
+                f"numpyro model: latent site {name!r} is discrete ({type(fn).__name__}); gnomon's θ is "
                 "continuous. Marginalise it in the model (sum over its values, e.g. a mixture as "
                 "dist.MixtureSameFamily), make it observed, or sample the model with numpyro's own NUTS and "
                 "enumeration (infer={'enumerate': 'parallel'}, with funsor) outside gnomon"
@@ -340,7 +349,6 @@ def _refuse_discrete(tr: dict) -> None:
 def _warn_none_observations(model, sig, arguments, tr) -> None:
     """Warn when a None argument is a latent site's observation (the site becomes observed when the argument
     holds the site's value)."""
-    from numpyro import handlers
 
     if sig is None:
         return
@@ -356,7 +364,7 @@ def _warn_none_observations(model, sig, arguments, tr) -> None:
             trial[arg] = tr[site]["value"]
             ba = inspect.BoundArguments(sig, trial)
             try:
-                tr2 = handlers.trace(handlers.seed(model, 0)).get_trace(*ba.args, **ba.kwargs)
+                tr2 = _pretrace(model, tuple(ba.args), dict(ba.kwargs), check=False)
             except Exception:  # noqa: BLE001 - a probe only
                 continue
             if site in tr2 and tr2[site].get("is_observed", False):

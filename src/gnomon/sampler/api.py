@@ -446,19 +446,23 @@ def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: i
 def _explain(obj, center_np, draws, step_size, imm, diag, names, optimizer_end: str | None) -> str:
     """The likely cause of a rejected seed or a missing mode (``optimizer_end``: what the optimizer's end
     shows), claimed only on evidence (:mod:`gnomon.sampler.diagnosis`); otherwise what was seen."""
-    said = [optimizer_end[0].upper() + optimizer_end[1:]] if optimizer_end else []
+    said = [_capital(optimizer_end)] if optimizer_end else []
     coarse = dg.precision_limit(draws.theta, step_size, imm, names)
     sites = [] if coarse else dg.loc_scale_sites(obj, center_np)
     funnel = None if (coarse or sites) else dg.funnel_signature(draws.theta, names)
     cause = coarse or (dg.loc_scale_message(sites) if sites else None) or (funnel["message"] if funnel else None)
     if cause:
-        said.append(cause[0].upper() + cause[1:])
+        said.append(_capital(cause))
     elif not said:
         said.append(f"The draws show no funnel, no centred loc-scale site and no float precision limit; what was "
                     f"seen: the adapted metric differs from the seed by {diag['metric_ratio_min']:.3g}…"
                     f"{diag['metric_ratio_max']:.3g}× in variance — the curvature at the start did not describe the "
                     "posterior the chains found")
     return ". ".join(said)
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:] if text[:1].isascii() else text
 
 
 def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages, *, num_chains,
@@ -489,6 +493,8 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         end = None
         if failed[0].action == "no mode" and start.map is not None:
             end = dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
+        elif failed[0].action == "seed rejected":
+            end = dg.mode_above_draws(lp_best, draws.log_prob, obj.dim)
         diag["diagnosis"] = _explain(obj, center_np, draws, step_size, imm, diag, names, end)
         _warn(messages, f"{what}. {diag['diagnosis']}")
     for d in ledger.decisions:

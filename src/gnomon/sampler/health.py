@@ -123,10 +123,10 @@ def chain_health(
     if out["max_rhat"] is not None and out["max_rhat"] > RHAT_LIMIT:
         where = _name(names, out["worst_coordinate"])
         if out["max_rhat"] > RHAT_DISAGREE:
-            problems.append(f"the chains disagree: R̂ = {out['max_rhat']:.3g} in {where} (> {RHAT_DISAGREE}); the "
+            problems.append(f"the chains disagree: R̂ = {out['max_rhat']:.3f} in {where} (> {RHAT_DISAGREE}); the "
                             "draws do not represent the posterior")
         else:
-            problems.append(f"R̂ = {out['max_rhat']:.4f} in {where} is above {RHAT_LIMIT}, the bar for reporting "
+            problems.append(f"R̂ = {out['max_rhat']:.3f} in {where} is above {RHAT_LIMIT}, the bar for reporting "
                             "results: run longer (more draws or warmup) or look for a region the chains mix "
                             "through slowly")
     if out["divergences"]:
