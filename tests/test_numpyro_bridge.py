@@ -81,7 +81,6 @@ def test_a_forgotten_observation_is_warned_by_name():
     with pytest.warns(UserWarning, match=r"site 'y' is latent .*shape \(25,\).* argument 'y' is None — pass y="):
         obj = gn.Objective.from_numpyro(regression, X)
     assert obj.dim == 3 + N
-    other = []
 
     def renamed(x, obs=None):  # the argument and the site differ in name: found by running the model again
         m = numpyro.sample("m", dist.Normal(0.0, 1.0))
@@ -93,7 +92,6 @@ def test_a_forgotten_observation_is_warned_by_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a genuinely latent site with no None argument: not a word
         gn.Objective.from_numpyro(regression, X, Y)
-    assert other == []
 
 
 # ------------------------------------------------------------------------------------------------ data per call

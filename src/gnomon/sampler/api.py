@@ -45,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.objective.objective import Objective, data_digest
+from gnomon.sampler import checks as ck
 from gnomon.sampler import diagnosis as dg
 from gnomon.sampler import metric as mmx
-from gnomon.sampler import modes as md
 from gnomon.sampler import phases as ph
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.config import NUTS, Warmup, as_kernel, as_warmup, misplaced
@@ -189,7 +189,7 @@ def sample(
 
     # --- no mode: no seed, no seed check ---------------------------------------------------------------
     lp_best = None
-    origin = _probe_origin(start)  # where a cold start would begin: the probe for modes starts around it
+    origin = ck.probe_origin(start)  # where a cold start would begin: the probe for modes starts around it
     if start.source == "optimization trace" and start.center is not None:
         lp_best = float(obj.log_prob(start.center) if data is obj.data else obj.log_prob(start.center, data))
     mode_problem = no_mode(start, obj.dim, lp_best)
@@ -206,7 +206,8 @@ def sample(
     if mode_problem is not None and prep.unseeded:
         ledger.decide("no mode", f"{mode_problem}: no seed to check; the warmup starts as a recovery")
     names = dg.coordinate_names(obj.layout, obj.dim)
-    ledger.check_grads += _check_proper(prep, data, names)
+    ledger.check_grads += ck.check_proper(prep.states, prep.positions, prep.center, prep.imm0, prep.program, data,
+                                          names)
     start, seed, imm0, est, settings, program = prep.start, prep.seed, prep.imm0, prep.est, prep.settings, prep.program
     unseeded, center = prep.unseeded, prep.center
     dtype = center.dtype
@@ -286,7 +287,7 @@ def sample(
     draws = stack(outs)
     div_samp = int(np.sum(draws.diverging))
     bar.close(f"{div_samp} divergences")
-    findings = _findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1), names)
+    findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1), names)
 
     # --- the trace ------------------------------------------------------------------------------------------
     compile_s = compile_seconds() - compiled_before
@@ -296,63 +297,6 @@ def sample(
         init_cost=init_cost, jitter=jitter, est=est, key=key, t_start=t_start, compile_s=compile_s,
         findings=findings, names=names, lp_best=lp_best, data=data,
     )
-
-
-def _check_proper(prep: _Prepared, data: Any, names) -> int:
-    """Refuse an improper posterior before the warmup (:func:`gnomon.sampler.diagnosis.improper_directions`:
-    a coordinate whose gradient is the same at every chain's start, followed out along a ray with the compiled
-    program's ``init``, C points per call); returns the gradient evaluations spent."""
-    grads = np.asarray(prep.states.logdensity_grad)
-    positions = np.asarray(prep.positions)
-    num_chains, dtype = positions.shape[0], positions.dtype
-    spent = [0]
-
-    def evaluate(points: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(points), num_chains):
-            part = points[i : i + num_chains]
-            pad = np.concatenate([part, np.repeat(part[-1:], num_chains - len(part), axis=0)])
-            out.append(np.asarray(prep.program.init(jnp.asarray(pad, dtype), data).logdensity)[: len(part)])
-            spent[0] += num_chains
-        return np.concatenate(out)
-
-    scales = np.sqrt(np.asarray(prep.imm0.variances, np.float64))
-    found = dg.improper_directions(grads, positions, np.asarray(prep.center), scales, evaluate)
-    if found:
-        raise ValueError(dg.improper_message(found, names))
-    return spent[0]
-
-
-def _probe_origin(start: Start) -> np.ndarray | None:
-    """Where a cold start would begin, for the mode probe: the optimizer's first point, or the θ given; None
-    for a continuation (a hand-off, a sampling trace) or per-chain starts."""
-    if start.source == "optimization trace" and start.map is not None and start.map.first_theta is not None:
-        return np.asarray(start.map.first_theta)
-    if start.source == "theta":
-        return np.asarray(start.center)
-    return None
-
-
-def _findings(ctx, chains, ledger, draws, rejected, origin, key, names) -> list[dict]:
-    """Regions the chains did not share (:mod:`gnomon.sampler.modes`): separate modes among the chains, else
-    a probe from around ``origin``; and after a rejected seed, a region of the seed check the draws never
-    entered."""
-    found = []
-    split = md.chain_modes(draws.theta, draws.log_prob, names)
-    if split is not None:
-        found.append(split)
-    elif origin is not None and np.all(np.isfinite(origin)):
-        starts = md.probe_starts(origin, key, draws.theta.shape[0])
-        run = ph.probe(ctx, chains, jax.random.fold_in(key, 1), starts, md.PROBE_STEPS)
-        if run is not None:
-            out, cost = run
-            ledger.check_grads += cost
-            found += md.probe_modes(out.theta, out.log_prob, out.diverging, draws.theta, draws.log_prob, names)
-    if rejected is not None and rejected.log_prob is not None:
-        neck = md.unentered_region(rejected.theta, rejected.log_prob, draws.theta, draws.log_prob, names)
-        if neck is not None:
-            found.append(neck)
-    return found
 
 
 class _NoUsableStart(Exception):
@@ -443,28 +387,6 @@ def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: i
     return ctx, chains, None
 
 
-def _explain(obj, center_np, draws, step_size, imm, diag, names, optimizer_end: str | None) -> str:
-    """The likely cause of a rejected seed or a missing mode (``optimizer_end``: what the optimizer's end
-    shows), claimed only on evidence (:mod:`gnomon.sampler.diagnosis`); otherwise what was seen."""
-    said = [_capital(optimizer_end)] if optimizer_end else []
-    coarse = dg.precision_limit(draws.theta, step_size, imm, names)
-    sites = [] if coarse else dg.loc_scale_sites(obj, center_np)
-    funnel = None if (coarse or sites) else dg.funnel_signature(draws.theta, names)
-    cause = coarse or (dg.loc_scale_message(sites) if sites else None) or (funnel["message"] if funnel else None)
-    if cause:
-        said.append(_capital(cause))
-    elif not said:
-        said.append(f"The draws show no funnel, no centred loc-scale site and no float precision limit; what was "
-                    f"seen: the adapted metric differs from the seed by {diag['metric_ratio_min']:.3g}…"
-                    f"{diag['metric_ratio_max']:.3g}× in variance — the curvature at the start did not describe the "
-                    "posterior the chains found")
-    return ". ".join(said)
-
-
-def _capital(text: str) -> str:
-    return text[0].upper() + text[1:] if text[:1].isascii() else text
-
-
 def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages, *, num_chains,
            num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s, findings, names,
            lp_best, data) -> Trace:
@@ -495,7 +417,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
             end = dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
         elif failed[0].action == "seed rejected":
             end = dg.mode_above_draws(lp_best, draws.log_prob, obj.dim)
-        diag["diagnosis"] = _explain(obj, center_np, draws, step_size, imm, diag, names, end)
+        diag["diagnosis"] = ck.explain(obj, center_np, draws, step_size, imm, diag, names, end)
         _warn(messages, f"{what}. {diag['diagnosis']}")
     for d in ledger.decisions:
         if d.action == "chains moved":  # never silent: where the chain was is in the message and the decision

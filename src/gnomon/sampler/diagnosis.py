@@ -84,8 +84,8 @@ def precision_limit(theta: Any, step_size: float, imm: Any, names: Callable[[int
 def funnel_signature(theta: Any, names: Callable[[int], str] | None = None, max_dim: int = 200) -> dict | None:
     """A coordinate ``v`` of the draws ``(..., D)`` that sets the spread of others: the sd of two of them
     differs :data:`FUNNEL_RATIO`-fold (or of half of them :data:`FUNNEL_BROAD`-fold), in the same direction,
-    between the lowest and the highest fifth of ``v``'s draws. Returns ``{"scale": v, "affected": [...], "ratio": r, "message": ...}`` or None (also for
-    D < 3 or D > ``max_dim``)."""
+    between the lowest and the highest fifth of ``v``'s draws. Returns ``{"scale": v, "affected": [...],
+    "ratio": r, "message": ...}`` or None (also for D < 3 or D > ``max_dim``)."""
     th = np.asarray(theta, np.float64)
     flat = th.reshape(-1, th.shape[-1])
     n, d = flat.shape
