@@ -155,12 +155,16 @@ def sample(
       ``stats`` (``acceptance_rate``, ``diverging``, ``energy``, ``n_steps``, ``step_size``, ``tree_depth``),
       ``warmup`` when kept, ``num_grad_evals`` (curvature + starts + warmup + sampling), ``info`` (settings,
       adapted step size, cost breakdown, ``compile_s``/``run_s``, the sampler's ``decisions``, hand-off
-      diagnostics and warnings) and ``extras`` (the adapted and seeded inverse mass matrices, θ*, last
+      diagnostics and its ``diagnosis`` of a failed seed, ``health`` — R̂ against 1.01, divergences, E-BFMI
+      per chain, the warmup windows' R̂, separate modes, a mode found by the probe, a neck the draws never
+      entered (:mod:`gnomon.sampler.health`, :mod:`gnomon.sampler.modes`) — and warnings) and ``extras`` (the adapted and seeded inverse mass matrices, θ*, last
       positions, key) from which :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
 
     Raises:
       ValueError: for bad input, naming the value; for an option that belongs elsewhere (e.g.
-        ``max_tree_depth=`` belongs to ``kernel=gn.nuts(...)``), naming where.
+        ``max_tree_depth=`` belongs to ``kernel=gn.nuts(...)``), naming where; for an improper direction
+        (``log_prob`` flat or growing along a coordinate out to 1024 of its scales), naming the coordinate,
+        before the warmup (:func:`gnomon.sampler.diagnosis.improper_directions`).
     """
     t_start = time.perf_counter()
     compiled_before = compile_seconds()
