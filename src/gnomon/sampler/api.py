@@ -157,8 +157,9 @@ def sample(
       adapted step size, cost breakdown, ``compile_s``/``run_s``, the sampler's ``decisions``, hand-off
       diagnostics and its ``diagnosis`` of a failed seed, ``health`` — R̂ against 1.01, divergences, E-BFMI
       per chain, the warmup windows' R̂, separate modes, a mode found by the probe, a neck the draws never
-      entered (:mod:`gnomon.sampler.health`, :mod:`gnomon.sampler.modes`) — and warnings) and ``extras`` (the adapted and seeded inverse mass matrices, θ*, last
-      positions, key) from which :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
+      entered (:mod:`gnomon.sampler.health`, :mod:`gnomon.sampler.modes`) — and warnings) and ``extras``
+      (the adapted and seeded inverse mass matrices, θ*, last positions, key) from which
+      :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
 
     Raises:
       ValueError: for bad input, naming the value; for an option that belongs elsewhere (e.g.
