@@ -32,7 +32,8 @@ def write_netcdf(
     """Write ``trace`` (its ArviZ DataTree) as netCDF to ``path``; return the path.
 
     ``to_arviz_kwargs`` go to :func:`~gnomon.trace.arviz_export.to_arviz` (``observed=``,
-    ``unconstrained=``, ``save_warmup=``)."""
+    ``unconstrained=``, ``save_warmup=``, ``objective=`` — a numpyro objective adds its deterministic sites,
+    ``log_likelihood``, ``observed_data``, ``constant_data`` and plate dims)."""
     from gnomon.trace.arviz_export import to_arviz
 
     path = Path(path)
@@ -87,7 +88,9 @@ def annotate_datatree(dt: Any, layout: Any = None) -> Any:
             if group.endswith("unconstrained_posterior") and b is not None:
                 attrs = {"long_name": f"{name} (unconstrained)",
                          "units": b.units if b.is_identity else "unconstrained"}
-            elif b is not None:
+            elif group == "log_likelihood":
+                attrs = {"long_name": f"pointwise log likelihood of {name}", "units": "1"}
+            elif b is not None and group in _PARAM_GROUPS:
                 attrs = {"long_name": name, "units": b.units}
             elif name in STAT_ATTRS:
                 long_name, units = STAT_ATTRS[name]

@@ -159,7 +159,7 @@ def save_run(
     truth: Any = None,
     extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
-    arviz: bool = False,
+    arviz: Any = False,
     overwrite: bool = False,
     compress: bool = False,
     fsync: bool = False,
@@ -193,7 +193,9 @@ def save_run(
         (e.g. ``curvature``, ``precond``, ``grads``, ``signals``, ``handoff``).
       extra_meta: extra top-level meta.json sections (e.g. ``{"curvature": {...}}``).
       arviz: also write ``posterior.nc`` through ``trace.to_arviz()`` (netCDF; every variable carries
-        ``units`` and ``long_name`` attributes).
+        ``units`` and ``long_name`` attributes); ``arviz=obj`` (the objective the trace came from) adds its
+        groups (``to_arviz(objective=obj)``: a numpyro model's deterministic sites, ``log_likelihood``,
+        ``observed_data``, ``constant_data`` and plate dims).
       overwrite: replace a complete run there, or an incomplete run of another run id (its files only; a new
         file named like one of the user's is refused before anything changes).
       compress: compress trace.npz (≈7% smaller, ≈5× slower to write).
@@ -218,7 +220,7 @@ def write_run_dir(
     truth: Any = None,
     extra_arrays: Mapping[str, Mapping[str, Any]] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
-    arviz: bool = False,
+    arviz: Any = False,
     overwrite: bool = False,
     compress: bool = False,
     fsync: bool = False,
@@ -276,7 +278,7 @@ def _write_files(
     params: Mapping[str, Any],
     extra_arrays: Mapping[str, Mapping[str, Any]],
     extra_meta: Mapping[str, Any],
-    arviz: bool,
+    arviz: Any,
     compress: bool,
     fsync: bool,
     scan: bool = False,
@@ -306,7 +308,8 @@ def _write_files(
     if arviz:
         from gnomon.io.netcdf import write_netcdf
 
-        write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta)
+        objective = None if isinstance(arviz, bool) else arviz  # arviz=obj: the objective's groups too
+        write_netcdf(run_dir / NETCDF_FILE, trace, layout=layout, meta=meta, objective=objective)
         files.append(NETCDF_FILE)
         scan = True
 

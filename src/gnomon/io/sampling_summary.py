@@ -5,7 +5,9 @@ the minimum bulk and tail effective sample sizes and the maximum rank-normalised
 arviz-stats, and adds the divergences, gradient evaluations (and per effective sample), runtime split into
 ``compile_s`` and ``run_s``, the adapted step size, the hand-off diagnostics the sampler recorded in
 ``trace.info["handoff"]`` and what it decided (``seed_rejected``, ``recovered``, ``rejected_grad_evals`` and
-the decisions as one sentence, ``sampler_decisions``). Pass it to
+the decisions as one sentence, ``sampler_decisions``) and the health of the draws (``min_ebfmi``,
+``multimodal`` — chains in separate regions or a mode found by the probe —, ``unentered_region`` — a neck the
+draws never entered —, ``num_health_problems``, ``chains_moved``). Pass it to
 ``save_run(..., summary=sampling_summary(trace))`` (:meth:`gnomon.HandOff.save_run` does).
 """
 
@@ -78,6 +80,15 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
         out["recovered"] = bool(info.get("recovered", False))
         out["rejected_grad_evals"] = int(info.get("rejected_grad_evals", 0))
         out["sampler_decisions"] = " | ".join(str(d.get("message", "")) for d in decisions)
+    health = info.get("health") or {}
+    if health:
+        eb = [v for v in health.get("ebfmi") or [] if v is not None and math.isfinite(v)]
+        out["min_ebfmi"] = min(eb) if eb else math.nan
+        found = health.get("modes") or []
+        out["multimodal"] = any(f.get("kind") in ("chains", "probe") for f in found)
+        out["unentered_region"] = any(f.get("kind") == "neck" for f in found)
+        out["num_health_problems"] = len(health.get("problems") or [])
+        out["chains_moved"] = sum(d.get("action") == "chains moved" for d in decisions)
     warns = list(info.get("warnings") or [])
     out["num_warnings"] = len(warns)
     out["poor_start"] = any("poor start" in w or "far in the tails" in w for w in warns)

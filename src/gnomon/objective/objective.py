@@ -84,6 +84,7 @@ class Objective:
     info: Mapping[str, Any] = field(default_factory=dict)
     likelihood: Any = None  # from_likelihood: gnomon.objective.likelihood.Likelihood (mean, family, prior)
     key_parts: Any = None  # hashable identity of the functions (None: only this object; see compile_key)
+    model: Any = None  # from_numpyro: the model's sites and arguments (gnomon.objective.numpyro_model.NumpyroModel)
 
     def __post_init__(self):
         if self.data is not None:
@@ -253,16 +254,23 @@ class Objective:
 
     @classmethod
     def from_numpyro(cls, model: Callable, *args: Any, loss_includes_jacobian: bool = False,
-                     **kwargs: Any) -> Objective:
+                     data_argnames: str | tuple[str, ...] | None = None, **kwargs: Any) -> Objective:
         """Objective from a numpyro model called as ``model(*args, **kwargs)``.
 
         The layout comes from the model's latent sample sites (shapes and supports, in trace order);
         ``log_prob`` equals minus numpyro's potential energy (Jacobian included);
         ``loss`` is minus the model's joint log density at the constrained values. Per-observation
-        terms are the observed sites' negative log likelihoods."""
+        terms are the observed sites' negative log likelihoods.
+
+        ``data_argnames`` names the model arguments that are data (e.g. ``("y",)``): they become
+        ``obj.data`` (``{"y": y}``) and are passed to compiled programs as an argument, so
+        ``obj.with_data({"y": y2})``, ``gn.optimize(..., data=...)``, ``gn.optimize_batch`` and
+        ``gn.sample(..., data=...)`` take new observations without compiling again; the other arguments
+        are part of :attr:`compile_key` by value. Discrete latent sites, observations whose shape is not
+        their site's and observations passed as None are named (:mod:`gnomon.objective.numpyro_model`)."""
         from gnomon.objective.numpyro_model import numpyro_objective
 
-        return numpyro_objective(cls, model, args, kwargs, loss_includes_jacobian)
+        return numpyro_objective(cls, model, args, kwargs, loss_includes_jacobian, data_argnames)
 
     # ------------------------------------------------------------------ evaluation
     def _data(self, data: Any) -> Any:
@@ -317,15 +325,34 @@ class Objective:
             )
         return self.per_observation_fn(theta, self._data(data))
 
+    def arviz_groups(self, theta: Any, data: Any = _UNSET) -> tuple[dict, dict, dict]:
+        """``(groups, dims, coords)`` that this objective adds to an ArviZ export of draws ``theta``
+        ``(chain, draw, D)`` of its base θ (called by :func:`gnomon.trace.arviz_export.to_arviz` with
+        ``objective=``): for a numpyro model the deterministic sites (in ``posterior``), ``log_likelihood``
+        per observed site, ``observed_data`` and ``constant_data``, with dims named after its plates and
+        ``"<site>"`` entries giving each latent site's dims; otherwise ``observed_data`` when it has
+        observations."""
+        obj = self.base if self.base is not None else self
+        if obj.model is not None:
+            return obj.model.arviz_groups(theta, obj._data(data))
+        if self.observed:
+            return {"observed_data": {k: jnp.asarray(v) for k, v in self.observed.items()}}, {}, {}
+        return {}, {}, {}
+
     # ------------------------------------------------------------------ variants
     def with_data(self, data: Any) -> Objective:
         """The same objective bound to other data (functions must take ``(θ, data)``)."""
         if not self.takes_data:
+            if self.model is not None:
+                raise ValueError("this numpyro objective has no per-call data; name the model arguments that are "
+                                 "data: Objective.from_numpyro(model, ..., data_argnames=('y',))")
             raise ValueError("this objective's functions take θ only; build it with data= or takes_data=True")
         if self.likelihood is not None:
             from gnomon.objective.likelihood import check_likelihood_data
 
             check_likelihood_data(self.likelihood.family, data, self.likelihood.data_shape, "data")
+        if self.model is not None:  # names, finite, observation shapes, unchanged latent shapes
+            return replace(self, data=dict(data), observed=self.model.check_data(data) or None)
         return replace(self, data=data)
 
     @property
@@ -334,8 +361,9 @@ class Objective:
 
         ``(identity of the functions, the Jacobian policy, the data's structure/shapes/dtypes)`` — the same
         for ``obj.with_data(d2)`` and for a constructor called again with the same functions (and, for
-        ``from_residuals``, equal weights) and same-shaped data. Objectives whose functions close over data
-        (``from_numpyro``) return the objective itself. A program cached under this key must take the data
+        ``from_residuals``, equal weights; for ``from_numpyro``, equal non-data arguments) and same-shaped
+        data. Objectives whose functions close over their data (``from_numpyro`` without ``data_argnames``)
+        return the objective itself. A program cached under this key must take the data
         as an argument, never close over ``obj.data``."""
         if self.key_parts is None:
             return self
@@ -425,3 +453,21 @@ def _digest(w: Any) -> Any:
 
     a = np.asarray(w)
     return (str(a.dtype), a.shape, hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest())
+
+
+def data_digest(data: Any) -> str | None:
+    """A short hex digest of ``data``'s values, tree structure, shapes and dtypes (None for no data): what a
+    sampling trace records so that an export with an objective bound to other data is refused."""
+    if data is None:
+        return None
+    import hashlib
+
+    import numpy as np
+
+    leaves, tree = jax.tree.flatten(data)
+    h = hashlib.sha1(str(tree).encode())
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

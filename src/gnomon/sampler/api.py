@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.objective.objective import Objective
+from gnomon.objective.objective import Objective, data_digest
+from gnomon.sampler import checks as ck
+from gnomon.sampler import diagnosis as dg
 from gnomon.sampler import metric as mmx
 from gnomon.sampler import phases as ph
 from gnomon.sampler import warmup as wu
@@ -144,12 +146,17 @@ def sample(
       ``stats`` (``acceptance_rate``, ``diverging``, ``energy``, ``n_steps``, ``step_size``, ``tree_depth``),
       ``warmup`` when kept, ``num_grad_evals`` (curvature + starts + warmup + sampling), ``info`` (settings,
       adapted step size, cost breakdown, ``compile_s``/``run_s``, the sampler's ``decisions``, hand-off
-      diagnostics and warnings) and ``extras`` (the adapted and seeded inverse mass matrices, θ*, last
-      positions, key) from which :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
+      diagnostics and its ``diagnosis`` of a failed seed, ``health`` — R̂ against 1.01, divergences, E-BFMI
+      per chain, the warmup windows' R̂, separate modes, a mode found by the probe, a neck the draws never
+      entered (:mod:`gnomon.sampler.health`, :mod:`gnomon.sampler.modes`) — and warnings) and ``extras``
+      (the adapted and seeded inverse mass matrices, θ*, last positions, key) from which
+      :meth:`gnomon.HandOff.from_trace` builds the hand-off bundle.
 
     Raises:
       ValueError: for bad input, naming the value; for an option that belongs elsewhere (e.g.
-        ``max_tree_depth=`` belongs to ``kernel=gn.nuts(...)``), naming where.
+        ``max_tree_depth=`` belongs to ``kernel=gn.nuts(...)``), naming where; for an improper direction
+        (``log_prob`` flat or growing along a coordinate out to 1024 of its scales), naming the coordinate,
+        before the warmup (:func:`gnomon.sampler.diagnosis.improper_directions`).
     """
     t_start = time.perf_counter()
     compiled_before = compile_seconds()
@@ -178,6 +185,7 @@ def sample(
 
     # --- no mode: no seed, no seed check ---------------------------------------------------------------
     lp_best = None
+    origin = ck.probe_origin(start)  # where a cold start would begin: the probe for modes starts around it
     if start.source == "optimization trace" and start.center is not None:
         lp_best = float(obj.log_prob(start.center) if data is obj.data else obj.log_prob(start.center, data))
     mode_problem = no_mode(start, obj.dim, lp_best)
@@ -193,6 +201,9 @@ def sample(
                         keys=(k_curv, k_jit))
     if mode_problem is not None and prep.unseeded:
         ledger.decide("no mode", f"{mode_problem}: no seed to check; the warmup starts as a recovery")
+    names = dg.coordinate_names(obj.layout, obj.dim)
+    ledger.check_grads += ck.check_proper(prep.states, prep.positions, prep.center, prep.imm0, prep.program, data,
+                                          names)
     start, seed, imm0, est, settings, program = prep.start, prep.seed, prep.imm0, prep.est, prep.settings, prep.program
     unseeded, center = prep.unseeded, prep.center
     dtype = center.dtype
@@ -272,6 +283,7 @@ def sample(
     draws = stack(outs)
     div_samp = int(np.sum(draws.diverging))
     bar.close(f"{div_samp} divergences")
+    findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1), names)
 
     # --- the trace ------------------------------------------------------------------------------------------
     compile_s = compile_seconds() - compiled_before
@@ -279,29 +291,8 @@ def sample(
         obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages,
         num_chains=num_chains, num_samples=num_samples, step0=step0, step_size=step_size, imm=np.asarray(imm),
         init_cost=init_cost, jitter=jitter, est=est, key=key, t_start=t_start, compile_s=compile_s,
+        findings=findings, names=names, lp_best=lp_best, data=data,
     )
-
-
-def _coarse_precision(center: np.ndarray, seed_imm: np.ndarray | None, theta: np.ndarray) -> str | None:
-    """A sentence when θ's dtype cannot resolve the posterior: at the start ``center`` some coordinate's float
-    spacing is over 5 % of its sd — the seed's (``seed_imm``: the curvature's M⁻¹) where there is one, else the
-    draws' (float32 near 10⁵ with an sd of 0.005: the sampler then sees a staircase)."""
-    th = np.asarray(theta)
-    if not np.issubdtype(th.dtype, np.floating) or th.dtype.itemsize >= 8:
-        return None
-    if seed_imm is not None:
-        m = np.asarray(seed_imm, np.float64)
-        sd = np.sqrt(np.diagonal(m) if m.ndim == 2 else m)
-    else:
-        sd = th.reshape(-1, th.shape[-1]).astype(np.float64).std(axis=0)
-    spacing = np.spacing(np.abs(np.asarray(center)).astype(th.dtype)).astype(np.float64)
-    ratio = np.where(sd > 0, spacing / np.where(sd > 0, sd, 1.0), 0.0)
-    i = int(np.argmax(ratio))
-    if not ratio[i] > 0.05:
-        return None
-    return (f"θ is {th.dtype} and coordinate {i} (θ* = {float(np.asarray(center)[i]):.6g}) is resolved only to "
-            f"{spacing[i]:.2g}, {ratio[i]:.2g}× its sd ({sd[i]:.2g}): rounding, not the posterior's shape, is the "
-            "likely cause; use float64 (jax_enable_x64) or centre that parameter (an offset or Affine in the layout)")
 
 
 class _NoUsableStart(Exception):
@@ -393,7 +384,8 @@ def _seeded(ctx, chains, ledger, wcfg: Warmup, seed: Seed, center, num_warmup: i
 
 
 def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger, messages, *, num_chains,
-           num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s) -> Trace:
+           num_samples, step0, step_size, imm, init_cost, jitter, est, key, t_start, compile_s, findings, names,
+           lp_best, data) -> Trace:
     sample_steps = int(np.sum(draws.n_steps))
     stats = {name: getattr(draws, name) for name in STAT_NAMES}
     if not isinstance(kern, NUTS):
@@ -413,22 +405,28 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         for m in seed_notes:
             _warn(messages, m)
     recovery = next((d for d in ledger.decisions if d.action == "recovery"), None)
+    has_jac = obj.log_jacobian is not None and obj.thetamap is None
     if failed:
         what = failed[0].message + (f"; {recovery.message}" if recovery is not None else "")
-        coarse = _coarse_precision(center_np, imm0.matrix if seed.kind != "identity" else None, draws.theta)
-        _warn(
-            messages,
-            f"{what}. " + (coarse or "A mode that is a poor start is typical of a hierarchical model in its centred "
-                           "form (group effects θ_j ~ N(μ, τ²) with τ sampled): a non-centred parameterisation "
-                           "(θ_j = μ + τ·z_j, z_j ~ N(0, 1)) usually removes the funnel and lets the curvature "
-                           "seed work"),
-        )
+        end = None
+        if failed[0].action == "no mode" and start.map is not None:
+            end = dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
+        elif failed[0].action == "seed rejected":
+            end = dg.mode_above_draws(lp_best, draws.log_prob, obj.dim)
+        diag["diagnosis"] = ck.explain(obj, center_np, draws, step_size, imm, diag, names, end)
+        _warn(messages, f"{what}. {diag['diagnosis']}")
+    for d in ledger.decisions:
+        if d.action == "chains moved":  # never silent: where the chain was is in the message and the decision
+            _warn(messages, f"warmup: {d.message}")
     diag["decision"] = "; ".join(d.message for d in ledger.decisions if d.action != "budget") or None
     note = None
     if start.map is not None:
         judged = any(d.action == "no mode" for d in ledger.decisions)
         note = mode_note(start.map.status, center_np, judged)
-    health = chain_health(draws.theta, draws.diverging, note)
+        if note is not None:
+            note = f"{note}: " + dg.optimizer_end(lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
+    health = chain_health(draws.theta, draws.diverging, note, energy=draws.energy, warmup_rhat=ledger.rhat,
+                          names=names, findings=findings)
     if health["problems"]:
         _warn(messages, "sampling: " + "; ".join(health["problems"]))
     grad_evals = {
@@ -437,6 +435,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         "warmup": ledger.grads,
         "restart": ledger.restart_grads,
         "sampling": sample_steps,
+        "checks": ledger.check_grads,
     }
     if start.map is not None:
         grad_evals["map"] = start.map.num_grad_evals
@@ -476,6 +475,7 @@ def _trace(obj, kern, wcfg, start, seed, imm0, center_np, chains, draws, ledger,
         "health": health,
         "warnings": messages,
         "map_status": start.map.status if start.map is not None else None,
+        "data_digest": data_digest(data) if obj.takes_data else None,
         "compile_s": compile_s,
         "run_s": max(runtime - compile_s, 0.0),
     }

@@ -105,11 +105,13 @@ class Ledger:
     divergences: int = 0  # warmup divergences
     rejected_grads: int = 0  # of which spent around a seed that was then rejected
     restart_grads: int = 0  # new chain states: the recovery's restart, moved chains
+    check_grads: int = 0  # the improper-direction check and the mode probe
     windows: int = 0
     kept: list[ChunkOut] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     extended: list[int] = field(default_factory=list)
     estimator: Estimator | None = None  # the recovery's, once there is one
+    rhat: list[tuple[int, float, int]] = field(default_factory=list)  # per window: (step, max R̂, coordinate)
 
     def decide(self, action: str, message: str, **details: Any) -> Decision:
         d = Decision(self.steps, action, message, details)
@@ -218,9 +220,12 @@ def seeded_warmup(
     for piece in _window_rows(rows):
         ledger.windows += 1
         chains, outs = advance(ctx, chains, ledger, piece, phase=f"warmup window {ledger.windows}", estimator=estimator)
-        if not check or not outs:
+        if not outs:
             continue
         out = _cat(outs)
+        window_rhat(ledger, out.theta)
+        if not check:
+            continue
         v = sc.verdict(
             out.n_steps,
             out.tree_depth,
@@ -272,12 +277,15 @@ def extend(
 
 
 def rescue(ctx: Context, chains: Chains, ledger: Ledger, outs: list[ChunkOut]) -> Chains:
-    """Move the chains that the window ``outs`` left stuck (:mod:`gnomon.sampler.stuck_chains`) to the current
-    positions of chains that are not; each move costs one gradient evaluation per chain (the new states)."""
+    """Move the chains that the window ``outs`` left stuck (:mod:`gnomon.sampler.stuck_chains`: only chains
+    that cannot sample where they are — never a chain that samples another mode) to the current positions of
+    chains that are not; each move costs one gradient evaluation per chain (the new states) and is recorded
+    with where the chain was. Also records the window's R̂ (:func:`window_rhat`)."""
     if not outs:
         return chains
     out = _cat(outs)
-    stuck = find_stuck(out.theta, out.n_steps, np.random.default_rng(ledger.steps))
+    window_rhat(ledger, out.theta)
+    stuck = find_stuck(out.theta, out.n_steps, np.random.default_rng(ledger.steps), out.log_prob)
     if not stuck.chains:
         return chains
     pos = np.array(chains.states.position)
@@ -286,11 +294,34 @@ def rescue(ctx: Context, chains: Chains, ledger: Ledger, outs: list[ChunkOut]) -
     states = shard(ctx.program.init(jnp.asarray(pos), ctx.data), pos.shape[0])
     ledger.restart_grads += pos.shape[0]
     moved = "; ".join(
-        f"chain {c} ({why}) to chain {d}'s position" for c, d, why in zip(*stuck, strict=True)
+        f"chain {c} ({why}; it was at θ ≈ {_short(mean)}, log density {lp:.4g}) to chain {d}'s position"
+        for c, d, why, (mean, lp) in zip(stuck.chains, stuck.donors, stuck.reasons, stuck.where, strict=True)
     )
     ledger.decide("chains moved", f"stuck chains moved at warmup step {ledger.steps}: {moved}",
-                  chains=list(stuck.chains))
+                  chains=list(stuck.chains), donors=list(stuck.donors),
+                  was_at=[np.asarray(m, np.float64).tolist() for m, _ in stuck.where],
+                  was_log_prob=[lp for _, lp in stuck.where])
     return chains._replace(states=states)
+
+
+def _short(x: np.ndarray, n: int = 4) -> str:
+    x = np.asarray(x, np.float64).ravel()
+    body = ", ".join(f"{v:.3g}" for v in x[:n])
+    return f"[{body}{', …' if x.size > n else ''}]"
+
+
+def window_rhat(ledger: Ledger, theta: np.ndarray) -> None:
+    """Record the largest R̂ (arviz-stats, rank-normalised split) of one warmup window's draws ``theta``
+    (steps, chains, D) in ``ledger.rhat`` as ``(warmup step, R̂, coordinate)`` — what the chains said while
+    they adapted, kept even when a later move or window hides it."""
+    th = np.asarray(theta, np.float64)
+    if th.shape[0] < 8 or th.shape[1] < 2 or not np.all(np.isfinite(th)):
+        return
+    from gnomon.sampler.health import max_rhat
+
+    r = max_rhat(np.swapaxes(th, 0, 1))
+    if r is not None:
+        ledger.rhat.append((ledger.steps, r[0], r[1]))
 
 
 # ------------------------------------------------------------------------------------------------ recovery
@@ -476,6 +507,28 @@ def draw(ctx: Context, chains: Chains, key: Any, num_samples: int, t_offset: int
             divergences=div,
         )
     return chains._replace(states=states, adapt=ad), outs
+
+
+def probe(ctx: Context, chains: Chains, key: Any, starts: np.ndarray, num_steps: int) -> tuple[ChunkOut, int] | None:
+    """``num_steps`` steps of the sampler with the adapted step size and metric fixed (no adaptation) from
+    ``starts`` (C, D) — :mod:`gnomon.sampler.modes`' probe; the sampling chains are not touched. Returns the
+    outputs (steps, C, ...) and their cost in gradient evaluations, or None when no start is finite."""
+    dtype = chains.states.position.dtype
+    states = ctx.program.init(jnp.asarray(starts, dtype), ctx.data)
+    ok = np.isfinite(np.asarray(states.logdensity)) & np.all(np.isfinite(np.asarray(states.logdensity_grad)), axis=1)
+    cost = int(starts.shape[0])
+    if not ok.any():
+        return None
+    if not ok.all():  # a start outside the support takes the place of one inside it
+        fill = np.asarray(starts)[np.flatnonzero(ok)[np.arange(len(ok)) % int(ok.sum())]]
+        states = ctx.program.init(jnp.asarray(np.where(ok[:, None], starts, fill), dtype), ctx.data)
+        cost += int(starts.shape[0])
+    states = shard(states, starts.shape[0])
+    outs = [ch.out for ch in run_chunks(ctx.program, ctx.settings, states, chains.adapt, key, 0,
+                                        np.zeros((num_steps, 2), np.int32), adapting=False, depth=ctx.max_depth,
+                                        estimator=int(Estimator.NONE), args=_args(ctx, chains))]
+    out = _cat(outs)
+    return out, cost + int(np.sum(out.n_steps))
 
 
 def finite_step_size(step: Any) -> float:

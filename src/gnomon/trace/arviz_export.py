@@ -19,6 +19,13 @@ Sampling traces:
 ``observed_data``
     ``observed=`` (a mapping of arrays; the trace does not carry the objective — pass ``obj.observed``).
 
+With ``objective=obj`` the objective adds its own groups (:meth:`gnomon.Objective.arviz_groups`, computed
+there, vmapped over the draws): for a numpyro model the deterministic sites in ``posterior``, a
+``log_likelihood`` group with the pointwise log likelihood of every observed site (``az.loo``/``az.waic``
+work), ``observed_data`` and ``constant_data`` (the model's other array arguments), and dims named after the
+model's plates instead of ``<name>_dim_0``. A sampling trace that records the digest of the data it was
+sampled with (``info["data_digest"]``) refuses an objective bound to other data.
+
 Optimization traces: the MAP (best θ; the best member's for a batch) as a 1 × 1 ``posterior``, plus
 ``optimization_path`` (the recorded θ rows, named like the posterior, dims ``chain`` = restart and
 ``draw`` = row; an unbatched trace uses the optimizer step as the ``draw`` coordinate) and
@@ -56,7 +63,8 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
-def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple[dict, dict, dict]:
+def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False,
+           site_dims: Mapping[str, list] | None = None) -> tuple[dict, dict, dict]:
     """``({name: (..., *shape)}, dims, coords)`` of θ rows ``(..., D)``.
 
     Untransformed blocks are sliced from θ in numpy, keeping its dtype (a float64 trace exported where JAX runs
@@ -72,6 +80,9 @@ def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple
         shape = b.theta_shape if unconstrained else b.shape
         tag = "_unconstrained" if unconstrained and b.theta_shape != b.shape else ""
         names = [f"{b.name}{tag}_dim_{i}" for i in range(len(shape))]
+        given = (site_dims or {}).get(b.name)
+        if not unconstrained and given is not None and len(given) == len(shape):
+            names = list(given)  # the objective's dims (a numpyro model's plates)
         if unconstrained or b.is_identity:  # a slice of θ (the unconstrained block is one by definition)
             out[b.name] = theta[..., b.start : b.stop].reshape(theta.shape[:-1] + tuple(shape))
         else:
@@ -81,8 +92,39 @@ def _named(theta: np.ndarray, layout: Any, unconstrained: bool = False) -> tuple
         dims[b.name] = names
         for i, (n, size) in enumerate(zip(names, shape)):
             labelled = b.labels is not None and len(shape) == 1 and i == 0 and len(b.labels) == size
-            coords[n] = np.asarray(b.labels, dtype=str) if labelled else np.arange(size)
+            coords.setdefault(n, np.asarray(b.labels, dtype=str) if labelled else np.arange(size))
     return out, dims, coords
+
+
+def _objective_groups(trace: Any, objective: Any) -> tuple[bool, dict]:
+    """Whether ``objective`` adds groups, and its per-site dims; refuses an objective bound to other data
+    than the trace recorded."""
+    if objective is None:
+        return False, {}
+    if not hasattr(objective, "arviz_groups"):
+        raise ValueError(f"objective= must be a gnomon.Objective, got {type(objective).__name__}")
+    recorded = (trace.info or {}).get("data_digest")
+    if recorded is not None:
+        from gnomon.objective.objective import data_digest
+
+        base = objective.base if getattr(objective, "base", None) is not None else objective
+        if data_digest(base.data) != recorded:
+            raise ValueError("the trace was sampled with other data than the objective is bound to (data digest "
+                             f"{recorded} vs {data_digest(base.data)}): pass the objective bound to the data it "
+                             "sampled, obj.with_data(...)")
+    model = getattr(objective.base if getattr(objective, "base", None) is not None else objective, "model", None)
+    return True, (model.dims() if model is not None else {})
+
+
+def _posterior_theta(trace: Any) -> np.ndarray:
+    """The base θ rows of the ``posterior`` group: the draws (C, N, D), or the MAP as (1, 1, D)."""
+    if trace.kind == "sampling":
+        return np.asarray(trace.theta)
+    best = np.asarray(trace.best_theta)
+    if trace.is_batched:
+        losses = np.asarray(trace.best_loss, dtype=float)
+        best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
+    return best[None, None, :]
 
 
 def _meta_attr(trace: Any, layout: Any, meta: Mapping | None) -> str:
@@ -108,6 +150,7 @@ def to_arviz(
     unconstrained: bool = False,
     save_warmup: bool = True,
     name: str | None = None,
+    objective: Any = None,
 ):
     """The trace as an ArviZ ``xarray.DataTree`` (see the module docstring for the groups).
 
@@ -119,6 +162,9 @@ def to_arviz(
       unconstrained: also export the unconstrained blocks (``unconstrained_posterior``).
       save_warmup: keep the warmup groups of a sampling trace that has them.
       name: name of the DataTree root.
+      objective: the :class:`gnomon.Objective` the trace sampled (bound to the data it sampled): adds its
+        groups (``obj.arviz_groups``: deterministic sites, ``log_likelihood``, ``observed_data``,
+        ``constant_data``, plate dims for a numpyro model).
     """
     from arviz_base import from_dict
 
@@ -137,10 +183,12 @@ def to_arviz(
 
     if layout is not None and layout.size != trace.dim:
         raise ValueError(f"layout has size {layout.size} but the trace's θ has dimension {trace.dim}")
+    extra, extra_dims = _objective_groups(trace, objective)
+    site_dims = extra_dims if extra else None
 
     if trace.kind == "sampling":
         th = np.asarray(trace.theta)
-        add("posterior", *_named(th, layout))
+        add("posterior", *_named(th, layout, site_dims=site_dims))
         if unconstrained:
             add("unconstrained_posterior", *_named(th, layout, unconstrained=True))
         stats = {"lp": np.asarray(trace.log_prob)}
@@ -151,7 +199,7 @@ def to_arviz(
         if save_warmup and trace.warmup:
             w = trace.warmup
             wth = np.asarray(w["theta"])
-            add("warmup_posterior", *_named(wth, layout))
+            add("warmup_posterior", *_named(wth, layout, site_dims=site_dims))
             if unconstrained:
                 add("warmup_unconstrained_posterior", *_named(wth, layout, unconstrained=True))
             wstats = {"lp": np.asarray(w["log_prob"])} if "log_prob" in w else {}
@@ -167,11 +215,11 @@ def to_arviz(
         if batched:
             losses = np.asarray(trace.best_loss, dtype=float)
             best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
-        add("posterior", *_named(np.asarray(best)[None, None, :], layout))
+        add("posterior", *_named(np.asarray(best)[None, None, :], layout, site_dims=site_dims))
         if unconstrained:
             add("unconstrained_posterior", *_named(np.asarray(best)[None, None, :], layout, unconstrained=True))
         path = th if batched else th[None]
-        add("optimization_path", *_named(np.asarray(path), layout))
+        add("optimization_path", *_named(np.asarray(path), layout, site_dims=site_dims))
         opt = {"loss": np.asarray(trace.loss) if batched else np.asarray(trace.loss)[None]}
         if trace.step is not None:
             opt["step"] = np.asarray(trace.step) if batched else np.asarray(trace.step)[None]
@@ -180,6 +228,14 @@ def to_arviz(
         for k, v in trace.stats.items():
             opt.setdefault(k, np.asarray(v) if batched else np.asarray(v)[None])
         groups["optimization_stats"] = opt
+    if extra:
+        post = _posterior_theta(trace)
+        more, more_dims, more_coords = objective.arviz_groups(post)
+        for group, values in more.items():
+            groups.setdefault(group, {}).update({k: np.asarray(v) for k, v in values.items()})
+        dims.update({k: list(v) for k, v in more_dims.items() if k not in dims})
+        for k, v in more_coords.items():
+            coords.setdefault(k, v)
     if observed:
         groups["observed_data"] = {k: np.asarray(v) for k, v in observed.items()}
 
