@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gnomon.plot._table_data import column, column_labels, experiment_table
 from gnomon.signals.signals import Signals
 from gnomon.thetaspace import units as U
 
@@ -126,11 +127,7 @@ def _from_traces(traces: Sequence[Any], names: Sequence[str] | None) -> Points:
 
 
 def _from_table(df: Any, names: Sequence[str] | None, units: Mapping[str, str]) -> Points:
-    labels = []
-    for c in df.columns:
-        head, sep, rest = str(c).partition(".")
-        if sep and head == "estimate" and rest not in labels:
-            labels.append(rest)
+    labels = column_labels(df, "estimate")
     if names is not None:
         want = [names] if isinstance(names, str) else list(names)
         chosen = []
@@ -144,9 +141,8 @@ def _from_table(df: Any, names: Sequence[str] | None, units: Mapping[str, str]) 
         raise ValueError("pair: the table has no estimate.<label> columns (aggregate with params=True)")
 
     def col(name: str) -> np.ndarray:
-        if name not in df.columns:
-            return np.full(len(df), np.nan)
-        return np.asarray(df[name].astype("float64").to_numpy(na_value=np.nan), dtype=float)
+        c = column(df, name)
+        return np.full(len(df), np.nan) if c is None else c
 
     est = np.stack([col(f"estimate.{lab}") for lab in labels], axis=-1)
     tru = np.stack([col(f"truth.{lab}") for lab in labels], axis=-1)
@@ -196,9 +192,7 @@ def points_of(source: Any, names: Sequence[str] | None) -> Points:
     from gnomon.experiment.experiment import Experiment
 
     if isinstance(source, (Experiment, str, os.PathLike)):
-        from gnomon.plot.campaign import _table
-
-        df, units = _table(source, names if names is not None else True, None)
+        df, units = experiment_table(source, names if names is not None else True, None)
         return _from_table(df, names, units)
     raise ValueError(
         "pair: expected sampler Signals, a sampling Trace, an ArviZ DataTree, a batch Trace (optimize_batch), a "

@@ -56,7 +56,7 @@ from gnomon.plot._history_data import (
     has_sigma,
     series_of,
 )
-from gnomon.plot._mpl import bracket, colors, ensure_backend, finish, new_figure, set_log_y, symlog_x
+from gnomon.plot._mpl import axis_title, bracket, colors, ensure_backend, finish, one_axis, set_log_y, symlog_x
 from gnomon.plot._panel_data import (
     band_swamped,
     check_signals,
@@ -299,11 +299,7 @@ def history(
       save: file to write (format from the suffix); ``show``: display with pyplot (never by default).
     """
     sig = check_signals(signals)
-    if ax is None:
-        fig = new_figure(figsize or (7.0, 4.0), show=show)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = one_axis(ax, figsize, show)
     info = draw(
         ax,
         sig,
@@ -321,10 +317,7 @@ def history(
         sigma=sigma,
         bands=bands,
     )
-    if title is None:
-        ax.set_title(info.title, fontsize=9)
-    elif title:
-        ax.set_title(str(title))
+    axis_title(ax, title, info.title)
     return finish(fig, save=save, show=show, dpi=dpi)
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gnomon.plot._mpl import colors, finish, fmt, new_figure, set_log_y
+from gnomon.plot._mpl import axis_title, colors, finish, fmt, one_axis, set_log_y
 from gnomon.plot._panel_data import final_rows, limits, log_auto, mark_rejected, rejected_of, rejected_rows
 from gnomon.signals.signals import Signals
 from gnomon.util.validate import positive_float
@@ -345,14 +345,7 @@ def loss(
     back from, which may lie at 1e220) are left out of the lines and of the axis limits and drawn faintly as
     grey crosses, or as grey triangles on the edge when they lie beyond it (``gid="rejected:<name>"``).
     """
-    if ax is None:
-        fig = new_figure(figsize or (7.0, 4.0), show=show)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = one_axis(ax, figsize, show)
     text = draw_loss(ax, source, reference, relative=relative, relative_to=relative_to, floor=floor, logy=logy)
-    if title is None:
-        ax.set_title(text, fontsize=9)
-    elif title:
-        ax.set_title(str(title))
+    axis_title(ax, title, text)
     return finish(fig, save=save, show=show, dpi=dpi)

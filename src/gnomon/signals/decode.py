@@ -12,18 +12,10 @@ from gnomon.signals.labels import block_labels
 from gnomon.signals.signal import Signal, lead_ndim, make_signal
 
 
-def signals_from_trace(
-    cls: Any,
-    trace: Any,
-    layout_or_decoder: Any = None,
-    truth: Mapping[str, Any] | Any = None,
-    transforms: Sequence[Any] = (),
-    *,
-    units: Mapping[str, str] | None = None,
-    diagnostics: bool = True,
-    crlb: Any = None,
-) -> Any:
-    """The body of :meth:`Signals.from_trace <gnomon.Signals.from_trace>` (``cls`` is the Signals class)."""
+def signals_from_trace(cls: Any, trace: Any, layout_or_decoder: Any, truth: Any, transforms: Sequence[Any],
+                       units: Mapping[str, str] | None, diagnostics: bool, crlb: Any) -> Any:
+    """The body of :meth:`Signals.from_trace <gnomon.Signals.from_trace>` (``cls`` is the Signals class; the
+    arguments are its own)."""
     from gnomon.trace.trace import Trace
 
     if not isinstance(trace, Trace):

@@ -104,23 +104,11 @@ class Signals(Mapping[str, Signal]):
     def _lead_ndim(self) -> int:
         return lead_ndim(self._kind)
 
-    def _make(
-        self,
-        name: str,
-        values: Any,
-        *,
-        units: str = "",
-        truth: Any = None,
-        labels: Sequence[str] | None = None,
-        role: str = "derived",
-        sigma: Any = None,
-        sigma_source: str = "",
-        is_error: bool = False,
-    ) -> Signal:
-        """A :class:`Signal` that fits these signals' rows, from natural-shape ``values`` (see
+    def _make(self, name: str, values: Any, **kwargs: Any) -> Signal:
+        """A :class:`Signal` that fits these signals' rows, from natural-shape ``values`` (keywords ``units``,
+        ``truth``, ``labels``, ``role``, ``sigma``, ``sigma_source``, ``is_error``: see
         :func:`~gnomon.signals.signal.make_signal`)."""
-        return make_signal(self._kind, name, values, units=units, truth=truth, labels=labels, role=role,
-                           sigma=sigma, sigma_source=sigma_source, is_error=is_error)
+        return make_signal(self._kind, name, values, **kwargs)
 
     def _insert(self, s: Signal) -> None:
         if s.name in self._signals:
@@ -366,8 +354,7 @@ class Signals(Mapping[str, Signal]):
         Component labels of the parameter signals are the layout's (its index labels, which carry the
         component labels a layout was given, e.g. Noll indices).
         """
-        return signals_from_trace(cls, trace, layout_or_decoder, truth, transforms, units=units,
-                                  diagnostics=diagnostics, crlb=crlb)
+        return signals_from_trace(cls, trace, layout_or_decoder, truth, transforms, units, diagnostics, crlb)
 
     @classmethod
     def from_run(
