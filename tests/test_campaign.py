@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -137,6 +138,33 @@ def test_thread_pool_campaign_each_item_once(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         res = exp.run_many(fn, items, executor=pool, max_in_flight=6)
     assert res.ok and sorted(fn.calls) == list(range(24)) and len(exp.runs()) == 24
+
+
+def test_max_in_flight_bounds_the_tasks_and_a_bad_one_is_refused_before_any_work(tmp_path):
+    exp = gn.Experiment(tmp_path / "e")
+    items = [{"seed": s} for s in range(5)]
+    fn = Recorder()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=f"max_in_flight must be an int ≥ 1, got {bad!r}"):
+            exp.run_many(fn, items, executor=ThreadPoolExecutor(2), max_in_flight=bad)
+    assert fn.calls == [] and exp.runs() == []
+
+    class Overlap(Recorder):  # the most fits running at once (each holds its task in flight)
+        running = most = 0
+
+        def __call__(self, item):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)
+            with self.lock:
+                self.running -= 1
+            return super().__call__(item)
+
+    fn = Overlap()
+    with ThreadPoolExecutor(4) as pool:
+        res = exp.run_many(fn, items, executor=pool, max_in_flight=2)
+    assert res.ok and sorted(fn.calls) == list(range(5)) and 1 <= fn.most <= 2
 
 
 def test_two_campaigns_at_once_share_the_work(tmp_path):

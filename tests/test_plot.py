@@ -369,6 +369,27 @@ def test_invalid_arguments():
         gn.plot.history({"z": np.zeros(3)}, "z")
 
 
+def test_counts_and_scales_are_refused_naming_the_bad_value():
+    from gnomon.util.validate import positive_float
+
+    assert positive_float(np.float32(0.5), "floor") == 0.5 and positive_float(3, "floor") == 3.0
+    for bad in (0, -1.0, np.nan, np.inf, True, "1", None):
+        with pytest.raises(ValueError, match=f"floor must be a finite number > 0, got {bad!r}"):
+            positive_float(bad, "floor")
+    sig = _sig()
+    with pytest.raises(ValueError, match="floor must be a finite number > 0, got 0"):
+        gn.plot.loss(sig, relative_to="best", floor=0.0)
+    with pytest.raises(ValueError, match="top must be an int ≥ 0, got -1"):
+        gn.plot.history(sig, "z", mode="hybrid", top=-1)
+    with pytest.raises(ValueError, match="ncols must be an int ≥ 1, got 0"):
+        gn.plot.grid(sig, ["z", "pos"], ncols=0)
+    with pytest.raises(ValueError, match=r"power must be a finite number > 0, got -0.5"):
+        gn.plot.curvature(np.ones(3), power=-0.5)
+    # a valid floor and top still draw
+    assert gn.plot.loss(sig, relative_to="best", floor=1e-3).axes[0].get_yscale() == "log"
+    assert len(_data_lines(gn.plot.history(sig, "z", mode="hybrid", top=0).axes[0])) == 1
+
+
 def test_curvature_view():
     layout = gn.Layout({"a": (), "b": (2,), "c": ()}, blocks={"a": "g1", "b": "g2", "c": "g1"})
     diag = np.array([1e4, 1.0, 1e-2, 50.0])

@@ -221,10 +221,28 @@ def aggregate(
     Returns:
       a ``pandas.DataFrame`` sorted by ``run_id``, with explicit nullable dtypes (:data:`SUMMARY_DTYPES`).
     """
-    import pandas as pd
-
     if on_problem not in ("warn", "ignore", "raise"):
         raise ValueError(f"on_problem must be 'warn', 'ignore' or 'raise', got {on_problem!r}")
+    meta_keys = _check_meta_keys(meta_keys)
+    runs_dir = Path(runs_dir)
+    if (runs_dir / "runs").is_dir() and not (runs_dir / SUMMARY_FILE).exists():
+        runs_dir = runs_dir / "runs"
+    fmt = _output_format(output)
+    results = _read_runs(str(runs_dir), _list_runs(str(runs_dir)), meta_keys, workers)
+    problems = [
+        {"run_id": r.run_id, "problem": r.problem[0], "message": r.problem[1]} for r in results if r.problem
+    ]
+    df = _table([r for r in results if r.problem is None], meta_keys, params)
+    df.attrs["problems"] = problems
+    if problems and on_problem != "ignore":
+        _report(problems, on_problem, runs_dir)
+    if output is not None:
+        _write_table(df, Path(output), fmt)
+    return df
+
+
+def _check_meta_keys(meta_keys: str | Sequence[str]) -> list[str]:
+    """``meta_keys`` as a list of distinct dotted paths (one key may be given as a string)."""
     if isinstance(meta_keys, str):
         meta_keys = (meta_keys,)
     meta_keys = list(meta_keys)
@@ -233,34 +251,42 @@ def aggregate(
             raise ValueError(f"meta key {k!r} must be a dotted path like 'user.seed'")
     if len(set(meta_keys)) != len(meta_keys):
         raise ValueError(f"meta_keys has duplicates: {meta_keys}")
-    runs_dir = Path(runs_dir)
-    if (runs_dir / "runs").is_dir() and not (runs_dir / SUMMARY_FILE).exists():
-        runs_dir = runs_dir / "runs"
-    fmt = None
-    if output is not None:
-        suffix = Path(output).suffix.lower()
-        fmt = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
-        if fmt is None:
-            raise ValueError(f"output {str(output)!r}: expected a .parquet or .csv file name")
-    names = _list_runs(str(runs_dir))
+    return meta_keys
+
+
+def _output_format(output: str | os.PathLike | None) -> str | None:
+    """``"parquet"`` or ``"csv"`` from the suffix of ``output`` (None: no output)."""
+    if output is None:
+        return None
+    suffix = Path(output).suffix.lower()
+    fmt = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
+    if fmt is None:
+        raise ValueError(f"output {str(output)!r}: expected a .parquet or .csv file name")
+    return fmt
+
+
+def _read_runs(runs_dir: str, names: list[str], meta_keys: list[str], workers: int | None) -> list[_Row]:
+    """Each run's row, in run-id order; many runs are read by ``workers`` threads (default 8)."""
     nworkers = max(1, int(workers) if workers is not None else 8)
     if nworkers == 1 or len(names) < 256:
-        results = [_read_run(str(runs_dir), n, meta_keys) for n in names]
-    else:
-        nchunks = nworkers * 4
-        chunks = [names[i::nchunks] for i in range(nchunks)]
+        return [_read_run(runs_dir, n, meta_keys) for n in names]
+    nchunks = nworkers * 4
+    chunks = [names[i::nchunks] for i in range(nchunks)]
 
-        def work(chunk):
-            return [_read_run(str(runs_dir), n, meta_keys) for n in chunk]
+    def work(chunk):
+        return [_read_run(runs_dir, n, meta_keys) for n in chunk]
 
-        with ThreadPoolExecutor(nworkers) as pool:
-            results = [r for part in pool.map(work, chunks) for r in part]
-        results.sort(key=lambda r: r[0])
+    with ThreadPoolExecutor(nworkers) as pool:
+        results = [r for part in pool.map(work, chunks) for r in part]
+    results.sort(key=lambda r: r[0])
+    return results
 
-    problems = [
-        {"run_id": r.run_id, "problem": r.problem[0], "message": r.problem[1]} for r in results if r.problem
-    ]
-    good = [r for r in results if r.problem is None]
+
+def _table(good: list[_Row], meta_keys: list[str], params: Any):
+    """The DataFrame of the complete runs: ``run_id``, the run-level summary keys (known ones first, in
+    :data:`SUMMARY_DTYPES` order, then the others sorted), the per-parameter columns ``params`` asks for, and
+    the meta keys (``meta.<key>`` where a summary column has that name)."""
+    import pandas as pd
 
     keys: dict[str, None] = {}
     for r in good:
@@ -276,24 +302,22 @@ def aggregate(
     for j, k in enumerate(meta_keys):
         col = k if k not in data else f"meta.{k}"
         data[col] = _typed_column([r.metavals[j] for r in good], None)
-    df = pd.DataFrame(data)
-    df.attrs["problems"] = problems
+    return pd.DataFrame(data)
 
-    if problems and on_problem != "ignore":
-        counts: dict[str, int] = {}
-        for p in problems:
-            counts[p["problem"]] = counts.get(p["problem"], 0) + 1
-        what = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        text = (
-            f"aggregate {runs_dir}: skipped {len(problems)} run(s) ({what}); df.attrs['problems'] lists "
-            f"them; first: {problems[0]['message']}"
-        )
-        if on_problem == "raise":
-            raise ArtifactError(text)
-        warnings.warn(text, AggregationWarning, stacklevel=3)
-    if output is not None:
-        _write_table(df, Path(output), fmt)
-    return df
+
+def _report(problems: list[dict[str, str]], on_problem: str, runs_dir: Path) -> None:
+    """Warn (:class:`AggregationWarning`) or raise (``on_problem="raise"``) with the counts of skipped runs."""
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p["problem"]] = counts.get(p["problem"], 0) + 1
+    what = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    text = (
+        f"aggregate {runs_dir}: skipped {len(problems)} run(s) ({what}); df.attrs['problems'] lists "
+        f"them; first: {problems[0]['message']}"
+    )
+    if on_problem == "raise":
+        raise ArtifactError(text)
+    warnings.warn(text, AggregationWarning, stacklevel=4)
 
 
 def _write_table(df, path: Path, fmt: str) -> None:

@@ -27,6 +27,7 @@ from gnomon.io.jsonio import ArtifactError, read_json, to_jsonable
 from gnomon.io.run import META_FILE, SUMMARY_FILE
 from gnomon.io.runids import CLAIM_FILE, check_run_id
 from gnomon.trace.trace import Trace
+from gnomon.util.validate import positive_int
 
 _RESULT_KEYS = (
     "layout",
@@ -222,13 +223,40 @@ def run_many(
     Returns:
       a :class:`CampaignResult` (completed, skipped, failed with messages, busy).
     """
-    from gnomon.util.progress import Progress
-
     start = time.perf_counter()
     items = list(items)
     ids = _ids_for(items, run_id)
     runs_dir = Path(exp.runs_dir)
     result = CampaignResult(total=len(items))
+    todo = _todo(runs_dir, ids, items, result, check_items)
+    diag, skw, per_item = _task_settings(diagnostics, save_kwargs, len(items))
+    limit = 64 if max_in_flight is None else positive_int(max_in_flight, "max_in_flight")
+    recorder = _Recorder(result, len(todo), progress)
+
+    def args(i, rid, item):
+        kw = {**skw, **{k: v[i] for k, v in per_item.items() if v[i] is not None}} if per_item else skw
+        return (str(runs_dir), rid, i, item, fn, diag, kw, reclaim, stale_after_s)
+
+    try:
+        if executor is None:
+            for i, rid, item in todo:
+                recorder(run_item(*args(i, rid, item)))
+        else:
+            _run_on(executor, todo, args, recorder, limit)
+    finally:
+        recorder.close()
+    result.runtime_s = time.perf_counter() - start
+    if raise_on_error and (result.failed or result.busy):
+        first = next(iter({**result.failed, **result.busy}.items()))
+        raise RuntimeError(f"run_many: {len(result.failed)} failed, {len(result.busy)} busy; first: {first}")
+    return result
+
+
+def _todo(runs_dir: Path, ids: list[str], items: list[Any], result: CampaignResult,
+          check_items: bool) -> list[tuple[int, str, Any]]:
+    """``[(index, run id, item)]`` of the items whose run is not complete; complete ones go to
+    ``result.skipped`` (a dead writer's claim left beside summary.json is dropped). With ``check_items``, a
+    complete run made from another item (a recorded fingerprint that differs) raises before anything runs."""
     todo = []
     mismatched = []
     for i, (rid, item) in enumerate(zip(ids, items)):
@@ -239,15 +267,8 @@ def run_many(
                 from gnomon.experiment.run_writer import drop_dead_claim
 
                 drop_dead_claim(d)
-            if check_items:
-                _, h = item_fingerprint(item)
-                if h is not None:
-                    try:
-                        recorded = (read_json(d / META_FILE).get("campaign") or {}).get("item_hash")
-                    except ArtifactError:
-                        recorded = None
-                    if recorded is not None and recorded != h:
-                        mismatched.append(rid)
+            if check_items and _other_item(d, item):
+                mismatched.append(rid)
         else:
             todo.append((i, rid, item))
     if mismatched:
@@ -256,6 +277,26 @@ def run_many(
             f"(e.g. {mismatched[:3]}): the items changed or were reordered. Use run_id= to tie ids to items, "
             "another experiment, or check_items=False"
         )
+    return todo
+
+
+def _other_item(run_dir: Path, item: Any) -> bool:
+    """True when the complete run in ``run_dir`` recorded the fingerprint of another item than ``item`` (an item
+    that is not JSON-able, or a run without a readable record, is not judged)."""
+    _, h = item_fingerprint(item)
+    if h is None:
+        return False
+    try:
+        recorded = (read_json(run_dir / META_FILE).get("campaign") or {}).get("item_hash")
+    except ArtifactError:
+        recorded = None
+    return recorded is not None and recorded != h
+
+
+def _task_settings(diagnostics: Any, save_kwargs: Mapping[str, Any] | None,
+                   n: int) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, list]]:
+    """``(diagnostics as a dict or None, save_run keywords, {"crlb" / "truth": one per item})`` that travel to
+    every task; keywords run_many sets itself are refused."""
     if diagnostics is not None and not isinstance(diagnostics, DiagnosticsConfig):
         raise ValueError(f"diagnostics must be a DiagnosticsConfig, got {type(diagnostics).__name__}")
     diag = diagnostics.to_dict() if diagnostics is not None and diagnostics.enabled else None
@@ -265,17 +306,24 @@ def run_many(
         raise ValueError(f"save_kwargs {bad} are set by run_many")
     from gnomon.experiment.batch_writer import per_member_values
 
-    per_item = {k: per_member_values(f"save_kwargs[{k!r}]", skw.pop(k), len(items), "item")
+    per_item = {k: per_member_values(f"save_kwargs[{k!r}]", skw.pop(k), n, "item")
                 for k in ("crlb", "truth") if k in skw}
+    return diag, skw, per_item
 
-    bar = None
-    if not callable(progress):
-        bar = Progress(len(todo), "campaign", enabled=progress)
-    done = 0
 
-    def record(rec: dict[str, Any]) -> None:
-        nonlocal done
-        done += 1
+class _Recorder:
+    """Files each task's status record in the :class:`CampaignResult` and reports progress (a bar on stderr,
+    or the user's ``progress(done, total, record)``)."""
+
+    def __init__(self, result: CampaignResult, total: int, progress: Any):
+        from gnomon.util.progress import Progress
+
+        self.result, self.total, self.progress, self.done = result, total, progress, 0
+        self.bar = None if callable(progress) else Progress(total, "campaign", enabled=progress)
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        result = self.result
+        self.done += 1
         state, rid = rec["state"], rec["run_id"]
         if state == "done":
             result.completed.append(rid)
@@ -285,56 +333,47 @@ def run_many(
             result.busy[rid] = rec.get("message", "")
         else:
             result.failed[rid] = rec.get("message", "")
-        if callable(progress):
-            progress(done, len(todo), rec)
-        elif bar is not None:
-            bar.update(done, ok=len(result.completed), failed=len(result.failed))
+        if callable(self.progress):
+            self.progress(self.done, self.total, rec)
+        elif self.bar is not None:
+            self.bar.update(self.done, ok=len(result.completed), failed=len(result.failed))
 
-    def args(i, rid, item):
-        kw = {**skw, **{k: v[i] for k, v in per_item.items() if v[i] is not None}} if per_item else skw
-        return (str(runs_dir), rid, i, item, fn, diag, kw, reclaim, stale_after_s)
+    def close(self) -> None:
+        if self.bar is not None:
+            r = self.result
+            self.bar.close(f"{len(r.completed)} done, {len(r.skipped)} skipped, {len(r.failed)} failed")
 
-    try:
-        if executor is None:
-            for i, rid, item in todo:
-                record(run_item(*args(i, rid, item)))
-        else:
-            limit = int(max_in_flight) if max_in_flight else 64
-            queue = list(reversed(todo))
-            in_flight: dict[Any, str] = {}
-            broken: str | None = None
-            while queue or in_flight:
-                while queue and len(in_flight) < limit and broken is None:
-                    i, rid, item = queue.pop()
-                    try:
-                        in_flight[executor.submit(run_item, *args(i, rid, item))] = rid
-                    except Exception as exc:  # noqa: BLE001 - a broken pool: report the rest as failed
-                        broken = f"executor could not take the task: {type(exc).__name__}: {exc}"
-                        queue.append((i, rid, item))
-                if broken is not None and not in_flight:
-                    for _, rid, _ in queue:
-                        record({"run_id": rid, "state": "failed", "message": broken})
-                    queue.clear()
-                    break
-                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    rid = in_flight.pop(fut)
-                    try:
-                        rec = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - worker died, unpicklable fn, ...
-                        rec = {
-                            "run_id": rid,
-                            "state": "failed",
-                            "message": f"task failed in the executor: {type(exc).__name__}: {exc}",
-                        }
-                    record(rec)
-    finally:
-        if bar is not None:
-            bar.close(
-                f"{len(result.completed)} done, {len(result.skipped)} skipped, {len(result.failed)} failed"
-            )
-    result.runtime_s = time.perf_counter() - start
-    if raise_on_error and (result.failed or result.busy):
-        first = next(iter({**result.failed, **result.busy}.items()))
-        raise RuntimeError(f"run_many: {len(result.failed)} failed, {len(result.busy)} busy; first: {first}")
-    return result
+
+def _run_on(executor: Any, todo: list[tuple[int, str, Any]], args: Callable, record: Callable,
+            limit: int) -> None:
+    """Run the tasks on a ``concurrent.futures`` executor, at most ``limit`` in flight; a task the executor
+    cannot take (a broken pool) and every one after it is recorded as failed, as is a task that failed in
+    the executor (a dead worker, an unpicklable ``fn``)."""
+    queue = list(reversed(todo))
+    in_flight: dict[Any, str] = {}
+    broken: str | None = None
+    while queue or in_flight:
+        while queue and len(in_flight) < limit and broken is None:
+            i, rid, item = queue.pop()
+            try:
+                in_flight[executor.submit(run_item, *args(i, rid, item))] = rid
+            except Exception as exc:  # noqa: BLE001 - a broken pool: report the rest as failed
+                broken = f"executor could not take the task: {type(exc).__name__}: {exc}"
+                queue.append((i, rid, item))
+        if broken is not None and not in_flight:
+            for _, rid, _ in queue:
+                record({"run_id": rid, "state": "failed", "message": broken})
+            queue.clear()
+            break
+        finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+        for fut in finished:
+            rid = in_flight.pop(fut)
+            try:
+                rec = fut.result()
+            except Exception as exc:  # noqa: BLE001 - worker died, unpicklable fn, ...
+                rec = {
+                    "run_id": rid,
+                    "state": "failed",
+                    "message": f"task failed in the executor: {type(exc).__name__}: {exc}",
+                }
+            record(rec)

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,6 +110,26 @@ def run_demo(out: str = "gnomon-demo", quick: bool = False, seed: int = 0, compi
     return run_with_settings(out, DemoSettings.for_mode(quick), seed=seed, quick=quick)
 
 
+class _Fits(NamedTuple):
+    """The three MAP fits of the demo and what they started from."""
+
+    theta0: Any  # the start
+    curv0: Any  # the Gauss–Newton curvature at the start (dense)
+    emap: Any  # the whitened eigen map of curv0
+    traces: dict[str, Any]
+    finals: dict[str, np.ndarray]  # each fit's best θ
+    best: str  # the fit with the lowest loss
+
+
+class _Posterior(NamedTuple):
+    """The NUTS run from the best MAP and its summaries in θ."""
+
+    trace: Any
+    fisher_map: Any  # the Gauss–Newton curvature at the MAP (its inverse seeds the metric)
+    mean: np.ndarray
+    sd: np.ndarray
+
+
 def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: bool = False) -> Path:
     """:func:`run_demo` with explicit sizes (tests use tiny ones)."""
     import jax
@@ -118,32 +138,15 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     import gnomon as gn
     from gnomon.io.npzio import write_npz
     from gnomon.models import astrometry as A
-    from gnomon.recipes.astrometry import add_signals
 
     clock = _Clock(sys.stdout)
     out = Path(out)
-
-    # the experiment first: a directory holding another demo's runs is refused before any work
     setup = A.Setup(pupil_npix=cfg.pupil_npix, detector_npix=cfg.detector_npix)
-    manifest = {
-        "description": "gnomon demo: binary-star astrometry (simulate → Fisher → MAP ×3 → NUTS)",
-        "datasets": {"simulated_image": f"BinaryStarModel Poisson draw, seed {seed}"},
-        "sweep": {"quick": bool(quick), "seed": int(seed), "settings": asdict(cfg)},
-        "setup": {k: getattr(setup, k) for k in ("diameter_m", "pupil_npix", "detector_npix",
-                                                  "wavelengths_nm", "static_noll", "static_nm")},
-        "truth": {k: (list(v) if isinstance(v, tuple) else v) for k, v in A.TRUTH.items()},
-    }
-    try:
-        exp = gn.Experiment(out, manifest=manifest,
-                            diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
-    except ValueError as exc:
-        raise ValueError(f"{out} holds a demo run with other settings (quick/seed); choose another "
-                         f"directory with --out DIR. Details: {exc}") from None
+    exp = _experiment(gn, A, out, cfg, setup, seed, quick)
 
     # 1. simulate ------------------------------------------------------------------------------------
     model = A.BinaryStarModel(setup)
     layout = model.layout
-    labels = layout.index_labels()
     truth = model.truth_theta()
     data = model.simulate(jax.random.key(seed), truth)
     clock.say(f"simulated a {cfg.detector_npix}×{cfg.detector_npix} Poisson image, "
@@ -162,7 +165,61 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
               f"separation CRLB {crlb[i_sep] * 1e6:.0f} µas, {crlb[i_sep] / conditional[i_sep]:.1f}× "
               "sqrt(1/diag F) (separation and plate scale correlate)")
 
-    # 4. MAP three ways ------------------------------------------------------------------------------
+    fits = _maps(gn, obj, model, truth, crlb, cfg, clock)  # 4. MAP three ways
+    post = _nuts(gn, obj, layout, fits, truth, crlb, cfg, seed, clock)  # 5. NUTS hand-off
+
+    # 6. artifacts -----------------------------------------------------------------------------------
+    write_npz(out / "data.npz", {"image": np.asarray(data), "truth_theta": np.asarray(truth),
+                                 "fisher": F, "crlb": crlb, "theta0": np.asarray(fits.theta0)})
+    signals, post_sig, run_dirs = _save_runs(gn, A, exp, layout, truth, crlb, fits, post, seed)
+    table = exp.aggregate(output=out / "runs.csv")
+    clock.say(f"wrote experiment {out} ({len(table)} runs, posterior netCDF, runs.csv)")
+
+    # figures ----------------------------------------------------------------------------------------
+    figs = out / "figures"
+    figs.mkdir(exist_ok=True)
+    written = _figures(gn, figs, signals, post_sig, fits.traces, fits.emap, fits.best,
+                       gn.cramer_rao(F, truth, layout))
+    clock.say(f"wrote {len(written)} figures to {figs}")
+
+    # table ------------------------------------------------------------------------------------------
+    print()
+    print(_table(layout, layout.index_labels(), truth, fits.finals[fits.best], crlb, post.mean, post.sd, fits.best))
+    print()
+    print(f"experiment:  {out}/manifest.json, {out}/runs.csv, {out}/data.npz")
+    for d in run_dirs.values():
+        files = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+        print(f"  {d.relative_to(out)}: {', '.join(files)}")
+    print(f"figures:     {', '.join(str(p.relative_to(out)) for p in written)}")
+    print(f"next:        gnomon show {run_dirs['nuts']}   ·   gnomon aggregate {out} --params binary.separation_as")
+    return out
+
+
+def _experiment(gn: Any, A: Any, out: Path, cfg: DemoSettings, setup: Any, seed: int, quick: bool) -> Any:
+    """The demo's experiment, made first: a directory holding another demo's runs is refused before any
+    work."""
+    manifest = {
+        "description": "gnomon demo: binary-star astrometry (simulate → Fisher → MAP ×3 → NUTS)",
+        "datasets": {"simulated_image": f"BinaryStarModel Poisson draw, seed {seed}"},
+        "sweep": {"quick": bool(quick), "seed": int(seed), "settings": asdict(cfg)},
+        "setup": {k: getattr(setup, k) for k in ("diameter_m", "pupil_npix", "detector_npix",
+                                                  "wavelengths_nm", "static_noll", "static_nm")},
+        "truth": {k: (list(v) if isinstance(v, tuple) else v) for k, v in A.TRUTH.items()},
+    }
+    try:
+        return gn.Experiment(out, manifest=manifest,
+                             diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True))
+    except ValueError as exc:
+        raise ValueError(f"{out} holds a demo run with other settings (quick/seed); choose another "
+                         f"directory with --out DIR. Details: {exc}") from None
+
+
+def _maps(gn: Any, obj: Any, model: Any, truth: Any, crlb: np.ndarray, cfg: DemoSettings, clock: _Clock) -> _Fits:
+    """Step 4: the MAP three ways from :func:`start_theta` — lr_model, preconditioned_gd and plain GD in the
+    whitened eigen coordinates of the Gauss–Newton matrix at the start."""
+    import jax.numpy as jnp
+
+    layout = model.layout
     theta0 = jnp.asarray(start_theta(model, truth), dtype=truth.dtype)
     curv0 = gn.estimate_curvature(obj, theta0, method="gauss_newton", dense=True)
     traces: dict[str, Any] = {}
@@ -180,79 +237,71 @@ def run_with_settings(out: str | Path, cfg: DemoSettings, seed: int = 0, quick: 
     for k, t in traces.items():
         clock.say(f"MAP by {k:<17} loss {float(t.best_loss):.3f} after {t.num_steps} steps, "
                   f"max|z| {np.abs(z_scores(finals[k], truth, crlb)).max():.2f}")
-    theta_map = jnp.asarray(finals[best], dtype=truth.dtype)
+    return _Fits(theta0, curv0, emap, traces, finals, best)
 
-    # 5. NUTS hand-off -------------------------------------------------------------------------------
+
+def _nuts(gn: Any, obj: Any, layout: Any, fits: _Fits, truth: Any, crlb: np.ndarray, cfg: DemoSettings, seed: int,
+          clock: _Clock) -> _Posterior:
+    """Step 5: NUTS from the best MAP, its metric seeded by the dense inverse of the Fisher matrix there (the
+    curvature hand-off)."""
+    import jax
+    import jax.numpy as jnp
+
+    theta_map = jnp.asarray(fits.finals[fits.best], dtype=truth.dtype)
     fisher_map = gn.estimate_curvature(obj, theta_map, method="gauss_newton", dense=True)
-    # the sampler's seed metric is the dense inverse of this Fisher matrix (the curvature hand-off)
-    posterior = gn.sample(obj, init=traces[best], key=jax.random.key(seed + 1), num_chains=cfg.num_chains,
-                          num_warmup=cfg.num_warmup, num_samples=cfg.num_samples,
-                          inverse_mass_matrix=fisher_map, warmup=gn.warmup(dense=True),
-                          progress=False)
+    posterior = gn.sample(obj, init=fits.traces[fits.best], key=jax.random.key(seed + 1),
+                          num_chains=cfg.num_chains, num_warmup=cfg.num_warmup, num_samples=cfg.num_samples,
+                          inverse_mass_matrix=fisher_map, warmup=gn.warmup(dense=True), progress=False)
     draws = np.asarray(posterior.theta, dtype=float).reshape(-1, layout.size)
     post_mean, post_sd = draws.mean(axis=0), draws.std(axis=0, ddof=1)
     n_steps = float(np.mean(np.asarray(posterior.stats["n_steps"])))
     clock.say(f"NUTS {cfg.num_chains}×{cfg.num_samples} draws (+{cfg.num_warmup} warmup), "
               f"{int(posterior.num_grad_evals):,} grad evals, {n_steps:.1f} leapfrog steps per draw, "
               f"posterior sd / CRLB {np.median(post_sd / crlb):.2f} (median)")
+    return _Posterior(posterior, fisher_map, post_mean, post_sd)
 
-    # 6. artifacts -----------------------------------------------------------------------------------
-    write_npz(out / "data.npz", {"image": np.asarray(data), "truth_theta": np.asarray(truth),
-                                 "fisher": F, "crlb": crlb, "theta0": np.asarray(theta0)})
+
+def _save_runs(gn: Any, A: Any, exp: Any, layout: Any, truth: Any, crlb: np.ndarray, fits: _Fits,
+               post: _Posterior, seed: int) -> tuple[dict[str, Any], Any, dict[str, Path]]:
+    """Step 6: one run per MAP fit and one for the posterior, each with its signals, the true values and the
+    marginal CRLB per named parameter; returns ``(signals per fit, posterior signals, run directories)``."""
+    from gnomon.recipes.astrometry import add_signals
+
     # the true values exactly as set (float64), not θ_truth decoded at JAX's precision
     truth_params = {k: np.asarray(A.TRUTH[k], dtype=np.float64) for k in layout.names}
     # the marginal CRLB per named parameter in its own units (the contrast's through the delta method):
     # saved as crlb.<label> in summary.json, and drawn as ±1σ / ±2σ bands in the figures
-    from gnomon.models.astrometry import constrained_jacobian_diag
-
-    crlb_params = {lab: float(crlb[i] * j) for i, (lab, j) in enumerate(zip(labels, constrained_jacobian_diag(truth)))}
+    labels = layout.index_labels()
+    crlb_params = {lab: float(crlb[i] * j)
+                   for i, (lab, j) in enumerate(zip(labels, A.constrained_jacobian_diag(truth)))}
     signals: dict[str, Any] = {}
     run_dirs: dict[str, Path] = {}
-    for k, t in traces.items():
-        decoder = emap if k == "eigen_gd" else layout
+    for k, t in fits.traces.items():
+        decoder = fits.emap if k == "eigen_gd" else layout
         sig = gn.Signals.from_trace(t, decoder, truth=truth_params, crlb=crlb_params, transforms=[add_signals])
         signals[k] = sig
-        z = z_scores(finals[k], truth, crlb)
+        z = z_scores(fits.finals[k], truth, crlb)
         extra: dict[str, Any] = {}
         if "lr_vec" in t.extras:
             extra = {"precond": t.extras["lr_vec"],
                      "diagnostics": gn.DiagnosticsConfig(signals=True, curvature=True, precond=True)}
         run_dirs[k] = exp.save(
             f"map-{k}", t, layout=layout, overwrite=True, signals=sig, crlb=crlb_params, truth=truth_params,
-            curvature=curv0 if k != "preconditioned_gd" else None,
+            curvature=fits.curv0 if k != "preconditioned_gd" else None,
             meta={"fit": k, "start": "truth + START_OFFSETS, Zernikes 0", "seed": seed},
             summary={"max_abs_z_vs_truth": float(np.abs(z).max()), "fit": k}, **extra)
-    post_sig = gn.Signals.from_trace(posterior, layout, truth=truth_params, crlb=crlb_params,
+    post_sig = gn.Signals.from_trace(post.trace, layout, truth=truth_params, crlb=crlb_params,
                                      transforms=[add_signals])
-    z_post = z_scores(post_mean, truth, crlb)
+    z_post = z_scores(post.mean, truth, crlb)
     run_dirs["nuts"] = exp.save(
-        "posterior-nuts", posterior, layout=layout, overwrite=True, signals=post_sig, curvature=fisher_map,
+        "posterior-nuts", post.trace, layout=layout, overwrite=True, signals=post_sig, curvature=post.fisher_map,
         crlb=crlb_params, truth=truth_params,
-        handoff=gn.HandOff.from_trace(posterior), arviz=True,
+        handoff=gn.HandOff.from_trace(post.trace), arviz=True,
         diagnostics=gn.DiagnosticsConfig(signals=True, curvature=True, handoff=True),
-        meta={"fit": "nuts", "init": f"map-{best}", "seed": seed},
+        meta={"fit": "nuts", "init": f"map-{fits.best}", "seed": seed},
         summary={"max_abs_z_vs_truth": float(np.abs(z_post).max()), "fit": "nuts",
-                 "posterior_sd_over_crlb_median": float(np.median(post_sd / crlb))})
-    table = exp.aggregate(output=out / "runs.csv")
-    clock.say(f"wrote experiment {out} ({len(table)} runs, posterior netCDF, runs.csv)")
-
-    # figures ----------------------------------------------------------------------------------------
-    figs = out / "figures"
-    figs.mkdir(exist_ok=True)
-    written = _figures(gn, figs, signals, post_sig, traces, emap, best, gn.cramer_rao(F, truth, layout))
-    clock.say(f"wrote {len(written)} figures to {figs}")
-
-    # table ------------------------------------------------------------------------------------------
-    print()
-    print(_table(layout, labels, truth, finals[best], crlb, post_mean, post_sd, best))
-    print()
-    print(f"experiment:  {out}/manifest.json, {out}/runs.csv, {out}/data.npz")
-    for d in run_dirs.values():
-        files = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
-        print(f"  {d.relative_to(out)}: {', '.join(files)}")
-    print(f"figures:     {', '.join(str(p.relative_to(out)) for p in written)}")
-    print(f"next:        gnomon show {run_dirs['nuts']}   ·   gnomon aggregate {out} --params binary.separation_as")
-    return out
+                 "posterior_sd_over_crlb_median": float(np.median(post.sd / crlb))})
+    return signals, post_sig, run_dirs
 
 
 def _figures(gn: Any, figs: Path, signals: dict, post_sig: Any, traces: dict, emap: Any,

@@ -75,6 +75,23 @@ def finish(
     return fig
 
 
+def one_axis(ax: Any, figsize: tuple[float, float] | None, show: bool) -> tuple[Any, Any]:
+    """``(figure, axis)``: ``ax`` and its figure, or a new figure (``figsize``, 7 × 4 in by default) with one
+    axis."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = new_figure(figsize or (7.0, 4.0), show=show)
+    return fig, fig.add_subplot()
+
+
+def axis_title(ax: Any, title: str | bool | None, text: str) -> None:
+    """Title an axis: ``title=None`` gives ``text`` (small), a string that string, False none."""
+    if title is None:
+        ax.set_title(text, fontsize=9)
+    elif title:
+        ax.set_title(str(title))
+
+
 def fmt(v: float, signed: bool = False) -> str:
     """Compact number for titles: 4 significant digits, NaN as 'nan'."""
     if v is None or not np.isfinite(v):

@@ -20,13 +20,13 @@ A source is an :class:`~gnomon.Experiment`, an experiment directory, or a table 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from gnomon.plot._mpl import bracket, colors, finish, fmt, new_figure, readable_key
+from gnomon.plot._table_data import column, column_labels, experiment_table
 
 _PREFIXES = ("estimate", "sd", "crlb", "truth", "z")
 
@@ -48,49 +48,9 @@ def normal_ks(z: Any) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def _table(source: Any, params: Any, x: str | None):
-    """``(DataFrame, {label: unit})`` from an Experiment, a directory or a DataFrame."""
-    if hasattr(source, "columns") and hasattr(source, "iterrows"):
-        return source, {}
-    from gnomon.experiment.experiment import Experiment
-
-    exp = source if isinstance(source, Experiment) else Experiment(os.fspath(source), create=False)
-    meta_keys = []
-    units: dict[str, str] = {}
-    from gnomon.io.status import check_run
-
-    first = next((st for st in (check_run(exp.run_dir(r)) for r in exp.runs()) if st.ok), None)  # not every run
-    if first is not None:
-        units = _label_units(first.meta)
-        if x is not None and x not in set(first.summary or {}) and x != "run_id":
-            meta_keys = [x]
-    df = exp.aggregate(meta_keys=meta_keys, params=params if params is not None else True, on_problem="ignore")
-    return df, units
-
-
-def _label_units(meta: Mapping[str, Any] | None) -> dict[str, str]:
-    """``{label: unit}`` of a run's layout (from its meta.json)."""
-    doc = ((meta or {}).get("theta") or {}).get("layout")
-    if not doc:
-        return {}
-    try:
-        from gnomon.io.jsonio import from_jsonable
-        from gnomon.io.parameters import parameter_labels
-        from gnomon.thetaspace.layout import Layout
-
-        layout = Layout.from_dict(from_jsonable(doc))
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {lab: layout[name].units for name, _, lab in parameter_labels(layout)}
-
-
 def _labels(df: Any, params: Any, needed: str) -> list[str]:
     """Parameter labels with a ``<needed>.<label>`` column, in table order, restricted to ``params``."""
-    labels = []
-    for c in df.columns:
-        head, sep, rest = str(c).partition(".")
-        if sep and head == needed and rest not in labels:
-            labels.append(rest)
+    labels = column_labels(df, needed)
     if params is not None and params is not True and params != "all":
         wanted = [params] if isinstance(params, str) else list(params)
         labels = [lab for lab in labels if any(lab == w or lab.startswith(w + "[") for w in wanted)]
@@ -100,12 +60,6 @@ def _labels(df: Any, params: Any, needed: str) -> list[str]:
             "for bounds and z) and aggregate with params=..."
         )
     return labels
-
-
-def _col(df: Any, name: str) -> np.ndarray | None:
-    if name not in df.columns:
-        return None
-    return np.asarray(df[name].astype("float64").to_numpy(na_value=np.nan), dtype=float)
 
 
 def campaign(
@@ -139,7 +93,7 @@ def campaign(
     """
     if sigma not in ("auto", "crlb", "sd"):
         raise ValueError(f"sigma must be 'auto', 'crlb' or 'sd', got {sigma!r}")
-    df, found_units = _table(source, params, x)
+    df, found_units = experiment_table(source, params, x)
     if len(df) == 0:
         raise ValueError("campaign: the experiment has no complete runs")
     found_units.update(dict(units or {}))
@@ -150,7 +104,7 @@ def campaign(
         col = x if x in df.columns else f"meta.{x}"
         if col not in df.columns:
             raise ValueError(f"campaign: no column {x!r} in the table; columns are {list(df.columns)[:12]}")
-        xs, xlabel = _col(df, col), readable_key(x)
+        xs, xlabel = column(df, col), readable_key(x)
         if xs is None or not np.isfinite(xs).any():
             hint = f" (user metadata is under 'user.<key>': --x user.{x})" if "." not in x else ""
             raise ValueError(f"campaign: no run has a number under {x!r}{hint}")
@@ -164,8 +118,8 @@ def campaign(
     palette = colors(3)
     for i, lab in enumerate(labels):
         ax = axes[i]
-        est = _col(df, f"estimate.{lab}")
-        crlb, sd, truth, z = (_col(df, f"{p}.{lab}") for p in ("crlb", "sd", "truth", "z"))
+        est = column(df, f"estimate.{lab}")
+        crlb, sd, truth, z = (column(df, f"{p}.{lab}") for p in ("crlb", "sd", "truth", "z"))
         if sigma == "crlb":
             err, what = crlb, "CRLB"
         elif sigma == "sd":
@@ -223,7 +177,7 @@ def z_distribution(
     ``per_parameter=True`` gives one panel (and one test) per parameter; otherwise the z of all chosen
     parameters are pooled. A z of 1 means an estimate one σ (its CRLB, or the posterior sd) from the truth:
     estimates that reach the bound scatter as N(0, 1)."""
-    df, _ = _table(source, params, None)
+    df, _ = experiment_table(source, params, None)
     labels = _labels(df, params, "z")
     groups = [(lab, [lab]) for lab in labels] if per_parameter else [("pooled", labels)]
     n = len(groups)
@@ -236,7 +190,7 @@ def z_distribution(
     pdf = np.exp(-0.5 * grid**2) / math.sqrt(2.0 * math.pi)
     for i, (name, labs) in enumerate(groups):
         ax = axes[i]
-        z = np.concatenate([_col(df, f"z.{lab}") for lab in labs])
+        z = np.concatenate([column(df, f"z.{lab}") for lab in labs])
         z = z[np.isfinite(z)]
         d, p = normal_ks(z)
         if z.size:

@@ -15,6 +15,7 @@ from gnomon.plot._panel_data import check_signals, select_names
 from gnomon.plot.history import draw
 from gnomon.plot.loss import LOSS_NAMES, draw_loss
 from gnomon.signals.signals import Signals
+from gnomon.util.validate import positive_int
 
 _PANEL_KEYS = {
     "names",
@@ -121,9 +122,7 @@ def grid(
     n = len(specs)
     if ncols is None:
         ncols = 1 if n == 1 else 2 if n <= 4 else 3
-    if not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
-    ncols = min(ncols, n)
+    ncols = min(positive_int(ncols, "ncols"), n)
     nrows = math.ceil(n / ncols)
     if fig is None:
         fig = new_figure(figsize or (4.6 * ncols, 3.0 * nrows + (0.4 if suptitle else 0.0)), show=show)

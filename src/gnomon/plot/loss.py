@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from gnomon.plot._mpl import colors, finish, fmt, new_figure, set_log_y
+from gnomon.plot._mpl import axis_title, colors, finish, fmt, one_axis, set_log_y
 from gnomon.plot._panel_data import final_rows, limits, log_auto, mark_rejected, rejected_of, rejected_rows
 from gnomon.signals.signals import Signals
+from gnomon.util.validate import positive_float
 
 LOSS_NAMES = ("loss", "trace.loss", "log_prob", "trace.log_prob")
 
@@ -98,21 +99,23 @@ def _base(name: str) -> str:
     return name.rsplit(".", 1)[-1]  # "trace.loss" -> "loss"
 
 
-def draw_loss(
-    ax: Any,
-    source: Any,
-    reference: float | None = None,
-    *,
-    name: str | None = None,
-    relative: bool = False,
-    relative_to: str | float | None = None,
-    floor: float | None = None,
-    logy: bool | str = "auto",
-    legend: bool = True,
-) -> str:
-    """Draw the loss history of ``source`` (one or several, as :func:`loss`) on ``ax``; return the title text.
+class _Reference(NamedTuple):
+    """What the histories are drawn relative to: ``ref`` (None: nothing), whether they are shifted by it
+    (``rel``), flipped (``best log_prob − log_prob``), and the source holding the best value."""
 
-    ``name`` picks the loss signal of a :class:`~gnomon.Signals` (default: ``loss``, else ``log_prob``)."""
+    ref: float | None
+    rel: bool
+    flip: bool
+    best_label: str | None
+
+    def shift(self, a: Any) -> Any:
+        """``a`` relative to the reference (unchanged when not ``rel``)."""
+        return (self.ref - a if self.flip else a - self.ref) if self.rel else a
+
+
+def _check_entries(source: Any, name: str | None) -> tuple[bool, list, str]:
+    """``(multi, [(label, signals, loss name, rejected rows)], name)``: one or several sources whose
+    histories are all losses or all log_probs."""
     multi = _is_multi(source)
     entries = _loss_sources(source) if multi else [(None, *_loss_signals(source, name))]
     bases = sorted({_base(n) for _, _, n, _ in entries})
@@ -121,26 +124,23 @@ def draw_loss(
             f"loss: cannot overlay {' and '.join(bases)} histories on one axis; sources are "
             + ", ".join(f"{lab}: {n}" for lab, _, n, _ in entries)
         )
-    name = entries[0][2] if not multi else bases[0]
-    maximize = name.endswith("log_prob")
-    if floor is not None and not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0):
-        raise ValueError(f"floor must be a positive finite number, got {floor!r}")
-    if logy not in (True, False, "auto"):
-        raise ValueError(f"logy must be True, False or 'auto', got {logy!r}")
+    return multi, entries, entries[0][2] if not multi else bases[0]
 
-    raw = [np.asarray(sig[n].data[..., 0], dtype=float) for _, sig, n, _ in entries]  # (C, T) each
-    # rows that count: finite and not rejected by a backtracking rule (a trial at 1e220 must not set the axis)
-    kept = [np.where(rej, np.nan, r) if rej is not None else r for r, (*_, rej) in zip(raw, entries, strict=True)]
-    optimization = all(sig.kind == "optimization" for _, sig, _, _ in entries) and not maximize
-    auto_offset = False
-    if logy == "auto" and relative_to is None and not relative and reference is None and optimization:
-        vals = np.concatenate([k.ravel() for k in kept])
-        vals = vals[np.isfinite(vals)]
-        spans = bool(vals.size) and bool(np.all(vals > 0)) and float(vals.max() / vals.min()) > 100.0
-        if vals.size and not spans and float(vals.max()) > float(vals.min()):
-            # neither positive nor spanning decades: the excess over the minimum, on a log axis, says how far
-            # from its end the run is at each step (a linear axis of a loss ≈ 2079 shows a flat line)
-            relative_to, logy, auto_offset = "best", True, True
+
+def _excess_over_minimum(kept: list[np.ndarray]) -> bool:
+    """The ``logy="auto"`` rule for an optimizer's loss: True when the values are neither all positive over
+    more than two decades nor constant, so that the excess over the minimum on a log axis says how far from
+    its end the run is at each step (a linear axis of a loss ≈ 2079 shows a flat line)."""
+    vals = np.concatenate([k.ravel() for k in kept])
+    vals = vals[np.isfinite(vals)]
+    spans = bool(vals.size) and bool(np.all(vals > 0)) and float(vals.max() / vals.min()) > 100.0
+    return bool(vals.size) and not spans and float(vals.max()) > float(vals.min())
+
+
+def _reference(entries: list, kept: list[np.ndarray], name: str, reference: float | None, relative: bool,
+               relative_to: str | float | None, maximize: bool) -> _Reference:
+    """The reference of the histories: the best value over all sources (``relative_to="best"``), a number
+    (``relative_to``), ``reference``, or the loss signals' truth when they agree on one."""
     best_label = None
     if relative_to is not None:
         if relative:
@@ -159,23 +159,106 @@ def draw_loss(
             ref = float(relative_to)
             if not math.isfinite(ref):
                 raise ValueError(f"relative_to must be 'best' or a finite number, got {relative_to!r}")
-        rel = True
+        return _Reference(ref, True, relative_to == "best" and maximize, best_label)  # best log_prob − log_prob
+    if reference is not None:
+        ref = reference
     else:
-        if reference is not None:
-            ref = reference
-        else:
-            truths = {float(sig[n].truth[0]) for _, sig, n, _ in entries if sig[n].truth is not None}
-            ref = truths.pop() if len(truths) == 1 else None
-        if relative and ref is None:
-            raise ValueError("loss(relative=True) needs a reference (or a loss signal with a truth)")
-        rel = relative
-    flip = relative_to == "best" and maximize  # best log_prob − log_prob ≥ 0
+        truths = {float(sig[n].truth[0]) for _, sig, n, _ in entries if sig[n].truth is not None}
+        ref = truths.pop() if len(truths) == 1 else None
+    if relative and ref is None:
+        raise ValueError("loss(relative=True) needs a reference (or a loss signal with a truth)")
+    return _Reference(ref, relative, False, None)
 
-    def shift(a: np.ndarray) -> np.ndarray:
-        return (ref - a if flip else a - ref) if rel else a
 
-    data = [shift(r) for r in raw]
-    shown = [shift(k) for k in kept]
+def _draw_histories(ax: Any, entries: list, data: list[np.ndarray], multi: bool, ref: _Reference, name: str,
+                    signed: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One line per chain of each source (several sources: one colour each, labelled with their final value);
+    rejected rows are left out of the lines and returned as ``[(x, y)]``."""
+    rejected_points: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def line(xs: np.ndarray, y: np.ndarray, rej: np.ndarray | None, **kw: Any) -> None:
+        if rej is not None and rej.any():
+            rejected_points.append((xs[rej], y[rej]))
+            xs, y = xs[~rej], y[~rej]
+        ax.plot(xs, y, **kw)
+
+    if multi:
+        palette = colors(len(entries))
+        delta = "Δ " if ref.rel else ""
+        for i, ((lab, sig, n, rej), d) in enumerate(zip(entries, data, strict=True)):
+            s = sig[n]
+            fin = ref.shift(float(final_rows(s.data, s.chains)[0]))
+            text = f"{lab} ({'mean' if s.chains else 'final'} {delta}{fmt(fin, signed=signed)})"
+            for c in range(d.shape[0]):
+                line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[i], lw=1.2,
+                     alpha=0.7 if d.shape[0] > 1 else 1.0, gid=f"data:{n}",
+                     label=text if c == 0 else "_nolegend_")
+    else:
+        _, sig, _, rej = entries[0]
+        d = data[0]
+        palette = colors(d.shape[0])
+        for c in range(d.shape[0]):
+            line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[c], lw=1.2,
+                 gid=f"data:{name}", label=f"chain {c}" if d.shape[0] > 1 else name)
+    return rejected_points
+
+
+def _summary_text(entries: list, multi: bool, name: str, ref: _Reference, relative_to: Any,
+                  rejected_points: list) -> str:
+    """The title: the final value (sampler runs: the mean) and the reference, or how many runs are overlaid."""
+    if multi:
+        text = f"{name} of {len(entries)} runs"
+        if ref.best_label is not None:
+            text += f", relative to the best {fmt(ref.ref)} ({ref.best_label})"
+        elif ref.ref is not None:
+            text += f", reference {fmt(ref.ref)}"
+    else:
+        s = entries[0][1][entries[0][2]]
+        fin = float(final_rows(s.data, s.chains)[0])
+        word = "mean" if s.chains else "final"
+        text = f"{name}: {word} {fmt(fin)}"
+        if ref.ref is not None:
+            what = "best" if relative_to == "best" else "reference"
+            text += f" ({what} {fmt(ref.ref)}, Δ {fmt(fin - ref.ref, signed=True)})"
+    n_rej = sum(int(p[0].size) for p in rejected_points)
+    if n_rej:
+        text += f"; {n_rej} rejected trial{'s' if n_rej > 1 else ''} drawn faintly"
+    return text
+
+
+def draw_loss(
+    ax: Any,
+    source: Any,
+    reference: float | None = None,
+    *,
+    name: str | None = None,
+    relative: bool = False,
+    relative_to: str | float | None = None,
+    floor: float | None = None,
+    logy: bool | str = "auto",
+    legend: bool = True,
+) -> str:
+    """Draw the loss history of ``source`` (one or several, as :func:`loss`) on ``ax``; return the title text.
+
+    ``name`` picks the loss signal of a :class:`~gnomon.Signals` (default: ``loss``, else ``log_prob``)."""
+    multi, entries, name = _check_entries(source, name)
+    maximize = name.endswith("log_prob")
+    if floor is not None:
+        floor = positive_float(floor, "floor")
+    if logy not in (True, False, "auto"):
+        raise ValueError(f"logy must be True, False or 'auto', got {logy!r}")
+
+    raw = [np.asarray(sig[n].data[..., 0], dtype=float) for _, sig, n, _ in entries]  # (C, T) each
+    # rows that count: finite and not rejected by a backtracking rule (a trial at 1e220 must not set the axis)
+    kept = [np.where(rej, np.nan, r) if rej is not None else r for r, (*_, rej) in zip(raw, entries, strict=True)]
+    optimization = all(sig.kind == "optimization" for _, sig, _, _ in entries) and not maximize
+    auto_offset = (logy == "auto" and relative_to is None and not relative and reference is None and optimization
+                   and _excess_over_minimum(kept))
+    if auto_offset:
+        relative_to, logy = "best", True
+    ref = _reference(entries, kept, name, reference, relative, relative_to, maximize)
+    data = [ref.shift(r) for r in raw]
+    shown = [ref.shift(k) for k in kept]
 
     # y scale, and the floor that keeps zeros (the best run at its best) on a log axis
     use_floor = relative_to is not None or floor is not None
@@ -191,78 +274,32 @@ def draw_loss(
         data = [np.maximum(d, floored) for d in data]  # NaN stays NaN
         shown = [np.maximum(d, floored) for d in shown]
 
-    finals = []
-    for _, sig, n, _ in entries:
-        s = sig[n]
-        fin = float(final_rows(s.data, s.chains)[0])
-        finals.append((ref - fin if flip else fin - ref) if rel else fin)
-    rejected_points: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def line(xs: np.ndarray, y: np.ndarray, rej: np.ndarray | None, **kw: Any) -> None:
-        if rej is not None and rej.any():
-            rejected_points.append((xs[rej], y[rej]))
-            xs, y = xs[~rej], y[~rej]
-        ax.plot(xs, y, **kw)
-
-    if multi:
-        palette = colors(len(entries))
-        delta = "Δ " if rel else ""
-        for i, ((lab, sig, n, rej), d) in enumerate(zip(entries, data, strict=True)):
-            word = "mean" if sig[n].chains else "final"
-            text = f"{lab} ({word} {delta}{fmt(finals[i], signed=rel and relative_to != 'best')})"
-            for c in range(d.shape[0]):
-                line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[i], lw=1.2,
-                     alpha=0.7 if d.shape[0] > 1 else 1.0, gid=f"data:{n}",
-                     label=text if c == 0 else "_nolegend_")
-    else:
-        _, sig, _, rej = entries[0]
-        d = data[0]
-        palette = colors(d.shape[0])
-        for c in range(d.shape[0]):
-            line(np.asarray(sig.x), d[c], None if rej is None else rej[c], color=palette[c], lw=1.2,
-                 gid=f"data:{name}", label=f"chain {c}" if d.shape[0] > 1 else name)
-    if ref is not None and not rel:
-        ax.axhline(ref, color="k", ls="--", lw=0.9, label=f"reference {fmt(ref)}")
+    rejected_points = _draw_histories(ax, entries, data, multi, ref, name, ref.rel and relative_to != "best")
+    if ref.ref is not None and not ref.rel:
+        ax.axhline(ref.ref, color="k", ls="--", lw=0.9, label=f"reference {fmt(ref.ref)}")
     if logy:
         set_log_y(ax, shown)
     elif rejected_points:
-        lim = limits(np.concatenate([d.ravel() for d in shown] + ([np.array([ref])] if ref is not None and not rel
-                                                                    else [])))
+        lim = limits(np.concatenate([d.ravel() for d in shown] + ([np.array([ref.ref])] if ref.ref is not None
+                                                                    and not ref.rel else [])))
         if lim is not None:
             ax.set_ylim(*lim)
     if rejected_points:
         mark_rejected(ax, rejected_points, name)
     ax.set_xlabel(entries[0][1].x_label)
     if auto_offset:
-        where = "its minimum" if not multi else f"the lowest, {best_label}"
-        ylabel = f"{name} − {fmt(ref)} ({where})"
+        where = "its minimum" if not multi else f"the lowest, {ref.best_label}"
+        ylabel = f"{name} − {fmt(ref.ref)} ({where})"
     elif relative_to == "best":
         ylabel = f"best {name} − {name}" if maximize else f"{name} − best {name}"
     else:
-        ylabel = f"{name} − reference" if rel else name
+        ylabel = f"{name} − reference" if ref.rel else name
     if floored is not None:
         ylabel += f" (floored at {fmt(floored)})"
     ax.set_ylabel(ylabel)
-    if legend and (multi or ref is not None or data[0].shape[0] > 1 or rejected_points):
+    if legend and (multi or ref.ref is not None or data[0].shape[0] > 1 or rejected_points):
         ax.legend(fontsize="small")
-    if multi:
-        text = f"{name} of {len(entries)} runs"
-        if best_label is not None:
-            text += f", relative to the best {fmt(ref)} ({best_label})"
-        elif ref is not None:
-            text += f", reference {fmt(ref)}"
-    else:
-        s = entries[0][1][entries[0][2]]
-        fin = float(final_rows(s.data, s.chains)[0])
-        word = "mean" if s.chains else "final"
-        text = f"{name}: {word} {fmt(fin)}"
-        if ref is not None:
-            what = "best" if relative_to == "best" else "reference"
-            text += f" ({what} {fmt(ref)}, Δ {fmt(fin - ref, signed=True)})"
-    n_rej = sum(int(p[0].size) for p in rejected_points)
-    if n_rej:
-        text += f"; {n_rej} rejected trial{'s' if n_rej > 1 else ''} drawn faintly"
-    return text
+    return _summary_text(entries, multi, name, ref, relative_to, rejected_points)
 
 
 def loss(
@@ -308,14 +345,7 @@ def loss(
     back from, which may lie at 1e220) are left out of the lines and of the axis limits and drawn faintly as
     grey crosses, or as grey triangles on the edge when they lie beyond it (``gid="rejected:<name>"``).
     """
-    if ax is None:
-        fig = new_figure(figsize or (7.0, 4.0), show=show)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = one_axis(ax, figsize, show)
     text = draw_loss(ax, source, reference, relative=relative, relative_to=relative_to, floor=floor, logy=logy)
-    if title is None:
-        ax.set_title(text, fontsize=9)
-    elif title:
-        ax.set_title(str(title))
+    axis_title(ax, title, text)
     return finish(fig, save=save, show=show, dpi=dpi)

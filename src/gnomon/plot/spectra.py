@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from gnomon.plot._mpl import colors, finish, fmt, new_figure
+from gnomon.util.validate import positive_float
 
 
 def _labels(n: int, labels: Sequence[str] | None, layout: Any) -> list[str]:
@@ -80,8 +81,7 @@ def curvature(
                 f"got {lr.shape}"
             )
     elif diag is not None:
-        if not base_lr > 0 or not power > 0:
-            raise ValueError(f"base_lr and power must be positive, got {base_lr!r}, {power!r}")
+        base_lr, power = positive_float(base_lr, "base_lr"), positive_float(power, "power")
         with np.errstate(divide="ignore", invalid="ignore"):
             lr = base_lr / np.power(diag, power)
     else:

@@ -42,129 +42,20 @@ frozen once a trace exists (its canonical form is computed once per trace; build
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gnomon.thetaspace.eigenmap import EigenMap
+from gnomon.trace import checks
+from gnomon.trace.host import Host, HostRecord
+from gnomon.trace.maps import MapKey, decode_z, same_map
 from gnomon.trace.zarray import tag_z
 
 KINDS = ("optimization", "sampling")
 _WHICH = ("theta", "best", "final", "warmup")
-
-
-class _Host(NamedTuple):
-    """The host-only facts of a trace (see the module docstring)."""
-
-    status: Any
-    num_grad_evals: Any
-    runtime_s: float
-    info: Mapping[str, Any]
-    extras: Mapping[str, Any]
-
-
-class _HostRecord:
-    """Carries :class:`_Host` through pytree aux data, compared by value: two records are equal when their
-    canonical forms (:func:`_canonical`) are, so a compiled function is reused only for traces whose record is
-    the same, and hands that record back unchanged. The canonical form is computed once per record."""
-
-    __slots__ = ("_hash", "_key", "host")
-
-    def __init__(self, host: _Host):
-        self.host = host
-        self._key: Any = None
-        self._hash: int | None = None
-
-    @property
-    def key(self) -> Any:
-        if self._key is None:
-            self._key = _canonical(tuple(self.host))
-        return self._key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _HostRecord) and (other is self or other.key == self.key)
-
-    def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(self.key)
-        return self._hash
-
-
-def _canonical(x: Any) -> Hashable:
-    """A hashable form of a host value that is equal for equal values, each part tagged with its type: mappings
-    by their sorted items, sequences item by item, arrays by dtype, shape and a digest of their bytes, floats by
-    their exact bits (NaN equal to NaN, −0.0 apart from 0.0), other hashable objects as they are, and anything
-    else (a tracer, an unhashable object) by identity."""
-    kind = type(x).__qualname__
-    if isinstance(x, Mapping):
-        items = sorted(((_canonical(k), _canonical(v)) for k, v in x.items()), key=repr)
-        return ("map", kind, tuple(items))
-    if isinstance(x, (list, tuple)):
-        return ("seq", kind, tuple(_canonical(v) for v in x))
-    if isinstance(x, (float, np.floating)):
-        return ("float", kind, float(x).hex())
-    if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
-        a = np.ascontiguousarray(np.asarray(x))
-        if a.dtype != object:
-            return ("array", kind, a.dtype.str, a.shape, hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest())
-    try:
-        hash(x)
-    except TypeError:
-        return ("id", kind, id(x))
-    return ("value", kind, x)
-
-
-class _MapKey:
-    """A θ-map as aux data: equal by ``(type, content hash)`` when the map has a string ``hash``, else by
-    identity (the map object is kept alive by the key)."""
-
-    __slots__ = ("map", "key")
-
-    def __init__(self, thetamap: Any):
-        self.map = thetamap
-        h = getattr(thetamap, "hash", None)
-        self.key = (type(thetamap).__qualname__, h) if isinstance(h, str) else ("id", id(thetamap))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _MapKey) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-
-def same_map(a: Any, b: Any) -> bool:
-    """True when two θ-maps are the same map (identity, or equal type and content hash); None is the
-    identity map (base θ)."""
-    if a is None or b is None:
-        return a is None and b is None
-    return a is b or _MapKey(a) == _MapKey(b)
-
-
-def decode_z(thetamap: Any, z: Any) -> Any:
-    """``thetamap.to_theta`` applied to every row of ``z`` ``(..., K)`` -> ``(..., D)`` (numpy in, numpy
-    out; jax arrays and tracers stay jax)."""
-    host = isinstance(z, np.ndarray)
-    z = np.asarray(z) if host else z  # a ZArray's tag must not pass to θ
-    if host and isinstance(thetamap, EigenMap) and z.shape[-1] == thetamap.z_dim:  # linear: no device round trip
-        dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.result_type(float)
-        return np.asarray(thetamap.theta_ref, dt) + z.astype(dt, copy=False) @ np.asarray(thetamap.basis.T, dt)
-    zj = jnp.asarray(z)
-    lead, k = zj.shape[:-1], zj.shape[-1]
-    flat = zj.reshape(-1, k)
-    if flat.shape[0] == 0:
-        d = getattr(thetamap, "dim", None)
-        d = int(d) if d is not None else int(jnp.shape(thetamap.to_theta(jnp.zeros(k, zj.dtype)))[-1])
-        out = jnp.zeros((0, d), zj.dtype)
-    else:
-        out = jax.vmap(thetamap.to_theta)(flat)
-    out = out.reshape(lead + out.shape[-1:])
-    return np.asarray(out) if host else out
 
 
 @jax.tree_util.register_pytree_node_class
@@ -249,14 +140,14 @@ class Trace:
     # ------------------------------------------------------------------ pytree
     def tree_flatten(self):
         children = (self.theta, self.z, self.loss, self.log_prob, dict(self.stats), self.step, self.warmup)
-        return children, (self.kind, self.layout, _MapKey(self.thetamap), self._record())
+        return children, (self.kind, self.layout, MapKey(self.thetamap), self._record())
 
-    def _record(self) -> _HostRecord:
+    def _record(self) -> HostRecord:
         """The host record as aux data, made once per trace (its canonical form is then computed once)."""
-        host = _Host(self.status, self.num_grad_evals, self.runtime_s, self.info, self.extras)
+        host = Host(self.status, self.num_grad_evals, self.runtime_s, self.info, self.extras)
         record = self.__dict__.get("_host_record")
         if record is None or any(a is not b for a, b in zip(record.host, host, strict=True)):
-            record = _HostRecord(host)
+            record = HostRecord(host)
             object.__setattr__(self, "_host_record", record)
         return record
 
@@ -526,73 +417,12 @@ class Trace:
     # ------------------------------------------------------------------ checks and summaries
     def validate(self) -> Trace:
         """Check the shape invariants; return self or raise ValueError naming the broken one."""
-        th = np.shape(self.theta)
-        if self.kind == "optimization":
-            if len(th) not in (2, 3):
-                raise ValueError(f"optimization theta must be (T, D) or (B, T, D), got {th}")
-            lead = th[:-1]
-            if self.loss is None or np.shape(self.loss) != lead:
-                raise ValueError(f"loss must have shape {lead} (one per θ row), got {np.shape(self.loss)}")
-            if self.step is not None and np.shape(self.step) != lead:
-                raise ValueError(f"step must have shape {lead}, got {np.shape(self.step)}")
-        else:
-            if len(th) != 3:
-                raise ValueError(f"sampling theta must be (chains, draws, D), got {th}")
-            lead = th[:-1]
-            if self.log_prob is None or np.shape(self.log_prob) != lead:
-                raise ValueError(f"log_prob must have shape {lead}, got {np.shape(self.log_prob)}")
-        if self.log_prob is not None and np.shape(self.log_prob) != lead:
-            raise ValueError(f"log_prob must have shape {lead}, got {np.shape(self.log_prob)}")
-        for k, v in self.stats.items():
-            if np.shape(v)[: len(lead)] != lead:
-                raise ValueError(f"stats[{k!r}] must lead with shape {lead}, got {np.shape(v)}")
-        if self.z is not None:
-            zs = np.shape(self.z)
-            if zs[:-1] != lead:
-                raise ValueError(f"z must have the rows of theta {lead}, got shape {zs}")
-            k = getattr(self.thetamap, "z_dim", None)
-            if k is not None and zs[-1] != int(k):
-                raise ValueError(f"z has dimension {zs[-1]} but the θ-map's z_dim is {k}")
-        if self.layout is not None and self.layout.size != th[-1]:
-            raise ValueError(f"layout has size {self.layout.size} but θ has dimension {th[-1]}")
+        checks.validate(self)
         return self
 
     def summary(self) -> dict[str, Any]:
         """Small aggregation-friendly scalars (what ``summary.json`` holds)."""
-        out: dict[str, Any] = {"kind": self.kind, "runtime_s": float(self.runtime_s)}
-        for key in ("compile_s", "run_s"):  # compilation vs execution, recorded by the engines
-            if isinstance(self.info.get(key), (int, float)):
-                out[key] = float(self.info[key])
-        if self.kind == "optimization" and not self.is_batched:
-            loss = np.asarray(self.loss, dtype=float)
-            out.update(
-                status=self.status,
-                converged=self.converged,
-                diverged=self.diverged,
-                final_loss=float(loss[-1]) if loss.size else math.nan,
-                best_loss=float(np.nanmin(loss)) if np.isfinite(loss).any() else math.nan,
-                initial_loss=float(loss[0]) if loss.size else math.nan,
-                num_steps=self.num_steps,
-                num_rows=len(self),
-                num_grad_evals=int(self.num_grad_evals),
-            )
-            if "grad_norm" in self.stats:
-                out["final_grad_norm"] = float(np.asarray(self.stats["grad_norm"])[-1])
-            elif isinstance(self.info.get("final_grad_norm"), (int, float)):
-                out["final_grad_norm"] = float(self.info["final_grad_norm"])
-        elif self.kind == "sampling":
-            out.update(
-                status=self.status,
-                num_chains=self.num_chains,
-                num_draws=self.num_draws,
-                num_grad_evals=int(self.num_grad_evals),
-                mean_log_prob=float(np.mean(np.asarray(self.log_prob, dtype=float))),
-            )
-            if "diverging" in self.stats:
-                out["divergences"] = int(np.sum(np.asarray(self.stats["diverging"])))
-        else:
-            raise ValueError("summary of a batch: summarise each member (trace[i].summary())")
-        return out
+        return checks.summary(self)
 
     def __repr__(self) -> str:
         shape = tuple(np.shape(self.theta))

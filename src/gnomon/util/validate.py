@@ -1,4 +1,4 @@
-"""The one home of argument validation: PRNG keys, positive integers, fractions.
+"""The one home of argument validation: PRNG keys, positive integers, fractions, positive numbers.
 
 Each validator returns the value in the one form the library uses and raises ``ValueError`` naming the
 argument, the bad value and what was expected::
@@ -8,6 +8,7 @@ argument, the bad value and what was expected::
     positive_int(num_chains, "num_chains")            # an int ≥ 1 (bool refused)
     positive_int(num_warmup, "num_warmup", minimum=0) # an int ≥ 0
     fraction(target, "target_accept")                 # a float in the open interval (0, 1)
+    positive_float(floor, "floor")                    # a finite float > 0
 """
 
 from __future__ import annotations
@@ -68,10 +69,24 @@ def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
 def fraction(value: Any, name: str, *, closed: bool = False) -> float:
     """``value`` as a float in the open interval (0, 1) (``closed``: [0, 1]); NaN, bools and non-numbers
     refused."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else math.nan
+    v = _number(value)
     inside = (0.0 <= v <= 1.0) if closed else (0.0 < v < 1.0)
     if not inside:
         interval = "[0, 1]" if closed else "(0, 1)"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return v
+
+
+def positive_float(value: Any, name: str) -> float:
+    """``value`` as a finite float > 0 (a Python or numpy int or float); NaN, ±inf, bools and non-numbers
+    refused."""
+    v = _number(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _number(value: Any) -> float:
+    """``float(value)`` of a Python or numpy int or float; NaN for a bool or anything else."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return float(value) if ok else math.nan
