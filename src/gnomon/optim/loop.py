@@ -173,7 +173,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
                       jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last, jnp.zeros((), jnp.int32))
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
-    init_v = jax.vmap(init, in_axes=(0, 0, None, None)) if batched else init
+    init_v = jax.vmap(init, in_axes=(0, 0, None, 0)) if batched else init  # arrays: one row per member
     init_lowered = jax.jit(init_v).lower(theta0, data, key, arrays)
     carry_shape = init_lowered.out_info
     state_shape = carry_shape.opt_state
@@ -265,7 +265,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
-    step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, None, None, None, None)) if batched else member_step)
+    step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, 0, None, None, None)) if batched else member_step)
 
     def chunk(carry: _Carry, data, key, arrays, num_steps, first_chunk):
         # Single runs write row t at k // record_every, an unrecorded finite row at the scratch index `rows` and

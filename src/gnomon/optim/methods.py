@@ -64,9 +64,12 @@ class Program(NamedTuple):
 
     ``make(data, key, arrays)`` returns the optax transformation; it is called inside the compiled program
     (``data`` one member's data, ``key`` the PRNG key, ``arrays`` :attr:`arrays` — runtime arrays such as a
-    given curvature, passed as arguments so that new values do not recompile). ``cache_key`` identifies the
-    program's structure; ``info`` is its JSON description (→ ``trace.info``), ``curvature_info`` the
-    curvature's (→ ``trace.info["curvature"]``, None without one)."""
+    given curvature, passed as arguments so that new values do not recompile; one member's under a batch).
+    ``cache_key`` identifies the program's structure; ``info`` is its JSON description (→ ``trace.info``),
+    ``curvature_info`` the curvature's (→ ``trace.info["curvature"]``, None without one). ``start_curvature``
+    (None for none): the options of the curvature to estimate at θ_0 on the host
+    (:func:`gnomon.optim.estimator.curvature_at_start`) — the driver fills :attr:`arrays` with it before running;
+    ``start_cost`` is what that estimate cost (per member)."""
 
     name: str
     cache_key: Hashable
@@ -74,6 +77,8 @@ class Program(NamedTuple):
     arrays: Any
     info: Mapping[str, Any]
     curvature_info: Mapping[str, Any] | None = None
+    start_curvature: Mapping[str, Any] | None = None
+    start_cost: int = 0
 
 
 class Method(abc.ABC):
@@ -102,7 +107,7 @@ class _CurvatureOptions:
 
     num_probes: int | None = None
     hutchinson_mode: str = "variance_reduced"
-    floor: float = 1e-6
+    floor: float | None = None
     prior_precision: Any = None
     negative: str = "abs"
     batch_size: int | None = None
@@ -112,6 +117,12 @@ class _CurvatureOptions:
                                    hutchinson_mode=self.hutchinson_mode, floor=self.floor,
                                    prior_precision=self.prior_precision, negative=self.negative,
                                    batch_size=self.batch_size)
+
+    def _start_options(self, method: str | None) -> dict[str, Any]:
+        """What :func:`gnomon.optim.estimator.curvature_at_start` needs to estimate c at θ_0."""
+        return {"method": method, "num_probes": self.num_probes, "hutchinson_mode": self.hutchinson_mode,
+                "floor": self.floor, "prior_precision": self.prior_precision, "negative": self.negative,
+                "batch_size": self.batch_size}
 
 
 class _Rules(NamedTuple):
@@ -269,7 +280,7 @@ class lbfgs(_CurvatureOptions, Method):
             return optax.chain(pre, *tail())
 
         info["curvature"] = source.info.get("method")
-        return Program(self.name, self._key(), make, source.given, info, source.info)
+        return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
 
 
 # ------------------------------------------------------------------------------------------ preconditioned_gd
@@ -363,7 +374,7 @@ class preconditioned_gd(_CurvatureOptions, Method):
             core = scale_by_curvature(curv, rules.base, objective=obj, data=data, initial=initial, key=key, **opts)
             return _assemble(core, rules, mom, nest)
 
-        return Program(self.name, self._key(), make, source.given, info, source.info)
+        return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
 
     def _ema_grad2(self) -> Program:
         rate = 1e-2 if self.learning_rate is None else self.learning_rate
@@ -415,21 +426,27 @@ def _misplaced(option: str, method: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- helpers
 class _Source(NamedTuple):
-    estimator: CurvatureEstimator | None  # estimated at θ_0 (and at refreshes)
+    estimator: CurvatureEstimator | None  # estimated at refreshes (and at θ_0 when neither given nor `start`)
     given: Any  # a given diagonal (numpy), passed to the program as an argument; None for none
     method: str
     info: dict
+    start: Mapping[str, Any] | None = None  # estimate c at θ_0 on the host (Program.start_curvature)
 
 
 def _curvature_source(cfg: Any, obj: Objective, curvature: Any, data: Any, *, refreshes: bool) -> _Source:
-    """Where preconditioned_gd's / lbfgs's curvature comes from (host side, validated)."""
+    """Where preconditioned_gd's / lbfgs's curvature comes from (host side, validated). A method name (or None,
+    auto) is estimated at θ_0 on the host before the loop (:func:`gnomon.optim.estimator.curvature_at_start`,
+    with its fallbacks) and passed to the program like a given diagonal; refreshes re-run the method inside."""
     if isinstance(curvature, str) and curvature == "identity":
         if refreshes:
             raise ValueError("refresh_every needs a curvature method to re-run, not 'identity'")
         return _Source(None, None, "identity", {"method": "identity", "num_grad_evals": 0})
     if curvature is None or isinstance(curvature, str):
-        est = cfg._estimator(obj, curvature, data)
-        return _Source(est, None, est.method, dict(est.describe))
+        est = cfg._estimator(obj, curvature, data)  # validates the method and options for this objective
+        info = dict(est.describe)
+        if refreshes:
+            info["refresh_cost"] = est.cost
+        return _Source(est if refreshes else None, None, est.method, info, cfg._start_options(curvature))
     if isinstance(curvature, Curvature):
         given = curvature
     else:
@@ -532,8 +549,9 @@ def _check_common(cfg: Any) -> None:
 def _check_estimator_options(cfg: Any) -> None:
     if cfg.negative not in NEGATIVE:
         raise ValueError(f"negative must be one of {NEGATIVE}, got {cfg.negative!r}")
-    if isinstance(cfg.floor, bool) or not (isinstance(cfg.floor, (int, float)) and 0 <= cfg.floor < 1):
-        raise ValueError(f"floor must be a fraction of the median in [0, 1), got {cfg.floor!r}")
+    f = cfg.floor
+    if f is not None and (isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 <= f < 1)):
+        raise ValueError(f"floor must be a fraction of the median in [0, 1) or None (by method), got {f!r}")
 
 
 def _hashable(x: Any, by_value: bool = True) -> Any:

@@ -20,6 +20,7 @@ turns the method into its program, runs the loop and turns the final optimizer s
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -31,6 +32,7 @@ import optax
 
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.objective import Objective
+from gnomon.optim.estimator import curvature_at_start
 from gnomon.optim.loop import compile_key, default_key, run_loop
 from gnomon.optim.methods import Method, Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
@@ -112,9 +114,12 @@ def optimize(
         else:
             check_finite_data(data, "data")
     d = obj.data if data is _UNSET else data
+    key = _as_key(key)
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
+    program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
+                                    learning_rate, curvature, method_options, batched=False)
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=d, key=_as_key(key), progress=progress, channels=channels)
+                      data=d, key=key, progress=progress, channels=channels)
     trace = _finish(result.trace, program, report(result.state), batched=False)
     return previous.concatenate(trace) if previous is not None else trace
 
@@ -164,9 +169,17 @@ def optimize_batch(
         if leading != {b}:
             raise ValueError(f"every data leaf must have leading axis B={b}; got leading sizes {sorted(leading)}")
     probe = None if data is None else jax.tree.map(lambda a: a[0], data)
+    key = _as_key(key)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
+    if program.start_curvature is not None:
+        host = None if data is None else jax.device_get(data)
+        datas = [None if host is None else jax.tree.map(lambda a, i=i: a[i], host) for i in range(b)]
+        program = _with_start_curvature(obj, program, np.asarray(th), datas, key, method, learning_rate,
+                                        curvature, method_options, batched=True)
+    elif program.arrays is not None:  # a given diagonal: one row per member
+        program = program._replace(arrays=np.broadcast_to(np.asarray(program.arrays), (b, *np.shape(program.arrays))))
     result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=data, key=_as_key(key), batched=True, progress=progress, channels=channels)
+                      data=data, key=key, batched=True, progress=progress, channels=channels)
     return _finish(result.trace, program, report(result.state, batched=True), batched=True)
 
 
@@ -199,6 +212,33 @@ def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: 
     return program
 
 
+def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: list, key: Any, method: Any,
+                          learning_rate: Any, curvature: Any, options: dict, *, batched: bool) -> Program:
+    """``program`` with its curvature at θ_0 estimated on the host (:func:`curvature_at_start`: the auto rule and
+    the fallback chain) and passed as its ``arrays``; a refreshing program whose method fell back is planned
+    again for the method used."""
+    spec = program.start_curvature
+    if spec is None:
+        return program
+    sc = curvature_at_start(obj, spec["method"], thetas, datas, key=key, stacklevel=4,
+                            **{k: v for k, v in spec.items() if k != "method"})
+    refresh = program.info.get("refresh_every")
+    planned = (program.curvature_info or {}).get("method")
+    if refresh and sc.method != planned:
+        cfg = make_method(method, learning_rate=learning_rate, curvature=curvature, **options)
+        replan = {"curvature": sc.method} if sc.method != "identity" else {"curvature": "identity",
+                                                                         "refresh_every": None}
+        program = dataclasses.replace(cfg, **replan).program(obj, thetas[0], datas[0])
+    info = dict(program.info)
+    if info.get("curvature") is not None:  # lbfgs names its curvature's method in its own info
+        info["curvature"] = sc.method
+    cinfo = {**(program.curvature_info or {}), **sc.info}
+    if refresh:
+        cinfo["refresh_cost"] = (program.curvature_info or {}).get("refresh_cost")
+    diag = sc.diag if batched else sc.diag[0]
+    return program._replace(arrays=diag, info=info, curvature_info=cinfo, start_curvature=None, start_cost=sc.cost)
+
+
 def _has_given(cfg: Method) -> bool:
     """A configuration whose program carries runtime arrays (a given curvature) is re-planned each call."""
     c = getattr(cfg, "curvature", None)
@@ -223,11 +263,9 @@ def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bo
     info = dict(trace.info)
     extras = dict(trace.extras)
     if program.curvature_info is not None:
-        cinfo = dict(program.curvature_info)
-        if rep.counts is not None and cinfo.get("source") != "given" and not batched:
-            cinfo.update(zip(("num_nonfinite", "num_negative", "num_floored"), (int(c) for c in rep.counts),
-                             strict=True))
-        info["curvature"] = cinfo
+        info["curvature"] = dict(program.curvature_info)
+    if program.start_cost:
+        trace = replace(trace, num_grad_evals=trace.num_grad_evals + program.start_cost)
     if program.curvature_info is not None or program.name == "optax":  # gd/sgd: P = 1 is not an artifact
         for name in ("curvature", "lr_vec", "curvature_final", "lr_vec_final"):
             v = getattr(rep, name)

@@ -112,7 +112,10 @@ def scale_by_curvature(
     with ``refresh_every = K``, again every K updates at the current parameters, smoothed as
     :math:`c ← \mathrm{ema} · c + (1 - \mathrm{ema}) · c_\mathrm{new}` (variance-reduced Hutchinson then
     restarts from c). Data: ``data=`` (default the estimator's or objective's bound data) at ``init``, the
-    ``data`` extra argument of ``update`` at refreshes.
+    ``data`` extra argument of ``update`` at refreshes. Non-finite entries of an estimate cannot fall back inside
+    a compiled program: at ``init`` they become the largest finite entry (:func:`finite_diagonal`; all of them:
+    the identity), at a refresh they keep the entry in use; the counts report them (``gn.optimize`` estimates
+    c at θ_0 on the host instead, with the fallbacks of :mod:`gnomon.curvature.choice`).
 
     ``lambda_max_iters = n`` bounds :math:`η_0 = \min(\text{learning\_rate}, 1/λ_\max(P^{1/2} ∇^2 f P^{1/2}))`
     at θ_0 and at each refresh (n power iterations on Hessian-vector products, 2n gradient evaluations);
@@ -216,7 +219,8 @@ def scale_by_curvature(
             def refresh(st):
                 k, k0, k1 = jax.random.split(jax.random.wrap_key_data(st.key), 3)
                 new, _ = estimator.estimate(params, d, k0, st.diag)
-                diag = (ema * st.diag + (1 - ema) * finite_diagonal(new)).astype(st.diag.dtype)
+                new = jnp.where(jnp.isfinite(new), new, st.diag)  # a non-finite entry keeps the one in use
+                diag = (ema * st.diag + (1 - ema) * new).astype(st.diag.dtype)
                 shape = make_shape(diag)
                 base, lam = bound(params, d, shape, k1)
                 cost = est_cost + (0 if iters is None else 2 * iters)
