@@ -25,7 +25,10 @@ def same_trace(a, b):
     assert set(a.stats) == set(b.stats)
     for k in a.stats:
         np.testing.assert_array_equal(a.stats[k], b.stats[k], err_msg=k)
-    assert a.num_grad_evals == b.num_grad_evals and a.status == b.status
+    # the end-of-run check probes more where it knows the method's curvature (a method) than where it does not (a
+    # hand-assembled chain): compare what the runs themselves spent
+    spent = [t.num_grad_evals - t.info.get("end_check_grad_evals", 0) for t in (a, b)]
+    assert spent[0] == spent[1] and a.status == b.status
     for k in ("curvature", "lr_vec"):
         np.testing.assert_array_equal(a.extras[k], b.extras[k])
 

@@ -69,12 +69,16 @@ class LoopSettings(NamedTuple):
 
 
 class LoopResult(NamedTuple):
-    """What :func:`run_loop` returns: the trace, the final optimizer state (numpy) and the timings."""
+    """What :func:`run_loop` returns: the trace, the final optimizer state (numpy), the timings and ``probe``:
+    ``probe(thetas) -> (losses, grads)`` evaluates the loss and its gradient at points ``(K, D)`` (``(K, B, D)``
+    for a batch, one point per member) with the compiled loop itself — no new compilation — for checks at the
+    end of a run (:mod:`gnomon.optim.verdict`); each point costs one gradient evaluation."""
 
     trace: Trace
     state: Any
     compile_s: float
     run_s: float
+    probe: Any = None
 
 
 class _Carry(NamedTuple):
@@ -237,7 +241,14 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             f_tx, g_tx = jnp.where(finite, f, jnp.nan).astype(dtype), jnp.where(finite, g, 0).astype(dtype)
         else:
             f_tx, g_tx = f, g
-        updates, st = tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
+
+        def update(_):
+            return tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
+
+        if reuse:  # a probe (num_steps < 0, :func:`_probe`) needs f and g only: skip the line search's evaluations
+            updates, st = jax.lax.cond(num_steps >= 0, update, lambda _: (jnp.zeros_like(g_tx), c.opt_state), None)
+        else:
+            updates, st = update(None)
         theta = (c.theta + updates).astype(dtype)
         nan = jnp.full((), jnp.nan, dtype)
         cols = [f]
@@ -412,7 +423,30 @@ def run_loop(
     if not batched:
         info["final_grad_norm"] = float(summary.grad_norm)
     trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels, theta0)
-    return LoopResult(trace, state, compile_s, runtime - compile_s)
+
+    def probe(thetas: Any) -> tuple[np.ndarray, np.ndarray]:
+        return _probe(compiled, carry, np.asarray(thetas), data, key, program.arrays)
+
+    return LoopResult(trace, state, compile_s, runtime - compile_s, probe)
+
+
+def _probe(compiled: _Compiled, carry: _Carry, thetas: np.ndarray, data: Any, key: Any, arrays: Any
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and gradient at each of ``thetas`` by one call of the compiled chunk each, from ``carry`` with θ set
+    and ``num_steps = −1``: the body evaluates θ, stops before any step and leaves the gradient in the carry
+    (a non-finite one as NaN)."""
+    losses, grads = [], []
+    running = np.zeros(np.shape(carry.status), np.int32)
+    for theta in thetas:
+        th = jnp.asarray(theta, carry.theta.dtype)
+        c = carry._replace(theta=th, status=running, t=np.zeros_like(running), still=np.zeros_like(running),
+                           prev_loss=jnp.full(np.shape(carry.prev_loss), jnp.nan, carry.prev_loss.dtype),
+                           grad=jnp.full(th.shape, jnp.nan, th.dtype))
+        out, _, summary = compiled.chunk(c, data, key, arrays, np.int32(-1), np.bool_(True))
+        f, g = jax.device_get((summary.loss, out.grad))
+        losses.append(np.asarray(f))
+        grads.append(np.asarray(g))
+    return np.stack(losses), np.stack(grads)
 
 
 def resolve_channels(channels: str | tuple[str, ...] | None, tol: float | None = None) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ from gnomon.optim.loop import compile_key, default_key, run_loop
 from gnomon.optim.methods import Method, Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
 from gnomon.optim.simple_gd import as_objective
+from gnomon.optim.verdict import review
 from gnomon.trace.trace import Trace
 
 _UNSET = object()
@@ -121,6 +122,7 @@ def optimize(
     result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
                       data=d, key=key, progress=progress, channels=channels)
     trace = _finish(result.trace, program, report(result.state), batched=False)
+    trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     return previous.concatenate(trace) if previous is not None else trace
 
 
@@ -180,7 +182,8 @@ def optimize_batch(
         program = program._replace(arrays=np.broadcast_to(np.asarray(program.arrays), (b, *np.shape(program.arrays))))
     result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
                       data=data, key=key, batched=True, progress=progress, channels=channels)
-    return _finish(result.trace, program, report(result.state, batched=True), batched=True)
+    trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
+    return review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
 
 
 def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: Any, curvature: Any,
@@ -237,6 +240,13 @@ def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: 
         cinfo["refresh_cost"] = (program.curvature_info or {}).get("refresh_cost")
     diag = sc.diag if batched else sc.diag[0]
     return program._replace(arrays=diag, info=info, curvature_info=cinfo, start_curvature=None, start_cost=sc.cost)
+
+
+def _diag_of(program: Program) -> Any:
+    """The curvature diagonal a preconditioned method used at θ_0 ((D,) or (B, D)), or None."""
+    if program.curvature_info is None or program.arrays is None:
+        return None
+    return np.asarray(program.arrays)
 
 
 def _has_given(cfg: Method) -> bool:
