@@ -333,10 +333,11 @@ def _warn(found: dict, statuses: list, b: int) -> None:
                       f"{statuses[idx[0]]}", RuntimeWarning, stacklevel=4)
     if idx := members("degenerate_direction"):
         dd = found["degenerate_direction"][idx[0]]
+        r = dd["curvature_ratio"]
+        how = (f"{r:.2g} of what the diagonal predicts (a marginal spread {1 / math.sqrt(r):.3g}× the conditional "
+               "one)" if r > 0 else f"{r:.2g} of what the diagonal predicts: flat or concave")
         warnings.warn(
             f"the fit ran out of steps moving along a near-degenerate direction{who(idx)}: the curvature along it is "
-            f"{dd['curvature_ratio']:.2g} of what the diagonal predicts (the marginal spread ≥ "
-            f"{1 / math.sqrt(max(dd['curvature_ratio'], 1e-300)):.3g}× the conditional one); "
-            f"{', '.join(dd['parameters'])} trade off against each other. More steps creep along that valley: fix or "
-            "constrain one of them, add a prior, or optimise in eigen coordinates (gn.EigenMap)",
+            f"{how}; {', '.join(dd['parameters'])} trade off against each other. More steps creep along that valley: "
+            "fix or constrain one of them, add a prior, or optimise in eigen coordinates (gn.EigenMap)",
             RuntimeWarning, stacklevel=4)
