@@ -124,10 +124,11 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     """Why the optimization behind ``start`` has no usable mode, or None: it went non-finite (the density
     grows without bound, or the optimizer ran off to a boundary), it stopped at a saddle point (a stationary point
     with negative curvature: the chains then start dispersed around it, so they leave it) or made no progress,
-    its best point has a non-finite log density (``log_prob_at_best``), or it stopped at its step limit while still gaining more than ``max(D, 10)`` nats
-    of log density over its last tenth — running away rather than converging (near a mode, the whole typical
-    set lies within about D/2 nats of it) — or its best point lies beyond ``|θ| = RUNAWAY`` (1e10: an improper
-    density's optimizer stalls out there, in float32 at the precision limit, rather than stopping as diverged)."""
+    its best point has a non-finite log density (``log_prob_at_best``), or it stopped at its step limit while
+    still gaining more than ``max(D, 10)`` nats of log density over its last tenth — running away rather than
+    converging (near a mode, the whole typical set lies within about D/2 nats of it) — or its best point lies
+    beyond ``|θ| = RUNAWAY`` (1e10: an improper density's optimizer stalls out there, in float32 at the precision
+    limit, rather than stopping as diverged)."""
     m = start.map
     if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
