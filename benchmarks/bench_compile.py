@@ -47,6 +47,7 @@ def astrometry():
 
 
 def dlux():
+    """The forward model ``image(θ)`` and its truth (D = 14)."""
     import dLux as dl
     import equinox as eqx
     import jax
@@ -73,13 +74,44 @@ def dlux():
         return m.model()
 
     truth = jnp.asarray([0.1, -0.05, 3.0, 80.0, 6.0, np.log(3.2), 5.0, -3.0, 2.0, 0.0, 1.0, -2.0, 4.0, 3.0])
+    return image, truth
+
+
+def dlux_residuals():
+    import jax
+    import jax.numpy as jnp
+
+    import gnomon as gn
+
+    image, truth = dlux()
     data = jax.random.poisson(jax.random.key(0), image(truth) + 1.0).astype(truth.dtype)
     weights = 1.0 / jnp.maximum(image(truth) + 1.0, 1.0)
     obj = gn.Objective.from_residuals(lambda t, d: image(t) + 1.0 - d, 14, weights=weights, data=data)
     return obj, truth + 0.01 * jnp.abs(truth) + 1e-3, data
 
 
-MODELS = {"astrometry": astrometry, "dlux": dlux}
+def dlux_likelihood():
+    """The documented path: ``from_likelihood`` (Poisson, the image plus a background of 1 photon per pixel)."""
+    import jax
+    import jax.numpy as jnp
+
+    import gnomon as gn
+
+    image, truth = dlux()
+    predict = _predict(image)
+    data = jax.random.poisson(jax.random.key(0), predict(truth)).astype(truth.dtype)
+    obj = gn.Objective.from_likelihood(predict, data, "poisson", 14)
+    return obj, truth + 0.01 * jnp.abs(truth) + 1e-3, data
+
+
+def _predict(image):
+    def predict(theta):
+        return image(theta) + 1.0
+
+    return predict
+
+
+MODELS = {"astrometry": astrometry, "dlux": dlux_likelihood, "dlux_residuals": dlux_residuals}
 
 
 def one(model: str, mode: str, method: str) -> dict:

@@ -1,11 +1,11 @@
 r"""`gn.optimize` / `gn.optimize_batch`: gradient-based optimizers over an :class:`~gnomon.Objective`.
 
-A method is a string shorthand (``"gd"``, ``"preconditioned_gd"``, ``"adam"``, ``"rmsprop"``, ``"sgd"``,
-``"lbfgs"``), a configuration object of :mod:`gnomon.optim` (``gn.optim.preconditioned_gd(curvature=...)``;
-the methods, their defaults and safeguards are documented there) or any optax transformation (including
-chains of :mod:`gnomon.optim.transforms` pieces). Options not named here (``momentum``, ``memory_size``, ...)
-are forwarded to the method's factory; an option the method does not take is an error naming the methods
-it belongs to.
+The default method is ``"lbfgs"`` (:data:`DEFAULT_METHOD`). A method is a string shorthand (``"gd"``,
+``"preconditioned_gd"``, ``"adam"``, ``"rmsprop"``, ``"sgd"``, ``"lbfgs"``), a configuration object of
+:mod:`gnomon.optim` (``gn.optim.preconditioned_gd(curvature=...)``; the methods, their defaults and safeguards
+are documented there) or any optax transformation (including chains of :mod:`gnomon.optim.transforms` pieces).
+Options not named here (``momentum``, ``memory_size``, ...) are forwarded to the method's factory; an option the
+method does not take is an error naming the methods it belongs to.
 
 Every method runs in the shared compiled loop (:mod:`gnomon.optim.loop`). This module validates the inputs,
 turns the method into its program, runs the loop and turns the final optimizer state into the typed
@@ -41,13 +41,18 @@ from gnomon.optim.verdict import review
 from gnomon.trace.trace import Trace
 
 _UNSET = object()
+# The default method (issue 22): L-BFGS preconditioned by the curvature diagonal at θ0 — the fewest gradient
+# evaluations or within 30 % of them on every target of benchmarks/bench_optimizers.py --defaults (numpyro models,
+# a badly scaled logistic regression, ill-conditioned quadratics, a dLux binary), and the only candidate that
+# converges on a rotated, ill-conditioned problem; plain gd stalled on all but one.
+DEFAULT_METHOD = "lbfgs"
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # planned programs (host-side planning traces)
 
 
 def optimize(
     obj: Objective | Callable,
     theta0: Any,
-    method: Any = "gd",
+    method: Any = DEFAULT_METHOD,
     *,
     num_steps: int = 1000,
     learning_rate: float | Callable | None = None,
@@ -67,7 +72,9 @@ def optimize(
       obj: a :class:`gnomon.Objective` or a loss function of flat θ.
       theta0: ``(D,)`` start, or a previous optimization :class:`Trace` to continue from its final point
         (the result is the joined trace, :meth:`Trace.concatenate`).
-      method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``.
+      method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``;
+        default ``"lbfgs"`` (:data:`DEFAULT_METHOD`: preconditioned by the curvature diagonal at θ0 — the one
+        rule of :mod:`gnomon.curvature.choice` — with a zoom line search).
       num_steps: maximum number of updates.
       learning_rate: the method's learning rate (float or optax schedule; None: the method's default).
       curvature: for ``preconditioned_gd`` and ``lbfgs``: None (auto), a method name, a :class:`Curvature`
@@ -129,7 +136,7 @@ def optimize(
 def optimize_batch(
     obj: Objective | Callable,
     theta0s: Any,
-    method: Any = "gd",
+    method: Any = DEFAULT_METHOD,
     *,
     num_steps: int = 1000,
     learning_rate: float | Callable | None = None,
