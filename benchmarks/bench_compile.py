@@ -50,11 +50,9 @@ def dlux():
     """The forward model ``image(θ)`` and its truth (D = 14)."""
     import dLux as dl
     import equinox as eqx
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    import gnomon as gn
 
     ap = dl.layers.AberratedAperture(dl.layers.CircularAperture(0.045), noll_inds=np.arange(4, 12),
                                      coefficients=np.zeros(8))
