@@ -149,7 +149,10 @@ def test_loop_traces_the_objective_at_few_sites_and_times_compilation_apart():
         again = gn.optimize(obj, jnp.ones(3), method, num_steps=20, **kw)
         assert n[0] == traced  # no recompilation
         assert again.info["compile_s"] == 0.0 < tr.info["compile_s"]
-        assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"])
+        # the loop's programs compile in background threads, alongside the curvature estimate at θ0: the wall time
+        # is at most the sum of the parts
+        parts = tr.info["compile_s"] + tr.info["run_s"] + tr.info.get("curvature_s", 0.0)
+        assert tr.info["run_s"] < tr.runtime_s <= parts + 0.05
         counts[method, tuple(kw)] = traced
 
     count("gd", learning_rate=0.1)  # the loop body's value_and_grad

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
+import threading
 import time
 from collections.abc import Hashable
 from typing import Any, NamedTuple
@@ -111,11 +113,47 @@ class _Rows(NamedTuple):
 
 
 class _Compiled(NamedTuple):
-    init: Any
+    init: Any  # _Pending: compiled in a background thread, waited for at the first call
     chunk: Any
     chunk_steps: int
     channels: tuple[str, ...]
     has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
+    lower_s: float = 0.0  # seconds spent tracing and lowering (in the caller's thread)
+    unreported: list = [True]  # [True] until a run has reported this build's compile time
+
+
+class _Pending:
+    """A lowered program compiling in a background thread (XLA releases the GIL while it compiles): the caller
+    lowers init and chunk, both compile concurrently — and concurrently with whatever the caller does next (the
+    curvature estimate at θ_0) — and the first call waits for the executable. An error in the compile is raised
+    at that call."""
+
+    def __init__(self, lowered: Any):
+        self._lowered = lowered
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0  # the compile's own duration
+        self._thread = threading.Thread(target=self._compile, name="gnomon-compile", daemon=True)
+        self._thread.start()
+
+    def _compile(self) -> None:
+        start = time.perf_counter()
+        try:
+            self._result = self._lowered.compile()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            self._error = exc
+        self.seconds = time.perf_counter() - start
+        self._lowered = None
+
+    def executable(self) -> Any:
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __call__(self, *args: Any) -> Any:
+        return self.executable()(*args)
 
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -193,7 +231,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
     # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
     keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
-    init_c = init_lowered.compile()
+    init_c = _Pending(init_lowered)
 
     def member_step(c: _Carry, data, key, arrays, num_steps, first, record_now):
         """One step of one fit: evaluate θ_t, record its row, test the stop rules, update. Branch-free except
@@ -323,8 +361,9 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
 
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
-    chunk_c = jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag).compile()
-    return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report), time.perf_counter() - start
+    chunk_c = _Pending(jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag))
+    lower_s = time.perf_counter() - start
+    return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report, lower_s, [True]), lower_s
 
 
 def _compiled(obj: Objective, program: Program, settings: LoopSettings, example: tuple) -> tuple[_Compiled, float]:
@@ -393,11 +432,15 @@ def run_loop(
     start = time.perf_counter()
     bar = Progress(num_steps, f"{program.name}",
                    enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
-    width = obj.dim * (theta0.shape[0] if batched else 1)
-    rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar.enabled)
-    settings = LoopSettings(rows, int(record_every), None if tol is None else float(tol),
-                            None if ftol is None else float(ftol), batched, channels)
-    compiled, compile_s = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bar.enabled)
+    compiled, _ = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    compiled.init.executable()
+    compiled.chunk.executable()
+    compile_s = 0.0
+    if compiled.unreported[0]:  # this build's first run: its lowering and compiles (maybe begun by prepare())
+        compiled.unreported[0] = False
+        compile_s = compiled.lower_s + compiled.init.seconds + compiled.chunk.seconds
+    run_start = time.perf_counter()
     carry = compiled.init(theta0, data, key, program.arrays)
     pieces: list[_Rows] = []
     n_steps = np.int32(num_steps)
@@ -413,9 +456,10 @@ def run_loop(
     bar.close()
     state = jax.device_get(carry.opt_state) if compiled.has_report else None
     runtime = time.perf_counter() - start
+    run_s = time.perf_counter() - run_start
     info = {"engine": program.name, **program.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "tol": settings.tol, "ftol": settings.ftol, "objective": dict(obj.info),
-            "compile_s": compile_s, "run_s": runtime - compile_s}
+            "compile_s": compile_s, "run_s": run_s}
     rows_all = pieces[0] if len(pieces) == 1 else _Rows(  # chunks follow each other on the row axis
         *(None if getattr(pieces[0], f) is None else
           np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
@@ -427,7 +471,38 @@ def run_loop(
     def probe(thetas: Any) -> tuple[np.ndarray, np.ndarray]:
         return _probe(compiled, carry, np.asarray(thetas), data, key, program.arrays)
 
-    return LoopResult(trace, state, compile_s, runtime - compile_s, probe)
+    return LoopResult(trace, state, compile_s, run_s, probe)
+
+
+def _settings(obj: Objective, theta0: Any, num_steps: int, record_every: int, tol: float | None, ftol: float | None,
+              batched: bool, channels: tuple[str, ...], bar_enabled: bool) -> LoopSettings:
+    width = obj.dim * (theta0.shape[0] if batched else 1)
+    rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar_enabled)
+    return LoopSettings(rows, int(record_every), None if tol is None else float(tol),
+                        None if ftol is None else float(ftol), batched, channels)
+
+
+def prepare(obj: Objective, theta0: Any, program: Program, *, num_steps: int, record_every: int = 1,
+            tol: float | None = None, ftol: float | None = None, data: Any = None, key: Any = None,
+            batched: bool = False, progress: bool | None = None, channels: str | tuple[str, ...] | None = None,
+            ) -> None:
+    """Lower the programs :func:`run_loop` will run with these arguments and start compiling them in the background
+    (``program.arrays`` may be placeholders of the right shapes and dtypes): a caller that has other work before the
+    run — ``gn.optimize``'s curvature estimate at θ_0 — overlaps it with the compilation. Arguments as
+    :func:`run_loop`, which finds the programs in its cache; invalid arguments are left for it to report."""
+    try:
+        channels = resolve_channels(channels, tol)
+        theta0 = jnp.asarray(theta0)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+            return
+        enabled = progress if progress is not None else (None if num_steps >= 2000 else False)
+        if enabled is None:  # Progress's own rule (a terminal draws), without drawing anything
+            isatty = getattr(sys.stderr, "isatty", None)
+            enabled = bool(isatty()) if callable(isatty) else False
+        settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bool(enabled))
+        _compiled(obj, program, settings, (theta0, data, default_key() if key is None else key, program.arrays))
+    except (ValueError, TypeError):
+        return
 
 
 def _probe(compiled: _Compiled, carry: _Carry, thetas: np.ndarray, data: Any, key: Any, arrays: Any

@@ -51,11 +51,13 @@ from gnomon.optim.estimator import NEGATIVE, CurvatureEstimator, curvature_estim
 from gnomon.optim.transforms import (
     nonmonotone_backtracking,
     precondition_by_curvature,
+    restart_lbfgs,
     scale_by_bb,
     scale_by_curvature,
 )
 
 SAFEGUARDS = ("auto", "lambda_max", "backtrack", "both", "none")
+LINESEARCHES = ("backtracking", "zoom")
 STEP_RULES = ("bb", "fixed")
 
 
@@ -250,34 +252,42 @@ class lbfgs(_CurvatureOptions, Method):
     learning_rate: float | Callable | None = None
     memory_size: int = 10
     curvature: Any = None
+    linesearch: str = "backtracking"
 
     def __post_init__(self):
         _check_lr(self.learning_rate)
         if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or self.memory_size < 1:
             raise ValueError(f"memory_size must be a positive int, got {self.memory_size!r}")
+        if self.linesearch not in LINESEARCHES:
+            raise ValueError(f"linesearch must be one of {LINESEARCHES}, got {self.linesearch!r}")
         _check_estimator_options(self)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
-        lr, mem = self.learning_rate, self.memory_size
-        info = {**self.describe(), "linesearch": "zoom"}
+        lr, mem, zoom = self.learning_rate, self.memory_size, self.linesearch == "zoom"
+        info = {**self.describe(), "backtracking": not zoom, "window": None if zoom else 1}
 
-        def tail():
+        def assemble(direction):
             scaling = optax.scale(-1.0) if lr is None else optax.scale_by_learning_rate(lr)
-            return scaling, optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+            if zoom:
+                search = optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+                return optax.chain(direction, scaling, search)
+            return nonmonotone_backtracking(optax.chain(direction, scaling), window=1)
+
+        def lbfgs_core():
+            return optax.scale_by_lbfgs(memory_size=mem) if zoom else restart_lbfgs(mem)
 
         if isinstance(self.curvature, str) and self.curvature == "identity":
             info["curvature"] = "identity"
 
             def make(data, key, arrays):
-                return optax.chain(optax.scale_by_lbfgs(memory_size=mem), *tail())
+                return assemble(lbfgs_core())
 
             return Program(self.name, self._key(), make, None, info)
         source = _curvature_source(self, obj, self.curvature, data, refreshes=False)
 
         def make(data, key, arrays):
             curv = source.estimator._replace(data=data) if source.estimator is not None else arrays
-            pre = precondition_by_curvature(optax.scale_by_lbfgs(memory_size=mem), curv, data=data, key=key)
-            return optax.chain(pre, *tail())
+            return assemble(precondition_by_curvature(lbfgs_core(), curv, data=data, key=key))
 
         info["curvature"] = source.info.get("method")
         return Program(self.name, self._key(), make, source.given, info, source.info, source.start)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -33,7 +34,7 @@ import optax
 from gnomon.objective.checks import check_finite_data
 from gnomon.objective.objective import Objective
 from gnomon.optim.estimator import curvature_at_start
-from gnomon.optim.loop import compile_key, default_key, run_loop
+from gnomon.optim.loop import compile_key, default_key, prepare, run_loop
 from gnomon.optim.methods import Method, Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
 from gnomon.optim.simple_gd import as_objective
@@ -124,10 +125,13 @@ def optimize(
     d = obj.data if data is _UNSET else data
     key = _as_key(key)
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
+    loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
+                     progress=progress, channels=channels)
+    if program.start_curvature is not None:  # compile the loop while the curvature at θ0 is estimated
+        prepare(obj, start, program._replace(arrays=_placeholder(start)), **loop_args)
     program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
                                     learning_rate, curvature, method_options, batched=False)
-    result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=d, key=key, progress=progress, channels=channels)
+    result = run_loop(obj, start, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state), batched=False)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     return previous.concatenate(trace) if previous is not None else trace
@@ -180,15 +184,17 @@ def optimize_batch(
     probe = None if data is None else jax.tree.map(lambda a: a[0], data)
     key = _as_key(key)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
+    loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
+                     batched=True, progress=progress, channels=channels)
     if program.start_curvature is not None:
+        prepare(obj, th, program._replace(arrays=_placeholder(th)), **loop_args)
         host = None if data is None else jax.device_get(data)
         datas = [None if host is None else jax.tree.map(lambda a, i=i: a[i], host) for i in range(b)]
         program = _with_start_curvature(obj, program, np.asarray(th), datas, key, method, learning_rate,
                                         curvature, method_options, batched=True)
     elif program.arrays is not None:  # a given diagonal: one row per member
         program = program._replace(arrays=np.broadcast_to(np.asarray(program.arrays), (b, *np.shape(program.arrays))))
-    result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=data, key=key, batched=True, progress=progress, channels=channels)
+    result = run_loop(obj, th, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
     return review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
 
@@ -230,8 +236,10 @@ def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: 
     spec = program.start_curvature
     if spec is None:
         return program
+    t0 = time.perf_counter()
     sc = curvature_at_start(obj, spec["method"], thetas, datas, key=key, stacklevel=4,
                             **{k: v for k, v in spec.items() if k != "method"})
+    seconds = time.perf_counter() - t0
     refresh = program.info.get("refresh_every")
     planned = (program.curvature_info or {}).get("method")
     if refresh and sc.method != planned:
@@ -242,11 +250,18 @@ def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: 
     info = dict(program.info)
     if info.get("curvature") is not None:  # lbfgs names its curvature's method in its own info
         info["curvature"] = sc.method
-    cinfo = {**(program.curvature_info or {}), **sc.info}
+    cinfo = {**(program.curvature_info or {}), **sc.info, "estimate_s": seconds}
     if refresh:
         cinfo["refresh_cost"] = (program.curvature_info or {}).get("refresh_cost")
-    diag = sc.diag if batched else sc.diag[0]
+    dtype = _placeholder(np.asarray(thetas[0])).dtype
+    diag = (sc.diag if batched else sc.diag[0]).astype(dtype)
     return program._replace(arrays=diag, info=info, curvature_info=cinfo, start_curvature=None, start_cost=sc.cost)
+
+
+def _placeholder(theta: Any) -> np.ndarray:
+    """Zeros shaped and typed as the curvature diagonal a program will get for starts ``theta``."""
+    dt = np.asarray(theta).dtype
+    return np.zeros(np.shape(theta), dt if np.issubdtype(dt, np.floating) else jnp.result_type(float))
 
 
 def _diag_of(program: Program) -> Any:
@@ -281,8 +296,11 @@ def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bo
     extras = dict(trace.extras)
     if program.curvature_info is not None:
         info["curvature"] = dict(program.curvature_info)
-    if program.start_cost:
-        trace = replace(trace, num_grad_evals=trace.num_grad_evals + program.start_cost)
+    if program.start_cost:  # the estimate at θ0 ran before the loop: its cost and time belong to the run
+        seconds = float(program.curvature_info.get("estimate_s", 0.0))
+        info["curvature_s"] = seconds
+        trace = replace(trace, num_grad_evals=trace.num_grad_evals + program.start_cost,
+                        runtime_s=trace.runtime_s + seconds)
     if program.curvature_info is not None or program.name == "optax":  # gd/sgd: P = 1 is not an artifact
         for name in ("curvature", "lr_vec", "curvature_final", "lr_vec_final"):
             v = getattr(rep, name)

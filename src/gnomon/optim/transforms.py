@@ -180,7 +180,10 @@ def scale_by_curvature(
     def init_fn(params):
         params = jnp.asarray(params)
         dt = params.dtype
-        k0, k1, k2 = jax.random.split(key0, 3)
+        if estimator is not None or iters is not None:
+            k0, k1, k2 = jax.random.split(key0, 3)
+        else:  # nothing random to estimate: no PRNG in the program (each split is code to compile)
+            k0 = k1 = k2 = key0
         cost = 0
         if estimator is not None and initial is None:
             diag, counts = estimator.estimate(params, data, k0, None)
@@ -376,7 +379,10 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
 
     .. math:: f(θ_a + u) > \max(\text{last } M \text{ accepted losses}) + c\, u^T ∇f(θ_a)
 
-    (c = :data:`ARMIJO`, M = ``window``; M = 1 is monotone; NaN counts as a rise). A rejected point stays in
+    (c = :data:`ARMIJO`, M = ``window``; M = 1 is monotone; NaN counts as a rise), unless its loss is within
+    :math:`\sqrt{ε}\max(|f(θ_a)|, 1)` of :math:`f(θ_a)` and its gradient is smaller — near an optimum the test
+    compares rounding errors (a sum of many terms is not resolved to ε), and the gradient still says which point is
+    better (after the approximate Armijo condition of Hager and Zhang). A rejected point stays in
     the trace as its own row; the next update returns along u to :math:`θ_a + t^* u`, :math:`t^*` the
     minimiser of the quadratic :math:`φ(t) = f_a + t\,φ'(0) + t^2 (f - f_a - φ'(0))` through :math:`f_a`, the
     slope :math:`φ'(0) = u^T ∇f(θ_a)` and the rejected value f, clipped to :data:`BACKTRACK_CLIP` (½ when φ is
@@ -409,7 +415,12 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
         dt = state.value.dtype
         slope = jnp.vdot(state.pending, state.grad)  # φ'(0): directional derivative along u at θ_a
         ref = jnp.max(state.recent)
-        rejected = jnp.isfinite(ref) & ~(value <= ref + ARMIJO * slope)
+        # where the loss equals the accepted one to working precision the Armijo test is rounding noise: a point
+        # whose gradient is smaller is accepted (the approximate Armijo condition of Hager and Zhang)
+        noise = jnp.sqrt(jnp.finfo(dt).eps) * jnp.maximum(jnp.abs(state.value), 1.0)
+        gnorm = jnp.linalg.norm(g)
+        flat = (jnp.abs(value - state.value) <= noise) & (gnorm < jnp.linalg.norm(state.grad))
+        rejected = jnp.isfinite(ref) & ~(value <= ref + ARMIJO * slope) & ~flat
         curv2 = value - state.value - slope
         t_star = jnp.clip(-slope / (2 * jnp.where(curv2 > 0, curv2, 1.0)), *BACKTRACK_CLIP)
         t_back = jnp.where((curv2 > 0) & jnp.isfinite(t_star), t_star, 0.5).astype(dt)
@@ -433,6 +444,45 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
             num_backtracks=state.num_backtracks + rejected.astype(jnp.int32),
             inner_state=keep,
         )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------------------------ restart_lbfgs
+class RestartLBFGSState(NamedTuple):
+    """State of :func:`restart_lbfgs`."""
+
+    inner_state: Any  # optax.ScaleByLBFGSState
+    fresh: jnp.ndarray  # every update proposes a new step length (nonmonotone_backtracking then resets its factor)
+    num_restarts: jnp.ndarray
+
+
+def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.GradientTransformation:
+    r"""``optax.scale_by_lbfgs`` for a backtracking line search: its memory restarts when a new pair is unusable.
+
+    L-BFGS needs :math:`s^T y > 0` for each pair (s = θ_t − θ_{t−1}, y = ∇f_t − ∇f_{t−1}), which a Wolfe line
+    search guarantees and Armijo backtracking does not: a pair with :math:`s^T y ≤ ε\,|s|\,|y|` (ε = √machine
+    epsilon) would make the inverse-Hessian approximation indefinite. Here such a pair restarts the memory (the
+    next step is optax's first step, at most unit length) and is counted in ``num_restarts``. The state's
+    ``fresh`` flag tells :func:`nonmonotone_backtracking` that every step is a new quasi-Newton step of natural
+    length 1 (its shrink factor starts again from 1)."""
+    inner = optax.scale_by_lbfgs(memory_size=memory_size)
+
+    def init_fn(params):
+        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra):
+        if params is None:
+            raise ValueError("restart_lbfgs needs params")
+        ist = state.inner_state
+        s = params - ist.params
+        y = updates - ist.updates
+        tol = float(np.sqrt(np.finfo(np.dtype(params.dtype)).eps)) if eps is None else eps
+        bad = (ist.count > 0) & ~(jnp.vdot(s, y) > tol * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+        fresh_state = inner.init(params)
+        ist = jax.tree.map(lambda new, old: jnp.where(bad, new, old), fresh_state, ist)
+        out, ist = inner.update(updates, ist, params)
+        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
