@@ -21,7 +21,8 @@ more copy of the model for XLA to compile (dLux model only).
 ``--cache``: the same first call in a *second* process with ``gn.enable_compilation_cache`` on (a first process
 filled the cache), what a user of the CLI or of a campaign pays from the second run on.
 
-Run: ``python benchmarks/bench_compile.py [--repeats 3] [--models dlux] [--methods preconditioned_gd,lbfgs,batch:lbfgs]``.
+Run: ``python benchmarks/bench_compile.py [--repeats 3] [--models dlux] [--batch 8]
+[--methods preconditioned_gd,lbfgs,batch:lbfgs]``.
 """
 
 from __future__ import annotations
