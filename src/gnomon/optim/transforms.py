@@ -455,6 +455,7 @@ class RestartLBFGSState(NamedTuple):
     inner_state: Any  # optax.ScaleByLBFGSState
     fresh: jnp.ndarray  # every update proposes a new step length (nonmonotone_backtracking then resets its factor)
     num_restarts: jnp.ndarray
+    last_step: jnp.ndarray  # |θ_t − θ_{t−1}|: after a restart the first step is at least twice as long
 
 
 def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.GradientTransformation:
@@ -465,11 +466,14 @@ def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.G
     epsilon) would make the inverse-Hessian approximation indefinite. Here such a pair restarts the memory (the
     next step is optax's first step, at most unit length) and is counted in ``num_restarts``. The state's
     ``fresh`` flag tells :func:`nonmonotone_backtracking` that every step is a new quasi-Newton step of natural
-    length 1 (its shrink factor starts again from 1)."""
+    length 1 (its shrink factor starts again from 1). The first step after a restart is at least twice the last
+    step taken (optax's first step has unit length at most): where :math:`s^T y ≈ 0` the loss is nearly linear
+    along the way it went, and the steps grow as a line search's expansion would."""
     inner = optax.scale_by_lbfgs(memory_size=memory_size)
 
     def init_fn(params):
-        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32))
+        z = jnp.zeros((), params.dtype)
+        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32), z)
 
     def update_fn(updates, state, params=None, **extra):
         if params is None:
@@ -477,12 +481,16 @@ def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.G
         ist = state.inner_state
         s = params - ist.params
         y = updates - ist.updates
+        size = jnp.where(ist.count > 0, jnp.linalg.norm(s), 0.0).astype(state.last_step.dtype)
         tol = float(np.sqrt(np.finfo(np.dtype(params.dtype)).eps)) if eps is None else eps
         bad = (ist.count > 0) & ~(jnp.vdot(s, y) > tol * jnp.linalg.norm(s) * jnp.linalg.norm(y))
         fresh_state = inner.init(params)
         ist = jax.tree.map(lambda new, old: jnp.where(bad, new, old), fresh_state, ist)
         out, ist = inner.update(updates, ist, params)
-        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32))
+        length = jnp.linalg.norm(out)
+        grow = jnp.where(bad & (length > 0), jnp.maximum(1.0, 2 * size / jnp.where(length > 0, length, 1.0)), 1.0)
+        out = (grow * out).astype(updates.dtype)
+        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32), size)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -132,15 +132,15 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     m = start.map
     if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
+    size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
+    if not math.isfinite(size) or size > RUNAWAY:  # (also when it then overflowed: the run-off is the finding)
+        return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
     if m.status.startswith("diverged"):
         return f"the optimization did not reach a mode ({m.status})"
     if m.status.startswith(("saddle point", "no progress")):
         # a stationary point with negative curvature (or a start the optimizer never left) is no mode: the chains
         # start dispersed around it and leave it (a Laplace draw from |H| there would sit on the saddle's ridge)
         return f"the optimization did not reach a mode ({m.status.split(':')[0]}: {m.status.split(':', 1)[-1].strip()})"
-    size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
-    if not math.isfinite(size) or size > RUNAWAY:
-        return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
     if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
