@@ -14,9 +14,11 @@ transformation, called inside the compiled program with each member's data and t
 ``adam``, ``rmsprop``
     optax's (learning rate 1e-3).
 ``lbfgs``
-    ``optax.lbfgs`` (zoom line search) run in the coordinates :math:`u = c^{1/2} ⊙ θ` of a curvature diagonal
-    c at θ_0 (:func:`~gnomon.optim.precondition_by_curvature`; a diagonal initial inverse Hessian): on badly
-    scaled problems plain L-BFGS stalls, this does not. ``curvature="identity"``: plain ``optax.lbfgs``.
+    ``optax.scale_by_lbfgs`` run in the coordinates :math:`u = c^{1/2} ⊙ θ` of a curvature diagonal c at θ_0
+    (:func:`~gnomon.optim.precondition_by_curvature`; a diagonal initial inverse Hessian): on badly scaled
+    problems plain L-BFGS stalls, this does not. ``curvature="identity"``: no preconditioner. Step lengths from
+    optax's zoom line search (``linesearch="zoom"``, default) or the loop's backtracking
+    (``"backtracking"``, :func:`~gnomon.optim.restart_lbfgs`).
 ``preconditioned_gd``
     :math:`θ_{t+1} = θ_t - η_t\, P ⊙ ∇f(θ_t)`, the chain of :mod:`gnomon.optim.transforms`: P from a curvature
     diagonal (auto: Gauss–Newton with residuals, exact for D ≤ 16, Hutchinson otherwise) and its power; step
@@ -238,13 +240,17 @@ class rmsprop(Method):
 # ------------------------------------------------------------------------------------------------------ lbfgs
 @dataclass(frozen=True)
 class lbfgs(_CurvatureOptions, Method):
-    """L-BFGS (``optax.lbfgs``, zoom line search) preconditioned by a curvature diagonal at θ_0.
+    """L-BFGS (``optax.scale_by_lbfgs``) preconditioned by a curvature diagonal at θ_0.
 
     Args:
       learning_rate: None (the line search's step) or a scale before the line search, as optax's.
       memory_size: pairs kept.
       curvature: None (auto, as preconditioned_gd), a method name, a Curvature or (D,) array, or
-        ``"identity"`` for plain ``optax.lbfgs``.
+        ``"identity"`` for no preconditioner.
+      linesearch: ``"zoom"`` (optax's zoom line search: strong Wolfe, extrapolates; the model is compiled at three
+        sites) or ``"backtracking"`` (the loop's monotone Armijo backtracking with
+        :func:`~gnomon.optim.restart_lbfgs`: one evaluation per step and one compiled site — a third less
+        compilation and lockstep batches — the same evaluations on regular problems, slower into a funnel).
       num_probes, hutchinson_mode, floor, prior_precision, negative, batch_size: the curvature estimator.
     """
 
@@ -252,7 +258,7 @@ class lbfgs(_CurvatureOptions, Method):
     learning_rate: float | Callable | None = None
     memory_size: int = 10
     curvature: Any = None
-    linesearch: str = "backtracking"
+    linesearch: str = "zoom"
 
     def __post_init__(self):
         _check_lr(self.learning_rate)

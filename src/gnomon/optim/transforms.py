@@ -455,42 +455,60 @@ class RestartLBFGSState(NamedTuple):
     inner_state: Any  # optax.ScaleByLBFGSState
     fresh: jnp.ndarray  # every update proposes a new step length (nonmonotone_backtracking then resets its factor)
     num_restarts: jnp.ndarray
-    last_step: jnp.ndarray  # |θ_t − θ_{t−1}|: after a restart the first step is at least twice as long
+    proposed: jnp.ndarray  # |step| proposed by the last update
+    expand: jnp.ndarray  # the multiplier of the quasi-Newton step (1, 2, 4, ... while the steps are too short)
+
+
+WOLFE = 0.9  # curvature condition: a full step after which the slope is still below WOLFE × the old one was short
+EXPAND_MAX = 2.0**20
 
 
 def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.GradientTransformation:
-    r"""``optax.scale_by_lbfgs`` for a backtracking line search: its memory restarts when a new pair is unusable.
+    r"""``optax.scale_by_lbfgs`` for a backtracking line search in the loop (``gn.optim.lbfgs``'s default).
 
-    L-BFGS needs :math:`s^T y > 0` for each pair (s = θ_t − θ_{t−1}, y = ∇f_t − ∇f_{t−1}), which a Wolfe line
-    search guarantees and Armijo backtracking does not: a pair with :math:`s^T y ≤ ε\,|s|\,|y|` (ε = √machine
-    epsilon) would make the inverse-Hessian approximation indefinite. Here such a pair restarts the memory (the
-    next step is optax's first step, at most unit length) and is counted in ``num_restarts``. The state's
-    ``fresh`` flag tells :func:`nonmonotone_backtracking` that every step is a new quasi-Newton step of natural
-    length 1 (its shrink factor starts again from 1). The first step after a restart is at least twice the last
-    step taken (optax's first step has unit length at most): where :math:`s^T y ≈ 0` the loss is nearly linear
-    along the way it went, and the steps grow as a line search's expansion would."""
+    A Wolfe line search (optax's zoom) guarantees what L-BFGS needs; Armijo backtracking does not, so two of its
+    parts are kept here, each free of extra evaluations:
+
+    * **curvature pairs**: a pair with :math:`s^T y ≤ ε\,|s|\,|y|` (ε = √machine epsilon) would make the
+      inverse-Hessian approximation indefinite; it restarts the memory instead (counted in ``num_restarts``;
+      the next step is optax's first one, at most unit length, but at least twice the last step taken: on a
+      nearly linear stretch the steps grow);
+    * **expansion**: when a full step (not shortened by the backtracking) leaves the slope along it steeper than
+      :data:`WOLFE` × the slope before it — the curvature condition fails: the step was too short — the next
+      quasi-Newton step is doubled (and so on, up to 2²⁰; back to 1 as soon as the condition holds), as a line
+      search's expansion phase would.
+
+    The state's ``fresh`` flag tells :func:`nonmonotone_backtracking` that every step is a new proposal of natural
+    length (its shrink factor starts again from 1)."""
     inner = optax.scale_by_lbfgs(memory_size=memory_size)
 
     def init_fn(params):
         z = jnp.zeros((), params.dtype)
-        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32), z)
+        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32), z,
+                                 jnp.ones((), params.dtype))
 
     def update_fn(updates, state, params=None, **extra):
         if params is None:
             raise ValueError("restart_lbfgs needs params")
         ist = state.inner_state
+        started = ist.count > 0
         s = params - ist.params
         y = updates - ist.updates
-        size = jnp.where(ist.count > 0, jnp.linalg.norm(s), 0.0).astype(state.last_step.dtype)
+        size = jnp.where(started, jnp.linalg.norm(s), 0.0).astype(state.proposed.dtype)
         tol = float(np.sqrt(np.finfo(np.dtype(params.dtype)).eps)) if eps is None else eps
-        bad = (ist.count > 0) & ~(jnp.vdot(s, y) > tol * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+        bad = started & ~(jnp.vdot(s, y) > tol * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+        full = size >= 0.99 * state.proposed
+        short = started & full & (jnp.vdot(s, updates) < WOLFE * jnp.vdot(s, ist.updates))
+        expand = jnp.where(short, jnp.minimum(2 * state.expand, EXPAND_MAX), 1.0).astype(state.expand.dtype)
         fresh_state = inner.init(params)
         ist = jax.tree.map(lambda new, old: jnp.where(bad, new, old), fresh_state, ist)
         out, ist = inner.update(updates, ist, params)
         length = jnp.linalg.norm(out)
-        grow = jnp.where(bad & (length > 0), jnp.maximum(1.0, 2 * size / jnp.where(length > 0, length, 1.0)), 1.0)
+        safe = jnp.where(length > 0, length, 1.0)
+        grow = jnp.where(bad & (length > 0), jnp.maximum(1.0, 2 * size / safe), 1.0) * expand
         out = (grow * out).astype(updates.dtype)
-        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32), size)
+        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32),
+                                      (grow * length).astype(state.proposed.dtype), expand)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
