@@ -23,7 +23,12 @@ badly scaled logistic regression (``from_loss``, features scaled over 1e-2…1e2
 (``from_likelihood``, D = 14). Per run: gradient evaluations to a relative gap (f − f*)/max(|f*|, 1) ≤ 1e-6 (f*
 the best loss any run reached, or Newton's where known), the final gap after ``--max-steps`` and the status.
 
-Run:  python benchmarks/bench_optimizers.py [--max-steps N] [--defaults]
+``--dlux``: the issue-18 check on examples/dlux_binary.py's model (11 parameters, Poisson, float64) with defaults
+only: preconditioned_gd and lbfgs from starts 5 CRLB away (random signs, 3 keys) must reach the MLE
+(max |θ − MLE| / CRLB ≤ 0.05), then ``gn.sample(obj, init=fit, key=key)`` (4 chains) must give posterior sd /
+CRLB within 0.8–1.25 and R̂ ≤ 1.05.
+
+Run:  python benchmarks/bench_optimizers.py [--max-steps N] [--defaults] [--dlux]
 """
 
 from __future__ import annotations
@@ -213,6 +218,56 @@ def dlux_example():
     return obj, np.asarray(truth), np.asarray(crlb)
 
 
+def dlux_defaults(num_samples: int = 1000) -> None:
+    """The ``--dlux`` check (module docstring)."""
+    import warnings
+
+    import arviz_stats as azs
+
+    obj, truth, crlb = dlux_example()
+    lay = obj.layout
+
+    def values(th):  # the bounds are on the layout's values in the user's units (the contrast, not its log)
+        return np.asarray(lay.element_values(jnp.asarray(th)))
+
+    ref = gn.optimize(obj, jnp.asarray(truth), "lbfgs", num_steps=500, tol=1e-9)
+    mle = values(ref.best_theta)
+    print(f"# dLux binary (D={truth.size}), defaults only; CRLB at the truth; MLE from the truth ({ref.status})")
+    fits = []
+    for k in range(3):
+        signs = np.where(np.random.default_rng(k).random(truth.size) < 0.5, -1.0, 1.0)
+        th0 = jnp.asarray(truth + 5.0 * signs * crlb)  # 5 bounds in θ (the contrast's log: 16 bounds)
+        for m in ("preconditioned_gd", "lbfgs"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tr = gn.optimize(obj, th0, m, num_steps=500, tol=1e-6)
+            dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
+            fits.append(tr)
+            print(f"start {k} {m:<18} {tr.status[:30]:<30} steps {tr.num_steps:>4} evals {int(tr.num_grad_evals):>5} "
+                  f"curvature {tr.info['curvature']['method']:<8} max|θ−MLE|/CRLB {dev:.2e} "
+                  f"{'OK' if dev <= 0.05 else 'FAIL'} warnings {len(caught)}")
+    # the same model as a plain loss (no likelihood, no residuals): the Hessian it falls back from, and back to mle
+    loss = gn.Objective.from_loss(obj.loss, lay, data=obj.data)
+    for m in ("preconditioned_gd", "lbfgs"):
+        signs = np.where(np.random.default_rng(0).random(truth.size) < 0.5, -1.0, 1.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tr = gn.optimize(loss, jnp.asarray(truth + 5.0 * signs * crlb), m, num_steps=500, tol=1e-6)
+        dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
+        fb = tr.info["curvature"].get("fallback")
+        print(f"from_loss {m:<18} {tr.status[:30]:<30} curvature {tr.info['curvature']['method']:<17} "
+              f"(fallback from {fb['from'] if fb else '-'}) max|θ−MLE|/CRLB {dev:.2e} {'OK' if dev <= 0.05 else 'FAIL'}"
+              f" warnings: {'; '.join(str(w.message)[:70] for w in caught) or 'none'}")
+    post = gn.sample(obj, init=fits[1], key=jax.random.key(0), num_chains=4, num_samples=num_samples)
+    theta = np.asarray(lay.element_values(jnp.asarray(post.theta))).reshape(post.theta.shape[:2] + (truth.size,))
+    ratio = theta.reshape(-1, truth.size).std(0) / crlb
+    rhat = np.asarray(azs.rhat(theta, chain_axis=0, draw_axis=1)).reshape(-1)
+    ok = "OK" if np.all((ratio > 0.8) & (ratio < 1.25)) else "FAIL"
+    print(f"gn.sample defaults (4 × {num_samples}): seed curvature {post.info['curvature']['method']}, "
+          f"sd/CRLB {ratio.min():.3f}–{ratio.max():.3f} ({ok}), "
+          f"max R̂ {rhat.max():.4f} ({'OK' if rhat.max() <= 1.05 else 'FAIL'}), {int(post.num_grad_evals)} gradients")
+
+
 def defaults(max_steps: int) -> None:
     import warnings
 
@@ -247,7 +302,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=20000)
     ap.add_argument("--defaults", action="store_true", help="compare the candidates for gn.optimize's default")
+    ap.add_argument("--dlux", action="store_true", help="the issue-18 check of the defaults on a dLux model")
     args = ap.parse_args()
+    if args.dlux:
+        dlux_defaults()
+        return
     if args.defaults:
         defaults(min(args.max_steps, 1000))
         return

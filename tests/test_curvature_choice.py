@@ -204,3 +204,15 @@ def test_the_sampler_seed_falls_back_and_names_the_knobs():
         seed = np.asarray(post.extras["seed_inverse_mass_matrix"])
         np.testing.assert_allclose(np.diagonal(seed) if seed.ndim == 2 else seed, np.diag(np.linalg.inv(hess)),
                                    rtol=1e-4)
+
+
+def test_gd_says_when_its_lambda_max_bound_is_not_finite():
+    """gd without a learning rate bounds η by 1/λ_max from Hessian-vector products: NaN on this model, so η0 = 1
+    under backtracking, and the run says so instead of hiding it behind a None in info."""
+    with jax.enable_x64(True):
+        mle, _ = glm_mle()
+        loss = gn.Objective.from_loss(poisson_nll, 3)
+        with pytest.warns(RuntimeWarning, match="λ_max bound of the learning rate is not finite"):
+            tr = gn.optimize(loss, jnp.asarray(mle) + 0.1, "gd", num_steps=50)
+        assert tr.info["lambda_max"] is None and "η0 = 1" in tr.info["lambda_max_fallback"]
+        assert tr.info["base_lr_used"] == 1.0 and np.all(np.isfinite(tr.loss))

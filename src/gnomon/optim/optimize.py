@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -309,6 +310,14 @@ def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bo
         if info.get("refresh_every") is None:
             extras.pop("curvature_final", None)
             extras.pop("lr_vec_final", None)
+    lam = None if rep.lambda_max is None else np.asarray(rep.lambda_max)
+    if info.get("lambda_max_bound") and lam is not None and not np.all(np.isfinite(lam) & (lam > 0)):
+        info["lambda_max_fallback"] = "the λ_max bound was not finite: η0 = 1 (backtracking guards the steps)"
+        warnings.warn(
+            "the λ_max bound of the learning rate is not finite (power iteration on Hessian-vector products, which "
+            "are NaN where the model's second derivatives are — e.g. a dLux optical model on some CPUs): η0 = 1 "
+            "was used, guarded by backtracking. Give a learning_rate, or use preconditioned_gd/lbfgs (their "
+            "default curvature needs no Hessian for likelihood objectives)", RuntimeWarning, stacklevel=3)
     scalars = {"lambda_max": rep.lambda_max, "base_lr_used": rep.base_lr_used,
                "num_backtracks": rep.num_backtracks, "backtrack_factor": rep.backtrack_factor}
     for name, v in scalars.items():
