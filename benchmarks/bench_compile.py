@@ -5,7 +5,8 @@ is off), on the demo's binary-star astrometry model (``gnomon.models.astrometry`
 3 wavelengths, D = 15, weighted residuals) and, when dLux is installed, a dLux binary (``AngularOpticalSystem``
 with an ``AberratedAperture`` of 8 Zernikes and a ``BinarySource``, D = 14) through the documented path:
 ``Objective.from_likelihood`` (Poisson), the default curvature (its expected Fisher), ``preconditioned_gd`` or
-``lbfgs``, and ``optimize_batch`` (``batch:<method>``, ``--batch`` members):
+``lbfgs`` (``lbfgs[backtracking]``: its backtracking line search), and ``optimize_batch`` (``batch:<method>``,
+``--batch`` members):
 
 * **bare**: ``jax.jit(jax.value_and_grad(obj.loss)).lower(θ0, data).compile()`` (``vmap``-ed for a batch), then
   100 calls — what a user's own hand-written gradient descent would cost at least;
@@ -133,6 +134,10 @@ def one(model: str, mode: str, method: str, batch: int = 8) -> dict:
     obj, theta0, data = MODELS[model]()
     batched = method.startswith("batch:")
     name = method.split(":", 1)[-1]
+    options = {}
+    if name.endswith("]"):  # lbfgs[backtracking]: a line search
+        name, ls = name[:-1].split("[")
+        options["linesearch"] = ls
     if batched:
         theta0 = theta0[None] * (1 + 1e-3 * np.arange(batch))[:, None]
         data = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (batch, *np.shape(a))), data)
@@ -150,9 +155,9 @@ def one(model: str, mode: str, method: str, batch: int = 8) -> dict:
         return {"total": total, "cpu": time.process_time() - cpu, "compile_s": compile_s,
                 "run_s": total - compile_s, "setup": setup, "traces": TRACES[0]}
     if batched:
-        tr = gn.optimize_batch(obj, theta0, name, num_steps=100, data=data)
+        tr = gn.optimize_batch(obj, theta0, name, num_steps=100, data=data, **options)
     else:
-        tr = gn.optimize(obj, theta0, name, num_steps=100)
+        tr = gn.optimize(obj, theta0, name, num_steps=100, **options)
     total = time.perf_counter() - t
     return {"total": total, "cpu": time.process_time() - cpu, "compile_s": tr.info["compile_s"],
             "run_s": tr.info["run_s"], "curvature_s": tr.info.get("curvature_s", 0.0), "setup": setup,
@@ -162,8 +167,9 @@ def one(model: str, mode: str, method: str, batch: int = 8) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="preconditioned_gd,lbfgs,batch:lbfgs",
-                    help="comma-separated; batch:<method> runs optimize_batch")
+    ap.add_argument("--methods", default="preconditioned_gd,lbfgs,lbfgs[backtracking],batch:preconditioned_gd,"
+                                         "batch:lbfgs",
+                    help="comma-separated; batch:<method> runs optimize_batch; lbfgs[backtracking] a line search")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--models", default="astrometry,dlux")
     ap.add_argument("--cache", action="store_true", help="also time a second process with the persistent cache")
