@@ -2,17 +2,21 @@
 
 One driver runs any optax transformation (a :class:`gnomon.optim.Program`) over an :class:`~gnomon.Objective`:
 
-* two compiled programs per (objective, method settings, recording settings, argument shapes), compiled
-  ahead of time and cached, so that a second call does not recompile: ``init`` (the transformation's
-  ``init`` at θ_0 — where curvature estimates happen — and no loss evaluation) and ``chunk``, a
+* two compiled programs per (objective, method settings, recording settings, argument shapes), lowered ahead of
+  time, compiled in background threads (:class:`gnomon.optim.background.Pending`; :func:`prepare` starts them
+  before a caller's other work) and cached, so that a second call does not recompile: ``init`` (the
+  transformation's ``init`` at θ_0 — power iterations, in-program estimates — and no loss evaluation) and
+  ``chunk``, a
   ``lax.while_loop`` over at most one chunk of steps whose body evaluates ``value_and_grad`` once: the
   objective's model is inlined at as few sites as the method needs (the body, plus its estimators);
 * each body iteration evaluates θ_t, records row t (θ_t, loss(θ_t) and the asked channels), tests the stop
   rules and applies the update: ``loss[t]`` is the loss at ``θ[t]`` and the last row is the final point;
 * Python runs only between chunks (rows to the host, progress bar); a batch of fits is the same body
   under ``jax.vmap``, stepping its members in lockstep;
-* compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is
-  their total).
+* compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is the
+  wall time, compilation that overlapped other work counted once);
+* the compiled chunk also evaluates the loss and gradient at given points (:attr:`LoopResult.probe`, with
+  ``num_steps = −1``) for the checks at the end of a run, compiling nothing new.
 
 Channels (:func:`resolve_channels`): ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|),
 ``learning_rate`` (the product of the state's ``learning_rate`` fields after the update from θ_t) and
@@ -32,7 +36,6 @@ from __future__ import annotations
 import collections
 import math
 import sys
-import threading
 import time
 from collections.abc import Hashable
 from typing import Any, NamedTuple
@@ -44,6 +47,7 @@ import optax
 
 from gnomon.objective.objective import Objective
 from gnomon.optim import readout
+from gnomon.optim.background import Pending
 from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
 from gnomon.util.progress import Progress
@@ -113,47 +117,13 @@ class _Rows(NamedTuple):
 
 
 class _Compiled(NamedTuple):
-    init: Any  # _Pending: compiled in a background thread, waited for at the first call
+    init: Any  # Pending: compiled in a background thread, waited for at the first call
     chunk: Any
     chunk_steps: int
     channels: tuple[str, ...]
     has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
     lower_s: float = 0.0  # seconds spent tracing and lowering (in the caller's thread)
     unreported: list = [True]  # [True] until a run has reported this build's compile time
-
-
-class _Pending:
-    """A lowered program compiling in a background thread (XLA releases the GIL while it compiles): the caller
-    lowers init and chunk, both compile concurrently — and concurrently with whatever the caller does next (the
-    curvature estimate at θ_0) — and the first call waits for the executable. An error in the compile is raised
-    at that call."""
-
-    def __init__(self, lowered: Any):
-        self._lowered = lowered
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self.seconds = 0.0  # the compile's own duration
-        self._thread = threading.Thread(target=self._compile, name="gnomon-compile", daemon=True)
-        self._thread.start()
-
-    def _compile(self) -> None:
-        start = time.perf_counter()
-        try:
-            self._result = self._lowered.compile()
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
-            self._error = exc
-        self.seconds = time.perf_counter() - start
-        self._lowered = None
-
-    def executable(self) -> Any:
-        if self._thread.is_alive():
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def __call__(self, *args: Any) -> Any:
-        return self.executable()(*args)
 
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -231,7 +201,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
     # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
     keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
-    init_c = _Pending(init_lowered)
+    init_c = Pending(init_lowered)
 
     def member_step(c: _Carry, data, key, arrays, num_steps, first, record_now):
         """One step of one fit: evaluate θ_t, record its row, test the stop rules, update. Branch-free except
@@ -361,7 +331,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
 
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
-    chunk_c = _Pending(jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag))
+    chunk_c = Pending(jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag))
     lower_s = time.perf_counter() - start
     return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report, lower_s, [True]), lower_s
 
