@@ -15,7 +15,20 @@ LᵀL = H), eigen-whitened gd
 curvature diagonal at θ0, here variance-reduced Hutchinson) and plain L-BFGS (``curvature="identity"``).
 Ratios are against gd measured in the same run.
 
-Run:  python benchmarks/bench_optimizers.py [--max-steps N]
+``--defaults``: the choice of ``gn.optimize``'s default method. gd (the old default), preconditioned_gd and lbfgs,
+each with its own defaults only, on objectives they know nothing about: two numpyro models (a logistic
+regression on the German credit data; a centred hierarchical normal model, 8 groups, Jacobian in the loss), a
+badly scaled logistic regression (``from_loss``, features scaled over 1e-2…1e2), ill-conditioned quadratics
+(axis-aligned κ = 1e6, rotated κ = 1e4, D = 100) and, when dLux is installed, a dLux binary star
+(``from_likelihood``, D = 14). Per run: gradient evaluations to a relative gap (f − f*)/max(|f*|, 1) ≤ 1e-6 (f*
+the best loss any run reached, or Newton's where known), the final gap after ``--max-steps`` and the status.
+
+``--dlux``: the issue-18 check on examples/dlux_binary.py's model (11 parameters, Poisson, float64) with defaults
+only: preconditioned_gd and lbfgs from starts 5 CRLB away (random signs, 3 keys) must reach the MLE
+(max |θ − MLE| / CRLB ≤ 0.05), then ``gn.sample(obj, init=fit, key=key)`` (4 chains) must give posterior sd /
+CRLB within 0.8–1.25 and R̂ ≤ 1.05.
+
+Run:  python benchmarks/bench_optimizers.py [--max-steps N] [--defaults] [--dlux]
 """
 
 from __future__ import annotations
@@ -122,10 +135,181 @@ def run(max_steps: int) -> list[dict]:
     return rows
 
 
+def default_targets() -> dict:
+    """name -> (objective, θ0): the targets of ``--defaults``."""
+    import sys
+    from pathlib import Path
+
+    import numpyro
+    import numpyro.distributions as dist
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sampling_targets import GERMAN
+
+    raw = np.loadtxt(GERMAN)
+    x = (raw[:, :-1] - raw[:, :-1].mean(0)) / raw[:, :-1].std(0)
+    y = (raw[:, -1] == 1).astype(float)
+    xi = np.hstack([np.ones((x.shape[0], 1)), x])
+
+    def logistic(xm, yv):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([xm.shape[1]]).to_event(1))
+        numpyro.sample("y", dist.Bernoulli(logits=xm @ w), obs=yv)
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(8), 20)
+    obs = rng.normal(2.0 + 1.5 * rng.standard_normal(8)[groups], 1.0)
+
+    def hierarchical(g, yv):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.LogNormal(0.0, 1.0))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+        alpha = numpyro.sample("alpha", dist.Normal(mu, tau).expand([8]).to_event(1))
+        numpyro.sample("y", dist.Normal(alpha[g], sigma), obs=yv)
+
+    scales = 10.0 ** np.linspace(-2, 2, x.shape[1])[np.random.default_rng(0).permutation(x.shape[1])]
+    xs, ys = jnp.asarray(np.hstack([x * scales, np.ones((x.shape[0], 1))])), jnp.asarray(1.0 - y)
+
+    def scaled_logistic(t):
+        z = xs @ t
+        return jnp.mean(jnp.logaddexp(0.0, z) - ys * z) + 0.5e-3 * t @ t
+
+    out = {
+        "numpyro logistic (D=25)": (gn.Objective.from_numpyro(logistic, jnp.asarray(xi), jnp.asarray(y)),
+                                    jnp.zeros(25)),
+        "numpyro hierarchical (D=11)": (gn.Objective.from_numpyro(hierarchical, groups, jnp.asarray(obs),
+                                                                  loss_includes_jacobian=True), jnp.zeros(11)),
+        "scaled logistic (D=25)": (gn.Objective.from_loss(scaled_logistic, 25), jnp.zeros(25)),
+    }
+    for kappa, rotated in ((1e6, False), (1e4, True)):
+        h, _ = problem(kappa, rotated)
+        hj = jnp.asarray(h)
+        out[f"quadratic {'rotated' if rotated else 'axis'} κ={kappa:.0e}"] = (
+            gn.Objective.from_loss(lambda t, hj=hj: 0.5 * (t - THETA_STAR) @ hj @ (t - THETA_STAR), D), jnp.zeros(D))
+    try:
+        obj, truth, crlb = dlux_example()
+        signs = np.where(np.random.default_rng(5).random(truth.size) < 0.5, -1.0, 1.0)
+        out["dLux binary, from_likelihood (D=11)"] = (obj, jnp.asarray(truth + 5.0 * signs * crlb))
+    except ImportError:
+        pass
+    return out
+
+
+def dlux_example():
+    """examples/dlux_binary.py's model (a static aberration breaks the twin image): (objective, truth, CRLB)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "dlux_binary.py"
+    spec = importlib.util.spec_from_file_location("dlux_binary", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tel = mod.build_telescope(48, 24)
+    layout = mod.build_layout(tel)
+    truth = layout.pack({"position": jnp.array([120.0, -70.0]), "separation": 2.5e6, "position_angle": 80.0,
+                         "log_flux": 6.5, "contrast": 3.2, "plate_scale": 40.0,
+                         "zernikes": jnp.array([12.0, -8.0, 10.0, 6.0])})
+
+    def predict(theta):
+        return layout.apply(tel, theta).model()
+
+    data = np.random.default_rng(0).poisson(np.asarray(jax.jit(predict)(truth))).astype(float)
+    obj = gn.Objective.from_likelihood(predict, data, "poisson", layout)
+    crlb = gn.cramer_rao(obj, truth).marginal
+    return obj, np.asarray(truth), np.asarray(crlb)
+
+
+def dlux_defaults(num_samples: int = 1000) -> None:
+    """The ``--dlux`` check (module docstring)."""
+    import warnings
+
+    import arviz_stats as azs
+
+    obj, truth, crlb = dlux_example()
+    lay = obj.layout
+
+    def values(th):  # the bounds are on the layout's values in the user's units (the contrast, not its log)
+        return np.asarray(lay.element_values(jnp.asarray(th)))
+
+    ref = gn.optimize(obj, jnp.asarray(truth), "lbfgs", num_steps=500, tol=1e-9)
+    mle = values(ref.best_theta)
+    print(f"# dLux binary (D={truth.size}), defaults only; CRLB at the truth; MLE from the truth ({ref.status})")
+    fits = []
+    for k in range(3):
+        signs = np.where(np.random.default_rng(k).random(truth.size) < 0.5, -1.0, 1.0)
+        th0 = jnp.asarray(truth + 5.0 * signs * crlb)  # 5 bounds in θ (the contrast's log: 16 bounds)
+        for m in ("preconditioned_gd", "lbfgs"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tr = gn.optimize(obj, th0, m, num_steps=500, tol=1e-6)
+            dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
+            fits.append(tr)
+            print(f"start {k} {m:<18} {tr.status[:30]:<30} steps {tr.num_steps:>4} evals {int(tr.num_grad_evals):>5} "
+                  f"curvature {tr.info['curvature']['method']:<8} max|θ−MLE|/CRLB {dev:.2e} "
+                  f"{'OK' if dev <= 0.05 else 'FAIL'} warnings {len(caught)}")
+    # the same model as a plain loss (no likelihood, no residuals): the Hessian it falls back from, and back to mle
+    loss = gn.Objective.from_loss(obj.loss, lay, data=obj.data)
+    for m in ("preconditioned_gd", "lbfgs"):
+        signs = np.where(np.random.default_rng(0).random(truth.size) < 0.5, -1.0, 1.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tr = gn.optimize(loss, jnp.asarray(truth + 5.0 * signs * crlb), m, num_steps=500, tol=1e-6)
+        dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
+        fb = tr.info["curvature"].get("fallback")
+        print(f"from_loss {m:<18} {tr.status[:30]:<30} curvature {tr.info['curvature']['method']:<17} "
+              f"(fallback from {fb['from'] if fb else '-'}) max|θ−MLE|/CRLB {dev:.2e} {'OK' if dev <= 0.05 else 'FAIL'}"
+              f" warnings: {'; '.join(str(w.message)[:70] for w in caught) or 'none'}")
+    post = gn.sample(obj, init=fits[1], key=jax.random.key(0), num_chains=4, num_samples=num_samples)
+    theta = np.asarray(lay.element_values(jnp.asarray(post.theta))).reshape(post.theta.shape[:2] + (truth.size,))
+    ratio = theta.reshape(-1, truth.size).std(0) / crlb
+    rhat = np.asarray(azs.rhat(theta, chain_axis=0, draw_axis=1)).reshape(-1)
+    ok = "OK" if np.all((ratio > 0.8) & (ratio < 1.25)) else "FAIL"
+    print(f"gn.sample defaults (4 × {num_samples}): seed curvature {post.info['curvature']['method']}, "
+          f"sd/CRLB {ratio.min():.3f}–{ratio.max():.3f} ({ok}), "
+          f"max R̂ {rhat.max():.4f} ({'OK' if rhat.max() <= 1.05 else 'FAIL'}), {int(post.num_grad_evals)} gradients")
+
+
+def defaults(max_steps: int) -> None:
+    import warnings
+
+    methods = ("gd", "preconditioned_gd", "lbfgs")
+    print(f"# gn.optimize(obj, θ0, method) with the method's defaults, num_steps={max_steps}: gradient evaluations to "
+          "a relative gap ≤ 1e-6, final gap, status, wall s (first call: compilation included)")
+    print(f"{'target':<36} {'method':<18} {'evals→1e-6':>10} {'final gap':>10} {'wall s':>7}  status")
+    for name, (obj, th0) in default_targets().items():
+        runs = {}
+        for m in methods:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tr = gn.optimize(obj, th0, m, num_steps=max_steps)
+            runs[m] = (tr, time.perf_counter() - t0)
+        fstar = min(float(np.nanmin(np.asarray(tr.loss))) for tr, _ in runs.values())
+        for m, (tr, wall) in runs.items():
+            loss = np.asarray(tr.loss, float)
+            gap = (loss - fstar) / max(abs(fstar), 1.0)
+            hit = np.flatnonzero(gap <= 1e-6)
+            evals = "—"
+            if hit.size:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    again = gn.optimize(obj, th0, m, num_steps=int(tr.step[hit[0]]))
+                evals = str(int(again.num_grad_evals) - int(again.info.get("end_check_grad_evals", 0)))
+            final = float(np.nanmin(gap))
+            print(f"{name:<36} {m:<18} {evals:>10} {final:>10.2g} {wall:>7.2f}  {str(tr.status)[:60]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=20000)
+    ap.add_argument("--defaults", action="store_true", help="compare the candidates for gn.optimize's default")
+    ap.add_argument("--dlux", action="store_true", help="the issue-18 check of the defaults on a dLux model")
     args = ap.parse_args()
+    if args.dlux:
+        dlux_defaults()
+        return
+    if args.defaults:
+        defaults(min(args.max_steps, 1000))
+        return
     start = time.perf_counter()
     rows = run(args.max_steps)
     print(

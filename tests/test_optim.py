@@ -25,7 +25,10 @@ def same_trace(a, b):
     assert set(a.stats) == set(b.stats)
     for k in a.stats:
         np.testing.assert_array_equal(a.stats[k], b.stats[k], err_msg=k)
-    assert a.num_grad_evals == b.num_grad_evals and a.status == b.status
+    # the end-of-run check probes more where it knows the method's curvature (a method) than where it does not (a
+    # hand-assembled chain): compare what the runs themselves spent
+    spent = [t.num_grad_evals - t.info.get("end_check_grad_evals", 0) for t in (a, b)]
+    assert spent[0] == spent[1] and a.status == b.status
     for k in ("curvature", "lr_vec"):
         np.testing.assert_array_equal(a.extras[k], b.extras[k])
 
@@ -146,7 +149,10 @@ def test_loop_traces_the_objective_at_few_sites_and_times_compilation_apart():
         again = gn.optimize(obj, jnp.ones(3), method, num_steps=20, **kw)
         assert n[0] == traced  # no recompilation
         assert again.info["compile_s"] == 0.0 < tr.info["compile_s"]
-        assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"])
+        # the loop's programs compile in background threads, alongside the curvature estimate at θ0: the wall time
+        # is at most the sum of the parts
+        parts = tr.info["compile_s"] + tr.info["run_s"] + tr.info.get("curvature_s", 0.0)
+        assert tr.info["run_s"] < tr.runtime_s <= parts + 0.05
         counts[method, tuple(kw)] = traced
 
     count("gd", learning_rate=0.1)  # the loop body's value_and_grad
@@ -154,8 +160,11 @@ def test_loop_traces_the_objective_at_few_sites_and_times_compilation_apart():
     count("preconditioned_gd")  # + the exact diagonal (one HVP site under lax.map)
     count("preconditioned_gd", step_rule="fixed")  # + the λ_max power iteration
     count("gd")  # the body + the λ_max power iteration
+    count("lbfgs")  # the exact diagonal + the loop's first evaluation + the zoom line search's two sites
+    count("lbfgs", linesearch="backtracking")  # the exact diagonal + the body
     assert counts == {("gd", ("learning_rate",)): 1, ("adam", ()): 1, ("preconditioned_gd", ()): 2,
-                      ("preconditioned_gd", ("step_rule",)): 3, ("gd", ()): 2}
+                      ("preconditioned_gd", ("step_rule",)): 3, ("gd", ()): 2, ("lbfgs", ()): 4,
+                      ("lbfgs", ("linesearch",)): 2}
 
 
 def test_objectives_sharing_a_compile_key_compile_once():
@@ -243,3 +252,24 @@ def test_a_non_finite_curvature_estimate_falls_back_instead_of_poisoning_the_run
             assert not tr.diverged and tr.loss[-1] < 1e-3 * tr.loss[0]
             pre = gn.optim.precondition_by_curvature(optax.scale_by_lbfgs(), est).init(jnp.asarray(TH0))
             assert np.all(np.isfinite(pre.scale))
+
+
+def test_lbfgs_with_the_loops_backtracking_matches_the_zoom_search_on_regular_problems():
+    """linesearch="backtracking": one evaluation per step, restarts on unusable pairs, expansion when a full step
+    was too short. On a badly scaled quadratic-plus-quartic and on Rosenbrock's (non-convex) valley it reaches the
+    optimum with about the evaluations of optax's zoom search."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+        h = q @ np.diag(np.logspace(0, 4, 6)) @ q.T
+        obj = gn.Objective.from_loss(lambda t: 0.5 * t @ jnp.asarray(h) @ t - jnp.sum(t) + 0.01 * jnp.sum(t**4), 6)
+        rosen = gn.Objective.from_loss(lambda t: (1 - t[0]) ** 2 + 100 * (t[1] - t[0] ** 2) ** 2, 2)
+        for o, th0, opt in ((obj, jnp.zeros(6), None), (rosen, jnp.array([-1.2, 1.0]), np.ones(2))):
+            zoom = gn.optimize(o, th0, "lbfgs", num_steps=500, tol=1e-8)
+            bt = gn.optimize(o, th0, "lbfgs", linesearch="backtracking", num_steps=500, tol=1e-8)
+            assert zoom.status == bt.status == "converged"
+            np.testing.assert_allclose(bt.final_theta, zoom.final_theta if opt is None else opt, rtol=1e-6, atol=1e-7)
+            assert bt.num_grad_evals <= 1.5 * zoom.num_grad_evals
+            assert bt.info["backtracking"] and "accepted" in bt.stats
+        with pytest.raises(ValueError, match="linesearch must be one of"):
+            gn.optim.lbfgs(linesearch="wolfe")

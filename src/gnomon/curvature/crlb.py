@@ -263,8 +263,10 @@ def cramer_rao(
 
     Args:
       fisher: a dense :class:`gnomon.Curvature` (``estimate_curvature(obj, θ, "fisher", dense=True,
-        include_prior=False)``), a (D, D) array, or an :class:`gnomon.Objective` built with
-        ``from_likelihood`` (its likelihood Fisher is then estimated at θ, prior excluded).
+        include_prior=False)``), a (D, D) array, or an :class:`gnomon.Objective`, whose curvature at θ is then
+        chosen by the rule of :mod:`gnomon.curvature.choice` (a ``from_likelihood`` objective's Fisher, prior
+        excluded; Gauss–Newton with residuals; else the Hessian, the observed information), falling back with a
+        warning when it is not finite.
       theta: the point (D,) in base θ (e.g. the MAP, ``trace.best_theta``). For an objective over a θ-map's
         coordinates (``obj.reparameterize(emap)``) only z tagged as such (``trace.best_z``) is accepted: it is
         decoded and the bound is on base θ (a plain array is refused: it could be either).
@@ -304,11 +306,12 @@ def cramer_rao(
     theta = jnp.asarray(theta)
     if not jnp.issubdtype(theta.dtype, jnp.floating):
         theta = theta.astype(jnp.result_type(float))
-    if isinstance(fisher, Objective):
-        from gnomon.curvature.estimate import estimate_curvature
+    if isinstance(fisher, Objective):  # the curvature by the one rule (gnomon.curvature.choice), with its fallbacks
+        from gnomon.curvature.choice import choose_curvature
 
         layout = fisher.layout if layout is None else layout
-        fisher = estimate_curvature(fisher, theta, "fisher", dense=True, include_prior=False)
+        fisher = choose_curvature(fisher, theta, None, dense=True, include_prior=False, exact_max_dim=fisher.dim,
+                                  how_to_choose="gn.cramer_rao(<Curvature>, θ) with ", stacklevel=3)
     F, method, bayesian, eps = _fisher_matrix(fisher)
     dim = F.shape[0]
     if theta.shape != (dim,):

@@ -34,6 +34,12 @@ Methods (``f = loss``, ``H = ∇²f``):
     :math:`(\nu+1)/((\nu+3)\sigma^2)`), plus the exact Hessian of the negative log prior (``include_prior``).
     J by D JVPs (N ≥ D, cost D) or N VJPs (cost N), never materialised for the diagonal; ``num_probes=k``
     estimates the diagonal from k VJP probes instead (:mod:`gnomon.curvature.fisher`).
+``finite_difference``
+    Central differences of the gradient, :math:`H e_i ≈ (∇f(θ + h_i e_i) - ∇f(θ - h_i e_i)) / (2 h_i)` with
+    :math:`h_i = ε^{1/3} \max(|θ_i|, 1)`: reverse mode only, so it is finite wherever the gradient is, also on
+    models whose forward-over-reverse derivatives (``exact``, ``hutchinson``) come out NaN (dLux optics on some
+    CPUs). Cost 2D; ``dense=True`` gives the symmetrised matrix. Accurate to a few digits in float64 for θ in
+    units where a coordinate's scale is O(1) or its own size; the fallback of :mod:`gnomon.curvature.choice`.
 ``ema_grad2``
     An exponential moving average of squared gradients :math:`v_t = β v_{t-1} + (1-β) g_t^2` (bias
     corrected), the optimizer-side statistic of RMSProp/Adam. Here from ``grads`` (K, D) if given, else
@@ -56,6 +62,7 @@ shrink its preconditioned step 20-fold. The dense matrix is symmetrised and othe
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -66,9 +73,11 @@ import numpy as np
 from gnomon.curvature.fisher import expected_fisher, fisher_cost, fisher_mode
 from gnomon.curvature.numerics import (  # noqa: F401 (re-exported: gnomon.curvature.estimate.<name>)
     clean_diagonal,
+    clean_diagonal_host,
     ema_of_squares,
     exact_diag,
     exact_matrix,
+    finite_difference_hessian,
     hutchinson_plain,
     hutchinson_rounds,
     hutchinson_scaled,
@@ -86,7 +95,7 @@ from gnomon.curvature.result import (  # noqa: F401 (re-exported: gnomon.curvatu
 from gnomon.objective.objective import Objective
 from gnomon.util.programs import Live, ProgramCache
 
-METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "fisher", "ema_grad2")
+METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "fisher", "finite_difference", "ema_grad2")
 HUTCHINSON_MODES = ("variance_reduced", "plain")
 _UNSET = object()
 
@@ -169,13 +178,25 @@ def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
             return jnp.sum(g * g, axis=0), None
     elif method == "fisher":
         lik = obj.likelihood
+        nlp = lik.neg_log_prior
+        if include_prior and obj.loss_includes_jacobian and obj.log_jacobian is not None:
+            # the loss is −log p(θ) with the layout's log-Jacobian (a sampler's target): its Hessian too, exactly
+            # (it never evaluates the model, so it costs no gradient evaluation of it)
+            log_jac, prior = obj.log_jacobian, nlp
+
+            def nlp(theta):
+                return (0.0 if prior is None else prior(theta)) - log_jac(theta)
 
         def fn(theta, data, key, extra):
             return expected_fisher(
-                lik.mean, lambda mu: lik.fisher_weights(mu, data), lik.neg_log_prior, theta, mode=fmode,
+                lik.mean, lambda mu: lik.fisher_weights(mu, data), nlp, theta, mode=fmode,
                 dense=dense, key=key, num_probes=num_probes or None, batch_size=batch_size,
                 include_prior=include_prior,
             )
+    elif method == "finite_difference":
+
+        def fn(theta, data, key, extra):
+            return finite_difference_hessian(jax.grad(lambda th: obj.loss(th, data)), theta, dense, batch_size)
     elif method == "ema_grad2":
 
         def fn(theta, data, key, extra):
@@ -262,9 +283,14 @@ def plan_curvature(
         fmode = fisher_mode(n_res, dim, num_probes, dense)
         probes = int(num_probes) if fmode == "probes" else 0
         cost = fisher_cost(fmode, n_res, dim, probes)
-        # without a prior, include_prior changes nothing: one compiled program for both (cramer_rao asks False)
-        include_prior = bool(include_prior and lik.neg_log_prior is not None)
-        config.update(num_data=n_res, jacobian_mode=fmode, family=lik.family.name, prior_included=include_prior)
+        # without a prior (or a log-Jacobian in the loss), include_prior changes nothing: one compiled program for
+        # both (cramer_rao asks False)
+        jac = obj.loss_includes_jacobian and obj.log_jacobian is not None
+        include_prior = bool(include_prior and (lik.neg_log_prior is not None or jac))
+        config.update(num_data=n_res, jacobian_mode=fmode, family=lik.family.name,
+                      prior_included=bool(include_prior and lik.neg_log_prior is not None))
+        if include_prior and jac:
+            config["log_jacobian_included"] = True
         if probes:
             config["num_probes"] = probes
     elif method == "hutchinson":
@@ -276,7 +302,7 @@ def plan_curvature(
         config.update(num_probes=probes, hutchinson_mode=mode, scaled_start=bool(scaled_start))
         if mode == "variance_reduced":
             config["rounds"] = list(hutchinson_rounds(probes))
-    elif method == "exact":
+    elif method in ("exact", "finite_difference"):
         cost = 2 * dim
     elif method == "gauss_newton":
         if not obj.has_residuals:
@@ -351,8 +377,9 @@ def estimate_curvature(
     Args:
       obj: the :class:`gnomon.Objective`.
       theta: the point, shape ``(D,)``.
-      method: ``"exact"``, ``"hutchinson"``, ``"gauss_newton"``, ``"empirical_fisher"``, ``"fisher"`` or
-        ``"ema_grad2"``.
+      method: ``"exact"``, ``"hutchinson"``, ``"gauss_newton"``, ``"empirical_fisher"``, ``"fisher"``,
+        ``"finite_difference"`` or ``"ema_grad2"`` (the method asked for is the method used: for the automatic
+        choice with its fallbacks, see :func:`gnomon.curvature.choice.choose_curvature`).
       key: PRNG key for ``hutchinson`` and Fisher probes (default ``jax.random.key(0)``).
       num_probes: Hutchinson probes (HVPs), default 32; for ``"fisher"``: estimate the diagonal from this many
         VJP probes instead of the exact D JVPs.
@@ -370,28 +397,113 @@ def estimate_curvature(
       batch_size: HVPs/columns evaluated together (memory vs speed).
       previous: a previous Curvature to smooth with: ``diag = ema · previous + (1 − ema) · new``.
       ema: smoothing weight of ``previous`` (0 = no smoothing).
-      include_prior: ``"fisher"`` only: add the exact Hessian of the objective's negative log prior (default);
-        False gives the likelihood's Fisher alone (the Cramér–Rao bound's).
+      include_prior: ``"fisher"`` only: add the exact Hessian of the objective's negative log prior (default;
+        and of its negative log-Jacobian when the loss includes it, as a sampler's target does); False gives the
+        likelihood's Fisher alone (the Cramér–Rao bound's).
 
     Returns:
       a :class:`Curvature` with its cost in ``num_grad_evals`` and everything above in ``config``.
+
+    Raises:
+      ValueError: when every diagonal entry is non-finite, naming the likely cause and the methods to use
+        instead; some non-finite entries are a ``RuntimeWarning`` (the diagonal's are replaced by its largest
+        finite entry and counted in ``config["num_nonfinite"]``; the matrix's in ``num_nonfinite_matrix``).
     """
+    curv = _estimate(obj, theta, method, key=key, num_probes=num_probes, dense=dense, data=data,
+                     hutchinson_mode=hutchinson_mode, scale=scale, grads=grads, beta=beta, floor=floor,
+                     prior_precision=prior_precision, negative=negative, batch_size=batch_size, previous=previous,
+                     ema=ema, include_prior=include_prior, where="estimate_curvature")
+    bad = nonfinite_count(curv)
+    if bad:
+        what = f"{bad} of {curv.dim * curv.dim if curv.matrix is not None else curv.dim}"
+        entries = "matrix entries" if curv.matrix is not None else "diagonal entries"
+        if curv.config["num_nonfinite"] == curv.dim:
+            raise ValueError(f"every entry of the {method} curvature is non-finite at θ: {nonfinite_cause(method)}. "
+                             f"{nonfinite_fix(obj, method)}")
+        warnings.warn(
+            f"{what} {entries} of the {method} curvature are non-finite at θ ({nonfinite_cause(method)}); the "
+            f"diagonal's were replaced by its largest finite entry. {nonfinite_fix(obj, method)}",
+            RuntimeWarning, stacklevel=2,
+        )
+    return curv
+
+
+def nonfinite_count(curv: Curvature) -> int:
+    """Non-finite entries of an estimate before cleaning: of its dense matrix when it has one, else of its
+    diagonal (``config["num_nonfinite"]``)."""
+    if curv.matrix is not None:
+        return int(curv.config.get("num_nonfinite_matrix", 0))
+    return int(curv.config.get("num_nonfinite", 0))
+
+
+def nonfinite_cause(method: str) -> str:
+    """The likely cause of non-finite entries of a method's estimate, in words."""
+    if method in ("exact", "hutchinson"):
+        return ("Hessian-vector products (forward-over-reverse derivatives) are not finite there; where the loss and "
+                "its gradient are finite this is the model's second derivative, e.g. 0·∞ in a dLux optical model "
+                "(on some CPUs)")
+    if method in ("fisher", "gauss_newton", "empirical_fisher"):
+        return "Jacobian-vector products of the model are not finite there (is the model finite at θ?)"
+    if method == "finite_difference":
+        return "the gradient is not finite at or next to θ (is the loss finite there?)"
+    return "the loss or its gradient is not finite there"
+
+
+def nonfinite_fix(obj: Objective, method: str) -> str:
+    """What to use instead of ``method`` for ``obj`` (a sentence)."""
+    options = []
+    if obj.likelihood is not None and method != "fisher":
+        options.append("'fisher'")
+    if obj.has_residuals and method != "gauss_newton":
+        options.append("'gauss_newton'")
+    if method != "finite_difference":
+        options.append("'finite_difference' (gradients only)")
+    alt = " or ".join(options) if options else "a given Curvature or array"
+    return f"Use method={alt}, or let gnomon choose (gnomon.curvature.choice.choose_curvature falls back by itself)"
+
+
+def _estimate(
+    obj: Objective,
+    theta: Any,
+    method: str,
+    *,
+    key: Any = None,
+    num_probes: int | None = None,
+    dense: bool = False,
+    data: Any = _UNSET,
+    hutchinson_mode: str = "variance_reduced",
+    scale: Any = None,
+    grads: Any = None,
+    beta: float = 0.999,
+    floor: float | None = None,
+    prior_precision: Any = None,
+    negative: str = "abs",
+    batch_size: int | None = None,
+    previous: Curvature | None = None,
+    ema: float = 0.0,
+    include_prior: bool = True,
+    where: str = "estimate_curvature",
+) -> Curvature:
+    """:func:`estimate_curvature` without its verdict on non-finite entries (counted in ``config``: the diagonal's
+    ``num_nonfinite``, the matrix's ``num_nonfinite_matrix``). Host-side: θ is concrete; the estimate runs in one
+    compiled program (cached per objective and settings) and is cleaned in numpy (nothing else to compile)."""
     if not isinstance(obj, Objective):
-        raise ValueError(f"estimate_curvature needs a gnomon.Objective, got {type(obj).__name__}")
+        raise ValueError(f"{where} needs a gnomon.Objective, got {type(obj).__name__}")
     if negative not in ("abs", "floor"):
         raise ValueError(f"negative must be 'abs' or 'floor', got {negative!r}")
     if floor is None:
         floor = default_floor(method)
-    if not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
         raise ValueError(f"floor must be a fraction of the median in [0, 1), got {floor!r}")
     if not (isinstance(ema, (int, float)) and 0 <= ema < 1):
         raise ValueError(f"ema must be in [0, 1), got {ema!r}")
-    theta = jnp.asarray(theta)
-    if not jnp.issubdtype(theta.dtype, jnp.floating):
-        theta = theta.astype(jnp.result_type(float))
+    if not isinstance(theta, jax.Array):
+        theta = np.asarray(theta)
+    if not np.issubdtype(theta.dtype, np.floating):
+        theta = np.asarray(theta, jnp.result_type(float))
     if theta.ndim != 1 or theta.shape[0] != obj.dim:
         raise ValueError(f"θ has shape {tuple(theta.shape)}, expected ({obj.dim},) for {obj!r}")
-    if not bool(jnp.all(jnp.isfinite(theta))):
+    if not np.all(np.isfinite(np.asarray(theta))):
         raise ValueError("θ has non-finite entries; cannot estimate curvature there")
     if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data (finite, shape, family)
         if obj.likelihood is not None:
@@ -402,15 +514,16 @@ def estimate_curvature(
             check_finite_data(data, "data")
     data = obj.data if data is _UNSET else data
     dim = obj.dim
+    dtype = np.dtype(theta.dtype)
     extra = None
     mode = hutchinson_mode
     if method == "hutchinson" and mode == "variance_reduced" and scale is not None:
-        extra = jnp.asarray(scale, theta.dtype)
+        extra = np.asarray(scale, dtype)
         if extra.shape != (dim,):
             raise ValueError(f"scale must have shape ({dim},), got {tuple(extra.shape)}")
-        extra = jnp.maximum(jnp.abs(extra), jnp.finfo(theta.dtype).tiny)
+        extra = np.maximum(np.abs(extra), np.finfo(dtype).tiny)
     if method == "ema_grad2" and grads is not None:
-        extra = jnp.asarray(grads, theta.dtype)
+        extra = np.asarray(grads, dtype)
         if extra.ndim != 2 or extra.shape[1] != dim or extra.shape[0] < 1:
             raise ValueError(f"grads must have shape (K, {dim}) with K ≥ 1, got {tuple(extra.shape)}")
     settings, cost, config = plan_curvature(
@@ -428,19 +541,13 @@ def estimate_curvature(
         include_prior=include_prior,
     )
     if key is None:
-        key = jax.random.key(0)
-    raw, matrix = _compiled(obj, settings)(theta, data, key, extra)
-    diag, counts = clean_diagonal(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
-    counts = {k: (int(v) if k.startswith("num_") else float(v)) for k, v in jax.device_get(counts).items()}
-    if counts["num_nonfinite"] == dim:
-        raise ValueError(
-            f"every entry of the {method} curvature is non-finite at θ (is the loss finite there?)"
-        )
+        key = _default_key()
+    raw, matrix = jax.device_get(_compiled(obj, settings)(theta, data, key, extra))
+    diag, counts = clean_diagonal_host(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
     if previous is not None and ema > 0:
         if previous.dim != dim:
             raise ValueError(f"previous curvature has dim {previous.dim}, expected {dim}")
-        diag = ema * jnp.asarray(previous.diag, diag.dtype) + (1 - ema) * diag
-        cost += 0  # the previous estimate's cost was paid when it was made
+        diag = (ema * np.asarray(previous.diag, diag.dtype) + (1 - ema) * diag).astype(diag.dtype)
         config["ema"] = float(ema)
         config["previous_method"] = previous.method
     config.update(
@@ -451,8 +558,20 @@ def estimate_curvature(
         **counts,
     )
     if matrix is not None:
-        matrix = 0.5 * (matrix + matrix.T)
-    return Curvature(diag=diag, matrix=matrix, method=method, num_grad_evals=int(cost), config=config)
+        matrix = np.asarray(matrix)
+        config["num_nonfinite_matrix"] = int(np.sum(~np.isfinite(matrix)))
+        matrix = jnp.asarray(0.5 * (matrix + matrix.T))
+    return Curvature(diag=jnp.asarray(diag), matrix=matrix, method=method, num_grad_evals=int(cost), config=config)
+
+
+_KEY: list = []
+
+
+def _default_key() -> Any:
+    """``jax.random.key(0)``, made once (creating a key costs a dispatch)."""
+    if not _KEY:
+        _KEY.append(jax.random.key(0))
+    return _KEY[0]
 
 
 def _jsonable(x: Any) -> Any:

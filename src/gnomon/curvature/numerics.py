@@ -45,6 +45,35 @@ def exact_matrix(f: Callable, theta: Any, batch_size: int | None = None) -> jnp.
     return 0.5 * (cols + cols.T)
 
 
+def finite_difference_step(theta: Any) -> jnp.ndarray:
+    r"""Per-coordinate step of the central differences: :math:`h_i = ε^{1/3} \max(|θ_i|, 1)` (ε the dtype's
+    machine epsilon; the step that balances truncation and rounding error for a unit-scale coordinate)."""
+    eps = float(jnp.finfo(theta.dtype).eps)
+    return eps ** (1.0 / 3.0) * jnp.maximum(jnp.abs(theta), 1.0)
+
+
+def finite_difference_hessian(grad: Callable, theta: Any, dense: bool, batch_size: int | None = None):
+    r"""The Hessian from central differences of the gradient, :math:`H e_i ≈ (g(θ + h_i e_i) - g(θ - h_i e_i))
+    / (2 h_i)` (:func:`finite_difference_step`; the difference of the rounded points is used as the step).
+
+    Reverse mode only: finite where the gradient is, even when forward-over-reverse derivatives are not (a model
+    whose HVPs are NaN). Returns ``(diag, matrix | None)``; the matrix is symmetrised. Cost 2D gradients."""
+    d = theta.shape[-1]
+    h = finite_difference_step(theta)
+
+    def column(i):
+        e = jnp.zeros_like(theta).at[i].set(h[i])
+        up, down = theta + e, theta - e
+        return (grad(up) - grad(down)) / (up[i] - down[i])
+
+    bs = batch_size or _default_batch(d)
+    if dense:
+        cols = jax.lax.map(column, jnp.arange(d), batch_size=bs)
+        m = 0.5 * (cols + cols.T)
+        return jnp.diagonal(m), m
+    return jax.lax.map(lambda i: column(i)[i], jnp.arange(d), batch_size=bs), None
+
+
 def _rademacher(key, shape, dtype):
     return jax.random.rademacher(key, shape, dtype=dtype)
 
@@ -175,6 +204,36 @@ def clean_diagonal(diag: jnp.ndarray, *, floor: float, prior_precision: Any, neg
         "floor_value": lo,
         "median": med,
     }
+
+
+def clean_diagonal_host(diag: Any, *, floor: float, prior_precision: Any, negative: str
+                        ) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`clean_diagonal` in numpy, for estimates already on the host (no device dispatch, nothing to
+    compile); the dtype is kept. Returns ``(diag, counts)`` with plain Python numbers."""
+    raw = np.asarray(diag)
+    dt = raw.dtype
+    finite = np.isfinite(raw)
+    absd = np.abs(raw[finite])
+    med = float(np.median(absd)) if absd.size else float("nan")
+    big = float(np.max(absd)) if absd.size else float("nan")
+    d = np.where(finite, raw, big)
+    if negative == "abs":
+        d = np.abs(d)
+    lo = floor * med
+    if prior_precision is not None:
+        lo = np.maximum(lo, np.asarray(prior_precision, np.float64))
+    lo = np.maximum(lo, float(np.finfo(dt).tiny))
+    with np.errstate(invalid="ignore"):
+        floored = d < lo
+    out = np.maximum(d, lo).astype(dt)
+    counts = {
+        "num_nonfinite": int(np.sum(~finite)),
+        "num_negative": int(np.sum(raw[finite] < 0)),
+        "num_floored": int(np.sum(floored)),
+        "floor_value": float(np.max(lo)),
+        "median": med,
+    }
+    return out, counts
 
 
 def ema_of_squares(grads: Any, beta: float) -> jnp.ndarray:

@@ -336,6 +336,11 @@ def _write_files(
     }
     write_staged(run_dir / META_FILE, encode_json(meta_doc), fsync, atomic=atomic)
     base = trace.summary()
+    cinfo = trace.info.get("curvature") if isinstance(trace.info, Mapping) else None
+    if isinstance(cinfo, Mapping) and cinfo.get("method"):  # which curvature, and why not the one asked for
+        fb = cinfo.get("fallback")
+        base.update(curvature_method=str(cinfo["method"]),
+                    curvature_fallback=str(fb["reason"]) if isinstance(fb, Mapping) else None)
     if trace.kind == "sampling":  # ESS, R-hat, divergences, cost per effective sample (arviz-stats)
         from gnomon.io.sampling_summary import sampling_summary
 

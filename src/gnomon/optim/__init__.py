@@ -4,7 +4,7 @@
   :class:`rmsprop`, :class:`lbfgs`, :class:`preconditioned_gd` — pass one to ``gn.optimize`` as ``method``.
 * Transformations (optax ``GradientTransformationExtraArgs`` with NamedTuple states):
   :func:`scale_by_curvature`, :func:`scale_by_bb`, :func:`nonmonotone_backtracking`,
-  :func:`precondition_by_curvature`; ``preconditioned_gd`` is exactly
+  :func:`precondition_by_curvature`, :func:`restart_lbfgs`; ``preconditioned_gd`` is exactly
   ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...), scale_by_bb()))``.
 * :func:`curvature_estimator`: a planned curvature estimate that the transformations run inside the compiled
   program (at θ_0 and at refreshes).
@@ -26,10 +26,12 @@ from gnomon.optim.readout import OptimizerReport
 from gnomon.optim.transforms import (
     BacktrackingState,
     PreconditionState,
+    RestartLBFGSState,
     ScaleByBBState,
     ScaleByCurvatureState,
     nonmonotone_backtracking,
     precondition_by_curvature,
+    restart_lbfgs,
     scale_by_bb,
     scale_by_curvature,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "OptimizerReport",
     "PreconditionState",
     "Program",
+    "RestartLBFGSState",
     "ScaleByBBState",
     "ScaleByCurvatureState",
     "adam",
@@ -50,6 +53,7 @@ __all__ = [
     "nonmonotone_backtracking",
     "precondition_by_curvature",
     "preconditioned_gd",
+    "restart_lbfgs",
     "rmsprop",
     "scale_by_bb",
     "scale_by_curvature",

@@ -2,17 +2,21 @@
 
 One driver runs any optax transformation (a :class:`gnomon.optim.Program`) over an :class:`~gnomon.Objective`:
 
-* two compiled programs per (objective, method settings, recording settings, argument shapes), compiled
-  ahead of time and cached, so that a second call does not recompile: ``init`` (the transformation's
-  ``init`` at θ_0 — where curvature estimates happen — and no loss evaluation) and ``chunk``, a
+* two compiled programs per (objective, method settings, recording settings, argument shapes), lowered ahead of
+  time, compiled in background threads (:class:`gnomon.optim.background.Pending`; :func:`prepare` starts them
+  before a caller's other work) and cached, so that a second call does not recompile: ``init`` (the
+  transformation's ``init`` at θ_0 — power iterations, in-program estimates — and no loss evaluation) and
+  ``chunk``, a
   ``lax.while_loop`` over at most one chunk of steps whose body evaluates ``value_and_grad`` once: the
   objective's model is inlined at as few sites as the method needs (the body, plus its estimators);
 * each body iteration evaluates θ_t, records row t (θ_t, loss(θ_t) and the asked channels), tests the stop
   rules and applies the update: ``loss[t]`` is the loss at ``θ[t]`` and the last row is the final point;
 * Python runs only between chunks (rows to the host, progress bar); a batch of fits is the same body
   under ``jax.vmap``, stepping its members in lockstep;
-* compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is
-  their total).
+* compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is the
+  wall time, compilation that overlapped other work counted once);
+* the compiled chunk also evaluates the loss and gradient at given points (:attr:`LoopResult.probe`, with
+  ``num_steps = −1``) for the checks at the end of a run, compiling nothing new.
 
 Channels (:func:`resolve_channels`): ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|),
 ``learning_rate`` (the product of the state's ``learning_rate`` fields after the update from θ_t) and
@@ -30,6 +34,7 @@ that leave θ bit-for-bit unchanged (status ``"stalled at step t: ..."``; float3
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Hashable
 from typing import Any, NamedTuple
@@ -41,6 +46,7 @@ import optax
 
 from gnomon.objective.objective import Objective
 from gnomon.optim import readout
+from gnomon.optim.background import Pending
 from gnomon.optim.methods import Program
 from gnomon.trace.trace import Trace
 from gnomon.util.programs import ProgramCache
@@ -69,12 +75,16 @@ class LoopSettings(NamedTuple):
 
 
 class LoopResult(NamedTuple):
-    """What :func:`run_loop` returns: the trace, the final optimizer state (numpy) and the timings."""
+    """What :func:`run_loop` returns: the trace, the final optimizer state (numpy), the timings and ``probe``:
+    ``probe(thetas) -> (losses, grads)`` evaluates the loss and its gradient at points ``(K, D)`` (``(K, B, D)``
+    for a batch, one point per member) with the compiled loop itself — no new compilation — for checks at the
+    end of a run (:mod:`gnomon.optim.verdict`); each point costs one gradient evaluation."""
 
     trace: Trace
     state: Any
     compile_s: float
     run_s: float
+    probe: Any = None
 
 
 class _Carry(NamedTuple):
@@ -107,11 +117,13 @@ class _Rows(NamedTuple):
 
 
 class _Compiled(NamedTuple):
-    init: Any
+    init: Any  # Pending: compiled in a background thread, waited for at the first call
     chunk: Any
     chunk_steps: int
     channels: tuple[str, ...]
     has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
+    lower_s: float = 0.0  # seconds spent tracing and lowering (in the caller's thread)
+    unreported: list = [True]  # [True] until a run has reported this build's compile time
 
 
 # (compile key, method, settings, argument shapes) -> init and chunk compiled ahead of time (no Python function
@@ -165,7 +177,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
                       jnp.zeros((), jnp.int32), jnp.full_like(theta0, jnp.nan), last, jnp.zeros((), jnp.int32))
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
-    init_v = jax.vmap(init, in_axes=(0, 0, None, None)) if batched else init
+    init_v = jax.vmap(init, in_axes=(0, 0, None, 0)) if batched else init  # arrays: one row per member
     init_lowered = jax.jit(init_v).lower(theta0, data, key, arrays)
     carry_shape = init_lowered.out_info
     state_shape = carry_shape.opt_state
@@ -181,7 +193,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
     # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
     keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
-    init_c = init_lowered.compile()
+    init_c = Pending(init_lowered)
 
     def member_step(c: _Carry, data, key, arrays, num_steps, first, record_now):
         """One step of one fit: evaluate θ_t, record its row, test the stop rules, update. Branch-free except
@@ -229,7 +241,14 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
             f_tx, g_tx = jnp.where(finite, f, jnp.nan).astype(dtype), jnp.where(finite, g, 0).astype(dtype)
         else:
             f_tx, g_tx = f, g
-        updates, st = tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
+
+        def update(_):
+            return tx.update(g_tx, c.opt_state, c.theta, value=f_tx, grad=g_tx, value_fn=value_fn, data=data)
+
+        if reuse:  # a probe (num_steps < 0, :func:`_probe`) needs f and g only: skip the line search's evaluations
+            updates, st = jax.lax.cond(num_steps >= 0, update, lambda _: (jnp.zeros_like(g_tx), c.opt_state), None)
+        else:
+            updates, st = update(None)
         theta = (c.theta + updates).astype(dtype)
         nan = jnp.full((), jnp.nan, dtype)
         cols = [f]
@@ -257,7 +276,7 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
-    step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, None, None, None, None)) if batched else member_step)
+    step_fn = (jax.vmap(member_step, in_axes=(0, 0, None, 0, None, None, None)) if batched else member_step)
 
     def chunk(carry: _Carry, data, key, arrays, num_steps, first_chunk):
         # Single runs write row t at k // record_every, an unrecorded finite row at the scratch index `rows` and
@@ -304,8 +323,9 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
 
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
-    chunk_c = jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag).compile()
-    return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report), time.perf_counter() - start
+    chunk_c = Pending(jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag))
+    lower_s = time.perf_counter() - start
+    return _Compiled(init_c, chunk_c, chunk_steps, channels, has_report, lower_s, [True]), lower_s
 
 
 def _compiled(obj: Objective, program: Program, settings: LoopSettings, example: tuple) -> tuple[_Compiled, float]:
@@ -370,11 +390,15 @@ def run_loop(
     start = time.perf_counter()
     bar = Progress(num_steps, f"{program.name}",
                    enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
-    width = obj.dim * (theta0.shape[0] if batched else 1)
-    rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar.enabled)
-    settings = LoopSettings(rows, int(record_every), None if tol is None else float(tol),
-                            None if ftol is None else float(ftol), batched, channels)
-    compiled, compile_s = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bar.enabled)
+    compiled, _ = _compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    compiled.init.executable()
+    compiled.chunk.executable()
+    compile_s = 0.0
+    if compiled.unreported[0]:  # this build's first run: its lowering and compiles (maybe begun by prepare())
+        compiled.unreported[0] = False
+        compile_s = compiled.lower_s + compiled.init.seconds + compiled.chunk.seconds
+    run_start = time.perf_counter()
     carry = compiled.init(theta0, data, key, program.arrays)
     pieces: list[_Rows] = []
     n_steps = np.int32(num_steps)
@@ -390,9 +414,10 @@ def run_loop(
     bar.close()
     state = jax.device_get(carry.opt_state) if compiled.has_report else None
     runtime = time.perf_counter() - start
+    run_s = time.perf_counter() - run_start
     info = {"engine": program.name, **program.info, "num_steps": int(num_steps), "record_every": int(record_every),
             "tol": settings.tol, "ftol": settings.ftol, "objective": dict(obj.info),
-            "compile_s": compile_s, "run_s": runtime - compile_s}
+            "compile_s": compile_s, "run_s": run_s}
     rows_all = pieces[0] if len(pieces) == 1 else _Rows(  # chunks follow each other on the row axis
         *(None if getattr(pieces[0], f) is None else
           np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=int(batched)) for f in _Rows._fields))
@@ -400,7 +425,61 @@ def run_loop(
     if not batched:
         info["final_grad_norm"] = float(summary.grad_norm)
     trace = assemble(rows_all, pieces, summary, obj, info, runtime, compiled.channels, theta0)
-    return LoopResult(trace, state, compile_s, runtime - compile_s)
+
+    def probe(thetas: Any) -> tuple[np.ndarray, np.ndarray]:
+        return _probe(compiled, carry, np.asarray(thetas), data, key, program.arrays)
+
+    return LoopResult(trace, state, compile_s, run_s, probe)
+
+
+def _settings(obj: Objective, theta0: Any, num_steps: int, record_every: int, tol: float | None, ftol: float | None,
+              batched: bool, channels: tuple[str, ...], bar_enabled: bool) -> LoopSettings:
+    width = obj.dim * (theta0.shape[0] if batched else 1)
+    rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar_enabled)
+    return LoopSettings(rows, int(record_every), None if tol is None else float(tol),
+                        None if ftol is None else float(ftol), batched, channels)
+
+
+def prepare(obj: Objective, theta0: Any, program: Program, *, num_steps: int, record_every: int = 1,
+            tol: float | None = None, ftol: float | None = None, data: Any = None, key: Any = None,
+            batched: bool = False, progress: bool | None = None, channels: str | tuple[str, ...] | None = None,
+            ) -> None:
+    """Lower the programs :func:`run_loop` will run with these arguments and start compiling them in the background
+    (``program.arrays`` may be placeholders of the right shapes and dtypes): a caller that has other work before the
+    run — ``gn.optimize``'s curvature estimate at θ_0 — overlaps it with the compilation. Arguments as
+    :func:`run_loop`, which finds the programs in its cache; invalid arguments are left for it to report."""
+    try:
+        channels = resolve_channels(channels, tol)
+        theta0 = jnp.asarray(theta0)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+            return
+        enabled = progress if progress is not None else (None if num_steps >= 2000 else False)
+        if enabled is None:  # Progress's own rule (a terminal draws), without drawing anything
+            isatty = getattr(sys.stderr, "isatty", None)
+            enabled = bool(isatty()) if callable(isatty) else False
+        settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bool(enabled))
+        _compiled(obj, program, settings, (theta0, data, default_key() if key is None else key, program.arrays))
+    except (ValueError, TypeError):
+        return
+
+
+def _probe(compiled: _Compiled, carry: _Carry, thetas: np.ndarray, data: Any, key: Any, arrays: Any
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and gradient at each of ``thetas`` by one call of the compiled chunk each, from ``carry`` with θ set
+    and ``num_steps = −1``: the body evaluates θ, stops before any step and leaves the gradient in the carry
+    (a non-finite one as NaN)."""
+    losses, grads = [], []
+    running = np.zeros(np.shape(carry.status), np.int32)
+    for theta in thetas:
+        th = jnp.asarray(theta, carry.theta.dtype)
+        c = carry._replace(theta=th, status=running, t=np.zeros_like(running), still=np.zeros_like(running),
+                           prev_loss=jnp.full(np.shape(carry.prev_loss), jnp.nan, carry.prev_loss.dtype),
+                           grad=jnp.full(th.shape, jnp.nan, th.dtype))
+        out, _, summary = compiled.chunk(c, data, key, arrays, np.int32(-1), np.bool_(True))
+        f, g = jax.device_get((summary.loss, out.grad))
+        losses.append(np.asarray(f))
+        grads.append(np.asarray(g))
+    return np.stack(losses), np.stack(grads)
 
 
 def resolve_channels(channels: str | tuple[str, ...] | None, tol: float | None = None) -> tuple[str, ...]:

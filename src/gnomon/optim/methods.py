@@ -14,9 +14,11 @@ transformation, called inside the compiled program with each member's data and t
 ``adam``, ``rmsprop``
     optax's (learning rate 1e-3).
 ``lbfgs``
-    ``optax.lbfgs`` (zoom line search) run in the coordinates :math:`u = c^{1/2} ⊙ θ` of a curvature diagonal
-    c at θ_0 (:func:`~gnomon.optim.precondition_by_curvature`; a diagonal initial inverse Hessian): on badly
-    scaled problems plain L-BFGS stalls, this does not. ``curvature="identity"``: plain ``optax.lbfgs``.
+    ``optax.scale_by_lbfgs`` run in the coordinates :math:`u = c^{1/2} ⊙ θ` of a curvature diagonal c at θ_0
+    (:func:`~gnomon.optim.precondition_by_curvature`; a diagonal initial inverse Hessian): on badly scaled
+    problems plain L-BFGS stalls, this does not. ``curvature="identity"``: no preconditioner. Step lengths from
+    optax's zoom line search (``linesearch="zoom"``, default) or the loop's backtracking
+    (``"backtracking"``, :func:`~gnomon.optim.restart_lbfgs`).
 ``preconditioned_gd``
     :math:`θ_{t+1} = θ_t - η_t\, P ⊙ ∇f(θ_t)`, the chain of :mod:`gnomon.optim.transforms`: P from a curvature
     diagonal (auto: Gauss–Newton with residuals, exact for D ≤ 16, Hutchinson otherwise) and its power; step
@@ -51,11 +53,13 @@ from gnomon.optim.estimator import NEGATIVE, CurvatureEstimator, curvature_estim
 from gnomon.optim.transforms import (
     nonmonotone_backtracking,
     precondition_by_curvature,
+    restart_lbfgs,
     scale_by_bb,
     scale_by_curvature,
 )
 
 SAFEGUARDS = ("auto", "lambda_max", "backtrack", "both", "none")
+LINESEARCHES = ("backtracking", "zoom")
 STEP_RULES = ("bb", "fixed")
 
 
@@ -64,9 +68,12 @@ class Program(NamedTuple):
 
     ``make(data, key, arrays)`` returns the optax transformation; it is called inside the compiled program
     (``data`` one member's data, ``key`` the PRNG key, ``arrays`` :attr:`arrays` — runtime arrays such as a
-    given curvature, passed as arguments so that new values do not recompile). ``cache_key`` identifies the
-    program's structure; ``info`` is its JSON description (→ ``trace.info``), ``curvature_info`` the
-    curvature's (→ ``trace.info["curvature"]``, None without one)."""
+    given curvature, passed as arguments so that new values do not recompile; one member's under a batch).
+    ``cache_key`` identifies the program's structure; ``info`` is its JSON description (→ ``trace.info``),
+    ``curvature_info`` the curvature's (→ ``trace.info["curvature"]``, None without one). ``start_curvature``
+    (None for none): the options of the curvature to estimate at θ_0 on the host
+    (:func:`gnomon.optim.estimator.curvature_at_start`) — the driver fills :attr:`arrays` with it before running;
+    ``start_cost`` is what that estimate cost (per member)."""
 
     name: str
     cache_key: Hashable
@@ -74,6 +81,8 @@ class Program(NamedTuple):
     arrays: Any
     info: Mapping[str, Any]
     curvature_info: Mapping[str, Any] | None = None
+    start_curvature: Mapping[str, Any] | None = None
+    start_cost: int = 0
 
 
 class Method(abc.ABC):
@@ -102,7 +111,7 @@ class _CurvatureOptions:
 
     num_probes: int | None = None
     hutchinson_mode: str = "variance_reduced"
-    floor: float = 1e-6
+    floor: float | None = None
     prior_precision: Any = None
     negative: str = "abs"
     batch_size: int | None = None
@@ -112,6 +121,12 @@ class _CurvatureOptions:
                                    hutchinson_mode=self.hutchinson_mode, floor=self.floor,
                                    prior_precision=self.prior_precision, negative=self.negative,
                                    batch_size=self.batch_size)
+
+    def _start_options(self, method: str | None) -> dict[str, Any]:
+        """What :func:`gnomon.optim.estimator.curvature_at_start` needs to estimate c at θ_0."""
+        return {"method": method, "num_probes": self.num_probes, "hutchinson_mode": self.hutchinson_mode,
+                "floor": self.floor, "prior_precision": self.prior_precision, "negative": self.negative,
+                "batch_size": self.batch_size}
 
 
 class _Rules(NamedTuple):
@@ -225,13 +240,17 @@ class rmsprop(Method):
 # ------------------------------------------------------------------------------------------------------ lbfgs
 @dataclass(frozen=True)
 class lbfgs(_CurvatureOptions, Method):
-    """L-BFGS (``optax.lbfgs``, zoom line search) preconditioned by a curvature diagonal at θ_0.
+    """L-BFGS (``optax.scale_by_lbfgs``) preconditioned by a curvature diagonal at θ_0.
 
     Args:
       learning_rate: None (the line search's step) or a scale before the line search, as optax's.
       memory_size: pairs kept.
       curvature: None (auto, as preconditioned_gd), a method name, a Curvature or (D,) array, or
-        ``"identity"`` for plain ``optax.lbfgs``.
+        ``"identity"`` for no preconditioner.
+      linesearch: ``"zoom"`` (optax's zoom line search: strong Wolfe, extrapolates; the model is compiled at three
+        sites) or ``"backtracking"`` (the loop's monotone Armijo backtracking with
+        :func:`~gnomon.optim.restart_lbfgs`: one evaluation per step and one compiled site — a third less
+        compilation and lockstep batches — the same evaluations on regular problems, slower into a funnel).
       num_probes, hutchinson_mode, floor, prior_precision, negative, batch_size: the curvature estimator.
     """
 
@@ -239,37 +258,45 @@ class lbfgs(_CurvatureOptions, Method):
     learning_rate: float | Callable | None = None
     memory_size: int = 10
     curvature: Any = None
+    linesearch: str = "zoom"
 
     def __post_init__(self):
         _check_lr(self.learning_rate)
         if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or self.memory_size < 1:
             raise ValueError(f"memory_size must be a positive int, got {self.memory_size!r}")
+        if self.linesearch not in LINESEARCHES:
+            raise ValueError(f"linesearch must be one of {LINESEARCHES}, got {self.linesearch!r}")
         _check_estimator_options(self)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
-        lr, mem = self.learning_rate, self.memory_size
-        info = {**self.describe(), "linesearch": "zoom"}
+        lr, mem, zoom = self.learning_rate, self.memory_size, self.linesearch == "zoom"
+        info = {**self.describe(), "backtracking": not zoom, "window": None if zoom else 1}
 
-        def tail():
+        def assemble(direction):
             scaling = optax.scale(-1.0) if lr is None else optax.scale_by_learning_rate(lr)
-            return scaling, optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+            if zoom:
+                search = optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+                return optax.chain(direction, scaling, search)
+            return nonmonotone_backtracking(optax.chain(direction, scaling), window=1)
+
+        def lbfgs_core():
+            return optax.scale_by_lbfgs(memory_size=mem) if zoom else restart_lbfgs(mem)
 
         if isinstance(self.curvature, str) and self.curvature == "identity":
             info["curvature"] = "identity"
 
             def make(data, key, arrays):
-                return optax.chain(optax.scale_by_lbfgs(memory_size=mem), *tail())
+                return assemble(lbfgs_core())
 
             return Program(self.name, self._key(), make, None, info)
         source = _curvature_source(self, obj, self.curvature, data, refreshes=False)
 
         def make(data, key, arrays):
             curv = source.estimator._replace(data=data) if source.estimator is not None else arrays
-            pre = precondition_by_curvature(optax.scale_by_lbfgs(memory_size=mem), curv, data=data, key=key)
-            return optax.chain(pre, *tail())
+            return assemble(precondition_by_curvature(lbfgs_core(), curv, data=data, key=key))
 
         info["curvature"] = source.info.get("method")
-        return Program(self.name, self._key(), make, source.given, info, source.info)
+        return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
 
 
 # ------------------------------------------------------------------------------------------ preconditioned_gd
@@ -363,7 +390,7 @@ class preconditioned_gd(_CurvatureOptions, Method):
             core = scale_by_curvature(curv, rules.base, objective=obj, data=data, initial=initial, key=key, **opts)
             return _assemble(core, rules, mom, nest)
 
-        return Program(self.name, self._key(), make, source.given, info, source.info)
+        return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
 
     def _ema_grad2(self) -> Program:
         rate = 1e-2 if self.learning_rate is None else self.learning_rate
@@ -415,21 +442,27 @@ def _misplaced(option: str, method: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- helpers
 class _Source(NamedTuple):
-    estimator: CurvatureEstimator | None  # estimated at θ_0 (and at refreshes)
+    estimator: CurvatureEstimator | None  # estimated at refreshes (and at θ_0 when neither given nor `start`)
     given: Any  # a given diagonal (numpy), passed to the program as an argument; None for none
     method: str
     info: dict
+    start: Mapping[str, Any] | None = None  # estimate c at θ_0 on the host (Program.start_curvature)
 
 
 def _curvature_source(cfg: Any, obj: Objective, curvature: Any, data: Any, *, refreshes: bool) -> _Source:
-    """Where preconditioned_gd's / lbfgs's curvature comes from (host side, validated)."""
+    """Where preconditioned_gd's / lbfgs's curvature comes from (host side, validated). A method name (or None,
+    auto) is estimated at θ_0 on the host before the loop (:func:`gnomon.optim.estimator.curvature_at_start`,
+    with its fallbacks) and passed to the program like a given diagonal; refreshes re-run the method inside."""
     if isinstance(curvature, str) and curvature == "identity":
         if refreshes:
             raise ValueError("refresh_every needs a curvature method to re-run, not 'identity'")
         return _Source(None, None, "identity", {"method": "identity", "num_grad_evals": 0})
     if curvature is None or isinstance(curvature, str):
-        est = cfg._estimator(obj, curvature, data)
-        return _Source(est, None, est.method, dict(est.describe))
+        est = cfg._estimator(obj, curvature, data)  # validates the method and options for this objective
+        info = dict(est.describe)
+        if refreshes:
+            info["refresh_cost"] = est.cost
+        return _Source(est if refreshes else None, None, est.method, info, cfg._start_options(curvature))
     if isinstance(curvature, Curvature):
         given = curvature
     else:
@@ -532,8 +565,9 @@ def _check_common(cfg: Any) -> None:
 def _check_estimator_options(cfg: Any) -> None:
     if cfg.negative not in NEGATIVE:
         raise ValueError(f"negative must be one of {NEGATIVE}, got {cfg.negative!r}")
-    if isinstance(cfg.floor, bool) or not (isinstance(cfg.floor, (int, float)) and 0 <= cfg.floor < 1):
-        raise ValueError(f"floor must be a fraction of the median in [0, 1), got {cfg.floor!r}")
+    f = cfg.floor
+    if f is not None and (isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 <= f < 1)):
+        raise ValueError(f"floor must be a fraction of the median in [0, 1) or None (by method), got {f!r}")
 
 
 def _hashable(x: Any, by_value: bool = True) -> Any:

@@ -1,11 +1,11 @@
 r"""`gn.optimize` / `gn.optimize_batch`: gradient-based optimizers over an :class:`~gnomon.Objective`.
 
-A method is a string shorthand (``"gd"``, ``"preconditioned_gd"``, ``"adam"``, ``"rmsprop"``, ``"sgd"``,
-``"lbfgs"``), a configuration object of :mod:`gnomon.optim` (``gn.optim.preconditioned_gd(curvature=...)``;
-the methods, their defaults and safeguards are documented there) or any optax transformation (including
-chains of :mod:`gnomon.optim.transforms` pieces). Options not named here (``momentum``, ``memory_size``, ...)
-are forwarded to the method's factory; an option the method does not take is an error naming the methods
-it belongs to.
+The default method is ``"lbfgs"`` (:data:`DEFAULT_METHOD`). A method is a string shorthand (``"gd"``,
+``"preconditioned_gd"``, ``"adam"``, ``"rmsprop"``, ``"sgd"``, ``"lbfgs"``), a configuration object of
+:mod:`gnomon.optim` (``gn.optim.preconditioned_gd(curvature=...)``; the methods, their defaults and safeguards
+are documented there) or any optax transformation (including chains of :mod:`gnomon.optim.transforms` pieces).
+Options not named here (``momentum``, ``memory_size``, ...) are forwarded to the method's factory; an option the
+method does not take is an error naming the methods it belongs to.
 
 Every method runs in the shared compiled loop (:mod:`gnomon.optim.loop`). This module validates the inputs,
 turns the method into its program, runs the loop and turns the final optimizer state into the typed
@@ -19,6 +19,9 @@ turns the method into its program, runs the loop and turns the final optimizer s
 
 from __future__ import annotations
 
+import dataclasses
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -30,20 +33,27 @@ import optax
 
 from gnomon.objective.checks import check_batch_data, check_finite_data
 from gnomon.objective.objective import Objective
-from gnomon.optim.loop import run_loop
+from gnomon.optim.estimator import curvature_at_start
+from gnomon.optim.loop import prepare, run_loop
 from gnomon.optim.methods import Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
 from gnomon.optim.simple_gd import as_objective
+from gnomon.optim.verdict import review
 from gnomon.trace.trace import Trace
 from gnomon.util.validate import as_key
 
 _UNSET = object()
+# The default method (issue 22): L-BFGS preconditioned by the curvature diagonal at θ0 — the fewest gradient
+# evaluations or within 30 % of them on every target of benchmarks/bench_optimizers.py --defaults (numpyro models,
+# a badly scaled logistic regression, ill-conditioned quadratics, a dLux binary), and the only candidate that
+# converges on a rotated, ill-conditioned problem; plain gd stalled on all but one.
+DEFAULT_METHOD = "lbfgs"
 
 
 def optimize(
     obj: Objective | Callable,
     theta0: Any,
-    method: Any = "gd",
+    method: Any = DEFAULT_METHOD,
     *,
     num_steps: int = 1000,
     learning_rate: float | Callable | None = None,
@@ -63,7 +73,9 @@ def optimize(
       obj: a :class:`gnomon.Objective` or a loss function of flat θ.
       theta0: ``(D,)`` start, or a previous optimization :class:`Trace` to continue from its final point
         (the result is the joined trace, :meth:`Trace.concatenate`).
-      method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``.
+      method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``;
+        default ``"lbfgs"`` (:data:`DEFAULT_METHOD`: preconditioned by the curvature diagonal at θ0 — the one
+        rule of :mod:`gnomon.curvature.choice` — with a zoom line search).
       num_steps: maximum number of updates.
       learning_rate: the method's learning rate (float or optax schedule; None: the method's default).
       curvature: for ``preconditioned_gd`` and ``lbfgs``: None (auto), a method name, a :class:`Curvature`
@@ -111,10 +123,17 @@ def optimize(
         else:
             check_finite_data(data, "data")
     d = obj.data if data is _UNSET else data
+    key = _as_key(key)
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
-    result = run_loop(obj, start, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=d, key=_as_key(key), progress=progress, channels=channels)
+    loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
+                     progress=progress, channels=channels)
+    if program.start_curvature is not None:  # compile the loop while the curvature at θ0 is estimated
+        prepare(obj, start, program._replace(arrays=_placeholder(start)), **loop_args)
+    program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
+                                    learning_rate, curvature, method_options, batched=False)
+    result = run_loop(obj, start, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state), batched=False)
+    trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     trace = previous.concatenate(trace) if previous is not None else trace
     return _record_outputs(obj, trace, d, batched=False)
 
@@ -122,7 +141,7 @@ def optimize(
 def optimize_batch(
     obj: Objective | Callable,
     theta0s: Any,
-    method: Any = "gd",
+    method: Any = DEFAULT_METHOD,
     *,
     num_steps: int = 1000,
     learning_rate: float | Callable | None = None,
@@ -161,10 +180,21 @@ def optimize_batch(
             )
         check_batch_data(obj, data, b)  # finite, shape and family domain per member, naming the member
     probe = None if data is None else jax.tree.map(lambda a: a[0], data)
+    key = _as_key(key)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
-    result = run_loop(obj, th, program, num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol,
-                      data=data, key=_as_key(key), batched=True, progress=progress, channels=channels)
+    loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
+                     batched=True, progress=progress, channels=channels)
+    if program.start_curvature is not None:
+        prepare(obj, th, program._replace(arrays=_placeholder(th)), **loop_args)
+        host = None if data is None else jax.device_get(data)
+        datas = [None if host is None else jax.tree.map(lambda a, i=i: a[i], host) for i in range(b)]
+        program = _with_start_curvature(obj, program, np.asarray(th), datas, key, method, learning_rate,
+                                        curvature, method_options, batched=True)
+    elif program.arrays is not None:  # a given diagonal: one row per member
+        program = program._replace(arrays=np.broadcast_to(np.asarray(program.arrays), (b, *np.shape(program.arrays))))
+    result = run_loop(obj, th, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
+    trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     return _record_outputs(obj, trace, data, batched=True)
 
 
@@ -186,6 +216,49 @@ def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: 
     return cfg.program(obj, theta, data)
 
 
+def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: list, key: Any, method: Any,
+                          learning_rate: Any, curvature: Any, options: dict, *, batched: bool) -> Program:
+    """``program`` with its curvature at θ_0 estimated on the host (:func:`curvature_at_start`: the auto rule and
+    the fallback chain) and passed as its ``arrays``; a refreshing program whose method fell back is planned
+    again for the method used."""
+    spec = program.start_curvature
+    if spec is None:
+        return program
+    t0 = time.perf_counter()
+    sc = curvature_at_start(obj, spec["method"], thetas, datas, key=key, stacklevel=4,
+                            **{k: v for k, v in spec.items() if k != "method"})
+    seconds = time.perf_counter() - t0
+    refresh = program.info.get("refresh_every")
+    planned = (program.curvature_info or {}).get("method")
+    if refresh and sc.method != planned:
+        cfg = make_method(method, learning_rate=learning_rate, curvature=curvature, **options)
+        replan = {"curvature": sc.method} if sc.method != "identity" else {"curvature": "identity",
+                                                                         "refresh_every": None}
+        program = dataclasses.replace(cfg, **replan).program(obj, thetas[0], datas[0])
+    info = dict(program.info)
+    if info.get("curvature") is not None:  # lbfgs names its curvature's method in its own info
+        info["curvature"] = sc.method
+    cinfo = {**(program.curvature_info or {}), **sc.info, "estimate_s": seconds}
+    if refresh:
+        cinfo["refresh_cost"] = (program.curvature_info or {}).get("refresh_cost")
+    dtype = _placeholder(np.asarray(thetas[0])).dtype
+    diag = (sc.diag if batched else sc.diag[0]).astype(dtype)
+    return program._replace(arrays=diag, info=info, curvature_info=cinfo, start_curvature=None, start_cost=sc.cost)
+
+
+def _placeholder(theta: Any) -> np.ndarray:
+    """Zeros shaped and typed as the curvature diagonal a program will get for starts ``theta``."""
+    dt = np.asarray(theta).dtype
+    return np.zeros(np.shape(theta), dt if np.issubdtype(dt, np.floating) else jnp.result_type(float))
+
+
+def _diag_of(program: Program) -> Any:
+    """The curvature diagonal a preconditioned method used at θ_0 ((D,) or (B, D)), or None."""
+    if program.curvature_info is None or program.arrays is None:
+        return None
+    return np.asarray(program.arrays)
+
+
 def _as_key(key: Any) -> Any:
     return as_key(key, optional=True)  # None: jax.random.key(0)
 
@@ -195,11 +268,12 @@ def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bo
     info = dict(trace.info)
     extras = dict(trace.extras)
     if program.curvature_info is not None:
-        cinfo = dict(program.curvature_info)
-        if rep.counts is not None and cinfo.get("source") != "given" and not batched:
-            cinfo.update(zip(("num_nonfinite", "num_negative", "num_floored"), (int(c) for c in rep.counts),
-                             strict=True))
-        info["curvature"] = cinfo
+        info["curvature"] = dict(program.curvature_info)
+    if program.start_cost:  # the estimate at θ0 ran before the loop: its cost and time belong to the run
+        seconds = float(program.curvature_info.get("estimate_s", 0.0))
+        info["curvature_s"] = seconds
+        trace = replace(trace, num_grad_evals=trace.num_grad_evals + program.start_cost,
+                        runtime_s=trace.runtime_s + seconds)
     if program.curvature_info is not None or program.name == "optax":  # gd/sgd: P = 1 is not an artifact
         for name in ("curvature", "lr_vec", "curvature_final", "lr_vec_final"):
             v = getattr(rep, name)
@@ -208,6 +282,14 @@ def _finish(trace: Trace, program: Program, rep: OptimizerReport, *, batched: bo
         if info.get("refresh_every") is None:
             extras.pop("curvature_final", None)
             extras.pop("lr_vec_final", None)
+    lam = None if rep.lambda_max is None else np.asarray(rep.lambda_max)
+    if info.get("lambda_max_bound") and lam is not None and not np.all(np.isfinite(lam) & (lam > 0)):
+        info["lambda_max_fallback"] = "the λ_max bound was not finite: η0 = 1 (backtracking guards the steps)"
+        warnings.warn(
+            "the λ_max bound of the learning rate is not finite (power iteration on Hessian-vector products, which "
+            "are NaN where the model's second derivatives are — e.g. a dLux optical model on some CPUs): η0 = 1 "
+            "was used, guarded by backtracking. Give a learning_rate, or use preconditioned_gd/lbfgs (their "
+            "default curvature needs no Hessian for likelihood objectives)", RuntimeWarning, stacklevel=3)
     scalars = {"lambda_max": rep.lambda_max, "base_lr_used": rep.base_lr_used,
                "num_backtracks": rep.num_backtracks, "backtrack_factor": rep.backtrack_factor}
     for name, v in scalars.items():

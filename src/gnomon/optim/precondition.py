@@ -151,7 +151,9 @@ def learning_rate_vector(learning_rate: Any, shape: Any, lr_min: Any = None, lr_
     :math:`s ⊙ (c + \mathrm{eps})^{-p}` (jittable; None bounds are open)."""
     lr = learning_rate * shape
     if lr_min is not None or lr_max is not None:
-        lr = jnp.clip(lr, lr_min, lr_max)
+        # numpy in, numpy out (an optimizer's report on the host: nothing to dispatch or compile)
+        clip = np.clip if isinstance(lr, (np.ndarray, np.generic, float, int)) else jnp.clip
+        lr = clip(lr, lr_min, lr_max)
     return lr
 
 

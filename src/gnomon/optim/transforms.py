@@ -112,7 +112,10 @@ def scale_by_curvature(
     with ``refresh_every = K``, again every K updates at the current parameters, smoothed as
     :math:`c ← \mathrm{ema} · c + (1 - \mathrm{ema}) · c_\mathrm{new}` (variance-reduced Hutchinson then
     restarts from c). Data: ``data=`` (default the estimator's or objective's bound data) at ``init``, the
-    ``data`` extra argument of ``update`` at refreshes.
+    ``data`` extra argument of ``update`` at refreshes. Non-finite entries of an estimate cannot fall back inside
+    a compiled program: at ``init`` they become the largest finite entry (:func:`finite_diagonal`; all of them:
+    the identity), at a refresh they keep the entry in use; the counts report them (``gn.optimize`` estimates
+    c at θ_0 on the host instead, with the fallbacks of :mod:`gnomon.curvature.choice`).
 
     ``lambda_max_iters = n`` bounds :math:`η_0 = \min(\text{learning\_rate}, 1/λ_\max(P^{1/2} ∇^2 f P^{1/2}))`
     at θ_0 and at each refresh (n power iterations on Hessian-vector products, 2n gradient evaluations);
@@ -177,7 +180,10 @@ def scale_by_curvature(
     def init_fn(params):
         params = jnp.asarray(params)
         dt = params.dtype
-        k0, k1, k2 = jax.random.split(key0, 3)
+        if estimator is not None or iters is not None:
+            k0, k1, k2 = jax.random.split(key0, 3)
+        else:  # nothing random to estimate: no PRNG in the program (each split is code to compile)
+            k0 = k1 = k2 = key0
         cost = 0
         if estimator is not None and initial is None:
             diag, counts = estimator.estimate(params, data, k0, None)
@@ -216,7 +222,8 @@ def scale_by_curvature(
             def refresh(st):
                 k, k0, k1 = jax.random.split(jax.random.wrap_key_data(st.key), 3)
                 new, _ = estimator.estimate(params, d, k0, st.diag)
-                diag = (ema * st.diag + (1 - ema) * finite_diagonal(new)).astype(st.diag.dtype)
+                new = jnp.where(jnp.isfinite(new), new, st.diag)  # a non-finite entry keeps the one in use
+                diag = (ema * st.diag + (1 - ema) * new).astype(st.diag.dtype)
                 shape = make_shape(diag)
                 base, lam = bound(params, d, shape, k1)
                 cost = est_cost + (0 if iters is None else 2 * iters)
@@ -372,7 +379,10 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
 
     .. math:: f(θ_a + u) > \max(\text{last } M \text{ accepted losses}) + c\, u^T ∇f(θ_a)
 
-    (c = :data:`ARMIJO`, M = ``window``; M = 1 is monotone; NaN counts as a rise). A rejected point stays in
+    (c = :data:`ARMIJO`, M = ``window``; M = 1 is monotone; NaN counts as a rise), unless its loss is within
+    :math:`\sqrt{ε}\max(|f(θ_a)|, 1)` of :math:`f(θ_a)` and its gradient is smaller — near an optimum the test
+    compares rounding errors (a sum of many terms is not resolved to ε), and the gradient still says which point is
+    better (after the approximate Armijo condition of Hager and Zhang). A rejected point stays in
     the trace as its own row; the next update returns along u to :math:`θ_a + t^* u`, :math:`t^*` the
     minimiser of the quadratic :math:`φ(t) = f_a + t\,φ'(0) + t^2 (f - f_a - φ'(0))` through :math:`f_a`, the
     slope :math:`φ'(0) = u^T ∇f(θ_a)` and the rejected value f, clipped to :data:`BACKTRACK_CLIP` (½ when φ is
@@ -405,7 +415,12 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
         dt = state.value.dtype
         slope = jnp.vdot(state.pending, state.grad)  # φ'(0): directional derivative along u at θ_a
         ref = jnp.max(state.recent)
-        rejected = jnp.isfinite(ref) & ~(value <= ref + ARMIJO * slope)
+        # where the loss equals the accepted one to working precision the Armijo test is rounding noise: a point
+        # whose gradient is smaller is accepted (the approximate Armijo condition of Hager and Zhang)
+        noise = jnp.sqrt(jnp.finfo(dt).eps) * jnp.maximum(jnp.abs(state.value), 1.0)
+        gnorm = jnp.linalg.norm(g)
+        flat = (jnp.abs(value - state.value) <= noise) & (gnorm < jnp.linalg.norm(state.grad))
+        rejected = jnp.isfinite(ref) & ~(value <= ref + ARMIJO * slope) & ~flat
         curv2 = value - state.value - slope
         t_star = jnp.clip(-slope / (2 * jnp.where(curv2 > 0, curv2, 1.0)), *BACKTRACK_CLIP)
         t_back = jnp.where((curv2 > 0) & jnp.isfinite(t_star), t_star, 0.5).astype(dt)
@@ -429,6 +444,71 @@ def nonmonotone_backtracking(inner: optax.GradientTransformation, *, window: int
             num_backtracks=state.num_backtracks + rejected.astype(jnp.int32),
             inner_state=keep,
         )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------------------------ restart_lbfgs
+class RestartLBFGSState(NamedTuple):
+    """State of :func:`restart_lbfgs`."""
+
+    inner_state: Any  # optax.ScaleByLBFGSState
+    fresh: jnp.ndarray  # every update proposes a new step length (nonmonotone_backtracking then resets its factor)
+    num_restarts: jnp.ndarray
+    proposed: jnp.ndarray  # |step| proposed by the last update
+    expand: jnp.ndarray  # the multiplier of the quasi-Newton step (1, 2, 4, ... while the steps are too short)
+
+
+WOLFE = 0.9  # curvature condition: a full step after which the slope is still below WOLFE × the old one was short
+EXPAND_MAX = 2.0**20
+
+
+def restart_lbfgs(memory_size: int = 10, *, eps: float | None = None) -> optax.GradientTransformation:
+    r"""``optax.scale_by_lbfgs`` for a backtracking line search in the loop (``gn.optim.lbfgs``'s default).
+
+    A Wolfe line search (optax's zoom) guarantees what L-BFGS needs; Armijo backtracking does not, so two of its
+    parts are kept here, each free of extra evaluations:
+
+    * **curvature pairs**: a pair with :math:`s^T y ≤ ε\,|s|\,|y|` (ε = √machine epsilon) would make the
+      inverse-Hessian approximation indefinite; it restarts the memory instead (counted in ``num_restarts``;
+      the next step is optax's first one, at most unit length, but at least twice the last step taken: on a
+      nearly linear stretch the steps grow);
+    * **expansion**: when a full step (not shortened by the backtracking) leaves the slope along it steeper than
+      :data:`WOLFE` × the slope before it — the curvature condition fails: the step was too short — the next
+      quasi-Newton step is doubled (and so on, up to 2²⁰; back to 1 as soon as the condition holds), as a line
+      search's expansion phase would.
+
+    The state's ``fresh`` flag tells :func:`nonmonotone_backtracking` that every step is a new proposal of natural
+    length (its shrink factor starts again from 1)."""
+    inner = optax.scale_by_lbfgs(memory_size=memory_size)
+
+    def init_fn(params):
+        z = jnp.zeros((), params.dtype)
+        return RestartLBFGSState(inner.init(params), jnp.ones((), bool), jnp.zeros((), jnp.int32), z,
+                                 jnp.ones((), params.dtype))
+
+    def update_fn(updates, state, params=None, **extra):
+        if params is None:
+            raise ValueError("restart_lbfgs needs params")
+        ist = state.inner_state
+        started = ist.count > 0
+        s = params - ist.params
+        y = updates - ist.updates
+        size = jnp.where(started, jnp.linalg.norm(s), 0.0).astype(state.proposed.dtype)
+        tol = float(np.sqrt(np.finfo(np.dtype(params.dtype)).eps)) if eps is None else eps
+        bad = started & ~(jnp.vdot(s, y) > tol * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+        full = size >= 0.99 * state.proposed
+        short = started & full & (jnp.vdot(s, updates) < WOLFE * jnp.vdot(s, ist.updates))
+        expand = jnp.where(short, jnp.minimum(2 * state.expand, EXPAND_MAX), 1.0).astype(state.expand.dtype)
+        fresh_state = inner.init(params)
+        ist = jax.tree.map(lambda new, old: jnp.where(bad, new, old), fresh_state, ist)
+        out, ist = inner.update(updates, ist, params)
+        length = jnp.linalg.norm(out)
+        safe = jnp.where(length > 0, length, 1.0)
+        grow = jnp.where(bad & (length > 0), jnp.maximum(1.0, 2 * size / safe), 1.0) * expand
+        out = (grow * out).astype(updates.dtype)
+        return out, RestartLBFGSState(ist, jnp.ones((), bool), state.num_restarts + bad.astype(jnp.int32),
+                                      (grow * length).astype(state.proposed.dtype), expand)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

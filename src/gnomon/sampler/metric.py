@@ -291,12 +291,12 @@ def _log_prob_objective(obj: Any) -> Any:
 
 
 def default_curvature_method(obj: Any, max_dense_dim: int = DEFAULT_MAX_DENSE_DIM) -> tuple[str, bool]:
-    """``(method, dense)`` used for a metric: Gauss–Newton when residuals exist, else the exact Hessian;
-    dense up to ``max_dense_dim``, beyond that the diagonal only (Hutchinson without residuals)."""
-    small = obj.dim <= max_dense_dim
-    if obj.has_residuals:
-        return "gauss_newton", small
-    return ("exact", True) if small else ("hutchinson", False)
+    """``(method, dense)`` used for a metric: the one rule of :func:`gnomon.curvature.choice.auto_method` (the
+    expected Fisher of a likelihood, Gauss–Newton with residuals, else the Hessian: exact while dense, Hutchinson
+    beyond), dense up to ``max_dense_dim``, beyond that the diagonal only."""
+    from gnomon.curvature.choice import auto_method
+
+    return auto_method(obj, exact_max_dim=max_dense_dim), obj.dim <= max_dense_dim
 
 
 def curvature_metric(
@@ -313,22 +313,27 @@ def curvature_metric(
 ) -> tuple[InverseMassMatrix, Any]:
     """Estimate the curvature of ``−log_prob`` at ``theta`` and turn it into an inverse mass matrix.
 
-    Returns ``(InverseMassMatrix, Curvature)``; the metric's ``info`` records the curvature's method and
-    cost (``curvature_num_grad_evals``)."""
-    from gnomon.curvature.estimate import estimate_curvature
+    The method is :func:`default_curvature_method`'s unless given; an estimate with non-finite entries falls
+    back along :func:`gnomon.curvature.choice.fallback_chain` (Hessian → finite differences of the gradient →
+    identity) with a warning naming ``gn.warmup(curvature=...)`` and ``inverse_mass_matrix=``; the choice is in
+    the curvature's ``config`` (``trace.info["curvature"]``). Returns ``(InverseMassMatrix, Curvature)``; the
+    metric's ``info`` records the curvature's method, any fallback and the cost (``curvature_num_grad_evals``)."""
+    from gnomon.curvature.choice import choose_curvature
 
-    m, want_dense = default_curvature_method(obj, max_dense_dim)
-    if method is not None:
-        m = method
-        want_dense = obj.dim <= max_dense_dim
-    kwargs = dict(curvature_kwargs)
+    _, want_dense = default_curvature_method(obj, max_dense_dim)
+    kwargs = {k: v for k, v in curvature_kwargs.items() if v is not None}
     if data is not None:
         kwargs["data"] = data
-    curv = estimate_curvature(_log_prob_objective(obj), theta, m, dense=want_dense, key=key, **kwargs)
+    curv = choose_curvature(
+        _log_prob_objective(obj), theta, method, dense=want_dense, exact_max_dim=max_dense_dim, key=key,
+        how_to_choose="gn.warmup(curvature=...) or inverse_mass_matrix= in gn.sample:", stacklevel=6, **kwargs,
+    )
     dtype = np.asarray(theta).dtype
     imm = from_curvature(
         curv, dense=dense, max_dense_dim=max_dense_dim, vif_threshold=vif_threshold, dtype=dtype
     )
+    if curv.config.get("fallback"):
+        imm.info["curvature_fallback"] = curv.config["fallback"]["reason"]
     return imm, curv
 
 

@@ -16,9 +16,10 @@ A posterior that is locally Gaussian around its mode θ* with precision :math:`H
 
 θ* itself is resolved from the ``init`` forms of :func:`gnomon.sample` (:func:`resolve_init`): a θ, per-chain
 starts, an optimization Trace (its best θ, the MAP; a batch of fits gives one start per chain), a sampling
-Trace (its last draws) or a :class:`gnomon.HandOff`. An optimization that diverged has no usable mode: its
-chains then start from dispersed points around its first point and the warmup adapts without a seed
-(:func:`no_mode`, :func:`dispersed_starts`).
+Trace (its last draws) or a :class:`gnomon.HandOff`. An optimization that diverged, stopped at a saddle point
+or made no progress has no usable mode: its chains then start from dispersed points around its first point (for
+a saddle reached from there, around the saddle) and the warmup adapts without a seed (:func:`no_mode`,
+:func:`dispersed_starts`).
 """
 
 from __future__ import annotations
@@ -121,19 +122,25 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
 
 def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> str | None:
     """Why the optimization behind ``start`` has no usable mode, or None: it went non-finite (the density
-    grows without bound, or the optimizer ran off to a boundary), its best point has a non-finite log density
-    (``log_prob_at_best``), or it stopped at its step limit while still gaining more than ``max(D, 10)`` nats
-    of log density over its last tenth — running away rather than converging (near a mode, the whole typical
-    set lies within about D/2 nats of it) — or its best point lies beyond ``|θ| = RUNAWAY`` (1e10: an improper
-    density's optimizer stalls out there, in float32 at the precision limit, rather than stopping as diverged)."""
+    grows without bound, or the optimizer ran off to a boundary), it stopped at a saddle point (a stationary point
+    with negative curvature: the chains then start dispersed around it, so they leave it) or made no progress,
+    its best point has a non-finite log density (``log_prob_at_best``), or it stopped at its step limit while
+    still gaining more than ``max(D, 10)`` nats of log density over its last tenth — running away rather than
+    converging (near a mode, the whole typical set lies within about D/2 nats of it) — or its best point lies
+    beyond ``|θ| = RUNAWAY`` (1e10: an improper density's optimizer stalls out there, in float32 at the precision
+    limit, rather than stopping as diverged)."""
     m = start.map
     if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
+    size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
+    if not math.isfinite(size) or size > RUNAWAY:  # (also when it then overflowed: the run-off is the finding)
+        return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
     if m.status.startswith("diverged"):
         return f"the optimization did not reach a mode ({m.status})"
-    size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
-    if not math.isfinite(size) or size > RUNAWAY:
-        return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
+    if m.status.startswith(("saddle point", "no progress")):
+        # a stationary point with negative curvature (or a start the optimizer never left) is no mode: the chains
+        # start dispersed around it and leave it (a Laplace draw from |H| there would sit on the saddle's ridge)
+        return f"the optimization did not reach a mode ({m.status.split(':')[0]}: {m.status.split(':', 1)[-1].strip()})"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
     if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
