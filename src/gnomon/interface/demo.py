@@ -352,13 +352,14 @@ def _table(layout: Any, labels: list[str], truth: Any, theta_map: Any, crlb: np.
     pm_c = constrained_vector(post_mean)
     ps_c = post_sd * constrained_jacobian_diag(post_mean)
     z = z_scores(theta_map, truth, crlb)
-    head = (f"{'parameter':<34}{'truth':>12}{'MAP (' + best + ')':>22}{'CRLB':>11}"
-            f"{'posterior mean ± sd':>26}{'z':>7}")
+    map_head = f"MAP ({best})"
+    mw = max(22, len(map_head) + 2)  # a column never runs into the one before it
+    head = f"{'parameter':<34}{'truth':>12}{map_head:>{mw}}{'CRLB':>11}{'posterior mean ± sd':>26}{'z':>7}"
     from gnomon.util.format import format_uncertain
 
     rows = [head, "-" * len(head)]
     for i, lab in enumerate(labels):
-        rows.append(f"{lab:<34}{t_c[i]:>12.6g}{m_c[i]:>22.8g}{crlb[i] * jac[i]:>11.3g}"
+        rows.append(f"{lab:<34}{t_c[i]:>12.6g}{m_c[i]:>{mw}.8g}{crlb[i] * jac[i]:>11.3g}"
                     f"{format_uncertain(pm_c[i], ps_c[i]):>26}{z[i]:>7.2f}")
     rows.append(f"max |z| of the MAP: {np.abs(z).max():.2f} over {len(labels)} parameters "
                 "(z = (MAP − truth) / marginal CRLB)")
