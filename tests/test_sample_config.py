@@ -11,6 +11,7 @@ import pytest
 
 import gnomon as gn
 from gnomon.sampler import config as cfg
+from gnomon.sampler import families as fam
 from gnomon.sampler.loop import Aot, SamplerProgram, SamplerSettings, compiled
 from gnomon.sampler.warmup import AdaptSettings
 
@@ -38,13 +39,16 @@ def test_options_given_to_the_wrong_object_name_their_home():
 def test_bad_values_and_shorthands():
     with pytest.raises(ValueError, match="max_tree_depth must be an int ≥ 1"):
         gn.nuts(max_tree_depth=0)
-    with pytest.raises(ValueError, match=r"target_acceptance_rate must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"target_acceptance_rate must be a number in \(0, 1\), got 1\.5"):
         gn.hmc(target_acceptance_rate=1.5)
     with pytest.raises(ValueError, match="unknown metric 'full'"):
         gn.warmup(metric="full")
     with pytest.raises(ValueError, match="jitter must be a non-negative number"):
         gn.warmup(jitter=-1.0)
-    assert cfg.as_kernel("nuts") == gn.nuts() and cfg.as_kernel("hmc") == gn.hmc()
+    assert fam.as_kernel("nuts") == gn.nuts() and fam.as_kernel("hmc") == gn.hmc()
+    assert fam.as_kernel("mclmc") == gn.mclmc()
+    with pytest.raises(ValueError, match="unknown kernel 'mala'"):
+        fam.as_kernel("mala")
     assert cfg.as_warmup("low_rank") == gn.warmup(metric="low_rank") and cfg.as_warmup(None) == gn.warmup()
     with pytest.raises(ValueError, match=r"num_warmup=5 and warmup=gn\.warmup\(num_steps=7\) disagree"):
         gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_warmup=5, warmup=gn.warmup(num_steps=7))
@@ -68,7 +72,7 @@ def test_the_seed_curvature_takes_one_name_per_concept():
 def test_one_source_of_defaults():
     # the factories' docstrings quote the dataclasses' defaults: they must not drift apart
     defaults = cfg.defaults()
-    for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.warmup, "Warmup")):
+    for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.mclmc, "MCLMC"), (gn.warmup, "Warmup")):
         quoted = dict(re.findall(r"(\w+)=([^,)]+)", fn.__doc__.split("``")[1]))
         assert set(quoted) == set(defaults[cls]), cls
         for name, text in quoted.items():
@@ -80,32 +84,33 @@ def test_depth_capped_nuts_step_is_blackjax_at_full_depth():
     import blackjax
     from blackjax.mcmc import hmc
 
-    from gnomon.sampler.kernels import build_step
+    from gnomon.sampler.protocol import StepParams
 
     def lp(x):
         return -0.5 * jnp.sum((x / jnp.arange(1.0, 6.0)) ** 2) - 0.1 * x[0] ** 4
 
     imm = jnp.arange(1.0, 6.0) ** 2
     theirs = jax.jit(lambda k, s: blackjax.nuts.build_kernel()(k, s, lp, 0.7, imm, max_num_doublings=10))
-    step = build_step(gn.nuts())
-    ours = jax.jit(lambda k, s, d: step(k, s, lp, 0.7, imm, d))
+    step = gn.nuts().build_step()
+    ours = jax.jit(lambda k, s, d: step(k, s, lp, StepParams(0.7, imm, d)))
     state = hmc.init(jnp.ones(5), lp)
     for i in range(4):
         k = jax.random.key(i)
         a, ia = theirs(k, state)
         b, ib = ours(k, state, 10)
         np.testing.assert_array_equal(np.asarray(a.position), np.asarray(b.position))
-        assert int(ia.num_integration_steps) == int(ib.num_integration_steps)
+        assert int(ia.num_integration_steps) == int(ib.grad_evals)
         assert float(ia.acceptance_rate) == float(ib.acceptance_rate)
+        assert int(ia.num_trajectory_expansions) == int(ib.extras["tree_depth"])
         _, ic = ours(k, state, 1)  # capped at one doubling: at most one leapfrog step
-        assert int(ic.num_integration_steps) <= 1 and int(ic.tree_depth) <= 1
+        assert int(ic.grad_evals) <= 1 and int(ic.extras["tree_depth"]) <= 1
         state = a
 
 
 def test_compiled_program_is_typed_and_timed():
     st = SamplerSettings(gn.nuts(), AdaptSettings(False, False, False))
     prog = compiled(OBJ, st)
-    assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog)
+    assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog[:4]) and prog.tune is None
     assert compiled(OBJ, st) is prog  # cached per objective and settings
     kw = dict(num_chains=2, num_samples=200, inverse_mass_matrix=[1.0, 9.0])
     tr = gn.sample(OBJ, jnp.zeros(2), jax.random.key(1), **kw)

@@ -66,7 +66,7 @@ class Run(NamedTuple):
 
 def _warn(messages: list[str], msg: str) -> None:
     messages.append(msg)
-    warnings.warn(msg, UserWarning, stacklevel=5)
+    warnings.warn(msg, UserWarning, stacklevel=6)
 
 
 def _key_data(key) -> np.ndarray:
