@@ -312,6 +312,8 @@ def _prepare(call: Call, *, unseeded: bool, keys: tuple) -> _Prepared:
     seeded = seed.kind != SeedKind.IDENTITY
     unseeded = unseeded or (not seeded and wcfg.metric in ("auto", "low_rank") and obj.dim <= wcfg.max_dense_dim)
     est = ph.estimator_for(wcfg.metric, obj.dim, wcfg.max_dense_dim)
+    if call.kern.tuning is Tuning.OWN and est != Estimator.NONE:
+        est = Estimator.VARIANCE  # the windows only check the seed; the family's own stage adapts the metric
     imm0 = seed.imm.as_dense() if (est == Estimator.COVARIANCE and not seed.imm.dense) else seed.imm
     moments_dense = est in wu.DENSE_ESTIMATORS
     settings = SamplerSettings(

@@ -214,7 +214,7 @@ def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: flo
             "seed": seed.kind,
             "dense": bool(np.ndim(run.imm) == 2),
             "adapt": wcfg.metric,
-            "estimator": (ledger.estimator or Estimator(run.est)).name.lower() if adapted else None,
+            "estimator": _estimator(run, adapted),
             "shrinkage": float(wcfg.shrinkage),
             "pooled_chains": True,
             **run.imm0.info,
@@ -235,6 +235,13 @@ def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: flo
         "compile_s": compile_s,
         "run_s": max(runtime - compile_s, 0.0),
     }
+
+
+def _estimator(run: Run, adapted: bool) -> str | None:
+    """What adapted the metric last: the recovery's estimator, the family's own tuning, or the windows'."""
+    if run.ledger.any(Action.KERNEL_TUNED):
+        return f"{run.kern.name} tuning"
+    return (run.ledger.estimator or Estimator(run.est)).name.lower() if adapted else None
 
 
 def _extras(run: Run) -> dict[str, Any]:
