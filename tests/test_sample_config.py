@@ -71,7 +71,7 @@ def test_the_seed_curvature_takes_one_name_per_concept():
 
 def test_one_source_of_defaults():
     # the factories' docstrings quote the dataclasses' defaults: they must not drift apart
-    defaults = cfg.defaults()
+    defaults = fam.defaults()
     for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.mclmc, "MCLMC"), (gn.warmup, "Warmup")):
         quoted = dict(re.findall(r"(\w+)=([^,)]+)", fn.__doc__.split("``")[1]))
         assert set(quoted) == set(defaults[cls]), cls
@@ -124,3 +124,28 @@ def test_compiled_program_is_typed_and_timed():
     assert hi.info["compile_s"] == 0.0 and hi.info["target_acceptance_rate"] == 0.95
     assert hi.info["step_size"] < again.info["step_size"]
     assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"], rel=1e-6)
+
+
+def test_one_home_per_value_and_its_aliases():
+    """The warmup's length and the metric seed live in gn.warmup(...); gn.sample's num_warmup= and
+    inverse_mass_matrix= (the architecture page's call form) are aliases that fill those homes — the same run —
+    and the two spellings given with different values are an error naming the home."""
+    kw = dict(num_chains=2, num_samples=30, progress=False)
+    key = jax.random.key(3)
+    a = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=40, inverse_mass_matrix=[1.0, 9.0], **kw)
+    b = gn.sample(OBJ, jnp.zeros(2), key, warmup=gn.warmup(num_steps=40, inverse_mass_matrix=[1.0, 9.0]), **kw)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.info["num_warmup"] == 40 and a.info["metric"]["seed"] == "array"
+    with pytest.raises(ValueError, match=r"both give the metric seed; give one \(the home is gn\.warmup\("
+                                         r"inverse_mass_matrix=\.\.\.\)"):
+        gn.sample(OBJ, jnp.zeros(2), key, inverse_mass_matrix=None, warmup=gn.warmup(inverse_mass_matrix=[1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"the home is gn\.warmup\(num_steps=\.\.\.\); num_warmup= is its alias"):
+        gn.sample(OBJ, jnp.zeros(2), key, num_warmup=5, warmup=gn.warmup(num_steps=7))
+    # a Curvature as inverse_mass_matrix= is an alias of its home, gn.warmup(curvature=...)
+    curv = gn.estimate_curvature(OBJ, jnp.zeros(2), method="exact")
+    c1 = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=0, inverse_mass_matrix=curv, **kw)
+    c2 = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=0, warmup=gn.warmup(curvature=curv), **kw)
+    np.testing.assert_array_equal(c1.theta, c2.theta)
+    np.testing.assert_allclose(c1.extras["seed_inverse_mass_matrix"], [1.0, 9.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown inverse_mass_matrix 'fisher'"):
+        gn.warmup(inverse_mass_matrix="fisher")

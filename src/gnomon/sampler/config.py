@@ -217,10 +217,3 @@ def as_warmup(w: Any) -> Warmup:
             raise ValueError(f"unknown warmup {w!r}; expected gn.warmup(...) or a metric name {METRICS}")
         return Warmup(metric=w)
     raise ValueError(f"warmup must be gn.warmup(...), a metric name or None, got {type(w).__name__}")
-
-
-def defaults() -> dict[str, dict[str, Any]]:
-    """Every kernel and warmup option with its default (the one source of them), for the docs."""
-    from gnomon.sampler.families import defaults as kernel_defaults
-
-    return {**kernel_defaults(), "Warmup": {f.name: f.default for f in fields(Warmup)}}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from gnomon.sampler.config import misplaced, positive
+from gnomon.sampler.config import Warmup, misplaced, positive
 from gnomon.sampler.protocol import Tuning, check_family
 from gnomon.util.validate import fraction, positive_int
 
@@ -227,5 +227,5 @@ def as_kernel(kernel: Any) -> Any:
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    """Every kernel option with its default (the one source of them), for the docs."""
-    return {cls.__name__: {f.name: f.default for f in fields(cls)} for cls in FAMILIES.values()}
+    """Every kernel and warmup option with its default (the one source of them), for the docs."""
+    return {cls.__name__: {f.name: f.default for f in fields(cls)} for cls in (*FAMILIES.values(), Warmup)}
