@@ -34,6 +34,7 @@ sampler's programs) and ``info["run_s"]`` (everything else); ``runtime_s`` is th
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -460,12 +461,35 @@ def _seeded(ctx, chains, ledger, call: Call, prep: _Prepared, num_warmup: int, a
 
 def _own_tuning(ctx, chains, ledger, wcfg: Warmup, num_warmup: int, auto: bool, key):
     """The family's own tuning stage for the rest of the warmup (an automatic warmup gives it at least
-    :data:`OWN_TUNING_STEPS`, within the budget); returns ``(chains, step size, inverse mass matrix)``."""
-    left = (max(wcfg.max_steps, num_warmup) if auto else num_warmup) - ledger.steps
+    :data:`OWN_TUNING_STEPS`, within the budget) — and, in an automatic warmup, again over twice the steps
+    from where it ended while it still moves a whitened variance by more than 4× (the metric it started
+    from did not describe the posterior: the windows' extension, for a family tuned by its own stage);
+    returns ``(chains, step size, inverse mass matrix)``."""
+    total = max(wcfg.max_steps, num_warmup) if auto else num_warmup
+    left = total - ledger.steps
     steps = min(max(num_warmup - ledger.steps, OWN_TUNING_STEPS), left) if auto else left
+    name = ctx.settings.kernel.name
     if steps < 30:
-        ledger.decide(Action.BUDGET, f"{ctx.settings.kernel.name}'s own tuning not run: only {max(steps, 0)} warmup "
-                      "steps left (the step size of the windows' dual averaging is used)")
+        ledger.decide(Action.BUDGET, f"{name}'s own tuning not run: only {max(steps, 0)} warmup steps left (the "
+                      "step size of the windows' dual averaging is used)")
         step, imm = ctx.program.adapt_final(chains.adapt)
         return chains, step, imm
-    return ph.own_tuning(ctx, chains, ledger, steps, jax.random.fold_in(key, 11))
+    tuned = ph.own_tuning(ctx, chains, ledger, steps, jax.random.fold_in(key, 11))
+    rounds = 1
+    while auto:
+        moved = float(np.max(np.abs(np.log(tuned.scale))))
+        if not moved > math.log(4.0):
+            break
+        steps *= 2
+        why = f"its tuning moved a whitened variance {math.exp(moved):.3g}× from the metric it started from"
+        if ledger.steps + steps > total:
+            ledger.decide(Action.BUDGET, f"{name} not tuned again at step {ledger.steps}: {why}, but the warmup "
+                          f"budget (max_steps={total}) is spent")
+            break
+        ledger.decide(Action.WARMUP_EXTENDED, f"{name} tuned again over {steps} steps: {why}")
+        ledger.extended.append(steps)
+        ctx.bar.total += steps
+        tuned = ph.own_tuning(ctx, tuned.chains, ledger, steps, jax.random.fold_in(key, 11 + rounds),
+                              start=(tuned.step_size, tuned.imm))
+        rounds += 1
+    return tuned.chains, tuned.step_size, tuned.imm

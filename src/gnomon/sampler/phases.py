@@ -296,13 +296,25 @@ def whitening(imm: Any) -> tuple[Any, Any]:
     return chol, jax.scipy.linalg.solve_triangular(chol, jnp.eye(imm.shape[0], dtype=imm.dtype), lower=True)
 
 
-def own_tuning(ctx: Context, chains: Chains, ledger: Ledger, num_steps: int, key: Any) -> tuple[Chains, Any, Any]:
+class Tuned(NamedTuple):
+    """What a family's own tuning stage left: the chains, the step size, the metric ``M⁻¹ = L diag(S) Lᵀ`` and
+    the whitened variances ``S`` (all 1 when the metric it started from was right)."""
+
+    chains: Chains
+    step_size: Any
+    imm: Any
+    scale: np.ndarray
+
+
+def own_tuning(ctx: Context, chains: Chains, ledger: Ledger, num_steps: int, key: Any,
+               start: tuple[Any, Any] | None = None) -> Tuned:
     """A kernel family's own tuning stage (``Tuning.OWN``; MCLMC: BlackJAX's step size and L) for
-    ``num_steps`` steps of every chain, in the whitened coordinates of the metric the windows left (the
-    seed's after the seed check; the recovery's after a recovery), from their dual-averaging step size.
-    Returns the chains and the tuned ``(step size, inverse mass matrix L diag(S) Lᵀ)``; counts the steps and
-    gradients and records a ``kernel tuned`` decision with every chain's tuned values."""
-    step0, imm = ctx.program.adapt_final(chains.adapt)
+    ``num_steps`` steps of every chain, in the whitened coordinates of ``start = (step size, metric)`` —
+    by default the metric the windows left (the seed's after the seed check; the recovery's after a
+    recovery) and their dual-averaging step size. Counts the steps and gradients and records a
+    ``kernel tuned`` decision with every chain's tuned values."""
+    step0, imm = start if start is not None else ctx.program.adapt_final(chains.adapt)
+    imm = jnp.asarray(imm)
     factor, factor_inv = whitening(imm)
     num_chains = chains.states.position.shape[0]
     keys = jax.random.split(key, num_chains)
@@ -328,7 +340,7 @@ def own_tuning(ctx: Context, chains: Chains, ledger: Ledger, num_steps: int, key
     )
     ctx.bar.update(ledger.steps, phase=f"{name} tuning", steps_per_draw=round(float(np.sum(grads)) / num_steps
                    / num_chains, 1), step_size=eps, divergences=ledger.divergences)
-    return chains._replace(states=shard(states, num_chains)), jnp.asarray(eps, imm.dtype), tuned
+    return Tuned(chains._replace(states=shard(states, num_chains)), jnp.asarray(eps, imm.dtype), tuned, sc_np)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
