@@ -34,7 +34,6 @@ sampler's programs) and ``info["run_s"]`` (everything else); ``runtime_s`` is th
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -47,6 +46,7 @@ from gnomon.objective.objective import Objective
 from gnomon.sampler import checks as ck
 from gnomon.sampler import diagnosis as dg
 from gnomon.sampler import metric as mmx
+from gnomon.sampler import own_tuning as ot
 from gnomon.sampler import phases as ph
 from gnomon.sampler import record
 from gnomon.sampler import recovery as rc
@@ -74,7 +74,6 @@ from gnomon.util.progress import Progress
 from gnomon.util.validate import as_key, positive_int
 
 DEFAULT_WARMUP = {"identity": 1000, "curvature": 300, "array": 300, "handoff": 150, "frozen": 150}
-OWN_TUNING_STEPS = 150  # the least a family's own tuning stage gets of an automatic warmup
 _DEFAULT = object()
 
 
@@ -239,7 +238,7 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     # --- warmup ----------------------------------------------------------------------------------------------
     ctx, chains, rejected = _warmup(ctx, chains, ledger, call, prep, num_warmup, auto, step0, k_warm)
     if num_warmup > 0 and kern.tuning is Tuning.OWN:
-        chains, step_final, imm = _own_tuning(ctx, chains, ledger, wcfg, num_warmup, auto, k_warm)
+        chains, step_final, imm = ot.run(ctx, chains, ledger, wcfg.max_steps, num_warmup, auto, k_warm)
     elif num_warmup > 0:
         step_final, imm = ctx.program.adapt_final(chains.adapt)
     else:
@@ -457,39 +456,3 @@ def _seeded(ctx, chains, ledger, call: Call, prep: _Prepared, num_warmup: int, a
     if len(tail):
         chains, _ = ph.advance(ctx, chains, ledger, tail, phase="warmup final buffer", estimator=est)
     return ctx, chains, None
-
-
-def _own_tuning(ctx, chains, ledger, wcfg: Warmup, num_warmup: int, auto: bool, key):
-    """The family's own tuning stage for the rest of the warmup (an automatic warmup gives it at least
-    :data:`OWN_TUNING_STEPS`, within the budget) — and, in an automatic warmup, again over twice the steps
-    from where it ended while it still moves a whitened variance by more than 4× (the metric it started
-    from did not describe the posterior: the windows' extension, for a family tuned by its own stage);
-    returns ``(chains, step size, inverse mass matrix)``."""
-    total = max(wcfg.max_steps, num_warmup) if auto else num_warmup
-    left = total - ledger.steps
-    steps = min(max(num_warmup - ledger.steps, OWN_TUNING_STEPS), left) if auto else left
-    name = ctx.settings.kernel.name
-    if steps < 30:
-        ledger.decide(Action.BUDGET, f"{name}'s own tuning not run: only {max(steps, 0)} warmup steps left (the "
-                      "step size of the windows' dual averaging is used)")
-        step, imm = ctx.program.adapt_final(chains.adapt)
-        return chains, step, imm
-    tuned = ph.own_tuning(ctx, chains, ledger, steps, jax.random.fold_in(key, 11))
-    rounds = 1
-    while auto:
-        moved = float(np.max(np.abs(np.log(tuned.scale))))
-        if not moved > math.log(4.0):
-            break
-        steps *= 2
-        why = f"its tuning moved a whitened variance {math.exp(moved):.3g}× from the metric it started from"
-        if ledger.steps + steps > total:
-            ledger.decide(Action.BUDGET, f"{name} not tuned again at step {ledger.steps}: {why}, but the warmup "
-                          f"budget (max_steps={total}) is spent")
-            break
-        ledger.decide(Action.WARMUP_EXTENDED, f"{name} tuned again over {steps} steps: {why}")
-        ledger.extended.append(steps)
-        ctx.bar.total += steps
-        tuned = ph.own_tuning(ctx, tuned.chains, ledger, steps, jax.random.fold_in(key, 11 + rounds),
-                              start=(tuned.step_size, tuned.imm))
-        rounds += 1
-    return tuned.chains, tuned.step_size, tuned.imm

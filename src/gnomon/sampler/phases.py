@@ -6,7 +6,8 @@ A run is a sequence of phases over the same compiled program (:mod:`gnomon.sampl
    by :mod:`gnomon.sampler.seed_check` against the kernel family's behaviour on :math:`N(0, I)`;
 2. **warmup windows** (:func:`seeded_warmup`): the rest of the seeded schedule, window by window, each
    window's cost and step size judged again; then further doubling windows while the metric is unsettled
-   (:func:`extend`) — or, for a family tuned by its own stage (MCLMC), that stage (:func:`own_tuning`);
+   (:func:`extend`) — or, for a family tuned by its own stage (MCLMC), that stage
+   (:mod:`gnomon.sampler.own_tuning`);
 3. **recovery** (:func:`gnomon.sampler.recovery.recover`) when the seed is rejected — or straight away when
    the optimizer found no mode: the adaptation restarts where a cold start would, with a gradient-based
    estimator and a cold window schedule that is extended while unsettled; after each window, stuck chains
@@ -27,7 +28,6 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -283,64 +283,6 @@ def window_rhat(ledger: Ledger, theta: np.ndarray) -> None:
     r = max_rhat(np.swapaxes(th, 0, 1))
     if r is not None:
         ledger.rhat.append((ledger.steps, r[0], r[1]))
-
-
-# ------------------------------------------------------------------------------------------------ own tuning
-def whitening(imm: Any) -> tuple[Any, Any]:
-    """``(L, L⁻¹)`` with ``L Lᵀ = imm``: the Cholesky factor of a dense metric, the square root of a diagonal."""
-    imm = jnp.asarray(imm)
-    if imm.ndim == 1:
-        root = jnp.sqrt(imm)
-        return root, 1.0 / root
-    chol = jnp.linalg.cholesky(imm)
-    return chol, jax.scipy.linalg.solve_triangular(chol, jnp.eye(imm.shape[0], dtype=imm.dtype), lower=True)
-
-
-class Tuned(NamedTuple):
-    """What a family's own tuning stage left: the chains, the step size, the metric ``M⁻¹ = L diag(S) Lᵀ`` and
-    the whitened variances ``S`` (all 1 when the metric it started from was right)."""
-
-    chains: Chains
-    step_size: Any
-    imm: Any
-    scale: np.ndarray
-
-
-def own_tuning(ctx: Context, chains: Chains, ledger: Ledger, num_steps: int, key: Any,
-               start: tuple[Any, Any] | None = None) -> Tuned:
-    """A kernel family's own tuning stage (``Tuning.OWN``; MCLMC: BlackJAX's step size and L) for
-    ``num_steps`` steps of every chain, in the whitened coordinates of ``start = (step size, metric)`` —
-    by default the metric the windows left (the seed's after the seed check; the recovery's after a
-    recovery) and their dual-averaging step size. Counts the steps and gradients and records a
-    ``kernel tuned`` decision with every chain's tuned values."""
-    step0, imm = start if start is not None else ctx.program.adapt_final(chains.adapt)
-    imm = jnp.asarray(imm)
-    factor, factor_inv = whitening(imm)
-    num_chains = chains.states.position.shape[0]
-    keys = jax.random.split(key, num_chains)
-    states, res = ctx.program.tune(num_steps)(keys, chains.states, step0, factor, factor_inv, ctx.data)
-    grads = np.asarray(res.grad_evals)
-    ledger.steps += num_steps
-    ledger.grads += int(np.sum(grads))
-    scale = jnp.asarray(res.scale, imm.dtype)
-    tuned = factor * factor * scale if imm.ndim == 1 else (factor * scale[None, :]) @ factor.T
-    eps = float(res.step_size)
-    chain_eps = np.asarray(res.info["step_size"], np.float64)
-    sc_np = np.asarray(scale, np.float64)
-    name = ctx.settings.kernel.name
-    ledger.decide(
-        Action.KERNEL_TUNED,
-        f"{name} tuned by its own stage over {num_steps} steps from step size {float(step0):.3g}: step size "
-        f"{eps:.3g} (chains {chain_eps.min():.3g}…{chain_eps.max():.3g}), whitened variances "
-        f"{sc_np.min():.3g}…{sc_np.max():.3g}",
-        step_size=eps,
-        initial_step_size=float(step0),
-        grad_evals=int(np.sum(grads)),
-        **{f"chain_{k}": np.asarray(v).tolist() for k, v in res.info.items()},
-    )
-    ctx.bar.update(ledger.steps, phase=f"{name} tuning", steps_per_draw=round(float(np.sum(grads)) / num_steps
-                   / num_chains, 1), step_size=eps, divergences=ledger.divergences)
-    return Tuned(chains._replace(states=shard(states, num_chains)), jnp.asarray(eps, imm.dtype), tuned, sc_np)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
