@@ -49,6 +49,7 @@ def test_parse_names_the_codes_it_knows():
 def test_the_optimizers_end_is_read_in_one_place():
     assert MapEnd.of("diverged at step 3: non-finite loss (nan)") is MapEnd.DIVERGED
     assert MapEnd.of("max_steps") is MapEnd.MAX_STEPS and MapEnd.of("converged: |g| < tol") is MapEnd.OTHER
+    assert MapEnd.of("saddle point: λ_min = -3") is MapEnd.SADDLE_POINT
     assert MapEnd.of(None) is None
     # an optimizer that records its own code is believed over its sentence
     assert MapEnd.of("stopped", code="diverged") is MapEnd.DIVERGED

@@ -69,6 +69,8 @@ class MapEnd(Code):
     """How the optimization behind a start ended, as far as the sampler needs to know."""
 
     DIVERGED = "diverged"
+    SADDLE_POINT = "saddle point"
+    NO_PROGRESS = "no progress"
     MAX_STEPS = "max_steps"
     OTHER = "other"
 
@@ -83,8 +85,9 @@ class MapEnd(Code):
         if found is not None:
             return found
         text = str(status)
-        if text.startswith("diverged"):
-            return cls.DIVERGED
+        for end in (cls.DIVERGED, cls.SADDLE_POINT, cls.NO_PROGRESS):
+            if text.startswith(end.value):
+                return end
         return cls.MAX_STEPS if text == "max_steps" else cls.OTHER
 
 

@@ -33,7 +33,6 @@ import numpy as np
 from gnomon.objective.objective import Objective
 from gnomon.sampler import metric as mmx
 from gnomon.sampler.config import Warmup
-from gnomon.sampler.decisions import MapEnd
 from gnomon.sampler.handoff import HandOffBundle
 from gnomon.sampler.health import RUNAWAY
 from gnomon.trace.trace import Trace
@@ -130,14 +129,14 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     m = start.map
     if start.source != "optimization trace" or m is None or not isinstance(m.status, str):
         return None
-    if MapEnd.of(m.status) is MapEnd.DIVERGED:
+    if m.status.startswith("diverged"):
         return f"the optimization did not reach a mode ({m.status})"
     size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
     if not math.isfinite(size) or size > RUNAWAY:
         return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
-    if MapEnd.of(m.status) is MapEnd.MAX_STEPS and m.losses is not None and len(m.losses) >= 10:
+    if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
         loss = np.asarray(m.losses, np.float64)
         cut = int(0.9 * len(loss))
         head, tail = loss[:cut], loss[cut:]
