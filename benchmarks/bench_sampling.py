@@ -5,6 +5,10 @@ For each target (``sampling_targets.py``) and the same number of chains and kept
 * **gnomon**: L-BFGS MAP from the target's start, then ``gn.sample(obj, init=map_trace, key)`` with its
   defaults (curvature seed, seed check, recovery). Counted: MAP + curvature + chain starts + warmup (the
   failed seed check included) + sampling gradients.
+* **gnomon_mclmc**: the same hand-off with ``kernel=gn.mclmc()`` (MAMS, BlackJAX's adjusted MCLMC, tuned by
+  BlackJAX's step size / L tuning in the seed's whitened coordinates), counted the same way (two gradients
+  per isokinetic McLachlan step). Not a baseline: the table's ratio stays gnomon (NUTS) / best baseline, and
+  ``mclmc / nuts`` is reported beside it.
 * **bj_diag**, **bj_dense**: ``blackjax.window_adaptation`` (1000 steps per chain, vmapped) with a diagonal /
   dense metric, then NUTS.
 * **bj_lowrank**: ``blackjax.window_adaptation_low_rank`` (nutpie's algorithm in blackjax, 1000 steps).
@@ -57,6 +61,7 @@ from sampling_targets import QUICK, TARGETS, Target, load  # noqa: E402
 import gnomon as gn  # noqa: E402
 
 REFERENCES = Path(__file__).resolve().parent / "sampling_references.json"
+GNOMON = ("gnomon", "gnomon_mclmc")  # gnomon's own kernels (not baselines)
 BASELINES = ("bj_diag", "bj_dense", "bj_lowrank", "bj_pathfinder", "nutpie_diag", "nutpie_lowrank", "nutpie_flow")
 QUICK_METHODS = ("gnomon", "bj_dense", "nutpie_lowrank")
 
@@ -108,12 +113,12 @@ def _timed(fn, *args):
 
 
 # ------------------------------------------------------------------------------------------------- gnomon
-def run_gnomon(t: Target, key, chains: int, draws: int) -> Result:
+def run_gnomon(t: Target, key, chains: int, draws: int, kernel: str = "nuts") -> Result:
     obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
-        post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
+        post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws, kernel=kernel)
     ge = dict(post.info["grad_evals"])
     grads = int(post.num_grad_evals) + int(ge.get("map", 0))
     mi, si = mp.info or {}, post.info
@@ -123,7 +128,7 @@ def run_gnomon(t: Target, key, chains: int, draws: int) -> Result:
     compile_s = float(si.get("compile_s", 0.0))
     hand = si.get("handoff") or {}
     return Result(
-        "gnomon",
+        "gnomon" if kernel == "nuts" else f"gnomon_{kernel}",
         np.asarray(post.theta),
         grads,
         map_run + run_s,
@@ -133,7 +138,9 @@ def run_gnomon(t: Target, key, chains: int, draws: int) -> Result:
         notes={
             "map_status": str(mp.status),
             "num_warmup": si.get("num_warmup"),
-            "decision": (si.get("decisions") or [{}])[-1].get("message") if si.get("decisions") else None,
+            "decision": "; ".join(str(d.get("action")) for d in si.get("decisions") or []) or None,
+            "status_code": str(si.get("status_code")),
+            "steps_per_draw": float(np.mean(post.stats["n_steps"])),
             "seed": (si.get("metric") or {}).get("seed"),
             "metric": (si.get("metric") or {}).get("adapt"),
             "step_size": si.get("step_size"),
@@ -303,6 +310,7 @@ def run_nutpie(t: Target, key, chains: int, draws: int, adaptation: str, tune: i
 
 RUNNERS = {
     "gnomon": run_gnomon,
+    "gnomon_mclmc": lambda t, k, c, d: run_gnomon(t, k, c, d, "mclmc"),
     "bj_diag": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "diag"),
     "bj_dense": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "dense"),
     "bj_lowrank": lambda t, k, c, d: run_blackjax_window(t, k, c, d, "lowrank"),
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--keys", type=int, default=1, help="repeat each run with this many keys (medians reported)")
     ap.add_argument("--targets", default="", help="comma-separated names (default: all)")
-    ap.add_argument("--methods", default="", help=f"comma-separated from gnomon,{','.join(BASELINES)}")
+    ap.add_argument("--methods", default="", help=f"comma-separated from {','.join(GNOMON + BASELINES)}")
     ap.add_argument("--json", default="", help="write all numbers to this file")
     ap.add_argument(
         "--cache",
@@ -413,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
             for m in methods:
                 key = jax.random.key(1000 * k + 17)
                 ck = f"{t.name}|{t.dim}|{t.note}|{m}|{k}|{args.chains}|{args.draws}|{_VERSIONS}"
-                if m != "gnomon" and ck in cache:
+                if m not in GNOMON and ck in cache:
                     r = Result(**cache[ck])
                     r.notes = {**r.notes, "cached": True}
                     per[m].append(r)
@@ -424,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
                         print(f"  {t.name} {m}: failed ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
                         continue
                     per[m].append(score(r, t, ref))
-                    if args.cache and m != "gnomon":
+                    if args.cache and m not in GNOMON:
                         cache[ck] = {**{k2: v for k2, v in r.__dict__.items() if k2 != "theta"}, "theta": None}
                         tmp = Path(args.cache + ".tmp")
                         tmp.write_text(json.dumps(cache, default=float))
@@ -452,8 +460,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "compile_s": _median(rs, "compile_s"),
                 "parts": rs[0].parts,
                 "notes": rs[0].notes,
+                "per_key_eff": [r.eff for r in rs],
             }
-        base = {m: v for m, v in row.items() if m != "gnomon"}
+        base = {m: v for m, v in row.items() if m not in GNOMON}
+        if "gnomon" in row and "gnomon_mclmc" in row:
+            row["mclmc_vs_nuts"] = row["gnomon_mclmc"]["eff"] / row["gnomon"]["eff"]
+            print(f"  {t.name}: gnomon mclmc / gnomon nuts = {row['mclmc_vs_nuts']:.2f}", flush=True)
         if "gnomon" in row and base:
             best = max(base, key=lambda m: base[m]["eff"])
             row["best_baseline"] = best
@@ -462,7 +474,13 @@ def main(argv: list[str] | None = None) -> dict:
         row["reference"] = ref[2]
         table[t.name] = row
 
-    ratios = [v["ratio"] for v in table.values() if "ratio" in v]
+    kernel_ratios = [v["mclmc_vs_nuts"] for v in table.values() if isinstance(v, dict) and "mclmc_vs_nuts" in v]
+    if kernel_ratios:
+        gk = math.exp(float(np.mean(np.log(kernel_ratios))))
+        print(f"geometric mean gnomon mclmc / nuts: {gk:.2f} (min {min(kernel_ratios):.2f}, max "
+              f"{max(kernel_ratios):.2f} over {len(kernel_ratios)} targets)")
+        table["_mclmc_vs_nuts"] = gk
+    ratios = [v["ratio"] for v in table.values() if isinstance(v, dict) and "ratio" in v]
     if ratios:
         gm = math.exp(float(np.mean(np.log(ratios))))
         print(f"geometric mean gnomon / best baseline: {gm:.2f} (min {min(ratios):.2f} over {len(ratios)} targets)")

@@ -87,7 +87,8 @@ def test_save_run_and_load_round_trip(first, tmp_path):
 
 def test_resume_with_the_same_adaptation(first, tmp_path):
     h = gn.HandOff.load(gn.HandOff.from_trace(first).save(tmp_path / "h"))
-    nxt = gn.sample(OBJ, h, jax.random.key(1), num_chains=2, num_samples=400, handoff=h, num_warmup=0)
+    # a hand-off's one home is init=: its chains' positions, its adapted metric and step size
+    nxt = gn.sample(OBJ, h, jax.random.key(1), num_chains=2, num_samples=400, num_warmup=0)
     assert nxt.info["metric"]["seed"] == "handoff" and nxt.info["init"] == "handoff"
     assert nxt.info["step_size"] == pytest.approx(h.step_size)
     np.testing.assert_allclose(nxt.extras["inverse_mass_matrix"], h.inverse_mass_matrix, rtol=1e-6)
@@ -98,8 +99,18 @@ def test_resume_with_the_same_adaptation(first, tmp_path):
     assert np.all(np.abs(draws.mean(0)) < 0.25 * SD)
     np.testing.assert_allclose(draws.std(0) / SD, 1.0, atol=0.2)
     # default warmup from a hand-off is short
-    again = gn.sample(OBJ, h, jax.random.key(2), num_chains=2, num_samples=50, handoff=h)
+    again = gn.sample(OBJ, h, jax.random.key(2), num_chains=2, num_samples=50)
     assert again.info["num_warmup"] == 150 and again.info["initial_step_size"] == pytest.approx(h.step_size)
+    # the v0.1 handoff= names the new home; the metric alone from another start is a metric seed
+    with pytest.raises(ValueError, match=r"handoff belongs to init= \(gn\.sample\(obj, init=bundle"):
+        gn.sample(OBJ, h, jax.random.key(2), handoff=h)
+    other = gn.sample(OBJ, jnp.zeros(3), jax.random.key(3), num_chains=2, num_samples=50,
+                      warmup=gn.warmup(inverse_mass_matrix=h, num_steps=0))
+    assert other.info["metric"]["seed"] == "handoff" and other.info["init"] == "theta"
+    np.testing.assert_allclose(other.extras["inverse_mass_matrix"], h.inverse_mass_matrix, rtol=1e-6)
+    # the curvature seed from a hand-off's start, when asked for
+    fresh = gn.sample(OBJ, h, jax.random.key(4), num_chains=2, num_samples=50, inverse_mass_matrix="curvature")
+    assert fresh.info["metric"]["seed"] == "curvature"
 
 
 def test_bad_bundles(tmp_path, first):
@@ -116,4 +127,4 @@ def test_bad_bundles(tmp_path, first):
         gn.HandOff.from_trace(gn.optimize(OBJ, jnp.ones(3), "lbfgs", num_steps=2))
     h = gn.HandOff(theta=np.zeros(5), step_size=0.1, inverse_mass_matrix=np.ones(5))
     with pytest.raises(ValueError, match="dimension 5"):
-        gn.sample(OBJ, jnp.zeros(3), jax.random.key(0), handoff=h)
+        gn.sample(OBJ, jnp.zeros(3), jax.random.key(0), warmup=gn.warmup(inverse_mass_matrix=h))

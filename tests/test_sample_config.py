@@ -11,6 +11,7 @@ import pytest
 
 import gnomon as gn
 from gnomon.sampler import config as cfg
+from gnomon.sampler import families as fam
 from gnomon.sampler.loop import Aot, SamplerProgram, SamplerSettings, compiled
 from gnomon.sampler.warmup import AdaptSettings
 
@@ -38,13 +39,16 @@ def test_options_given_to_the_wrong_object_name_their_home():
 def test_bad_values_and_shorthands():
     with pytest.raises(ValueError, match="max_tree_depth must be an int ≥ 1"):
         gn.nuts(max_tree_depth=0)
-    with pytest.raises(ValueError, match=r"target_acceptance_rate must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"target_acceptance_rate must be a number in \(0, 1\), got 1\.5"):
         gn.hmc(target_acceptance_rate=1.5)
     with pytest.raises(ValueError, match="unknown metric 'full'"):
         gn.warmup(metric="full")
     with pytest.raises(ValueError, match="jitter must be a non-negative number"):
         gn.warmup(jitter=-1.0)
-    assert cfg.as_kernel("nuts") == gn.nuts() and cfg.as_kernel("hmc") == gn.hmc()
+    assert fam.as_kernel("nuts") == gn.nuts() and fam.as_kernel("hmc") == gn.hmc()
+    assert fam.as_kernel("mclmc") == gn.mclmc()
+    with pytest.raises(ValueError, match="unknown kernel 'mala'"):
+        fam.as_kernel("mala")
     assert cfg.as_warmup("low_rank") == gn.warmup(metric="low_rank") and cfg.as_warmup(None) == gn.warmup()
     with pytest.raises(ValueError, match=r"num_warmup=5 and warmup=gn\.warmup\(num_steps=7\) disagree"):
         gn.sample(OBJ, jnp.zeros(2), jax.random.key(0), num_warmup=5, warmup=gn.warmup(num_steps=7))
@@ -67,8 +71,8 @@ def test_the_seed_curvature_takes_one_name_per_concept():
 
 def test_one_source_of_defaults():
     # the factories' docstrings quote the dataclasses' defaults: they must not drift apart
-    defaults = cfg.defaults()
-    for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.warmup, "Warmup")):
+    defaults = fam.defaults()
+    for fn, cls in ((gn.nuts, "NUTS"), (gn.hmc, "HMC"), (gn.mclmc, "MCLMC"), (gn.warmup, "Warmup")):
         quoted = dict(re.findall(r"(\w+)=([^,)]+)", fn.__doc__.split("``")[1]))
         assert set(quoted) == set(defaults[cls]), cls
         for name, text in quoted.items():
@@ -80,32 +84,33 @@ def test_depth_capped_nuts_step_is_blackjax_at_full_depth():
     import blackjax
     from blackjax.mcmc import hmc
 
-    from gnomon.sampler.kernels import build_step
+    from gnomon.sampler.protocol import StepParams
 
     def lp(x):
         return -0.5 * jnp.sum((x / jnp.arange(1.0, 6.0)) ** 2) - 0.1 * x[0] ** 4
 
     imm = jnp.arange(1.0, 6.0) ** 2
     theirs = jax.jit(lambda k, s: blackjax.nuts.build_kernel()(k, s, lp, 0.7, imm, max_num_doublings=10))
-    step = build_step(gn.nuts())
-    ours = jax.jit(lambda k, s, d: step(k, s, lp, 0.7, imm, d))
+    step = gn.nuts().build_step()
+    ours = jax.jit(lambda k, s, d: step(k, s, lp, StepParams(0.7, imm, d)))
     state = hmc.init(jnp.ones(5), lp)
     for i in range(4):
         k = jax.random.key(i)
         a, ia = theirs(k, state)
         b, ib = ours(k, state, 10)
         np.testing.assert_array_equal(np.asarray(a.position), np.asarray(b.position))
-        assert int(ia.num_integration_steps) == int(ib.num_integration_steps)
+        assert int(ia.num_integration_steps) == int(ib.grad_evals)
         assert float(ia.acceptance_rate) == float(ib.acceptance_rate)
+        assert int(ia.num_trajectory_expansions) == int(ib.extras["tree_depth"])
         _, ic = ours(k, state, 1)  # capped at one doubling: at most one leapfrog step
-        assert int(ic.num_integration_steps) <= 1 and int(ic.tree_depth) <= 1
+        assert int(ic.grad_evals) <= 1 and int(ic.extras["tree_depth"]) <= 1
         state = a
 
 
 def test_compiled_program_is_typed_and_timed():
     st = SamplerSettings(gn.nuts(), AdaptSettings(False, False, False))
     prog = compiled(OBJ, st)
-    assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog)
+    assert isinstance(prog, SamplerProgram) and all(isinstance(f, Aot) for f in prog[:4]) and prog.tune is None
     assert compiled(OBJ, st) is prog  # cached per objective and settings
     kw = dict(num_chains=2, num_samples=200, inverse_mass_matrix=[1.0, 9.0])
     tr = gn.sample(OBJ, jnp.zeros(2), jax.random.key(1), **kw)
@@ -119,3 +124,28 @@ def test_compiled_program_is_typed_and_timed():
     assert hi.info["compile_s"] == 0.0 and hi.info["target_acceptance_rate"] == 0.95
     assert hi.info["step_size"] < again.info["step_size"]
     assert tr.runtime_s == pytest.approx(tr.info["compile_s"] + tr.info["run_s"], rel=1e-6)
+
+
+def test_one_home_per_value_and_its_aliases():
+    """The warmup's length and the metric seed live in gn.warmup(...); gn.sample's num_warmup= and
+    inverse_mass_matrix= (the architecture page's call form) are aliases that fill those homes — the same run —
+    and the two spellings given with different values are an error naming the home."""
+    kw = dict(num_chains=2, num_samples=30, progress=False)
+    key = jax.random.key(3)
+    a = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=40, inverse_mass_matrix=[1.0, 9.0], **kw)
+    b = gn.sample(OBJ, jnp.zeros(2), key, warmup=gn.warmup(num_steps=40, inverse_mass_matrix=[1.0, 9.0]), **kw)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.info["num_warmup"] == 40 and a.info["metric"]["seed"] == "array"
+    with pytest.raises(ValueError, match=r"both give the metric seed; give one \(the home is gn\.warmup\("
+                                         r"inverse_mass_matrix=\.\.\.\)"):
+        gn.sample(OBJ, jnp.zeros(2), key, inverse_mass_matrix=None, warmup=gn.warmup(inverse_mass_matrix=[1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"the home is gn\.warmup\(num_steps=\.\.\.\); num_warmup= is its alias"):
+        gn.sample(OBJ, jnp.zeros(2), key, num_warmup=5, warmup=gn.warmup(num_steps=7))
+    # a Curvature as inverse_mass_matrix= is an alias of its home, gn.warmup(curvature=...)
+    curv = gn.estimate_curvature(OBJ, jnp.zeros(2), method="exact")
+    c1 = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=0, inverse_mass_matrix=curv, **kw)
+    c2 = gn.sample(OBJ, jnp.zeros(2), key, num_warmup=0, warmup=gn.warmup(curvature=curv), **kw)
+    np.testing.assert_array_equal(c1.theta, c2.theta)
+    np.testing.assert_allclose(c1.extras["seed_inverse_mass_matrix"], [1.0, 9.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown inverse_mass_matrix 'fisher'"):
+        gn.warmup(inverse_mass_matrix="fisher")

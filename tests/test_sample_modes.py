@@ -105,7 +105,7 @@ def test_only_chains_that_cannot_sample_are_moved():
     dear = steps.copy()
     dear[:, 0] = 255  # the tree-depth cap's cost
     s = find_stuck(theta, dear, rng, lp)
-    assert s.chains == (0,) and "255 leapfrog steps per draw" in s.reasons[0]
+    assert s.chains == (0,) and "255 gradient evaluations per draw" in s.reasons[0]
     dear[:, 0] = 40  # a few times the others' cost: exploring a narrower region (a funnel's neck), not stuck
     assert find_stuck(theta, dear, rng, lp).chains == ()
     nan = theta.copy()

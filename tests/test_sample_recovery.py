@@ -89,10 +89,10 @@ def test_rejected_seed_recovers_at_the_cost_of_a_cold_start(obj):
         actions = [d["action"] for d in hand.info["decisions"]]
         assert actions[:2] == ["seed rejected", "recovery"], hand.info["decisions"]
         first = hand.info["decisions"][0]
-        assert first["step"] in (sc.EARLY_STEPS, sc.CHECK_STEPS) and "leapfrog steps per draw" in first["message"]
+        assert first["step"] in (sc.EARLY_STEPS, sc.CHECK_STEPS) and "gradient evaluations per draw" in first["message"]
         assert hand.info["recovered"] and hand.info["rejected_grad_evals"] > 0
         # the failed part is cheap: the check ran with the depth capped
-        cap = 2 ** sc.check_depth(obj.dim, 10) - 1
+        cap = 2 ** sc.check_depth(gn.nuts().expected(obj.dim)[1], 10) - 1
         assert hand.info["rejected_grad_evals"] <= 4 * sc.CHECK_STEPS * cap
     ratio, se = _pooled_ratio(grads, ess)
     print(f"hand-off ÷ cold start, gradients per effective sample: {ratio:.2f} ± {se:.2f}")
@@ -167,7 +167,7 @@ def test_the_summary_says_what_was_decided(tmp_path):
     s = run.summary
     assert s["seed_rejected"] is True and s["recovered"] is True and s["rejected_grad_evals"] > 0
     assert "seed rejected after 10 warmup steps" in s["sampler_decisions"]
-    assert post.info["handoff"]["decision"].startswith("seed rejected after 10 warmup steps: leapfrog steps per")
+    assert post.info["handoff"]["decision"].startswith("seed rejected after 10 warmup steps: gradient evaluations per")
     assert s["compile_s"] >= 0 and s["run_s"] > 0
     assert gn.HandOff.load(run).info["decisions"][0]["action"] == "seed rejected"
 
@@ -236,7 +236,7 @@ def test_a_diverged_optimization_goes_straight_to_the_recovery():
 def test_recovery_scales_come_from_the_gradients_at_its_starts():
     """σ₀ = 1/√mean|g| per coordinate (nutpie's first metric); zero or non-finite gradients take the median of
     the others, so one flat coordinate cannot give an infinite scale."""
-    from gnomon.sampler.phases import gradient_scales
+    from gnomon.sampler.recovery import gradient_scales
 
     g = np.array([[1.0, -100.0, 0.0, np.nan], [-1.0, 100.0, 0.0, 1.0]])
     s = gradient_scales(g, np.float32)

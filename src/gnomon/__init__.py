@@ -1,7 +1,7 @@
 """gnomon: inference in a flat, unconstrained θ-space.
 
 One objective gives ``loss(θ)`` for optimizers and ``log_prob(θ)`` for samplers; curvature estimates give
-both per-index learning rates and HMC/NUTS mass matrices; one :class:`Trace` records optimizer paths and
+both per-index learning rates and HMC/NUTS/MCLMC mass matrices; one :class:`Trace` records optimizer paths and
 sampler chains, saves as a small reproducible run directory, aggregates across experiments, exports to
 ArviZ and drives one plotting core.
 
@@ -32,8 +32,9 @@ _EXPORTS = {
     "precond_arrays": "gnomon.optim.optimize",
     "sample": "gnomon.sampler.api",
     "HandOff": "gnomon.sampler.handoff_files",
-    "nuts": "gnomon.sampler.config",
-    "hmc": "gnomon.sampler.config",
+    "nuts": "gnomon.sampler.families",
+    "hmc": "gnomon.sampler.families",
+    "mclmc": "gnomon.sampler.families",
     "warmup": "gnomon.sampler.config",
     "save_run": "gnomon.io.run",
     "load_run": "gnomon.io.run",

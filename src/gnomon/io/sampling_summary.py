@@ -7,7 +7,8 @@ arviz-stats, and adds the divergences, gradient evaluations (and per effective s
 ``trace.info["handoff"]`` and what it decided (``seed_rejected``, ``recovered``, ``rejected_grad_evals`` and
 the decisions as one sentence, ``sampler_decisions``) and the health of the draws (``min_ebfmi``,
 ``multimodal`` — chains in separate regions or a mode found by the probe —, ``unentered_region`` — a neck the
-draws never entered —, ``num_health_problems``, ``chains_moved``). Pass it to
+draws never entered —, ``num_health_problems``, ``chains_moved``), the run's ``status_code`` (``"sampled"``,
+``"recovered"``, ``"unhealthy"``) and its ``kernel`` (``"nuts"``, ``"mclmc"``, ...). Pass it to
 ``save_run(..., summary=sampling_summary(trace))`` (:meth:`gnomon.HandOff.save_run` does).
 """
 
@@ -19,6 +20,10 @@ from typing import Any
 import numpy as np
 
 from gnomon.trace.trace import Trace
+
+# the sampler's typed codes (gnomon.sampler.decisions.Action) as the strings files hold: a record read back from
+# JSON holds these strings, a fresh trace the str-enum members, which compare equal to them
+_SEED_REJECTED, _NO_MODE, _CHAINS_MOVED = "seed rejected", "no mode", "chains moved"
 
 
 def ess_rhat(theta: Any) -> dict[str, float]:
@@ -74,9 +79,10 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
         if k in h:
             out[k] = float(h[k])
     decisions = list(info.get("decisions") or [])
+    actions = [str(d.get("action")) for d in decisions]
     if decisions or "recovered" in info:
-        out["seed_rejected"] = any(d.get("action") == "seed rejected" for d in decisions)
-        out["no_mode"] = any(d.get("action") == "no mode" for d in decisions)
+        out["seed_rejected"] = _SEED_REJECTED in actions
+        out["no_mode"] = _NO_MODE in actions
         out["recovered"] = bool(info.get("recovered", False))
         out["rejected_grad_evals"] = int(info.get("rejected_grad_evals", 0))
         out["sampler_decisions"] = " | ".join(str(d.get("message", "")) for d in decisions)
@@ -88,7 +94,11 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
         out["multimodal"] = any(f.get("kind") in ("chains", "probe") for f in found)
         out["unentered_region"] = any(f.get("kind") == "neck" for f in found)
         out["num_health_problems"] = len(health.get("problems") or [])
-        out["chains_moved"] = sum(d.get("action") == "chains moved" for d in decisions)
+        out["chains_moved"] = actions.count(_CHAINS_MOVED)
+    if "status_code" in info:
+        out["status_code"] = str(info["status_code"])
+    if info.get("engine") is not None:
+        out["kernel"] = str(info["engine"])
     warns = list(info.get("warnings") or [])
     out["num_warnings"] = len(warns)
     out["poor_start"] = any("poor start" in w or "far in the tails" in w for w in warns)

@@ -1,23 +1,35 @@
-r"""The sampler's configuration objects: kernels (:func:`nuts`, :func:`hmc`) and the warmup (:func:`warmup`).
+r"""The sampler's configuration: the warmup (:func:`warmup`) and where every sampler option lives.
 
-In the style of blackjax's algorithms and optax's factories, a kernel or a warmup is a small frozen value
-that says *what* to run; :func:`gnomon.sample` runs it::
+In the style of blackjax's algorithms and optax's factories, a kernel (:mod:`gnomon.sampler.families`) or a
+warmup is a small frozen value that says *what* to run; :func:`gnomon.sample` runs it::
 
     post = gn.sample(obj, init=fit, key=key,
                      kernel=gn.nuts(max_tree_depth=8, target_acceptance_rate=0.9),
                      warmup=gn.warmup(metric="low_rank", max_steps=2000))
 
-String shorthands work (``kernel="nuts"``, ``kernel="hmc"``; ``warmup="diag"`` etc. is
-``gn.warmup(metric=...)``). Each option has one home and one default, written here; an option given to the
-wrong object raises a ``ValueError`` that names where it belongs (:func:`misplaced`).
+String shorthands work (``warmup="diag"`` etc. is ``gn.warmup(metric=...)``). Each option has one home and
+one default, written here; an option given to the wrong object raises a ``ValueError`` that names where it
+belongs (:func:`misplaced`).
+
+One home per value
+------------------
+The warmup's length lives in ``gn.warmup(num_steps=...)`` and the metric seed in
+``gn.warmup(inverse_mass_matrix=...)`` (with the curvature behind it in ``gn.warmup(curvature=...)``);
+``gn.sample(..., num_warmup=...)`` and ``gn.sample(..., inverse_mass_matrix=...)`` — the call form of the
+architecture page — are **aliases** that fill those homes (given both ways with different values: an error
+naming the home). A hand-off's one home is ``init=``: ``gn.sample(obj, init=bundle, ...)`` starts from its
+chains and reuses its adaptation; to reuse only its metric from another start, it is a metric seed,
+``gn.warmup(inverse_mass_matrix=bundle)``. The v0.1 ``handoff=`` raises an error that says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
+
+from gnomon.util.validate import positive_int
 
 DEFAULT_MAX_DENSE_DIM = 1000
 METRICS = ("auto", "diag", "dense", "low_rank", "none")
@@ -27,10 +39,12 @@ METRICS = ("auto", "diag", "dense", "low_rank", "none")
 _HOME = {
     # gn.sample
     "num_chains": "gn.sample(..., num_chains=...)",
-    "num_warmup": "gn.sample(..., num_warmup=...) (or gn.warmup(num_steps=...))",
+    "num_warmup": "the warmup: warmup=gn.warmup(num_steps=...) (alias: gn.sample(..., num_warmup=...))",
     "num_samples": "gn.sample(..., num_samples=...)",
-    "inverse_mass_matrix": "gn.sample(..., inverse_mass_matrix=...)",
-    "handoff": "gn.sample(..., handoff=...)",
+    "inverse_mass_matrix": "the warmup: warmup=gn.warmup(inverse_mass_matrix=...) (alias: gn.sample(..., "
+    "inverse_mass_matrix=...))",
+    "handoff": "init= (gn.sample(obj, init=bundle, ...) starts from a hand-off and reuses its adaptation; its "
+    "metric alone from another start: warmup=gn.warmup(inverse_mass_matrix=bundle))",
     "keep_warmup": "gn.sample(..., keep_warmup=...)",
     "data": "gn.sample(..., data=...)",
     "progress": "gn.sample(..., progress=...)",
@@ -38,12 +52,14 @@ _HOME = {
     "warmup": "gn.sample(..., warmup=...)",
     # kernels
     "max_tree_depth": "the NUTS kernel: kernel=gn.nuts(max_tree_depth=...)",
-    "num_integration_steps": "the HMC kernel: kernel=gn.hmc(num_integration_steps=...)",
-    "target_acceptance_rate": "the kernel: kernel=gn.nuts(target_acceptance_rate=...) (or gn.hmc)",
-    "divergence_threshold": "the kernel: kernel=gn.nuts(divergence_threshold=...) (or gn.hmc)",
-    "step_size": "the kernel: kernel=gn.nuts(step_size=...) (or gn.hmc)",
+    "num_integration_steps": "the HMC or MCLMC kernel: kernel=gn.hmc(num_integration_steps=...) (or gn.mclmc)",
+    "target_acceptance_rate": "the kernel: kernel=gn.nuts(target_acceptance_rate=...) (or gn.hmc, gn.mclmc)",
+    "divergence_threshold": "the kernel: kernel=gn.nuts(divergence_threshold=...) (or gn.hmc, gn.mclmc)",
+    "step_size": "the kernel: kernel=gn.nuts(step_size=...) (or gn.hmc, gn.mclmc)",
+    "integrator": "the MCLMC kernel: kernel=gn.mclmc(integrator=...)",
+    "random_trajectory_length": "the MCLMC kernel: kernel=gn.mclmc(random_trajectory_length=...)",
     # warmup
-    "num_steps": "the warmup: warmup=gn.warmup(num_steps=...) (or gn.sample(..., num_warmup=...))",
+    "num_steps": "the warmup: warmup=gn.warmup(num_steps=...) (alias: gn.sample(..., num_warmup=...))",
     "max_steps": "the warmup: warmup=gn.warmup(max_steps=...)",
     "metric": "the warmup: warmup=gn.warmup(metric=...)",
     "curvature": "the warmup: warmup=gn.warmup(curvature=...)",
@@ -78,7 +94,8 @@ def misplaced(where: str, options: dict[str, Any]) -> None:
     raise ValueError(f"{where} does not take " + "; ".join(parts))
 
 
-def _positive(name: str, v: Any, *, allow_none: bool = False, strict: bool = True) -> None:
+def positive(name: str, v: Any, *, allow_none: bool = False, strict: bool = True) -> None:
+    """A finite positive (``strict``) or non-negative number, else a ValueError naming it."""
     if v is None and allow_none:
         return
     ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
@@ -87,96 +104,11 @@ def _positive(name: str, v: Any, *, allow_none: bool = False, strict: bool = Tru
 
 
 def _int(name: str, v: Any, lo: int, *, allow_none: bool = False) -> None:
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+    if not (v is None and allow_none):
+        positive_int(v, name, minimum=lo)
 
 
-# ------------------------------------------------------------------------------------------------ kernels
-@dataclass(frozen=True)
-class NUTS:
-    r"""The No-U-Turn sampler (BlackJAX's multinomial NUTS).
-
-    Attributes:
-      max_tree_depth: most trajectory doublings per draw (at most :math:`2^{d}-1` leapfrog steps).
-      target_acceptance_rate: the mean acceptance probability dual averaging tunes the step size towards.
-      divergence_threshold: energy error above which a transition counts as divergent.
-      step_size: the initial leapfrog step size (default: the hand-off's, else 1); with ``num_warmup=0`` the
-        one used.
-    """
-
-    max_tree_depth: int = 10
-    target_acceptance_rate: float = 0.8
-    divergence_threshold: float = 1000.0
-    step_size: float | None = None
-    name: ClassVar[str] = "nuts"
-
-    def __post_init__(self):
-        _int("max_tree_depth", self.max_tree_depth, 1)
-        if self.max_tree_depth > 16:
-            raise ValueError(f"max_tree_depth must be ≤ 16 (65535 leapfrog steps), got {self.max_tree_depth}")
-        _check_common(self)
-
-
-@dataclass(frozen=True)
-class HMC:
-    r"""Hamiltonian Monte Carlo with a fixed number of leapfrog steps per draw.
-
-    Attributes:
-      num_integration_steps: leapfrog steps per draw.
-      target_acceptance_rate, divergence_threshold, step_size: as for :class:`NUTS`.
-    """
-
-    num_integration_steps: int = 16
-    target_acceptance_rate: float = 0.8
-    divergence_threshold: float = 1000.0
-    step_size: float | None = None
-    name: ClassVar[str] = "hmc"
-
-    def __post_init__(self):
-        _int("num_integration_steps", self.num_integration_steps, 1)
-        _check_common(self)
-
-
-Kernel = NUTS | HMC
-
-
-def _check_common(k: Kernel) -> None:
-    t = k.target_acceptance_rate
-    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1):
-        raise ValueError(f"target_acceptance_rate must be in (0, 1), got {t!r}")
-    _positive("divergence_threshold", k.divergence_threshold)
-    _positive("step_size", k.step_size, allow_none=True)
-
-
-def _build(cls: type, where: str, options: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    misplaced(where, {k: v for k, v in options.items() if k not in known})
-    return cls(**options)
-
-
-def nuts(**options: Any) -> NUTS:
-    """The NUTS kernel for :func:`gnomon.sample`: ``gn.nuts(max_tree_depth=10, target_acceptance_rate=0.8,
-    divergence_threshold=1000.0, step_size=None)`` (see :class:`NUTS`; the defaults live there)."""
-    return _build(NUTS, "gn.nuts", options)
-
-
-def hmc(**options: Any) -> HMC:
-    """The HMC kernel for :func:`gnomon.sample`: ``gn.hmc(num_integration_steps=16,
-    target_acceptance_rate=0.8, divergence_threshold=1000.0, step_size=None)`` (see :class:`HMC`)."""
-    return _build(HMC, "gn.hmc", options)
-
-
-def as_kernel(kernel: Any) -> Kernel:
-    """A kernel from ``"nuts"``, ``"hmc"``, :class:`NUTS` or :class:`HMC`."""
-    if isinstance(kernel, (NUTS, HMC)):
-        return kernel
-    if kernel == "nuts":
-        return NUTS()
-    if kernel == "hmc":
-        return HMC()
-    raise ValueError(f"unknown kernel {kernel!r}; expected 'nuts', 'hmc', gn.nuts(...) or gn.hmc(...)")
+SEEDS = ("auto", "curvature", "identity")
 
 
 # ------------------------------------------------------------------------------------------------ warmup
@@ -198,6 +130,12 @@ class Warmup:
         ``"none"`` (freeze the seed; only the step size adapts), or ``"auto"`` (default; today the same as
         ``"low_rank"``: nutpie's metric around a seed and after a recovery, the whitened variances
         (``"diag"``) when D > ``max_dense_dim``, where dense moments are not formed).
+      inverse_mass_matrix: the metric seed (its one home; ``gn.sample(..., inverse_mass_matrix=...)`` is an
+        alias): ``"auto"`` (default: a hand-off's adapted metric and step size when ``init`` is a
+        :class:`gnomon.HandOff`, else ``"curvature"``), ``"curvature"`` (from the curvature of ``−log_prob``
+        at the start, see :mod:`gnomon.sampler.metric`), an array ``(D,)``/``(D, D)``, an
+        ``InverseMassMatrix``, a :class:`gnomon.HandOff` (its adapted metric and step size), or None /
+        ``"identity"``; a :class:`gnomon.Curvature` here is an alias of ``curvature=<Curvature>``.
       curvature: the curvature behind ``inverse_mass_matrix="curvature"``: a method name (``"exact"``,
         ``"gauss_newton"``, ``"hutchinson"``, ``"fisher"``, ...), a :class:`gnomon.Curvature`, or an array
         (the precision's diagonal ``(D,)`` or the precision ``(D, D)`` of ``−log_prob``) (default:
@@ -217,6 +155,7 @@ class Warmup:
     num_steps: int | None = None
     max_steps: int = 2000
     metric: str = "auto"
+    inverse_mass_matrix: Any = "auto"
     curvature: Any = None
     num_probes: int | None = None
     hutchinson_mode: str = "variance_reduced"
@@ -231,6 +170,10 @@ class Warmup:
         _int("max_steps", self.max_steps, 1)
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
+        seed = self.inverse_mass_matrix
+        if isinstance(seed, str) and seed not in SEEDS:
+            raise ValueError(f"unknown inverse_mass_matrix {seed!r}; expected one of {SEEDS}, None, an array (D,) or "
+                             "(D, D), a gnomon.Curvature, an InverseMassMatrix or a gnomon.HandOff")
         c = self.curvature
         is_curv = hasattr(c, "diag") and hasattr(c, "method")
         is_array = not is_curv and not isinstance(c, str) and np.ndim(c) in (1, 2) and np.size(c) > 0
@@ -244,8 +187,8 @@ class Warmup:
         if self.dense not in (True, False, "auto"):
             raise ValueError(f"dense must be True, False or 'auto', got {self.dense!r}")
         _int("max_dense_dim", self.max_dense_dim, 1)
-        _positive("shrinkage", self.shrinkage, strict=False)
-        _positive("jitter", self.jitter, allow_none=True, strict=False)
+        positive("shrinkage", self.shrinkage, strict=False)
+        positive("jitter", self.jitter, allow_none=True, strict=False)
         if not isinstance(self.check, bool):
             raise ValueError(f"check must be True or False, got {self.check!r}")
 
@@ -255,10 +198,12 @@ class Warmup:
 
 def warmup(**options: Any) -> Warmup:
     """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
-    curvature=None, num_probes=None, hutchinson_mode="variance_reduced", dense="auto", max_dense_dim=1000,
-    shrinkage=0.0, jitter=None, check=True)`` (see
-    :class:`Warmup`; the defaults live there)."""
-    return _build(Warmup, "gn.warmup", options)
+    inverse_mass_matrix="auto", curvature=None, num_probes=None, hutchinson_mode="variance_reduced",
+    dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True)`` (see :class:`Warmup`; the
+    defaults live there)."""
+    known = {f.name for f in fields(Warmup)}
+    misplaced("gn.warmup", {k: v for k, v in options.items() if k not in known})
+    return Warmup(**options)
 
 
 def as_warmup(w: Any) -> Warmup:
@@ -272,8 +217,3 @@ def as_warmup(w: Any) -> Warmup:
             raise ValueError(f"unknown warmup {w!r}; expected gn.warmup(...) or a metric name {METRICS}")
         return Warmup(metric=w)
     raise ValueError(f"warmup must be gn.warmup(...), a metric name or None, got {type(w).__name__}")
-
-
-def defaults() -> dict[str, dict[str, Any]]:
-    """Every kernel and warmup option with its default (the one source of them), for the docs."""
-    return {cls.__name__: {f.name: f.default for f in fields(cls)} for cls in (NUTS, HMC, Warmup)}

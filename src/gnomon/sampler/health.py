@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from gnomon.sampler.decisions import MapEnd
+
 RHAT_LIMIT = 1.01  # warn above: the bar for reporting results
 RHAT_DISAGREE = 1.05  # above: the chains plainly disagree
 DIVERGENCE_LIMIT = 0.01  # fraction of the kept draws above which the divergences bias the draws
@@ -42,7 +44,7 @@ def mode_note(map_status: str | None, best_theta: Any, judged_no_mode: bool) -> 
     if map_status is None:
         return None
     status = map_status.split(":")[0]
-    if judged_no_mode or map_status.startswith("diverged"):
+    if judged_no_mode or MapEnd.of(map_status) is MapEnd.DIVERGED:
         return f"the optimizer that gave the start found no mode ({status})"
     size = float(np.max(np.abs(np.asarray(best_theta, np.float64)))) if np.size(best_theta) else 0.0
     if not np.isfinite(size) or size > RUNAWAY:

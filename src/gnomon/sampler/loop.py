@@ -1,17 +1,20 @@
-r"""The compiled sampler loop: NUTS/HMC steps of all chains in chunks, the warmup adaptation inside.
+r"""The compiled sampler loop: any kernel family's steps for all chains in chunks, the warmup adaptation inside.
 
-One chunk is a ``lax.scan`` over ``chunk`` steps; each step advances every chain (``vmap``) with the current
-step size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the chains'
-positions, gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.sampler.warmup`. A chunk
-whose schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the
-program compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
+One chunk is a ``lax.scan`` over ``chunk`` steps; each step advances every chain (``vmap``) with the kernel
+family's ``step(key, state, logdensity, StepParams)`` (:mod:`gnomon.sampler.protocol`) at the current step
+size :math:`\epsilon` and inverse mass matrix :math:`M^{-1}` and, during warmup, feeds the chains' positions,
+gradients and acceptance rates to the pooled adaptation of :mod:`gnomon.sampler.warmup`. A chunk whose
+schedule is shorter than ``chunk`` masks the tail (``active``), so every chunk has one shape and the program
+compiles once per objective compile key and :class:`SamplerSettings` (a small LRU cache). The NUTS depth
 cap, the adaptation's estimator and the target acceptance rate are arguments, so the seed check, the warmup,
 a recovery and the sampling all run the same program. Python only runs between chunks (progress, the seed
-check, warmup extension).
+check, warmup extension). A family tuned by its own stage (``Tuning.OWN``, MCLMC) gets one more program,
+``SamplerProgram.tune(num_steps)``: its tuning, compiled once per number of steps.
 
-Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob`` and the kernel's statistics
-``acceptance_rate``, ``diverging``, ``energy``, ``n_steps`` (leapfrog steps = gradient evaluations),
-``step_size`` and ``tree_depth``.
+Per step and chain a chunk records a :class:`ChunkOut`: ``theta``, ``log_prob``, ``grad`` (the gradient of
+the log density at the draw — the chain state has it; for a later transport stage, not saved in the Trace),
+the common statistics ``acceptance_rate``, ``diverging``, ``energy`` (NaN where the kernel has none),
+``n_steps`` (gradient evaluations), ``step_size``, and the family's ``extras`` (NUTS: ``tree_depth``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ import numpy as np
 
 from gnomon.objective.objective import Objective
 from gnomon.optim.loop import compile_key
-from gnomon.sampler.config import HMC, NUTS
-from gnomon.sampler.kernels import build_step
+from gnomon.sampler.protocol import StepParams, Tuning
 from gnomon.sampler.warmup import AdaptSettings, AdaptState, window_adaptation
 from gnomon.util.programs import Live, ProgramCache
 
@@ -37,7 +39,7 @@ CHUNK = 100
 class SamplerSettings(NamedTuple):
     """Everything that changes the compiled program (the compile-cache key)."""
 
-    kernel: NUTS | HMC
+    kernel: Any  # a kernel family (gnomon.sampler.protocol)
     adapt: AdaptSettings
     chunk: int = CHUNK
 
@@ -47,15 +49,25 @@ class ChunkOut(NamedTuple):
 
     theta: Any
     log_prob: Any
+    grad: Any  # ∇ log p at the draw (steps, chains, D)
     acceptance_rate: Any
     diverging: Any
     energy: Any
-    n_steps: Any
+    n_steps: Any  # gradient evaluations of the step
     step_size: Any
-    tree_depth: Any
+    extras: dict  # the kernel family's statistics {name: (steps, chains)}
 
 
-STAT_NAMES = ("acceptance_rate", "diverging", "energy", "n_steps", "step_size", "tree_depth")
+def stat_names(kernel: Any) -> tuple[str, ...]:
+    """The statistics a trace keeps for ``kernel``: the common ones (``energy`` only for a Hamiltonian
+    energy) and the family's extras."""
+    common = ("acceptance_rate", "diverging", *(("energy",) if kernel.has_energy else ()), "n_steps", "step_size")
+    return common + tuple(kernel.extra_stats)
+
+
+def stats_of(out: ChunkOut, names: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: array}`` of the statistics ``names`` from outputs ``out``."""
+    return {n: (out.extras[n] if n in out.extras else getattr(out, n)) for n in names}
 
 
 class ChunkArgs(NamedTuple):
@@ -77,7 +89,8 @@ class SamplerProgram(NamedTuple):
     # (states, ad, key, t0, sched, active, adapting, depth, estimator, ChunkArgs) -> (states, ad, ChunkOut)
     chunk: Callable
     adapt_final: Callable  # (AdaptState) -> (step_size, inverse mass matrix)
-
+    # (num_steps) -> (keys, states, step_size, factor, factor_inv, data) -> (states, TuneResult): Tuning.OWN
+    tune: Callable | None = None
 
 
 _COMPILE_TOTAL = [0.0]
@@ -142,15 +155,14 @@ def compiled(obj: Objective, st: SamplerSettings) -> SamplerProgram:
 def _build(live: Live, st: SamplerSettings) -> SamplerProgram:
     """The programs of one compile key: they reach the objective through ``live`` (never closing over one)
     and take its data as an argument."""
-    from blackjax.mcmc import hmc
-
     wa = window_adaptation(st.adapt)
-    step = build_step(st.kernel)
+    family = st.kernel
+    step = family.build_step()
 
     def init(positions, data):
         obj = live.get()
         logdensity = lambda th: obj.log_prob(th, data)  # noqa: E731
-        return jax.vmap(lambda p: hmc.init(p, logdensity))(positions)
+        return jax.vmap(lambda p: family.init(p, logdensity))(positions)
 
     def chunk(states, ad: AdaptState, key, t0, sched, active, adapting, depth, estimator, args: ChunkArgs):
         """``len(active)`` steps; with ``adapting`` (warmup) the step size and the metric adapt."""
@@ -164,16 +176,19 @@ def _build(live: Live, st: SamplerSettings) -> SamplerProgram:
             def run(carry):
                 states, ad = carry
                 keys = jax.random.split(jax.random.fold_in(key, t), num_chains)
-                new, info = jax.vmap(lambda k, s: step(k, s, logdensity, ad.step_size, ad.imm, depth))(keys, states)
+                params = StepParams(ad.step_size, ad.imm, depth)
+                new, info = jax.vmap(lambda k, s: step(k, s, logdensity, params))(keys, states)
+                dtype = new.logdensity.dtype
                 out = ChunkOut(
                     theta=new.position,
                     log_prob=new.logdensity,
-                    acceptance_rate=info.acceptance_rate,
-                    diverging=info.is_divergent,
-                    energy=info.energy,
-                    n_steps=info.num_integration_steps,
+                    grad=new.logdensity_grad,
+                    acceptance_rate=jnp.asarray(info.acceptance_rate, dtype),
+                    diverging=jnp.asarray(info.diverging, bool),
+                    energy=jnp.asarray(info.energy, dtype),
+                    n_steps=jnp.asarray(info.grad_evals, jnp.int32),
                     step_size=jnp.broadcast_to(ad.step_size, (num_chains,)),
-                    tree_depth=info.tree_depth,
+                    extras={k: info.extras[k] for k in family.extra_stats},
                 )
                 ad = jax.lax.cond(
                     adapting,
@@ -209,7 +224,39 @@ def _build(live: Live, st: SamplerSettings) -> SamplerProgram:
         adapt_init=Aot(wa.init),
         chunk=Aot(chunk),
         adapt_final=Aot(wa.final),
+        tune=_tuner(live, family) if family.tuning is Tuning.OWN else None,
     )
+
+
+def _tuner(live: Live, family: Any) -> Callable:
+    """``tune(num_steps)``: the family's own tuning stage as a compiled program ``(keys, states, step_size,
+    factor, factor_inv, data) -> (states, TuneResult)`` on the target in the whitened coordinates
+    ``u = L⁻¹θ`` (``factor`` L: ``(D,)`` or ``(D, D)``); the states go in and come out in θ."""
+    programs: dict[int, Aot] = {}
+
+    def get(num_steps: int) -> Aot:
+        if num_steps not in programs:
+            stage = family.build_tune(num_steps)
+
+            def run(keys, states, step_size, factor, factor_inv, data):
+                obj = live.get()
+                dense = factor.ndim == 2
+                to_u = (lambda x: x @ factor_inv.T) if dense else (lambda x: x * factor_inv)
+                to_theta = (lambda u: u @ factor.T) if dense else (lambda u: u * factor)
+                grad_to_u = (lambda g: g @ factor) if dense else (lambda g: g * factor)  # g_u = Lᵀ g
+                grad_to_theta = (lambda g: g @ factor_inv) if dense else (lambda g: g * factor_inv)
+                logdensity_u = lambda u: obj.log_prob(to_theta(u), data)  # noqa: E731
+                states_u = states._replace(position=to_u(states.position),
+                                           logdensity_grad=grad_to_u(states.logdensity_grad))
+                res = stage(keys, states_u, logdensity_u, step_size)
+                su = res.states
+                back = su._replace(position=to_theta(su.position), logdensity_grad=grad_to_theta(su.logdensity_grad))
+                return back, res._replace(states=None)
+
+            programs[num_steps] = Aot(run)
+        return programs[num_steps]
+
+    return get
 
 
 class Chunk(NamedTuple):
@@ -255,12 +302,17 @@ def run_chunks(
             args,
         )
         outs = jax.device_get(outs)
-        yield Chunk(states, ad, ChunkOut(*(np.asarray(v)[:n] for v in outs)))
+        yield Chunk(states, ad, jax.tree.map(lambda v, n=n: np.asarray(v)[:n], outs))
+
+
+def cat(chunks: list[ChunkOut]) -> ChunkOut:
+    """Concatenate chunk outputs along steps: (steps, chains, ...)."""
+    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *chunks)
 
 
 def stack(chunks: list[ChunkOut]) -> ChunkOut:
     """Concatenate chunk outputs (steps, chains, ...) and move chains first: (chains, steps, ...)."""
-    return ChunkOut(*(np.swapaxes(np.concatenate(parts, axis=0), 0, 1) for parts in zip(*chunks, strict=True)))
+    return jax.tree.map(lambda v: np.swapaxes(v, 0, 1), cat(chunks))
 
 
 def shard(states: Any, num_chains: int) -> Any:

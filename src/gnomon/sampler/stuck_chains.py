@@ -12,7 +12,7 @@ moving it would destroy the evidence and return :math:`\hat R \approx 1` over on
 two-mode posterior and a label-switching mixture before this rule). So distance alone never moves a chain:
 a chain :math:`c` is *stuck* after a window only when its region is not a mode it can sample:
 
-* **it cannot move there**: its mean leapfrog steps per draw exceed 10× the chains' median (and 8 steps) — the
+* **it cannot move there**: its mean gradient evaluations per draw exceed 10× the chains' median (and 8) — the
   integrator runs to the tree-depth cap at the pooled step size. A chain that explores a narrower region
   than the others (a funnel's neck) legitimately pays a few times their cost — 4–6× measured on Neal's
   funnel, where moving such chains out of the neck cost 30 % of the effective samples per gradient over five
@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-COST_LIMIT = 10.0  # × the median chain's leapfrog steps per draw
+COST_LIMIT = 10.0  # × the median chain's gradient evaluations per draw
 MOVING = 0.10  # a chain whose position changed in fewer than this fraction of its transitions does not move
 MIN_CHAINS = 3
 
@@ -60,7 +60,7 @@ def lp_gap(dim: int) -> float:
 def find_stuck(
     theta: np.ndarray, n_steps: np.ndarray, rng: np.random.Generator, log_prob: np.ndarray | None = None
 ) -> Stuck:
-    """Stuck chains in a window's draws ``theta`` (steps, chains, D) with leapfrog steps ``n_steps`` and log
+    """Stuck chains in a window's draws ``theta`` (steps, chains, D) with gradient evaluations ``n_steps`` and log
     densities ``log_prob`` (steps, chains); see the module docstring. Without ``log_prob`` only the cost and
     non-finite draws can make a chain stuck."""
     theta = np.asarray(theta, np.float64)
@@ -90,7 +90,7 @@ def find_stuck(
     for c in np.flatnonzero(bad):
         why = []
         if dear[c]:
-            why.append(f"{cost[c]:.0f} leapfrog steps per draw vs {typical:.0f} for the median chain")
+            why.append(f"{cost[c]:.0f} gradient evaluations per draw vs {typical:.0f} for the median chain")
         if frozen[c] and below[c]:
             why.append(
                 f"it moved in {100 * moved[c]:.0f} % of its transitions and its log density "

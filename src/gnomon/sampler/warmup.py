@@ -253,8 +253,84 @@ def low_rank_scale(m: Moments, rank: int, gamma: float = LOW_RANK_GAMMA, cutoff:
 
 
 # ------------------------------------------------------------------------------------------------ the adaptation
+def _fresh(st: AdaptSettings, num_chains: int, dim: int, dtype):
+    """A unit whitened metric and empty moments."""
+    scale = jnp.eye(dim, dtype=dtype) if st.scale_dense else jnp.ones((dim,), dtype)
+    per_chain = jnp.zeros((num_chains, dim), dtype)
+    chains = ChainMoments(jnp.zeros((), dtype), per_chain, per_chain)
+    return scale, _moments_init(st.moments_dense, dim, dtype), chains
+
+
+def estimate(st: AdaptSettings, est, mom: Moments, prev, shrink):
+    """The whitened metric ``S`` of a window's pooled moments by the estimator ``est`` (an :class:`Estimator`
+    code, traced: one program serves them all); ``prev`` is the previous ``S``."""
+    n = mom.n
+    dim = mom.mean_u.shape[0]
+    dtype = mom.mean_u.dtype
+
+    def as_scale(diag_s):
+        return jnp.diag(diag_s) if st.scale_dense else diag_s
+
+    def prev_diag():
+        return jnp.diagonal(prev) if st.scale_dense else prev
+
+    def variance(_):
+        s = (n * _var(st.moments_dense, mom.m2_u, n) + shrink * prev_diag() + 5e-3) / (n + 5 + shrink)
+        return as_scale(s)
+
+    def none(_):
+        return prev
+
+    branches = [variance, variance, variance, none]  # without dense moments the dense estimators cannot run
+    if st.scale_dense:
+
+        def covariance(_):
+            cov = mom.m2_u / jnp.maximum(n, 1.0)
+            s = (n * cov + shrink * prev + 5e-3 * jnp.eye(dim, dtype=dtype)) / (n + 5 + shrink)
+            return 0.5 * (s + s.T)
+
+        def low_rank(_):
+            return low_rank_scale(mom, st.rank).astype(dtype)
+
+        branches = [variance, covariance, low_rank, none]
+    return jax.lax.switch(est, branches, None)
+
+
+def window_end(st: AdaptSettings, ad: AdaptState, est, factor, shrink, restart_da: Callable) -> AdaptState:
+    """The end of a slow window: re-estimate ``S`` (an estimate that is not finite and positive — too few
+    distinct draws — keeps the previous one), restart dual averaging from the window's average step size
+    (``restart_da(state) -> state``), record how far the metric moved and the window's R̂, empty the
+    moments."""
+    mom = ad.mom
+    scale = estimate(st, est, mom, ad.scale, shrink)
+    dg = jnp.diagonal(scale) if st.scale_dense else scale
+    usable = jnp.all(jnp.isfinite(scale)) & jnp.all(dg > 0)
+    scale = jnp.where(usable, scale, ad.scale)
+    da = restart_da(ad.da)
+    diag = (lambda a: jnp.diagonal(a)) if st.scale_dense else (lambda a: a)
+    lr = jnp.log(diag(scale) / diag(ad.scale))
+    num_chains, dim = ad.chains.mean.shape
+    _, fresh_mom, fresh_chains = _fresh(st, num_chains, dim, mom.mean_u.dtype)
+    return ad._replace(
+        da=da,
+        step_size=jnp.exp(da.log_step_size),
+        scale=scale,
+        mom=fresh_mom,
+        chains=fresh_chains,
+        imm=inverse_mass_matrix(st, factor, scale),
+        change_std=jnp.std(lr),
+        change_max=jnp.max(jnp.abs(lr)),
+        last_n=mom.n,
+        last_rhat=chains_rhat(ad.chains),
+        windows=ad.windows + 1,
+    )
+
+
 def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
-    """The pooled window adaptation for the static shape ``st`` (see :class:`AdaptSettings`)."""
+    """The pooled window adaptation for the static shape ``st`` (see :class:`AdaptSettings`). Like BlackJAX's
+    ``window_adaptation`` it does not know the kernel: it sees each step's positions, gradients and
+    acceptance rates (the kernel protocol's common statistics), so any kernel family tuned by dual averaging
+    on its acceptance rate runs through it."""
     from blackjax.adaptation.step_size import dual_averaging_adaptation
 
     # only update uses the target acceptance rate: it is an argument (a new target does not recompile)
@@ -262,16 +338,10 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
     if st.scale_dense and not st.moments_dense:
         raise ValueError("a dense whitened metric needs dense moments")
 
-    def fresh(num_chains: int, dim: int, dtype):
-        scale = jnp.eye(dim, dtype=dtype) if st.scale_dense else jnp.ones((dim,), dtype)
-        per_chain = jnp.zeros((num_chains, dim), dtype)
-        chains = ChainMoments(jnp.zeros((), dtype), per_chain, per_chain)
-        return scale, _moments_init(st.moments_dense, dim, dtype), chains
-
     def init(positions, step_size, factor) -> AdaptState:
         num_chains, dim = positions.shape
         dtype = positions.dtype
-        scale, mom, chains = fresh(num_chains, dim, dtype)
+        scale, mom, chains = _fresh(st, num_chains, dim, dtype)
         zero = jnp.zeros((), dtype)
         eps = jnp.asarray(step_size, dtype)
         return AdaptState(
@@ -288,70 +358,11 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             windows=jnp.zeros((), jnp.int32),
         )
 
-    def estimate(est, mom: Moments, prev, shrink):
-        n = mom.n
-        dim = mom.mean_u.shape[0]
-        dtype = mom.mean_u.dtype
-
-        def as_scale(diag_s):
-            return jnp.diag(diag_s) if st.scale_dense else diag_s
-
-        def prev_diag():
-            return jnp.diagonal(prev) if st.scale_dense else prev
-
-        def variance(_):
-            s = (n * _var(st.moments_dense, mom.m2_u, n) + shrink * prev_diag() + 5e-3) / (n + 5 + shrink)
-            return as_scale(s)
-
-        def none(_):
-            return prev
-
-        branches = [variance, variance, variance, none]  # without dense moments the dense estimators cannot run
-        if st.scale_dense:
-
-            def covariance(_):
-                cov = mom.m2_u / jnp.maximum(n, 1.0)
-                s = (n * cov + shrink * prev + 5e-3 * jnp.eye(dim, dtype=dtype)) / (n + 5 + shrink)
-                return 0.5 * (s + s.T)
-
-            def low_rank(_):
-                return low_rank_scale(mom, st.rank).astype(dtype)
-
-            branches = [variance, covariance, low_rank, none]
-        return jax.lax.switch(est, branches, None)
-
     def update(ad: AdaptState, stage, is_end, positions, grads, acceptance, factor, factor_inv, shrink, est,
                target):
         """One warmup step: dual averaging on the chains' mean acceptance; in a slow window (``stage == 1``)
         the whitened positions and gradients join the pooled moments; at a window end the metric is
         re-estimated by the estimator ``est`` (an :class:`Estimator` code)."""
-
-        def window_end(ad: AdaptState) -> AdaptState:
-            mom = ad.mom
-            scale = estimate(est, mom, ad.scale, shrink)
-            # an estimate that is not finite and positive (too few distinct draws) keeps the previous metric
-            dg = jnp.diagonal(scale) if st.scale_dense else scale
-            usable = jnp.all(jnp.isfinite(scale)) & jnp.all(dg > 0)
-            scale = jnp.where(usable, scale, ad.scale)
-            da = da_init(da_final(ad.da))
-            diag = (lambda a: jnp.diagonal(a)) if st.scale_dense else (lambda a: a)
-            lr = jnp.log(diag(scale) / diag(ad.scale))
-            num_chains, dim = ad.chains.mean.shape
-            _, fresh_mom, fresh_chains = fresh(num_chains, dim, mom.mean_u.dtype)
-            return ad._replace(
-                da=da,
-                step_size=jnp.exp(da.log_step_size),
-                scale=scale,
-                mom=fresh_mom,
-                chains=fresh_chains,
-                imm=inverse_mass_matrix(st, factor, scale),
-                change_std=jnp.std(lr),
-                change_max=jnp.max(jnp.abs(lr)),
-                last_n=mom.n,
-                last_rhat=chains_rhat(ad.chains),
-                windows=ad.windows + 1,
-            )
-
         da = dual_averaging_adaptation(target)[1](ad.da, jnp.mean(acceptance))
         ad = ad._replace(da=da, step_size=jnp.exp(da.log_step_size))
         u = whiten(st.factor_dense, factor_inv, positions)
@@ -361,7 +372,8 @@ def window_adaptation(st: AdaptSettings) -> WindowAdaptation:
             return a._replace(mom=moments_add(st.moments_dense, a.mom, u, gu), chains=chains_add(a.chains, u))
 
         ad = jax.lax.cond(stage == 1, add, lambda a: a, ad)
-        return jax.lax.cond(is_end, window_end, lambda a: a, ad)
+        end = lambda a: window_end(st, a, est, factor, shrink, lambda d: da_init(da_final(d)))  # noqa: E731
+        return jax.lax.cond(is_end, end, lambda a: a, ad)
 
     def final(ad: AdaptState):
         # the dual-averaging average; right after a window end (no update since the restart) the restart value

@@ -12,8 +12,11 @@ Sampling traces:
 ``unconstrained_posterior`` (``unconstrained=True``)
     the flat θ blocks before the transforms (``layout.unpack_unconstrained``).
 ``sample_stats``
-    ``lp`` (log density of θ) and the sampler statistics under ArviZ names (``acceptance_rate``,
-    ``diverging``, ``energy``, ``n_steps``, ``step_size``, ``tree_depth``).
+    ``lp`` (log density of θ) and the sampler statistics under ArviZ names: the kernel protocol's common
+    ones — ``acceptance_rate``, ``diverging``, ``n_steps`` (gradient evaluations of the step), ``step_size``,
+    and ``energy`` where the kernel has a Hamiltonian energy (NUTS, HMC; ``az.bfmi`` needs it) — then the
+    kernel family's own (NUTS ``tree_depth``; MCLMC ``num_integration_steps``), whatever ``trace.stats``
+    holds.
 ``warmup_posterior``, ``warmup_sample_stats``
     when the trace kept its warmup (``save_warmup=False`` drops them).
 ``observed_data``
