@@ -140,23 +140,8 @@ def scale_by_curvature(
     Reference: Nocedal & Wright, *Numerical Optimization* (2006), §3.3 (scaling) and §9 (diagonal/Jacobi
     preconditioning); Barzilai & Borwein (1988) for the step that ``scale_by_bb`` chains after it.
     """
-    estimator, fixed, method = curvature_source(curvature, objective, data)
-    p = default_power(method) if power is None else power
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and p > 0):
-        raise ValueError(f"power must be a positive number (1 for Hessian-like, 0.5 for g²), got {p!r}")
-    _check_non_negative("eps", eps)
-    every = None if refresh_every is None else positive_int(refresh_every, "refresh_every")
-    if every is not None and estimator is None:
-        raise ValueError("refresh_every needs a curvature to re-estimate (a method name or a CurvatureEstimator)")
-    if isinstance(ema, bool) or not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
-    if initial is not None:
-        if estimator is None:
-            raise ValueError("initial= is a starting diagonal for an estimated curvature; give the curvature itself")
-        _, initial, _ = curvature_source(initial, None, _UNSET)
-    scales = None
-    if block_scale:
-        scales = block_scales(0 if layout is None else layout.size, layout, block_scale)
+    estimator, fixed, p, every, initial, scales = _settings(curvature, objective, data, initial, power, eps,
+                                                            layout, block_scale, refresh_every, ema)
     key0 = as_key(key, optional=True)
 
     def make_shape(diag):
@@ -187,17 +172,10 @@ def scale_by_curvature(
         if every is not None:
             if params is None:
                 raise ValueError("scale_by_curvature with refresh_every needs params in update()")
-            at, _ = flatten(params)
-            d = extra.get("data", estimator.data)
+            at, d = flatten(params)[0], extra.get("data", estimator.data)
 
             def refresh(st):
-                k, k_est, _ = jax.random.split(jax.random.wrap_key_data(st.key), 3)
-                new, _ = estimator.estimate(at, d, k_est, st.diag)
-                new = jnp.where(jnp.isfinite(new), new, st.diag)  # a non-finite entry keeps the one in use
-                diag = (ema * st.diag + (1 - ema) * new).astype(st.diag.dtype)
-                spent = st.info.num_grad_evals + estimator.cost
-                return st._replace(diag=diag, shape=make_shape(diag), key=jax.random.key_data(k),
-                                   info=st.info._replace(num_grad_evals=spent))
+                return _refreshed(st, estimator, at, d, ema, make_shape)
 
             due = (state.count > 0) & (state.count % every == 0)
             state = jax.lax.cond(due, refresh, lambda st: st, state)
@@ -207,6 +185,40 @@ def scale_by_curvature(
         return (out if unravel is None else unravel(out)), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _settings(curvature: Any, objective: Any, data: Any, initial: Any, power: Any, eps: Any, layout: Any,
+              block_scale: Any, refresh_every: Any, ema: Any) -> tuple:
+    """:func:`scale_by_curvature`'s arguments, checked: ``(estimator, fixed, power, every, initial, scales)``."""
+    estimator, fixed, method = curvature_source(curvature, objective, data)
+    p = default_power(method) if power is None else power
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and p > 0):
+        raise ValueError(f"power must be a positive number (1 for Hessian-like, 0.5 for g²), got {p!r}")
+    _check_non_negative("eps", eps)
+    every = None if refresh_every is None else positive_int(refresh_every, "refresh_every")
+    if every is not None and estimator is None:
+        raise ValueError("refresh_every needs a curvature to re-estimate (a method name or a CurvatureEstimator)")
+    if isinstance(ema, bool) or not (isinstance(ema, (int, float)) and 0 <= ema < 1):
+        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+    if initial is not None:
+        if estimator is None:
+            raise ValueError("initial= is a starting diagonal for an estimated curvature; give the curvature itself")
+        _, initial, _ = curvature_source(initial, None, _UNSET)
+    scales = block_scales(0 if layout is None else layout.size, layout, block_scale) if block_scale else None
+    return estimator, fixed, p, every, initial, scales
+
+
+def _refreshed(st: ScaleByCurvatureState, estimator: CurvatureEstimator, at: Any, data: Any, ema: float,
+               make_shape: Callable) -> ScaleByCurvatureState:
+    """The state after a refresh at ``at``: c re-estimated (seeded by the c in use), smoothed by ``ema``, P rebuilt,
+    the key advanced (the keys split are: the next key, the estimate's, the λ_max bound's)."""
+    k, k_est, _ = jax.random.split(jax.random.wrap_key_data(st.key), 3)
+    new, _ = estimator.estimate(at, data, k_est, st.diag)
+    new = jnp.where(jnp.isfinite(new), new, st.diag)  # a non-finite entry keeps the one in use
+    diag = (ema * st.diag + (1 - ema) * new).astype(st.diag.dtype)
+    spent = st.info.num_grad_evals + estimator.cost
+    return st._replace(diag=diag, shape=make_shape(diag), key=jax.random.key_data(k),
+                       info=st.info._replace(num_grad_evals=spent))
 
 
 def finite_diagonal(diag: Any) -> jnp.ndarray:
