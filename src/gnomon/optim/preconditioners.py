@@ -137,8 +137,9 @@ def scale_by_curvature(
     :mod:`gnomon.curvature.choice`). The estimates' cost is ``info.num_grad_evals``
     (:func:`gnomon.optim.readout.own_grad_evals`).
 
-    Reference: Nocedal & Wright, *Numerical Optimization* (2006), §3.3 (scaling) and §9 (diagonal/Jacobi
-    preconditioning); Barzilai & Borwein (1988) for the step that ``scale_by_bb`` chains after it.
+    References: Nocedal & Wright, *Numerical Optimization*, 2nd ed. (2006), §2.2 (scaling) and §5.1 (diagonal
+    preconditioning); Barzilai & Borwein, IMA J. Numer. Anal. 8 (1988) 141–148, for the step ``scale_by_bb``
+    chains after it.
     """
     estimator, fixed, p, every, initial, scales = _settings(curvature, objective, data, initial, power, eps,
                                                             layout, block_scale, refresh_every, ema)
