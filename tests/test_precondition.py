@@ -1,4 +1,5 @@
-"""Learning-rate vectors and the scale_by_curvature optax transformation."""
+"""Learning-rate vectors and the scale_by_curvature optax transformation (optax conventions: P ⊙ g, the step
+chained after it)."""
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ def test_bad_inputs_give_clear_errors():
         gn.learning_rates(np.array([1.0]), base_lr=0.0)
     with pytest.raises(ValueError, match="vector"):
         gn.learning_rates(np.ones((2, 2)))
-    tx = gn.scale_by_curvature(np.ones(3))
+    tx = gn.optim.scale_by_curvature(np.ones(3))
     with pytest.raises(ValueError, match="shape"):
         tx.init(jnp.zeros(4))
 
@@ -67,12 +68,13 @@ def test_power_one_diagonal_newton_solves_axis_aligned_quadratic_in_one_step():
         obj = gn.Objective.from_loss(axis_quad, 4)
         th0 = jnp.zeros(4)
         curv = gn.estimate_curvature(obj, th0, "exact")
-        tx = gn.scale_by_curvature(curv)  # base_lr 1, power 1
+        # P ⊙ g (no sign, no learning rate), then the step: optax's own learning rate, η = 1
+        tx = optax.chain(gn.optim.scale_by_curvature(curv), optax.scale_by_learning_rate(1.0))
         g = jax.grad(axis_quad)(th0)
         upd, _ = tx.update(g, tx.init(th0), th0)
         np.testing.assert_allclose(th0 + upd, OPT, rtol=1e-12)
         # power ½ (the Adam convention) does not
-        tx2 = gn.scale_by_curvature(curv, power=0.5)
+        tx2 = optax.chain(gn.optim.scale_by_curvature(curv, power=0.5), optax.scale_by_learning_rate(1.0))
         upd2, _ = tx2.update(g, tx2.init(th0), th0)
         assert np.max(np.abs(th0 + upd2 - OPT)) > 0.5
 
@@ -82,7 +84,8 @@ def test_composes_with_optax_chain_clipping_schedule_and_momentum():
         diag = jnp.array([1.0, 10.0, 100.0])
         sched = optax.linear_schedule(1.0, 0.5, transition_steps=4)
         tx = optax.chain(
-            optax.clip_by_global_norm(1.0), gn.scale_by_curvature(diag, sched), optax.trace(decay=0.9)
+            optax.clip_by_global_norm(1.0), gn.optim.scale_by_curvature(diag), optax.scale_by_learning_rate(sched),
+            optax.trace(decay=0.9)
         )
         th = jnp.zeros(3)
         state = tx.init(th)
@@ -104,7 +107,7 @@ def test_refresh_re_estimates_every_k_steps_with_ema():
             return jnp.full_like(theta, 4.0), jnp.zeros((3,), jnp.int32)
 
         est = gn.optim.CurvatureEstimator(estimate, cost=7, method="exact")
-        tx = gn.scale_by_curvature(est, initial=jnp.ones(2), refresh_every=2, ema=0.5)
+        tx = gn.optim.scale_by_curvature(est, initial=jnp.ones(2), refresh_every=2, ema=0.5)
         st = tx.init(jnp.zeros(2))
         g = jnp.ones(2)
         ups = []
@@ -112,12 +115,16 @@ def test_refresh_re_estimates_every_k_steps_with_ema():
             u, st = tx.update(g, st, jnp.zeros(2))
             ups.append(float(u[0]))
         # diag: 1, 1, (1+4)/2 = 2.5, 2.5, (2.5+4)/2 = 3.25
-        np.testing.assert_allclose(ups, [-1.0, -1.0, -1 / 2.5, -1 / 2.5, -1 / 3.25])
-        assert int(st.num_grad_evals) == 14  # two refreshes (the initial diagonal was given: no cost)
+        np.testing.assert_allclose(ups, [1.0, 1.0, 1 / 2.5, 1 / 2.5, 1 / 3.25])
+        assert int(gn.optim.readout.own_grad_evals(st)) == 14  # two refreshes (the initial diagonal was given)
+        np.testing.assert_allclose(st.info.diag0, [1.0, 1.0])  # the report keeps c at θ0 beside the one in use
+        np.testing.assert_allclose(st.diag, [3.25, 3.25])
         # estimated at init instead: the cost of the initial estimate is counted too
-        st2 = gn.scale_by_curvature(est).init(jnp.zeros(2))
-        np.testing.assert_allclose(st2.diag, [4.0, 4.0])
-        assert int(st2.num_grad_evals) == 7
+        st2 = gn.optim.scale_by_curvature(est).init(jnp.zeros(2))
+        np.testing.assert_allclose(st2.info.diag0, [4.0, 4.0])
+        assert int(gn.optim.readout.own_grad_evals(st2)) == 7
+        # without refreshes the state is P alone: nothing a next update does not need
+        assert st2.count is None and st2.diag is None and st2.key is None
 
 
 def test_lambda_max_of_preconditioned_hessian_by_power_iteration():

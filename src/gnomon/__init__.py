@@ -23,7 +23,7 @@ _EXPORTS = {
     "Objective": "gnomon.objective.objective",
     "Curvature": "gnomon.curvature.estimate",
     "estimate_curvature": "gnomon.curvature.estimate",
-    "scale_by_curvature": "gnomon.optim.transforms",
+    "scale_by_curvature": "gnomon.optim.legacy",  # refuses: now gn.optim.scale_by_curvature + a step (issue 19)
     "learning_rates": "gnomon.optim.precondition",
     "Trace": "gnomon.trace.trace",
     "run_simple_gd": "gnomon.optim.simple_gd",

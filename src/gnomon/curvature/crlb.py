@@ -41,7 +41,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -285,22 +285,8 @@ def cramer_rao(
     from gnomon.objective.objective import Objective
 
     if isinstance(fisher, Objective) and fisher.thetamap is not None:
-        # An objective over a θ-map's coordinates z (obj.reparameterize(emap)): the bound that means anything is
-        # the one on the model's parameters, so decode z and bound base θ with the base objective's layout.
-        tagged = getattr(theta, "z_of", None)
-        if tagged is None or fisher.base is None or fisher.base.thetamap is not None:
-            raise ValueError(
-                f"cramer_rao: this objective runs in the coordinates z of {fisher.thetamap!r}, and a bound on z "
-                "is not a bound on the model's parameters; pass the base objective and base θ "
-                "(gn.cramer_rao(zobj.base, trace.best_theta)) or z as the trace tags it (trace.best_z), which is "
-                "then decoded to θ"
-            )
-        if tagged is not fisher.thetamap and getattr(tagged, "hash", None) != getattr(fisher.thetamap, "hash", 0):
-            raise ValueError(f"cramer_rao: z is in the coordinates of {tagged!r}, but the objective runs in "
-                             f"{fisher.thetamap!r}")
-        base_theta = fisher.thetamap.to_theta(jnp.asarray(np.asarray(theta)))
-        return cramer_rao(fisher.base, base_theta, layout, derived, degeneracy_ratio=degeneracy_ratio)
-
+        base, base_theta = _on_base_coordinates(fisher, theta)
+        return cramer_rao(base, base_theta, layout, derived, degeneracy_ratio=degeneracy_ratio)
     if not (isinstance(degeneracy_ratio, (int, float)) and degeneracy_ratio > 1):
         raise ValueError(f"degeneracy_ratio must be a number > 1, got {degeneracy_ratio!r}")
     theta = jnp.asarray(theta)
@@ -318,17 +304,68 @@ def cramer_rao(
         raise ValueError(f"θ has shape {tuple(theta.shape)} but the Fisher matrix is {dim}×{dim}")
     if layout is not None and layout.size != dim:
         raise ValueError(f"the layout has size {layout.size} but the Fisher matrix is {dim}×{dim}")
+    q = _quantities(theta, layout, _derived_specs(derived))
+    cov = q.jacobian @ _inverse(F, eps, q.index_labels) @ q.jacobian.T
+    marginal = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    conditional = _conditional(q.jacobian, F)
+    degenerate = _degeneracies(q.labels, marginal, conditional, cov, q.num_base, float(degeneracy_ratio))
+    if degenerate:
+        _warn_degenerate(degenerate, marginal, conditional, q.labels, q.units, float(degeneracy_ratio))
+    return CramerRao(tuple(q.labels), q.values, marginal, conditional, cov, tuple(q.units), bayesian, method,
+                     degenerate=degenerate, derived=q.derived, num_base=q.num_base, on_layout=layout is not None,
+                     degeneracy_ratio=float(degeneracy_ratio))
 
+
+def _on_base_coordinates(fisher: Any, theta: Any) -> tuple[Any, Any]:
+    """An objective over a θ-map's coordinates z (``obj.reparameterize(emap)``): the bound that means anything is
+    the one on the model's parameters, so z (tagged as the trace tags it) is decoded to base θ and bounded with the
+    base objective."""
+    tagged = getattr(theta, "z_of", None)
+    if tagged is None or fisher.base is None or fisher.base.thetamap is not None:
+        raise ValueError(
+            f"cramer_rao: this objective runs in the coordinates z of {fisher.thetamap!r}, and a bound on z "
+            "is not a bound on the model's parameters; pass the base objective and base θ "
+            "(gn.cramer_rao(zobj.base, trace.best_theta)) or z as the trace tags it (trace.best_z), which is "
+            "then decoded to θ"
+        )
+    if tagged is not fisher.thetamap and getattr(tagged, "hash", None) != getattr(fisher.thetamap, "hash", 0):
+        raise ValueError(f"cramer_rao: z is in the coordinates of {tagged!r}, but the objective runs in "
+                         f"{fisher.thetamap!r}")
+    return fisher.base, fisher.thetamap.to_theta(jnp.asarray(np.asarray(theta)))
+
+
+def _derived_specs(derived: Mapping[str, Callable | tuple[Callable, str]] | None
+                   ) -> list[tuple[str, Callable, str]]:
+    """``[(name, fn, units)]`` of the derived quantities, each checked to be a function."""
+    out = []
+    for name, spec in dict(derived or {}).items():
+        fn, unit = spec if isinstance(spec, tuple) else (spec, "")
+        if not callable(fn):
+            raise ValueError(
+                f"derived quantity {name!r} must be a function of params (or (fn, units)), got {spec!r}"
+            )
+        out.append((name, fn, unit))
+    return out
+
+
+class _Quantities(NamedTuple):
+    """g(θ) = (the layout's constrained elements, the derived quantities), its Jacobian G and their names."""
+
+    values: np.ndarray
+    jacobian: np.ndarray  # G = ∂g/∂θ (float64)
+    labels: list[str]
+    units: list[str]
+    index_labels: list[str]  # of θ's entries (to name a singular Fisher's direction)
+    num_base: int  # the layout's elements come first
+    derived: tuple  # ((name, fn), ...)
+
+
+def _quantities(theta: Any, layout: Any, specs: list[tuple[str, Callable, str]]) -> _Quantities:
+    dim = theta.shape[0]
     if layout is not None:
-        base_labels = layout.element_labels()
+        base_labels, index_labels = layout.element_labels(), layout.index_labels()
         base_units = [b.units for b in layout.blocks for _ in range(b.num_elements)]
-        index_labels = layout.index_labels()
-
-        def params_of(th):
-            return layout.unpack(th)
-
-        def flat(th):
-            return layout.element_values(th)
+        params_of, flat = layout.unpack, layout.element_values
     else:
         base_labels = index_labels = [f"θ[{i}]" for i in range(dim)]
         base_units = [""] * dim
@@ -336,50 +373,31 @@ def cramer_rao(
         def params_of(th):
             return th
 
-        def flat(th):
-            return th
-
-    names, fns, dunits = [], [], []
-    for name, spec in dict(derived or {}).items():
-        fn, unit = spec if isinstance(spec, tuple) else (spec, "")
-        if not callable(fn):
-            raise ValueError(
-                f"derived quantity {name!r} must be a function of params (or (fn, units)), got {spec!r}"
-            )
-        names.append(name)
-        fns.append(fn)
-        dunits.append(unit)
+        flat = params_of
 
     def g(th):
-        parts = [flat(th)]
         p = params_of(th)
-        parts += [jnp.ravel(jnp.asarray(fn(p), th.dtype)) for fn in fns]
-        return jnp.concatenate(parts)
+        return jnp.concatenate([flat(th)] + [jnp.ravel(jnp.asarray(fn(p), th.dtype)) for _, fn, _ in specs])
 
-    values = np.asarray(g(theta), dtype=np.float64)
-    G = np.asarray(jax.jacfwd(g)(theta), dtype=np.float64)
     labels, units = list(base_labels), list(base_units)
-    for name, fn, unit in zip(names, fns, dunits):
+    for name, fn, unit in specs:
         shp = fn_shape(fn, params_of(theta))
         n = math.prod(shp)
         labels += [name] if shp == () else [f"{name}[{i}]" for i in range(n)]
         units += [unit] * n
-    cov_theta = _inverse(F, eps, index_labels)
-    cov = G @ cov_theta @ G.T
-    marginal = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    conditional = np.full(len(labels), np.nan)
+    return _Quantities(np.asarray(g(theta), dtype=np.float64), np.asarray(jax.jacfwd(g)(theta), dtype=np.float64),
+                       labels, units, list(index_labels), len(base_labels), tuple((n, f) for n, f, _ in specs))
+
+
+def _conditional(G: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """|G_ij| / √F_jj where quantity i depends on one θ entry j only; NaN elsewhere."""
+    conditional = np.full(G.shape[0], np.nan)
     for i, row in enumerate(G):
         nz = np.flatnonzero(row != 0)
         if len(nz) == 1:
             j = nz[0]
             conditional[i] = abs(row[j]) / np.sqrt(F[j, j])
-    n_base = len(base_labels)
-    degenerate = _degeneracies(labels, marginal, conditional, cov, n_base, float(degeneracy_ratio))
-    if degenerate:
-        _warn_degenerate(degenerate, marginal, conditional, labels, units, float(degeneracy_ratio))
-    return CramerRao(tuple(labels), values, marginal, conditional, cov, tuple(units), bayesian, method,
-                     degenerate=degenerate, derived=tuple(zip(names, fns)), num_base=n_base,
-                     on_layout=layout is not None, degeneracy_ratio=float(degeneracy_ratio))
+    return conditional
 
 
 def _degeneracies(labels: list[str], marginal: np.ndarray, conditional: np.ndarray, cov: np.ndarray, n: int,

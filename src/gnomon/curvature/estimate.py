@@ -61,16 +61,15 @@ shrink its preconditioned step 20-fold. The dense matrix is symmetrised and othe
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gnomon.curvature.fisher import expected_fisher, fisher_cost, fisher_mode
+from gnomon.curvature.compute import method_fn
 from gnomon.curvature.numerics import (  # noqa: F401 (re-exported: gnomon.curvature.estimate.<name>)
     clean_diagonal,
     clean_diagonal_host,
@@ -86,6 +85,15 @@ from gnomon.curvature.numerics import (  # noqa: F401 (re-exported: gnomon.curva
     jacobian_mode,
     weighted_jacobian,
 )
+from gnomon.curvature.plan import (  # noqa: F401 (re-exported: gnomon.curvature.estimate.<name>)
+    FLOORS,
+    HUTCHINSON_MODES,
+    METHODS,
+    CurvaturePlan,
+    default_floor,
+    default_num_probes,
+    plan_curvature,
+)
 from gnomon.curvature.result import (  # noqa: F401 (re-exported: gnomon.curvature.estimate.<name>)
     POWERS,
     Curvature,
@@ -94,33 +102,12 @@ from gnomon.curvature.result import (  # noqa: F401 (re-exported: gnomon.curvatu
 )
 from gnomon.objective.objective import Objective
 from gnomon.util.programs import Live, ProgramCache
+from gnomon.util.validate import default_key
 
-METHODS = ("exact", "hutchinson", "gauss_newton", "empirical_fisher", "fisher", "finite_difference", "ema_grad2")
-HUTCHINSON_MODES = ("variance_reduced", "plain")
 _UNSET = object()
-
-class CurvaturePlan(NamedTuple):
-    """Static settings of one curvature estimator (hashable: the compile-cache key of :func:`curvature_fn`)."""
-
-    method: str
-    dense: bool
-    num_probes: int  # Hutchinson probes, or Fisher diagonal probes (0 otherwise)
-    mode: str  # Hutchinson mode
-    batch_size: int | None
-    num_outputs: int  # residuals / observations / data (Gauss–Newton, empirical Fisher, Fisher; 0 otherwise)
-    beta: float  # ema_grad2 decay
-    fisher_mode: str = ""  # "forward" | "reverse" | "probes" (method "fisher")
-    include_prior: bool = True  # method "fisher": add the prior's Hessian
-
-    @property
-    def is_variance_reduced_hutchinson(self) -> bool:
-        return self.method == "hutchinson" and self.mode != "plain"
-
 
 # (obj.compile_key, plan) -> (jitted estimator, Live): it traces through the Live, holding no objective
 _PROGRAMS: ProgramCache = ProgramCache("curvature estimators", maxsize=64)
-# (obj.compile_key, residuals | per_observation, θ and data shapes) -> their number (planning traces the model)
-_OUTPUTS: ProgramCache = ProgramCache("curvature output counts", maxsize=256)
 
 
 def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
@@ -133,7 +120,7 @@ def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
             # the user's model is traced here too (Jacobians, HVPs): on GPUs its matmuls default to TF32, and a
             # curvature feeds inverses and bounds (measured: Gauss–Newton 2e-3 off on an H200, 4e-6 on CPU)
             with jax.default_matmul_precision("highest"):
-                return _raw_fn(live.get(), settings)(*args, **kwargs)
+                return method_fn(live.get(), settings)(*args, **kwargs)
 
         hit = _PROGRAMS.put(key, (jax.jit(highest), live))
     fn, live = hit
@@ -141,214 +128,10 @@ def _compiled(obj: Objective, settings: CurvaturePlan) -> Callable:
     return fn
 
 
-def _raw_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
-    """A pure ``(θ, data, key, extra) -> (diag, matrix|None)`` for the given static settings."""
-    method, dense, num_probes, mode, batch_size, n_res, beta, fmode, include_prior = settings
-
-    if method == "exact":
-
-        def fn(theta, data, key, extra):
-            f = lambda th: obj.loss(th, data)  # noqa: E731
-            if dense:
-                m = exact_matrix(f, theta, batch_size)
-                return jnp.diagonal(m), m
-            return exact_diag(f, theta, batch_size), None
-    elif method == "hutchinson":
-
-        def fn(theta, data, key, extra):
-            f = lambda th: obj.loss(th, data)  # noqa: E731
-            if mode == "plain":
-                return hutchinson_plain(f, theta, key, num_probes)[0], None
-            return hutchinson_variance_reduced(f, theta, key, num_probes, extra), None
-    elif method == "gauss_newton":
-
-        def fn(theta, data, key, extra):
-            wj = weighted_jacobian(lambda th: obj.residual_fn(th, data), theta, obj.weights, n_res)
-            if dense:
-                m = jnp.matmul(wj.T, wj, precision=jax.lax.Precision.HIGHEST)
-                return jnp.diagonal(m), m
-            return jnp.sum(wj * wj, axis=0), None
-    elif method == "empirical_fisher":
-
-        def fn(theta, data, key, extra):
-            g = weighted_jacobian(lambda th: obj.per_observation_fn(th, data), theta, None, n_res)
-            if dense:
-                m = jnp.matmul(g.T, g, precision=jax.lax.Precision.HIGHEST)
-                return jnp.diagonal(m), m
-            return jnp.sum(g * g, axis=0), None
-    elif method == "fisher":
-        lik = obj.likelihood
-        nlp = lik.neg_log_prior
-        if include_prior and obj.loss_includes_jacobian and obj.log_jacobian is not None:
-            # the loss is −log p(θ) with the layout's log-Jacobian (a sampler's target): its Hessian too, exactly
-            # (it never evaluates the model, so it costs no gradient evaluation of it)
-            log_jac, prior = obj.log_jacobian, nlp
-
-            def nlp(theta):
-                return (0.0 if prior is None else prior(theta)) - log_jac(theta)
-
-        def fn(theta, data, key, extra):
-            return expected_fisher(
-                lik.mean, lambda mu: lik.fisher_weights(mu, data), nlp, theta, mode=fmode,
-                dense=dense, key=key, num_probes=num_probes or None, batch_size=batch_size,
-                include_prior=include_prior,
-            )
-    elif method == "finite_difference":
-
-        def fn(theta, data, key, extra):
-            return finite_difference_hessian(jax.grad(lambda th: obj.loss(th, data)), theta, dense, batch_size)
-    elif method == "ema_grad2":
-
-        def fn(theta, data, key, extra):
-            if extra is None:
-                g = jax.grad(obj.loss)(theta, data)
-                v = g * g
-            else:
-                v = ema_of_squares(extra, beta)
-            return v, (jnp.outer(jnp.sqrt(v), jnp.sqrt(v)) if dense else None)
-    else:  # pragma: no cover - validated earlier
-        raise AssertionError(method)
-    return fn
-
-
-def _count_outputs(obj: Objective, theta: Any, data: Any, fn_name: str) -> int:
-    key = (getattr(obj, "compile_key", obj), fn_name, _shapes(theta), _shapes(data))
-    n = _OUTPUTS.get(key)
-    if n is None:
-        f = obj.residual_fn if fn_name == "residuals" else obj.per_observation_fn
-        n = _OUTPUTS.put(key, int(np.prod(jax.eval_shape(lambda th: f(th, data), theta).shape)))
-    return n
-
-
-def _shapes(tree: Any) -> Any:
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
-
-
-FLOORS = {"fisher": 1e-12, "gauss_newton": 1e-12, "empirical_fisher": 1e-12}
-
-
-def default_floor(method: str) -> float:
-    """Default relative floor of a method's diagonal (module docstring): 1e-12 for noise-free information
-    matrices (``fisher``, ``gauss_newton``, ``empirical_fisher``), 1e-6 otherwise."""
-    return FLOORS.get(method, 1e-6)
-
-
-def default_num_probes(dim: int) -> int:
-    """Default Hutchinson probe count: 32 (the budget the variance-reduced mode is tuned for)."""
-    return 32
-
-
-def plan_curvature(
-    obj: Objective,
-    theta: Any,
-    data: Any,
-    method: str,
-    *,
-    num_probes: int | None = None,
-    hutchinson_mode: str = "variance_reduced",
-    dense: bool = False,
-    beta: float = 0.999,
-    batch_size: int | None = None,
-    scaled_start: bool = False,
-    num_grads: int | None = None,
-    include_prior: bool = True,
-) -> tuple[CurvaturePlan, int, dict]:
-    """Validate a curvature request and return ``(plan, cost, config)``.
-
-    ``plan`` is the hashable key of :func:`curvature_fn`; ``cost`` its gradient-evaluation count;
-    ``config`` the JSON-able parameters. ``theta``/``data`` are only used for shapes (one member's)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown curvature method {method!r}; expected one of {METHODS}")
-    mode = hutchinson_mode
-    if mode not in HUTCHINSON_MODES:
-        raise ValueError(f"unknown Hutchinson mode {mode!r}; expected one of {HUTCHINSON_MODES}")
-    dim = obj.dim
-    config: dict[str, Any] = {}
-    n_res = 0
-    probes = 0
-    fmode = ""
-    if method == "fisher":
-        lik = getattr(obj, "likelihood", None)
-        if lik is None:
-            raise ValueError(
-                f"method 'fisher' needs a likelihood but {obj!r} has none; build the objective with "
-                "Objective.from_likelihood(predict, data, family, layout), or use 'gauss_newton' / 'exact'"
-            )
-        if num_probes is not None and (
-            isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1
-        ):
-            raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
-        n_res = int(math.prod(lik.data_shape))
-        fmode = fisher_mode(n_res, dim, num_probes, dense)
-        probes = int(num_probes) if fmode == "probes" else 0
-        cost = fisher_cost(fmode, n_res, dim, probes)
-        # without a prior (or a log-Jacobian in the loss), include_prior changes nothing: one compiled program for
-        # both (cramer_rao asks False)
-        jac = obj.loss_includes_jacobian and obj.log_jacobian is not None
-        include_prior = bool(include_prior and (lik.neg_log_prior is not None or jac))
-        config.update(num_data=n_res, jacobian_mode=fmode, family=lik.family.name,
-                      prior_included=bool(include_prior and lik.neg_log_prior is not None))
-        if include_prior and jac:
-            config["log_jacobian_included"] = True
-        if probes:
-            config["num_probes"] = probes
-    elif method == "hutchinson":
-        probes = default_num_probes(dim) if num_probes is None else num_probes
-        if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
-            raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
-        probes = int(probes)
-        cost = 2 * probes
-        config.update(num_probes=probes, hutchinson_mode=mode, scaled_start=bool(scaled_start))
-        if mode == "variance_reduced":
-            config["rounds"] = list(hutchinson_rounds(probes))
-    elif method in ("exact", "finite_difference"):
-        cost = 2 * dim
-    elif method == "gauss_newton":
-        if not obj.has_residuals:
-            raise ValueError(
-                f"method 'gauss_newton' needs residuals but {obj!r} has none; build the objective with "
-                "Objective.from_residuals, or use method='exact' or 'hutchinson'"
-            )
-        n_res = _count_outputs(obj, theta, data, "residuals")
-        cost = min(n_res, dim)
-        config.update(
-            num_residuals=n_res, jacobian_mode=jacobian_mode(n_res, dim), weighted=obj.weights is not None
-        )
-    elif method == "empirical_fisher":
-        if not obj.has_per_observation:
-            raise ValueError(
-                f"method 'empirical_fisher' needs per-observation loss terms but {obj!r} has none; pass "
-                "per_observation= to Objective.from_loss (or use from_residuals / from_numpyro)"
-            )
-        n_res = _count_outputs(obj, theta, data, "per_observation")
-        cost = min(n_res, dim)
-        config.update(num_observations=n_res, jacobian_mode=jacobian_mode(n_res, dim))
-    else:  # ema_grad2
-        if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-        if dense:
-            raise ValueError("ema_grad2 is a diagonal statistic; dense=True is not available for it")
-        if num_grads is not None:
-            cost = 0
-            config.update(num_grads=int(num_grads), init="zeros, bias-corrected")
-        else:
-            cost = 1
-            config.update(num_grads=1, init="g(θ)²")
-        config["beta"] = float(beta)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    plan = CurvaturePlan(method, bool(dense), probes, mode, batch_size, n_res, float(beta), fmode,
-                         bool(include_prior))
-    return plan, int(cost), config
-
-
 def curvature_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
     """The pure, jittable ``(θ, data, key, extra) -> (raw_diag, matrix | None)`` for planned settings
     (``extra``: the Hutchinson starting scale or the ``ema_grad2`` gradients, else None)."""
-    return _raw_fn(obj, settings)
+    return method_fn(obj, settings)
 
 
 def estimate_curvature(
@@ -487,66 +270,19 @@ def _estimate(
     """:func:`estimate_curvature` without its verdict on non-finite entries (counted in ``config``: the diagonal's
     ``num_nonfinite``, the matrix's ``num_nonfinite_matrix``). Host-side: θ is concrete; the estimate runs in one
     compiled program (cached per objective and settings) and is cleaned in numpy (nothing else to compile)."""
-    if not isinstance(obj, Objective):
-        raise ValueError(f"{where} needs a gnomon.Objective, got {type(obj).__name__}")
-    if negative not in ("abs", "floor"):
-        raise ValueError(f"negative must be 'abs' or 'floor', got {negative!r}")
-    if floor is None:
-        floor = default_floor(method)
-    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
-        raise ValueError(f"floor must be a fraction of the median in [0, 1), got {floor!r}")
-    if not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
-    if not isinstance(theta, jax.Array):
-        theta = np.asarray(theta)
-    if not np.issubdtype(theta.dtype, np.floating):
-        theta = np.asarray(theta, jnp.result_type(float))
-    if theta.ndim != 1 or theta.shape[0] != obj.dim:
-        raise ValueError(f"θ has shape {tuple(theta.shape)}, expected ({obj.dim},) for {obj!r}")
-    if not np.all(np.isfinite(np.asarray(theta))):
-        raise ValueError("θ has non-finite entries; cannot estimate curvature there")
-    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data (finite, shape, family)
-        if obj.likelihood is not None:
-            obj.with_data(data)
-        else:
-            from gnomon.objective.checks import check_finite_data
-
-            check_finite_data(data, "data")
-    data = obj.data if data is _UNSET else data
-    dim = obj.dim
-    dtype = np.dtype(theta.dtype)
-    extra = None
-    mode = hutchinson_mode
-    if method == "hutchinson" and mode == "variance_reduced" and scale is not None:
-        extra = np.asarray(scale, dtype)
-        if extra.shape != (dim,):
-            raise ValueError(f"scale must have shape ({dim},), got {tuple(extra.shape)}")
-        extra = np.maximum(np.abs(extra), np.finfo(dtype).tiny)
-    if method == "ema_grad2" and grads is not None:
-        extra = np.asarray(grads, dtype)
-        if extra.ndim != 2 or extra.shape[1] != dim or extra.shape[0] < 1:
-            raise ValueError(f"grads must have shape (K, {dim}) with K ≥ 1, got {tuple(extra.shape)}")
+    theta, data, floor = _checked_request(obj, theta, data, method, floor, negative, ema, where)
+    extra = _extra_input(method, hutchinson_mode, scale, grads, obj.dim, np.dtype(theta.dtype))
     settings, cost, config = plan_curvature(
-        obj,
-        theta,
-        data,
-        method,
-        num_probes=num_probes,
-        hutchinson_mode=mode,
-        dense=dense,
-        beta=beta,
-        batch_size=batch_size,
-        scaled_start=scale is not None,
-        num_grads=None if grads is None else int(extra.shape[0]),
-        include_prior=include_prior,
+        obj, theta, data, method, num_probes=num_probes, hutchinson_mode=hutchinson_mode, dense=dense, beta=beta,
+        batch_size=batch_size, scaled_start=scale is not None,
+        num_grads=None if grads is None else int(extra.shape[0]), include_prior=include_prior,
     )
-    if key is None:
-        key = _default_key()
+    key = default_key() if key is None else key
     raw, matrix = jax.device_get(_compiled(obj, settings)(theta, data, key, extra))
     diag, counts = clean_diagonal_host(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
     if previous is not None and ema > 0:
-        if previous.dim != dim:
-            raise ValueError(f"previous curvature has dim {previous.dim}, expected {dim}")
+        if previous.dim != obj.dim:
+            raise ValueError(f"previous curvature has dim {previous.dim}, expected {obj.dim}")
         diag = (ema * np.asarray(previous.diag, diag.dtype) + (1 - ema) * diag).astype(diag.dtype)
         config["ema"] = float(ema)
         config["previous_method"] = previous.method
@@ -564,14 +300,51 @@ def _estimate(
     return Curvature(diag=jnp.asarray(diag), matrix=matrix, method=method, num_grad_evals=int(cost), config=config)
 
 
-_KEY: list = []
+def _checked_request(obj: Objective, theta: Any, data: Any, method: str, floor: Any, negative: str, ema: Any,
+                     where: str) -> tuple[Any, Any, float]:
+    """``(θ, data, floor)`` of a request, validated: θ a finite float (D,) vector, data checked like bound data,
+    floor resolved by method."""
+    if not isinstance(obj, Objective):
+        raise ValueError(f"{where} needs a gnomon.Objective, got {type(obj).__name__}")
+    if negative not in ("abs", "floor"):
+        raise ValueError(f"negative must be 'abs' or 'floor', got {negative!r}")
+    if floor is None:
+        floor = default_floor(method)
+    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+        raise ValueError(f"floor must be a fraction of the median in [0, 1), got {floor!r}")
+    if isinstance(ema, bool) or not (isinstance(ema, (int, float)) and 0 <= ema < 1):
+        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+    if not isinstance(theta, jax.Array):
+        theta = np.asarray(theta)
+    if not np.issubdtype(theta.dtype, np.floating):
+        theta = np.asarray(theta, jnp.result_type(float))
+    if theta.ndim != 1 or theta.shape[0] != obj.dim:
+        raise ValueError(f"θ has shape {tuple(theta.shape)}, expected ({obj.dim},) for {obj!r}")
+    if not np.all(np.isfinite(np.asarray(theta))):
+        raise ValueError("θ has non-finite entries; cannot estimate curvature there")
+    if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data (finite, shape, family)
+        if obj.likelihood is not None:
+            obj.with_data(data)
+        else:
+            from gnomon.objective.checks import check_finite_data
+
+            check_finite_data(data, "data")
+    return theta, (obj.data if data is _UNSET else data), float(floor)
 
 
-def _default_key() -> Any:
-    """``jax.random.key(0)``, made once (creating a key costs a dispatch)."""
-    if not _KEY:
-        _KEY.append(jax.random.key(0))
-    return _KEY[0]
+def _extra_input(method: str, mode: str, scale: Any, grads: Any, dim: int, dtype: np.dtype) -> Any:
+    """The method's extra input: variance-reduced Hutchinson's starting scale, ``ema_grad2``'s gradients, or None."""
+    if method == "hutchinson" and mode == "variance_reduced" and scale is not None:
+        extra = np.asarray(scale, dtype)
+        if extra.shape != (dim,):
+            raise ValueError(f"scale must have shape ({dim},), got {tuple(extra.shape)}")
+        return np.maximum(np.abs(extra), np.finfo(dtype).tiny)
+    if method == "ema_grad2" and grads is not None:
+        extra = np.asarray(grads, dtype)
+        if extra.ndim != 2 or extra.shape[1] != dim or extra.shape[0] < 1:
+            raise ValueError(f"grads must have shape (K, {dim}) with K ≥ 1, got {tuple(extra.shape)}")
+        return extra
+    return None
 
 
 def _jsonable(x: Any) -> Any:

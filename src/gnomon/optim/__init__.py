@@ -2,10 +2,13 @@
 
 * Methods (frozen dataclasses; their fields are the defaults): :class:`gd`, :class:`sgd`, :class:`adam`,
   :class:`rmsprop`, :class:`lbfgs`, :class:`preconditioned_gd` — pass one to ``gn.optimize`` as ``method``.
-* Transformations (optax ``GradientTransformationExtraArgs`` with NamedTuple states):
-  :func:`scale_by_curvature`, :func:`scale_by_bb`, :func:`nonmonotone_backtracking`,
-  :func:`precondition_by_curvature`, :func:`restart_lbfgs`; ``preconditioned_gd`` is exactly
-  ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...), scale_by_bb()))``.
+* Transformations (optax ``GradientTransformationExtraArgs`` with NamedTuple states, optax's conventions: a
+  ``scale_by_*`` preconditioner never flips the sign nor applies a learning rate):
+  :func:`scale_by_curvature` (g ↦ P ⊙ g), the step rules :func:`scale_by_bb` and :func:`scale_by_lr_vector`,
+  the wrappers :func:`nonmonotone_backtracking` and :func:`precondition_by_curvature`, :func:`restart_lbfgs`;
+  ``preconditioned_gd`` is exactly ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...),
+  scale_by_bb()))``, and ``optax.chain(scale_by_curvature(c), optax.scale_by_learning_rate(lr))`` is
+  preconditioned gradient descent in a plain optax loop.
 * :func:`curvature_estimator`: a planned curvature estimate that the transformations run inside the compiled
   program (at θ_0 and at refreshes).
 """
@@ -24,21 +27,29 @@ from gnomon.optim.methods import (
 )
 from gnomon.optim.readout import OptimizerReport
 from gnomon.optim.transforms import (
+    BacktrackingInfo,
     BacktrackingState,
+    CurvatureInfo,
+    LrVectorInfo,
     PreconditionState,
     RestartLBFGSState,
     ScaleByBBState,
     ScaleByCurvatureState,
+    ScaleByLrVectorState,
     nonmonotone_backtracking,
     precondition_by_curvature,
     restart_lbfgs,
     scale_by_bb,
     scale_by_curvature,
+    scale_by_lr_vector,
 )
 
 __all__ = [
+    "BacktrackingInfo",
     "BacktrackingState",
     "CurvatureEstimator",
+    "CurvatureInfo",
+    "LrVectorInfo",
     "Method",
     "OptimizerReport",
     "PreconditionState",
@@ -46,6 +57,7 @@ __all__ = [
     "RestartLBFGSState",
     "ScaleByBBState",
     "ScaleByCurvatureState",
+    "ScaleByLrVectorState",
     "adam",
     "curvature_estimator",
     "gd",
@@ -57,5 +69,6 @@ __all__ = [
     "rmsprop",
     "scale_by_bb",
     "scale_by_curvature",
+    "scale_by_lr_vector",
     "sgd",
 ]

@@ -36,73 +36,35 @@ backtracking for preconditioned_gd (plus the bound with fixed steps) and for gd/
 
 from __future__ import annotations
 
-import abc
 import dataclasses
-import hashlib
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
-import numpy as np
 import optax
 
-from gnomon.curvature.estimate import METHODS as CURVATURE_METHODS
-from gnomon.curvature.estimate import Curvature, default_power
+from gnomon.curvature.estimate import default_power
 from gnomon.objective.objective import Objective
-from gnomon.optim.estimator import NEGATIVE, CurvatureEstimator, curvature_estimator
-from gnomon.optim.transforms import (
-    nonmonotone_backtracking,
-    precondition_by_curvature,
-    restart_lbfgs,
-    scale_by_bb,
-    scale_by_curvature,
+from gnomon.optim.backtracking import nonmonotone_backtracking, restart_lbfgs
+from gnomon.optim.estimator import CurvatureEstimator, curvature_estimator
+from gnomon.optim.precondition import check_bounds
+from gnomon.optim.preconditioners import precondition_by_curvature, scale_by_curvature
+from gnomon.optim.program import Method, Program, hashable, jsonable  # noqa: F401 (Program re-exported)
+from gnomon.optim.rules import (
+    LINESEARCHES,
+    SAFEGUARDS,  # noqa: F401 (re-exported)
+    STEP_RULES,
+    assemble,
+    below_one,
+    check_common,
+    check_estimator_options,
+    check_lr,
+    curvature_source,
+    non_negative,
+    resolve_rules,
+    rules_info,
 )
-
-SAFEGUARDS = ("auto", "lambda_max", "backtrack", "both", "none")
-LINESEARCHES = ("backtracking", "zoom")
-STEP_RULES = ("bb", "fixed")
-
-
-class Program(NamedTuple):
-    """What the optimizer loop runs for one method and its settings.
-
-    ``make(data, key, arrays)`` returns the optax transformation; it is called inside the compiled program
-    (``data`` one member's data, ``key`` the PRNG key, ``arrays`` :attr:`arrays` — runtime arrays such as a
-    given curvature, passed as arguments so that new values do not recompile; one member's under a batch).
-    ``cache_key`` identifies the program's structure; ``info`` is its JSON description (→ ``trace.info``),
-    ``curvature_info`` the curvature's (→ ``trace.info["curvature"]``, None without one). ``start_curvature``
-    (None for none): the options of the curvature to estimate at θ_0 on the host
-    (:func:`gnomon.optim.estimator.curvature_at_start`) — the driver fills :attr:`arrays` with it before running;
-    ``start_cost`` is what that estimate cost (per member)."""
-
-    name: str
-    cache_key: Hashable
-    make: Callable[[Any, Any, Any], Any]
-    arrays: Any
-    info: Mapping[str, Any]
-    curvature_info: Mapping[str, Any] | None = None
-    start_curvature: Mapping[str, Any] | None = None
-    start_cost: int = 0
-
-
-class Method(abc.ABC):
-    """Base of the method configurations (frozen dataclasses); each one builds its :class:`Program`."""
-
-    name: ClassVar[str] = ""
-
-    @abc.abstractmethod
-    def program(self, obj: Objective, theta: Any, data: Any) -> Program:
-        """The :class:`Program` for ``obj`` (``theta``/``data``: one member's start and data, for planning)."""
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able settings (field values; arrays and schedules by kind)."""
-        return {"method": self.name, **{f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}}
-
-    def _key(self) -> tuple:
-        """Hashable settings: the compile-cache key (a given curvature diagonal is a runtime argument of the
-        program, so only its shape enters)."""
-        return (self.name, *(_hashable(getattr(self, f.name), by_value=f.name != "curvature")
-                             for f in dataclasses.fields(self)))
+from gnomon.util.validate import positive_float, positive_int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,15 +91,6 @@ class _CurvatureOptions:
                 "batch_size": self.batch_size}
 
 
-class _Rules(NamedTuple):
-    step_rule: str
-    bb: bool
-    bound: bool
-    backtrack: bool
-    window: int
-    base: Any  # learning rate or schedule; ∞ with the bound and no learning rate (η_0 = 1/λ_max)
-
-
 # ------------------------------------------------------------------------------------------------ gd / sgd
 @dataclass(frozen=True)
 class gd(Method):
@@ -162,12 +115,13 @@ class gd(Method):
     window: int = 10
 
     def __post_init__(self):
-        _check_lr(self.learning_rate)
-        _check_common(self)
+        check_lr(self.learning_rate)
+        check_common(self)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
-        rules = _rules(self.name, self.safeguard, self.learning_rate, self.momentum, self.step_rule, self.window)
-        info = {**_rules_info(self, rules), "momentum": self.momentum, "nesterov": self.nesterov}
+        rules = resolve_rules(self.name, self.safeguard, self.learning_rate, self.momentum, self.step_rule,
+                              self.window)
+        info = {**rules_info(self, rules), "momentum": self.momentum, "nesterov": self.nesterov}
         lr, mom, nest, iters = self.learning_rate, self.momentum, self.nesterov, self.power_iters
         if not (rules.bb or rules.bound or rules.backtrack):  # exactly optax.sgd
             static = ("momentum", "nesterov")
@@ -177,10 +131,9 @@ class gd(Method):
 
             return Program(self.name, self._key(), make, None, info)
 
-        def make(data, key, arrays):
-            core = scale_by_curvature(1.0, rules.base, objective=obj, data=data, key=key,
-                                      lambda_max_iters=iters if rules.bound else None)
-            return _assemble(core, rules, mom, nest)
+        def make(data, key, arrays):  # P = 1: the learning rate (or its λ_max bound) alone
+            return assemble(None, rules, momentum=mom, nesterov=nest, objective=obj, data=data, key=key,
+                            power_iters=iters)
 
         return Program(self.name, self._key(), make, None, info)
 
@@ -205,7 +158,7 @@ class adam(Method):
     eps: float = 1e-8
 
     def __post_init__(self):
-        _check_lr(self.learning_rate, required=True)
+        check_lr(self.learning_rate, required=True)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
         lr, b1, b2, eps = self.learning_rate, self.b1, self.b2, self.eps
@@ -226,7 +179,7 @@ class rmsprop(Method):
     eps: float = 1e-8
 
     def __post_init__(self):
-        _check_lr(self.learning_rate, required=True)
+        check_lr(self.learning_rate, required=True)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
         lr, decay, eps = self.learning_rate, self.decay, self.eps
@@ -261,12 +214,11 @@ class lbfgs(_CurvatureOptions, Method):
     linesearch: str = "zoom"
 
     def __post_init__(self):
-        _check_lr(self.learning_rate)
-        if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or self.memory_size < 1:
-            raise ValueError(f"memory_size must be a positive int, got {self.memory_size!r}")
+        check_lr(self.learning_rate)
+        positive_int(self.memory_size, "memory_size")
         if self.linesearch not in LINESEARCHES:
             raise ValueError(f"linesearch must be one of {LINESEARCHES}, got {self.linesearch!r}")
-        _check_estimator_options(self)
+        check_estimator_options(self)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
         lr, mem, zoom = self.learning_rate, self.memory_size, self.linesearch == "zoom"
@@ -289,11 +241,11 @@ class lbfgs(_CurvatureOptions, Method):
                 return assemble(lbfgs_core())
 
             return Program(self.name, self._key(), make, None, info)
-        source = _curvature_source(self, obj, self.curvature, data, refreshes=False)
+        source = curvature_source(self, obj, self.curvature, data, refreshes=False)
 
-        def make(data, key, arrays):
+        def make(data, key, arrays):  # an estimator carries its data; a diagonal (arrays) needs none
             curv = source.estimator._replace(data=data) if source.estimator is not None else arrays
-            return assemble(precondition_by_curvature(lbfgs_core(), curv, data=data, key=key))
+            return assemble(precondition_by_curvature(lbfgs_core(), curv, key=key))
 
         info["curvature"] = source.info.get("method")
         return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
@@ -342,60 +294,55 @@ class preconditioned_gd(_CurvatureOptions, Method):
     window: int = 10
 
     def __post_init__(self):
-        _check_lr(self.learning_rate)
-        _check_common(self)
-        _check_estimator_options(self)
+        check_lr(self.learning_rate)
+        check_common(self)
+        check_estimator_options(self)
         if self.step_rule not in (None, *STEP_RULES):
             raise ValueError(f"step_rule must be one of {STEP_RULES} or None (by method), got {self.step_rule!r}")
-        r = self.refresh_every
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
-            raise ValueError(f"refresh_every must be a positive int or None, got {r!r}")
-        for name in ("ema", "beta"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and self.eps >= 0):
-            raise ValueError(f"eps must be a non-negative number, got {self.eps!r}")
-        if self.power is not None and (isinstance(self.power, bool) or not (
-                isinstance(self.power, (int, float)) and self.power > 0)):
-            raise ValueError(f"power must be a positive number, got {self.power!r}")
-        for name in ("lr_min", "lr_max"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0)):
-                raise ValueError(f"{name} must be a non-negative number or None, got {v!r}")
+        if self.refresh_every is not None:
+            positive_int(self.refresh_every, "refresh_every")
+        below_one(self.ema, "ema")
+        below_one(self.beta, "beta")
+        non_negative(self.eps, "eps")
+        if self.power is not None:
+            positive_float(self.power, "power")
+        non_negative(self.lr_min, "lr_min", " or None")
+        non_negative(self.lr_max, "lr_max", " or None")
+        check_bounds(self.lr_min, self.lr_max)
 
     def program(self, obj: Objective, theta: Any, data: Any) -> Program:
         if isinstance(self.curvature, str) and self.curvature == "ema_grad2":
             return self._ema_grad2()
-        source = _curvature_source(self, obj, self.curvature, data, refreshes=self.refresh_every is not None)
+        source = curvature_source(self, obj, self.curvature, data, refreshes=self.refresh_every is not None)
         power = default_power(source.method) if self.power is None else float(self.power)
-        rules = _rules(self.name, self.safeguard, self.learning_rate, self.momentum, self.step_rule, self.window)
-        info = {**_rules_info(self, rules), "power": power, "eps": float(self.eps), "lr_min": self.lr_min,
+        rules = resolve_rules(self.name, self.safeguard, self.learning_rate, self.momentum, self.step_rule,
+                              self.window)
+        info = {**rules_info(self, rules), "power": power, "eps": float(self.eps), "lr_min": self.lr_min,
                 "lr_max": self.lr_max, "refresh_every": self.refresh_every, "ema": float(self.ema),
                 "curvature_fixed": self.refresh_every is None, "momentum": self.momentum, "nesterov": self.nesterov,
                 "block_scale": dict(self.block_scale) if self.block_scale else None}
         layout = obj.base_layout if obj.thetamap is None else None
         if self.block_scale and layout is None:
             raise ValueError("block_scale needs an objective with a layout naming the blocks")
-        opts = dict(power=power, eps=float(self.eps), lr_min=self.lr_min, lr_max=self.lr_max, layout=layout,
-                    block_scale=self.block_scale, refresh_every=self.refresh_every, ema=float(self.ema),
-                    lambda_max_iters=self.power_iters if rules.bound else None)
-        mom, nest = self.momentum, self.nesterov
+        shaping = dict(power=power, eps=float(self.eps), layout=layout, block_scale=self.block_scale,
+                       refresh_every=self.refresh_every, ema=float(self.ema))
+        step = dict(momentum=self.momentum, nesterov=self.nesterov, objective=obj, power_iters=self.power_iters,
+                    lr_min=self.lr_min, lr_max=self.lr_max)
 
         def make(data, key, arrays):
             if source.estimator is None:  # a given diagonal (or the identity)
                 curv, initial = (1.0 if arrays is None else arrays), None
-            else:
+            else:  # the estimator carries each member's data
                 curv, initial = source.estimator._replace(data=data), arrays
-            core = scale_by_curvature(curv, rules.base, objective=obj, data=data, initial=initial, key=key, **opts)
-            return _assemble(core, rules, mom, nest)
+            precond = scale_by_curvature(curv, initial=initial, key=key, **shaping)
+            return assemble(precond, rules, data=data, key=key, **step)
 
         return Program(self.name, self._key(), make, source.given, info, source.info, source.start)
 
     def _ema_grad2(self) -> Program:
         rate = 1e-2 if self.learning_rate is None else self.learning_rate
         beta, eps = float(self.beta), float(self.eps) or 1e-8
-        info = {"method": self.name, "learning_rate": _jsonable(rate)}
+        info = {"method": self.name, "learning_rate": jsonable(rate)}
         cinfo = {"method": "ema_grad2", "beta": beta, "eps": eps, "power": 0.5, "num_grad_evals": 0,
                  "init": "zeros, bias-corrected (first step: g0²)", "updated": "every step"}
 
@@ -415,7 +362,10 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (gd, preconditioned_gd, a
 def make_method(method: Any, **options: Any) -> Method:
     """A method configuration from a name or a configuration plus options (``None`` values are dropped).
 
-    An option the method does not take raises a ValueError naming the methods it belongs to."""
+    The configuration's field is each value's one home: ``gn.optimize(obj, θ0, "gd", learning_rate=0.1)`` is an
+    alias of ``gd(learning_rate=0.1)``, and an option beside a configuration fills a field left at its default.
+    An option the method does not take raises a ValueError naming the methods it belongs to; one that contradicts
+    the configuration's own setting raises one naming both."""
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(method, Method):
         cls = type(method)
@@ -430,7 +380,23 @@ def make_method(method: Any, **options: Any) -> Method:
     wrong = sorted(set(options) - names)
     if wrong:
         raise ValueError("; ".join(_misplaced(k, cls.name) for k in wrong))
-    return dataclasses.replace(method, **options) if isinstance(method, Method) else cls(**options)
+    if not isinstance(method, Method):
+        return cls(**options)
+    twice = [k for k in sorted(options) if _set(method, k) and hashable(options[k]) != hashable(getattr(method, k))]
+    if twice:
+        given = ", ".join(f"{k}={getattr(method, k)!r}" for k in twice)
+        asked = ", ".join(f"{k}={options[k]!r}" for k in twice)
+        raise ValueError(f"{', '.join(twice)} given twice: {cls.__name__}({given}) and {asked} beside it; give each "
+                         f"value once, in the configuration (gn.optim.{cls.__name__}(...)) or as an option of a "
+                         "method name")
+    return dataclasses.replace(method, **options)
+
+
+def _set(cfg: Method, name: str) -> bool:
+    """Whether ``cfg``'s field ``name`` differs from its default."""
+    field = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    default = field.default if field.default is not dataclasses.MISSING else dataclasses.MISSING
+    return default is dataclasses.MISSING or hashable(getattr(cfg, name)) != hashable(default)
 
 
 def _misplaced(option: str, method: str) -> str:
@@ -438,161 +404,3 @@ def _misplaced(option: str, method: str) -> str:
     if not owners:
         return f"unknown option {option!r} for {method}"
     return f"{option} is an option of {', '.join(owners)}, not {method}"
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-class _Source(NamedTuple):
-    estimator: CurvatureEstimator | None  # estimated at refreshes (and at θ_0 when neither given nor `start`)
-    given: Any  # a given diagonal (numpy), passed to the program as an argument; None for none
-    method: str
-    info: dict
-    start: Mapping[str, Any] | None = None  # estimate c at θ_0 on the host (Program.start_curvature)
-
-
-def _curvature_source(cfg: Any, obj: Objective, curvature: Any, data: Any, *, refreshes: bool) -> _Source:
-    """Where preconditioned_gd's / lbfgs's curvature comes from (host side, validated). A method name (or None,
-    auto) is estimated at θ_0 on the host before the loop (:func:`gnomon.optim.estimator.curvature_at_start`,
-    with its fallbacks) and passed to the program like a given diagonal; refreshes re-run the method inside."""
-    if isinstance(curvature, str) and curvature == "identity":
-        if refreshes:
-            raise ValueError("refresh_every needs a curvature method to re-run, not 'identity'")
-        return _Source(None, None, "identity", {"method": "identity", "num_grad_evals": 0})
-    if curvature is None or isinstance(curvature, str):
-        est = cfg._estimator(obj, curvature, data)  # validates the method and options for this objective
-        info = dict(est.describe)
-        if refreshes:
-            info["refresh_cost"] = est.cost
-        return _Source(est if refreshes else None, None, est.method, info, cfg._start_options(curvature))
-    if isinstance(curvature, Curvature):
-        given = curvature
-    else:
-        arr = np.asarray(curvature)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(
-                f"curvature must be None, a method name {CURVATURE_METHODS}, a Curvature or a (D,) array, "
-                f"got {curvature!r}"
-            )
-        given = Curvature(diag=arr)
-    d = np.asarray(given.diag)
-    if d.shape != (obj.dim,):
-        raise ValueError(f"the given Curvature has dim {d.shape}, expected ({obj.dim},)")
-    finite = np.isfinite(d)
-    if not np.all(finite) or np.any(d <= 0):
-        low = float(d[finite].min()) if finite.any() else None
-        raise ValueError(
-            "the given Curvature's diagonal must be finite and positive "
-            f"(min finite {low!r}, {int(np.sum(~finite))} non-finite)"
-        )
-    info = {**given.describe(), "source": "given", "estimate_cost": int(given.num_grad_evals)}
-    if not refreshes:
-        return _Source(None, d, given.method, info)
-    if given.method not in CURVATURE_METHODS or given.method == "ema_grad2":
-        raise ValueError(f"refresh_every needs a curvature method to re-run; the given Curvature is {given.method!r}")
-    est = cfg._estimator(obj, given.method, data)
-    info["refresh_cost"] = est.cost
-    return _Source(est, d, given.method, info)
-
-
-def _rules(method: str, safeguard: str, lr: Any, momentum: Any, step_rule: str | None, window: int) -> _Rules:
-    """Resolve ``step_rule=None`` and ``safeguard="auto"`` (module docstring)."""
-    if method == "preconditioned_gd":
-        if step_rule is None:
-            step_rule = "fixed" if (momentum is not None or lr is not None) else "bb"
-        bb = step_rule == "bb"
-        bound = safeguard in ("lambda_max", "both") or (safeguard == "auto" and not bb)
-        backtrack = safeguard in ("backtrack", "both") or (safeguard == "auto" and momentum is None)
-        base = 1.0 if lr is None else lr
-    else:
-        auto = lr is None
-        bb = step_rule == "bb"
-        bound = safeguard in ("lambda_max", "both") or (safeguard == "auto" and auto)
-        backtrack = safeguard in ("backtrack", "both") or (safeguard == "auto" and (auto or bb) and momentum is None)
-        if lr is None and not bound and not bb:
-            raise ValueError(f"{method} without a learning_rate needs the lambda_max safeguard (safeguard='auto')")
-        base = (np.inf if bound else 1.0) if lr is None else lr
-    if backtrack and momentum is not None:
-        raise ValueError("the backtracking safeguard cannot be combined with momentum; use safeguard='lambda_max'")
-    if bb and momentum is not None:
-        raise ValueError("step_rule='bb' cannot be combined with momentum; use step_rule='fixed'")
-    return _Rules(step_rule, bb, bound, backtrack, window if bb else 1, base)
-
-
-def _assemble(core: Any, rules: _Rules, momentum: Any, nesterov: bool) -> Any:
-    """core [→ scale_by_bb] [→ optax.trace], wrapped in nonmonotone_backtracking when asked."""
-    if rules.bb:
-        core = optax.chain(core, scale_by_bb())
-    if momentum is not None:
-        core = optax.chain(core, optax.trace(decay=momentum, nesterov=nesterov))
-    if rules.backtrack:
-        core = nonmonotone_backtracking(core, window=rules.window)
-    return core
-
-
-def _rules_info(cfg: Any, rules: _Rules) -> dict:
-    return {
-        "method": cfg.name,
-        "learning_rate": _jsonable(cfg.learning_rate),
-        "step_rule": rules.step_rule,
-        "safeguard": cfg.safeguard,
-        "lambda_max_bound": rules.bound,
-        "backtracking": rules.backtrack,
-        "window": rules.window if rules.backtrack else None,
-        "power_iters": cfg.power_iters if rules.bound else None,
-    }
-
-
-def _check_lr(lr: Any, required: bool = False) -> None:
-    if (lr is None and not required) or callable(lr):
-        return
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"learning_rate must be a positive number or an optax schedule, got {lr!r}")
-
-
-def _check_common(cfg: Any) -> None:
-    if cfg.safeguard not in SAFEGUARDS:
-        raise ValueError(f"unknown safeguard {cfg.safeguard!r}; expected one of {SAFEGUARDS}")
-    if cfg.name != "preconditioned_gd" and cfg.step_rule not in STEP_RULES:
-        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {cfg.step_rule!r}")
-    m = cfg.momentum
-    if m is not None and (isinstance(m, bool) or not (isinstance(m, (int, float)) and 0 <= m < 1)):
-        raise ValueError(f"momentum must be in [0, 1), got {m!r}")
-    for name in ("power_iters", "window"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-
-def _check_estimator_options(cfg: Any) -> None:
-    if cfg.negative not in NEGATIVE:
-        raise ValueError(f"negative must be one of {NEGATIVE}, got {cfg.negative!r}")
-    f = cfg.floor
-    if f is not None and (isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 <= f < 1)):
-        raise ValueError(f"floor must be a fraction of the median in [0, 1) or None (by method), got {f!r}")
-
-
-def _hashable(x: Any, by_value: bool = True) -> Any:
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    if isinstance(x, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
-    if isinstance(x, Curvature):
-        return ("curvature", x.method, np.shape(x.diag))  # values are passed as arguments, not compiled in
-    if callable(x):
-        return ("callable", x)
-    a = np.asarray(x)
-    if not by_value:
-        return ("array", a.shape)
-    return ("array", a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-
-
-def _jsonable(x: Any) -> Any:
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, Curvature):
-        return f"Curvature({x.method})"
-    if callable(x):
-        return "schedule"
-    a = np.asarray(x)
-    return float(a) if a.ndim == 0 else f"array{tuple(a.shape)}"

@@ -20,8 +20,10 @@ engines therefore bound ``base_lr`` by :math:`1/λ_\max` of the preconditioned H
 :math:`P^{1/2} H P^{1/2}` (:func:`preconditioned_lambda_max`, power iteration with HVPs) or backtrack.
 
 :func:`learning_rate_vector` is the one place the vector :math:`\mathrm{clip}(η · P, \mathrm{lr\_min},
-\mathrm{lr\_max})` is computed (:func:`learning_rates` here, :func:`gnomon.optim.scale_by_curvature` and the
-optimizer's reports use it).
+\mathrm{lr\_max})` is computed (:func:`learning_rates` here and :func:`gnomon.optim.scale_by_lr_vector` use it;
+:func:`gnomon.optim.scale_by_curvature` applies P alone). ``base_lr`` is :func:`learning_rates`'s own input (the η
+of the vector it draws); an optimizer's learning rate lives in its method configuration
+(``gn.optim.preconditioned_gd(learning_rate=...)``, aliased by ``gn.optimize(..., learning_rate=...)``).
 """
 
 from __future__ import annotations
