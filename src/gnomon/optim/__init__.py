@@ -6,6 +6,7 @@
   :func:`scale_by_curvature`, :func:`scale_by_bb`, :func:`nonmonotone_backtracking`,
   :func:`precondition_by_curvature`, :func:`restart_lbfgs`; ``preconditioned_gd`` is exactly
   ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...), scale_by_bb()))``.
+* :class:`StatusCode` and :func:`status_code`: why a fit stopped, as a code beside ``trace.status``'s sentence.
 * :func:`curvature_estimator`: a planned curvature estimate that the transformations run inside the compiled
   program (at θ_0 and at refreshes).
 """
@@ -23,6 +24,7 @@ from gnomon.optim.methods import (
     sgd,
 )
 from gnomon.optim.readout import OptimizerReport
+from gnomon.optim.status import StatusCode, status_code
 from gnomon.optim.transforms import (
     BacktrackingState,
     PreconditionState,
@@ -46,6 +48,7 @@ __all__ = [
     "RestartLBFGSState",
     "ScaleByBBState",
     "ScaleByCurvatureState",
+    "StatusCode",
     "adam",
     "curvature_estimator",
     "gd",
@@ -58,4 +61,5 @@ __all__ = [
     "scale_by_bb",
     "scale_by_curvature",
     "sgd",
+    "status_code",
 ]

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.objective.objective import Objective
+from gnomon.optim.status import StatusCode, code_of
 from gnomon.sampler import metric as mmx
 from gnomon.sampler.config import Warmup
 from gnomon.sampler.handoff import HandOffBundle
@@ -124,6 +125,7 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     """Why the optimization behind ``start`` has no usable mode, or None: it went non-finite (the density
     grows without bound, or the optimizer ran off to a boundary), it stopped at a saddle point (a stationary point
     with negative curvature: the chains then start dispersed around it, so they leave it) or made no progress,
+    it ran off along a coordinate (status code ``ran_off``: the loss kept falling at a steady rate — a neck),
     its best point has a non-finite log density (``log_prob_at_best``), or it stopped at its step limit while
     still gaining more than ``max(D, 10)`` nats of log density over its last tenth — running away rather than
     converging (near a mode, the whole typical set lies within about D/2 nats of it) — or its best point lies
@@ -135,15 +137,16 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
     if not math.isfinite(size) or size > RUNAWAY:  # (also when it then overflowed: the run-off is the finding)
         return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
-    if m.status.startswith("diverged"):
+    code = code_of(m.status)
+    if code in (StatusCode.DIVERGED, StatusCode.RAN_OFF):  # ran_off: the loss kept falling steadily (a neck)
         return f"the optimization did not reach a mode ({m.status})"
-    if m.status.startswith(("saddle point", "no progress")):
+    if code in (StatusCode.SADDLE_POINT, StatusCode.NO_PROGRESS):
         # a stationary point with negative curvature (or a start the optimizer never left) is no mode: the chains
         # start dispersed around it and leave it (a Laplace draw from |H| there would sit on the saddle's ridge)
         return f"the optimization did not reach a mode ({m.status.split(':')[0]}: {m.status.split(':', 1)[-1].strip()})"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
-    if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
+    if code == StatusCode.MAX_STEPS and m.losses is not None and len(m.losses) >= 10:
         loss = np.asarray(m.losses, np.float64)
         cut = int(0.9 * len(loss))
         head, tail = loss[:cut], loss[cut:]
