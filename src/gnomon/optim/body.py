@@ -99,12 +99,15 @@ def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool) -> tuple[A
         f, g = jax.value_and_grad(obj.loss)(c.theta, data)
         return f, g, 1
 
+    dtype = c.theta.dtype  # (a loss of another precision than θ: both branches in θ's)
+
     def fresh(_):
-        return jax.value_and_grad(obj.loss)(c.theta, data)
+        f, g = jax.value_and_grad(obj.loss)(c.theta, data)
+        return f.astype(dtype), g.astype(dtype)
 
     def reused(_):
         ls = readout.linesearch_state(c.opt_state)
-        return ls.value, ls.grad
+        return ls.value.astype(dtype), ls.grad.astype(dtype)
 
     f, g = jax.lax.cond(first, fresh, reused, None)
     return f, g, first.astype(jnp.int32)

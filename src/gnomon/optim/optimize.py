@@ -94,7 +94,8 @@ def optimize(
         accept flags, and the gradient norm when ``tol`` is set). ``info["final_grad_norm"]`` is always there.
       runoff: stop (status code ``ran_off``) when the loss keeps falling at a steady rate along one coordinate —
         a density without a mode within reach (:mod:`gnomon.optim.runoff`); None (default): on for objectives
-        built from a log density (``from_log_prob``, ``from_log_density``, ``from_numpyro``), off otherwise.
+        built from a log density (``from_log_prob``, ``from_log_density``, ``from_numpyro``) under a method that
+        chooses its own step lengths (``lbfgs``, ``preconditioned_gd``, ``gd`` without a learning rate).
       **method_options: the method's other options (:mod:`gnomon.optim.methods`), e.g. ``momentum``,
         ``step_rule``, ``safeguard``, ``refresh_every``, ``memory_size``, ``num_probes``.
 
@@ -135,7 +136,7 @@ def optimize(
     key = _as_key(key)
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
-                     progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff),
+                     progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff, program),
                      output=has_noise_model(obj))
     if program.start_curvature is not None:  # compile the loop while the curvature at θ0 is estimated
         prepare(obj, start, program._replace(arrays=_placeholder(start)), **loop_args)
@@ -194,8 +195,8 @@ def optimize_batch(
     key = _as_key(key)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
-                     batched=True, progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff),
-                     output=has_noise_model(obj))
+                     batched=True, progress=progress, channels=channels, output=has_noise_model(obj),
+                     runoff=runoff_test.enabled(obj, runoff, program))
     if program.start_curvature is not None:
         prepare(obj, th, program._replace(arrays=_placeholder(th)), **loop_args)
         host = None if data is None else jax.device_get(data)

@@ -35,17 +35,21 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 SEGMENT = 1.0  # units of θ_i per segment (log-scales and standardised coordinates move by units)
-SEGMENTS = 3  # steady segments in a row that make a run-off
+SEGMENTS = 3  # segments in a row falling at ≥ MIN_SLOPE that make a run-off (when steady)
 MIN_SLOPE = 1.0  # loss fall per unit of θ_i: a nat per unit of a log-scale
-STEADY = 0.7  # each steady segment falls at ≥ this × the first one's rate
+STEADY = 0.7  # the rate over the last two segments ≥ this × the rate over the first two
+STEADY_ONE = 0.5  # ... and the last segment's own ≥ this × (a single segment is noisy: collapses come in bursts)
 MIN_POINTS = 10  # improving points in the run ("many iterations")
 RETREAT = 0.25  # a move back by more than this from the run's furthest point restarts it
 
 #: the objective constructors whose loss is a negative log density without a known lower bound (run-off on)
 ON_BY_DEFAULT = ("from_log_prob", "from_log_density", "from_numpyro")
+#: the methods that choose their own step lengths (without a learning_rate): line search, BB, 1/λ_max
+SELF_STEPPING = ("lbfgs", "preconditioned_gd", "gd")
 
 
 class RunOffState(NamedTuple):
@@ -57,67 +61,84 @@ class RunOffState(NamedTuple):
     ext: Any  # the furthest point of the run in its direction
     dir: Any  # the run's direction: −1, +1, or 0 before it moved
     points: Any  # improving points in the run
-    steady: Any  # steady segments in a row
-    rate: Any  # the first of them's fall per unit
-    moved: Any  # distance covered by the steady segments
-    fell: Any  # the loss fall over them
+    streak: Any  # segments in a row that fell at ≥ MIN_SLOPE per unit
+    first: Any  # (distance, fall) over the streak's first two segments
+    prev: Any  # (distance, fall) over its latest segment
+    total: Any  # (distance, fall) over the whole streak
+    steady: Any  # bool: at the latest segment's end the streak was long and steady enough
 
 
-def enabled(obj: Any, runoff: bool | None) -> bool:
-    """``runoff`` when given, else on for the constructors of :data:`ON_BY_DEFAULT`."""
+def enabled(obj: Any, runoff: bool | None, program: Any = None) -> bool:
+    """``runoff`` when given, else on for an objective of :data:`ON_BY_DEFAULT` optimised by a method that chooses
+    its own step lengths (:data:`SELF_STEPPING` without a ``learning_rate``): a fixed learning rate creeps towards
+    a distant mode at a steady rate, which over a few units looks like a run-off."""
     if runoff is not None:
         if not isinstance(runoff, bool):
             raise ValueError(f"runoff must be True, False or None (auto), got {runoff!r}")
         return runoff
-    return (getattr(obj, "info", None) or {}).get("constructor") in ON_BY_DEFAULT
+    if (getattr(obj, "info", None) or {}).get("constructor") not in ON_BY_DEFAULT:
+        return False
+    if program is None:
+        return True
+    return program.name in SELF_STEPPING and (program.info or {}).get("learning_rate") is None
 
 
 def init(theta: Any) -> RunOffState:
     """The state before any point (the first improving point starts every run)."""
-    dtype = theta.dtype
     zeros = jnp.zeros_like(theta)
     count = jnp.zeros(theta.shape, jnp.int32)
-    return RunOffState(jnp.full((), jnp.inf, dtype), theta, zeros, theta, zeros, count, count, zeros, zeros, zeros)
+    return RunOffState(jnp.full((), jnp.inf, theta.dtype), theta, zeros, theta, zeros, count, count, (zeros, zeros),
+                       (zeros, zeros), (zeros, zeros), jnp.zeros(theta.shape, bool))
 
 
 def update(s: RunOffState, x: Any, f: Any, finite: Any) -> RunOffState:
     """The state after the evaluated point (θ = ``x``, loss ``f``; ``finite``: both it and its gradient are)."""
     improving = finite & (f < s.best)
-    first = ~jnp.isfinite(s.best)
     retreat = (s.ext - x) * s.dir
-    restart = first | ((s.dir != 0) & (retreat > RETREAT))
-    seg_x = jnp.where(restart, x, s.seg_x)
-    seg_f = jnp.where(restart, f, s.seg_f)
-    ext = jnp.where(restart, x, s.ext)
-    points = jnp.where(restart, 0, s.points + 1)
-    steady = jnp.where(restart, 0, s.steady)
-    rate, moved, fell = (jnp.where(restart, 0, v) for v in (s.rate, s.moved, s.fell))
-    direction = jnp.where(restart, 0, s.dir)
+    restart = ~jnp.isfinite(s.best) | ((s.dir != 0) & (retreat > RETREAT))
+
+    def fresh(v, start):
+        return jnp.where(restart, start, v)
+
+    seg_x, seg_f, ext = fresh(s.seg_x, x), fresh(s.seg_f, f), fresh(s.ext, x)
+    points, streak = fresh(s.points + 1, 0), fresh(s.streak, 0)
+    first, prev, total = (tuple(fresh(v, 0) for v in pair) for pair in (s.first, s.prev, s.total))
+    steady = fresh(s.steady, False)
+    direction = fresh(s.dir, 0)
     direction = jnp.where(direction == 0, jnp.sign(x - seg_x), direction)
     ext = jnp.where(direction > 0, jnp.maximum(ext, x), jnp.where(direction < 0, jnp.minimum(ext, x), x))
+    # a segment ends once the coordinate has covered SEGMENT since it began
     progress = (x - seg_x) * direction
-    close = progress >= SEGMENT
     drop = seg_f - f
-    slope = drop / jnp.maximum(progress, jnp.finfo(x.dtype).tiny)
-    ok = close & (slope >= MIN_SLOPE) & ((steady == 0) | (slope >= STEADY * rate))
-    rate = jnp.where(close, jnp.where(ok & (steady == 0), slope, jnp.where(ok, rate, 0)), rate)
-    moved = jnp.where(close, jnp.where(ok, moved + progress, 0), moved)
-    fell = jnp.where(close, jnp.where(ok, fell + drop, 0), fell)
-    steady = jnp.where(close, jnp.where(ok, steady + 1, 0), steady)
-    seg_x = jnp.where(close, x, seg_x)
-    seg_f = jnp.where(close, f, seg_f)
-    new = RunOffState(jnp.minimum(s.best, f), seg_x, seg_f, ext, direction, points, steady, rate, moved, fell)
-    return RunOffState(*(jnp.where(improving, n, o) for n, o in zip(new, s, strict=True)))
+    close = progress >= SEGMENT
+    tiny = jnp.finfo(x.dtype).tiny
+    ok = close & (drop >= MIN_SLOPE * progress)
+    n = jnp.where(close, jnp.where(ok, streak + 1, 0), streak)
+
+    def add(pair, keep):  # (distance, fall) plus this segment where ``keep``, else from scratch / zero
+        return tuple(jnp.where(close, jnp.where(ok, jnp.where(keep, a, 0) + b, 0), a)
+                     for a, b in zip(pair, (progress, drop), strict=True))
+
+    last_rate = (prev[1] + drop) / jnp.maximum(prev[0] + progress, tiny)
+    first_rate = first[1] / jnp.maximum(first[0], tiny)
+    first = tuple(jnp.where(close & ok & (n > 2), a, b) for a, b in zip(first, add(first, n == 2), strict=True))
+    slope = drop / jnp.maximum(progress, tiny)
+    steady = jnp.where(close, ok & (n >= SEGMENTS) & (last_rate >= STEADY * first_rate)
+                       & (slope >= STEADY_ONE * first_rate), steady)
+    prev, total = add(prev, False), add(total, True)
+    seg_x, seg_f = jnp.where(close, x, seg_x), jnp.where(close, f, seg_f)
+    new = RunOffState(jnp.minimum(s.best, f), seg_x, seg_f, ext, direction, points, n, first, prev, total, steady)
+    return jax.tree.map(lambda a, b: jnp.where(improving, a, b), new, s)
 
 
 def fired(s: RunOffState) -> Any:
     """Per coordinate: has it run off?"""
-    return (s.steady >= SEGMENTS) & (s.points >= MIN_POINTS)
+    return s.steady & (s.points >= MIN_POINTS)
 
 
 def finding(s: RunOffState) -> tuple[Any, Any, Any, Any]:
     """``(coordinate, distance, fall, points)`` of the coordinate that ran off furthest (scalars; meaningful only
     where :func:`fired` holds somewhere)."""
     hit = fired(s)
-    i = jnp.argmax(jnp.where(hit, s.moved, -jnp.inf))
-    return i.astype(jnp.int32), s.moved[i], s.fell[i], s.points[i]
+    i = jnp.argmax(jnp.where(hit, s.total[0], -jnp.inf))
+    return i.astype(jnp.int32), s.total[0][i], s.total[1][i], s.points[i]
