@@ -71,9 +71,9 @@ def make_chunk(step_fn: Callable, settings: LoopSettings, channels: tuple[str, .
         found = None if c.runoff is None else members(runoff.finding)(c.runoff)
         summary = Summary(c.status, c.t, c.prev_loss, evals + own, gnorm, c.last, found)
         out = None
-        if output_fn is not None:
-            fn = jax.vmap(output_fn) if batched else output_fn
-            shape = jax.eval_shape(fn, carry.theta, data)
+        if output_fn is not None:  # traced once: its shape from the trace, the cond's branch reuses it
+            fn = jax.jit(jax.vmap(output_fn) if batched else output_fn)
+            shape = fn.trace(carry.theta, data).out_info
             out = jax.lax.cond(num_steps == OUTPUT, lambda: fn(carry.theta, data),
                                lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
         return c, b, summary, out

@@ -79,7 +79,7 @@ def optimize(
         (the result is the joined trace, :meth:`Trace.concatenate`).
       method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``;
         default ``"lbfgs"`` (:data:`DEFAULT_METHOD`: preconditioned by the curvature diagonal at θ0 — the one
-        rule of :mod:`gnomon.curvature.choice` — with a zoom line search).
+        rule of :mod:`gnomon.curvature.choice` — with a backtracking line search).
       num_steps: maximum number of updates.
       learning_rate: the method's learning rate (float or optax schedule; None: the method's default).
       curvature: for ``preconditioned_gd`` and ``lbfgs``: None (auto), a method name, a :class:`Curvature`
