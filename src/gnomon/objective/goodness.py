@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gnomon.util.programs import Live, ProgramCache
@@ -99,6 +100,42 @@ def _program(obj: Any, kind: str):
 
 def _host(x: Any) -> Any:
     return jax.tree.map(np.asarray, x)
+
+
+def loss_and_output(obj: Any) -> Any:
+    """``fn(θ, data) -> (loss, output)`` for an objective with a noise model (else None): ``obj.loss`` and, from the
+    same evaluation, what the statistics are computed from — the likelihood's mean, or the residuals. An optimizer
+    that differentiates ``fn`` (``has_aux``) has the model's output at every point it evaluates without compiling the
+    model a second time (``gn.optimize`` keeps it at the best point for the goodness of fit).
+
+    The loss is composed exactly as :meth:`gnomon.Objective.loss` composes it (``-model_log_density``, less the
+    log-Jacobian when the loss includes it), with ``model_log_density`` written out over the output: for
+    ``from_likelihood`` (also reparameterised: its likelihood is composed with the map)
+    ``Σ log p(y | μ) - neg_log_prior``, for ``from_residuals`` ``-Σ ½ w r²`` (tested against ``obj.loss`` for every
+    family, prior, Jacobian and map)."""
+    lik = getattr(obj, "likelihood", None)
+    if lik is None and (getattr(obj, "residual_fn", None) is None or obj.per_observation_fn is None
+                        or obj.info.get("constructor") != "from_residuals"):
+        return None
+    jac = obj.log_jacobian if obj.loss_includes_jacobian else None
+
+    def fn(theta, data):
+        if lik is not None:
+            out = lik.mean(theta)
+            y, p = lik.split(data, out.dtype)
+            value = jnp.sum(lik.family.log_likelihood(y.astype(out.dtype), out, p))
+            if lik.neg_log_prior is not None:
+                value = value - lik.neg_log_prior(theta)
+        else:
+            out = obj.residual_fn(theta, data)
+            terms = 0.5 * out**2 if obj.weights is None else 0.5 * obj.weights * out**2
+            value = -jnp.sum(jnp.ravel(terms))
+        loss = -value
+        if jac is not None:
+            loss = loss - jac(theta)
+        return loss, out
+
+    return fn
 
 
 def model_output(obj: Any, theta: Any, data: Any) -> np.ndarray:
@@ -191,7 +228,7 @@ def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool
                           model_outputs: Any = None) -> list[dict] | None:
     """:func:`goodness_of_fit` per member of a batch: ``thetas`` ``(B, D)``, ``data`` batched on its leading
     axis (None: the objective's own data for every member), ``model_outputs`` the members' means / residuals
-    stacked on the leading axis when known. One warning names the flagged members."""
+    when known (a sequence; None for a member evaluated here). One warning names the flagged members."""
     if not available(obj):
         return None
     thetas = np.asarray(thetas)
@@ -199,7 +236,7 @@ def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool
     out = []
     for i in range(thetas.shape[0]):
         d = obj.data if host is None else jax.tree.map(lambda a, i=i: a[i], host)
-        known = None if model_outputs is None else np.asarray(model_outputs[i])
+        known = None if model_outputs is None or model_outputs[i] is None else np.asarray(model_outputs[i])
         out.append(_statistics(obj, thetas[i], _host(d), known))
     flagged = [i for i, g in enumerate(out) if g["misfit"]]
     if warn and flagged:

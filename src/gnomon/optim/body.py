@@ -22,6 +22,8 @@ class Features(NamedTuple):
     can_reject: bool  # a backtracking rule: it steps back from a bad (or non-finite) point
     keep_state: bool  # the state is read after the run: keep the one of the step it stopped at
     track_last: bool  # thinned batched runs keep the latest finite point in the carry
+    loss_and_output: Any = None  # (θ, data) -> (loss, model output): the output at the best point is kept
+    output_dtype: list | None = None  # [dtype] of the model's output, filled while the body is traced
 
 
 def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features) -> Callable:
@@ -38,7 +40,7 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
         def value_fn(theta, data=data):
             return obj.loss(theta, data)
 
-        f, g, evaluated = _evaluate(obj, c, data, first, reuse)
+        f, g, evaluated, out = _evaluate(obj, c, data, first, reuse, feat)
         f = f.astype(dtype)
         g = g.astype(dtype)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
@@ -85,19 +87,29 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
             last = jax.tree.map(lambda new, old: jnp.where(finite | backs_off, new, old), (c.theta, f, c.t), c.last)
         n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
         still = jnp.where(running & jnp.all(theta == c.theta), c.still + 1, 0).astype(jnp.int32)
+        best = c.best
+        if out is not None:  # the model's output at the lowest loss so far (the trace's best row)
+            better = finite & (f < best[0]) & (num_steps >= 0)
+            best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (f, c.theta, out.astype(best[2].dtype)),
+                                best)
         c_next = Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
-                       jnp.where(finite, g, c.grad), last, still, ro)
+                       jnp.where(finite, g, c.grad), last, still, ro, best)
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
     return step
 
 
-def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool) -> tuple[Any, Any, Any]:
-    """``(f, g, evaluated)`` at θ_t: a fresh ``value_and_grad``, or the line search's own at its accepted point."""
+def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool, feat: Features) -> tuple[Any, Any, Any, Any]:
+    """``(f, g, evaluated, output)`` at θ_t: a fresh ``value_and_grad`` — with the model's output from the same
+    evaluation where it is kept (else None) — or the line search's own at its accepted point."""
     if not reuse:
+        if feat.loss_and_output is not None:
+            (f, out), g = jax.value_and_grad(feat.loss_and_output, has_aux=True)(c.theta, data)
+            feat.output_dtype[0] = out.dtype
+            return f, g, 1, out
         f, g = jax.value_and_grad(obj.loss)(c.theta, data)
-        return f, g, 1
+        return f, g, 1, None
 
     dtype = c.theta.dtype  # (a loss of another precision than θ: both branches in θ's)
 
@@ -110,7 +122,7 @@ def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool) -> tuple[A
         return ls.value.astype(dtype), ls.grad.astype(dtype)
 
     f, g = jax.lax.cond(first, fresh, reused, None)
-    return f, g, first.astype(jnp.int32)
+    return f, g, first.astype(jnp.int32), None
 
 
 def _columns(channels: tuple[str, ...], f: Any, gnorm: Any, theta: Any, prev: Any, st: Any, running: Any,

@@ -4,8 +4,8 @@ Per (objective compile key, method, settings, argument shapes): ``init`` (the tr
 power iterations, in-program estimates — and no loss evaluation) and ``chunk`` (:mod:`gnomon.optim.chunk`). Both
 are lowered in the caller's thread and compile concurrently in background threads
 (:class:`gnomon.optim.background.Pending`); no Python function is kept: the objective's arrays are constants of
-the executables, freed with the cache entry. :func:`probe` and :func:`output` evaluate at given points with the
-compiled chunk (nothing new to compile).
+the executables, freed with the cache entry. :func:`probe` evaluates at given points with the compiled chunk
+(nothing new to compile); :func:`output` reads the model's output at the best point from the final carry.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gnomon.objective.goodness import loss_and_output
 from gnomon.objective.objective import Objective
 from gnomon.optim import readout
 from gnomon.optim import runoff as runoff_test
 from gnomon.optim.background import Pending
 from gnomon.optim.body import Features, member_step
-from gnomon.optim.carry import OUTPUT, Carry, LoopSettings
+from gnomon.optim.carry import Carry, LoopSettings
 from gnomon.optim.chunk import make_chunk
 from gnomon.optim.methods import Program
-from gnomon.optim.status import MAX_STEPS
 from gnomon.util.programs import ProgramCache
 
 
@@ -39,6 +39,7 @@ class Compiled(NamedTuple):
     has_report: bool  # the state holds nodes that readout.report reads (else it is not copied to the host)
     lower_s: float = 0.0  # seconds spent tracing and lowering (in the caller's thread)
     unreported: list = [True]  # [True] until a run has reported this build's compile time
+    output_dtype: Any = None  # the model output's own dtype where the carry keeps it at the best point
 
 
 # (compile key, method, settings, argument shapes) -> init and chunk compiled ahead of time (no Python function
@@ -78,14 +79,17 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         return optax.with_extra_args_support(program.make(data, key, arrays))
 
     track_last = batched and settings.record_every > 1
+    lao = loss_and_output(obj) if settings.output else None
+    out_shape = _output_shape(obj, theta0, data, batched) if lao is not None else None
 
     def init(theta0, data, key, arrays):
         st = make(data, key, arrays).init(theta0)
         nan = jnp.full((), jnp.nan, theta0.dtype)
         last = (theta0, nan, jnp.zeros((), jnp.int32)) if track_last else None
         ro = runoff_test.init(theta0) if settings.runoff else None
+        best = None if out_shape is None else (jnp.full((), jnp.inf, theta0.dtype), theta0, jnp.zeros(*out_shape))
         zero = jnp.zeros((), jnp.int32)
-        return Carry(theta0, st, zero, zero, nan, zero, jnp.full_like(theta0, jnp.nan), last, zero, ro)
+        return Carry(theta0, st, zero, zero, nan, zero, jnp.full_like(theta0, jnp.nan), last, zero, ro, best)
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
     init_v = jax.vmap(init, in_axes=(0, 0, None, 0)) if batched else init  # arrays: one row per member
@@ -101,30 +105,36 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     # the update computed at the stopping point is discarded; only a state that is read afterwards (a report,
     # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
     keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
-    feat = Features(channels, readout.linesearch_state(state_shape) is not None,
-                    readout.step_accepted(state_shape) is not None, keep_state, track_last)
+    reuse = readout.linesearch_state(state_shape) is not None  # (a line search's evaluation: no output kept)
+    feat = Features(channels, reuse, readout.step_accepted(state_shape) is not None, keep_state, track_last,
+                    lao, [None])
     init_c = Pending(init_lowered)
 
     step = member_step(obj, make, settings, feat)
     step_fn = jax.vmap(step, in_axes=(0, 0, None, 0, None, None, None)) if batched else step
-    chunk = make_chunk(step_fn, settings, channels, feat.reuse, _output_fn(obj) if settings.output else None)
+    chunk = make_chunk(step_fn, settings, channels, feat.reuse)
     n = jax.ShapeDtypeStruct((), jnp.int32)
     flag = jax.ShapeDtypeStruct((), jnp.bool_)
     chunk_c = Pending(jax.jit(chunk).lower(carry_shape, data, key, arrays, n, flag))
     return Compiled(init_c, chunk_c, settings.rows * settings.record_every, channels, has_report,
-                    time.perf_counter() - start, [True])
+                    time.perf_counter() - start, [True], feat.output_dtype[0])
 
 
-def _output_fn(obj: Objective) -> Any:
-    """The model's output the goodness of fit reads: the likelihood's mean, or the residuals."""
+def _output_shape(obj: Objective, theta0: Any, data: Any, batched: bool) -> tuple:
+    """``(shape, dtype)`` in which one member's carry keeps the model's output: a likelihood's mean has the data's
+    shape (no trace of the model needed), residuals are traced abstractly; kept in the widest float dtype (cast back
+    to the output's own after the run: lossless)."""
     if obj.likelihood is not None:
-        return lambda theta, data: obj.likelihood.mean(theta)
-    return lambda theta, data: obj.residual_fn(theta, data)
+        return tuple(obj.likelihood.data_shape), jnp.result_type(float)
+    th = jax.ShapeDtypeStruct(np.shape(theta0)[-1:], theta0.dtype)
+    d = None if data is None else jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:] if batched else np.shape(a), a.dtype), data)
+    out = jax.eval_shape(obj.residual_fn, th, d)
+    return tuple(out.shape), jnp.promote_types(out.dtype, jnp.result_type(float))
 
 
 def _stopped(carry: Carry, theta: Any) -> Carry:
-    """``carry`` at θ, reset so that one chunk call evaluates it and stops (``num_steps`` −1) — or, with every
-    member already stopped, runs no step at all (:func:`output`)."""
+    """``carry`` at θ, reset so that one chunk call evaluates it and stops (``num_steps`` −1)."""
     running = np.zeros(np.shape(carry.status), np.int32)
     th = jnp.asarray(theta, carry.theta.dtype)
     return carry._replace(theta=th, status=running, t=np.zeros_like(running), still=np.zeros_like(running),
@@ -139,17 +149,22 @@ def probe(program: Compiled, carry: Carry, thetas: np.ndarray, data: Any, key: A
     (a non-finite one as NaN)."""
     losses, grads = [], []
     for theta in thetas:
-        out, _, summary, _ = program.chunk(_stopped(carry, theta), data, key, arrays, np.int32(-1), np.bool_(True))
+        out, _, summary = program.chunk(_stopped(carry, theta), data, key, arrays, np.int32(-1), np.bool_(True))
         f, g = jax.device_get((summary.loss, out.grad))
         losses.append(np.asarray(f))
         grads.append(np.asarray(g))
     return np.stack(losses), np.stack(grads)
 
 
-def output(program: Compiled, carry: Carry, theta: np.ndarray, data: Any, key: Any, arrays: Any) -> Any:
-    """The model's output (mean or residuals) at θ (``(B, D)`` for a batch) by the compiled chunk, which runs no
-    step (every member marked stopped) and evaluates nothing else."""
-    c = _stopped(carry, theta)
-    c = c._replace(status=np.full(np.shape(c.status), MAX_STEPS, np.int32))
-    _, _, _, out = program.chunk(c, data, key, arrays, np.int32(OUTPUT), np.bool_(False))
-    return jax.tree.map(np.asarray, jax.device_get(out))
+def output(program: Compiled, carry: Carry, theta: np.ndarray) -> Any:
+    """The model's output (mean or residuals) at θ when θ is the point of lowest loss the loop evaluated (kept in the
+    carry from the evaluation itself); ``(B, ...)`` for a batch, a member whose best point is not θ (a continued or
+    thinned run) as None; None where the loop kept none."""
+    if carry.best is None or program.output_dtype is None:
+        return None
+    _, where, out = jax.device_get(carry.best)
+    where, out = np.asarray(where), np.asarray(out).astype(program.output_dtype)
+    theta = np.asarray(theta, where.dtype)
+    if where.ndim == 1:
+        return out if np.array_equal(where, theta) else None
+    return [out[i] if np.array_equal(where[i], theta[i]) else None for i in range(where.shape[0])]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 CHANNELS = ("grad_norm", "step_norm", "learning_rate", "accepted")
-OUTPUT = -2  # num_steps of a chunk call that only evaluates the model's output (goodness of fit) at θ
 
 
 class LoopSettings(NamedTuple):
@@ -19,7 +18,7 @@ class LoopSettings(NamedTuple):
     batched: bool
     channels: tuple[str, ...]
     runoff: bool = False  # the run-off stop (gnomon.optim.runoff)
-    output: bool = False  # the chunk can evaluate the model's mean / residuals (goodness of fit) at a point
+    output: bool = False  # keep the model's mean / residuals at the best point (goodness of fit)
 
 
 class Carry(NamedTuple):
@@ -35,6 +34,7 @@ class Carry(NamedTuple):
     last: Any  # thinned batched runs: (θ, f, t) of the latest finite point; else None
     still: Any  # updates in a row that left θ bit-for-bit unchanged (STALL_STEPS of them stop the run)
     runoff: Any = None  # gnomon.optim.runoff.RunOffState where the run-off stop is on
+    best: Any = None  # (f, θ, output) at the lowest loss evaluated so far, where the model's output is kept
 
 
 class Summary(NamedTuple):

@@ -4,10 +4,6 @@ the body (:mod:`gnomon.optim.body`), writing the recorded rows into buffers the 
 Single runs write row t at ``k // record_every``, an unrecorded finite row at the scratch index ``rows`` and a
 non-finite one at ``rows + 1``. A batch steps in lockstep under the shared counter k and writes one shared index
 (a ``dynamic_update_slice``, not a per-member scatter); its final points come from the carry's ``last``.
-
-Called with ``num_steps = OUTPUT`` and a carry whose members have all stopped, the chunk runs no step and
-evaluates the model's output (the mean of a likelihood, the residuals) at the carry's θ — the goodness of fit at
-the end of a run (:mod:`gnomon.objective.goodness`) without a program of its own.
 """
 
 from __future__ import annotations
@@ -18,14 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from gnomon.optim import readout, runoff
-from gnomon.optim.carry import OUTPUT, Carry, LoopSettings, Rows, Summary
+from gnomon.optim.carry import Carry, LoopSettings, Rows, Summary
 from gnomon.optim.status import RUNNING
 
 
-def make_chunk(step_fn: Callable, settings: LoopSettings, channels: tuple[str, ...], reuse: bool,
-               output_fn: Callable | None) -> Callable:
-    """``chunk(carry, data, key, arrays, num_steps, first_chunk) -> (carry, rows, summary, output)``;
-    ``output`` is None without ``output_fn`` (else zeros unless ``num_steps == OUTPUT``)."""
+def make_chunk(step_fn: Callable, settings: LoopSettings, channels: tuple[str, ...], reuse: bool) -> Callable:
+    """``chunk(carry, data, key, arrays, num_steps, first_chunk) -> (carry, rows, summary)``."""
     rows, record_every, batched = settings.rows, settings.record_every, settings.batched
     chunk_steps = rows * record_every
 
@@ -70,12 +64,6 @@ def make_chunk(step_fn: Callable, settings: LoopSettings, channels: tuple[str, .
         evals = c.n_evals if reuse else c.t + 1
         found = None if c.runoff is None else members(runoff.finding)(c.runoff)
         summary = Summary(c.status, c.t, c.prev_loss, evals + own, gnorm, c.last, found)
-        out = None
-        if output_fn is not None:  # traced once: its shape from the trace, the cond's branch reuses it
-            fn = jax.jit(jax.vmap(output_fn) if batched else output_fn)
-            shape = fn.trace(carry.theta, data).out_info
-            out = jax.lax.cond(num_steps == OUTPUT, lambda: fn(carry.theta, data),
-                               lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
-        return c, b, summary, out
+        return c, b, summary
 
     return chunk

@@ -16,8 +16,9 @@ One driver runs any optax transformation (a :class:`gnomon.optim.Program`) over 
 * compilation and execution are timed apart (``info["compile_s"]``, ``info["run_s"]``; ``runtime_s`` is the
   wall time, compilation that overlapped other work counted once);
 * the compiled chunk also evaluates the loss and gradient at given points (:attr:`LoopResult.probe`) for the
-  checks at the end of a run, and — built with ``output=True`` — the model's mean or residuals
-  (:attr:`LoopResult.output`) for the goodness of fit, compiling nothing new.
+  checks at the end of a run; built with ``output=True`` the body evaluates the loss together with the model's
+  mean or residuals and keeps them at the best point (:attr:`LoopResult.output`) for the goodness of fit, compiling
+  no copy of the model of its own.
 
 Channels (:func:`resolve_channels`): ``grad_norm`` (|∇loss(θ_t)|), ``step_norm`` (|θ_{t+1} − θ_t|),
 ``learning_rate`` (the product of the state's ``learning_rate`` fields after the update from θ_t) and
@@ -71,7 +72,8 @@ class LoopResult(NamedTuple):
     for a batch, one point per member) with the compiled loop itself — no new compilation — for checks at the
     end of a run (:mod:`gnomon.optim.verdict`); each point costs one gradient evaluation. ``output(theta)``
     (where the loop was built with ``output=True``, else None) is the model's mean (a likelihood objective) or
-    residuals at θ (``(B, D)`` for a batch): one forward pass, no gradient."""
+    residuals at θ when θ is the lowest-loss point the loop evaluated (``(B, D)`` for a batch: a list, None for a
+    member whose best point is elsewhere), read from the carry: nothing is evaluated."""
 
     trace: Any
     state: Any
@@ -153,7 +155,7 @@ def run_loop(
     n_steps = np.int32(num_steps)
     first = np.bool_(True)
     while True:
-        carry, bufs, summary, _ = programs.chunk(carry, data, key, program.arrays, n_steps, first)
+        carry, bufs, summary = programs.chunk(carry, data, key, program.arrays, n_steps, first)
         first = np.bool_(False)
         bufs, summary = jax.device_get((bufs, summary))
         pieces.append(bufs)
@@ -179,7 +181,7 @@ def run_loop(
         return build.probe(programs, carry, np.asarray(thetas), data, key, program.arrays)
 
     def output_at(theta: Any) -> Any:
-        return build.output(programs, carry, np.asarray(theta), data, key, program.arrays)
+        return build.output(programs, carry, np.asarray(theta))
 
     return LoopResult(trace, state, compile_s, run_s, probe_at, output_at if output else None)
 

@@ -337,7 +337,8 @@ def precond_arrays(trace: Trace) -> dict[str, dict[str, np.ndarray]]:
 def _record_outputs(obj: Objective, trace: Trace, data: Any, output: Any, *, batched: bool) -> Trace:
     """What a fit records beside its rows (issue 18, items 4 and 7): ``info["goodness_of_fit"]`` at the best point
     (:mod:`gnomon.objective.goodness`; a list, one per member, for a batch), from the model's output there as the
-    loop's compiled chunk evaluates it (``output``: :attr:`LoopResult.output`), and, for a batch, each member's
+    loop kept it from its own evaluation (``output``: :attr:`LoopResult.output`; a best point elsewhere — a
+    continued or thinned run — is evaluated by the goodness module's program), and, for a batch, each member's
     share of the cost (``runtime_s``, ``compile_s``, ``run_s`` divided by B) beside the batch's totals
     (``batch_runtime_s``, ``batch_compile_s``, ``batch_run_s``, ``batch_size``)."""
     info = dict(trace.info)
