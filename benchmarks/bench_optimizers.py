@@ -28,7 +28,7 @@ only: preconditioned_gd and lbfgs from starts 5 CRLB away (random signs, 3 keys)
 (max |θ − MLE| / CRLB ≤ 0.05), then ``gn.sample(obj, init=fit, key=key)`` (4 chains) must give posterior sd /
 CRLB within 0.8–1.25 and R̂ ≤ 1.05.
 
-Run:  python benchmarks/bench_optimizers.py [--max-steps N] [--defaults] [--dlux]
+Run:  python benchmarks/bench_optimizers.py [--max-steps N] [--defaults] [--dlux] [--methods a,b,lbfgs[backtracking]]
 """
 
 from __future__ import annotations
@@ -218,7 +218,15 @@ def dlux_example():
     return obj, np.asarray(truth), np.asarray(crlb)
 
 
-def dlux_defaults(num_samples: int = 1000) -> None:
+def _method(spec: str) -> tuple[str, dict]:
+    """``"lbfgs[backtracking]"`` -> ``("lbfgs", {"linesearch": "backtracking"})``; a plain name has no options."""
+    if spec.endswith("]"):
+        name, ls = spec[:-1].split("[")
+        return name, {"linesearch": ls}
+    return spec, {}
+
+
+def dlux_defaults(num_samples: int = 1000, methods: tuple[str, ...] = ("preconditioned_gd", "lbfgs")) -> None:
     """The ``--dlux`` check (module docstring)."""
     import warnings
 
@@ -237,10 +245,10 @@ def dlux_defaults(num_samples: int = 1000) -> None:
     for k in range(3):
         signs = np.where(np.random.default_rng(k).random(truth.size) < 0.5, -1.0, 1.0)
         th0 = jnp.asarray(truth + 5.0 * signs * crlb)  # 5 bounds in θ (the contrast's log: 16 bounds)
-        for m in ("preconditioned_gd", "lbfgs"):
+        for m in methods:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                tr = gn.optimize(obj, th0, m, num_steps=500, tol=1e-6)
+                tr = gn.optimize(obj, th0, _method(m)[0], num_steps=500, tol=1e-6, **_method(m)[1])
             dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
             fits.append(tr)
             print(f"start {k} {m:<18} {tr.status[:30]:<30} steps {tr.num_steps:>4} evals {int(tr.num_grad_evals):>5} "
@@ -248,17 +256,19 @@ def dlux_defaults(num_samples: int = 1000) -> None:
                   f"{'OK' if dev <= 0.05 else 'FAIL'} warnings {len(caught)}")
     # the same model as a plain loss (no likelihood, no residuals): the Hessian it falls back from, and back to mle
     loss = gn.Objective.from_loss(obj.loss, lay, data=obj.data)
-    for m in ("preconditioned_gd", "lbfgs"):
+    for m in methods:
         signs = np.where(np.random.default_rng(0).random(truth.size) < 0.5, -1.0, 1.0)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            tr = gn.optimize(loss, jnp.asarray(truth + 5.0 * signs * crlb), m, num_steps=500, tol=1e-6)
+            tr = gn.optimize(loss, jnp.asarray(truth + 5.0 * signs * crlb), _method(m)[0], num_steps=500, tol=1e-6,
+                             **_method(m)[1])
         dev = float(np.max(np.abs(values(tr.best_theta) - mle) / crlb))
         fb = tr.info["curvature"].get("fallback")
         print(f"from_loss {m:<18} {tr.status[:30]:<30} curvature {tr.info['curvature']['method']:<17} "
               f"(fallback from {fb['from'] if fb else '-'}) max|θ−MLE|/CRLB {dev:.2e} {'OK' if dev <= 0.05 else 'FAIL'}"
               f" warnings: {'; '.join(str(w.message)[:70] for w in caught) or 'none'}")
-    post = gn.sample(obj, init=fits[1], key=jax.random.key(0), num_chains=4, num_samples=num_samples)
+    seed_fit = fits[methods.index("lbfgs")] if "lbfgs" in methods else fits[0]
+    post = gn.sample(obj, init=seed_fit, key=jax.random.key(0), num_chains=4, num_samples=num_samples)
     theta = np.asarray(lay.element_values(jnp.asarray(post.theta))).reshape(post.theta.shape[:2] + (truth.size,))
     ratio = theta.reshape(-1, truth.size).std(0) / crlb
     rhat = np.asarray(azs.rhat(theta, chain_axis=0, draw_axis=1)).reshape(-1)
@@ -268,10 +278,9 @@ def dlux_defaults(num_samples: int = 1000) -> None:
           f"max R̂ {rhat.max():.4f} ({'OK' if rhat.max() <= 1.05 else 'FAIL'}), {int(post.num_grad_evals)} gradients")
 
 
-def defaults(max_steps: int) -> None:
+def defaults(max_steps: int, methods: tuple[str, ...] = ("gd", "preconditioned_gd", "lbfgs")) -> None:
     import warnings
 
-    methods = ("gd", "preconditioned_gd", "lbfgs")
     print(f"# gn.optimize(obj, θ0, method) with the method's defaults, num_steps={max_steps}: gradient evaluations to "
           "a relative gap ≤ 1e-6, final gap, status, wall s (first call: compilation included)")
     print(f"{'target':<36} {'method':<18} {'evals→1e-6':>10} {'final gap':>10} {'wall s':>7}  status")
@@ -281,7 +290,7 @@ def defaults(max_steps: int) -> None:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                tr = gn.optimize(obj, th0, m, num_steps=max_steps)
+                tr = gn.optimize(obj, th0, _method(m)[0], num_steps=max_steps, **_method(m)[1])
             runs[m] = (tr, time.perf_counter() - t0)
         fstar = min(float(np.nanmin(np.asarray(tr.loss))) for tr, _ in runs.values())
         for m, (tr, wall) in runs.items():
@@ -292,7 +301,7 @@ def defaults(max_steps: int) -> None:
             if hit.size:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    again = gn.optimize(obj, th0, m, num_steps=int(tr.step[hit[0]]))
+                    again = gn.optimize(obj, th0, _method(m)[0], num_steps=int(tr.step[hit[0]]), **_method(m)[1])
                 evals = str(int(again.num_grad_evals) - int(again.info.get("end_check_grad_evals", 0)))
             final = float(np.nanmin(gap))
             print(f"{name:<36} {m:<18} {evals:>10} {final:>10.2g} {wall:>7.2f}  {str(tr.status)[:60]}")
@@ -303,12 +312,15 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=20000)
     ap.add_argument("--defaults", action="store_true", help="compare the candidates for gn.optimize's default")
     ap.add_argument("--dlux", action="store_true", help="the issue-18 check of the defaults on a dLux model")
+    ap.add_argument("--methods", default="", help="comma-separated for --defaults/--dlux, e.g. "
+                    "gd,preconditioned_gd,lbfgs,lbfgs[zoom],lbfgs[backtracking]")
     args = ap.parse_args()
+    chosen = tuple(args.methods.split(",")) if args.methods else None
     if args.dlux:
-        dlux_defaults()
+        dlux_defaults(methods=chosen or ("preconditioned_gd", "lbfgs"))
         return
     if args.defaults:
-        defaults(min(args.max_steps, 1000))
+        defaults(min(args.max_steps, 1000), chosen or ("gd", "preconditioned_gd", "lbfgs"))
         return
     start = time.perf_counter()
     rows = run(args.max_steps)

@@ -176,3 +176,52 @@ def test_batch_members_get_their_own_statistics_cost_share_and_data_checks(tmp_p
         gn.optimize_batch(obj, starts, "lbfgs", num_steps=5, data=ys[:, :, :15])
     with pytest.raises(ValueError, match=r"leading axis B=3"):
         gn.optimize_batch(obj, starts, "lbfgs", num_steps=5, data=ys[:2])
+
+
+def test_the_fit_takes_the_model_output_from_its_own_evaluations():
+    """gn.optimize computes the statistics from the mean (or residuals) its loop kept at the best point — from the
+    evaluation it made there, so the first call compiles no program of the model for the goodness of fit: the model
+    is traced once by the loop (gd with a learning rate: nothing else evaluates it) — and the numbers are those of
+    a separate evaluation. The loss evaluated with the output is the objective's own, for every kind of objective."""
+    from gnomon.objective.goodness import loss_and_output
+
+    traced = [0]
+
+    def counted(t):
+        traced[0] += 1
+        return blob(t)
+
+    y = poisson_data(0)
+    obj = gn.Objective.from_likelihood(counted, y, "poisson", 4)
+    before = traced[0]
+    tr = gn.optimize(obj, TRUTH + 0.05, "gd", learning_rate=1e-6, num_steps=20)
+    assert traced[0] - before == 1, traced[0] - before
+    direct = obj.goodness_of_fit(tr.best_theta, warn=False)
+    for k in ("deviance", "pearson_chi2", "reduced_deviance", "dof", "p_value"):
+        assert tr.info["goodness_of_fit"][k] == pytest.approx(direct[k], rel=1e-12, nan_ok=True), k
+    # loss_and_output's loss is obj.loss (value and gradient) for each family, a prior, a layout with a Jacobian in the
+    # loss, a reparameterisation and a weighted residual objective (float32)
+    lay = gn.Layout({"flux": (), "pos": (3,)}, transforms={"flux": "positive"})
+    rng = np.random.default_rng(0)
+    g = rng.normal(blob(jnp.asarray(TRUTH)), 2.0)
+    objectives = [
+        gn.Objective.from_likelihood(blob, y, "poisson", 4),
+        gn.Objective.from_likelihood(blob, g, gn.family.gaussian(2.0), 4, prior=lambda t: -0.5 * jnp.sum(t**2)),
+        gn.Objective.from_likelihood(blob, {"y": g, "sigma": np.full((N, N), 2.0)}, gn.family.student_t(4.0), 4),
+        gn.Objective.from_likelihood(lambda t: blob(jnp.concatenate([t[:1] / jnp.log(10.0), t[1:]])), y, "poisson",
+                                     lay, loss_includes_jacobian=True),
+        gn.Objective.from_likelihood(blob, y, "poisson", 4).reparameterize(
+            gn.EigenMap.from_matrix(np.diag([1.0, 4.0, 4.0, 0.5]), TRUTH)),
+        gn.Objective.from_residuals(lambda t, d: (blob(t) - d) / 2.0, 4, weights=np.full((N, N), 0.5), data=g),
+    ]
+    for o in objectives:
+        fn = loss_and_output(o)
+        th = jnp.asarray(TRUTH + 0.1 if o.thetamap is None else np.zeros(4) + 0.1)
+        if o.layout is not None:
+            th = jnp.asarray(np.r_[np.log(10.0**4.1), TRUTH[1:]])
+        (f, out), grad = jax.value_and_grad(fn, has_aux=True)(th, o.data)
+        np.testing.assert_allclose(f, o.loss(th), rtol=1e-6)
+        np.testing.assert_allclose(grad, jax.grad(o.loss)(th), rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(grad))))
+        expected = o.likelihood.mean(th) if o.likelihood is not None else o.residual_fn(th, o.data)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert loss_and_output(gn.Objective.from_loss(lambda t: jnp.sum(t**2), 2)) is None

@@ -126,7 +126,7 @@ def test_optimize_and_optimize_batch_take_the_same_arguments():
     a = inspect.signature(gn.optimize).parameters
     b = inspect.signature(gn.optimize_batch).parameters
     assert list(a)[2:] == list(b)[2:]
-    assert sum(p.kind == p.KEYWORD_ONLY for p in a.values()) <= 10
+    assert sum(p.kind == p.KEYWORD_ONLY for p in a.values()) <= 11  # the stop rules tol, ftol and runoff among them
     with jax.enable_x64(True):
         obj = corr_obj()
         batch = gn.optimize_batch(obj, np.stack([TH0, -TH0]), "sgd", learning_rate=0.02, momentum=0.5, num_steps=20)
@@ -161,11 +161,11 @@ def test_loop_traces_the_objective_at_few_sites_and_times_compilation_apart():
     count("preconditioned_gd")  # + the exact diagonal (one HVP site under lax.map)
     count("preconditioned_gd", step_rule="fixed")  # + the λ_max power iteration
     count("gd")  # the body + the λ_max power iteration
-    count("lbfgs")  # the exact diagonal + the loop's first evaluation + the zoom line search's two sites
-    count("lbfgs", linesearch="backtracking")  # the exact diagonal + the body
+    count("lbfgs")  # (backtracking line search) the exact diagonal + the body
+    count("lbfgs", linesearch="zoom")  # the exact diagonal + the loop's first evaluation + the zoom search's two sites
     assert counts == {("gd", ("learning_rate",)): 1, ("adam", ()): 1, ("preconditioned_gd", ()): 2,
-                      ("preconditioned_gd", ("step_rule",)): 3, ("gd", ()): 2, ("lbfgs", ()): 4,
-                      ("lbfgs", ("linesearch",)): 2}
+                      ("preconditioned_gd", ("step_rule",)): 3, ("gd", ()): 2, ("lbfgs", ()): 2,
+                      ("lbfgs", ("linesearch",)): 4}
 
 
 def test_objectives_sharing_a_compile_key_compile_once():

@@ -53,6 +53,11 @@ def test_the_optimizers_end_is_read_in_one_place():
     assert MapEnd.of(None) is None
     # an optimizer that records its own code is believed over its sentence
     assert MapEnd.of("stopped", code="diverged") is MapEnd.DIVERGED
+    # the optimizer's own codes (gn.optim.StatusCode) are read first; a run-off is no mode, like a divergence
+    assert MapEnd.of("stopped", code=gn.optim.StatusCode.RAN_OFF) is MapEnd.RAN_OFF
+    assert MapEnd.of("ran off along θ[0]: …") is MapEnd.RAN_OFF and MapEnd.RAN_OFF.found_no_mode
+    assert MapEnd.of("converged", code="saddle_point") is MapEnd.SADDLE_POINT
+    assert not MapEnd.of("converged: |g| < tol").found_no_mode
 
 
 def _run_with(ledger: Ledger) -> record.Run:

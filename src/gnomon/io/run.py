@@ -345,6 +345,9 @@ def _write_files(
         from gnomon.io.sampling_summary import sampling_summary
 
         base.update(sampling_summary(trace))
+    code = trace.info.get("status_code")
+    if isinstance(code, str):  # an optimizer's StatusCode beside the status sentence (gnomon.optim.status)
+        base["status_code"] = str(code)
     gof = trace.info.get("goodness_of_fit")
     if isinstance(gof, Mapping):  # deviance, reduced_deviance, pearson_chi2, reduced_pearson_chi2, dof, misfit
         base.update({k: gof[k] for k in GOF_SUMMARY_KEYS if k in gof})
@@ -364,18 +367,20 @@ def _write_files(
 
 def member_info(trace: Trace) -> Trace:
     """A member of a batch (``batch[i]``: ``extras["batch_index"]``) with the per-member lists of the batch's
-    ``info`` (``goodness_of_fit``) cut to its own entry, so that its meta.json and summary.json describe it
-    alone."""
+    ``info`` (``goodness_of_fit``, ``status_code``) cut to its own entry, so that its meta.json and summary.json
+    describe it alone."""
     i = trace.extras.get("batch_index")
-    gof = trace.info.get("goodness_of_fit")
-    if isinstance(gof, (list, tuple)):
-        info = dict(trace.info)
-        if isinstance(i, (int, np.integer)) and 0 <= int(i) < len(gof):
-            info["goodness_of_fit"] = gof[int(i)]
-        else:
-            info.pop("goodness_of_fit")
-        return dataclasses.replace(trace, info=info)
-    return trace
+    info = dict(trace.info)
+    cut = False
+    for name in ("goodness_of_fit", "status_code"):
+        per = info.get(name)
+        if isinstance(per, (list, tuple)):
+            cut = True
+            if isinstance(i, (int, np.integer)) and 0 <= int(i) < len(per):
+                info[name] = per[int(i)]
+            else:
+                info.pop(name)
+    return dataclasses.replace(trace, info=info) if cut else trace
 
 
 def _json_scalar_like(v: Any) -> bool:

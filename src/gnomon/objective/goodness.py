@@ -35,10 +35,12 @@ binary star gives a reduced deviance of ~20). ``threshold`` and ``p_value`` are 
 A reduced value well *below* 1 says the noise was overestimated (σ too large: the CRLB is then too large too);
 it is reported, not warned about.
 
-``gn.optimize`` / ``gn.optimize_batch`` call :func:`goodness_of_fit` once at the end, at the best point, and
-record it in ``trace.info["goodness_of_fit"]`` (a list with one per member for a batch); ``save_run`` writes
-``deviance``, ``reduced_deviance``, ``pearson_chi2``, ``reduced_pearson_chi2``, ``dof`` and ``misfit`` into
-summary.json. Objectives without a noise model (``from_loss``, ``from_log_prob``, ``from_numpyro``) have none.
+``gn.optimize`` / ``gn.optimize_batch`` call :func:`goodness_of_fit` once at the end, at the best point, with the
+model's mean (or residuals) there evaluated by the optimizer's own compiled loop (``model_output=``: no program
+of its own to compile on the first call), and record it in ``trace.info["goodness_of_fit"]`` (a list with one
+per member for a batch); ``save_run`` writes ``deviance``, ``reduced_deviance``, ``pearson_chi2``,
+``reduced_pearson_chi2``, ``dof`` and ``misfit`` into summary.json. Objectives without a noise model
+(``from_loss``, ``from_log_prob``, ``from_numpyro``) have none.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gnomon.util.programs import Live, ProgramCache
@@ -75,9 +78,9 @@ def threshold(dof: int) -> float:
     """The reduced statistic from which a fit with ``dof`` degrees of freedom is flagged (module docstring)."""
     if dof <= 0:
         return math.nan
-    from scipy.stats import chi2
+    from scipy.special import chdtri  # the χ² quantile (scipy.stats.chi2.isf calls it; scipy.special loads faster)
 
-    return max(MIN_REDUCED, float(chi2.isf(P_VALUE, dof)) / dof)
+    return max(MIN_REDUCED, float(chdtri(dof, P_VALUE)) / dof)
 
 
 def _program(obj: Any, kind: str):
@@ -99,12 +102,58 @@ def _host(x: Any) -> Any:
     return jax.tree.map(np.asarray, x)
 
 
-def _terms(obj: Any, theta: Any, data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Per-datum ``(deviance, pearson, counted)`` in float64 and the description of the noise model."""
+def loss_and_output(obj: Any) -> Any:
+    """``fn(θ, data) -> (loss, output)`` for an objective with a noise model (else None): ``obj.loss`` and, from the
+    same evaluation, what the statistics are computed from — the likelihood's mean, or the residuals. An optimizer
+    that differentiates ``fn`` (``has_aux``) has the model's output at every point it evaluates without compiling the
+    model a second time (``gn.optimize`` keeps it at the best point for the goodness of fit).
+
+    The loss is composed exactly as :meth:`gnomon.Objective.loss` composes it (``-model_log_density``, less the
+    log-Jacobian when the loss includes it), with ``model_log_density`` written out over the output: for
+    ``from_likelihood`` (also reparameterised: its likelihood is composed with the map)
+    ``Σ log p(y | μ) - neg_log_prior``, for ``from_residuals`` ``-Σ ½ w r²`` (tested against ``obj.loss`` for every
+    family, prior, Jacobian and map)."""
+    lik = getattr(obj, "likelihood", None)
+    if lik is None and (getattr(obj, "residual_fn", None) is None or obj.per_observation_fn is None
+                        or obj.info.get("constructor") != "from_residuals"):
+        return None
+    jac = obj.log_jacobian if obj.loss_includes_jacobian else None
+
+    def fn(theta, data):
+        if lik is not None:
+            out = lik.mean(theta)
+            y, p = lik.split(data, out.dtype)
+            value = jnp.sum(lik.family.log_likelihood(y.astype(out.dtype), out, p))
+            if lik.neg_log_prior is not None:
+                value = value - lik.neg_log_prior(theta)
+        else:
+            out = obj.residual_fn(theta, data)
+            terms = 0.5 * out**2 if obj.weights is None else 0.5 * obj.weights * out**2
+            value = -jnp.sum(jnp.ravel(terms))
+        loss = -value
+        if jac is not None:
+            loss = loss - jac(theta)
+        return loss, out
+
+    return fn
+
+
+def model_output(obj: Any, theta: Any, data: Any) -> np.ndarray:
+    """What the statistics are computed from: the likelihood's mean at θ, or the residuals (a jitted program of
+    its own, cached per compile key)."""
+    if obj.likelihood is not None:
+        return np.asarray(_program(obj, "mean")(theta))
+    return np.asarray(_program(obj, "residuals")(theta, data))
+
+
+def _terms(obj: Any, theta: Any, data: Any, output: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Per-datum ``(deviance, pearson, counted)`` in float64 and the description of the noise model; ``output``:
+    the model's mean / residuals at θ when already known."""
     lik = obj.likelihood
+    out = model_output(obj, theta, data) if output is None else np.asarray(output)
     if lik is not None:
         fam = lik.family
-        mu = np.asarray(_program(obj, "mean")(theta))
+        mu = out
         if isinstance(data, Mapping):
             y, over = data["y"], {k: v for k, v in data.items() if k != "y"}
         else:
@@ -135,7 +184,7 @@ def _terms(obj: Any, theta: Any, data: Any) -> tuple[np.ndarray, np.ndarray, np.
                 c_nu = (nu + 1.0) * (digamma((nu + 1) / 2) - digamma(nu / 2))
                 desc.update(nu=nu, expected_reduced_deviance=float(c_nu))
         return dev, pearson, counted, desc
-    r = np.asarray(_program(obj, "residuals")(theta, data), dtype=np.float64)
+    r = np.asarray(out, dtype=np.float64)
     w = np.ones_like(r) if obj.weights is None else np.broadcast_to(np.asarray(obj.weights, np.float64), r.shape)
     dev = w * r * r
     return dev, dev, w > 0, {"family": "residuals"}
@@ -146,8 +195,8 @@ def available(obj: Any) -> bool:
     return getattr(obj, "likelihood", None) is not None or getattr(obj, "residual_fn", None) is not None
 
 
-def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = True,
-                    stacklevel: int = 2) -> dict[str, Any] | None:
+def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = True, stacklevel: int = 2,
+                    model_output: Any = None) -> dict[str, Any] | None:
     """Deviance, Pearson χ², degrees of freedom and their reduced values at θ (module docstring), or None for an
     objective without a noise model.
 
@@ -157,6 +206,8 @@ def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = Tr
       theta: the point (D,), e.g. the fit's best θ.
       data: the data the fit used (default: the objective's bound data).
       warn: issue a :class:`MisfitWarning` when the fit is flagged (``stacklevel`` as for ``warnings.warn``).
+      model_output: the likelihood's mean (or the residuals) at θ when the caller has it (``gn.optimize`` evaluates
+        it with its compiled loop); None: evaluated here.
 
     Returns:
       a JSON-able dict: ``deviance``, ``reduced_deviance``, ``pearson_chi2``, ``reduced_pearson_chi2``,
@@ -167,16 +218,17 @@ def goodness_of_fit(obj: Any, theta: Any, data: Any = _UNSET, *, warn: bool = Tr
     if not available(obj):
         return None
     d = obj.data if data is _UNSET else data
-    out = _statistics(obj, np.asarray(theta), _host(d))
+    out = _statistics(obj, np.asarray(theta), _host(d), model_output)
     if warn and out["misfit"]:
         warnings.warn(_message([out]), MisfitWarning, stacklevel=stacklevel)
     return out
 
 
-def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool = True,
-                          stacklevel: int = 2) -> list[dict] | None:
+def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool = True, stacklevel: int = 2,
+                          model_outputs: Any = None) -> list[dict] | None:
     """:func:`goodness_of_fit` per member of a batch: ``thetas`` ``(B, D)``, ``data`` batched on its leading
-    axis (None: the objective's own data for every member). One warning names the flagged members."""
+    axis (None: the objective's own data for every member), ``model_outputs`` the members' means / residuals
+    when known (a sequence; None for a member evaluated here). One warning names the flagged members."""
     if not available(obj):
         return None
     thetas = np.asarray(thetas)
@@ -184,21 +236,22 @@ def goodness_of_fit_batch(obj: Any, thetas: Any, data: Any = None, *, warn: bool
     out = []
     for i in range(thetas.shape[0]):
         d = obj.data if host is None else jax.tree.map(lambda a, i=i: a[i], host)
-        out.append(_statistics(obj, thetas[i], _host(d)))
+        known = None if model_outputs is None or model_outputs[i] is None else np.asarray(model_outputs[i])
+        out.append(_statistics(obj, thetas[i], _host(d), known))
     flagged = [i for i, g in enumerate(out) if g["misfit"]]
     if warn and flagged:
         warnings.warn(_message([out[i] for i in flagged], flagged, len(out)), MisfitWarning, stacklevel=stacklevel)
     return out
 
 
-def _statistics(obj: Any, theta: np.ndarray, data: Any) -> dict[str, Any]:
+def _statistics(obj: Any, theta: np.ndarray, data: Any, output: Any = None) -> dict[str, Any]:
     n_params = int(obj.dim)
     if not np.all(np.isfinite(theta)):
         dev = pearson = np.full(1, np.nan)
         counted = np.ones(1, bool)
         desc = {"family": obj.likelihood.family.name if obj.likelihood is not None else "residuals"}
     else:
-        dev, pearson, counted, desc = _terms(obj, theta, data)
+        dev, pearson, counted, desc = _terms(obj, theta, data, output)
     n = int(np.count_nonzero(counted))
     dof = n - n_params
     deviance = float(np.sum(dev[counted]))
@@ -209,9 +262,9 @@ def _statistics(obj: Any, theta: np.ndarray, data: Any) -> dict[str, Any]:
     t = threshold(dof)
     p_value = math.nan
     if dof > 0 and math.isfinite(deviance):
-        from scipy.stats import chi2 as chi2_dist
+        from scipy.special import chdtrc  # the χ² survival function (what scipy.stats.chi2.sf calls)
 
-        p_value = float(chi2_dist.sf(deviance / expected, dof))
+        p_value = float(chdtrc(dof, deviance / expected))
     misfit = bool(dof > 0 and math.isfinite(red) and red / expected >= t)
     return {
         "deviance": deviance,

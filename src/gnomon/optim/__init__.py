@@ -9,6 +9,7 @@
   ``preconditioned_gd`` is exactly ``nonmonotone_backtracking(optax.chain(scale_by_curvature(...),
   scale_by_bb()))``, and ``optax.chain(scale_by_curvature(c), optax.scale_by_learning_rate(lr))`` is
   preconditioned gradient descent in a plain optax loop.
+* :class:`StatusCode` and :func:`status_code`: why a fit stopped, as a code beside ``trace.status``'s sentence.
 * :func:`curvature_estimator`: a planned curvature estimate that the transformations run inside the compiled
   program (at θ_0 and at refreshes).
 """
@@ -26,6 +27,7 @@ from gnomon.optim.methods import (
     sgd,
 )
 from gnomon.optim.readout import OptimizerReport
+from gnomon.optim.status import StatusCode, status_code
 from gnomon.optim.transforms import (
     BacktrackingInfo,
     BacktrackingState,
@@ -58,6 +60,7 @@ __all__ = [
     "ScaleByBBState",
     "ScaleByCurvatureState",
     "ScaleByLrVectorState",
+    "StatusCode",
     "adam",
     "curvature_estimator",
     "gd",
@@ -71,4 +74,5 @@ __all__ = [
     "scale_by_curvature",
     "scale_by_lr_vector",
     "sgd",
+    "status_code",
 ]

@@ -17,8 +17,8 @@ transformation, called inside the compiled program with each member's data and t
     ``optax.scale_by_lbfgs`` run in the coordinates :math:`u = c^{1/2} ⊙ θ` of a curvature diagonal c at θ_0
     (:func:`~gnomon.optim.precondition_by_curvature`; a diagonal initial inverse Hessian): on badly scaled
     problems plain L-BFGS stalls, this does not. ``curvature="identity"``: no preconditioner. Step lengths from
-    optax's zoom line search (``linesearch="zoom"``, default) or the loop's backtracking
-    (``"backtracking"``, :func:`~gnomon.optim.restart_lbfgs`).
+    the loop's backtracking (``linesearch="backtracking"``, default; :func:`~gnomon.optim.restart_lbfgs`) or
+    optax's zoom line search (``"zoom"``).
 ``preconditioned_gd``
     :math:`θ_{t+1} = θ_t - η_t\, P ⊙ ∇f(θ_t)`, the chain of :mod:`gnomon.optim.transforms`: P from a curvature
     diagonal (auto: Gauss–Newton with residuals, exact for D ≤ 16, Hutchinson otherwise) and its power; step
@@ -200,10 +200,10 @@ class lbfgs(_CurvatureOptions, Method):
       memory_size: pairs kept.
       curvature: None (auto, as preconditioned_gd), a method name, a Curvature or (D,) array, or
         ``"identity"`` for no preconditioner.
-      linesearch: ``"zoom"`` (optax's zoom line search: strong Wolfe, extrapolates; the model is compiled at three
-        sites) or ``"backtracking"`` (the loop's monotone Armijo backtracking with
+      linesearch: ``"backtracking"`` (the default: the loop's monotone Armijo backtracking with
         :func:`~gnomon.optim.restart_lbfgs`: one evaluation per step and one compiled site — a third less
-        compilation and lockstep batches — the same evaluations on regular problems, slower into a funnel).
+        compilation and lockstep batches — the same or fewer evaluations on every benchmark target) or ``"zoom"``
+        (optax's zoom line search: strong Wolfe, extrapolates; the model is compiled at three sites).
       num_probes, hutchinson_mode, floor, prior_precision, negative, batch_size: the curvature estimator.
     """
 
@@ -211,7 +211,7 @@ class lbfgs(_CurvatureOptions, Method):
     learning_rate: float | Callable | None = None
     memory_size: int = 10
     curvature: Any = None
-    linesearch: str = "zoom"
+    linesearch: str = "backtracking"
 
     def __post_init__(self):
         check_lr(self.learning_rate)

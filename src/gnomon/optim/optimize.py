@@ -32,7 +32,10 @@ import numpy as np
 import optax
 
 from gnomon.objective.checks import check_batch_data, check_finite_data
+from gnomon.objective.goodness import available as has_noise_model
+from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
 from gnomon.objective.objective import Objective
+from gnomon.optim import runoff as runoff_test
 from gnomon.optim.estimator import curvature_at_start
 from gnomon.optim.loop import prepare, run_loop
 from gnomon.optim.methods import Program, make_method
@@ -65,6 +68,7 @@ def optimize(
     data: Any = _UNSET,
     progress: bool | None = None,
     channels: str | tuple[str, ...] | None = None,
+    runoff: bool | None = None,
     **method_options: Any,
 ) -> Trace:
     """Minimise ``obj.loss`` from ``theta0``.
@@ -75,7 +79,7 @@ def optimize(
         (the result is the joined trace, :meth:`Trace.concatenate`).
       method: a name, a :mod:`gnomon.optim` method configuration or an optax ``GradientTransformation``;
         default ``"lbfgs"`` (:data:`DEFAULT_METHOD`: preconditioned by the curvature diagonal at θ0 — the one
-        rule of :mod:`gnomon.curvature.choice` — with a zoom line search).
+        rule of :mod:`gnomon.curvature.choice` — with a backtracking line search).
       num_steps: maximum number of updates.
       learning_rate: the method's learning rate (float or optax schedule; None: the method's default).
       curvature: for ``preconditioned_gd`` and ``lbfgs``: None (auto), a method name, a :class:`Curvature`
@@ -88,12 +92,18 @@ def optimize(
       channels: per-step diagnostics to record besides θ and the loss: ``"all"`` or a subset of
         ``("grad_norm", "step_norm", "learning_rate", "accepted")``; default: the free ones (learning rate,
         accept flags, and the gradient norm when ``tol`` is set). ``info["final_grad_norm"]`` is always there.
+      runoff: stop (status code ``ran_off``) when the loss keeps falling at a steady rate along one coordinate —
+        a density without a mode within reach (:mod:`gnomon.optim.runoff`); None (default): on for objectives
+        built from a log density (``from_log_prob``, ``from_log_density``, ``from_numpyro``) under a method that
+        chooses its own step lengths (``lbfgs``, ``preconditioned_gd``, ``gd`` without a learning rate).
       **method_options: the method's other options (:mod:`gnomon.optim.methods`), e.g. ``momentum``,
         ``step_rule``, ``safeguard``, ``refresh_every``, ``memory_size``, ``num_probes``.
 
     Returns:
-      an optimization :class:`Trace`; ``info`` holds the settings, ``compile_s``/``run_s`` and for curvature
-      methods ``info["curvature"]``; ``extras`` the curvature and lr_vec arrays.
+      an optimization :class:`Trace`; ``status`` is a sentence and ``info["status_code"]`` its
+      :class:`~gnomon.optim.status.StatusCode`; ``info`` holds the settings, ``compile_s``/``run_s``, for
+      curvature methods ``info["curvature"]`` and for likelihood and residual objectives
+      ``info["goodness_of_fit"]``; ``extras`` the curvature and lr_vec arrays.
     """
     previous = theta0 if isinstance(theta0, Trace) else None
     if previous is not None:
@@ -126,7 +136,8 @@ def optimize(
     key = _as_key(key)
     program = _program(obj, method, start, d, learning_rate, curvature, method_options)
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
-                     progress=progress, channels=channels)
+                     progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff, program),
+                     output=has_noise_model(obj))
     if program.start_curvature is not None:  # compile the loop while the curvature at θ0 is estimated
         prepare(obj, start, program._replace(arrays=_placeholder(start)), **loop_args)
     program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
@@ -135,7 +146,7 @@ def optimize(
     trace = _finish(result.trace, program, report(result.state), batched=False)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     trace = previous.concatenate(trace) if previous is not None else trace
-    return _record_outputs(obj, trace, d, batched=False)
+    return _record_outputs(obj, trace, d, result.output, batched=False)
 
 
 def optimize_batch(
@@ -153,6 +164,7 @@ def optimize_batch(
     data: Any = None,
     progress: bool | None = None,
     channels: str | tuple[str, ...] | None = None,
+    runoff: bool | None = None,
     **method_options: Any,
 ) -> Trace:
     """B fits in one compiled program (vmap): ``theta0s`` is ``(B, D)``; ``data`` (optional) is batched on
@@ -183,7 +195,8 @@ def optimize_batch(
     key = _as_key(key)
     program = _program(obj, method, th[0], probe, learning_rate, curvature, method_options)
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
-                     batched=True, progress=progress, channels=channels)
+                     batched=True, progress=progress, channels=channels, output=has_noise_model(obj),
+                     runoff=runoff_test.enabled(obj, runoff, program))
     if program.start_curvature is not None:
         prepare(obj, th, program._replace(arrays=_placeholder(th)), **loop_args)
         host = None if data is None else jax.device_get(data)
@@ -195,7 +208,7 @@ def optimize_batch(
     result = run_loop(obj, th, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
-    return _record_outputs(obj, trace, data, batched=True)
+    return _record_outputs(obj, trace, data, result.output, batched=True)
 
 
 def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: Any, curvature: Any,
@@ -321,13 +334,13 @@ def precond_arrays(trace: Trace) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _record_outputs(obj: Objective, trace: Trace, data: Any, *, batched: bool) -> Trace:
+def _record_outputs(obj: Objective, trace: Trace, data: Any, output: Any, *, batched: bool) -> Trace:
     """What a fit records beside its rows (issue 18, items 4 and 7): ``info["goodness_of_fit"]`` at the best point
-    (:mod:`gnomon.objective.goodness`; a list, one per member, for a batch) and, for a batch, each member's share
-    of the cost (``runtime_s``, ``compile_s``, ``run_s`` divided by B) beside the batch's totals
+    (:mod:`gnomon.objective.goodness`; a list, one per member, for a batch), from the model's output there as the
+    loop kept it from its own evaluation (``output``: :attr:`LoopResult.output`; a best point elsewhere — a
+    continued or thinned run — is evaluated by the goodness module's program), and, for a batch, each member's
+    share of the cost (``runtime_s``, ``compile_s``, ``run_s`` divided by B) beside the batch's totals
     (``batch_runtime_s``, ``batch_compile_s``, ``batch_run_s``, ``batch_size``)."""
-    from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
-
     info = dict(trace.info)
     runtime = trace.runtime_s
     if batched:
@@ -337,9 +350,13 @@ def _record_outputs(obj: Objective, trace: Trace, data: Any, *, batched: bool) -
             if isinstance(info.get(k), (int, float)):
                 info[f"batch_{k}"], info[k] = float(info[k]), float(info[k]) / b
         runtime = float(runtime) / b
-        gof = goodness_of_fit_batch(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
+        best = np.asarray(trace.coords_in(obj.thetamap, "best"))
+        known = output(best) if output is not None and np.all(np.isfinite(best)) else None
+        gof = goodness_of_fit_batch(obj, best, data, stacklevel=4, model_outputs=known)
     else:
-        gof = goodness_of_fit(obj, trace.coords_in(obj.thetamap, "best"), data, stacklevel=4)
+        best = np.asarray(trace.coords_in(obj.thetamap, "best"))
+        known = output(best) if output is not None and np.all(np.isfinite(best)) else None
+        gof = goodness_of_fit(obj, best, data, stacklevel=4, model_output=known)
     if gof is not None:
         info["goodness_of_fit"] = gof
     return replace(trace, info=info, runtime_s=runtime)

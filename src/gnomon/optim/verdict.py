@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from gnomon.optim.assemble import coordinate_labels
+from gnomon.optim.status import StatusCode, codes_info, status_code
 from gnomon.trace.trace import Trace
 
 DENSE_MAX_DIM = 32
@@ -61,6 +63,7 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
     rows = np.asarray(trace.z if trace.z is not None else trace.theta)
     losses = np.asarray(trace.loss, np.float64)
     statuses = list(trace.status) if batched else [trace.status]
+    codes = list(status_code(trace)) if batched else [status_code(trace)]
     b = len(statuses)
     if not batched:
         rows, losses = rows[None], losses[None]
@@ -68,7 +71,7 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
     steps = np.asarray(trace.step).reshape(b, -1)
     c = None if curvature is None else np.broadcast_to(np.asarray(curvature, np.float64), (b, rows.shape[-1]))
     dtype = rows.dtype
-    labels = _labels(obj, rows.shape[-1])
+    labels = coordinate_labels(obj, rows.shape[-1])
     info = dict(trace.info)
     found: dict[str, list] = {"no_progress": [None] * b, "stationary_check": [None] * b,
                               "degenerate_direction": [None] * b}
@@ -77,7 +80,7 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
     t_end = [int(steps[i, counts[i] - 1]) for i in range(b)]
 
     # ---- no progress
-    stuck = [i for i in range(b) if _could_be_stuck(statuses[i], t_end[i], losses[i, :counts[i]])]
+    stuck = [i for i in range(b) if _could_be_stuck(codes[i], t_end[i], losses[i, :counts[i]])]
     if stuck:
         f0s, g0s = probes.at({i: rows[i, 0] for i in stuck})
         for i in stuck:
@@ -90,21 +93,23 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
             if decrease is not None and math.isfinite(decrease) and decrease <= resolution:
                 continue  # a minimum to working precision
             moved = bool(np.any(rows[i, 1:counts[i]] != rows[i, 0]))
-            cause = _cause(info, statuses[i], moved, dtype, learning_rate)
+            cause = _cause(info, moved, dtype, learning_rate)
             what = ("every point it tried had a higher loss" if moved else "θ never left it")
             predicted = "" if decrease is None else f"; a Newton step predicts a decrease of {decrease:.3g}"
             statuses[i] = (f"{NO_PROGRESS} in {t_end[i]} steps: no point had a lower loss than the start ({what}; "
                            f"|∇loss| = {gn0:.3g} there{predicted}); likely cause: {cause}")
+            codes[i] = StatusCode.NO_PROGRESS
             found["no_progress"][i] = {"grad_norm_at_start": gn0, "predicted_decrease": decrease, "moved": moved,
                                        "cause": cause}
     # ---- stationary points that are not minima
-    still = [i for i in range(b) if statuses[i] == "converged" or statuses[i].startswith("stalled")]
+    still = [i for i in range(b) if codes[i] in (StatusCode.CONVERGED, StatusCode.STALLED)]
     if still:
         checks = _curvature_checks(probes, finals, still, c)
         for i in still:
             chk = checks[i]
             found["stationary_check"][i] = chk
             if chk.get("result") == "saddle":
+                codes[i] = StatusCode.SADDLE_POINT
                 where = ", ".join(labels[j] for j in chk["direction_top"])
                 statuses[i] = (
                     f"{SADDLE} at step {t_end[i]}: the gradient vanished but the loss decreases along a direction "
@@ -113,7 +118,7 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
                     "— start elsewhere, e.g. a small step along that direction")
     # ---- max_steps along a near-degenerate direction
     if c is not None:
-        ends = {i: d for i in range(b) if statuses[i] == "max_steps"
+        ends = {i: d for i in range(b) if codes[i] == StatusCode.MAX_STEPS
                 and (d := _tail_direction(rows[i, :counts[i]], losses[i, :counts[i]], c[i])) is not None}
         if ends:
             ratios = _rayleigh(probes, finals, ends, c)
@@ -131,6 +136,7 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
             info[name] = per if batched else per[0]
     if probes.cost:
         info["end_check_grad_evals"] = probes.cost
+    info["status_code"] = codes_info(codes, batched)
     _warn(found, statuses, b)
     status = tuple(statuses) if batched else statuses[0]
     nge = np.asarray(trace.num_grad_evals) + probes.cost if batched else int(trace.num_grad_evals) + probes.cost
@@ -163,14 +169,14 @@ class _Probes:
                 for k, batch in enumerate(batches)]
 
 
-def _could_be_stuck(status: str, t: int, loss: np.ndarray) -> bool:
-    if t < NO_PROGRESS_STEPS or not (status in ("converged", "max_steps") or status.startswith("stalled")):
+def _could_be_stuck(code: StatusCode | None, t: int, loss: np.ndarray) -> bool:
+    if t < NO_PROGRESS_STEPS or code not in (StatusCode.CONVERGED, StatusCode.MAX_STEPS, StatusCode.STALLED):
         return False
     later = loss[1:]
     return not bool(np.any(np.isfinite(later) & (later < loss[0])))
 
 
-def _cause(info: dict, status: str, moved: bool, dtype: Any, learning_rate: Any) -> str:
+def _cause(info: dict, moved: bool, dtype: Any, learning_rate: Any) -> str:
     cinfo = info.get("curvature") if isinstance(info.get("curvature"), dict) else None
     if cinfo and cinfo.get("fallback"):
         return (f"the {cinfo['fallback']['from']} curvature was not finite and the {cinfo['method']} one was used "
@@ -309,13 +315,6 @@ def _rayleigh(probes: _Probes, finals: np.ndarray, ends: dict, c: np.ndarray) ->
         r = float(s @ hv)
         out[i] = r if math.isfinite(r) else None
     return out
-
-
-def _labels(obj: Any, d: int) -> list[str]:
-    layout = getattr(obj, "base_layout", None)
-    if getattr(obj, "thetamap", None) is None and layout is not None and layout.size == d:
-        return list(layout.index_labels())
-    return [f"{'z' if getattr(obj, 'thetamap', None) is not None else 'θ'}[{j}]" for j in range(d)]
 
 
 def _warn(found: dict, statuses: list, b: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from gnomon.optim.status import StatusCode, code_of
 from gnomon.util.codes import Code
 
 
@@ -74,6 +75,7 @@ class MapEnd(Code):
     """How the optimization behind a start ended, as far as the sampler needs to know."""
 
     DIVERGED = "diverged"
+    RAN_OFF = "ran off"  # the loss kept falling at a steady rate (a neck): no mode either
     SADDLE_POINT = "saddle point"
     NO_PROGRESS = "no progress"
     MAX_STEPS = "max_steps"
@@ -82,18 +84,25 @@ class MapEnd(Code):
     @classmethod
     def of(cls, status: Any, code: Any = None) -> MapEnd | None:
         """The end of an optimizer whose ``trace.status`` is ``status`` (None: no optimizer). ``code`` is the
-        optimizer's own status code where it records one (``trace.info["status_code"]``); until then the
-        sentence is read here — the one place the sampler reads an optimizer's sentence."""
+        optimizer's own status code (``trace.info["status_code"]``, :class:`gnomon.optim.StatusCode`); without
+        one the sentence is read by :func:`gnomon.optim.status.code_of` — the optimizer's own reader."""
         if status is None and code is None:
             return None
         found = cls.get(code)
         if found is not None:
             return found
-        text = str(status)
-        for end in (cls.DIVERGED, cls.SADDLE_POINT, cls.NO_PROGRESS):
-            if text.startswith(end.value):
-                return end
-        return cls.MAX_STEPS if text == "max_steps" else cls.OTHER
+        try:
+            optimizer_code = StatusCode(code) if code is not None else code_of(status)
+        except ValueError:
+            optimizer_code = code_of(status)
+        if optimizer_code is not None and optimizer_code.name in cls.__members__:
+            return cls[optimizer_code.name]
+        return cls.OTHER
+
+    @property
+    def found_no_mode(self) -> bool:
+        """The optimizer ran away from any mode (non-finite, or steadily down a neck)."""
+        return self in (MapEnd.DIVERGED, MapEnd.RAN_OFF)
 
 
 class Decision(NamedTuple):

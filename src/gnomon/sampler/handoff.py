@@ -3,12 +3,12 @@
 A time series of fits (one posterior per epoch, each close to the last) should not pay a cold 1000-step
 warmup every time. The bundle keeps what the sampler learned — the adapted step size and inverse mass
 matrix — together with where it started (θ*), the curvature it was seeded with, the chains' last positions
-and the key, so that ``gn.sample(obj_next, init=bundle, key=..., handoff=bundle)`` starts from the last
+and the key, so that ``gn.sample(obj_next, init=bundle, key=...)`` starts from the last
 adaptation with a short warmup (150 steps by default; ``num_warmup=0`` reuses it as is).
 
-This module holds the data and how it is built from a sampling trace; the engine reads it. Storing it is
-the artifacts layer's business: the public :class:`gnomon.HandOff` (:mod:`gnomon.sampler.handoff_files`) is
-this bundle plus ``to_arrays``/``save``/``save_run``/``load``.
+This module holds the data and how it is built from a sampling trace; the engine reads it. Its file is the
+public :class:`gnomon.HandOff` (:mod:`gnomon.sampler.handoff_files`): this bundle plus
+``to_arrays``/``save``/``save_run``/``load``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def mode_note(map_status: str | None, best_theta: Any, judged_no_mode: bool) -> 
     if map_status is None:
         return None
     status = map_status.split(":")[0]
-    if judged_no_mode or MapEnd.of(map_status) is MapEnd.DIVERGED:
+    if judged_no_mode or MapEnd.of(map_status).found_no_mode:
         return f"the optimizer that gave the start found no mode ({status})"
     size = float(np.max(np.abs(np.asarray(best_theta, np.float64)))) if np.size(best_theta) else 0.0
     if not np.isfinite(size) or size > RUNAWAY:

@@ -268,7 +268,7 @@ def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: flo
         "status_code": code,
         "transport": _transport_info(run, z_draws),
         "map_status": start.map.status if start.map is not None else None,
-        "map_end": MapEnd.of(start.map.status) if start.map is not None else None,
+        "map_end": MapEnd.of(start.map.status, start.map.code) if start.map is not None else None,
         "data_digest": data_digest(run.data) if obj.takes_data else None,
         "compile_s": compile_s,
         "run_s": max(runtime - compile_s, 0.0),

@@ -32,8 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.objective.objective import Objective
+from gnomon.optim.status import status_code
 from gnomon.sampler import metric as mmx
 from gnomon.sampler.config import Warmup
+from gnomon.sampler.decisions import MapEnd
 from gnomon.sampler.handoff import HandOffBundle
 from gnomon.sampler.health import RUNAWAY
 from gnomon.trace.trace import Trace
@@ -47,6 +49,7 @@ class MapInfo(NamedTuple):
     loss: float
     first_theta: Any  # (D,) the optimizer's first point, or None
     losses: Any = None  # (T,) the optimizer's recorded losses (of the best member of a batch)
+    code: Any = None  # the optimizer's StatusCode (trace.info["status_code"]; None for a trace without one)
 
 
 class Start(NamedTuple):
@@ -93,13 +96,17 @@ def resolve_init(obj: Objective, init: Any, num_chains: int) -> Start:
             status = init.status[int(order[0])] if isinstance(init.status, (tuple, list)) else init.status
             member = int(order[0])
             first = np.asarray(map_theta(init, "theta", obj)[member, 0])
-            info = MapInfo(cost, status, float(losses[member]), first, np.asarray(init.loss)[member])
+            codes = status_code(init)
+            code = codes[member] if isinstance(codes, tuple) else codes
+            info = MapInfo(cost, status, float(losses[member]), first, np.asarray(init.loss)[member], code)
             best_z = map_theta(init, "best", obj)
             center = best_z[member]
             starts = best_z if best.shape[0] == num_chains else None
             return Start(center, starts, "optimization trace", info)
         first = np.asarray(map_theta(init, "theta", obj)[0])
-        info = MapInfo(cost, init.status, float(np.asarray(init.best_loss)), first, np.asarray(init.loss))
+        info = MapInfo(
+            cost, init.status, float(np.asarray(init.best_loss)), first, np.asarray(init.loss), status_code(init)
+        )
         return Start(map_theta(init, "best", obj), None, "optimization trace", info)
     try:
         arr = jnp.asarray(init)
@@ -124,6 +131,7 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     """Why the optimization behind ``start`` has no usable mode, or None: it went non-finite (the density
     grows without bound, or the optimizer ran off to a boundary), it stopped at a saddle point (a stationary point
     with negative curvature: the chains then start dispersed around it, so they leave it) or made no progress,
+    it ran off along a coordinate (status code ``ran_off``: the loss kept falling at a steady rate — a neck),
     its best point has a non-finite log density (``log_prob_at_best``), or it stopped at its step limit while
     still gaining more than ``max(D, 10)`` nats of log density over its last tenth — running away rather than
     converging (near a mode, the whole typical set lies within about D/2 nats of it) — or its best point lies
@@ -135,15 +143,16 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
     size = float(np.max(np.abs(np.asarray(start.center, np.float64)))) if start.center is not None else 0.0
     if not math.isfinite(size) or size > RUNAWAY:  # (also when it then overflowed: the run-off is the finding)
         return f"the optimization ran off to |θ| = {size:.2g} ({m.status.split(':')[0]}) instead of reaching a mode"
-    if m.status.startswith("diverged"):
+    end = MapEnd.of(m.status, m.code)
+    if end.found_no_mode:  # diverged, or ran off: the loss kept falling steadily (a neck)
         return f"the optimization did not reach a mode ({m.status})"
-    if m.status.startswith(("saddle point", "no progress")):
+    if end in (MapEnd.SADDLE_POINT, MapEnd.NO_PROGRESS):
         # a stationary point with negative curvature (or a start the optimizer never left) is no mode: the chains
         # start dispersed around it and leave it (a Laplace draw from |H| there would sit on the saddle's ridge)
         return f"the optimization did not reach a mode ({m.status.split(':')[0]}: {m.status.split(':', 1)[-1].strip()})"
     if log_prob_at_best is not None and not math.isfinite(log_prob_at_best):
         return f"the optimization's best point has log_prob = {log_prob_at_best} (status {m.status})"
-    if m.status == "max_steps" and m.losses is not None and len(m.losses) >= 10:
+    if end is MapEnd.MAX_STEPS and m.losses is not None and len(m.losses) >= 10:
         loss = np.asarray(m.losses, np.float64)
         cut = int(0.9 * len(loss))
         head, tail = loss[:cut], loss[cut:]

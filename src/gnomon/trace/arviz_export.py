@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -190,47 +190,9 @@ def to_arviz(
     site_dims = extra_dims if extra else None
 
     if trace.kind == "sampling":
-        th = np.asarray(trace.theta)
-        add("posterior", *_named(th, layout, site_dims=site_dims))
-        if unconstrained:
-            add("unconstrained_posterior", *_named(th, layout, unconstrained=True))
-        stats = {"lp": np.asarray(trace.log_prob)}
-        stats.update({k: np.asarray(v) for k, v in trace.stats.items()})
-        if "diverging" in stats:
-            stats["diverging"] = stats["diverging"].astype(bool)
-        groups["sample_stats"] = stats
-        if save_warmup and trace.warmup:
-            w = trace.warmup
-            wth = np.asarray(w["theta"])
-            add("warmup_posterior", *_named(wth, layout, site_dims=site_dims))
-            if unconstrained:
-                add("warmup_unconstrained_posterior", *_named(wth, layout, unconstrained=True))
-            wstats = {"lp": np.asarray(w["log_prob"])} if "log_prob" in w else {}
-            wstats.update({k: np.asarray(v) for k, v in (w.get("stats") or {}).items()})
-            if "diverging" in wstats:
-                wstats["diverging"] = wstats["diverging"].astype(bool)
-            if wstats:
-                groups["warmup_sample_stats"] = wstats
+        _sampling_groups(trace, layout, add, groups, site_dims, unconstrained, save_warmup)
     else:
-        th = np.asarray(trace.theta)
-        batched = trace.is_batched
-        best = np.asarray(trace.best_theta)
-        if batched:
-            losses = np.asarray(trace.best_loss, dtype=float)
-            best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
-        add("posterior", *_named(np.asarray(best)[None, None, :], layout, site_dims=site_dims))
-        if unconstrained:
-            add("unconstrained_posterior", *_named(np.asarray(best)[None, None, :], layout, unconstrained=True))
-        path = th if batched else th[None]
-        add("optimization_path", *_named(np.asarray(path), layout, site_dims=site_dims))
-        opt = {"loss": np.asarray(trace.loss) if batched else np.asarray(trace.loss)[None]}
-        if trace.step is not None:
-            opt["step"] = np.asarray(trace.step) if batched else np.asarray(trace.step)[None]
-        if trace.log_prob is not None:
-            opt["log_prob"] = np.asarray(trace.log_prob) if batched else np.asarray(trace.log_prob)[None]
-        for k, v in trace.stats.items():
-            opt.setdefault(k, np.asarray(v) if batched else np.asarray(v)[None])
-        groups["optimization_stats"] = opt
+        _optimization_groups(trace, layout, add, groups, site_dims, unconstrained)
     if extra:
         post = _posterior_theta(trace)
         more, more_dims, more_coords = objective.arviz_groups(post)
@@ -248,3 +210,60 @@ def to_arviz(
         for g in ("optimization_path", "optimization_stats"):
             dt[g] = dt[g].to_dataset().assign_coords(draw=steps)
     return dt
+
+
+def _stats(values: Mapping[str, Any], lp: Any = None) -> dict[str, np.ndarray]:
+    """A ``sample_stats`` group: ``lp`` first, ``diverging`` as booleans (ArviZ's names)."""
+    out = {} if lp is None else {"lp": np.asarray(lp)}
+    out.update({k: np.asarray(v) for k, v in values.items()})
+    if "diverging" in out:
+        out["diverging"] = out["diverging"].astype(bool)
+    return out
+
+
+def _sampling_groups(trace: Any, layout: Any, add: Callable, groups: dict, site_dims: Any, unconstrained: bool,
+                     save_warmup: bool) -> None:
+    """``posterior`` and ``sample_stats`` (and their warmup twins) of a sampling trace."""
+    th = np.asarray(trace.theta)
+    add("posterior", *_named(th, layout, site_dims=site_dims))
+    if unconstrained:
+        add("unconstrained_posterior", *_named(th, layout, unconstrained=True))
+    groups["sample_stats"] = _stats(trace.stats, trace.log_prob)
+    if save_warmup and trace.warmup:
+        w = trace.warmup
+        wth = np.asarray(w["theta"])
+        add("warmup_posterior", *_named(wth, layout, site_dims=site_dims))
+        if unconstrained:
+            add("warmup_unconstrained_posterior", *_named(wth, layout, unconstrained=True))
+        wstats = _stats(w.get("stats") or {}, w.get("log_prob"))
+        if wstats:
+            groups["warmup_sample_stats"] = wstats
+
+
+def _optimization_groups(trace: Any, layout: Any, add: Callable, groups: dict, site_dims: Any,
+                         unconstrained: bool) -> None:
+    """An optimization trace: its best point as a 1×1 ``posterior``, the path (``optimization_path``, chain =
+    batch member) and its statistics (``optimization_stats``)."""
+    th = np.asarray(trace.theta)
+    batched = trace.is_batched
+    best = np.asarray(trace.best_theta)
+    if batched:
+        losses = np.asarray(trace.best_loss, dtype=float)
+        best = best[int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))]
+    add("posterior", *_named(np.asarray(best)[None, None, :], layout, site_dims=site_dims))
+    if unconstrained:
+        add("unconstrained_posterior", *_named(np.asarray(best)[None, None, :], layout, unconstrained=True))
+    path = th if batched else th[None]
+    add("optimization_path", *_named(np.asarray(path), layout, site_dims=site_dims))
+
+    def rows(v: Any) -> np.ndarray:
+        return np.asarray(v) if batched else np.asarray(v)[None]
+
+    opt = {"loss": rows(trace.loss)}
+    if trace.step is not None:
+        opt["step"] = rows(trace.step)
+    if trace.log_prob is not None:
+        opt["log_prob"] = rows(trace.log_prob)
+    for k, v in trace.stats.items():
+        opt.setdefault(k, rows(v))
+    groups["optimization_stats"] = opt
