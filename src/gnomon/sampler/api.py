@@ -291,7 +291,8 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1),
                            names if inz is None else ts.z_names(names))
     run = record.Run(
-        obj=obj if inz is None else inz.base, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed, imm0=prep.imm0, center=np.asarray(prep.center),
+        obj=obj if inz is None else inz.base, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed,
+        imm0=prep.imm0, center=np.asarray(prep.center),
         chains=chains, draws=draws, ledger=ledger, messages=messages, num_chains=call.num_chains,
         num_samples=call.num_samples, step0=step0, step_size=step_size, imm=np.asarray(imm),
         init_cost=prep.init_cost, jitter=prep.jitter, est=prep.est, key=call.key, findings=findings, names=names,

@@ -207,8 +207,8 @@ class Warmup:
 def warmup(**options: Any) -> Warmup:
     """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
     inverse_mass_matrix="auto", curvature=None, num_probes=None, hutchinson_mode="variance_reduced",
-    dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True, transport=True)`` (see :class:`Warmup`; the
-    defaults live there)."""
+    dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True, transport=True)`` (see
+    :class:`Warmup`; the defaults live there)."""
     known = {f.name for f in fields(Warmup)}
     misplaced("gn.warmup", {k: v for k, v in options.items() if k not in known})
     return Warmup(**options)

@@ -51,7 +51,6 @@ from gnomon.sampler import warmup as wu
 from gnomon.sampler.decisions import Action, Ledger
 from gnomon.sampler.loop import ChunkOut, cat, compiled, shard
 from gnomon.sampler.seed_check import CHECK_STEPS
-from gnomon.sampler.warmup import Estimator
 
 MIN_DRAWS = 400  # pooled draws the map needs at least
 TRAIN_DRAWS = 600  # the subset it trains on (a fixed size: one compile of the training per dimension)
