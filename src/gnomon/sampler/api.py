@@ -290,6 +290,8 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
         origin = None if origin is None else np.asarray(inz.tmap.to_z(jnp.asarray(origin)))
     findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1),
                            names if inz is None else ts.z_names(names))
+    if inz is not None:  # draws are in z here: a map that does not normalise the posterior is a health problem
+        findings = [*findings, *ts.normality(draws.theta, names)]
     run = record.Run(
         obj=obj if inz is None else inz.base, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed,
         imm0=prep.imm0, center=np.asarray(prep.center),

@@ -62,6 +62,8 @@ PROBE_STEPS = 100  # after the warmup in z, transitions with the final step size
 DIVERGENCE_LIMIT = 0.02  # of the probe's transitions: above, fall back to θ
 WARMUP_DIVERGENCE_LIMIT = 0.1  # of the adapting warmup's transitions in z (step sizes still explored): a disaster
 DISAGREE = 3.0  # a kept seed: the adapted / seeded variance-ratio spread above which the metric disagrees
+Z_SD_RANGE = (0.75, 1.33)  # the sampled z's marginal sds outside this: the map does not normalise the posterior
+Z_MAX_SKEW = 0.5  # |skewness| of a sampled z marginal above this: likewise (≈ 4.5 standard errors at ESS 500)
 
 
 class InZ(NamedTuple):
@@ -101,6 +103,32 @@ def in_z(tmap: tp.TransportMap, out: ChunkOut) -> ChunkOut:
 def z_names(names: Any) -> Any:
     """Coordinate names in a transport map's z: ``z[i] (with <θ's name>)`` (z_i is paired with θ_i)."""
     return lambda i: f"z[{i}] (the transport map's coordinate paired with {names(i)})"
+
+
+def normality(z: Any, names: Any) -> list[dict]:
+    """Findings (for the health check) where the draws in z, ``(chains, draws, D)``, are far from N(0, I) in a
+    marginal: an sd outside :data:`Z_SD_RANGE` or a skewness above :data:`Z_MAX_SKEW`. A map that normalises the
+    posterior gives z ≈ N(0, I); one that does not (the affine family's ceiling: a scale whose effect on the
+    others changes slope, as in a regression whose group scale reaches below the noise) leaves the draws of that
+    coordinate's tail unreached by the run in z — measured on the hierarchical regression: z sd 1.37, skewness
+    −0.67 in log τ, whose sd came out 40 % low with R̂ 1.007 and nothing else flagged."""
+    x = np.asarray(z, np.float64).reshape(-1, np.shape(z)[-1])
+    x = x[np.all(np.isfinite(x), axis=1)]
+    if x.shape[0] < 100:
+        return []
+    sd = x.std(0)
+    c = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+    skew = np.mean(c**3, axis=0)
+    bad = np.flatnonzero((sd < Z_SD_RANGE[0]) | (sd > Z_SD_RANGE[1]) | (np.abs(skew) > Z_MAX_SKEW))
+    if not len(bad):
+        return []
+    listed = "; ".join(f"z[{i}], paired with {names(int(i))}: sd {sd[i]:.2f}, skewness {skew[i]:+.2f}"
+                       for i in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return [{"kind": "transport", "coordinates": [int(i) for i in bad],
+             "message": f"the transport map does not normalise the posterior ({listed}{more}: far from N(0, 1)); "
+                        "the draws there may miss a tail the map does not reach (the affine family's "
+                        "ceiling — reparameterise that scale by hand, or compare with a non-centred model)"}]
 
 
 def pool(ledger: Ledger, since: int) -> tuple[np.ndarray, np.ndarray]:
