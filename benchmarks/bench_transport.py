@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _print(t, m, k, r, cached=False):
     print(f"  {t.name:34s} {m:17s} key {k}: eff {r.eff:8.2f}  ESS {r.ess:6.0f}  grads {r.grads:8d}  R̂ {r.rhat:.3f}  "
           f"mean {r.mean_err:.2f} sd  sd {100 * r.sd_err:4.0f} %  div {r.divergences:4d}  wall {r.wall:6.1f} s  "
-          f"compile {r.compile_s:5.1f} s {'(cached)' if cached else (r.notes.get('decision') or '')[:80]}", flush=True)
+          f"compile {r.compile_s:5.1f} s {'(cached)' if cached else r.notes.get('status_code', '')} "
+          f"{'' if cached else (r.notes.get('decision') or '')[:80]}", flush=True)
 
 
 def _summary(rs: list[Result]) -> dict:

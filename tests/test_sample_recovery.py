@@ -133,9 +133,17 @@ def test_the_recovery_reuses_the_seeded_program():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seeded = gn.sample(obj, fit, jax.random.key(1), num_samples=20, warmup=gn.warmup(check=False))
-        post = gn.sample(obj, fit, jax.random.key(1), num_samples=200)
+        post = gn.sample(obj, fit, jax.random.key(1), num_samples=200, warmup=gn.warmup(transport=False))
     assert [d["action"] for d in post.info["decisions"]][:2] == ["seed rejected", "recovery"]
     assert seeded.info["compile_s"] > 0 and post.info["compile_s"] == 0 and post.info["run_s"] > 0
+    # the transport stage's program in z is one more compiled copy of the model — once per dimension: the map is
+    # data, so a second run whose stage keeps another map compiles nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = gn.sample(obj, fit, jax.random.key(2), num_samples=50)
+        second = gn.sample(obj, fit, jax.random.key(3), num_samples=50)
+    kept = [[d["action"] for d in t.info["decisions"]].count("transport kept") for t in (first, second)]
+    assert kept == [1, 1] and first.info["compile_s"] > 0 and second.info["compile_s"] == 0, kept
 
 
 def test_a_near_gaussian_seed_is_kept_and_accurate():

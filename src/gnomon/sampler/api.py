@@ -50,6 +50,7 @@ from gnomon.sampler import own_tuning as ot
 from gnomon.sampler import phases as ph
 from gnomon.sampler import record
 from gnomon.sampler import recovery as rc
+from gnomon.sampler import transport_stage as ts
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.config import Warmup, as_warmup, misplaced
 from gnomon.sampler.decisions import Action, Ledger, SeedKind, StartSource
@@ -96,6 +97,7 @@ class Call(NamedTuple):
     start: Start
     handoff: HandOffBundle | None  # the hand-off whose adaptation seeds the run
     seed_arg: Any  # what the metric seed comes from ("curvature", an array, None, ...)
+    inz: ts.InZ | None = None  # a hand-off's transport map: the run is in its z (obj, data and start are z's)
 
 
 def sample(
@@ -186,9 +188,36 @@ def _arguments(obj, init, key, num_chains, num_warmup, num_samples, kernel, warm
     handoff = seed_value if isinstance(seed_value, HandOffBundle) else None
     if handoff is not None and wcfg.curvature is not None:
         raise ValueError("gn.warmup(curvature=...) and a hand-off's adapted metric both seed the metric; give one")
-    return Call(obj, kern, wcfg, num_chains, num_samples, bool(keep_warmup), as_key(key),
+    call = Call(obj, kern, wcfg, num_chains, num_samples, bool(keep_warmup), as_key(key),
                 obj.data if data is _DEFAULT else data, resolve_init(obj, init, num_chains), handoff,
                 "curvature" if handoff is not None else seed_value)
+    return _in_handoff_map(call)
+
+
+def _in_handoff_map(call: Call) -> Call:
+    """A hand-off that carries a transport map runs in its z: the transported objective (the compiled program
+    of the run that trained the map is reused: the map is data), its data, and the start mapped to z. Its
+    metric and step size are z's already."""
+    bundle = call.handoff
+    arrays = getattr(bundle, "transport", None)
+    if bundle is None or arrays is None:
+        return call
+    from gnomon.sampler.transport import TransportMap, transported
+
+    tmap = TransportMap.from_arrays(arrays, (bundle.info or {}).get("transport"))
+    if tmap.dim != call.obj.dim:
+        raise ValueError(f"the hand-off's transport map has dimension {tmap.dim}, the objective {call.obj.dim}")
+    st = call.start
+    dtype = (st.center if st.center is not None else st.starts).dtype
+
+    def to_z(x):
+        return None if x is None else jnp.asarray(tmap.to_z(jnp.asarray(x, dtype)), dtype)
+
+    mp = st.map._replace(first_theta=np.asarray(to_z(st.map.first_theta))) if (
+        st.map is not None and st.map.first_theta is not None) else st.map
+    start = st._replace(center=to_z(st.center), starts=to_z(st.starts), map=mp)
+    inz = ts.InZ(tmap, call.obj, call.data, reused=True)
+    return call._replace(obj=transported(call.obj, tmap), data=(tmap.arrays(dtype), call.data), start=start, inz=inz)
 
 
 def _seed_alias(wcfg: Warmup, value: Any) -> Warmup:
@@ -211,6 +240,11 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     messages: list[str] = []
     k_curv, k_jit, k_warm, k_samp = jax.random.split(call.key, 4)
     ledger = Ledger()
+    if call.inz is not None:
+        ledger.transport, ledger.kept_z_from = call.inz, 0
+        ledger.decide(Action.TRANSPORT_REUSED, f"the hand-off's transport map ({call.inz.tmap.hash}) reused: the run "
+                      "is in its coordinates z from the start (no training; the compiled program is shared by every "
+                      "map of this dimension)", map=call.inz.tmap.hash)
 
     # --- no mode: no seed, no seed check -------------------------------------------------------------------
     lp_best = None
@@ -250,15 +284,41 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     chains, outs = ph.draw(ctx, chains, k_samp, call.num_samples, ledger.steps)
     draws = stack(outs)
     ctx.bar.close(f"{int(np.sum(draws.diverging))} divergences")
-    findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1), names)
+    inz = ledger.transport
+    if inz is not None and not inz.reused:  # the run ended in z: what the findings compare goes to z too
+        rejected = None if rejected is None else ts.in_z(inz.tmap, rejected)
+        origin = None if origin is None else np.asarray(inz.tmap.to_z(jnp.asarray(origin)))
+    findings = ck.findings(ctx, chains, ledger, draws, rejected, origin, jax.random.fold_in(k_samp, 1),
+                           names if inz is None else ts.z_names(names))
+    if inz is not None:  # draws are in z here: a map that does not normalise the posterior is a health problem
+        findings = [*findings, *ts.normality(draws.theta, names)]
     run = record.Run(
-        obj=obj, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed, imm0=prep.imm0, center=np.asarray(prep.center),
+        obj=obj if inz is None else inz.base, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed,
+        imm0=prep.imm0, center=np.asarray(prep.center),
         chains=chains, draws=draws, ledger=ledger, messages=messages, num_chains=call.num_chains,
         num_samples=call.num_samples, step0=step0, step_size=step_size, imm=np.asarray(imm),
         init_cost=prep.init_cost, jitter=prep.jitter, est=prep.est, key=call.key, findings=findings, names=names,
-        lp_best=lp_best, data=data,
+        lp_best=lp_best, data=data if inz is None else inz.base_data, transport=inz,
     )
     return record.trace(run, t_start=t_start, compile_s=compile_seconds() - compiled_before)
+
+
+def _transport_options(call: Call, ledger: Ledger) -> ts.Options | None:
+    """The transport stage's options, or None where it is not used (``gn.warmup(transport=False)``, a kernel
+    family with its own tuning stage, a run already in z)."""
+    if not call.wcfg.transport or call.kern.tuning is not Tuning.WINDOWS or ledger.transport is not None:
+        return None
+    return ts.Options(call.wcfg.metric, call.wcfg.max_dense_dim, float(call.kern.initial_step_size(call.obj.dim)))
+
+
+def _given(curvature: Any) -> bool:
+    """A curvature the user gave (a Curvature or an array), rather than a method gnomon computes."""
+    return curvature is not None and not isinstance(curvature, str)
+
+
+def _diagonal(imm: Any) -> np.ndarray:
+    m = np.asarray(imm)
+    return np.diagonal(m) if m.ndim == 2 else m
 
 
 class _NoUsableStart(Exception):
@@ -306,8 +366,15 @@ def _prepare(call: Call, *, unseeded: bool, keys: tuple) -> _Prepared:
     if unseeded:
         seed = Seed(mmx.identity(obj.dim, dtype=dtype), SeedKind.IDENTITY, None)
     else:
-        seed = seed_metric(obj, center, call.seed_arg, call.handoff, wcfg, key=k_curv,
-                           data=None if data is obj.data else data)
+        try:
+            seed = seed_metric(obj, center, call.seed_arg, call.handoff, wcfg, key=k_curv,
+                               data=None if data is obj.data else data)
+        except ValueError as exc:
+            computed = isinstance(call.seed_arg, str) and call.seed_arg == "curvature" and not _given(wcfg.curvature)
+            if start.source == StartSource.OPTIMIZATION and wcfg.check and computed and "finite" in str(exc):
+                # e.g. a funnel's mode deep in the neck, where e^{-v} overflows float32: that is no usable mode
+                raise _NoUsableStart(f"the curvature at the optimizer's best point is not finite ({exc})", 0) from None
+            raise
         seed = seed._replace(kind=SeedKind.parse(seed.kind))
     seeded = seed.kind != SeedKind.IDENTITY
     unseeded = unseeded or (not seeded and wcfg.metric in ("auto", "low_rank") and obj.dim <= wcfg.max_dense_dim)
@@ -424,7 +491,8 @@ def _warmup(ctx, chains, ledger, call: Call, prep: _Prepared, num_warmup: int, a
                 drawn=rejected.theta if rejected is not None else None,
             )
             ctx, chains = rc.recover(ctx, chains, ledger, plan, restart,
-                                     budget if auto else ledger.steps + steps, step_size=step0)
+                                     budget if auto else ledger.steps + steps, step_size=step0,
+                                     transport=_transport_options(call, ledger))
     return ctx, chains, rejected
 
 
@@ -453,6 +521,14 @@ def _seeded(ctx, chains, ledger, call: Call, prep: _Prepared, num_warmup: int, a
         return ctx, chains, out
     if auto and seeded and est != Estimator.NONE:
         chains = ph.extend(ctx, chains, ledger, last, len(tail), budget, estimator=est, phase="warmup window")
+    opts = _transport_options(call, ledger)
+    if opts is not None and est != Estimator.NONE and ts.may_try(ledger, budget):
+        why = ts.far_from_gaussian(ts.pool(ledger, 0)[0], prep.imm0.variances,
+                                   _diagonal(ctx.program.adapt_final(chains.adapt)[1]))
+        found = None if why is None else ts.attempt(ctx, chains, ledger, opts, budget, since=0,
+                                                    why=f"transport stage after a kept seed: {why}")
+        if found is not None:
+            return (*found, None)
     if len(tail):
         chains, _ = ph.advance(ctx, chains, ledger, tail, phase="warmup final buffer", estimator=est)
     return ctx, chains, None

@@ -70,6 +70,7 @@ _HOME = {
     "shrinkage": "the warmup: warmup=gn.warmup(shrinkage=...)",
     "jitter": "the warmup: warmup=gn.warmup(jitter=...)",
     "check": "the warmup: warmup=gn.warmup(check=...)",
+    "transport": "the warmup: warmup=gn.warmup(transport=...)",
     # v0.1 names
     "algorithm": "gn.sample(..., kernel=...) (was algorithm=; 'nuts', 'hmc' or gn.nuts(...)/gn.hmc(...))",
     "adapt_metric": "the warmup: warmup=gn.warmup(metric=...) (was adapt_metric=)",
@@ -150,6 +151,10 @@ class Warmup:
         (default 1 with a seed, 0.1 with the identity).
       check: check the seed while the warmup runs and recover when it fails (default True); with False the
         seed is trusted, and an optimizer that found no mode is only warned about.
+      transport: let the warmup learn a transport map θ = T(z) from its draws and gradients and finish in z
+        where one metric cannot fit (default True: tried in a recovery and after a kept seed whose draws show a
+        funnel, kept only when it helps; see :mod:`gnomon.sampler.transport_stage`); False: never. Kernel
+        families tuned by their own stage (MCLMC) do not use it.
     """
 
     num_steps: int | None = None
@@ -164,6 +169,7 @@ class Warmup:
     shrinkage: float = 0.0
     jitter: float | None = None
     check: bool = True
+    transport: bool = True
 
     def __post_init__(self):
         _int("num_steps", self.num_steps, 0, allow_none=True)
@@ -191,6 +197,8 @@ class Warmup:
         positive("jitter", self.jitter, allow_none=True, strict=False)
         if not isinstance(self.check, bool):
             raise ValueError(f"check must be True or False, got {self.check!r}")
+        if not isinstance(self.transport, bool):
+            raise ValueError(f"transport must be True or False, got {self.transport!r}")
 
     def replace(self, **changes: Any) -> Warmup:
         return replace(self, **changes)
@@ -199,8 +207,8 @@ class Warmup:
 def warmup(**options: Any) -> Warmup:
     """The warmup for :func:`gnomon.sample`: ``gn.warmup(num_steps=None, max_steps=2000, metric="auto",
     inverse_mass_matrix="auto", curvature=None, num_probes=None, hutchinson_mode="variance_reduced",
-    dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True)`` (see :class:`Warmup`; the
-    defaults live there)."""
+    dense="auto", max_dense_dim=1000, shrinkage=0.0, jitter=None, check=True, transport=True)`` (see
+    :class:`Warmup`; the defaults live there)."""
     known = {f.name for f in fields(Warmup)}
     misplaced("gn.warmup", {k: v for k, v in options.items() if k not in known})
     return Warmup(**options)

@@ -32,6 +32,11 @@ class Action(Code):
     BUDGET = "budget"  # something not done because the warmup budget was spent
     KERNEL_TUNED = "kernel tuned"  # a kernel family's own tuning stage (MCLMC: blackjax's step size and L)
     STEP_SIZE_RESET = "step size reset"  # a hand-off from another kernel family: its step size is not reused
+    # the transport stage (gnomon.sampler.transport_stage): a map θ = T(z) learned from the draws and gradients
+    TRANSPORT_KEPT = "transport kept"  # the map helps: warmup and sampling continue in z
+    TRANSPORT_REFUSED = "transport refused"  # trained, judged no better than a linear map: not used
+    TRANSPORT_ABANDONED = "transport abandoned"  # kept, but the run in z failed its checks: back to θ
+    TRANSPORT_REUSED = "transport reused"  # a hand-off's map: no training, the compiled program reused
 
 
 # the decisions that say the seed failed (the run's diagnosis explains them)
@@ -122,12 +127,16 @@ class Ledger:
     rejected_grads: int = 0  # of which spent around a seed that was then rejected
     restart_grads: int = 0  # new chain states: the recovery's restart, moved chains
     check_grads: int = 0  # the improper-direction check and the mode probe
+    transport_grads: int = 0  # the transport stage: new chain states in z and the warmup run in z
     windows: int = 0
     kept: list = field(default_factory=list)  # warmup ChunkOuts kept (keep_warmup)
     decisions: list[Decision] = field(default_factory=list)
     extended: list[int] = field(default_factory=list)
     estimator: Any = None  # the recovery's warmup.Estimator, once there is one
     rhat: list[tuple[int, float, int]] = field(default_factory=list)  # per window: (step, max R̂, coordinate)
+    recent: list = field(default_factory=list)  # the latest warmup ChunkOuts since the last restart (transport)
+    transport: Any = None  # the kept transport stage (gnomon.sampler.transport_stage.InZ), once there is one
+    kept_z_from: int | None = None  # the first of the kept warmup outputs that ran in z
 
     def decide(self, action: Action, message: str, **details: Any) -> Decision:
         d = Decision(self.steps, Action.parse(action), message, details)

@@ -45,6 +45,10 @@ class HandOffBundle:
       curvature_diag, curvature_matrix: the curvature at θ* when the seed came from it.
       positions: the chains' last positions ``(C, D)``.
       key: the run's PRNG key data (uint32), for the record.
+      transport: the arrays of the transport map the run ended in
+        (:meth:`gnomon.sampler.transport.TransportMap.to_arrays`), or None; with one, the step size, the
+        adapted metric and the seed are in the map's coordinates z, while ``theta`` and ``positions`` stay in
+        base θ, and a run from this bundle samples in z again (no training, the compiled program reused).
       info: JSON-able description (engine settings, diagnostics, the sampler's decisions, layout hash).
     """
 
@@ -57,6 +61,7 @@ class HandOffBundle:
     positions: np.ndarray | None = None
     key: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    transport: dict | None = None
 
     def __post_init__(self):
         th = np.asarray(self.theta)
@@ -100,6 +105,7 @@ class HandOffBundle:
             "diagnostics": info.get("handoff"),
             "grad_evals": info.get("grad_evals"),
             "decisions": info.get("decisions"),
+            "transport": info.get("transport"),
             "layout_hash": layout.hash if layout is not None else None,
             "theta_space": trace.theta_space,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -119,6 +125,8 @@ class HandOffBundle:
             positions=arr("positions"),
             key=arr("key"),
             info=desc,
+            transport=({k: np.asarray(v) for k, v in ex["transport"].items()} if ex.get("transport") is not None
+                       else None),
         )
 
     # ------------------------------------------------------------------ views
@@ -147,8 +155,9 @@ class HandOffBundle:
 
     def __repr__(self) -> str:
         kind = "dense" if self.dense else "diag"
+        where = ", in a transport map's z" if self.transport is not None else ""
         return (
-            f"{type(self).__name__}(D={self.dim}, step_size={self.step_size:.4g}, {kind} metric, "
+            f"{type(self).__name__}(D={self.dim}, step_size={self.step_size:.4g}, {kind} metric{where}, "
             f"chains={self.num_chains})"
         )
 

@@ -34,6 +34,7 @@ from gnomon.sampler.handoff import ARRAYS, HANDOFF_SCHEMA, HandOffBundle
 from gnomon.trace.trace import Trace
 
 HANDOFF_FILE = "handoff.npz"
+TRANSPORT_PREFIX = "transport_"  # the transport map's arrays in handoff.npz
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +54,8 @@ class HandOff(HandOffBundle):
         """Arrays for ``handoff.npz`` (the description is stored as UTF-8 bytes under ``meta_json``)."""
         out = {name: np.asarray(getattr(self, name)) for name in ARRAYS if getattr(self, name) is not None}
         out["step_size"] = np.asarray(self.step_size, dtype=np.float64)
+        for k, v in (self.transport or {}).items():  # the transport map's arrays, when the run ended in one
+            out[f"{TRANSPORT_PREFIX}{k}"] = np.asarray(v)
         text = json.dumps(to_jsonable(self.describe()), allow_nan=False)
         out["meta_json"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
         return out
@@ -72,7 +75,8 @@ class HandOff(HandOffBundle):
         for k in ("handoff_schema", "dim", "dense", "step_size", "num_chains"):
             desc.pop(k, None)
         kw = {name: np.asarray(arrays[name]) for name in ARRAYS if name in arrays}
-        return cls(step_size=float(np.asarray(arrays["step_size"])), info=desc, **kw)
+        tmap = {k[len(TRANSPORT_PREFIX):]: np.asarray(v) for k, v in arrays.items() if k.startswith(TRANSPORT_PREFIX)}
+        return cls(step_size=float(np.asarray(arrays["step_size"])), info=desc, transport=tmap or None, **kw)
 
     # ------------------------------------------------------------------ files
     def save_run(self, run_dir: str | os.PathLike, trace: Trace, **save_run_kwargs: Any) -> Path:

@@ -40,6 +40,8 @@ from gnomon.sampler.stuck_chains import find_stuck
 from gnomon.sampler.warmup import Estimator
 
 # the estimator by the warmup's metric (a frozen metric, "none", that was rejected adapts like "auto")
+RECENT_STEPS = 600  # warmup steps kept in ledger.recent (what a transport stage trains on)
+
 ESTIMATORS = {"auto": Estimator.LOW_RANK, "low_rank": Estimator.LOW_RANK, "dense": Estimator.COVARIANCE,
               "diag": Estimator.VARIANCE, "none": Estimator.NONE}
 
@@ -114,6 +116,7 @@ def advance(
     ):
         states, ad, out = ch.states, ch.adapt, ch.out
         outs.append(out)
+        remember(ledger, out)
         ledger.steps += out.n_steps.shape[0]
         ledger.grads += int(np.sum(out.n_steps))
         ledger.divergences += int(np.sum(out.diverging))
@@ -129,6 +132,15 @@ def advance(
     return chains._replace(states=states, adapt=ad), outs
 
 
+def remember(ledger: Ledger, out: ChunkOut) -> None:
+    """Keep a warmup chunk's outputs in ``ledger.recent`` (the latest :data:`RECENT_STEPS` steps; a restart
+    clears them)."""
+    ledger.recent.append(out)
+    total = sum(o.theta.shape[0] for o in ledger.recent)
+    while len(ledger.recent) > 1 and total - ledger.recent[0].theta.shape[0] >= RECENT_STEPS:
+        total -= ledger.recent.pop(0).theta.shape[0]
+
+
 def window_rows(rows: np.ndarray) -> list[np.ndarray]:
     """``rows`` cut after each window end (the last piece may hold no window end)."""
     ends = list(np.flatnonzero(rows[:, 1]) + 1)
@@ -138,11 +150,13 @@ def window_rows(rows: np.ndarray) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ seed check
 def check_seed(
-    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, center: Any
+    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, center: Any, *, what: str = "seed"
 ) -> tuple[Chains, sc.Verdict, ChunkOut]:
     """The first warmup steps ``rows`` around the seed (a depth cap lowered where the kernel has one and an
     expected cost), and their verdict; a seed that fails grossly within the first
-    :data:`~gnomon.sampler.seed_check.EARLY_STEPS` is rejected there."""
+    :data:`~gnomon.sampler.seed_check.EARLY_STEPS` is rejected there. The verdict is a ``"seed kept"`` /
+    ``"seed rejected"`` decision when ``what`` is ``"seed"``; otherwise (a transport map judged in z) the
+    caller records its own."""
     cost = ctx.reference[1] if ctx.reference is not None else None
     depth = sc.check_depth(cost, ctx.max_depth) if (ctx.max_depth and cost is not None) else None
     outs: list[ChunkOut] = []
@@ -164,20 +178,24 @@ def check_seed(
             reference=ctx.reference,
             center=np.asarray(center),
             factor_inv=np.asarray(chains.factor_inv),
+            what=what,
             when=ledger.steps,
         )
         if ledger.steps < len(rows) and not sc.gross(v):
             continue
         break
-    ledger.decide(Action.SEED_REJECTED if v.rejected else Action.SEED_KEPT, v.message, check=v.as_info())
+    if what == "seed":
+        ledger.decide(Action.SEED_REJECTED if v.rejected else Action.SEED_KEPT, v.message, check=v.as_info())
     return chains, v, out
 
 
 def seeded_warmup(
-    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, *, estimator: Estimator, check: bool
+    ctx: Context, chains: Chains, ledger: Ledger, rows: np.ndarray, *, estimator: Estimator, check: bool,
+    what: str = "seed",
 ) -> tuple[Chains, sc.Verdict | None, ChunkOut | None]:
     """The seeded schedule's windows ``rows``, each judged for cost and step size when ``check``; returns
-    the chains, the verdict that rejected the seed (or None) and the outputs of the rejected window."""
+    the chains, the verdict that rejected the seed (or None) and the outputs of the rejected window (a
+    ``"seed rejected"`` decision when ``what`` is ``"seed"``)."""
     for piece in window_rows(rows):
         ledger.windows += 1
         chains, outs = advance(ctx, chains, ledger, piece, phase=f"warmup window {ledger.windows}", estimator=estimator)
@@ -195,11 +213,12 @@ def seeded_warmup(
             dim=ctx.dim,
             depth_cap=None,
             reference=ctx.reference,
-            what=f"seed (warmup window {ledger.windows})",
+            what=f"{what} (warmup window {ledger.windows})",
             when=ledger.steps,
         )
         if v.rejected:
-            ledger.decide(Action.SEED_REJECTED, v.message, check=v.as_info())
+            if what == "seed":
+                ledger.decide(Action.SEED_REJECTED, v.message, check=v.as_info())
             return chains, v, out
     return chains, None, None
 

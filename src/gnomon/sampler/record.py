@@ -31,6 +31,7 @@ from gnomon.sampler.decisions import FAILED_SEED, Action, Ledger, MapEnd, Sample
 from gnomon.sampler.diagnostics import handoff_diagnostics
 from gnomon.sampler.health import chain_health, mode_note
 from gnomon.sampler.loop import ChunkOut, stack, stat_names, stats_of
+from gnomon.sampler.transport_stage import in_theta
 from gnomon.sampler.warmup import Estimator
 from gnomon.trace.trace import Trace
 
@@ -62,6 +63,7 @@ class Run(NamedTuple):
     names: Any
     lp_best: float | None
     data: Any
+    transport: Any = None  # transport_stage.InZ when the run ended in a transport map's z (draws are z)
 
 
 def _warn(messages: list[str], msg: str) -> None:
@@ -76,19 +78,29 @@ def _key_data(key) -> np.ndarray:
 
 
 def trace(run: Run, *, t_start: float, compile_s: float) -> Trace:
-    """The sampling :class:`Trace` of ``run`` (see the module docstring)."""
+    """The sampling :class:`Trace` of ``run`` (see the module docstring). A run that ended in a transport
+    map's coordinates z is recorded in base θ: its draws (and kept warmup draws) are mapped back with the map,
+    ``log_prob`` is the density of θ (the map's log-Jacobian taken off), and the diagnosis and health read the
+    θ draws; the map itself is in ``info["transport"]`` and ``extras["transport"]`` (for the hand-off)."""
     names = stat_names(run.kern)
     stats = stats_of(run.draws, names)
+    z_draws = run.draws
+    if run.transport is not None:
+        run = run._replace(draws=in_theta(run.transport.tmap, run.draws))
     warmup = None
     if run.ledger.kept:
-        w = stack(run.ledger.kept)
+        kept, first_z = run.ledger.kept, run.ledger.kept_z_from
+        if run.transport is not None and first_z is not None:
+            kept = kept[:first_z] + [in_theta(run.transport.tmap, o) for o in kept[first_z:]]
+        w = stack(kept)
         warmup = {"z": w.theta, "log_prob": w.log_prob, "stats": stats_of(w, names)}
     diag = _diagnosis(run)
     health = _health(run)
     grad_evals = _grad_evals(run)
     status, code = _status(run, health)
     runtime = time.perf_counter() - t_start
-    info = _info(run, diag, health, grad_evals, code, compile_s, runtime)
+    info = _info(run, diag, health, grad_evals, code, compile_s, runtime, z_draws)
+    in_z = run.transport is not None
     return Trace(
         kind="sampling",
         z=run.draws.theta,  # the engine's coordinates; Trace derives base θ when obj has a θ-map
@@ -100,7 +112,7 @@ def trace(run: Run, *, t_start: float, compile_s: float) -> Trace:
         runtime_s=runtime,
         info=info,
         layout=run.obj.base_layout,
-        thetamap=run.obj.thetamap,
+        thetamap=None if in_z else run.obj.thetamap,
         extras=_extras(run),
     ).validate()
 
@@ -109,7 +121,8 @@ def _diagnosis(run: Run) -> dict[str, Any]:
     """The hand-off diagnostics, and when the seed failed, why (``diag["diagnosis"]``, warned)."""
     ledger, draws, obj, messages = run.ledger, run.draws, run.obj, run.messages
     div_samp = int(np.sum(draws.diverging))
-    diag = handoff_diagnostics(run.center, run.imm0, run.imm, draws.theta, div_samp)
+    imm = _theta_metric(run)
+    diag = handoff_diagnostics(run.center, run.imm0, imm, draws.theta, div_samp)
     failed = ledger.first(*FAILED_SEED)
     seed_notes = diag.pop("warnings")
     if failed is not None:  # they describe the seed that was rejected and acted on: recorded, not repeated
@@ -126,7 +139,7 @@ def _diagnosis(run: Run) -> dict[str, Any]:
             end = dg.optimizer_end(run.lp_best, draws.log_prob, obj.loss_includes_jacobian, has_jac)
         elif failed.action is Action.SEED_REJECTED:
             end = dg.mode_above_draws(run.lp_best, draws.log_prob, obj.dim)
-        diag["diagnosis"] = ck.explain(obj, run.center, draws, run.step_size, run.imm, diag, run.names, end)
+        diag["diagnosis"] = ck.explain(obj, run.center, draws, run.step_size, imm, diag, run.names, end)
         _warn(messages, f"{what}. {diag['diagnosis']}")
     for d in ledger.decisions:
         if d.action is Action.CHAINS_MOVED:  # never silent: where the chain was is in the message and the decision
@@ -134,6 +147,14 @@ def _diagnosis(run: Run) -> dict[str, Any]:
     said = [d.message for d in ledger.decisions if d.action not in (Action.BUDGET, Action.KERNEL_TUNED)]
     diag["decision"] = "; ".join(said) or None
     return diag
+
+
+def _theta_metric(run: Run) -> np.ndarray:
+    """The adapted metric in θ: the run's, or after a run in z (whose metric is z's) the draws' variances."""
+    if run.transport is None:
+        return run.imm
+    th = np.asarray(run.draws.theta, np.float64).reshape(-1, run.draws.theta.shape[-1])
+    return np.var(th, axis=0)
 
 
 def _health(run: Run) -> dict[str, Any]:
@@ -177,6 +198,7 @@ def _grad_evals(run: Run) -> dict[str, int]:
         "restart": ledger.restart_grads,
         "sampling": int(np.sum(run.draws.n_steps)),
         "checks": ledger.check_grads,
+        "transport": ledger.transport_grads,
     }
     if run.start.map is not None:
         out["map"] = run.start.map.num_grad_evals
@@ -192,7 +214,22 @@ def _kernel_info(kern: Any) -> dict[str, Any]:
     return {"name": kern.name, "tuning": kern.tuning.value, **settings}
 
 
-def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: float, runtime: float) -> dict:
+def _transport_info(run: Run, z_draws: ChunkOut) -> dict[str, Any] | None:
+    """``info["transport"]``: the map's description, where it came from and how N(0, I)-like z was (the
+    adapted metric in z: its variance spread and range; 1 for a perfect map), or None without a map."""
+    if run.transport is None:
+        return None
+    from gnomon.sampler.metric import spread
+
+    var = np.diagonal(run.imm) if np.ndim(run.imm) == 2 else np.asarray(run.imm)
+    var = np.asarray(var, np.float64)
+    return {**run.transport.tmap.describe(), "reused": bool(run.transport.reused),
+            "z_metric_spread": float(spread(var)), "z_metric_min": float(np.min(var)),
+            "z_metric_max": float(np.max(var)), "z_steps_per_draw": float(np.mean(z_draws.n_steps))}
+
+
+def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: float, runtime: float,
+          z_draws: ChunkOut) -> dict:
     ledger, kern, wcfg, seed, start, obj = run.ledger, run.kern, run.wcfg, run.seed, run.start, run.obj
     adapted = bool(ledger.steps) and run.est != Estimator.NONE
     return {
@@ -229,6 +266,7 @@ def _info(run: Run, diag, health, grad_evals, code: SampleStatus, compile_s: flo
         "health": health,
         "warnings": run.messages,
         "status_code": code,
+        "transport": _transport_info(run, z_draws),
         "map_status": start.map.status if start.map is not None else None,
         "map_end": MapEnd.of(start.map.status, start.map.code) if start.map is not None else None,
         "data_digest": data_digest(run.data) if obj.takes_data else None,
@@ -244,6 +282,12 @@ def _estimator(run: Run, adapted: bool) -> str | None:
     return (run.ledger.estimator or Estimator(run.est)).name.lower() if adapted else None
 
 
+def _positions(run: Run) -> np.ndarray:
+    """The chains' last positions in base θ (mapped back from z after a run in a transport map's coordinates)."""
+    pos = np.asarray(run.chains.states.position)
+    return pos if run.transport is None else np.asarray(run.transport.tmap.to_theta(pos)).astype(pos.dtype)
+
+
 def _extras(run: Run) -> dict[str, Any]:
     seed = run.seed
     extras = {
@@ -251,9 +295,11 @@ def _extras(run: Run) -> dict[str, Any]:
         "inverse_mass_matrix": run.imm,
         "seed_inverse_mass_matrix": np.asarray(run.imm0.matrix),
         "theta_star": run.center,
-        "positions": np.asarray(run.chains.states.position),
+        "positions": _positions(run),
         "key": _key_data(run.key),
     }
+    if run.transport is not None:
+        extras["transport"] = run.transport.tmap.to_arrays()
     if seed.curvature is not None:
         extras["curvature_diag"] = np.asarray(seed.curvature.diag)
         if getattr(seed.curvature, "matrix", None) is not None:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.sampler import phases as ph
+from gnomon.sampler import transport_stage as ts
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.decisions import Action, Ledger
 from gnomon.sampler.loop import SamplerSettings, compiled, shard
@@ -135,9 +136,13 @@ def recover(
     budget: int,
     *,
     step_size: float = 1.0,
+    transport: Any = None,
 ) -> tuple[ph.Context, ph.Chains]:
     """Restart the adaptation from ``restart`` with the plan's estimator and schedule (extended while
-    unsettled, within ``budget`` warmup steps)."""
+    unsettled, within ``budget`` warmup steps). With ``transport`` (:class:`gnomon.sampler.transport_stage.
+    Options`) the transport stage is tried after the windows that bring the draws since the restart to
+    :data:`~gnomon.sampler.transport_stage.TRY_AFTER` steps; when its map is kept, the warmup has been finished
+    in z and the context and chains returned are z's (``ledger.transport`` says so)."""
     dtype = chains.states.position.dtype
     states = chains.states
     if restart.positions is not None:
@@ -168,11 +173,18 @@ def recover(
         estimator=plan.estimator.name.lower(),
         restart_cost=restart.cost,
     )
+    ledger.recent.clear()
+    since = ledger.steps
     for piece in ph.window_rows(plan.head):
         ledger.windows += 1
         chains, outs = ph.advance(ctx, chains, ledger, piece, phase=f"recovery window {ledger.windows}",
                                estimator=plan.estimator)
         chains = ph.rescue(ctx, chains, ledger, outs)
+        if transport is not None and ledger.steps - since >= ts.TRY_AFTER and ts.may_try(ledger, budget):
+            found = ts.attempt(ctx, chains, ledger, transport, budget, since=since,
+                               why=f"transport stage after {ledger.steps - since} recovery steps")
+            if found is not None:
+                return found
     chains = ph.extend(ctx, chains, ledger, wu.last_window(plan.head), len(plan.tail), budget,
                     estimator=plan.estimator, phase="recovery window")
     if len(plan.tail):
