@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -34,8 +35,13 @@ def test_codes_are_members_in_memory_and_strings_in_files(tmp_path):
     assert isinstance(loaded, str) and Action.parse(loaded) is Action.SEED_KEPT
     # a record read back (strings) summarises as the fresh one (members)
     fresh, again = sampling_summary(post), sampling_summary(run.trace)
-    for k in ("seed_rejected", "no_mode", "recovered", "status_code", "kernel"):
+    for k in ("seed_rejected", "no_mode", "recovered", "status_code", "kernel", "divergent_chains"):
         assert fresh[k] == again[k], k
+    assert fresh["divergent_chains"] == 0 and post.info["health"]["divergent_chains"] == []
+    named = {"chain": 1, "divergences": 200, "fraction": 0.67, "coordinate": 0, "chain_mean": -2.0,
+             "others_mean": 0.0, "others_sd": 1.0}
+    hurt = dataclasses.replace(post, info={**post.info, "health": {**post.info["health"], "divergent_chains": [named]}})
+    assert sampling_summary(hurt)["divergent_chains"] == 1
     assert run.summary["status_code"] == "sampled"
 
 

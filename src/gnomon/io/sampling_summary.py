@@ -7,7 +7,8 @@ arviz-stats, and adds the divergences, gradient evaluations (and per effective s
 ``trace.info["handoff"]`` and what it decided (``seed_rejected``, ``recovered``, ``rejected_grad_evals`` and
 the decisions as one sentence, ``sampler_decisions``) and the health of the draws (``min_ebfmi``,
 ``multimodal`` — chains in separate regions or a mode found by the probe —, ``unentered_region`` — a neck the
-draws never entered —, ``num_health_problems``, ``chains_moved``), the run's ``status_code`` (``"sampled"``,
+draws never entered —, ``num_health_problems``, ``chains_moved``, ``divergent_chains`` — chains whose
+transitions diverged far more often than the others'), the run's ``status_code`` (``"sampled"``,
 ``"recovered"``, ``"unhealthy"``) and its ``kernel`` (``"nuts"``, ``"mclmc"``, ...). Pass it to
 ``save_run(..., summary=sampling_summary(trace))`` (:meth:`gnomon.HandOff.save_run` does).
 """
@@ -95,6 +96,7 @@ def sampling_summary(trace: Trace) -> dict[str, Any]:
         out["unentered_region"] = any(f.get("kind") == "neck" for f in found)
         out["num_health_problems"] = len(health.get("problems") or [])
         out["chains_moved"] = actions.count(_CHAINS_MOVED)
+        out["divergent_chains"] = len(health.get("divergent_chains") or [])
     if "status_code" in info:
         out["status_code"] = str(info["status_code"])
     if info.get("engine") is not None:

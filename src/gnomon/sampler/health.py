@@ -6,7 +6,10 @@ never left for the user to find in a table (thresholds as in docs/sampling.md):
 * **R̂** (rank-normalised split :math:`\hat R`, arviz-stats) above :data:`RHAT_LIMIT` = 1.01 in any
   coordinate — the bar for reporting results; above :data:`RHAT_DISAGREE` = 1.05 the chains plainly disagree;
 * **divergent transitions**: any (their count and fraction; above :data:`DIVERGENCE_LIMIT` of the draws the
-  step size is too large for some region, which the draws then miss);
+  step size is too large for some region, which the draws then miss), counted per chain; a chain whose
+  transitions diverge far more often than the others' (:func:`divergent_chains`) is named, with the coordinate
+  where it sat apart from them — a region the step size cannot pass (a funnel's neck), where that chain's draws
+  are not the posterior's and the other chains rarely go;
 * **E-BFMI** (energy Bayesian fraction of missing information, per chain) below :data:`EBFMI_LIMIT` = 0.3: the
   momentum resampling cannot move the chain through the energy levels of the posterior (heavy tails, a funnel);
 * **non-finite draws**;
@@ -33,6 +36,8 @@ from gnomon.sampler.decisions import MapEnd
 RHAT_LIMIT = 1.01  # warn above: the bar for reporting results
 RHAT_DISAGREE = 1.05  # above: the chains plainly disagree
 DIVERGENCE_LIMIT = 0.01  # fraction of the kept draws above which the divergences bias the draws
+CHAIN_DIVERGENCE = 0.10  # a chain diverging in more than this fraction of its transitions ...
+CHAIN_DIVERGENCE_RATIO = 10.0  # ... and this many times the other chains' median fraction is named
 EBFMI_LIMIT = 0.3  # per chain, warn below
 
 
@@ -83,6 +88,42 @@ def ebfmi(energy: Any) -> list[float] | None:
     return out
 
 
+def divergent_chains(theta: Any, diverging: Any) -> list[dict[str, Any]]:
+    """The chains whose transitions diverged far more often than the others': a fraction above
+    :data:`CHAIN_DIVERGENCE` and at least :data:`CHAIN_DIVERGENCE_RATIO` × the median of the other chains'
+    fractions, at most half of the chains (else the divergences are the posterior's, not one chain's). Each is
+    ``{"chain", "divergences", "fraction", "coordinate", "chain_mean", "others_mean", "others_sd"}``: the
+    coordinate where the chain's mean lies furthest from the other chains' pooled draws, in their sd — where it
+    sat. ``theta`` ``(chains, draws, D)``, ``diverging`` ``(chains, draws)``."""
+    th = np.asarray(theta, np.float64)
+    div = np.asarray(diverging, bool)
+    if th.ndim != 3 or div.shape != th.shape[:2] or th.shape[0] < 2 or not div.any():
+        return []
+    frac = div.mean(axis=1)
+    out = []
+    for c in range(th.shape[0]):
+        rest = np.delete(np.arange(th.shape[0]), c)
+        if frac[c] <= CHAIN_DIVERGENCE or frac[c] < CHAIN_DIVERGENCE_RATIO * float(np.median(frac[rest])):
+            continue
+        others = th[rest].reshape(-1, th.shape[2])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_o, sd_o = np.nanmean(others, axis=0), np.nanstd(others, axis=0)
+            mean_c = np.nanmean(th[c], axis=0)
+            gap = np.abs(mean_c - mean_o) / np.where(sd_o > 0, sd_o, np.inf)
+        j = int(np.nanargmax(np.where(np.isfinite(gap), gap, -1.0)))
+        out.append({"chain": c, "divergences": int(div[c].sum()), "fraction": float(frac[c]), "coordinate": j,
+                    "chain_mean": float(mean_c[j]), "others_mean": float(mean_o[j]), "others_sd": float(sd_o[j])})
+    return out if len(out) <= th.shape[0] // 2 else []
+
+
+def _divergent_chain_sentence(found: list[dict[str, Any]], names: Any) -> str:
+    parts = [f"{f['divergences']} of them in chain {f['chain']}, {100 * f['fraction']:.0f} % of its transitions, "
+             f"which sat at {_name(names, f['coordinate'])} ≈ {f['chain_mean']:.3g} where the other chains are at "
+             f"{f['others_mean']:.3g} ± {f['others_sd']:.2g}" for f in found]
+    return ("; ".join(parts) + ": a region the step size cannot pass (often a funnel's neck) — that chain's draws "
+            "there are not the posterior's, and the other chains rarely go there")
+
+
 def _name(names: Any, i: int) -> str:
     return names(i) if callable(names) else f"coordinate {i}"
 
@@ -97,12 +138,12 @@ def chain_health(
     names: Any = None,
     findings: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """``{"max_rhat", "worst_coordinate", "divergences", "divergence_fraction", "ebfmi", "nonfinite_draws",
-    "warmup_rhat", "modes", "problems"}`` of draws ``theta`` ``(chains, draws, D)``, ``diverging`` and
-    ``energy`` ``(chains, draws)``; ``problems`` holds one sentence per problem found (empty when the chains
-    look healthy). ``map_note`` (the caller's sentence about the optimizer's end) is added when there is a
-    problem; ``warmup_rhat`` is the warmup windows' ``(step, R̂, coordinate)``; ``names(i)`` names coordinate
-    ``i``; ``findings`` are :mod:`gnomon.sampler.modes` findings (each with a ``message``)."""
+    """``{"max_rhat", "worst_coordinate", "divergences", "divergence_fraction", "divergences_per_chain",
+    "divergent_chains", "ebfmi", "nonfinite_draws", "warmup_rhat", "modes", "problems"}`` of draws ``theta``
+    ``(chains, draws, D)``, ``diverging`` and ``energy`` ``(chains, draws)``; ``problems`` holds one sentence per
+    problem found (empty when the chains look healthy). ``map_note`` (the caller's sentence about the optimizer's end)
+    is added when there is a problem; ``warmup_rhat`` is the warmup windows' ``(step, R̂, coordinate)``; ``names(i)``
+    names coordinate ``i``; ``findings`` are :mod:`gnomon.sampler.modes` findings (each with a ``message``)."""
     theta = np.asarray(theta, np.float64)
     finite = np.isfinite(theta)
     div = np.asarray(diverging, bool)
@@ -112,6 +153,8 @@ def chain_health(
         "rhat_limit": RHAT_LIMIT,
         "divergences": int(np.sum(div)),
         "divergence_fraction": float(np.mean(div)) if div.size else 0.0,
+        "divergences_per_chain": div.sum(axis=1).astype(int).tolist() if div.ndim == 2 else None,
+        "divergent_chains": divergent_chains(theta, div),
         "ebfmi": ebfmi(energy) if energy is not None else None,
         "nonfinite_draws": int(np.sum(~np.all(finite, axis=-1))),
         "warmup_rhat": [{"step": int(s), "max_rhat": float(r), "coordinate": int(c)} for s, r, c in warmup_rhat or []],
@@ -136,8 +179,9 @@ def chain_health(
         tail = ("the step size is too large for some region of the posterior (often a funnel), which the draws "
                 "then miss" if frac > DIVERGENCE_LIMIT else "some region of the posterior (often a funnel's neck) "
                 "is too curved for the step size; the draws may miss it")
-        problems.append(f"{out['divergences']} divergent transitions ({100 * frac:.2g} % of the draws): {tail}; "
-                        "a non-centred parameterisation or a higher target acceptance rate "
+        chains = f"; {_divergent_chain_sentence(out['divergent_chains'], names)}" if out["divergent_chains"] else ""
+        problems.append(f"{out['divergences']} divergent transitions ({100 * frac:.2g} % of the draws{chains}): "
+                        f"{tail}; a non-centred parameterisation or a higher target acceptance rate "
                         "(kernel=gn.nuts(target_acceptance_rate=0.9)) may help")
     low = [(c, v) for c, v in enumerate(out["ebfmi"] or []) if np.isfinite(v) and v < EBFMI_LIMIT]
     if low:
@@ -158,5 +202,5 @@ def chain_health(
     return out
 
 
-__all__ = ["chain_health", "ebfmi", "max_rhat", "mode_note", "RHAT_LIMIT", "RHAT_DISAGREE", "DIVERGENCE_LIMIT",
-           "EBFMI_LIMIT", "RUNAWAY"]
+__all__ = ["chain_health", "divergent_chains", "ebfmi", "max_rhat", "mode_note", "RHAT_LIMIT", "RHAT_DISAGREE",
+           "DIVERGENCE_LIMIT", "EBFMI_LIMIT", "RUNAWAY", "CHAIN_DIVERGENCE", "CHAIN_DIVERGENCE_RATIO"]
