@@ -1,5 +1,7 @@
 """gn.optimize / gn.optimize_batch against independent references (closed forms, manual optax loops)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -317,3 +319,31 @@ def test_bad_starts_are_refused_by_name():
         gn.optimize(obj, {"a": 0.0, "b": 1.0}, "lbfgs")
     with pytest.raises(ValueError, match=r"θ0 has non-finite entries at indices \[1\]"):
         gn.optimize(obj, jnp.array([0.0, jnp.inf]), "lbfgs")
+
+
+def test_a_float32_start_under_x64_is_said_and_the_samplers_advice_works():
+    """Found by a new user: θ0.astype(float32) with x64 on fitted silently in float32 (max_steps, |∇| 1.4 where
+    float64 converges), then gn.sample refused the fit with advice that did not work. Now the fit warns and
+    records it; the sampler's refusal names a call that does work."""
+    scales = np.array([1e-3, 1.0, 1e3])
+    obj = gn.Objective.from_log_prob(lambda t: -0.5 * jnp.sum((t / jnp.asarray(scales, t.dtype)) ** 2), 3)
+    with jax.enable_x64(True):
+        with pytest.warns(RuntimeWarning, match=r"θ0 is float32 while jax_enable_x64 is on: .* Pass θ0 as float64"):
+            fit = gn.optimize(obj, jnp.ones(3, jnp.float32), num_steps=50)
+        assert fit.theta.dtype == jnp.float32 and "float32" in fit.info["precision_note"]
+        with pytest.warns(RuntimeWarning, match="θ0 is float32"):
+            batch = gn.optimize_batch(obj, jnp.ones((2, 3), jnp.float32), num_steps=20)
+        assert "precision_note" in batch.info
+        with pytest.raises(ValueError, match=r"init=jnp.asarray\(fit.best_theta, jnp.float64\)"):
+            gn.sample(obj, fit, jax.random.key(0), num_samples=10)
+        post = gn.sample(obj, jnp.asarray(fit.best_theta, jnp.float64), jax.random.key(0), num_samples=20,
+                         num_warmup=20, progress=False)
+        assert post.theta.dtype == jnp.float64
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # float64 under x64: nothing said
+            ok = gn.optimize(obj, jnp.ones(3, jnp.float64), num_steps=50)
+        assert "precision_note" not in ok.info
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # x64 off: float32 is JAX's default, nothing said
+        quiet = gn.optimize(obj, jnp.ones(3, jnp.float32), num_steps=50)
+    assert "precision_note" not in quiet.info

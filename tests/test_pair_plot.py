@@ -185,3 +185,27 @@ def test_a_saved_posterior_run_brings_its_truth_and_marginal_bounds(tmp_path):
         for e, t in enumerate(ens):
             exp.save(f"r{e}", t, truth={"sep": 9.5e6 + 2 * e, "pa": 122.01})
         gn.plot.pair(exp, truth={"sep": 9.5e6})
+
+
+def test_truth_as_a_flat_theta_goes_through_the_layouts_transforms():
+    """Found by a new user: pair(post, names, truth=truth_theta) was refused although save_run and Signals take a
+    flat θ. A flat base θ now goes through the layout (a positive block: θ holds log c, the plot shows c), drawing
+    the same markers as the mapping; without a layout, or of the wrong size, it is refused by name."""
+    layout = gn.Layout({"sep": (), "c": ()}, units={"sep": "µas"}, transforms={"c": "positive"})
+    rng = np.random.default_rng(3)
+    theta = np.stack([rng.normal(100.0, 1.0, (2, 400)), rng.normal(np.log(3.0), 0.05, (2, 400))], axis=-1)
+    post = gn.Trace(kind="sampling", theta=theta, log_prob=np.zeros((2, 400)), layout=layout)
+    truth_theta = np.array([100.2, np.log(3.0)])
+
+    def markers(fig):
+        return sorted(tuple(np.round(np.asarray(line.get_xydata()).ravel(), 9))
+                      for ax in fig.axes for line in ax.get_lines() if line.get_gid() == "truth")
+
+    by_theta = gn.plot.pair(post, ["sep", "c"], truth=truth_theta)
+    by_name = gn.plot.pair(post, ["sep", "c"], truth={"sep": 100.2, "c": 3.0})
+    assert markers(by_theta) == markers(by_name) and markers(by_name)
+    with pytest.raises(ValueError, match=r"shape \(2,\) for this layout, got \(3,\)"):
+        gn.plot.pair(post, ["sep", "c"], truth=np.zeros(3))
+    bare = gn.Trace(kind="sampling", theta=theta, log_prob=np.zeros((2, 400)))
+    with pytest.raises(ValueError, match="layout"):  # refused before the truth is read: no names without one
+        gn.plot.pair(bare, truth=truth_theta)

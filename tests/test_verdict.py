@@ -111,3 +111,33 @@ def test_running_out_of_steps_along_a_near_degenerate_direction_is_named():
             warnings.simplefilter("error", RuntimeWarning)
             tr2 = gn.optimize(iso, jnp.array([3.0, -2.0, 1.0]), "preconditioned_gd", num_steps=6)
         assert tr2.status == "max_steps" and "degenerate_direction" not in tr2.info
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "preconditioned_gd"])
+def test_a_fit_at_its_minimum_says_converged_with_the_default_tolerances(method):
+    """Found by a new user on a dLux fit: with the default tol=None a fit at its minimum (|∇| 1e-9) wandered for
+    300 more steps and ended 'stalled' (summary.json: converged False). A float64 fit with a curvature diagonal now
+    stops at the precision limit (the Newton step predicts a decrease below the loss's resolution) as converged,
+    at the minimum a tight tol finds; where that rule is off (tol=0, or float32) a stall at a minimum — the Hessian
+    check finds one and the Newton step is below the resolution — is called converged by the end check."""
+    x = np.linspace(-3, 3, 50)
+    with jax.enable_x64(True):
+        mean = lambda t: jnp.exp(t[0] + t[1] * jnp.asarray(x))  # noqa: E731
+        y = jax.random.poisson(jax.random.key(0), mean(jnp.array([2.0, 0.5]))).astype(jnp.float64)
+        obj = gn.Objective.from_likelihood(mean, y, "poisson", 2)
+        fit = gn.optimize(obj, jnp.array([1.0, 0.0]), method)
+        exact = gn.optimize(obj, jnp.array([1.0, 0.0]), method, tol=1e-10)
+        assert fit.status == "converged" and fit.converged and fit.num_grad_evals < 60, fit
+        np.testing.assert_allclose(fit.best_theta, exact.best_theta, rtol=1e-7)
+        assert exact.status == "converged"
+        if method == "preconditioned_gd":  # it stalls bit-for-bit at the minimum (L-BFGS jitters by an ulp)
+            stalled = gn.optimize(obj, jnp.array([1.0, 0.0]), method, tol=0.0)
+            assert stalled.status.startswith("converged at step") and "precision limit" in stalled.status
+            check = stalled.info["stationary_check"]
+            assert check["result"] == "minimum" and 0 <= check["predicted_decrease"] <= check["resolution"]
+    if method == "preconditioned_gd":
+        mean32 = lambda t: jnp.exp(t[0] + t[1] * jnp.asarray(x, jnp.float32))  # noqa: E731
+        obj32 = gn.Objective.from_likelihood(mean32, np.asarray(y, np.float32), "poisson", 2)
+        fit32 = gn.optimize(obj32, jnp.array([1.0, 0.0]), method)
+        assert fit32.converged and fit32.status.startswith("converged at step"), fit32.status
+        np.testing.assert_allclose(fit32.best_theta, np.asarray(exact.best_theta), rtol=1e-5)

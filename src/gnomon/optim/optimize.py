@@ -40,6 +40,7 @@ from gnomon.optim.estimator import curvature_at_start
 from gnomon.optim.loop import prepare, run_loop
 from gnomon.optim.methods import Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
+from gnomon.optim.rules import precision_note
 from gnomon.optim.simple_gd import as_objective
 from gnomon.optim.verdict import review
 from gnomon.trace.trace import Trace
@@ -126,6 +127,7 @@ def optimize(
     if bad.any():
         raise ValueError(f"θ0 has non-finite entries at indices {np.flatnonzero(bad)[:5].tolist()}: "
                          f"{np.asarray(start)[bad][:5].tolist()}")
+    precision = precision_note(start)
     obj = as_objective(obj, int(start.shape[0]))
     if data is not _UNSET and obj.takes_data:  # per-call data checked like bound data before compiling
         if obj.likelihood is not None:
@@ -146,6 +148,8 @@ def optimize(
     trace = _finish(result.trace, program, report(result.state), batched=False)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
     trace = previous.concatenate(trace) if previous is not None else trace
+    if precision is not None:
+        trace = replace(trace, info={**trace.info, "precision_note": precision})
     return _record_outputs(obj, trace, d, result.output, batched=False)
 
 
@@ -181,6 +185,7 @@ def optimize_batch(
     if th.ndim != 2:
         raise ValueError(f"theta0s must be (B, D), got shape {tuple(th.shape)}")
     b = int(th.shape[0])
+    precision = precision_note(th)
     obj = as_objective(obj, int(th.shape[1]))
     if data is None:
         if obj.data is not None:
@@ -208,6 +213,8 @@ def optimize_batch(
     result = run_loop(obj, th, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state, batched=True), batched=True)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
+    if precision is not None:
+        trace = replace(trace, info={**trace.info, "precision_note": precision})
     return _record_outputs(obj, trace, data, result.output, batched=True)
 
 

@@ -13,9 +13,11 @@ The chains (:func:`assemble`), with P the preconditioner (:func:`~gnomon.optim.s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import optax
 
@@ -202,3 +204,21 @@ def check_estimator_options(cfg: Any) -> None:
         raise ValueError(f"negative must be one of {NEGATIVE}, got {cfg.negative!r}")
     if cfg.floor is not None:
         below_one(cfg.floor, "floor", " (a fraction of the median) or None (by method)")
+
+
+def precision_note(theta: Any, *, stacklevel: int = 3) -> str | None:
+    """Warn (and return the sentence) when θ0 is of lower precision than float64 while ``jax_enable_x64`` is on:
+    the fit then runs in that precision — the user asked for float64 elsewhere, so a float32 array (often
+    ``astype`` by habit, or from float32 data) is most likely an accident, and ``gn.sample`` refuses such a
+    start. None otherwise (x64 off: float32 is JAX's default and nothing is said)."""
+    dt = np.dtype(getattr(theta, "dtype", np.float64))
+    if not np.issubdtype(dt, np.floating) or dt.itemsize >= 8:
+        return None
+    if jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        return None
+    note = (f"θ0 is {dt.name} while jax_enable_x64 is on: the fit runs in {dt.name} (about "
+            f"{int(np.finfo(dt).precision)} significant digits — on a loss of many counts it stalls or wanders "
+            f"short of the optimum), and gn.sample refuses a {dt.name} start under x64. Pass θ0 as float64 "
+            "(jnp.asarray(θ0, jnp.float64), with float64 data) to fit in float64")
+    warnings.warn(note, RuntimeWarning, stacklevel=stacklevel)
+    return note

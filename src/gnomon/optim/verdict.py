@@ -23,6 +23,12 @@ Lanczos steps beyond (2 each). It is a saddle (or a maximum) when
 :math:`λ_\min < -\max(10^{-4} \max|λ|, 10\,\text{noise})`, noise the asymmetry of the differenced matrix; a
 non-finite gradient next to the point skips the check, and ``info["stationary_check"]`` says so.
 
+**A stall at a minimum is convergence** (status ``"converged at step t, at the precision limit: ..."``). A run that
+stalled (θ unchanged for :data:`~gnomon.optim.status.STALL_STEPS` updates) where the check above finds a minimum and
+the Newton step :math:`\tfrac12 \sum_i g_i^2/c_i` at the final point predicts a decrease below the loss's
+resolution has converged as far as the precision allows (1 evaluation; where no curvature diagonal is known the
+status stays ``stalled``).
+
 **A near-degenerate direction at max_steps** (a ``RuntimeWarning`` and ``info["degenerate_direction"]``; the
 status stays ``"max_steps"``). When the last fifth of the improving points moved along one direction v (net
 displacement at least half the path, in the curvature-scaled coordinates) and the curvature along v is below
@@ -41,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from gnomon.optim.assemble import coordinate_labels
-from gnomon.optim.status import StatusCode, codes_info, status_code
+from gnomon.optim.status import STALL_STEPS, StatusCode, codes_info, status_code
 from gnomon.trace.trace import Trace
 
 DENSE_MAX_DIM = 32
@@ -116,6 +122,9 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
                     f"(smallest curvature {chk['lambda_min']:.3g} against a largest {chk['lambda_max']:.3g}, in "
                     f"coordinates scaled by {chk['scaled_by']}; mostly {where}): a saddle or a maximum, not a minimum "
                     "— start elsewhere, e.g. a small step along that direction")
+    # ---- a stall at a minimum, to working precision, is convergence
+    if c is not None:
+        _stall_at_minimum(probes, finals, still, c, codes, statuses, found["stationary_check"], t_end, dtype)
     # ---- max_steps along a near-degenerate direction
     if c is not None:
         ends = {i: d for i in range(b) if codes[i] == StatusCode.MAX_STEPS
@@ -141,6 +150,26 @@ def review(trace: Trace, probe: Any, obj: Any, curvature: Any, *, tol: float | N
     status = tuple(statuses) if batched else statuses[0]
     nge = np.asarray(trace.num_grad_evals) + probes.cost if batched else int(trace.num_grad_evals) + probes.cost
     return replace(trace, status=status, info=info, num_grad_evals=nge)
+
+
+def _stall_at_minimum(probes: _Probes, finals: np.ndarray, still: list[int], c: np.ndarray, codes: list,
+                      statuses: list, checks: list, t_end: list[int], dtype: Any) -> None:
+    """Members that stalled where the Hessian check found a minimum and the Newton step with the curvature
+    diagonal predicts a decrease below the loss's resolution: converged, at the precision limit (in place)."""
+    at_minimum = [i for i in still if codes[i] == StatusCode.STALLED and (checks[i] or {}).get("result") == "minimum"]
+    if not at_minimum:
+        return
+    fs, gs = probes.at({i: finals[i] for i in at_minimum})
+    for i in at_minimum:
+        decrease = float(0.5 * np.sum(gs[i] * gs[i] / c[i]))
+        resolution = 8 * float(np.finfo(dtype).eps) * max(abs(fs[i]), 1.0)
+        if not (math.isfinite(decrease) and decrease <= resolution):
+            continue
+        codes[i] = StatusCode.CONVERGED
+        statuses[i] = (f"converged at step {t_end[i]}, at the precision limit: a Newton step from the final point "
+                       f"predicts a decrease of {decrease:.2g}, below the loss's resolution ({resolution:.2g}), and "
+                       f"{STALL_STEPS} updates in a row left θ unchanged (set tol or ftol to stop earlier)")
+        checks[i] = {**checks[i], "predicted_decrease": decrease, "resolution": resolution}
 
 
 class _Probes:

@@ -103,8 +103,10 @@ def pair(
         table from ``exp.aggregate(params=True)`` (an ensemble of estimates). See the module docstring.
       names: signal / block names (all their components) or component labels (``"zern[Z4]"``); default every
         parameter.
-      truth: ``{name or label: value}`` in the plotted units; default the signals' own truth (a table: its
-        ``truth.<label>`` columns). Drawn as lines on the diagonal and stars in the pair panels.
+      truth: ``{name or label: value}`` in the plotted units, or a flat base θ ``(D,)`` (as ``save_run`` and
+        ``Signals.from_trace`` take it) for a source with a layout — put in the plotted units by the layout's
+        transforms; default the signals' own truth (a table: its ``truth.<label>`` columns). Drawn as lines on
+        the diagonal and stars in the pair panels.
       crlb: the Cramér–Rao bound: a ``gn.cramer_rao(...)`` result (its ``covariance``, ``labels`` and
         ``units``; converted to the plotted units), a ``(K, K)`` covariance of the plotted variables, or a
         mapping label → marginal bound (the diagonal's Gaussians only: marginals carry no correlation, so no
@@ -120,7 +122,7 @@ def pair(
     """
     pts, values, levels = _checked(source, names, levels)
     k = len(pts.labels)
-    tv = truth_vector(pts, truth)
+    tv = truth_vector(pts, _truth_by_name(source, truth))
     cov, marginal, centre_b, bound_what = covariance(pts, crlb)
     has_truth = tv is not None and np.isfinite(tv).any()
     centre, about = _centre(tv if has_truth else None, centre_b, marginal, values)
@@ -166,6 +168,24 @@ def pair(
         if ax.get_visible():
             ax.tick_params(axis="x", labelrotation=30)
     return finish(fig, save=save, show=show, dpi=dpi)
+
+
+def _truth_by_name(source: Any, truth: Any) -> Any:
+    """``truth`` as ``{name: value}`` in the user's units: a mapping as given; a flat base θ through the source's
+    layout (its transforms: θ holds log c for a ``"positive"`` contrast, the plot shows c)."""
+    if truth is None or isinstance(truth, Mapping):
+        return truth
+    vec = np.asarray(truth, dtype=float)
+    layout = getattr(source, "layout", None)
+    if layout is None:
+        raise ValueError(f"pair: truth as a flat θ (shape {vec.shape}) needs a source with a layout to put it in the "
+                         "plotted units; give {name or label: value} instead")
+    if vec.shape != (layout.size,):
+        raise ValueError(f"pair: truth as a flat base θ must have shape ({layout.size},) for this layout, got "
+                         f"{vec.shape}")
+    from gnomon.io.parameters import constrained
+
+    return {name: np.asarray(v) for name, v in constrained(layout, vec).items()}
 
 
 def _checked(source: Any, names: Any, levels: Sequence[float]) -> tuple[Points, np.ndarray, list[float]]:

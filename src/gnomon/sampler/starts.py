@@ -185,8 +185,10 @@ def start_center(start: Start, obj: Objective, num_chains: int):
     if center.dtype == jnp.float32 and jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64:
         # BlackJAX's NUTS then mixes float64 (step size, energies) with float32 θ and fails deep in a lax.cond
         raise ValueError(
-            "the start θ is float32 but jax_enable_x64 is on: pass it as float64 (e.g. θ.astype('float64'); "
-            "for a float32 optimizer Trace, its best_theta), or sample with x64 off"
+            "the start θ is float32 but jax_enable_x64 is on: pass it as float64 — init=jnp.asarray(θ, "
+            "jnp.float64); for an optimizer Trace that ran in float32 (its θ0 was float32), refit from a float64 "
+            "θ0 and pass that fit, or pass init=jnp.asarray(fit.best_theta, jnp.float64) (the curvature at the "
+            "start is then estimated again) — or sample with x64 off"
         )
     center_np = np.asarray(center)
     if not np.all(np.isfinite(center_np)):

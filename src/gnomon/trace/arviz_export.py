@@ -36,6 +36,16 @@ Optimization traces: the MAP (best θ; the best member's for a batch) as a 1 × 
 
 The root attributes hold ``gnomon_meta``: one JSON string with the kind, status, cost, engine info, the
 layout and any ``meta=`` given (netCDF attributes must be flat).
+
+Units
+-----
+Every data variable of every group carries a ``units`` and a ``long_name`` attribute
+(:func:`annotate_datatree`): a parameter its layout block's units, a statistic its own. This module is their
+one home, so the in-memory DataTree and the netCDF file written from it
+(:func:`gnomon.io.netcdf.write_netcdf`) carry the same attributes, dims and coordinates. Component labels
+are the coordinate values of a labelled vector block's own dim (``position_dim_0 = ["x", "y"]``, as
+arviz-base names components), never a second coordinate: ``arviz_stats.summary`` stacks the variables and
+refuses coordinates that not every variable has.
 """
 
 from __future__ import annotations
@@ -209,6 +219,62 @@ def to_arviz(
         steps = np.asarray(trace.step)
         for g in ("optimization_path", "optimization_stats"):
             dt[g] = dt[g].to_dataset().assign_coords(draw=steps)
+    return annotate_datatree(dt, layout)
+
+
+#: ``(long_name, units)`` of the statistics groups' variables ("1": dimensionless)
+STAT_ATTRS: dict[str, tuple[str, str]] = {
+    "lp": ("log density of θ", "1"),
+    "log_prob": ("log density of θ", "1"),
+    "loss": ("loss", "1"),
+    "acceptance_rate": ("mean acceptance probability of the step", "1"),
+    "diverging": ("divergent transition", "1"),
+    "energy": ("Hamiltonian energy", "1"),
+    "energy_error": ("energy error of the step", "1"),
+    "max_energy_error": ("largest energy error in the step's trajectory", "1"),
+    "n_steps": ("leapfrog steps", "1"),
+    "tree_depth": ("NUTS tree depth", "1"),
+    "step_size": ("leapfrog step size (θ units)", "1"),
+    "step": ("optimizer step", "1"),
+    "grad_norm": ("gradient norm", "1"),
+    "step_norm": ("step norm", "1"),
+    "learning_rate": ("learning rate", "1"),
+}
+_PARAM_GROUPS = ("posterior", "warmup_posterior", "optimization_path", "prior", "posterior_predictive")
+
+
+def variable_attrs(group: str, name: str, block: Any = None) -> dict[str, str]:
+    """``{"long_name", "units"}`` of variable ``name`` in ``group``; ``block`` is the layout block of that name
+    (None when the layout has none). A parameter gets its block's units exactly as given; an unconstrained
+    block its name with "(unconstrained)" and the block's units for an identity transform, ``"unconstrained"``
+    otherwise; a statistic its entry of :data:`STAT_ATTRS`; anything else its name and no units."""
+    if group.endswith("unconstrained_posterior") and block is not None:
+        return {"long_name": f"{name} (unconstrained)", "units": block.units if block.is_identity else "unconstrained"}
+    if group == "log_likelihood":
+        return {"long_name": f"pointwise log likelihood of {name}", "units": "1"}
+    if block is not None and group in _PARAM_GROUPS:
+        return {"long_name": name, "units": block.units}
+    if name in STAT_ATTRS:
+        long_name, units = STAT_ATTRS[name]
+        return {"long_name": long_name, "units": units}
+    if name == "theta":
+        return {"long_name": "θ (unconstrained)", "units": ""}
+    return {"long_name": name, "units": ""}
+
+
+def annotate_datatree(dt: Any, layout: Any = None) -> Any:
+    """Give every data variable of every group of ``dt`` a ``units`` and a ``long_name`` attribute
+    (:func:`variable_attrs`) where it has none yet (in place; returns ``dt``). :func:`to_arviz` calls it, so
+    the in-memory DataTree and the netCDF file carry the same attributes; calling it again changes nothing."""
+    blocks = {b.name: b for b in layout.blocks} if layout is not None else {}
+    for node in dt.subtree:
+        ds = node.to_dataset()
+        if not ds.data_vars:
+            continue
+        for name in ds.data_vars:
+            attrs = variable_attrs(node.name or "", str(name), blocks.get(name))
+            ds[name].attrs.update({k: v for k, v in attrs.items() if not ds[name].attrs.get(k)})
+        node.dataset = ds
     return dt
 
 

@@ -260,7 +260,8 @@ class Trace:
 
     @property
     def converged(self) -> bool:
-        return self.status == "converged"
+        """The optimizer converged: ``"converged"``, or ``"converged at step t, at the precision limit: ..."``."""
+        return isinstance(self.status, str) and self.status.startswith("converged")
 
     @property
     def diverged(self) -> bool:
