@@ -86,7 +86,7 @@ def grid(
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
     auto_units: bool = False,
-    logy: bool | str = False,
+    logy: bool | str = "auto",
     sigma: Any = None,
     bands: bool | str = "auto",
     sharex: bool = True,
@@ -111,7 +111,9 @@ def grid(
         posterior mean ± sd).
       fig: draw into this (empty) Figure; ``figsize`` for a new one (default 4.6 × 3 inches per panel).
       Other arguments (``residual`` including ``"sigma"``, ``sigma``, ``bands``, ``units``, ``logy``) as in
-      :func:`history`. Titles and labels are wrapped to their panels, so no two texts overlap at any grid size.
+      :func:`history`; ``logy`` defaults to ``"auto"`` for every panel, given or default (a CRLB band a linear axis
+      would shrink to a line gets a symlog axis whether or not the panels are named). Titles and labels are
+      wrapped to their panels, so no two texts overlap at any grid size.
     """
     sig = check_signals(signals)
     specs = default_panels(sig) if panels is None else [_panel_spec(p, i) for i, p in enumerate(panels)]

@@ -208,7 +208,7 @@ def draw(
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
     auto_units: bool = False,
-    logy: bool | str = False,
+    logy: bool | str = "auto",
     logx: bool = False,
     truth_lines: bool = True,
     legend: bool | str = "auto",
@@ -263,7 +263,7 @@ def history(
     top: int = 3,
     units: str | Mapping[str, str] | None = None,
     auto_units: bool = False,
-    logy: bool | str = False,
+    logy: bool | str = "auto",
     logx: bool = False,
     title: str | bool | None = None,
     legend: bool | str = "auto",
@@ -289,7 +289,8 @@ def history(
       units: display unit(s): one for all signals or ``{name: unit}``; the signals' own units otherwise.
       auto_units: pick the largest unit of the family in which the values are at least 1.
       logy: True (log, or symlog when values cross zero; every point, the start included, stays inside the
-        limits), False, or ``"auto"`` (log when all values are positive and span more than two decades).
+        limits), False, or ``"auto"`` (the default: log when all values are positive and span more than two
+        decades, symlog when a residual's CRLB band would shrink to a line).
         ``logx``: log step axis (symlog when it starts at 0).
       title: None for the final value(s)/residual(s) of each signal, a string, or False for none.
       ylabel: axis label text (the display unit is appended); default from the names.
