@@ -75,6 +75,9 @@ def test_observations_of_the_wrong_shape_are_refused_naming_the_site_and_both_sh
         obj.with_data({"y": Y[:24]})
     with pytest.raises(ValueError, match=r"keys \['y'\]"):
         obj.with_data({"obs": Y})
+    # a bare array (a new user's first try) is named as such, with the mapping to pass — not a tracer's type
+    with pytest.raises(ValueError, match=r"e\.g\. data=\{'y': <y>\}; got an array of shape \(25,\)"):
+        gn.optimize(obj, jnp.zeros(3), "lbfgs", num_steps=5, data=Y)
 
 
 def test_a_forgotten_observation_is_warned_by_name():
@@ -92,6 +95,28 @@ def test_a_forgotten_observation_is_warned_by_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a genuinely latent site with no None argument: not a word
         gn.Objective.from_numpyro(regression, X, Y)
+
+
+def test_a_forgotten_discrete_observation_and_data_outside_the_support_are_named():
+    """Found by a new user: a logistic regression called without y was refused as 'a discrete latent site'
+    (advice to marginalise it) instead of naming the forgotten y; a label 2 in Bernoulli data gave numpyro's
+    'Cannot find valid initial parameters' without naming the site."""
+
+    def logit(x, y=None):
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Bernoulli(logits=b * x), obs=y)
+
+    with pytest.raises(ValueError, match=r"site 'y' \(BernoulliLogits\) is latent because the model's argument 'y' "
+                                         r"is None — pass y=<observations>"):
+        gn.Objective.from_numpyro(logit, X)
+    labels = (np.asarray(Y) > 1.0).astype(np.float32)
+    bad = labels.copy()
+    bad[4] = 2.0
+    with pytest.raises(ValueError, match=r"observed site 'y' has 1 value\(s\) outside the support .* 2\.0 at index "
+                                         r"\(4,\)"):
+        gn.Objective.from_numpyro(logit, X, bad)
+    assert gn.Objective.from_numpyro(logit, X, labels).dim == 1
 
 
 # ------------------------------------------------------------------------------------------------ data per call

@@ -54,7 +54,7 @@ def test_chain_health_against_synthetic_chains():
     one = np.zeros((4, 500), bool)
     one[2, 7] = True  # a single divergence is said too (Stan's rule), with milder words
     h = chain_health(good, one)
-    assert len(h["problems"]) == 1 and h["problems"][0].startswith("1 divergent transitions")
+    assert len(h["problems"]) == 1 and h["problems"][0].startswith("1 divergent transition (")
     assert "may miss it" in h["problems"][0]
     bad = good.copy()
     bad[1, 7, 0] = np.nan

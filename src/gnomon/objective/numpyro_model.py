@@ -151,9 +151,15 @@ class NumpyroModel:
 
     def check_names(self, data: Any) -> None:
         if not isinstance(data, Mapping) or set(data) != set(self.data_argnames):
-            got = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
+            if isinstance(data, Mapping):
+                got = f"the keys {sorted(map(str, data))}"
+            elif hasattr(data, "shape"):
+                got = f"an array of shape {tuple(data.shape)}"
+            else:
+                got = type(data).__name__
+            example = ", ".join(f"{k!r}: <{k}>" for k in self.data_argnames)
             raise ValueError(f"numpyro model data must be a mapping with the keys {list(self.data_argnames)} "
-                             f"(from_numpyro's data_argnames), got {got}")
+                             f"(from_numpyro's data_argnames), e.g. data={{{example}}}; got {got}")
 
     def trace(self, params: Mapping[str, Any], data: Any) -> dict:
         """The model's trace with latent values ``params`` (constrained) and ``data``; observation shapes
@@ -332,12 +338,20 @@ def _pretrace(model: Any, args: tuple, kwargs: dict, check: bool = True) -> dict
         *args, **kwargs)
 
 
-def _refuse_discrete(tr: dict) -> None:
+def _refuse_discrete(tr: dict, forgotten: dict[str, str]) -> None:
+    """Refuse a discrete latent site — naming the forgotten observation when a None argument made it latent."""
     for name, site in tr.items():
         if site["type"] == "sample" and not site.get("is_observed", False) and _is_discrete(site["fn"]):
             fn = site["fn"]
             while hasattr(fn, "base_dist"):  # ExpandedDistribution, Independent, Masked: name what the user wrote
                 fn = fn.base_dist
+            if name in forgotten:
+                arg = forgotten[name]
+                raise ValueError(
+                    f"numpyro model: site {name!r} ({type(fn).__name__}) is latent because the model's argument "
+                    f"{arg!r} is None — pass {arg}=<observations> to condition on data (as a latent site it would "
+                    "be discrete, which gnomon's continuous θ cannot infer)"
+                )
             raise ValueError(
                 f"numpyro model: latent site {name!r} is discrete ({type(fn).__name__}); gnomon's θ is "
                 "continuous. Marginalise it in the model (sum over its values, e.g. a mixture as "
@@ -346,19 +360,41 @@ def _refuse_discrete(tr: dict) -> None:
             )
 
 
-def _warn_none_observations(model, sig, arguments, tr) -> None:
-    """Warn when a None argument is a latent site's observation (the site becomes observed when the argument
-    holds the site's value)."""
+def _refuse_outside_support(tr: dict) -> None:
+    """Name an observed site whose value lies outside its distribution's support (numpyro itself only says it
+    "cannot find valid initial parameters")."""
+    for name, site in tr.items():
+        if site["type"] != "sample" or not site.get("is_observed", False):
+            continue
+        fn = site["fn"]
+        try:
+            inside = np.asarray(fn.support(site["value"]), bool)
+        except Exception:  # noqa: BLE001 - a support without a check: nothing to say
+            continue
+        if inside.all():
+            continue
+        value = np.broadcast_to(np.asarray(site["value"]), inside.shape)
+        where = tuple(int(i) for i in np.argwhere(~inside)[0])
+        raise ValueError(
+            f"numpyro model: observed site {name!r} has {int((~inside).sum())} value(s) outside the support of "
+            f"its {type(fn).__name__} ({fn.support}), e.g. {value[where].item()!r} at index {where}: fix the data "
+            "or the distribution"
+        )
 
+
+def _forgotten_observations(model, sig, arguments, tr) -> dict[str, str]:
+    """``{latent site: argument}`` for latent sites that a None argument would make observed (the site becomes
+    observed when the argument holds the site's value): observations the caller forgot to pass."""
     if sig is None:
-        return
+        return {}
     latent = [n for n, s in tr.items() if s["type"] == "sample" and not s.get("is_observed", False)]
     nones = [k for k, v in arguments.items() if v is None]
+    found: dict[str, str] = {}
     tries = 0
     for arg in nones:
         for site in sorted(latent, key=lambda s: s != arg):  # the same name first
             if tries >= 20:
-                return
+                return found
             tries += 1
             trial = dict(arguments)
             trial[arg] = tr[site]["value"]
@@ -368,13 +404,20 @@ def _warn_none_observations(model, sig, arguments, tr) -> None:
             except Exception:  # noqa: BLE001 - a probe only
                 continue
             if site in tr2 and tr2[site].get("is_observed", False):
-                warnings.warn(
-                    f"numpyro model: site {site!r} is latent (inferred as a parameter, shape "
-                    f"{tuple(jnp.shape(tr[site]['value']))}) because the model's argument {arg!r} is None — pass "
-                    f"{arg}=<observations> to condition on data (ignore this if {site!r} is meant to be inferred)",
-                    UserWarning, stacklevel=4,
-                )
+                found[site] = arg
                 break
+    return found
+
+
+def _warn_none_observations(tr, forgotten: dict[str, str]) -> None:
+    """Warn about each latent site that a forgotten (None) observation left latent."""
+    for site, arg in forgotten.items():
+        warnings.warn(
+            f"numpyro model: site {site!r} is latent (inferred as a parameter, shape "
+            f"{tuple(jnp.shape(tr[site]['value']))}) because the model's argument {arg!r} is None — pass "
+            f"{arg}=<observations> to condition on data (ignore this if {site!r} is meant to be inferred)",
+            UserWarning, stacklevel=4,
+        )
 
 
 def numpyro_objective(cls: type, model: Any, args: tuple, kwargs: dict, loss_includes_jacobian: bool,
@@ -384,14 +427,16 @@ def numpyro_objective(cls: type, model: Any, args: tuple, kwargs: dict, loss_inc
     names = (data_argnames,) if isinstance(data_argnames, str) else tuple(data_argnames or ())
     sig, arguments = _bind(model, args, kwargs, names)
     tr = _pretrace(model, args, kwargs)
-    _refuse_discrete(tr)
-    _warn_none_observations(model, sig, arguments, tr)
+    forgotten = _forgotten_observations(model, sig, arguments, tr)
+    _refuse_discrete(tr, forgotten)
+    _warn_none_observations(tr, forgotten)
     try:
         initialize_model(jax.random.PRNGKey(0), _shape_handler()(model), model_args=args, model_kwargs=kwargs)
-    except RuntimeError:  # "Cannot find valid initial parameters": non-finite data is the usual cause; name it
+    except RuntimeError:  # "Cannot find valid initial parameters": non-finite data or data outside a support
         from gnomon.objective.checks import check_finite_data
 
         check_finite_data({"args": args, "kwargs": kwargs}, "the numpyro model's arguments")
+        _refuse_outside_support(tr)
         raise
     shapes, transforms, sites = {}, {}, {}
     for name, site in tr.items():

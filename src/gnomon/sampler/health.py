@@ -180,7 +180,8 @@ def chain_health(
                 "then miss" if frac > DIVERGENCE_LIMIT else "some region of the posterior (often a funnel's neck) "
                 "is too curved for the step size; the draws may miss it")
         chains = f"; {_divergent_chain_sentence(out['divergent_chains'], names)}" if out["divergent_chains"] else ""
-        problems.append(f"{out['divergences']} divergent transitions ({100 * frac:.2g} % of the draws{chains}): "
+        plural = "s" if out["divergences"] != 1 else ""
+        problems.append(f"{out['divergences']} divergent transition{plural} ({100 * frac:.2g} % of the draws{chains}): "
                         f"{tail}; a non-centred parameterisation or a higher target acceptance rate "
                         "(kernel=gn.nuts(target_acceptance_rate=0.9)) may help")
     low = [(c, v) for c, v in enumerate(out["ebfmi"] or []) if np.isfinite(v) and v < EBFMI_LIMIT]
