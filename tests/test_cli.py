@@ -226,3 +226,14 @@ def test_plot_signals_texts_do_not_overlap(capsys, experiment, tmp_path, monkeyp
     assert len(figs) == 2
     for fig in figs:
         assert text_overlaps(fig) == [], fig.get_suptitle()
+
+
+def test_show_names_a_kept_transport_map_and_says_none_otherwise():
+    """Found by a new user: `gnomon show`'s engine line dropped a kept transport map (a dict) and printed
+    'transport=None' for a refused one."""
+    from gnomon.interface.commands import _engine_with_transport, _scalars
+
+    kept = {"kernel": "nuts", "transport": {"type": "affine autoregressive", "hash": "97086fe734a65670", "dim": 3}}
+    assert _scalars(_engine_with_transport(kept))["transport"] == "affine autoregressive 97086fe7"
+    assert _scalars(_engine_with_transport({"kernel": "nuts", "transport": None}))["transport"] == "none"
+    assert "transport" not in _engine_with_transport({"kernel": "nuts"})

@@ -286,3 +286,30 @@ def test_a_centred_funnel_that_misses_the_neck_is_flagged():
         lo, hi = neck[0]["draws_range"][0]
         assert neck[0]["location"][0] < lo
         assert any("tau (unconstrained) ≈" in str(w.message) and "never entered" in str(w.message) for w in caught)
+
+
+def test_a_start_at_the_boundary_of_a_transformed_site_is_named_with_the_jacobian_fix():
+    """Found by a new user: a non-centred eight schools fitted with the default loss (no log-Jacobian) starts the
+    sampler at τ → 0 (log τ = −6.1, 6 posterior sd from the draws); the seed was rejected with 'no funnel, no
+    centred loc-scale site' and no word of obj.with_jacobian_in_loss(True). Now the diagnosis says so."""
+
+    def schools(sigma, y=None):
+        mu = numpyro.sample("mu", dist.Normal(0, 5))
+        tau = numpyro.sample("tau", dist.HalfCauchy(5))
+        with numpyro.plate("school", 8):
+            eta = numpyro.sample("eta", dist.Normal(0, 1))
+            numpyro.sample("obs", dist.Normal(mu + tau * eta, sigma), obs=y)
+
+    y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
+    obj = gn.Objective.from_numpyro(schools, np.full(8, 12.0, np.float32), y=y)
+    names = dg.coordinate_names(obj.layout, obj.dim)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(4, 500, obj.dim))
+    draws[..., 1] = 0.8 + 1.1 * draws[..., 1]  # log τ's draws
+    center = np.zeros(obj.dim)
+    center[1] = -6.1
+    said = dg.boundary_start(obj, center, draws, names)
+    assert said is not None and "tau (unconstrained) lies 6." in said and "obj.with_jacobian_in_loss(True)" in said
+    assert dg.boundary_start(obj.with_jacobian_in_loss(True), center, draws, names) is None  # its own mode: no
+    center[1] = 0.0
+    assert dg.boundary_start(obj, center, draws, names) is None  # a start inside the draws: nothing to say

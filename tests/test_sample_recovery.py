@@ -281,3 +281,17 @@ def test_float32_rounding_is_named_instead_of_a_centred_model():
     assert not any("non-centred" in str(w.message) for w in rec)
     with pytest.raises(ValueError, match=r"one PRNG key, got a key array of shape \(4,\)"):
         gn.sample(obj, fit, jax.random.split(jax.random.key(0), 4), num_samples=10)
+
+
+def test_a_rejected_seed_names_the_coordinate_by_the_layout():
+    """Found by a new user: 'the draws' variance in coordinate 3 is 0.00132× the seed's' where the layout names it
+    (eta[1]); a diagonal seed's coordinate is now named as the health check names it."""
+    layout = gn.Layout({"a": (), "b": (2,)}, labels={"b": ["x", "y"]})
+    sd = jnp.array([1.0, 1.0, 30.0])
+    obj = gn.Objective.from_log_prob(lambda t: -0.5 * jnp.sum((t / sd) ** 2), layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = gn.sample(obj, jnp.array([0.0, 0.0, 150.0]), jax.random.key(0), num_samples=50,
+                         inverse_mass_matrix=jnp.ones(3), progress=False, warmup=gn.warmup(transport=False))
+    rejected = [d for d in post.info["decisions"] if d["action"] == "seed rejected"]
+    assert rejected and "the draws' variance in b[y] is" in rejected[0]["message"], post.info["decisions"]

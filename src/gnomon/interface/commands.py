@@ -87,6 +87,17 @@ def _fmt_summary(key: str, v: Any) -> str:
     return _fmt(v)
 
 
+def _engine_with_transport(engine: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine settings with a kept transport map as one word ("affine autoregressive 97086fe7") — a dict
+    that ``_scalars`` would drop — and "none" for a run without one."""
+    out = dict(engine)
+    if "transport" in out:
+        t = out["transport"]
+        out["transport"] = (f"{t.get('type', 'map')} {str(t.get('hash', ''))[:8]}".strip()
+                            if isinstance(t, Mapping) else "none" if t is None else t)
+    return out
+
+
 def _scalars(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
@@ -206,7 +217,7 @@ def _show_run(path: str, out: Any) -> int:
         + (f", layout {theta['layout_hash']}" if theta.get("layout_hash") else "")
         + (f", θ-map {theta['thetamap'].get('type')}" if isinstance(theta.get("thetamap"), Mapping) else "")
     )
-    engine = _scalars(meta.get("engine") or {})
+    engine = _scalars(_engine_with_transport(meta.get("engine") or {}))
     if engine:
         w(f"  engine: {_fmt(engine)}")
     user = meta.get("user") or {}

@@ -85,7 +85,9 @@ def explain(obj, center_np, draws, step_size, imm, diag, names, optimizer_end: s
     coarse = dg.precision_limit(draws.theta, step_size, imm, names)
     sites = [] if coarse else dg.loc_scale_sites(obj, center_np)
     funnel = None if (coarse or sites) else dg.funnel_signature(draws.theta, names)
-    cause = coarse or (dg.loc_scale_message(sites) if sites else None) or (funnel["message"] if funnel else None)
+    boundary = None if (coarse or sites or funnel) else dg.boundary_start(obj, center_np, draws.theta, names)
+    cause = (coarse or (dg.loc_scale_message(sites) if sites else None) or (funnel["message"] if funnel else None)
+             or boundary)
     if cause:
         said.append(capital(cause))
     elif not said:

@@ -233,3 +233,30 @@ def improper_message(found: list[dict], names: Callable[[int], str]) -> str:
             "chain's start, so nothing there (no likelihood term, no proper prior) holds the chains: give that "
             "parameter a proper prior, fix it, or remove it (NUTS trajectories would never turn: millions of "
             "gradients for no sample)")
+
+
+def boundary_start(obj: Any, center: Any, draws: Any, names: Callable[[int], str] | None) -> str | None:
+    """The start is the optimum of a loss *without* the log-Jacobian (the constrained density's mode, the default
+    of ``from_numpyro`` and ``from_log_density``) and lies far in the draws' tail along a transformed coordinate
+    — e.g. a non-centred eight schools' τ → 0, where that density peaks at the boundary while the density of θ
+    the sampler samples has its mass elsewhere. None unless the evidence says so (more than 4 posterior sd)."""
+    layout = getattr(obj, "layout", None)
+    if getattr(obj, "loss_includes_jacobian", True) or getattr(obj, "log_jacobian", None) is None or layout is None:
+        return None
+    transformed = [i for b in layout.blocks if not b.is_identity for i in range(b.start, b.stop)]
+    if not transformed or getattr(layout, "size", None) != np.shape(center)[-1]:
+        return None
+    th = np.asarray(draws, np.float64).reshape(-1, np.shape(center)[-1])
+    mean, sd = th.mean(axis=0), th.std(axis=0)
+    c = np.asarray(center, np.float64)
+    z = {i: abs(c[i] - mean[i]) / sd[i] for i in transformed if sd[i] > 0 and np.isfinite(c[i])}
+    if not z:
+        return None
+    i = max(z, key=z.get)
+    if z[i] <= 4.0:
+        return None
+    name = names(i) if callable(names) else f"θ[{i}]"
+    return (f"the start is the optimum of the loss without the log-Jacobian (the mode of the constrained density), "
+            f"which for {name} lies {z[i]:.3g} posterior sd from the draws (θ = {c[i]:.3g} against "
+            f"{mean[i]:.3g} ± {sd[i]:.2g}): a mode at the boundary of a transformed parameter — fit "
+            "obj.with_jacobian_in_loss(True) (the mode of θ's density, which the sampler samples) and start from that")

@@ -18,7 +18,8 @@ from gnomon.sampler import metric as mmx
 
 
 def handoff_diagnostics(
-    theta_star: np.ndarray, seed: mmx.InverseMassMatrix, imm: np.ndarray, draws: np.ndarray, divergences: int
+    theta_star: np.ndarray, seed: mmx.InverseMassMatrix, imm: np.ndarray, draws: np.ndarray, divergences: int,
+    names: Any = None,
 ) -> dict[str, Any]:
     """How well the start and its metric matched the posterior the chains found.
 
@@ -58,7 +59,8 @@ def handoff_diagnostics(
             )
     if zmax > 4.0:
         out["warnings"].append(
-            f"the start θ* lies {zmax:.3g} posterior sd from the posterior mean in coordinate "
-            f"{out['start_argmax_z']}: a start far in the tails"
+            f"the start θ* lies {zmax:.3g} posterior sd from the posterior mean in "
+            f"{names(out['start_argmax_z']) if callable(names) else 'coordinate ' + str(out['start_argmax_z'])}: "
+            "a start far in the tails"
         )
     return out

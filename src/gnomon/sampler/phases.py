@@ -35,6 +35,7 @@ from gnomon.objective.objective import Objective
 from gnomon.sampler import seed_check as sc
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.decisions import Action, Ledger
+from gnomon.sampler.diagnosis import coordinate_names
 from gnomon.sampler.loop import ChunkArgs, ChunkOut, SamplerProgram, SamplerSettings, cat, run_chunks, shard
 from gnomon.sampler.stuck_chains import find_stuck
 from gnomon.sampler.warmup import Estimator
@@ -180,6 +181,7 @@ def check_seed(
             factor_inv=np.asarray(chains.factor_inv),
             what=what,
             when=ledger.steps,
+            names=coordinate_names(ctx.obj.layout, ctx.dim) if what == "seed" else None,
         )
         if ledger.steps < len(rows) and not sc.gross(v):
             continue

@@ -122,7 +122,7 @@ def _diagnosis(run: Run) -> dict[str, Any]:
     ledger, draws, obj, messages = run.ledger, run.draws, run.obj, run.messages
     div_samp = int(np.sum(draws.diverging))
     imm = _theta_metric(run)
-    diag = handoff_diagnostics(run.center, run.imm0, imm, draws.theta, div_samp)
+    diag = handoff_diagnostics(run.center, run.imm0, imm, draws.theta, div_samp, names=run.names)
     failed = ledger.first(*FAILED_SEED)
     seed_notes = diag.pop("warnings")
     if failed is not None:  # they describe the seed that was rejected and acted on: recorded, not repeated

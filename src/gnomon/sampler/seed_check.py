@@ -97,6 +97,7 @@ def verdict(
     factor_inv: np.ndarray | None = None,
     what: str = "seed",
     when: int = 0,
+    names: Any = None,
 ) -> Verdict:
     """Judge the warmup steps' gradient evaluations ``grad_evals`` and ``tree_depth`` ``(steps, chains)`` (their
     second half; ``tree_depth`` None for a kernel without one) and, when ``theta`` ``(steps, chains, D)`` is
@@ -127,7 +128,10 @@ def verdict(
     if eps_d is not None and step_size < eps_d / STEP_FACTOR:
         reasons.append(f"step size {_fmt(step_size)} vs {_fmt(eps_d)} expected")
     if coord >= 0 and not (1 / SCALE_FACTOR <= worst <= SCALE_FACTOR):
-        reasons.append(f"the draws' variance in coordinate {coord} is {_fmt(worst)}× the seed's")
+        diagonal = factor_inv is not None and np.ndim(factor_inv) == 1
+        where = (names(coord) if callable(names) else f"coordinate {coord}") if diagonal else \
+            f"whitened direction {coord}"
+        reasons.append(f"the draws' variance in {where} is {_fmt(worst)}× the seed's")
     rejected = bool(reasons)
     head = f"{what} rejected after {when} warmup steps: " if rejected else f"{what} kept after {when} warmup steps"
     tail = "" if steps_d is not None or rejected else " (cost per draw not judged: fixed or tuned by the kernel)"
