@@ -135,9 +135,12 @@ def test_a_fit_at_its_minimum_says_converged_with_the_default_tolerances(method)
             assert stalled.status.startswith("converged at step") and "precision limit" in stalled.status
             check = stalled.info["stationary_check"]
             assert check["result"] == "minimum" and 0 <= check["predicted_decrease"] <= check["resolution"]
-    if method == "preconditioned_gd":
-        mean32 = lambda t: jnp.exp(t[0] + t[1] * jnp.asarray(x, jnp.float32))  # noqa: E731
-        obj32 = gn.Objective.from_likelihood(mean32, np.asarray(y, np.float32), "poisson", 2)
-        fit32 = gn.optimize(obj32, jnp.array([1.0, 0.0]), method)
-        assert fit32.converged and fit32.status.startswith("converged at step"), fit32.status
-        np.testing.assert_allclose(fit32.best_theta, np.asarray(exact.best_theta), rtol=1e-5)
+    # float32 (no direct precision stop: the Newton step's prediction uses c at θ0): L-BFGS used to jitter at its
+    # minimum until num_steps (1005 evaluations); now 20 steps at the precision limit are a stall, called converged
+    # at the verified minimum
+    mean32 = lambda t: jnp.exp(t[0] + t[1] * jnp.asarray(x, jnp.float32))  # noqa: E731
+    obj32 = gn.Objective.from_likelihood(mean32, np.asarray(y, np.float32), "poisson", 2)
+    fit32 = gn.optimize(obj32, jnp.array([1.0, 0.0]), method)
+    assert fit32.converged and fit32.status.startswith("converged at step"), fit32.status
+    assert fit32.num_grad_evals < 100
+    np.testing.assert_allclose(fit32.best_theta, np.asarray(exact.best_theta), rtol=1e-3)

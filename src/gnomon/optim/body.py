@@ -88,7 +88,15 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
         if feat.track_last:
             last = jax.tree.map(lambda new, old: jnp.where(finite | backs_off, new, old), (c.theta, f, c.t), c.last)
         n_evals = c.n_evals + evaluated + jnp.asarray(extra, jnp.int32) if reuse else c.n_evals
-        still = jnp.where(running & jnp.all(theta == c.theta), c.still + 1, 0).astype(jnp.int32)
+        # a stall: the update left θ unchanged — or, with a curvature diagonal, the Newton step predicts a decrease
+        # below the loss's resolution and the loss moved by no more than that (float32's precision limit, where
+        # L-BFGS jitters by an ulp instead of standing still); the end check calls a stall at a minimum converged
+        still_now = jnp.all(theta == c.theta)
+        if tol is None and ftol is None and _has_diagonal(arrays, c.theta, any_precision=True):
+            rounding = 8 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(f), 1.0)
+            flat = (c.t > 0) & finite & (jnp.abs(f - c.prev_loss) <= rounding)
+            still_now = still_now | (flat & at_precision_limit(f, g, arrays))
+        still = jnp.where(running & still_now, c.still + 1, 0).astype(jnp.int32)
         best = c.best
         if out is not None:  # the model's output at the lowest loss so far (the trace's best row)
             better = finite & (f < best[0]) & (num_steps >= 0)
@@ -102,10 +110,11 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
     return step
 
 
-def _has_diagonal(arrays: Any, theta: Any) -> bool:
-    """The method runs with a curvature diagonal c (``preconditioned_gd``, ``lbfgs``) and θ is float64 (static)."""
+def _has_diagonal(arrays: Any, theta: Any, any_precision: bool = False) -> bool:
+    """The method runs with a curvature diagonal c (``preconditioned_gd``, ``lbfgs``) and θ is float64 (or any
+    precision with ``any_precision``) — static."""
     return (isinstance(arrays, jax.Array | jax.core.Tracer) and arrays.shape == theta.shape
-            and jnp.dtype(theta.dtype).itemsize >= 8)
+            and (any_precision or jnp.dtype(theta.dtype).itemsize >= 8))
 
 
 def at_precision_limit(f: Any, g: Any, c: Any) -> Any:

@@ -101,8 +101,8 @@ def sentence(code: int, t: int, loss: float, dtype: Any = None, runoff: tuple | 
         low = dtype is not None and np.dtype(dtype).itemsize < 8
         why = ("e.g. float32 on a large loss: use float64, or stop earlier with ftol or a larger tol" if low
                else "at or next to an optimum, or along a flat direction: set tol or ftol to stop earlier")
-        return (f"stalled at step {t}: {STALL_STEPS} updates in a row left θ unchanged (the loss is flat to working "
-                f"precision, {why})")
+        return (f"stalled at step {t}: {STALL_STEPS} updates in a row left θ unchanged or made no progress the loss "
+                f"can resolve (the loss is flat to working precision, {why})")
     if code == RAN_OFF:
         label, distance, fall, points = runoff if runoff is not None else ("a coordinate", math.nan, math.nan, 0)
         return (f"ran off at step {t} along {label}: over its last {points} improving points it moved {distance:.3g} "

@@ -168,7 +168,8 @@ def _stall_at_minimum(probes: _Probes, finals: np.ndarray, still: list[int], c: 
         codes[i] = StatusCode.CONVERGED
         statuses[i] = (f"converged at step {t_end[i]}, at the precision limit: a Newton step from the final point "
                        f"predicts a decrease of {decrease:.2g}, below the loss's resolution ({resolution:.2g}), and "
-                       f"{STALL_STEPS} updates in a row left θ unchanged (set tol or ftol to stop earlier)")
+                       f"{STALL_STEPS} updates in a row made no progress the loss can resolve (set tol or ftol to stop "
+                       "earlier)")
         checks[i] = {**checks[i], "predicted_decrease": decrease, "resolution": resolution}
 
 
