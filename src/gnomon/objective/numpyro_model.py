@@ -373,12 +373,14 @@ def _refuse_outside_support(tr: dict) -> None:
             continue
         if inside.all():
             continue
-        value = np.broadcast_to(np.asarray(site["value"]), inside.shape)
         where = tuple(int(i) for i in np.argwhere(~inside)[0])
+        value = np.asarray(site["value"])
+        while hasattr(fn, "base_dist"):  # ExpandedDistribution, Independent, Masked: name what the user wrote
+            fn = fn.base_dist
+        shown = f"{value[where].item()!r} " if value.shape == inside.shape else ""  # an event's support: index only
         raise ValueError(
             f"numpyro model: observed site {name!r} has {int((~inside).sum())} value(s) outside the support of "
-            f"its {type(fn).__name__} ({fn.support}), e.g. {value[where].item()!r} at index {where}: fix the data "
-            "or the distribution"
+            f"its {type(fn).__name__} ({fn.support}), e.g. {shown}at index {where}: fix the data or the distribution"
         )
 
 

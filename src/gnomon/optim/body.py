@@ -113,7 +113,7 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
 def _has_diagonal(arrays: Any, theta: Any, any_precision: bool = False) -> bool:
     """The method runs with a curvature diagonal c (``preconditioned_gd``, ``lbfgs``) and θ is float64 (or any
     precision with ``any_precision``) — static."""
-    return (isinstance(arrays, jax.Array | jax.core.Tracer) and arrays.shape == theta.shape
+    return (isinstance(arrays, jax.Array) and arrays.shape == theta.shape
             and (any_precision or jnp.dtype(theta.dtype).itemsize >= 8))
 
 
@@ -122,7 +122,8 @@ def at_precision_limit(f: Any, g: Any, c: Any) -> Any:
     a decrease below the loss's resolution, :math:`\tfrac12\sum_i g_i^2/c_i \le 8ε\max(|f|, 1)`: nothing further
     is visible in the loss. (With c the curvature at θ0 the prediction may be off by the problem's condition
     number κ; the distance left is then at most :math:`\sqrt{16 ε κ \max(|f|, 1)}` posterior sd — 6·10⁻³ for
-    κ = 10⁶ and f = 10⁴ — which is why float32 gets no such rule.)"""
+    κ = 10⁶ and f = 10⁴ — which is why in float32 it only counts toward a stall, which the end check calls
+    converged only when the Hessian's own smallest eigenvalue confirms it: :mod:`gnomon.optim.verdict`.)"""
     dtype = g.dtype
     decrease = 0.5 * jnp.sum(g * g / c.astype(dtype))
     return decrease <= 8 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(f), 1.0)
