@@ -237,3 +237,27 @@ def test_show_names_a_kept_transport_map_and_says_none_otherwise():
     assert _scalars(_engine_with_transport(kept))["transport"] == "affine autoregressive 97086fe7"
     assert _scalars(_engine_with_transport({"kernel": "nuts", "transport": None}))["transport"] == "none"
     assert "transport" not in _engine_with_transport({"kernel": "nuts"})
+
+
+def test_show_and_aggregate_a_folder_of_run_directories(capsys, tmp_path):
+    """``gn.save_run`` into ``folder/<run>`` without an experiment: ``show`` and ``aggregate`` list the runs (a
+    corrupt one is named; a folder of figures beside them is neither a run nor a problem)."""
+    import pandas as pd
+
+    folder = tmp_path / "fits"
+    for i in range(3):
+        gn.save_run(folder / f"fit-{i}", _trace(i))
+    (folder / "figs").mkdir()
+    (folder / "figs" / "a.png").write_bytes(PNG)
+    (folder / "fit-2" / "summary.json").write_text("{truncated")
+    code, out, err = _run(capsys, "show", str(folder))
+    assert code == 0, err
+    assert "folder of runs" in out and "runs: 2 complete, 0 incomplete, 1 corrupt" in out
+    assert "corrupt fit-2" in out and "figs" not in out
+    assert "fit-0" in out and "fit-1" in out and "status: converged 2" in out
+    table = tmp_path / "t.csv"
+    code, out, err = _run(capsys, "aggregate", str(folder), "-o", str(table))
+    assert code == 0 and "wrote 2 runs" in out
+    assert "fit-2" in err and "figs" not in err
+    df = pd.read_csv(table)
+    np.testing.assert_allclose(df["final_loss"], [float(_trace(i).loss[-1]) for i in range(2)])

@@ -53,10 +53,21 @@ def _dir_kind(path: str) -> str:
         return "experiment"
     if any((p / f).exists() for f in _RUN_FILES):
         return "run"
+    if _run_subdirs(p):
+        return "runs"
     raise ArtifactError(
-        f"{p}: neither a run directory (trace.npz, meta.json, summary.json) nor an experiment "
-        "(manifest.json, runs/)"
+        f"{p}: neither a run directory (trace.npz, meta.json, summary.json), an experiment "
+        "(manifest.json, runs/) nor a folder of run directories"
     )
+
+
+def _run_subdirs(p: Path) -> list[Path]:
+    """The sub-folders of ``p`` that hold a run's files (a folder of ``gn.save_run`` directories), sorted."""
+    try:
+        subs = sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+    except OSError:
+        return []
+    return [c for c in subs if any((c / f).exists() for f in _RUN_FILES)]
 
 
 def _load_run(path: str):
@@ -278,7 +289,6 @@ def _user_summary_keys(states: list[Any]) -> list[str]:
 
 def _show_experiment(path: str, out: Any) -> int:
     from gnomon.experiment.experiment import Experiment
-    from gnomon.experiment.incomplete import incomplete_state
 
     exp = Experiment(path, create=False)
     w = lambda s="": print(s, file=out)  # noqa: E731
@@ -292,7 +302,25 @@ def _show_experiment(path: str, out: Any) -> int:
     for key in ("sweep", "time_series", "datasets"):
         if man.get(key):
             w(f"  {key}: {_fmt(man[key])}")
-    states = exp.run_states()
+    return _show_states(path, exp.run_states(), exp.runs_dir, lambda: exp.aggregate(on_problem="ignore"), out)
+
+
+def _show_folder(path: str, out: Any) -> int:
+    """A folder of run directories (``gn.save_run`` into ``folder/<run>``): the same table as an experiment's."""
+    from gnomon.experiment.aggregate import aggregate
+    from gnomon.io.status import check_run
+
+    print(f"folder of runs {path}", file=out)
+    runs = _run_subdirs(Path(path))
+    return _show_states(path, [check_run(r) for r in runs], Path(path),
+                        lambda: aggregate(path, on_problem="ignore"), out)
+
+
+def _show_states(path: str, states: list[Any], runs_dir: Path, table: Any, out: Any) -> int:
+    """The runs' states, the problems, and the table of the complete ones (``table()`` aggregates them)."""
+    from gnomon.experiment.incomplete import incomplete_state
+
+    w = lambda s="": print(s, file=out)  # noqa: E731
     by: dict[str, list[Any]] = {s: [] for s in STATES}
     for st in states:
         by[st.state].append(st)
@@ -303,7 +331,7 @@ def _show_experiment(path: str, out: Any) -> int:
     shown = 0
     for st in by["incomplete"]:
         if shown < 20:
-            item = incomplete_state(exp.runs_dir / st.run_id)
+            item = incomplete_state(runs_dir / st.run_id)
             err = f": {item['error']}" if item.get("error") else ""
             w(f"  incomplete {st.run_id} ({item['state']}{err})")
         shown += 1
@@ -315,7 +343,7 @@ def _show_experiment(path: str, out: Any) -> int:
         w(f"  … and {shown - 20} more runs that are not complete")
     if not by["complete"]:
         return 0
-    df = exp.aggregate(on_problem="ignore")
+    df = table()
     cols = [c for c in _TABLE_COLUMNS if c in df.columns and not df[c].isna().all()]
     cols += [c for c in _user_summary_keys(by["complete"]) if c in df.columns and c not in cols]
     w(_text_table(cols, _table_cells(df.head(30), cols)))
@@ -328,10 +356,10 @@ def _show_experiment(path: str, out: Any) -> int:
 
 
 def show(args: Any) -> int:
-    """``gnomon show RUN_DIR|EXPERIMENT_DIR``: status, summary table and essential meta."""
+    """``gnomon show RUN_DIR|EXPERIMENT_DIR|FOLDER_OF_RUNS``: status, summary table and essential meta."""
     kind = _dir_kind(args.path)
-    out = sys.stdout
-    return _show_run(args.path, out) if kind == "run" else _show_experiment(args.path, out)
+    show_kind = {"run": _show_run, "experiment": _show_experiment, "runs": _show_folder}[kind]
+    return show_kind(args.path, sys.stdout)
 
 
 # ---------------------------------------------------------------------------------------------- plot
@@ -458,14 +486,23 @@ def plot(args: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------- aggregate
 def aggregate(args: Any) -> int:
-    """``gnomon aggregate EXPERIMENT_DIR [-o table.parquet|table.csv] [--meta-keys ...] [--params [NAME ...]]``:
-    write the table, or print it when no ``-o`` is given."""
+    """``gnomon aggregate EXPERIMENT_DIR|FOLDER_OF_RUNS [-o table.parquet|table.csv] [--meta-keys ...]
+    [--params [NAME ...]]``: write the table, or print it when no ``-o`` is given."""
     out = _check_output(args.output, ("parquet", "csv"), "the table file") if args.output else None
-    if _dir_kind(args.path) != "experiment":
-        raise ValueError(f"{args.path}: is a run directory; gnomon aggregate takes an experiment directory")
-    from gnomon.experiment.experiment import Experiment
+    kind = _dir_kind(args.path)
+    if kind == "run":
+        raise ValueError(f"{args.path}: is a run directory; gnomon aggregate takes an experiment directory or a "
+                         "folder of run directories")
+    if kind == "experiment":
+        from gnomon.experiment.experiment import Experiment
 
-    exp = Experiment(args.path, create=False)
+        table = Experiment(args.path, create=False).aggregate
+    else:
+        from functools import partial
+
+        from gnomon.experiment.aggregate import aggregate as aggregate_runs
+
+        table = partial(aggregate_runs, args.path)
     if out is not None and out.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -477,8 +514,11 @@ def aggregate(args: Any) -> int:
     if params is not None:
         params = list(params) or True
     meta_keys = list(args.meta_keys or ())
-    df = exp.aggregate(meta_keys=meta_keys, output=out, on_problem="ignore", params=params)
+    df = table(meta_keys=meta_keys, output=out, on_problem="ignore", params=params)
     problems = df.attrs.get("problems") or []
+    if kind == "runs":  # a folder of runs may hold other folders (figures, notes): not runs, not problems
+        names = {r.name for r in _run_subdirs(Path(args.path))}
+        problems = [p for p in problems if p.get("run_id") in names]
     if out is not None:
         print(f"wrote {len(df)} runs × {len(df.columns)} columns to {out}")
     else:
