@@ -225,3 +225,13 @@ def test_the_fit_takes_the_model_output_from_its_own_evaluations():
         expected = o.likelihood.mean(th) if o.likelihood is not None else o.residual_fn(th, o.data)
         np.testing.assert_allclose(out, expected, rtol=1e-6)
     assert loss_and_output(gn.Objective.from_loss(lambda t: jnp.sum(t**2), 2)) is None
+
+
+def test_threshold_is_the_chi2_quantile_with_its_floor_at_every_dof():
+    """The bound that skips scipy for large dof gives exactly max(MIN_REDUCED, χ²_{1-P}(dof)/dof) everywhere."""
+    from scipy.special import chdtri
+
+    from gnomon.objective.goodness import MIN_REDUCED, P_VALUE
+
+    for dof in [*range(1, 400), 1_000, 4_082, 10**6]:
+        assert threshold(dof) == pytest.approx(max(MIN_REDUCED, chdtri(dof, P_VALUE) / dof), rel=1e-12), dof
