@@ -126,11 +126,14 @@ def choose_curvatures(
     how_to_choose: str = "curvature=",
     warn: bool = True,
     stacklevel: int = 2,
+    first_raw: Any = None,
     **options: Any,
 ) -> list[Curvature]:
     """:func:`choose_curvature` for the members of a batch (``thetas`` (B, D), ``datas`` one data per member,
     None for the bound data): every member gets the same link — the first one finite for all of them — so
-    that a batch is preconditioned alike; the fallback's reason names the members that were not finite."""
+    that a batch is preconditioned alike; the fallback's reason names the members that were not finite.
+    ``first_raw``: the first link's raw diagonals (one per member), already computed by another program (the
+    optimizer loop's own: :mod:`gnomon.optim.start_estimate`); they are judged and cleaned as if computed here."""
     unknown = sorted(set(options) - set(ESTIMATE_OPTIONS))
     if unknown:
         raise ValueError(f"choose_curvature: unknown options {unknown}; expected some of {ESTIMATE_OPTIONS}")
@@ -141,13 +144,15 @@ def choose_curvatures(
     size = obj.dim * obj.dim if dense else obj.dim
     tried: list[dict[str, Any]] = []
     spent = 0
-    for link in links:
+    for i, link in enumerate(links):
         if link == "identity":
             curvs = [_identity(obj, th, dense) for th in thetas]
             break
         opts = _options_for(link, options)
-        curvs = [_estimate(obj, th, link, dense=dense, where="choose_curvature", **opts,
-                           **({} if d is None else {"data": d})) for th, d in zip(thetas, datas, strict=True)]
+        given = first_raw if (i == 0 and first_raw is not None) else [None] * n
+        curvs = [_estimate(obj, th, link, dense=dense, where="choose_curvature", given=g, **opts,
+                           **({} if d is None else {"data": d}))
+                 for th, d, g in zip(thetas, datas, given, strict=True)]
         spent += int(curvs[0].num_grad_evals)
         bad = [nonfinite_count(c) for c in curvs]
         if not any(bad):

@@ -24,6 +24,20 @@ from gnomon.curvature.plan import CurvaturePlan
 from gnomon.objective.objective import Objective
 
 
+def fisher_prior(obj: Objective, include_prior: bool = True) -> Callable | None:
+    """The model-free part whose exact Hessian the Fisher adds: the likelihood's negative log prior, less the
+    layout's log-Jacobian where the loss includes it (a sampler's target: −log p(θ), its Hessian too, exactly — it
+    never evaluates the model, so it costs no gradient evaluation of it); None for neither."""
+    nlp = obj.likelihood.neg_log_prior
+    if include_prior and obj.loss_includes_jacobian and obj.log_jacobian is not None:
+        log_jac, prior = obj.log_jacobian, nlp
+
+        def nlp(theta):
+            return (0.0 if prior is None else prior(theta)) - log_jac(theta)
+
+    return nlp
+
+
 def method_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
     """A pure ``(θ, data, key, extra) -> (diag, matrix|None)`` for the given static settings."""
     method, dense, num_probes, mode, batch_size, n_res, beta, fmode, include_prior = settings
@@ -61,14 +75,7 @@ def method_fn(obj: Objective, settings: CurvaturePlan) -> Callable:
             return jnp.sum(g * g, axis=0), None
     elif method == "fisher":
         lik = obj.likelihood
-        nlp = lik.neg_log_prior
-        if include_prior and obj.loss_includes_jacobian and obj.log_jacobian is not None:
-            # the loss is −log p(θ) with the layout's log-Jacobian (a sampler's target): its Hessian too, exactly
-            # (it never evaluates the model, so it costs no gradient evaluation of it)
-            log_jac, prior = obj.log_jacobian, nlp
-
-            def nlp(theta):
-                return (0.0 if prior is None else prior(theta)) - log_jac(theta)
+        nlp = fisher_prior(obj, include_prior)
 
         def fn(theta, data, key, extra):
             return expected_fisher(

@@ -266,10 +266,13 @@ def _estimate(
     ema: float = 0.0,
     include_prior: bool = True,
     where: str = "estimate_curvature",
+    given: Any = None,
 ) -> Curvature:
     """:func:`estimate_curvature` without its verdict on non-finite entries (counted in ``config``: the diagonal's
     ``num_nonfinite``, the matrix's ``num_nonfinite_matrix``). Host-side: θ is concrete; the estimate runs in one
-    compiled program (cached per objective and settings) and is cleaned in numpy (nothing else to compile)."""
+    compiled program (cached per objective and settings) and is cleaned in numpy (nothing else to compile).
+    ``given``: the raw ``(D,)`` diagonal of this request already computed by another program (the optimizer loop's,
+    :mod:`gnomon.optim.start_estimate`), cleaned and described exactly as one computed here (diagonal only)."""
     theta, data, floor = _checked_request(obj, theta, data, method, floor, negative, ema, where)
     extra = _extra_input(method, hutchinson_mode, scale, grads, obj.dim, np.dtype(theta.dtype))
     settings, cost, config = plan_curvature(
@@ -277,8 +280,13 @@ def _estimate(
         batch_size=batch_size, scaled_start=scale is not None,
         num_grads=None if grads is None else int(extra.shape[0]), include_prior=include_prior,
     )
-    key = default_key() if key is None else key
-    raw, matrix = jax.device_get(_compiled(obj, settings)(theta, data, key, extra))
+    if given is not None and dense:
+        raise ValueError("a raw diagonal computed elsewhere (given=) has no dense matrix; use dense=False")
+    if given is not None:  # the raw diagonal was computed elsewhere (the optimizer loop's own program)
+        raw, matrix = np.asarray(given, np.asarray(theta).dtype), None
+    else:
+        key = default_key() if key is None else key
+        raw, matrix = jax.device_get(_compiled(obj, settings)(theta, data, key, extra))
     diag, counts = clean_diagonal_host(raw, floor=float(floor), prior_precision=prior_precision, negative=negative)
     if previous is not None and ema > 0:
         if previous.dim != obj.dim:

@@ -66,6 +66,16 @@ def _prior_terms(neg_log_prior: Callable | None, theta: Any, dense: bool, batch_
     return jnp.diagonal(m), (m if dense else None)
 
 
+def diagonal_from_jvp(jvp: Callable, w: Any, theta: Any, batch_size: int | None = None) -> Any:
+    r""":math:`\operatorname{diag}(J^T W J)_j = \sum_n w_n (J e_j)_n^2` from a linearised model's ``jvp`` (θ's
+    tangents to the model's output, of any shape) and the flat weights ``w`` (N,): D JVPs in batches of
+    ``batch_size`` (``lax.map``; default: all D at once up to 64, else 32)."""
+    d = theta.shape[-1]
+    bs = batch_size or _default_batch(d)
+    col = lambda e: jnp.ravel(jvp(e)).astype(theta.dtype)  # noqa: E731
+    return jax.lax.map(lambda e: jnp.sum(w * col(e) ** 2), jnp.eye(d, dtype=theta.dtype), batch_size=bs)
+
+
 def expected_fisher(
     mean: Callable,
     weights: Callable,
@@ -93,7 +103,7 @@ def expected_fisher(
             m = jnp.matmul(cols * w, cols.T, precision=_HIGHEST)
             diag = jnp.diagonal(m)
         else:
-            diag = jax.lax.map(lambda e: jnp.sum(w * col(e) ** 2), jnp.eye(d, dtype=theta.dtype), batch_size=bs)
+            diag = diagonal_from_jvp(jvp, w, theta, bs)
             m = None
     elif mode == "reverse":
         mu, vjp = jax.vjp(mean, theta)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from gnomon.optim import readout, runoff
 from gnomon.optim.carry import Carry, LoopSettings
+from gnomon.optim.start_estimate import ESTIMATE
 from gnomon.optim.status import CONVERGED, MAX_STEPS, NONFINITE, RAN_OFF, RUNNING, STALL_STEPS, STALLED
 
 
@@ -24,6 +25,7 @@ class Features(NamedTuple):
     track_last: bool  # thinned batched runs keep the latest finite point in the carry
     loss_and_output: Any = None  # (θ, data) -> (loss, model output): the output at the best point is kept
     output_dtype: list | None = None  # [dtype] of the model's output, filled while the body is traced
+    start_estimator: Any = None  # (θ, data, estimate) -> (loss, output, grad, raw diag): gnomon.optim.start_estimate
 
 
 def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features) -> Callable:
@@ -40,7 +42,8 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
         def value_fn(theta, data=data):
             return obj.loss(theta, data)
 
-        f, g, evaluated, out = _evaluate(obj, c, data, first, reuse, feat)
+        estimating = num_steps == ESTIMATE
+        f, g, evaluated, out, raw = _evaluate(obj, c, data, first, reuse, feat, estimating)
         f = f.astype(dtype)
         g = g.astype(dtype)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
@@ -103,7 +106,7 @@ def member_step(obj: Any, make: Callable, settings: LoopSettings, feat: Features
             best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (f, c.theta, out.astype(best[2].dtype)),
                                 best)
         c_next = Carry(theta, st, c.t + running.astype(jnp.int32), stop.astype(jnp.int32), f, n_evals,
-                       jnp.where(finite, g, c.grad), last, still, ro, best)
+                       jnp.where(finite, g, c.grad), last, still, ro, best, raw)
         row = (c.theta, jnp.stack(cols).astype(dtype))
         return c_next, row, finite | backs_off  # a rejected non-finite trial point is a row like any other
 
@@ -129,16 +132,23 @@ def at_precision_limit(f: Any, g: Any, c: Any) -> Any:
     return decrease <= 8 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(f), 1.0)
 
 
-def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool, feat: Features) -> tuple[Any, Any, Any, Any]:
-    """``(f, g, evaluated, output)`` at θ_t: a fresh ``value_and_grad`` — with the model's output from the same
-    evaluation where it is kept (else None) — or the line search's own at its accepted point."""
+def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool, feat: Features, estimating: Any
+              ) -> tuple[Any, Any, Any, Any, Any]:
+    """``(f, g, evaluated, output, raw_diag)`` at θ_t: a fresh ``value_and_grad`` — with the model's output from the
+    same evaluation where it is kept (else None), and through the model's linearisation where the loop can estimate
+    the start curvature (the raw diagonal where ``estimating``, else zeros; None without) — or the line search's own
+    at its accepted point."""
     if not reuse:
+        if feat.start_estimator is not None:
+            f, out, g, raw = feat.start_estimator(c.theta, data, estimating)
+            feat.output_dtype[0] = out.dtype
+            return f, g, 1, (out if feat.loss_and_output is not None else None), raw
         if feat.loss_and_output is not None:
             (f, out), g = jax.value_and_grad(feat.loss_and_output, has_aux=True)(c.theta, data)
             feat.output_dtype[0] = out.dtype
-            return f, g, 1, out
+            return f, g, 1, out, None
         f, g = jax.value_and_grad(obj.loss)(c.theta, data)
-        return f, g, 1, None
+        return f, g, 1, None, None
 
     dtype = c.theta.dtype  # (a loss of another precision than θ: both branches in θ's)
 
@@ -151,7 +161,7 @@ def _evaluate(obj: Any, c: Carry, data: Any, first: Any, reuse: bool, feat: Feat
         return ls.value.astype(dtype), ls.grad.astype(dtype)
 
     f, g = jax.lax.cond(first, fresh, reused, None)
-    return f, g, first.astype(jnp.int32), None
+    return f, g, first.astype(jnp.int32), None, None
 
 
 def _columns(channels: tuple[str, ...], f: Any, gnorm: Any, theta: Any, prev: Any, st: Any, running: Any,

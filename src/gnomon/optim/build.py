@@ -21,7 +21,7 @@ import optax
 
 from gnomon.objective.goodness import loss_and_output
 from gnomon.objective.objective import Objective
-from gnomon.optim import readout
+from gnomon.optim import readout, start_estimate
 from gnomon.optim import runoff as runoff_test
 from gnomon.optim.background import Pending
 from gnomon.optim.body import Features, member_step
@@ -89,7 +89,8 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
         ro = runoff_test.init(theta0) if settings.runoff else None
         best = None if out_shape is None else (jnp.full((), jnp.inf, theta0.dtype), theta0, jnp.zeros(*out_shape))
         zero = jnp.zeros((), jnp.int32)
-        return Carry(theta0, st, zero, zero, nan, zero, jnp.full_like(theta0, jnp.nan), last, zero, ro, best)
+        diag = jnp.zeros_like(theta0) if settings.start_curvature else None
+        return Carry(theta0, st, zero, zero, nan, zero, jnp.full_like(theta0, jnp.nan), last, zero, ro, best, diag)
 
     # init first: its lowered output shapes tell which channels the state provides (no separate trace)
     init_v = jax.vmap(init, in_axes=(0, 0, None, 0)) if batched else init  # arrays: one row per member
@@ -106,8 +107,11 @@ def _build(obj: Objective, program: Program, settings: LoopSettings, example: tu
     # evaluation counters) needs the per-step select that keeps it out (on a cheap loss it costs ~25 % a step)
     keep_state = has_report or bool(optax.tree.get_all_with_path(state_shape, "num_grad_evals"))
     reuse = readout.linesearch_state(state_shape) is not None  # (a line search's evaluation: no output kept)
+    if settings.start_curvature and reuse:
+        raise ValueError("the loop estimates the start curvature only without a line search of the method's own")
+    estimator = start_estimate.evaluator(obj, settings.start_curvature) if settings.start_curvature else None
     feat = Features(channels, reuse, readout.step_accepted(state_shape) is not None, keep_state, track_last,
-                    lao, [None])
+                    lao, [None], estimator)
     init_c = Pending(init_lowered)
 
     step = member_step(obj, make, settings, feat)

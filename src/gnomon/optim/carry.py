@@ -19,6 +19,7 @@ class LoopSettings(NamedTuple):
     channels: tuple[str, ...]
     runoff: bool = False  # the run-off stop (gnomon.optim.runoff)
     output: bool = False  # keep the model's mean / residuals at the best point (goodness of fit)
+    start_curvature: str | None = None  # the loop can estimate this curvature at θ0 (gnomon.optim.start_estimate)
 
 
 class Carry(NamedTuple):
@@ -35,6 +36,7 @@ class Carry(NamedTuple):
     still: Any  # updates in a row that left θ bit-for-bit unchanged (STALL_STEPS of them stop the run)
     runoff: Any = None  # gnomon.optim.runoff.RunOffState where the run-off stop is on
     best: Any = None  # (f, θ, output) at the lowest loss evaluated so far, where the model's output is kept
+    start_diag: Any = None  # the raw curvature diagonal of an estimating call (gnomon.optim.start_estimate)
 
 
 class Summary(NamedTuple):

@@ -161,16 +161,18 @@ def curvature_at_start(
     negative: str = "abs",
     batch_size: int | None = None,
     stacklevel: int = 2,
+    first_raw: Any = None,
 ) -> StartCurvature:
     """The curvature diagonal at each start (``thetas`` (B, D), ``datas`` one data per member, None for the bound
     data), chosen by :func:`gnomon.curvature.choice.choose_curvatures` (the auto rule for ``method=None``, the
     fallback chain when an estimate is not finite) and cleaned as :func:`curvature_estimator`'s. Hutchinson links
-    use :data:`OPTIMIZER_PROBES` probes unless ``num_probes`` is given."""
+    use :data:`OPTIMIZER_PROBES` probes unless ``num_probes`` is given. ``first_raw``: the first link's raw
+    diagonals (B, D), already computed by the optimizer loop's own program (:mod:`gnomon.optim.start_estimate`)."""
     curvs = choose_curvatures(
         objective, list(thetas), list(datas), method, exact_max_dim=EXACT_MAX_DIM, how_to_choose="curvature=",
         stacklevel=stacklevel + 1, key=key, num_probes=num_probes, hutchinson_probes=OPTIMIZER_PROBES,
         hutchinson_mode=hutchinson_mode, floor=floor, prior_precision=prior_precision, negative=negative,
-        batch_size=batch_size,
+        batch_size=batch_size, first_raw=None if first_raw is None else list(first_raw),
     )
     first = curvs[0]
     diag = np.stack([np.asarray(c.diag) for c in curvs])
@@ -181,5 +183,6 @@ def curvature_at_start(
         config.pop(name, None)
     info = {"method": first.method, "chosen": config.pop("chosen"), "requested": config.pop("requested"),
             "fallback": config.pop("fallback"), "num_grad_evals": int(first.num_grad_evals),
-            "estimated": "at θ0, before the loop", **config}
+            "estimated": "at θ0, before the loop" if first_raw is None or first.config["fallback"] is not None
+            else "at θ0, by the loop's own program", **config}
     return StartCurvature(diag, first.method, info, int(first.num_grad_evals))

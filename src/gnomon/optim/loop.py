@@ -51,12 +51,13 @@ from gnomon.optim.assemble import assemble, assemble_batch
 from gnomon.optim.build import compile_key, compiled
 from gnomon.optim.carry import CHANNELS, LoopSettings, Rows
 from gnomon.optim.methods import Program
+from gnomon.optim.start_estimate import ESTIMATE
 from gnomon.optim.status import RUNNING, STALL_STEPS
 from gnomon.util.progress import Progress
 from gnomon.util.validate import default_key
 
-__all__ = ["CHANNELS", "STALL_STEPS", "LoopResult", "LoopSettings", "compile_key", "prepare", "resolve_channels",
-           "run_loop"]
+__all__ = ["CHANNELS", "STALL_STEPS", "LoopResult", "LoopSettings", "compile_key", "estimate_start", "prepare",
+           "resolve_channels", "run_loop"]
 
 # Rows buffered on the device per chunk: bounded by memory (≈ 64 MB of θ rows) and by the run length.
 _ROW_BYTES_BUDGET = 64 * 2**20
@@ -122,10 +123,12 @@ def run_loop(
     channels: str | tuple[str, ...] | None = None,
     runoff: bool = False,
     output: bool = False,
+    start_curvature: str | None = None,
 ) -> LoopResult:
     """Run ``program`` from ``theta0`` (``(D,)``, or ``(B, D)`` with ``batched``) -> :class:`LoopResult`.
     ``runoff``: the run-off stop (:mod:`gnomon.optim.runoff`); ``output``: build :attr:`LoopResult.output` (an
-    objective with a likelihood or residuals)."""
+    objective with a likelihood or residuals); ``start_curvature``: the chunk can also estimate this curvature
+    diagonal at θ_0 (:func:`estimate_start`)."""
     _check(num_steps, record_every, tol, ftol)
     channels = resolve_channels(channels, tol)
     theta0 = jnp.asarray(theta0)
@@ -141,7 +144,7 @@ def run_loop(
     bar = Progress(num_steps, f"{program.name}",
                    enabled=progress if progress is not None else (None if num_steps >= 2000 else False))
     settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bar.enabled, runoff,
-                         output)
+                         output, start_curvature)
     programs = compiled(obj, program, settings, (theta0, data, key, program.arrays))
     programs.init.executable()
     programs.chunk.executable()
@@ -188,17 +191,52 @@ def run_loop(
 
 def _settings(obj: Objective, theta0: Any, num_steps: int, record_every: int, tol: float | None, ftol: float | None,
               batched: bool, channels: tuple[str, ...], bar_enabled: bool, runoff: bool = False,
-              output: bool = False) -> LoopSettings:
+              output: bool = False, start_curvature: str | None = None) -> LoopSettings:
     width = obj.dim * (theta0.shape[0] if batched else 1)
     rows = _rows_for(width, theta0.dtype.itemsize, num_steps, record_every, bar_enabled)
     return LoopSettings(rows, int(record_every), None if tol is None else float(tol),
-                        None if ftol is None else float(ftol), batched, channels, bool(runoff), bool(output))
+                        None if ftol is None else float(ftol), batched, channels, bool(runoff), bool(output),
+                        start_curvature)
+
+
+def estimate_start(obj: Objective, theta0: Any, program: Program, *, num_steps: int, record_every: int = 1,
+                   tol: float | None = None, ftol: float | None = None, data: Any = None, key: Any = None,
+                   batched: bool = False, progress: bool | None = None,
+                   channels: str | tuple[str, ...] | None = None, runoff: bool = False, output: bool = False,
+                   start_curvature: str | None = None) -> np.ndarray:
+    """The raw ``start_curvature`` diagonal at θ_0 (``(D,)``, ``(B, D)`` with ``batched``) from the loop's own
+    compiled chunk — the programs :func:`run_loop` then runs with the same arguments (``program.arrays`` any
+    placeholder of the diagonal's shape): one call that evaluates θ_0 through the model's linearisation, adds its D
+    JVPs and takes no step (:mod:`gnomon.optim.start_estimate`). Waits for the compile."""
+    if start_curvature is None:
+        raise ValueError("estimate_start needs the start_curvature the loop is built to estimate")
+    channels = resolve_channels(channels, tol)
+    theta0 = jnp.asarray(theta0)
+    if not jnp.issubdtype(theta0.dtype, jnp.floating):
+        theta0 = theta0.astype(jnp.result_type(float))
+    key = default_key() if key is None else key
+    enabled = _bar_enabled(progress, num_steps)
+    settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, enabled, runoff,
+                         output, start_curvature)
+    programs = compiled(obj, program, settings, (theta0, data, key, program.arrays))
+    carry = programs.init(theta0, data, key, program.arrays)
+    carry, _, _ = programs.chunk(carry, data, key, program.arrays, np.int32(ESTIMATE), np.bool_(True))
+    return np.asarray(jax.device_get(carry.start_diag))
+
+
+def _bar_enabled(progress: bool | None, num_steps: int) -> bool:
+    """Whether :class:`Progress` would draw (its own rule: a terminal draws), without drawing anything."""
+    enabled = progress if progress is not None else (None if num_steps >= 2000 else False)
+    if enabled is None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        enabled = bool(isatty()) if callable(isatty) else False
+    return bool(enabled)
 
 
 def prepare(obj: Objective, theta0: Any, program: Program, *, num_steps: int, record_every: int = 1,
             tol: float | None = None, ftol: float | None = None, data: Any = None, key: Any = None,
             batched: bool = False, progress: bool | None = None, channels: str | tuple[str, ...] | None = None,
-            runoff: bool = False, output: bool = False) -> None:
+            runoff: bool = False, output: bool = False, start_curvature: str | None = None) -> None:
     """Lower the programs :func:`run_loop` will run with these arguments and start compiling them in the background
     (``program.arrays`` may be placeholders of the right shapes and dtypes): a caller that has other work before the
     run — ``gn.optimize``'s curvature estimate at θ_0 — overlaps it with the compilation. Arguments as
@@ -208,12 +246,8 @@ def prepare(obj: Objective, theta0: Any, program: Program, *, num_steps: int, re
         theta0 = jnp.asarray(theta0)
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
             return
-        enabled = progress if progress is not None else (None if num_steps >= 2000 else False)
-        if enabled is None:  # Progress's own rule (a terminal draws), without drawing anything
-            isatty = getattr(sys.stderr, "isatty", None)
-            enabled = bool(isatty()) if callable(isatty) else False
-        settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels, bool(enabled),
-                             runoff, output)
+        settings = _settings(obj, theta0, num_steps, record_every, tol, ftol, batched, channels,
+                             _bar_enabled(progress, num_steps), runoff, output, start_curvature)
         compiled(obj, program, settings, (theta0, data, default_key() if key is None else key, program.arrays))
     except (ValueError, TypeError):
         return

@@ -34,14 +34,16 @@ import optax
 from gnomon.objective.checks import check_batch_data, check_finite_data
 from gnomon.objective.goodness import available as has_noise_model
 from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
+from gnomon.objective.goodness import preload as preload_statistics
 from gnomon.objective.objective import Objective
 from gnomon.optim import runoff as runoff_test
-from gnomon.optim.estimator import curvature_at_start
-from gnomon.optim.loop import prepare, run_loop
+from gnomon.optim.estimator import EXACT_MAX_DIM, curvature_at_start
+from gnomon.optim.loop import estimate_start, prepare, run_loop
 from gnomon.optim.methods import Program, make_method
 from gnomon.optim.readout import OptimizerReport, report
 from gnomon.optim.rules import precision_note
 from gnomon.optim.simple_gd import as_objective
+from gnomon.optim.start_estimate import in_loop_link
 from gnomon.optim.verdict import review
 from gnomon.trace.trace import Trace
 from gnomon.util.validate import as_key
@@ -140,10 +142,13 @@ def optimize(
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
                      progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff, program),
                      output=has_noise_model(obj))
-    if program.start_curvature is not None:  # compile the loop while the curvature at θ0 is estimated
-        prepare(obj, start, program._replace(arrays=_placeholder(start)), **loop_args)
+    if loop_args["output"]:
+        preload_statistics()  # loaded while the loop compiles
+    loop_args["start_curvature"] = _in_loop(obj, program, start, d, loop_args)
+    raw, spent = _start_in_loop(obj, start, program, loop_args)
     program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
-                                    learning_rate, curvature, method_options, batched=False)
+                                    learning_rate, curvature, method_options, batched=False,
+                                    first_raw=None if raw is None else raw[None], spent_s=spent)
     result = run_loop(obj, start, program, **loop_args)
     trace = _finish(result.trace, program, report(result.state), batched=False)
     trace = review(trace, result.probe, obj, _diag_of(program), tol=tol, learning_rate=learning_rate)
@@ -202,12 +207,15 @@ def optimize_batch(
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
                      batched=True, progress=progress, channels=channels, output=has_noise_model(obj),
                      runoff=runoff_test.enabled(obj, runoff, program))
+    if loop_args["output"]:
+        preload_statistics()  # loaded while the loop compiles
     if program.start_curvature is not None:
-        prepare(obj, th, program._replace(arrays=_placeholder(th)), **loop_args)
+        loop_args["start_curvature"] = _in_loop(obj, program, th[0], probe, loop_args)
+        raw, spent = _start_in_loop(obj, th, program, loop_args)
         host = None if data is None else jax.device_get(data)
         datas = [None if host is None else jax.tree.map(lambda a, i=i: a[i], host) for i in range(b)]
         program = _with_start_curvature(obj, program, np.asarray(th), datas, key, method, learning_rate,
-                                        curvature, method_options, batched=True)
+                                        curvature, method_options, batched=True, first_raw=raw, spent_s=spent)
     elif program.arrays is not None:  # a given diagonal: one row per member
         program = program._replace(arrays=np.broadcast_to(np.asarray(program.arrays), (b, *np.shape(program.arrays))))
     result = run_loop(obj, th, program, **loop_args)
@@ -236,18 +244,42 @@ def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: 
     return cfg.program(obj, theta, data)
 
 
+def _in_loop(obj: Objective, program: Program, theta: Any, data: Any, loop_args: dict) -> str | None:
+    """The start curvature's first link when the loop's own program can estimate it (one compiled copy of the model
+    instead of two: :mod:`gnomon.optim.start_estimate`), else None."""
+    return in_loop_link(obj, program.start_curvature, theta, data, output=loop_args["output"],
+                        zoom=(program.info or {}).get("linesearch") == "zoom", exact_max_dim=EXACT_MAX_DIM)
+
+
+def _start_in_loop(obj: Objective, theta: Any, program: Program, loop_args: dict) -> tuple[Any, float]:
+    """``(raw diagonal(s) at θ_0 or None, seconds)``: from the loop's own chunk where ``loop_args`` says it can
+    (the compile waited for counts here), else None after starting the loop's compile in the background, which
+    the host's own estimate then overlaps."""
+    if program.start_curvature is None:
+        return None, 0.0
+    placeholder = program._replace(arrays=np.ones_like(_placeholder(theta)))
+    if loop_args.get("start_curvature") is None:
+        prepare(obj, theta, placeholder, **loop_args)
+        return None, 0.0
+    t0 = time.perf_counter()
+    raw = estimate_start(obj, theta, placeholder, **loop_args)
+    return raw, time.perf_counter() - t0
+
+
 def _with_start_curvature(obj: Objective, program: Program, thetas: Any, datas: list, key: Any, method: Any,
-                          learning_rate: Any, curvature: Any, options: dict, *, batched: bool) -> Program:
-    """``program`` with its curvature at θ_0 estimated on the host (:func:`curvature_at_start`: the auto rule and
-    the fallback chain) and passed as its ``arrays``; a refreshing program whose method fell back is planned
-    again for the method used."""
+                          learning_rate: Any, curvature: Any, options: dict, *, batched: bool,
+                          first_raw: Any = None, spent_s: float = 0.0) -> Program:
+    """``program`` with its curvature at θ_0 chosen on the host (:func:`curvature_at_start`: the auto rule and
+    the fallback chain; ``first_raw``: the first link's raw diagonals (B, D) from the loop's own program, which
+    took ``spent_s``) and passed as its ``arrays``; a refreshing program whose method fell back is planned again
+    for the method used."""
     spec = program.start_curvature
     if spec is None:
         return program
     t0 = time.perf_counter()
-    sc = curvature_at_start(obj, spec["method"], thetas, datas, key=key, stacklevel=4,
+    sc = curvature_at_start(obj, spec["method"], thetas, datas, key=key, stacklevel=4, first_raw=first_raw,
                             **{k: v for k, v in spec.items() if k != "method"})
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + spent_s
     refresh = program.info.get("refresh_every")
     planned = (program.curvature_info or {}).get("method")
     if refresh and sc.method != planned:
