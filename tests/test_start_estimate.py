@@ -118,3 +118,14 @@ def test_where_the_loop_does_not_estimate_the_host_still_does():
             assert fit.info["curvature"]["estimated"] == "at θ0, before the loop"
         np.testing.assert_allclose(zoom.extras["curvature"], gn.estimate_curvature(obj, theta0, "fisher").diag,
                                    rtol=1e-12)
+
+
+def test_float32_the_loops_estimate_matches_its_own_program_to_rounding():
+    obj = gn.Objective.from_likelihood(glm(), Y.astype(np.float32), "poisson", 4)
+    theta0 = jnp.asarray(TRUTH + 0.2, jnp.float32)
+    fit = gn.optimize(obj, theta0, "lbfgs", num_steps=40)
+    assert fit.info["curvature"]["estimated"] == "at θ0, by the loop's own program"
+    assert fit.extras["curvature"].dtype == np.float32
+    np.testing.assert_allclose(fit.extras["curvature"], gn.estimate_curvature(obj, theta0, "fisher").diag, rtol=1e-5)
+    f, g = jax.value_and_grad(obj.loss)(theta0)
+    np.testing.assert_allclose(fit.loss[0], f, rtol=1e-6)
