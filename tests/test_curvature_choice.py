@@ -216,3 +216,32 @@ def test_gd_says_when_its_lambda_max_bound_is_not_finite():
             tr = gn.optimize(loss, jnp.asarray(mle) + 0.1, "gd", num_steps=50)
         assert tr.info["lambda_max"] is None and "η0 = 1" in tr.info["lambda_max_fallback"]
         assert tr.info["base_lr_used"] == 1.0 and np.all(np.isfinite(tr.loss))
+
+
+@jax.custom_vjp
+def _linear_vjp_only(theta):
+    return jnp.asarray(X, theta.dtype) @ theta
+
+
+_linear_vjp_only.defvjp(lambda t: (_linear_vjp_only(t), None), lambda _, g: (jnp.asarray(X, g.dtype).T @ g,))
+
+
+@pytest.mark.parametrize("method", ["preconditioned_gd", "lbfgs"])
+def test_a_model_without_forward_mode_derivatives_falls_back_to_gradient_differences(method):
+    """A jax.custom_vjp model has gradients but no JVPs: the Fisher and the Hessian cannot be computed at all (JAX
+    raises); the chain says so and goes on to gradient differences, and the defaults still reach the MLE."""
+    with jax.enable_x64(True):
+        mle, hess = glm_mle()
+        sd = np.sqrt(np.diag(np.linalg.inv(hess)))
+        obj = gn.Objective.from_likelihood(lambda t: jnp.exp(_linear_vjp_only(t)), Y, "poisson", 3)
+        start = jnp.asarray(mle + np.array([5.0, -4.0, 6.0]) * sd)
+        with pytest.warns(RuntimeWarning, match=r"the fisher curvature cannot be computed \(JAX cannot take "
+                                                r"forward-mode derivatives.*custom_vjp.*\(then exact not computable"
+                                                r".*used the finite_difference curvature instead"):
+            fit = gn.optimize(obj, start, method, num_steps=200, tol=1e-8)
+        cinfo = fit.info["curvature"]
+        assert cinfo["method"] == "finite_difference" and cinfo["fallback"]["from"] == "fisher"
+        assert [t["method"] for t in cinfo["fallback"]["tried"]] == ["fisher", "exact"]
+        assert fit.status == "converged" and np.max(np.abs(np.asarray(fit.best_theta) - mle) / sd) < 1e-3
+        np.testing.assert_allclose(fit.extras["curvature"], choose_curvature(
+            obj, start, warn=False).diag, rtol=1e-10)

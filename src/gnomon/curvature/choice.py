@@ -20,6 +20,9 @@ its diagonal, or of its matrix when a dense one is asked for) is not used. The n
     fisher / gauss_newton / empirical_fisher → Hessian (exact or hutchinson) → finite_difference → identity
     exact / hutchinson → finite_difference → identity
 
+A link that cannot be computed at all — a model calling a ``jax.custom_vjp`` function has no forward-mode
+derivatives, so its Fisher, Gauss–Newton and Hessian raise — is a failed link too, named as such.
+
 ``finite_difference`` is the Hessian from central differences of the *gradient* (reverse mode only): the
 gradient-based estimate that survives models whose forward-over-reverse derivatives are NaN while their
 gradients are finite (a dLux optical model on some CPUs). Each fallback is a ``RuntimeWarning`` that names what
@@ -41,6 +44,8 @@ from gnomon.curvature.estimate import _estimate, nonfinite_cause, nonfinite_coun
 from gnomon.curvature.result import Curvature
 from gnomon.objective.objective import Objective
 
+NO_FORWARD_MODE = ("JAX cannot take forward-mode derivatives (JVPs) of the model: it calls a jax.custom_vjp "
+                   "function; the gradient-based links still work")
 OPTIMIZER_EXACT_MAX_DIM = 16  # the optimizers' auto choice: the exact diagonal up to here (2D = 32 evaluations)
 INFORMATION = ("fisher", "gauss_newton", "empirical_fisher")  # first derivatives of the model only
 HESSIAN = ("exact", "hutchinson")  # forward-over-reverse
@@ -150,9 +155,16 @@ def choose_curvatures(
             break
         opts = _options_for(link, options)
         given = first_raw if (i == 0 and first_raw is not None) else [None] * n
-        curvs = [_estimate(obj, th, link, dense=dense, where="choose_curvature", given=g, **opts,
-                           **({} if d is None else {"data": d}))
-                 for th, d, g in zip(thetas, datas, given, strict=True)]
+        try:
+            curvs = [_estimate(obj, th, link, dense=dense, where="choose_curvature", given=g, **opts,
+                               **({} if d is None else {"data": d}))
+                     for th, d, g in zip(thetas, datas, given, strict=True)]
+        except TypeError as exc:  # a model without forward-mode derivatives: this link cannot be computed at all
+            if not forward_mode_unsupported(exc):
+                raise
+            tried.append({"method": link, "num_nonfinite": size, "of": size, "members": None, "num_grad_evals": 0,
+                          "cause": NO_FORWARD_MODE, "failed": True})
+            continue
         spent += int(curvs[0].num_grad_evals)
         bad = [nonfinite_count(c) for c in curvs]
         if not any(bad):
@@ -170,15 +182,19 @@ def choose_curvatures(
     fallback = None
     if tried:
         t0 = tried[0]
-        reason = (f"the {t0['method']} curvature had {t0['num_nonfinite']} of {t0['of']} "
-                  f"{'matrix' if dense else 'diagonal'} entries non-finite at θ{_of_members(t0['members'], n)} "
-                  f"({t0['cause']})")
+        if t0.get("failed"):
+            reason = f"the {t0['method']} curvature cannot be computed ({t0['cause']})"
+        else:
+            reason = (f"the {t0['method']} curvature had {t0['num_nonfinite']} of {t0['of']} "
+                      f"{'matrix' if dense else 'diagonal'} entries non-finite at θ{_of_members(t0['members'], n)} "
+                      f"({t0['cause']})")
         fallback = {"from": first, "to": used, "reason": reason, "tried": tried}
         if warn:
             later = "" if len(tried) == 1 else f" (then {_listing(tried[1:])})"
             warnings.warn(
                 f"{reason}{later}; used the {used} curvature instead. Choose with {how_to_choose}"
-                f"{_suggest(obj, used)} — or pass a Curvature or array.",
+                f"{_suggest(obj, used, {t['method'] for t in tried if t.get('failed')})} — or pass a Curvature or "
+                "array.",
                 RuntimeWarning, stacklevel=stacklevel,
             )
     out = []
@@ -220,10 +236,18 @@ def _identity(obj: Objective, theta: Any, dense: bool) -> Curvature:
 
 
 def _listing(tried: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['method']} {t['num_nonfinite']} of {t['of']} non-finite" for t in tried)
+    return ", ".join(f"{t['method']} not computable (no forward-mode derivatives)" if t.get("failed") else
+                     f"{t['method']} {t['num_nonfinite']} of {t['of']} non-finite" for t in tried)
 
 
-def _suggest(obj: Objective, used: str) -> str:
+def forward_mode_unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` is JAX refusing forward-mode derivatives of the model (a ``jax.custom_vjp`` function: the
+    Fisher, Gauss–Newton and Hessian links need JVPs; gradient differences do not)."""
+    return isinstance(exc, TypeError) and "forward-mode" in str(exc)
+
+
+def _suggest(obj: Objective, used: str, failed: set[str] | frozenset[str] = frozenset()) -> str:
     names = [m for m in ("fisher" if obj.likelihood is not None else None,
-                         "gauss_newton" if obj.has_residuals else None, "exact", "finite_difference") if m]
+                         "gauss_newton" if obj.has_residuals else None, "exact", "finite_difference")
+             if m and m not in failed]
     return f"'{used}' (or one of {names})"

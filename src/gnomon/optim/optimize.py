@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gnomon.curvature.choice import forward_mode_unsupported
 from gnomon.objective.checks import check_batch_data, check_finite_data
 from gnomon.objective.goodness import available as has_noise_model
 from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
@@ -262,7 +263,14 @@ def _start_in_loop(obj: Objective, theta: Any, program: Program, loop_args: dict
         prepare(obj, theta, placeholder, **loop_args)
         return None, 0.0
     t0 = time.perf_counter()
-    raw = estimate_start(obj, theta, placeholder, **loop_args)
+    try:
+        raw = estimate_start(obj, theta, placeholder, **loop_args)
+    except TypeError as exc:  # a model without JVPs (jax.custom_vjp): the host's chain says so and falls back
+        if not forward_mode_unsupported(exc):
+            raise
+        loop_args["start_curvature"] = None
+        prepare(obj, theta, placeholder, **loop_args)
+        return None, time.perf_counter() - t0
     return raw, time.perf_counter() - t0
 
 
