@@ -129,3 +129,23 @@ def test_float32_the_loops_estimate_matches_its_own_program_to_rounding():
     np.testing.assert_allclose(fit.extras["curvature"], gn.estimate_curvature(obj, theta0, "fisher").diag, rtol=1e-5)
     f, g = jax.value_and_grad(obj.loss)(theta0)
     np.testing.assert_allclose(fit.loss[0], f, rtol=1e-6)
+
+
+def test_float32_weighted_residuals_round_as_the_gauss_newton_estimate():
+    w = np.linspace(0.5, 2.0, 80).astype(np.float32)
+    obj = gn.Objective.from_residuals(lambda t: jnp.asarray(Y, t.dtype) - jnp.exp(jnp.asarray(X, t.dtype) @ t), 4,
+                                      weights=w)
+    theta0 = jnp.asarray(TRUTH + 0.2, jnp.float32)
+    fit = gn.optimize(obj, theta0, "preconditioned_gd", num_steps=20)
+    assert fit.info["curvature"]["estimated"] == "at θ0, by the loop's own program"
+    np.testing.assert_allclose(fit.extras["curvature"], gn.estimate_curvature(obj, theta0, "gauss_newton").diag,
+                               rtol=2e-7)
+
+
+def test_a_method_whose_init_evaluates_the_model_keeps_the_host_estimate():
+    """With a learning rate the λ_max bound's power iterations run in the transformation's init: an estimating
+    call of the loop would run them once more, uncounted, so the estimate keeps its own program."""
+    with jax.enable_x64(True):
+        obj = gn.Objective.from_likelihood(glm(), Y, "poisson", 4)
+        fit = gn.optimize(obj, jnp.asarray(TRUTH + 0.2), "preconditioned_gd", learning_rate=0.5, num_steps=20)
+        assert fit.info["lambda_max_bound"] and fit.info["curvature"]["estimated"] == "at θ0, before the loop"

@@ -66,14 +66,18 @@ def _prior_terms(neg_log_prior: Callable | None, theta: Any, dense: bool, batch_
     return jnp.diagonal(m), (m if dense else None)
 
 
-def diagonal_from_jvp(jvp: Callable, w: Any, theta: Any, batch_size: int | None = None) -> Any:
+def diagonal_from_jvp(jvp: Callable, w: Any, theta: Any, batch_size: int | None = None, *,
+                      sqrt_weights: bool = False) -> Any:
     r""":math:`\operatorname{diag}(J^T W J)_j = \sum_n w_n (J e_j)_n^2` from a linearised model's ``jvp`` (θ's
     tangents to the model's output, of any shape) and the flat weights ``w`` (N,): D JVPs in batches of
-    ``batch_size`` (``lax.map``; default: all D at once up to 64, else 32)."""
+    ``batch_size`` (``lax.map``; default: all D at once up to 64, else 32). ``sqrt_weights``: ``w`` holds
+    :math:`\sqrt{w_n}` and the sum is :math:`\sum_n (\sqrt{w_n} (J e_j)_n)^2`, rounded as the Gauss–Newton
+    estimate's :math:`\sqrt{W} J` is."""
     d = theta.shape[-1]
     bs = batch_size or _default_batch(d)
     col = lambda e: jnp.ravel(jvp(e)).astype(theta.dtype)  # noqa: E731
-    return jax.lax.map(lambda e: jnp.sum(w * col(e) ** 2), jnp.eye(d, dtype=theta.dtype), batch_size=bs)
+    term = (lambda e: (w * col(e)) ** 2) if sqrt_weights else (lambda e: w * col(e) ** 2)
+    return jax.lax.map(lambda e: jnp.sum(term(e)), jnp.eye(d, dtype=theta.dtype), batch_size=bs)
 
 
 def expected_fisher(

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -91,18 +90,15 @@ def threshold(dof: int) -> float:
 
 
 def preload() -> None:
-    """Start loading the χ² functions (``scipy.special``, 0.1 s) in a background thread, so that a fit which
-    compiles first finds them loaded at its end (Python's import lock makes a later import wait for this one)."""
+    """Load the χ² functions (``scipy.special``, 0.1 s) now: ``gn.optimize`` calls it while its loop compiles in
+    background threads, so that the goodness of fit at the end does not wait for the import (imported in the
+    caller's thread: no concurrent import)."""
     if "scipy.special" in sys.modules:
         return
-
-    def load() -> None:
-        try:
-            import scipy.special  # noqa: F401
-        except ImportError:  # reported where it is used
-            pass
-
-    threading.Thread(target=load, name="gnomon-preload-scipy", daemon=True).start()
+    try:
+        import scipy.special  # noqa: F401
+    except ImportError:  # reported where it is used
+        pass
 
 
 def _program(obj: Any, kind: str):

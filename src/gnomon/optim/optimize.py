@@ -143,8 +143,6 @@ def optimize(
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=d, key=key,
                      progress=progress, channels=channels, runoff=runoff_test.enabled(obj, runoff, program),
                      output=has_noise_model(obj))
-    if loop_args["output"]:
-        preload_statistics()  # loaded while the loop compiles
     loop_args["start_curvature"] = _in_loop(obj, program, start, d, loop_args)
     raw, spent = _start_in_loop(obj, start, program, loop_args)
     program = _with_start_curvature(obj, program, [start], [None if data is _UNSET else d], key, method,
@@ -208,8 +206,6 @@ def optimize_batch(
     loop_args = dict(num_steps=num_steps, record_every=record_every, tol=tol, ftol=ftol, data=data, key=key,
                      batched=True, progress=progress, channels=channels, output=has_noise_model(obj),
                      runoff=runoff_test.enabled(obj, runoff, program))
-    if loop_args["output"]:
-        preload_statistics()  # loaded while the loop compiles
     if program.start_curvature is not None:
         loop_args["start_curvature"] = _in_loop(obj, program, th[0], probe, loop_args)
         raw, spent = _start_in_loop(obj, th, program, loop_args)
@@ -247,7 +243,10 @@ def _program(obj: Objective, method: Any, theta: Any, data: Any, learning_rate: 
 
 def _in_loop(obj: Objective, program: Program, theta: Any, data: Any, loop_args: dict) -> str | None:
     """The start curvature's first link when the loop's own program can estimate it (one compiled copy of the model
-    instead of two: :mod:`gnomon.optim.start_estimate`), else None."""
+    instead of two: :mod:`gnomon.optim.start_estimate`), else None — also where the transformation's ``init``
+    evaluates the model (the λ_max bound's power iterations), which the estimating call would run once more."""
+    if (program.info or {}).get("lambda_max_bound"):
+        return None
     return in_loop_link(obj, program.start_curvature, theta, data, output=loop_args["output"],
                         zoom=(program.info or {}).get("linesearch") == "zoom", exact_max_dim=EXACT_MAX_DIM)
 
@@ -259,10 +258,12 @@ def _start_in_loop(obj: Objective, theta: Any, program: Program, loop_args: dict
     if program.start_curvature is None:
         return None, 0.0
     placeholder = program._replace(arrays=np.ones_like(_placeholder(theta)))
-    if loop_args.get("start_curvature") is None:
-        prepare(obj, theta, placeholder, **loop_args)
-        return None, 0.0
     t0 = time.perf_counter()
+    prepare(obj, theta, placeholder, **loop_args)  # lowered here, compiling in background threads from now on
+    if loop_args["output"]:
+        preload_statistics()  # the goodness of fit's χ² functions, imported while the loop compiles
+    if loop_args.get("start_curvature") is None:
+        return None, 0.0
     try:
         raw = estimate_start(obj, theta, placeholder, **loop_args)
     except TypeError as exc:  # a model without JVPs (jax.custom_vjp): the host's chain says so and falls back

@@ -20,8 +20,9 @@ its own.
 
 Used (:func:`in_loop_link`) where the first link is the Fisher or Gauss–Newton in forward mode (N ≥ D), the loop
 keeps the model's output (a noise model), no probes or batch size were asked for, the method has no line search
-of its own (zoom), and the backend is the CPU (on a GPU the estimate's matmuls must run at the highest precision,
-which its own program sets and the loop's gradient should not pay for).
+of its own (zoom) and no λ_max bound (whose power iterations in ``init`` the estimating call would run once more;
+``gn.optimize`` checks that), and the backend is the CPU (on a GPU the estimate's matmuls must run at the highest
+precision, which its own program sets and the loop's gradient should not pay for).
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def evaluator(obj: Any, link: str) -> Callable:
             loss = jnp.sum(jnp.ravel(terms))
             return loss - jac(theta) if jac is not None else loss
 
-        def weights(out, data):
-            w = jnp.ones(out.shape, out.dtype) if obj.weights is None else obj.weights
-            return jnp.ravel(jnp.broadcast_to(w, out.shape))
+        def weights(out, data):  # √w, as the Gauss–Newton estimate's √W J (weighted_jacobian)
+            if obj.weights is None:
+                return jnp.ones((out.size,), out.dtype)
+            return jnp.sqrt(jnp.ravel(jnp.broadcast_to(obj.weights, out.shape)).astype(out.dtype))
     else:  # pragma: no cover - in_loop_link chose it
         raise ValueError(f"the loop estimates only {LINKS}, not {link!r}")
 
@@ -108,7 +110,7 @@ def evaluator(obj: Any, link: str) -> Callable:
 
         def diagonal(_):
             w = jax.lax.stop_gradient(weights(out, data)).astype(theta.dtype)
-            d = diagonal_from_jvp(jvp, w, theta)
+            d = diagonal_from_jvp(jvp, w, theta, sqrt_weights=link == "gauss_newton")
             if prior is not None:
                 d = d + _prior_terms(prior, theta, False, _default_batch(theta.shape[-1]))[0]
             return d.astype(theta.dtype)
