@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sampling import Result, reference, run_gnomon, score  # noqa: E402
+from bench_sampling import Result, reference, score  # noqa: E402
 from sampling_targets import NECKS, Target, load  # noqa: E402
 
 import gnomon as gn  # noqa: E402
@@ -105,7 +105,32 @@ def run_transport(t: Target, key, chains: int, draws: int, *, pilot_warmup: int 
                   int(np.sum(post.stats["diverging"])), parts=ge, notes=notes)
 
 
-RUNNERS = {"gnomon": run_gnomon, "gnomon_transport": run_transport}
+def run_default(t: Target, key, chains: int, draws: int) -> Result:
+    """gnomon's default (:func:`bench_sampling.run_gnomon`), with the transport stage's share noted: its
+    training seconds (``train_s``, summed over tries), its gradients (``info["grad_evals"]["transport"]``) and its
+    decisions."""
+    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
+        post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
+    ge = dict(post.info["grad_evals"])
+    mi, si = mp.info or {}, post.info
+    decisions = si.get("decisions") or []
+    stage = [d.get("transport") for d in decisions if isinstance(d.get("transport"), dict)]
+    return Result(
+        "gnomon", np.asarray(post.theta), int(post.num_grad_evals) + int(ge.get("map", 0)),
+        float(mi.get("run_s", mp.runtime_s)) + float(si.get("run_s", post.runtime_s)),
+        float(mi.get("compile_s", 0.0)) + float(si.get("compile_s", 0.0)),
+        int(np.sum(post.stats["diverging"])), parts=ge,
+        notes={"map_status": str(mp.status), "status_code": str(si.get("status_code")),
+               "decision": "; ".join(str(d.get("action")) for d in decisions) or None,
+               "train_s": float(sum(d.get("train_s", 0.0) for d in stage)),
+               "stage_grads": int(ge.get("transport", 0)),
+               "warnings": [str(w.message)[:100] for w in caught]})
+
+
+RUNNERS = {"gnomon": run_default, "gnomon_transport": run_transport}
 
 
 def step_size_study(t: Target, key, chains: int = 4, draws: int = 1000) -> dict:
@@ -229,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.setdefault(parts[3], []).append(r)
                 _print(t, parts[3], int(parts[4]), r, cached=True)
         table[t.name] = {m: _summary(rs) for m, rs in rows.items()}
+        table[t.name]["per_key"] = {m: [_row(r) for r in rs] for m, rs in rows.items()}
         table[t.name]["reference"] = ref[2]
         _ratio(t.name, table[t.name])
     if args.json:
@@ -239,8 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
 def _print(t, m, k, r, cached=False):
     print(f"  {t.name:34s} {m:17s} key {k}: eff {r.eff:8.2f}  ESS {r.ess:6.0f}  grads {r.grads:8d}  R̂ {r.rhat:.3f}  "
           f"mean {r.mean_err:.2f} sd  sd {100 * r.sd_err:4.0f} %  div {r.divergences:4d}  wall {r.wall:6.1f} s  "
-          f"compile {r.compile_s:5.1f} s {'(cached)' if cached else r.notes.get('status_code', '')} "
+          f"compile {r.compile_s:5.1f} s "
+          + ("" if cached or "train_s" not in r.notes else
+             f"train {r.notes['train_s']:4.1f} s  stage grads {r.notes['stage_grads']:6d}  ")
+          + f"{'(cached)' if cached else r.notes.get('status_code', '')} "
           f"{'' if cached else (r.notes.get('decision') or '')[:80]}", flush=True)
+
+
+def _row(r: Result) -> dict:
+    return {"eff": r.eff, "rhat": r.rhat, "mean_err": r.mean_err, "sd_err": r.sd_err, "divergences": r.divergences,
+            "wall": r.wall, "compile_s": r.compile_s, "grads": r.grads, "train_s": r.notes.get("train_s"),
+            "stage_grads": r.notes.get("stage_grads"), "decision": r.notes.get("decision")}
 
 
 def _summary(rs: list[Result]) -> dict:
@@ -253,7 +288,7 @@ def _summary(rs: list[Result]) -> dict:
 
 
 def _ratio(name: str, row: dict) -> None:
-    base = {m: v for m, v in row.items() if isinstance(v, dict) and not m.startswith("gnomon")}
+    base = {m: v for m, v in row.items() if isinstance(v, dict) and not m.startswith("gnomon") and m != "per_key"}
     ok = {m: v for m, v in base.items() if v["rhat"] <= 1.05}
     for m in ("gnomon", "gnomon_transport"):
         if m in row and ok:

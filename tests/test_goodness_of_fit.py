@@ -4,6 +4,7 @@ summary.json, in ``gnomon show`` and in the aggregated table; a batch's per-memb
 data checks."""
 
 import json
+import math
 import warnings
 
 import jax
@@ -235,3 +236,39 @@ def test_threshold_is_the_chi2_quantile_with_its_floor_at_every_dof():
 
     for dof in [*range(1, 400), 1_000, 4_082, 10**6]:
         assert threshold(dof) == pytest.approx(max(MIN_REDUCED, chdtri(dof, P_VALUE) / dof), rel=1e-12), dof
+
+
+def test_chi2_survival_function_matches_scipy_without_importing_it():
+    """The pure-Python χ² tail (series below the mean, continued fraction above) agrees with scipy's chdtrc from 1 to
+    10⁵ degrees of freedom, deep into both tails; the edge cases are exact."""
+    from scipy.special import chdtrc
+
+    from gnomon.objective.goodness import chi2_sf
+
+    for k in (1, 2, 3, 7, 50, 333, 4_095, 12_288, 100_000):
+        for r in (1e-3, 0.1, 0.5, 0.9, 0.99, 1.0, 1.01, 1.1, 1.5, 2.0, 4.0, 20.0):
+            want = chdtrc(k, r * k)
+            if want > 1e-300:
+                assert chi2_sf(k, r * k) == pytest.approx(want, rel=1e-9), (k, r)
+            else:
+                assert chi2_sf(k, r * k) < 1e-290, (k, r)
+    assert chi2_sf(5, 0.0) == 1.0 and chi2_sf(5, -1.0) == 1.0 and chi2_sf(5, math.inf) == 0.0
+    assert math.isnan(chi2_sf(5, math.nan)) and math.isnan(chi2_sf(0, 3.0))
+
+
+def test_a_fit_with_its_goodness_of_fit_does_not_import_scipy_special():
+    """The first gn.optimize of a process computes its p-value and misfit threshold without importing scipy.special
+    (its import competed with the loop's compilation for the CPU)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jax, jax.numpy as jnp, numpy as np, gnomon as gn\n"
+            "A = jnp.asarray(np.random.default_rng(0).normal(size=(400, 3)) * 0.1)\n"
+            "pred = lambda t: jnp.exp(A @ t + 2.0)\n"
+            "y = jax.random.poisson(jax.random.key(0), pred(jnp.zeros(3))).astype(jnp.float32)\n"
+            "tr = gn.optimize(gn.Objective.from_likelihood(pred, y, 'poisson', 3), jnp.full(3, 0.1), 'lbfgs')\n"
+            "g = tr.info['goodness_of_fit']\n"
+            "assert 0 < g['p_value'] < 1 and g['threshold'] == 2.0, g\n"
+            "print('scipy.special' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

@@ -46,7 +46,6 @@ per member for a batch); ``save_run`` writes ``deviance``, ``reduced_deviance``,
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -89,16 +88,45 @@ def threshold(dof: int) -> float:
     return max(MIN_REDUCED, float(chdtri(dof, P_VALUE)) / dof)
 
 
-def preload() -> None:
-    """Load the χ² functions (``scipy.special``, 0.1 s) now: ``gn.optimize`` calls it while its loop compiles in
-    background threads, so that the goodness of fit at the end does not wait for the import (imported in the
-    caller's thread: no concurrent import)."""
-    if "scipy.special" in sys.modules:
-        return
-    try:
-        import scipy.special  # noqa: F401
-    except ImportError:  # reported where it is used
-        pass
+def chi2_sf(dof: int, x: float) -> float:
+    r"""The χ² survival function :math:`P(χ^2_k ≥ x) = Q(k/2, x/2)`, the regularized upper incomplete gamma function
+    (what ``scipy.special.chdtrc`` computes; tested against it to 1e-9 relative up to 10⁵ degrees of freedom): its
+    power series below :math:`a + 1` and Lentz's continued fraction above (Numerical Recipes §6.2), in pure Python —
+    the goodness of fit at the end of every ``gn.optimize`` needs no scipy (whose import, 0.1–0.5 s of CPU, competed
+    with the loop's compilation on the first call)."""
+    if not (dof > 0 and math.isfinite(x)):
+        return math.nan if math.isnan(x) or dof <= 0 else (0.0 if x > 0 else 1.0)
+    if x <= 0:
+        return 1.0
+    a, z = 0.5 * dof, 0.5 * x
+    log_front = a * math.log(z) - z - math.lgamma(a)  # log of z^a e^{-z} / Γ(a)
+    tiny, eps = 1e-300, 1e-16
+    if z < a + 1.0:  # P(a, z) by its series; Q = 1 − P is not small here (z is below the mean)
+        term = total = 1.0 / a
+        n = a
+        while abs(term) > abs(total) * eps:
+            n += 1.0
+            term *= z / n
+            total += term
+        return max(0.0, 1.0 - total * math.exp(log_front))
+    b = z + 1.0 - a  # Q(a, z) by its continued fraction (modified Lentz)
+    c, d = 1.0 / tiny, 1.0 / b
+    h = d
+    i = 0
+    while True:
+        i += 1
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) <= eps or i > 100_000:
+            break
+    return math.exp(log_front) * h
 
 
 def _program(obj: Any, kind: str):
@@ -280,9 +308,7 @@ def _statistics(obj: Any, theta: np.ndarray, data: Any, output: Any = None) -> d
     t = threshold(dof)
     p_value = math.nan
     if dof > 0 and math.isfinite(deviance):
-        from scipy.special import chdtrc  # the χ² survival function (what scipy.stats.chi2.sf calls)
-
-        p_value = float(chdtrc(dof, deviance / expected))
+        p_value = chi2_sf(dof, deviance / expected)
     misfit = bool(dof > 0 and math.isfinite(red) and red / expected >= t)
     return {
         "deviance": deviance,

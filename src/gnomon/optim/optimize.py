@@ -35,7 +35,6 @@ from gnomon.curvature.choice import forward_mode_unsupported
 from gnomon.objective.checks import check_batch_data, check_finite_data
 from gnomon.objective.goodness import available as has_noise_model
 from gnomon.objective.goodness import goodness_of_fit, goodness_of_fit_batch
-from gnomon.objective.goodness import preload as preload_statistics
 from gnomon.objective.objective import Objective
 from gnomon.optim import runoff as runoff_test
 from gnomon.optim.estimator import EXACT_MAX_DIM, curvature_at_start
@@ -260,8 +259,6 @@ def _start_in_loop(obj: Objective, theta: Any, program: Program, loop_args: dict
     placeholder = program._replace(arrays=np.ones_like(_placeholder(theta)))
     t0 = time.perf_counter()
     prepare(obj, theta, placeholder, **loop_args)  # lowered here, compiling in background threads from now on
-    if loop_args["output"]:
-        preload_statistics()  # the goodness of fit's χ² functions, imported while the loop compiles
     if loop_args.get("start_curvature") is None:
         return None, 0.0
     try:
