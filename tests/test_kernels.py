@@ -46,7 +46,11 @@ def test_mclmc_samples_a_gaussian_of_scales_half_to_five(mclmc_runs):
         # the seed was right (a Gaussian's curvature is its precision): the whitened variances stay near 1
         tuned = r.info["decisions"][1]
         assert tuned["grad_evals"] > 0 and len(tuned["chain_step_size"]) == 4
-        np.testing.assert_allclose(r.extras["inverse_mass_matrix"] / SD**2, 1.0, rtol=0.35)
+        # one run's tuning variance estimates scatter by about 14 % (≈ 100 effective draws): a wrong seed is off by
+        # more than 50 %; pooled over the keys they are within 25 % (3 standard errors)
+        np.testing.assert_allclose(r.extras["inverse_mass_matrix"] / SD**2, 1.0, rtol=0.5)
+    pooled = np.mean([r.extras["inverse_mass_matrix"] / SD**2 for r in runs], axis=0)
+    np.testing.assert_allclose(pooled, 1.0, rtol=0.25)
 
 
 def test_mclmc_statistics_and_costs(mclmc_runs):

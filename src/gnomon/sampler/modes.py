@@ -29,8 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
+
+from gnomon.util.validate import host_rng
 
 SEPARATION = 4.0  # group chains whose means differ by at most this many within-chain sd
 PROBE_DISTANCE = 6.0  # a probe chain this many within-chain sd from every chain's mean is elsewhere
@@ -136,9 +137,9 @@ def probe_starts(center: Any, key: Any, num_chains: int) -> np.ndarray:
     signs (C of them; an odd C leaves the last one unpaired)."""
     center = np.asarray(center)
     d = center.shape[0]
-    k1, k2 = jax.random.split(key)
-    mag = np.asarray(jax.random.uniform(k1, ((num_chains + 1) // 2, d), minval=1.0, maxval=2.0))
-    sign = np.where(np.asarray(jax.random.bernoulli(k2, 0.5, ((num_chains + 1) // 2, d))), 1.0, -1.0)
+    rng = host_rng(key)  # host draws: no program compiled for them
+    mag = rng.uniform(1.0, 2.0, ((num_chains + 1) // 2, d))
+    sign = np.where(rng.random(((num_chains + 1) // 2, d)) < 0.5, 1.0, -1.0)
     r = mag * sign
     both = np.concatenate([r, -r], axis=0)
     order = np.stack([np.arange(len(r)), np.arange(len(r)) + len(r)], axis=1).reshape(-1)[:num_chains]

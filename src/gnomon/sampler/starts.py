@@ -39,6 +39,7 @@ from gnomon.sampler.decisions import MapEnd
 from gnomon.sampler.handoff import HandOffBundle
 from gnomon.sampler.health import RUNAWAY
 from gnomon.trace.trace import Trace
+from gnomon.util.validate import host_rng
 
 
 class MapInfo(NamedTuple):
@@ -169,8 +170,8 @@ def no_mode(start: Start, dim: int, log_prob_at_best: float | None = None) -> st
 def dispersed_starts(center: Any, key: Any, num_chains: int, radius: float = 2.0):
     """Starts without a seed: ``center + uniform(−radius, radius)`` per coordinate (Stan's initialisation
     around the given point)."""
-    u = jax.random.uniform(key, (num_chains, center.shape[0]), center.dtype, -radius, radius)
-    return center[None, :] + u
+    u = host_rng(key).uniform(-radius, radius, (num_chains, center.shape[0]))  # host draws: nothing to compile
+    return center[None, :] + jnp.asarray(u, center.dtype)
 
 
 def start_center(start: Start, obj: Objective, num_chains: int):
@@ -278,7 +279,7 @@ def start_positions(
         positions = jnp.asarray(start.starts, dtype)
         jittered = False
     else:
-        eps = jax.random.normal(key, (num_chains, center.shape[0]), dtype)
+        eps = jnp.asarray(host_rng(key).standard_normal((num_chains, center.shape[0])), dtype)  # (nothing to compile)
         offsets = eps @ draw_factor.T if draw_factor.ndim == 2 else eps * draw_factor
         positions = center[None, :] + jitter * offsets
         jittered = jitter > 0

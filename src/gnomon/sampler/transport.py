@@ -202,9 +202,8 @@ def fisher_residuals(p: TransportParams, x: Any, gx: Any, bounds: Bounds | None 
     return jax.vmap(one)(u, gx)
 
 
-def _loss(p: TransportParams, x: Any, gx: Any, l2: Any, linear: bool) -> Any:
-    if linear:
-        p = p._replace(scale_w=jnp.zeros_like(p.scale_w))
+def _loss(p: TransportParams, x: Any, gx: Any, l2: Any, linear: Any) -> Any:
+    p = p._replace(scale_w=jnp.where(linear, 0, p.scale_w).astype(p.scale_w.dtype))
     r = fisher_residuals(p, x, gx)
     fisher = jnp.mean(jnp.sum(r**2, axis=-1))
     m = _tri(x.shape[-1], x.dtype)
@@ -212,12 +211,16 @@ def _loss(p: TransportParams, x: Any, gx: Any, l2: Any, linear: bool) -> Any:
     return jnp.log(fisher + 1e-12) + l2 * ridge
 
 
-@functools.partial(jax.jit, static_argnames=("linear", "max_iter"))
-def _train(p0: TransportParams, x: Any, gx: Any, l2: Any, tol: Any, *, linear: bool, max_iter: int):
-    """Full-batch L-BFGS on the log Fisher divergence; returns (params, final loss, iterations)."""
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _train(p0: TransportParams, fallback: TransportParams, x: Any, gx: Any, l2: Any, tol: Any, linear: Any, *,
+           max_iter: int):
+    """Full-batch L-BFGS on the log Fisher divergence from ``p0`` (from ``fallback`` where the loss is not finite at
+    ``p0``); returns (params, final loss, iterations). ``linear`` (traced: the linear and the full fit share one
+    compiled program) holds the log-scale weights at zero."""
     import optax
 
     fn = functools.partial(_loss, x=x, gx=gx, l2=l2, linear=linear)
+    p0 = jax.tree.map(lambda a, b: jnp.where(jnp.isfinite(fn(p0)), a, b), p0, fallback)
     opt = optax.lbfgs(memory_size=20)
     vg = optax.value_and_grad_from_state(fn)
 
@@ -469,7 +472,7 @@ def scale_start(p_lin: TransportParams, x: np.ndarray, parents: int) -> Transpor
     a[parents:], aw[parents:, :parents] = shift[0], shift[1:].T
     c[parents:], bw[parents:, :parents] = spread[0] + 0.635, spread[1:].T
     dt = np.asarray(p_lin.shift).dtype
-    return TransportParams(*(jnp.asarray(v, dt) for v in (a, c, aw, bw)))
+    return TransportParams(*(jnp.asarray(np.asarray(v, dt)) for v in (a, c, aw, bw)))
 
 
 def _prepare(theta, grads, loc, scale, order):
@@ -511,23 +514,22 @@ def fit_transport(
     loc, scale = standardisation(th[tr], g[tr])
     order, parents = parent_order((th[tr] - loc) / scale)
     x, gx = _prepare(th, g, loc, scale, order)
-    x, gx = jnp.asarray(x, dtype), jnp.asarray(gx, dtype)
-    zeros = jnp.zeros((d,), dtype)
-    p0 = TransportParams(zeros, zeros, jnp.zeros((d, d), dtype), jnp.zeros((d, d), dtype))
-    l2, tol = jnp.asarray(st.l2, dtype), jnp.asarray(st.tol, dtype)
-    p_lin, _, it_lin = _train(p0, x[tr], gx[tr], l2, tol, linear=True, max_iter=st.max_iter)
-    p_lin = p_lin._replace(scale_w=jnp.zeros_like(p_lin.scale_w))
-    p_start = scale_start(p_lin, np.asarray(x[tr]), parents)
-    if not np.isfinite(float(_loss(p_start, x[tr], gx[tr], l2, False))):
-        p_start = p_lin
-    p_full, _, it_full = _train(p_start, x[tr], gx[tr], l2, tol, linear=False, max_iter=st.max_iter)
+    # the slices on the host, every array made once: eager device operations each compiled a program of their own
+    x_tr, gx_tr, x_va, gx_va = (jnp.asarray(np.asarray(a, dtype)) for a in (x[tr], gx[tr], x[va], gx[va]))
+    zeros, square = np.zeros((d,), dtype), np.zeros((d, d), dtype)
+    p0 = TransportParams(zeros, zeros, square, square)
+    l2, tol = (jnp.asarray(np.asarray(v, dtype)) for v in (st.l2, st.tol))  # (converted on the host)
+    p_lin, _, it_lin = _train(p0, p0, x_tr, gx_tr, l2, tol, True, max_iter=st.max_iter)
+    p_lin = TransportParams(*(np.asarray(v) for v in p_lin))._replace(scale_w=square)
+    p_start = scale_start(p_lin, x[tr].astype(dtype), parents)
+    p_full, _, it_full = _train(p_start, p_lin, x_tr, gx_tr, l2, tol, False, max_iter=st.max_iter)
     bounds = None
     if st.cap is not None:  # the log-scales' range over the training draws, widened by the cap
-        lo, hi = _bounds(p_full, x[tr])
+        lo, hi = _bounds(p_full, x_tr)
         bounds = Bounds(lo - st.cap, hi + st.cap)
-    f_lin = np.asarray(_per_dim_fisher(p_lin, x[va], gx[va]))
-    f_full = np.asarray(_per_dim_fisher(p_full, x[va], gx[va], bounds))
-    f_id = np.asarray(_per_dim_fisher(p0, x[va], gx[va]))
+    f_lin = np.asarray(_per_dim_fisher(p_lin, x_va, gx_va, None))  # (bounds passed alike: one program)
+    f_full = np.asarray(_per_dim_fisher(p_full, x_va, gx_va, bounds))
+    f_id = np.asarray(_per_dim_fisher(p0, x_va, gx_va, None))
     train_s = time.perf_counter() - t0
     fl, ff, fi = (float(np.mean(f)) for f in (f_lin, f_full, f_id))
     worst = int(order[int(np.argmax(f_full))])
