@@ -159,3 +159,29 @@ def test_the_linear_and_the_full_fit_share_one_compiled_program():
     bad = zero._replace(log_scale=jnp.full(d, jnp.nan))
     p, loss, _ = tp._train(bad, zero, x, gx, 1e-4, 1e-6, False, max_iter=5)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(p.log_scale)))
+
+
+def test_the_maps_host_methods_compile_one_program_per_shape():
+    """to_theta / to_z on the host are one compiled program per shape each (run eagerly, every operation of the map
+    compiled a program of its own: ~100 on a first gn.sample through the stage)."""
+    import io
+    import logging
+
+    d = 6
+    log_prob, exact = _hier_prior(d)
+    th, g = _draws(log_prob, exact, d, 300, 0)
+    tmap, _ = tp.fit_transport(th, g, seed=1)  # (kept: test_recovers_a_known_noncentring)
+    z = np.random.default_rng(0).normal(size=(37, d)).astype(np.float32)  # a shape no other test uses
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            back = tmap.to_z(tmap.to_theta(z))
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    compiled = [line.split(" with ")[0] for line in log.getvalue().splitlines() if line.startswith("Compiling ")]
+    assert sorted(set(compiled) - {"Compiling jit(stage)", "Compiling jit(convert_element_type)"}) == [
+        "Compiling jit(_to_z_jit)", "Compiling jit(apply)"], compiled
+    assert compiled.count("Compiling jit(apply)") == 1 and compiled.count("Compiling jit(_to_z_jit)") == 1
+    np.testing.assert_allclose(np.asarray(back), z, atol=1e-4)

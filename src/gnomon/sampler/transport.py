@@ -290,33 +290,31 @@ class TransportMap:
         inv = np.argsort(self.order)
         b = self._bounds_np()
         return {
-            "loc": jnp.asarray(self.loc, dt),
-            "scale": jnp.asarray(self.scale, dt),
-            "order": jnp.asarray(self.order, jnp.int32),
-            "inv_order": jnp.asarray(inv, jnp.int32),
-            **{k: jnp.asarray(v, dt) for k, v in self.params._asdict().items()},
-            "h_lo": jnp.asarray(b.lo, dt),
-            "h_hi": jnp.asarray(b.hi, dt),
+            "loc": jnp.asarray(np.asarray(self.loc, dt)),  # (converted on the host: nothing to compile)
+            "scale": jnp.asarray(np.asarray(self.scale, dt)),
+            "order": jnp.asarray(np.asarray(self.order, np.int32)),
+            "inv_order": jnp.asarray(np.asarray(inv, np.int32)),
+            **{k: jnp.asarray(np.asarray(v, dt)) for k, v in self.params._asdict().items()},
+            "h_lo": jnp.asarray(np.asarray(b.lo, dt)),
+            "h_hi": jnp.asarray(np.asarray(b.hi, dt)),
         }
 
     def to_theta(self, z: Any) -> Any:
-        """θ = T(z) for z of shape (..., D) (jittable)."""
+        """θ = T(z) for z of shape (..., D) (jittable; one compiled program per shape — run eagerly, its dozens of
+        operations each compiled a program of their own)."""
         z = jnp.asarray(z)
-        return apply(self.arrays(z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else None), z)[0]
+        return _apply_jit(self.arrays(z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else None), z)[0]
 
     def log_det_jacobian(self, z: Any) -> Any:
         """``log|det ∂θ/∂z|`` at z (..., D)."""
         z = jnp.asarray(z)
-        return apply(self.arrays(z.dtype), z)[1]
+        return _apply_jit(self.arrays(z.dtype), z)[1]
 
     def to_z(self, theta: Any) -> Any:
         """z = T⁻¹(θ) for θ of shape (..., D)."""
         theta = jnp.asarray(theta)
         a = self.arrays(theta.dtype if jnp.issubdtype(theta.dtype, jnp.floating) else None)
-        flat = theta.reshape(-1, self.dim)
-        x = ((flat - a["loc"]) / a["scale"])[:, a["order"]]
-        u = _inverse_jit(_params(a), x, Bounds(a["h_lo"], a["h_hi"]))
-        return u[:, a["inv_order"]].reshape(theta.shape)
+        return _to_z_jit(a, theta.reshape(-1, self.dim)).reshape(theta.shape)
 
     @functools.cached_property
     def hash(self) -> str:
@@ -357,6 +355,13 @@ class TransportMap:
 _inverse_jit = jax.jit(inverse)
 
 
+@jax.jit
+def _to_z_jit(a: dict[str, Any], flat: Any) -> Any:
+    x = ((flat - a["loc"]) / a["scale"])[:, a["order"]]
+    u = inverse(_params(a), x, Bounds(a["h_lo"], a["h_hi"]))
+    return u[:, a["inv_order"]]
+
+
 def _params(a: dict[str, Any]) -> TransportParams:
     return TransportParams(a["shift"], a["log_scale"], a["shift_w"], a["scale_w"])
 
@@ -373,6 +378,9 @@ def apply(a: dict[str, Any], z: Any) -> tuple[Any, Any]:
     flat = z.reshape(-1, z.shape[-1])
     th, ld = jax.vmap(one)(flat)
     return th.reshape(z.shape), ld.reshape(z.shape[:-1])
+
+
+_apply_jit = jax.jit(apply)
 
 
 def transported(obj: Objective, tmap: TransportMap) -> Objective:
