@@ -127,6 +127,7 @@ def run_gnomon(t: Target, key, chains: int, draws: int, kernel: str = "nuts") ->
     run_s = float(si.get("run_s", post.runtime_s))
     compile_s = float(si.get("compile_s", 0.0))
     hand = si.get("handoff") or {}
+    stage = [d.get("transport") for d in si.get("decisions") or [] if isinstance(d.get("transport"), dict)]
     return Result(
         "gnomon" if kernel == "nuts" else f"gnomon_{kernel}",
         np.asarray(post.theta),
@@ -146,6 +147,9 @@ def run_gnomon(t: Target, key, chains: int, draws: int, kernel: str = "nuts") ->
             "step_size": si.get("step_size"),
             "ratio_spread": hand.get("metric_ratio_spread"),
             "warnings": [str(w.message)[:100] for w in caught],
+            # the transport stage's share: its training seconds (summed over tries) and gradients
+            "train_s": float(sum(d.get("train_s", 0.0) for d in stage)),
+            "stage_grads": int(ge.get("transport", 0)),
         },
     )
 

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sampling import Result, reference, score  # noqa: E402
+from bench_sampling import Result, reference, run_gnomon, score  # noqa: E402
 from sampling_targets import NECKS, Target, load  # noqa: E402
 
 import gnomon as gn  # noqa: E402
@@ -105,32 +105,7 @@ def run_transport(t: Target, key, chains: int, draws: int, *, pilot_warmup: int 
                   int(np.sum(post.stats["diverging"])), parts=ge, notes=notes)
 
 
-def run_default(t: Target, key, chains: int, draws: int) -> Result:
-    """gnomon's default (:func:`bench_sampling.run_gnomon`), with the transport stage's share noted: its
-    training seconds (``train_s``, summed over tries), its gradients (``info["grad_evals"]["transport"]``) and its
-    decisions."""
-    obj = gn.Objective.from_log_prob(t.log_prob, t.dim)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mp = gn.optimize(obj, jnp.asarray(t.start), "lbfgs", num_steps=500, tol=1e-3)
-        post = gn.sample(obj, mp, key, num_chains=chains, num_samples=draws)
-    ge = dict(post.info["grad_evals"])
-    mi, si = mp.info or {}, post.info
-    decisions = si.get("decisions") or []
-    stage = [d.get("transport") for d in decisions if isinstance(d.get("transport"), dict)]
-    return Result(
-        "gnomon", np.asarray(post.theta), int(post.num_grad_evals) + int(ge.get("map", 0)),
-        float(mi.get("run_s", mp.runtime_s)) + float(si.get("run_s", post.runtime_s)),
-        float(mi.get("compile_s", 0.0)) + float(si.get("compile_s", 0.0)),
-        int(np.sum(post.stats["diverging"])), parts=ge,
-        notes={"map_status": str(mp.status), "status_code": str(si.get("status_code")),
-               "decision": "; ".join(str(d.get("action")) for d in decisions) or None,
-               "train_s": float(sum(d.get("train_s", 0.0) for d in stage)),
-               "stage_grads": int(ge.get("transport", 0)),
-               "warnings": [str(w.message)[:100] for w in caught]})
-
-
-RUNNERS = {"gnomon": run_default, "gnomon_transport": run_transport}
+RUNNERS = {"gnomon": run_gnomon, "gnomon_transport": run_transport}
 
 
 def step_size_study(t: Target, key, chains: int = 4, draws: int = 1000) -> dict:
