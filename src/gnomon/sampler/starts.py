@@ -171,7 +171,7 @@ def dispersed_starts(center: Any, key: Any, num_chains: int, radius: float = 2.0
     """Starts without a seed: ``center + uniform(−radius, radius)`` per coordinate (Stan's initialisation
     around the given point)."""
     u = host_rng(key).uniform(-radius, radius, (num_chains, center.shape[0]))  # host draws: nothing to compile
-    return center[None, :] + jnp.asarray(u, center.dtype)
+    return center[None, :] + jnp.asarray(np.asarray(u, center.dtype))  # (converted on the host)
 
 
 def start_center(start: Start, obj: Objective, num_chains: int):
@@ -279,7 +279,7 @@ def start_positions(
         positions = jnp.asarray(start.starts, dtype)
         jittered = False
     else:
-        eps = jnp.asarray(host_rng(key).standard_normal((num_chains, center.shape[0])), dtype)  # (nothing to compile)
+        eps = jnp.asarray(np.asarray(host_rng(key).standard_normal((num_chains, center.shape[0])), dtype))
         offsets = eps @ draw_factor.T if draw_factor.ndim == 2 else eps * draw_factor
         positions = center[None, :] + jitter * offsets
         jittered = jitter > 0

@@ -352,9 +352,6 @@ class TransportMap:
         return f"TransportMap(D={self.dim}, affine autoregressive, hash={self.hash})"
 
 
-_inverse_jit = jax.jit(inverse)
-
-
 @jax.jit
 def _to_z_jit(a: dict[str, Any], flat: Any) -> Any:
     x = ((flat - a["loc"]) / a["scale"])[:, a["order"]]
