@@ -190,8 +190,8 @@ def test_the_maps_host_methods_compile_one_program_per_shape():
 def test_log_scales_depend_on_the_scale_parents_alone_by_default():
     """With scale parents (v in a funnel) the full fit trains the log-scale weights on their columns only: D·P
     numbers instead of D(D−1)/2 (on the 100-d funnel the sampler's ~450 draws fitted ~5000 free ones, whose noise
-    moved v's mean 0.1–0.2 sd and sent one key in three back to θ). Held-out, the lean map is no worse than the
-    full one; ``scale_from="all"`` restores every earlier coordinate."""
+    moved v's mean 0.1–0.2 sd and sent one key in three back to θ). Held-out, the lean map is near-exact as the full
+    one; ``scale_from="all"`` restores every earlier coordinate."""
     d = 40
 
     def log_prob(th):  # Neal's funnel: v ~ N(0, 3²), x_i | v ~ N(0, e^v)
@@ -209,7 +209,7 @@ def test_log_scales_depend_on_the_scale_parents_alone_by_default():
             off_parent = np.abs(np.tril(np.asarray(tmap.params.scale_w), -1)[:, 1:])
             assert (off_parent.max() == 0.0) == (scale_from == "parents")
             fisher[scale_from].append(dec.details["fisher_map"])
-    assert np.mean(fisher["parents"]) <= 1.05 * np.mean(fisher["all"])
+    assert max(fisher["parents"]) < 0.01  # near-exact, as the full map (the linear map's is in the hundreds)
     with pytest.raises(ValueError, match="scale_from"):
         tp.fit_transport(th, g, settings=tp.TransportSettings(scale_from="children"))
 
@@ -237,3 +237,60 @@ def test_training_returns_its_best_map_and_stops_once_exact():
     p, loss, _ = tp._train(zero, zero, x, gx, jnp.float32(1e-4), jnp.float32(1e-6), ones, max_iter=50)
     assert float(loss) <= start and np.isclose(float(loss), float(tp._loss(p, x, gx, 1e-4, ones)), rtol=1e-4,
                                                atol=1e-4)
+
+
+def _latent_series(d: int, phi: float = 0.9):
+    """log σ ~ N(0, 1), h = σ·L z: a stationary AR(1) series whose innovation scale is σ — the centred stochastic
+    volatility's shape. Its non-centring scales the children's mutual shifts with σ."""
+    chol = np.zeros((d - 1, d - 1))
+    for t in range(d - 1):
+        for k in range(t + 1):
+            chol[t, k] = phi ** (t - k) * (1 / np.sqrt(1 - phi**2) if k == 0 else 1.0)
+    prec = jnp.asarray(np.linalg.inv(chol @ chol.T))
+
+    def log_prob(th):
+        ls, h = th[0], th[1:]
+        return -0.5 * ls**2 - 0.5 * h @ prec @ h * jnp.exp(-2 * ls) - (d - 1) * ls
+
+    return log_prob, chol
+
+
+def test_the_gated_shift_follows_a_latent_series_whose_scale_is_a_parent():
+    """The shift's gate (default) scales the children's mutual shifts with their row's scale: on a latent series
+    whose innovation scale is a parameter, the held-out Fisher divergence is over 10× lower than with unscaled
+    shift weights (measured 0.19–0.20 against 2.4–2.5), on two sets of exact draws."""
+    d = 21
+    log_prob, chol = _latent_series(d)
+    for seed in range(2):
+        z = np.random.default_rng(seed).normal(size=(500, d))
+        th = np.concatenate([z[:, :1], np.exp(z[:, :1]) * (z[:, 1:] @ chol.T)], 1).astype(np.float32)
+        g = np.asarray(jax.vmap(jax.grad(log_prob))(jnp.asarray(th)))
+        fisher = {}
+        for gate in (False, True):
+            tmap, dec = tp.fit_transport(th, g, seed=1, settings=tp.TransportSettings(shift_gate=gate))
+            assert dec.action == "transport kept" and dec.details["scale_parents"] == 1
+            fisher[gate] = dec.details["fisher_map"]
+            assert np.all(np.isposinf(tmap.params.shift_gate)) != gate  # no gate: +inf (γ = 1)
+        assert fisher[True] < 0.25 * fisher[False], fisher
+
+
+def test_a_gate_changes_nothing_where_the_log_scale_is_constant_and_old_maps_load():
+    """With the log-scale weights at zero (a linear map) the gated shift is the affine one for any gate; a map's
+    arrays written before the gate existed load with their hash and map z as before."""
+    d = 6
+    rng = np.random.default_rng(0)
+    a, c = rng.normal(size=d), 0.3 * rng.normal(size=d)
+    aw = np.tril(rng.normal(size=(d, d)), -1)
+    p = tp.TransportParams(*(jnp.asarray(v, jnp.float32) for v in (a, c, aw, np.zeros((d, d)))))
+    u = jnp.asarray(rng.normal(size=(50, d)), jnp.float32)
+    plain = jax.vmap(lambda v: tp.forward(p, v)[0])(u)
+    gated = jax.vmap(lambda v: tp.forward(p._replace(shift_gate=jnp.asarray(rng.normal(size=d), jnp.float32)),
+                                          v)[0])(u)
+    assert np.allclose(np.asarray(plain), np.asarray(gated), atol=1e-5)
+    log_prob, exact = _hier_prior(d)
+    th, g = _draws(log_prob, exact, d, 300, 0)
+    tmap, _ = tp.fit_transport(th, g, seed=1, settings=tp.TransportSettings(shift_gate=False))
+    old = {k: v for k, v in tmap.to_arrays().items() if k != "shift_gate"}  # as written before Dec 2026
+    back = tp.TransportMap.from_arrays(old, tmap.describe())
+    z = np.random.default_rng(1).normal(size=(20, d)).astype(np.float32)
+    assert back.hash == tmap.hash and np.array_equal(np.asarray(back.to_theta(z)), np.asarray(tmap.to_theta(z)))

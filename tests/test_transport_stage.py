@@ -195,3 +195,54 @@ def test_a_centred_numpyro_model_is_non_centred_by_the_stage():
     th0 = np.concatenate([np.asarray(d["theta"])[..., 0].ravel() for d in dts])
     for x, (m, s) in ((mu, (5.788, 5.457)), (log_tau, (2.448, 0.512)), (th0, (14.70, 10.71))):
         assert abs(x.mean() - m) < 0.15 * s and abs(x.std() / s - 1) < 0.12, (x.mean(), x.std(), m, s)
+
+
+def test_a_probe_that_diverges_is_retried_at_smaller_step_sizes(monkeypatch):
+    """The probe in z diverging above the limit runs again at half the step size (up to PROBE_RETRIES times):
+    the first step size that passes is the one sampling uses, and the decision says so; when none passes the
+    reason to abandon names the retries. (A forced fake: 5 % of the transitions diverge above step size 0.3.)"""
+    from types import SimpleNamespace
+    from typing import Any, NamedTuple
+
+    from gnomon.sampler.decisions import Ledger
+
+    class DA(NamedTuple):
+        log_step_size: Any
+        log_step_size_avg: Any
+
+    class Adapt(NamedTuple):
+        da: Any
+        step_size: Any
+        imm: Any
+
+    tried = []
+
+    def fake_draw(ctx, chains, key, n, offset, threshold):
+        step = float(chains.adapt.step_size)
+        tried.append(step)
+        div = np.zeros((n, 4), bool)
+        if step > threshold:
+            div[: n // 20] = True  # 5 %
+        return chains, [SimpleNamespace(n_steps=np.full((n, 4), 3), diverging=div)]
+
+    def run(threshold):
+        tried.clear()
+        monkeypatch.setattr(ts.ph, "draw", lambda *a: fake_draw(*a, threshold=threshold))
+        monkeypatch.setattr(ts, "cat", lambda outs: outs[0])
+        one = jnp.log(jnp.float32(1.0))
+        adapt = Adapt(DA(one, one), jnp.float32(1.0), jnp.ones(3))
+        chains = ts.ph.Chains(SimpleNamespace(position=jnp.zeros((4, 3))), adapt, None, None)
+        ctx = SimpleNamespace(program=SimpleNamespace(adapt_final=lambda ad: (jnp.exp(ad.da.log_step_size_avg),
+                                                                              ad.imm)), key=jax.random.key(0))
+        ledger = Ledger()
+        out, why = ts.probe(ctx, chains, ledger)
+        return out, why, ledger
+
+    out, why, ledger = run(0.3)
+    assert why is None and tried == [1.0, 0.5, 0.25]
+    assert np.isclose(float(jnp.exp(out.adapt.da.log_step_size_avg)), 0.25) and float(out.adapt.step_size) == 0.25
+    (d,) = ledger.decisions
+    assert d.action is Action.TRANSPORT_STEP_REDUCED and d.details["step_size"] == 0.25
+    assert ledger.grads == 3 * 100 * 4 * 3  # every probe's leapfrog steps counted
+    out, why, ledger = run(0.0)  # nothing passes: abandoned, the retries named
+    assert len(tried) == ts.PROBE_RETRIES + 1 and "smaller step sizes" in why and not ledger.decisions

@@ -37,6 +37,7 @@ class Action(Code):
     TRANSPORT_REFUSED = "transport refused"  # trained, judged no better than a linear map: not used
     TRANSPORT_ABANDONED = "transport abandoned"  # kept, but the run in z failed its checks: back to θ
     TRANSPORT_REUSED = "transport reused"  # a hand-off's map: no training, the compiled program reused
+    TRANSPORT_STEP_REDUCED = "transport step reduced"  # the probe in z diverged: a smaller step size passed it
 
 
 # the decisions that say the seed failed (the run's diagnosis explains them)
