@@ -70,13 +70,14 @@ def forward(p: TransportParams, u: Any, bounds: Bounds | None = None) -> tuple[A
 
     With gate logits ``g`` (γ = sigmoid(g) per column k) the shift is
 
-    .. math:: \sum_{k<j} A_{jk} u_k \big(γ_k + (1 - γ_k)\, e^{h_j(u) - c_j}\big),
+    .. math:: \sum_{k<j} A_{jk} u_k \big(γ_k + (1 - γ_k)\, 2\,\mathrm{sigmoid}(h_j(u) - c_j)\big),
 
-    column k's share ``1 − γ_k`` scaled with row j's relative scale: where the log-scale is constant (a linear map)
-    the factor is 1 and the map is the affine one for any γ; in a funnel's neck the children's mutual shifts
-    shrink with their scales (a non-centring of a correlated group, or of a latent series, x_t = μ + σ·Σ L_tk u_k,
-    is in the family exactly), where unscaled (γ = 1) weights fitted in the mouth left a narrow correlated
-    structure in the neck."""
+    column k's share ``1 − γ_k`` scaled with row j's relative scale (:func:`_scaled`: like e^{h_j − c_j} below the
+    row's typical scale, at most 2 above it): where the log-scale is constant (a linear map) the factor is 1 and
+    the map is the affine one for any γ; in a funnel's neck the children's mutual shifts shrink with their scales
+    — the shape of a non-centred correlated group or latent series, x_t = μ + σ·Σ L_tk u_k (exact in the neck,
+    approximate where σ is above its typical value) — where unscaled (γ = 1) weights fitted in the mouth left a
+    narrow correlated structure in the neck."""
     m = _tri(u.shape[-1], u.dtype)
     h = cap(p.log_scale + (p.scale_w * m) @ u, bounds)
     aw = p.shift_w * m

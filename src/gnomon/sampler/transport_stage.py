@@ -301,6 +301,8 @@ def probe(ctx: ph.Context, chains: ph.Chains, ledger: Ledger) -> tuple[ph.Chains
         trial = step * 0.5**attempt
         fixed = ph.replace_adapt(chains, trial, imm)
         key = jax.random.fold_in(ctx.key, 2**30 + ledger.steps)
+        if attempt:  # (a retry's own draws: the probe does not advance ledger.steps)
+            key = jax.random.fold_in(key, attempt)
         moved, outs = ph.draw(ctx, fixed, key, PROBE_STEPS, ledger.steps)
         out = cat(outs)
         ledger.grads += int(np.sum(out.n_steps))
@@ -324,6 +326,7 @@ def _with_step_size(chains: ph.Chains, step: Any) -> ph.Chains:
     """The chains with the adaptation's final step size set to ``step`` (the dual-averaging state read by the
     program's ``adapt_final``)."""
     ad = chains.adapt
-    log_step = jnp.log(jnp.asarray(step, ad.da.log_step_size.dtype))
+    step = float(step)  # (on the host: an eager log compiled a program of its own)
+    log_step = jnp.asarray(np.asarray(math.log(step), np.asarray(ad.da.log_step_size).dtype))
     da = ad.da._replace(log_step_size=log_step, log_step_size_avg=log_step)
-    return chains._replace(adapt=ad._replace(da=da, step_size=jnp.asarray(step, ad.step_size.dtype)))
+    return chains._replace(adapt=ad._replace(da=da, step_size=jnp.asarray(np.asarray(step, ad.step_size.dtype))))
