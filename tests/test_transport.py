@@ -129,9 +129,10 @@ def test_sampling_in_z_gives_base_theta_with_the_targets_moments():
 
 
 def test_the_linear_and_the_full_fit_share_one_compiled_program():
-    """The first fit of a dimension compiles the training once (the linear and the full map differ in a traced flag,
-    not in the program: the stage's first-run wall time was two compiles), and the held-out judgement once; a start
-    whose loss is not finite falls back inside the program, to the linear map."""
+    """The first fit of a dimension compiles the training once (the linear map is in closed form; where L-BFGS fits it,
+    N ≤ D, it differs from the full fit in a traced flag, not in the program: the stage's first-run wall time was
+    two compiles), and the held-out judgement once; a start whose loss is not finite falls back inside the
+    program, to the linear map."""
     d = 5
     log_prob, exact = _hier_prior(d)
     th, g = _draws(log_prob, exact, d, 212, 3)  # a draw count no other test uses: fresh shapes
@@ -294,3 +295,61 @@ def test_a_gate_changes_nothing_where_the_log_scale_is_constant_and_old_maps_loa
     back = tp.TransportMap.from_arrays(old, tmap.describe())
     z = np.random.default_rng(1).normal(size=(20, d)).astype(np.float32)
     assert back.hash == tmap.hash and np.array_equal(np.asarray(back.to_theta(z)), np.asarray(tmap.to_theta(z)))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_the_inverses_implicit_gradient_is_the_scans(gated, bounded):
+    """The inverse's gradient (a back-substitution at the solution, not reverse-mode through the D-step scan) equals
+    reverse-mode through the scan, in float64, for every argument — shift, log-scale, both weights, the gate, the
+    draws and the caps — with or without a gate and caps."""
+    from gnomon.sampler import transport_core as core
+
+    rng = np.random.default_rng(7)
+    n, d = 40, 9
+    low = np.tri(d, d, -1)
+    with jax.enable_x64(True):
+        p = core.TransportParams(
+            jnp.asarray(rng.normal(size=d) * 0.3), jnp.asarray(rng.normal(size=d) * 0.3),
+            jnp.asarray(rng.normal(size=(d, d)) * 0.3 * low), jnp.asarray(rng.normal(size=(d, d)) * 0.1 * low),
+            jnp.asarray(rng.normal(size=d)) if gated else None)
+        x = jnp.asarray(rng.normal(size=(n, d)))
+        bounds = core.Bounds(jnp.full(d, -0.3), jnp.full(d, 0.4)) if bounded else None
+        cot = jnp.asarray(rng.normal(size=(n, d)))
+        args = (0, 1, 2) if bounded else (0, 1)
+        implicit = jax.grad(lambda *a: jnp.sum(core.inverse(*a) * cot), argnums=args)(p, x, bounds)
+        through = jax.grad(lambda *a: jnp.sum(core._forward_solve(*a) * cot), argnums=args)(p, x, bounds)
+        assert np.allclose(np.asarray(core.inverse(p, x, bounds)), np.asarray(core._forward_solve(p, x, bounds)))
+        for a, b in zip(jax.tree.leaves(implicit), jax.tree.leaves(through), strict=True):
+            assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9 * float(np.max(np.abs(b)))), (a, b)
+        if bounded:  # the caps bind somewhere: their gradient is not trivially zero
+            assert float(np.max(np.abs(np.asarray(implicit[2].hi)))) > 0
+
+
+def test_the_linear_map_is_the_fisher_optimum_in_closed_form():
+    """``linear_map`` recovers a correlated Gaussian's mean and covariance from its draws and exact gradients
+    (Σ C_g Σ = C_x: exact for any N > D when the gradients are exact), no L-BFGS iteration lowers its Fisher
+    divergence, and it declines (None) where the draws do not determine it (N ≤ D)."""
+    from gnomon.sampler import transport_core as core
+
+    rng = np.random.default_rng(3)
+    d, n = 6, 400
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T / d + 0.2 * np.eye(d)
+    mean = rng.normal(size=d)
+    x = rng.multivariate_normal(mean, cov, size=n)
+    gx = -(x - mean) @ np.linalg.inv(cov)
+    p = tp.linear_map(x, gx, np.float64)
+    chol = np.diag(np.exp(p.log_scale)) + np.tril(p.shift_w, -1)
+    assert np.allclose(chol @ chol.T, cov, rtol=1e-8, atol=1e-8) and np.allclose(p.shift, mean, atol=1e-8)
+    # on draws that are not Gaussian the closed form is still the optimum among linear maps: L-BFGS from it
+    # does not go lower (float32, as the stage trains)
+    xs = np.c_[x[:, :1], x[:, 1:] * np.exp(0.4 * x[:, :1])].astype(np.float32)
+    gs = (-(xs - xs.mean(0)) / xs.var(0)).astype(np.float32) + 0.1 * np.sin(xs).astype(np.float32)
+    p_cf = tp.linear_map(xs, gs, np.float32)
+    zeros = np.zeros((d, d), np.float32)
+    loss = lambda q: float(core._loss(q, jnp.asarray(xs), jnp.asarray(gs), 0.0, zeros))  # noqa: E731
+    p_bfgs, _, _ = tp._train(p_cf, p_cf, jnp.asarray(xs), jnp.asarray(gs), np.float32(0.0), np.float32(1e-9),
+                             zeros, np.False_, max_iter=100)
+    assert loss(p_cf) <= loss(p_bfgs) + 1e-4
+    assert tp.linear_map(x[:d], gx[:d], np.float64) is None
