@@ -353,3 +353,14 @@ def test_the_linear_map_is_the_fisher_optimum_in_closed_form():
                              zeros, np.False_, max_iter=100)
     assert loss(p_cf) <= loss(p_bfgs) + 1e-4
     assert tp.linear_map(x[:d], gx[:d], np.float64) is None
+
+
+def test_too_few_draws_for_the_closed_form_train_the_linear_map():
+    """With fewer training draws than dimensions the closed-form linear map is undetermined: the linear map is trained
+    by L-BFGS instead (its iterations recorded), and the decision is made as usual."""
+    d = 30
+    log_prob, exact = _hier_prior(d)
+    th, g = _draws(log_prob, exact, d, 36, 5)  # 27 training draws < 30 dimensions
+    _, dec = tp.fit_transport(th, g, seed=0)
+    assert dec.details["iterations"][0] > 0 and dec.details["draws"] == 36
+    assert np.isfinite(dec.details["fisher_linear"]) and dec.action in ("transport kept", "transport refused")
