@@ -364,3 +364,24 @@ def test_too_few_draws_for_the_closed_form_train_the_linear_map():
     _, dec = tp.fit_transport(th, g, seed=0)
     assert dec.details["iterations"][0] > 0 and dec.details["draws"] == 36
     assert np.isfinite(dec.details["fisher_linear"]) and dec.action in ("transport kept", "transport refused")
+
+
+def test_a_map_without_a_gate_builds_its_objective():
+    """A map without a gate (no scale parents, or saved before the gate: +inf logits) builds its objective over z —
+    an objective's data must be finite, and +inf made the run in z fail — and its density is the ungated map's."""
+    d = 3
+    rng = np.random.default_rng(4)
+    low = np.tri(d, d, -1)
+    params = tp.TransportParams(*(np.asarray(v, np.float32) for v in (
+        rng.normal(size=d), 0.2 * rng.normal(size=d), 0.5 * rng.normal(size=(d, d)) * low,
+        0.3 * rng.normal(size=(d, d)) * low)))
+    tmap = tp.TransportMap(np.zeros(d, np.float32), np.ones(d, np.float32), np.arange(d), params)
+    obj = gn.Objective.from_log_prob(lambda th: -0.5 * jnp.sum(th**2), d)
+    tobj = tp.transported(obj, tmap)
+    z = jnp.asarray(rng.normal(size=(4, d)), jnp.float32)
+    got = np.asarray(jax.vmap(tobj.log_prob)(z))
+    u = np.asarray(z, np.float64)
+    h = params.log_scale + u @ (params.scale_w * low).T
+    x = params.shift + u @ (params.shift_w * low).T + np.exp(h) * u
+    want = -0.5 * np.sum(x**2, axis=1) + np.sum(h, axis=1)
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4)

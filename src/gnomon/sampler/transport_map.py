@@ -18,6 +18,7 @@ from gnomon.objective.objective import Objective
 from gnomon.sampler.transport_core import NO_BOUNDS, Bounds, TransportParams, forward, inverse
 
 TRANSPORT_SCHEMA = 1
+NO_GATE = 100.0  # a gate logit this high is no gate: sigmoid(100) is 1 in float32 and float64, so 1 − γ is 0
 
 
 # ------------------------------------------------------------------------------------------------ the θ-map
@@ -68,6 +69,9 @@ class TransportMap:
             "order": jnp.asarray(np.asarray(self.order, np.int32)),
             "inv_order": jnp.asarray(np.asarray(inv, np.int32)),
             **{k: jnp.asarray(np.asarray(v, dt)) for k, v in self._params_np()._asdict().items()},
+            # "no gate" as a finite logit with sigmoid = 1 exactly (an objective's data must be finite: +inf made
+            # every map without a gate — no scale parents, or saved before the gate — fail to build its objective)
+            "shift_gate": jnp.asarray(np.minimum(np.asarray(self._params_np().shift_gate, dt), NO_GATE)),
             "h_lo": jnp.asarray(np.asarray(b.lo, dt)),
             "h_hi": jnp.asarray(np.asarray(b.hi, dt)),
         }
@@ -119,7 +123,8 @@ class TransportMap:
         tm = cls(np.asarray(arrays["loc"]), np.asarray(arrays["scale"]), np.asarray(arrays["order"]),
                  TransportParams(*(np.asarray(arrays[k]) for k in TransportParams._fields[:4]),
                                  np.asarray(arrays["shift_gate"]) if "shift_gate" in arrays else None), bounds,
-                 info={k: v for k, v in (meta or {}).items() if k in ("fisher_map", "fisher_linear", "draws")})
+                 info={k: v for k, v in (meta or {}).items()
+                       if k in ("fisher_map", "fisher_linear", "draws", "structural", "sites")})
         if meta and "hash" in meta and meta["hash"] != tm.hash:
             raise ValueError(f"TransportMap hash mismatch: arrays give {tm.hash}, meta says {meta['hash']}")
         return tm

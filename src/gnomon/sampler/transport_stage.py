@@ -14,6 +14,13 @@ Where it runs
   :data:`DISAGREE`). A Gaussian — rotated, ill-conditioned or not — has neither; a banana has no funnel
   (and an affine map cannot straighten it), so neither fires the stage.
 
+A numpyro model's own non-centring
+----------------------------------
+For an ``Objective.from_numpyro`` whose location-scale sites take their scale from other latent sites, the stage
+first takes the model's own non-centring as the map (:func:`gnomon.sampler.noncentring.structural_map`: no
+training, exact in the neck by construction; declined where the affine family cannot hold it, and then the map is
+fitted as below).
+
 What it trains on
 -----------------
 The latest draws since the last restart (:func:`pool`: the later half, at least :data:`MIN_DRAWS` pooled over
@@ -50,6 +57,7 @@ from gnomon.sampler import transport as tp
 from gnomon.sampler import warmup as wu
 from gnomon.sampler.decisions import Action, Ledger
 from gnomon.sampler.loop import ChunkOut, cat, compiled, shard
+from gnomon.sampler.noncentring import structural_map
 from gnomon.sampler.seed_check import CHECK_STEPS
 
 MIN_DRAWS = 400  # pooled draws the map needs at least
@@ -184,6 +192,13 @@ def attempt(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, opts: Options, b
     theta, grad = pool(ledger, since)
     if theta.shape[0] < MIN_DRAWS:
         return None
+    if not ledger.any(Action.TRANSPORT_ABANDONED):  # a numpyro model's own non-centring, where it has one
+        smap, msg, sites = structural_map(ctx.obj, theta, ctx.data)
+        if smap is not None:
+            ledger.decide(Action.TRANSPORT_KEPT, f"{why}: transport map kept: {msg} (from the model, no training)",
+                          transport={"structural": True, "sites": sites, "draws": int(theta.shape[0]),
+                                     "grad_evals": 0})
+            return run_in_z(ctx, chains, ledger, InZ(smap, ctx.obj, ctx.data), opts, budget)
     tmap, dec = tp.fit_transport(theta, grad, seed=ledger.steps,
                                  settings=tp.TransportSettings(max_draws=TRAIN_DRAWS))
     action = Action.TRANSPORT_KEPT if tmap is not None else Action.TRANSPORT_REFUSED
