@@ -45,6 +45,11 @@ def test_the_models_noncentring_is_exact():
     assert np.allclose(np.linalg.slogdet(np.asarray(jac, np.float64))[1], np.asarray(tmap.log_det_jacobian(z[:5])),
                        atol=1e-3)
     assert np.allclose(np.asarray(tmap.to_z(jnp.asarray(t, jnp.float32))), np.asarray(z), atol=1e-3)
+    # the model's loc and scale are read by programs compiled once per model and sites: a second call (the stage's
+    # second try, the next gn.sample) reuses them
+    fns = obj.model.loc_log_scale(("theta",))
+    assert structural_map(obj, _draws(obj.dim, seed=3), obj.data)[0] is not None
+    assert obj.model.loc_log_scale(("theta",)) is fns and fns[0]._cache_size() == 1
     # and it survives a hand-off's arrays (the hash checked, the structural flag kept)
     again = type(tmap).from_arrays(tmap.to_arrays(), tmap.describe())
     assert again.hash == tmap.hash and again.info.get("structural")

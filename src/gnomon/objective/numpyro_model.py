@@ -279,13 +279,7 @@ class NumpyroModel:
 
         def scales(th):
             tr = self.trace(self.layout.unpack(th), self.arguments_data())
-            out = []
-            for n in names:
-                fn = tr[n]["fn"]
-                while not hasattr(fn, "scale") and hasattr(fn, "base_dist"):
-                    fn = fn.base_dist
-                out.append(jnp.sum(jnp.asarray(fn.scale, th.dtype)))
-            return jnp.stack(out)
+            return jnp.stack([jnp.sum(jnp.asarray(_loc_scale_dist(tr[n]["fn"]).scale, th.dtype)) for n in names])
 
         jac = np.asarray(jax.jacrev(scales)(theta))
         found = []
@@ -295,13 +289,37 @@ class NumpyroModel:
                 found.append((n, parents))
         return found
 
+    def loc_log_scale(self, names: tuple[str, ...]) -> tuple[Any, Any]:
+        """Two compiled functions of ``(θ, data)``: the location-scale sites ``names``' loc and log-scale, each
+        broadcast to its site's shape and flattened, concatenated in the order of ``names`` (``(locs, logs)``),
+        and their Jacobians in θ. Compiled once per model and sites (cached), the data an argument."""
+        key = ("loc_log_scale", tuple(names))
+        if key not in self._cache:
+            def read(theta, data):
+                tr = self.trace(self.layout.unpack(theta), data)
+                locs, logs = [], []
+                for n in names:
+                    fn, shape = _loc_scale_dist(tr[n]["fn"]), tuple(jnp.shape(tr[n]["value"]))
+                    locs.append(jnp.broadcast_to(jnp.asarray(fn.loc, theta.dtype), shape).reshape(-1))
+                    logs.append(jnp.log(jnp.broadcast_to(jnp.asarray(fn.scale, theta.dtype), shape)).reshape(-1))
+                return jnp.concatenate(locs), jnp.concatenate(logs)
+
+            self._cache[key] = (jax.jit(read), jax.jit(jax.jacfwd(read)))
+        return self._cache[key]
+
     def arguments_data(self) -> Any:
         return {k: self.arguments[k] for k in self.data_argnames} if self.data_argnames else None
 
 
-def _loc_scale(fn: Any) -> bool:
+def _loc_scale_dist(fn: Any) -> Any:
+    """The distribution under ``Independent`` / ``Expanded`` wrappers that carries ``scale``."""
     while hasattr(fn, "base_dist") and not hasattr(fn, "scale"):
         fn = fn.base_dist
+    return fn
+
+
+def _loc_scale(fn: Any) -> bool:
+    fn = _loc_scale_dist(fn)
     return hasattr(fn, "loc") and hasattr(fn, "scale")
 
 
