@@ -202,9 +202,7 @@ def _in_handoff_map(call: Call) -> Call:
     arrays = getattr(bundle, "transport", None)
     if bundle is None or arrays is None:
         return call
-    from gnomon.sampler.transport import TransportMap, transported
-
-    tmap = TransportMap.from_arrays(arrays, (bundle.info or {}).get("transport"))
+    tmap = ts.map_from_arrays(arrays, (bundle.info or {}).get("transport"), call.obj, call.data)
     if tmap.dim != call.obj.dim:
         raise ValueError(f"the hand-off's transport map has dimension {tmap.dim}, the objective {call.obj.dim}")
     st = call.start
@@ -217,7 +215,8 @@ def _in_handoff_map(call: Call) -> Call:
         st.map is not None and st.map.first_theta is not None) else st.map
     start = st._replace(center=to_z(st.center), starts=to_z(st.starts), map=mp)
     inz = ts.InZ(tmap, call.obj, call.data, reused=True)
-    return call._replace(obj=transported(call.obj, tmap), data=(tmap.arrays(dtype), call.data), start=start, inz=inz)
+    return call._replace(obj=ts.objective_in_z(call.obj, tmap), data=(tmap.arrays(dtype), call.data), start=start,
+                         inz=inz)
 
 
 def _seed_alias(wcfg: Warmup, value: Any) -> Warmup:
@@ -242,6 +241,7 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     ledger = Ledger()
     if call.inz is not None:
         ledger.transport, ledger.kept_z_from = call.inz, 0
+        ledger.z_grad_cost = ts.grad_cost(call.inz.tmap)
         ledger.decide(Action.TRANSPORT_REUSED, f"the hand-off's transport map ({call.inz.tmap.hash}) reused: the run "
                       "is in its coordinates z from the start (no training; the compiled program is shared by every "
                       "map of this dimension)", map=call.inz.tmap.hash)

@@ -138,6 +138,8 @@ class Ledger:
     recent: list = field(default_factory=list)  # the latest warmup ChunkOuts since the last restart (transport)
     transport: Any = None  # the kept transport stage (gnomon.sampler.transport_stage.InZ), once there is one
     kept_z_from: int | None = None  # the first of the kept warmup outputs that ran in z
+    z_grad_cost: float = 1.0  # gradients of the log density per gradient in z (a conditional map's: ~7-10)
+    z_grads_from: int = 0  # ``grads`` when the run entered z (later warmup gradients are in z)
 
     def decide(self, action: Action, message: str, **details: Any) -> Decision:
         d = Decision(self.steps, Action.parse(action), message, details)

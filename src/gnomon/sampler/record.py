@@ -17,6 +17,7 @@ seed, the adapted metric) into the sampling :class:`~gnomon.Trace`:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -191,12 +192,13 @@ def _status(run: Run, health: dict) -> tuple[str, SampleStatus]:
 
 def _grad_evals(run: Run) -> dict[str, int]:
     ledger, seed = run.ledger, run.seed
+    cost = ledger.z_grad_cost if run.transport is not None else 1.0  # gradients in z, in gradients of θ's density
     out = {
         "curvature": int(seed.curvature.num_grad_evals) if seed.curvature is not None else 0,
         "init": run.init_cost,
-        "warmup": ledger.grads,
+        "warmup": ledger.z_grads_from + math.ceil((ledger.grads - ledger.z_grads_from) * cost),
         "restart": ledger.restart_grads,
-        "sampling": int(np.sum(run.draws.n_steps)),
+        "sampling": math.ceil(int(np.sum(run.draws.n_steps)) * cost),
         "checks": ledger.check_grads,
         "transport": ledger.transport_grads,
     }

@@ -181,6 +181,13 @@ def transported(obj: Objective, tmap: TransportMap) -> Objective:
             lp = lp + base.log_jacobian(th)
         return lp + ld
 
+    return objective_over_z(obj, tmap, model_log_density, "transport")
+
+
+def objective_over_z(obj: Objective, tmap: Any, model_log_density: Any, kind: str) -> Objective:
+    """The objective over a map's z with ``model_log_density(z, (map arrays, base data))``: the map's arrays are
+    data beside the base's (every map of one kind and dimension shares the compiled programs; the compile key is
+    the base's and ``kind``), ``thetamap`` the map, the loss ``−log_prob``."""
     return Objective(
         dim=obj.dim,
         layout=None,
@@ -190,5 +197,5 @@ def transported(obj: Objective, tmap: TransportMap) -> Objective:
         thetamap=tmap,
         base=obj,
         info={**obj.info, "transported": True, "transport": tmap.describe()},
-        key_parts=None if obj.key_parts is None else ("transport", obj.key_parts, obj.loss_includes_jacobian),
+        key_parts=None if obj.key_parts is None else (kind, obj.key_parts, obj.loss_includes_jacobian),
     )

@@ -21,6 +21,16 @@ first takes the model's own non-centring as the map (:func:`gnomon.sampler.nonce
 training, exact in the neck by construction; declined where the affine family cannot hold it, and then the map is
 fitted as below).
 
+Any log density's conditionally Gaussian groups
+-----------------------------------------------
+Otherwise — a hand-written log density has no sites — the stage reads the structure from the log density's
+derivatives (:func:`gnomon.sampler.conditional_map.conditional_map`): coordinates that are, given the others,
+independent Gaussians whose precision varies over the draws (a neck) are non-centred exactly by their conditional
+moments, θ_G = m(θ_R) + p(θ_R)^{-1/2} z_G, computed at every evaluation from one Hessian–vector product. No
+training, exact in the neck; each gradient in z costs ``grad_cost`` gradients of the log density and is counted so
+(:func:`grad_cost`). Declined where the structure is affine (the fitted map holds it at one gradient per gradient),
+has no neck, or leaves most coordinates outside the groups; then the map is fitted as below.
+
 What it trains on
 -----------------
 The latest draws since the last restart (:func:`pool`: the later half, at least :data:`MIN_DRAWS` pooled over
@@ -52,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnomon.objective.objective import Objective
+from gnomon.sampler import conditional_map as cm
 from gnomon.sampler import phases as ph
 from gnomon.sampler import transport as tp
 from gnomon.sampler import warmup as wu
@@ -199,6 +210,12 @@ def attempt(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, opts: Options, b
                           transport={"structural": True, "sites": sites, "draws": int(theta.shape[0]),
                                      "grad_evals": 0})
             return run_in_z(ctx, chains, ledger, InZ(smap, ctx.obj, ctx.data), opts, budget)
+        cmap, msg, spent = cm.conditional_map(ctx.obj, theta, ctx.data)  # a hand-written one's, from derivatives
+        ledger.transport_grads += spent
+        if cmap is not None:
+            ledger.decide(Action.TRANSPORT_KEPT, f"{why}: transport map kept: {msg} (no training)",
+                          transport={**cmap.describe(), "grad_evals": spent})
+            return run_in_z(ctx, chains, ledger, InZ(cmap, ctx.obj, ctx.data), opts, budget)
     tmap, dec = tp.fit_transport(theta, grad, seed=ledger.steps,
                                  settings=tp.TransportSettings(max_draws=TRAIN_DRAWS))
     action = Action.TRANSPORT_KEPT if tmap is not None else Action.TRANSPORT_REFUSED
@@ -213,7 +230,7 @@ def enter(ctx: ph.Context, positions: Any, ledger: Ledger, inz: InZ, opts: Optio
     θ, (C, D)) mapped to z, with the identity as a dense whitening factor and the adaptation restarted; the new
     states cost one gradient each (``ledger.transport_grads``). Raises ValueError when a mapped start is not
     finite."""
-    tobj = tp.transported(inz.base, inz.tmap)
+    tobj = objective_in_z(inz.base, inz.tmap)
     dtype = jnp.asarray(positions).dtype
     data = (inz.tmap.arrays(dtype), inz.base_data)
     est = ph.estimator_for(opts.metric, ctx.dim, opts.max_dense_dim, recovering=True)
@@ -223,7 +240,7 @@ def enter(ctx: ph.Context, positions: Any, ledger: Ledger, inz: InZ, opts: Optio
     program = compiled(tobj, settings)
     z = jnp.asarray(inz.tmap.to_z(jnp.asarray(positions)), dtype)
     states = program.init(z, data)
-    ledger.transport_grads += int(z.shape[0])
+    ledger.transport_grads += math.ceil(z.shape[0] * grad_cost(inz.tmap))
     ok = np.isfinite(np.asarray(states.logdensity)) & np.all(np.isfinite(np.asarray(states.logdensity_grad)), axis=1)
     if not ok.all():
         raise ValueError(f"chain {int(np.flatnonzero(~ok)[0])} maps to a point in z where the log density or its "
@@ -246,7 +263,7 @@ def run_in_z(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, inz: InZ, opts:
         zchains, failure = warm(zctx, zchains, ledger, min(Z_WARMUP, budget - ledger.steps), budget)
     except ValueError as exc:
         failure = str(exc)
-    spent = ledger.grads - grads0
+    spent = math.ceil((ledger.grads - grads0) * grad_cost(inz.tmap))
     ledger.transport_grads += spent
     ledger.grads = grads0
     ledger.recent.clear()
@@ -259,7 +276,29 @@ def run_in_z(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, inz: InZ, opts:
                       grad_evals=spent, map=inz.tmap.hash)
         return None
     ledger.transport = inz
+    ledger.z_grad_cost, ledger.z_grads_from = grad_cost(inz.tmap), ledger.grads
     return zctx, zchains
+
+
+def grad_cost(tmap: Any) -> float:
+    """Gradients of the log density one gradient in the map's z costs (1 for a fitted or a model's map; a
+    :class:`~gnomon.sampler.conditional_map.ConditionalMap` differentiates through a Hessian–vector product)."""
+    return float(getattr(tmap, "grad_cost", 1.0))
+
+
+def objective_in_z(base: Objective, tmap: Any) -> Objective:
+    """The objective over the map's z (:func:`gnomon.sampler.transport.transported`, or
+    :func:`gnomon.sampler.conditional_map.conditioned` for a conditional map)."""
+    if isinstance(tmap, cm.ConditionalMap):
+        return cm.conditioned(base, tmap)
+    return tp.transported(base, tmap)
+
+
+def map_from_arrays(arrays: dict, meta: dict | None, obj: Objective, data: Any) -> Any:
+    """A saved map (a hand-off's) rebuilt: a conditional map for ``obj`` and ``data``, or a fitted one."""
+    if cm.is_conditional(meta):
+        return cm.ConditionalMap.from_arrays(arrays, meta, obj, data)
+    return tp.TransportMap.from_arrays(arrays, meta)
 
 
 def warm(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, num_steps: int,
