@@ -95,7 +95,7 @@ def _banana(th):
     [
         # a diagonal Gaussian: every coordinate a group, nothing varies
         (lambda th: -0.5 * jnp.sum((th / jnp.arange(1.0, 7.0)) ** 2), np.random.default_rng(0).normal(
-            size=(300, 6)).astype(np.float32), "no neck"),
+            size=(300, 6)).astype(np.float32), "nothing to non-centre"),
         # Neal's funnel: log-sd −v/2 and mean 0 are affine in v — the fitted map's family holds it exactly
         (_funnel, _funnel_draws(), "affine"),
         # a banana in 2 of 6 coordinates: x_1 | x_0 is Gaussian but x_0 | x_1 is not; the rest no neck
@@ -168,3 +168,34 @@ def test_sample_gets_the_centred_half_cauchy_schools_right(tmp_path):
     assert acts[0] is Action.TRANSPORT_REUSED and nxt.info["transport"]["type"] == "conditional gaussian"
     assert nxt.info["grad_evals"]["sampling"] > int(np.sum(nxt.stats["n_steps"]))
     assert abs(np.asarray(nxt.theta)[..., 1].std() / 1.164 - 1) < 0.3  # base θ (log τ), not z
+
+
+def _scale_of_one(th):
+    """a sets the scale of μ alone (μ | a ~ N(0, e^{2a})), s that of six non-Gaussian h's: the draws'
+    correlations rank s as the scale parent; a sets one coordinate's spread and scores far below it."""
+    a, s, mu, h = th[0], th[1], th[2], th[3:]
+    lp = -0.5 * a**2 - 0.5 * s**2 - 0.5 * mu**2 * jnp.exp(-2 * a) - a
+    return lp - 0.5 * jnp.sum(h**2) * jnp.exp(-2 * s) - h.size * s - 0.05 * jnp.sum(h**4)
+
+
+def test_precision_parents_are_named_from_the_derivatives():
+    """Where the map itself is declined (one Gaussian coordinate against many others), the analysis still names
+    the coordinate that sets its scale — exactly, from the gradient of its log conditional precision — and the
+    fitted map takes it as a scale parent (its log-scale can then depend on it), with a bad index refused."""
+    from gnomon.sampler import transport as tp
+
+    rng = np.random.default_rng(4)
+    n = 600
+    a, s = rng.normal(size=n), rng.normal(size=n)
+    th = np.c_[a, s, np.exp(a) * rng.normal(size=n), np.exp(s)[:, None] * rng.normal(size=(n, 6)) * 0.8]
+    th = th.astype(np.float32)
+    obj = gn.Objective.from_log_prob(_scale_of_one, 9)
+    an = cm.analyse(obj, th, obj.data)
+    assert an.map is None and "not worth a map" in an.message and an.parents == (0,), an
+    order, parents = tp.parent_order(th, an.parents)
+    assert 0 in order[:parents] and parents >= 1
+    grads = np.asarray(jax.vmap(jax.grad(_scale_of_one))(jnp.asarray(th)))
+    _, dec = tp.fit_transport(th, grads, scale_parents=an.parents)
+    assert dec.details["forced_parents"] == [0] and dec.details["scale_parents"] >= 1
+    with pytest.raises(ValueError, match="scale_parents"):
+        tp.fit_transport(th, grads, scale_parents=(9,))

@@ -161,6 +161,11 @@ def test_a_map_that_does_not_normalise_is_a_health_problem():
     z[..., 4] *= 1.6
     (f,) = ts.normality(z, names)
     assert f["coordinates"] == [1, 4] and "z[1], paired with θ[1]" in f["message"] and "skewness -2" in f["message"]
+    # a scale parent's z is its own marginal standardised: its skewness is not judged, its sd is
+    (f,) = ts.normality(z, names, parents=[1])
+    assert f["coordinates"] == [4]
+    (f,) = ts.normality(z, names, parents=[4])
+    assert f["coordinates"] == [1, 4]
 
 
 def test_a_centred_numpyro_model_is_non_centred_by_the_stage():

@@ -293,7 +293,7 @@ def _run(call: Call, progress: bool | None, t_start: float, compiled_before: flo
     if inz is not None and not inz.tmap.info.get("structural"):
         # draws are in z here: a fitted map that does not normalise the posterior is a health problem (a model's
         # own non-centring is exact in the neck; its z keeps the parents' own shape, which is no fault)
-        findings = [*findings, *ts.normality(draws.theta, names)]
+        findings = [*findings, *ts.normality(draws.theta, names, inz.tmap.info.get("scale_parents", ()))]
     run = record.Run(
         obj=obj if inz is None else inz.base, kern=kern, wcfg=wcfg, start=prep.start, seed=prep.seed,
         imm0=prep.imm0, center=np.asarray(prep.center),

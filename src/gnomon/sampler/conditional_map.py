@@ -55,7 +55,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,7 @@ MIN_GROUPS = 2
 NECK_RATIO = 4.0  # max / min of a group's conditional precision over the draws: a neck
 TOL = {4: 2e-3, 8: 1e-7}  # relative, by the itemsize of θ's dtype (float32, float64)
 POOL_ROWS = 256  # the draws the neck test and the batched map evaluations take at a time
+PARENT_SENSITIVITY = 0.5  # |∂ log p_j / ∂θ_k| × sd_k: θ_k sets group j's scale (a scale parent for the fitted map)
 AFFINE_TOL = 0.02  # the structure is affine to this (conditional sds): the fitted map holds it, cheaper
 DEFAULT_COST = 10.0  # gradients per gradient in z where XLA's cost analysis is unavailable
 
@@ -136,10 +137,10 @@ def _host_programs(obj: Objective) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _test_programs(obj: Objective) -> tuple[Any, Any, Any]:
+def _test_programs(obj: Objective) -> tuple[Any, Any, Any, Any]:
     """The structure test's programs for ``obj``, compiled once per objective: the Hessian at a point, its
-    diagonal after each coordinate's shift by ``step`` (H_jj at x + step_j e_j), and the groups' conditional
-    moments over a block of draws."""
+    diagonal after each coordinate's shift by ``step`` (H_jj at x + step_j e_j), the groups' conditional
+    moments over a block of draws, and the gradients of some coordinates' log conditional precision."""
     lp = base_log_density(obj)
 
     def shifted_diag(x, step, d):
@@ -151,7 +152,14 @@ def _test_programs(obj: Objective) -> tuple[Any, Any, Any]:
         return jax.vmap(one)(jnp.arange(x.shape[0]))
 
     at = jax.vmap(lambda x, a, d: moments(lp, a, x[a["roots"]], d), in_axes=(0, None, None))
-    return jax.jit(jax.hessian(lp)), jax.jit(shifted_diag), jax.jit(at)
+    def log_precision_grads(x, idx, d):  # ∇ log(−H_jj) at x for each j in idx: (len(idx), D)
+        def one(j):
+            e = jax.nn.one_hot(j, x.shape[0], dtype=x.dtype)
+            return jax.grad(lambda y: jnp.log(-jax.jvp(lambda w: jax.grad(lp)(w, d), (y,), (e,))[1][j]))(x)
+
+        return jax.vmap(one)(idx)
+
+    return jax.jit(jax.hessian(lp)), jax.jit(shifted_diag), jax.jit(at), jax.jit(log_precision_grads)
 
 
 # ------------------------------------------------------------------------------------------------ the θ-map
@@ -284,8 +292,10 @@ def conditioned(obj: Objective, cmap: ConditionalMap) -> Objective:
 
 
 # ------------------------------------------------------------------------------------------------ finding it
-def _split(hessians: list[np.ndarray], shifted: list[np.ndarray], tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Groups and roots from Hessians at a few points and their diagonals after each coordinate's shift."""
+def _split(hessians: list[np.ndarray], shifted: list[np.ndarray], tol: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray]:
+    """Groups, roots and the candidates (conditionally Gaussian and concave: a mask) from Hessians at a few points
+    and their diagonals after each coordinate's shift."""
     dim = hessians[0].shape[0]
     cand = np.ones(dim, bool)
     linked = np.zeros((dim, dim), bool)
@@ -303,7 +313,7 @@ def _split(hessians: list[np.ndarray], shifted: list[np.ndarray], tol: float) ->
             groups.append(int(j))
     g = np.array(sorted(groups), np.int64)
     r = np.setdiff1d(np.arange(dim), g)
-    return g, r
+    return g, r, cand
 
 
 _COSTS: dict = {}
@@ -352,50 +362,86 @@ def affine_misfit(roots: np.ndarray, m: np.ndarray, p: np.ndarray) -> float:
     return out
 
 
+class Analysis(NamedTuple):
+    """What :func:`analyse` found: the map (or None), why, the gradient evaluations spent, and the *precision
+    parents*: the coordinates outside the groups whose value changes some group's conditional precision (by
+    :data:`PARENT_SENSITIVITY` in log per robust sd of theirs, at any of the points the test looked at)."""
+
+    map: ConditionalMap | None
+    message: str
+    spent: int
+    parents: tuple[int, ...] = ()
+
+
 def conditional_map(obj: Objective, theta: np.ndarray, data: Any) -> tuple[ConditionalMap | None, str, int]:
     """The :class:`ConditionalMap` of ``obj`` around the draws ``theta`` (N, D), or None with the reason; also the
     gradient evaluations the structure test spent (Hessian–vector products counted as two gradients)."""
+    return analyse(obj, theta, data)[:3]
+
+
+def analyse(obj: Objective, theta: np.ndarray, data: Any) -> Analysis:
+    """:func:`conditional_map` with the precision parents (:class:`Analysis`): where the map is declined they
+    still tell the fitted map which coordinates set another's scale — exactly, from the derivatives, where the
+    draws' correlations miss one (the stochastic volatility's φ sets the level μ's spread, but only μ's)."""
     th = np.asarray(theta)
     dtype = th.dtype if np.issubdtype(th.dtype, np.floating) else np.float32
     th = th[np.all(np.isfinite(th), axis=1)] if th.ndim == 2 else th
     if th.ndim != 2 or th.shape[0] < 3:
-        return None, "fewer than three finite draws", 0
+        return Analysis(None, "fewer than three finite draws", 0)
     dim = th.shape[1]
     if dim > MAX_DIM:
-        return None, f"D = {dim} is above {MAX_DIM} (the structure test takes D×D Hessians)", 0
+        return Analysis(None, f"D = {dim} is above {MAX_DIM} (the structure test takes D×D Hessians)", 0)
     tol = TOL.get(np.dtype(dtype).itemsize, TOL[4])
     centre = np.median(th, axis=0)
     sd = np.maximum(1.4826 * np.median(np.abs(th - centre), axis=0), 1e-6)
     points = [centre, th[th.shape[0] // 3], th[(2 * th.shape[0]) // 3]]
-    hess, shifted_diag, at = _test_programs(obj)
+    hess, shifted_diag, at, log_precision_grads = _test_programs(obj)
     step = jnp.asarray(2 * sd, dtype)
     try:
         hs = [np.asarray(hess(jnp.asarray(p, dtype), data), np.float64) for p in points]
         sh = [np.asarray(shifted_diag(jnp.asarray(p, dtype), step, data), np.float64) for p in points]
     except Exception as exc:  # noqa: BLE001 - a log density the test cannot differentiate: decline
-        return None, f"the structure test could not differentiate the log density ({type(exc).__name__})", 0
+        return Analysis(None, f"the structure test could not differentiate the log density ({type(exc).__name__})", 0)
     spent = 2 * 2 * dim * len(points)
-    groups, roots = _split(hs, sh, tol)
-    if len(groups) < max(MIN_GROUPS, len(roots)):
-        return None, (f"{len(groups)} conditionally Gaussian, mutually independent coordinate(s) against "
-                      f"{len(roots)} other(s): not worth a map"), spent
+    groups, roots, cand = _split(hs, sh, tol)
+    parents: tuple[int, ...] = ()
+    cidx = np.flatnonzero(cand)
+    if len(cidx):  # which coordinates set a conditionally Gaussian one's precision (its scale)
+        padded = np.resize(cidx, 1 << int(len(cidx) - 1).bit_length())  # (one compile per power of two)
+        try:
+            jac = [np.asarray(log_precision_grads(jnp.asarray(x, dtype), jnp.asarray(padded, jnp.int32), data),
+                              np.float64) for x in points]
+        except Exception as exc:  # noqa: BLE001 - as above
+            return Analysis(None, f"the structure test could not differentiate the log density "
+                            f"({type(exc).__name__})", spent)
+        spent += len(points) * len(padded) * 8  # a reverse pass through a Hessian–vector product: ~8 gradients
+        sens = np.max([np.abs(j) * sd[None, :] for j in jac], axis=0)  # (len(padded), D)
+        sens[np.arange(len(padded)), padded] = 0.0  # (a coordinate's own value: not a parent of itself)
+        parents = tuple(int(k) for k in np.flatnonzero(np.nan_to_num(sens).max(0) >= PARENT_SENSITIVITY))
+    if len(groups) == 0 or len(roots) == 0:
+        return Analysis(None, f"{len(groups)} conditionally Gaussian, mutually independent coordinate(s) against "
+                        f"{len(roots)} other(s): nothing to non-centre", spent, parents)
     a = {"roots": jnp.asarray(roots, jnp.int32), "groups": jnp.asarray(groups, jnp.int32),
          "ref": jnp.asarray(centre[groups], dtype), "loc": jnp.asarray(centre[roots], dtype),
          "scale": jnp.asarray(sd[roots], dtype)}
+    if len(groups) < max(MIN_GROUPS, len(roots)):
+        return Analysis(None, (f"{len(groups)} conditionally Gaussian, mutually independent coordinate(s) against "
+                               f"{len(roots)} other(s): not worth a map"), spent, parents)
     rows = th[np.linspace(0, th.shape[0] - 1, POOL_ROWS).astype(int)]  # (a fixed size: one compile)
     m, p = (np.asarray(v, np.float64) for v in at(jnp.asarray(rows, dtype), a, data))
     spent += 2 * rows.shape[0]
     if not np.all(np.isfinite(p)) or np.any(p <= 0) or not np.all(np.isfinite(m)):
-        return None, "a group's conditional precision is not finite and positive at every draw", spent
+        return Analysis(None, "a group's conditional precision is not finite and positive at every draw", spent,
+                        parents)
     ratio = float(np.max(p.max(0) / p.min(0)))
     if ratio <= NECK_RATIO:
-        return None, (f"the groups' conditional precision varies {ratio:.3g}-fold over the draws (≤ {NECK_RATIO:g}: "
-                      "no neck)"), spent
+        return Analysis(None, (f"the groups' conditional precision varies {ratio:.3g}-fold over the draws "
+                               f"(≤ {NECK_RATIO:g}: no neck)"), spent, parents)
     misfit = affine_misfit(rows[:, roots].astype(np.float64), m, p)
     if misfit <= AFFINE_TOL:
-        return None, (f"the groups' conditional log-sd and mean are affine in the other coordinates (misfit "
-                      f"{misfit:.2g} conditional sd): the fitted map's family holds them exactly, at one gradient "
-                      "per gradient"), spent
+        return Analysis(None, (f"the groups' conditional log-sd and mean are affine in the other coordinates "
+                               f"(misfit {misfit:.2g} conditional sd): the fitted map's family holds them exactly, "
+                               "at one gradient per gradient"), spent, parents)
     cost = _grad_cost(obj, a, data, jnp.asarray(centre, dtype))
     cmap = ConditionalMap(np.asarray(roots), np.asarray(groups), centre[groups].astype(dtype),
                           centre[roots].astype(dtype), sd[roots].astype(dtype), obj, data, grad_cost=cost,
@@ -405,4 +451,4 @@ def conditional_map(obj: Objective, theta: np.ndarray, data: Any) -> tuple[Condi
            f"(θ[{', '.join(str(int(i)) for i in roots[:4])}{' …' if len(roots) > 4 else ''}]), read from the log "
            f"density's derivatives: their precision varies {ratio:.3g}-fold over the draws; each gradient in z "
            f"costs {cost:.1f} of θ's")
-    return cmap, msg, spent
+    return Analysis(cmap, msg, spent, parents)

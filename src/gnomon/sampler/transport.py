@@ -184,11 +184,13 @@ def linear_map(x: np.ndarray, gx: np.ndarray, dtype: Any) -> TransportParams | N
                                                              np.zeros(d))))
 
 
-def parent_order(x: np.ndarray) -> tuple[np.ndarray, int]:
+def parent_order(x: np.ndarray, forced: Any = ()) -> tuple[np.ndarray, int]:
     """An ordering of the coordinates, *scale parents* first: coordinate k scores by how well it predicts the
     log spread of the others, Σ_j corr(x_k, log|x_j − median_j|)² (v in a funnel, log τ in a hierarchical
     model), then *shift parents* by Σ_j corr(x_k, x_j)² (μ). A linear map fits any ordering; a log-scale can
-    only depend on coordinates before it. Returns the ordering and the number of scale parents at its head."""
+    only depend on coordinates before it. The coordinates ``forced`` are scale parents whatever their score (the
+    precision parents the log density's derivatives name: :func:`gnomon.sampler.conditional_map.analyse`).
+    Returns the ordering and the number of scale parents at its head."""
     x = np.asarray(x, np.float64)
     n, d = x.shape
     if d == 1:
@@ -205,6 +207,7 @@ def parent_order(x: np.ndarray) -> tuple[np.ndarray, int]:
     # a clear scale parent explains at least one other coordinate's spread (|corr| ≥ 0.3 on average over
     # 1/√D of them ...): rank parents by the scale score, everything else by the shift score after them
     parent = scale_score > max(0.5 * scale_score.max(), 0.09)
+    parent[np.asarray(forced, np.int64)] = True
     key = np.where(parent, 1e6 + scale_score, shift_score)
     return np.argsort(-key, kind="stable"), int(np.sum(parent))
 
@@ -261,11 +264,12 @@ def _prepare(theta, grads, loc, scale, order):
 
 
 def fit_transport(
-    theta: Any, grads: Any, *, seed: int = 0, settings: TransportSettings | None = None
+    theta: Any, grads: Any, *, seed: int = 0, settings: TransportSettings | None = None, scale_parents: Any = ()
 ) -> tuple[TransportMap | None, TransportDecision]:
     """Fit the affine autoregressive map to draws ``theta`` (N, D) and their gradients ``grads`` = ∇ log p
     (N, D) (the sampler's draws: chains and steps flattened; non-finite rows are dropped), and judge it; ``seed``
-    picks the held-out draws (and the subset beyond ``settings.max_draws``).
+    picks the held-out draws (and the subset beyond ``settings.max_draws``); ``scale_parents``: coordinates made
+    scale parents whatever the draws' correlations say (:func:`parent_order`).
 
     Returns ``(map or None, decision)``: the map when its held-out Fisher divergence is below
     ``settings.keep_ratio`` × the linear map's (the map helps beyond a dense metric), else None. No log density
@@ -293,7 +297,10 @@ def fit_transport(
     n_val = max(int(round(st.holdout * n)), 5)
     tr, va = slice(n_val, None), slice(0, n_val)
     loc, scale = standardisation(th[tr], g[tr])
-    order, parents = parent_order((th[tr] - loc) / scale)
+    bad = [k for k in np.asarray(scale_parents, np.int64).ravel() if not 0 <= k < d]
+    if bad:
+        raise ValueError(f"scale_parents {bad} are not coordinates of a {d}-dimensional θ")
+    order, parents = parent_order((th[tr] - loc) / scale, scale_parents)
     x, gx = _prepare(th, g, loc, scale, order)
     # the slices on the host, every array made once: eager device operations each compiled a program of their own
     x_tr, gx_tr, x_va, gx_va = (jnp.asarray(np.asarray(a, dtype)) for a in (x[tr], gx[tr], x[va], gx[va]))
@@ -329,6 +336,7 @@ def fit_transport(
         "train_s": round(train_s, 3),
         "order": [int(i) for i in order[: min(d, 8)]],
         "scale_parents": parents,
+        "forced_parents": [int(k) for k in np.asarray(scale_parents, np.int64).ravel()],
         "grad_evals": 0,
     }
     helps = math.isfinite(ff) and ff < st.keep_ratio * fl and fl - ff > st.min_gain
@@ -344,7 +352,8 @@ def fit_transport(
     p_np = TransportParams(*(np.asarray(v, dtype) for v in p_full))
     b_np = None if bounds is None else Bounds(*(np.asarray(v, dtype) for v in bounds))
     tmap = TransportMap(loc.astype(dtype), scale.astype(dtype), order.astype(np.int64), p_np, b_np,
-                        info={"fisher_map": ff, "fisher_linear": fl, "draws": int(n)})
+                        info={"fisher_map": ff, "fisher_linear": fl, "draws": int(n),
+                              "scale_parents": [int(k) for k in order[:parents]]})
     return tmap, TransportDecision("transport kept", f"transport map kept: {what}", details)
 
 

@@ -124,7 +124,7 @@ class TransportMap:
                  TransportParams(*(np.asarray(arrays[k]) for k in TransportParams._fields[:4]),
                                  np.asarray(arrays["shift_gate"]) if "shift_gate" in arrays else None), bounds,
                  info={k: v for k, v in (meta or {}).items()
-                       if k in ("fisher_map", "fisher_linear", "draws", "structural", "sites")})
+                       if k in ("fisher_map", "fisher_linear", "draws", "structural", "sites", "scale_parents")})
         if meta and "hash" in meta and meta["hash"] != tm.hash:
             raise ValueError(f"TransportMap hash mismatch: arrays give {tm.hash}, meta says {meta['hash']}")
         return tm
