@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> gn.Trace:
               f"  {d['message'][:110]}")
     tm = post.info["transport"]
     if tm is not None:
-        how = (f"the model's own non-centring of {tm['sites']}, no training" if tm.get("structural") else
-               f"held-out Fisher divergence {tm['fisher_map']:.3g} (a linear map: {tm['fisher_linear']:.3g})")
+        if tm["type"] == "conditional gaussian":  # (a model whose sites did not give a non-centring)
+            how = f"the conditional non-centring read from the derivatives, roots θ{tm['roots']}, no training"
+        elif tm.get("structural"):
+            how = f"the model's own non-centring of {tm['sites']}, no training"
+        else:
+            how = f"held-out Fisher divergence {tm['fisher_map']:.3g} (a linear map: {tm['fisher_linear']:.3g})"
         print(f"\nthe map: {tm['type']}, hash {tm['hash']}; {how}; the adapted metric in z spans "
               f"{tm['z_metric_min']:.2f}…{tm['z_metric_max']:.2f}")
     cost = {k: v for k, v in post.info["grad_evals"].items() if v}
