@@ -199,3 +199,17 @@ def test_precision_parents_are_named_from_the_derivatives():
     assert dec.details["forced_parents"] == [0] and dec.details["scale_parents"] >= 1
     with pytest.raises(ValueError, match="scale_parents"):
         tp.fit_transport(th, grads, scale_parents=(9,))
+
+
+def test_a_nan_hessian_is_declined_not_used():
+    """A log density whose second derivatives are NaN (as the dLux Hessian is on some CPUs): no coordinate is a
+    candidate, the map and the parents are declined with a reason, nothing raises."""
+
+    @jax.custom_jvp
+    def nan_curvature(x):
+        return x
+
+    nan_curvature.defjvp(lambda p, t: (nan_curvature(p[0]), t[0] * jnp.sin(p[0]) * jnp.nan))
+    obj = gn.Objective.from_log_prob(lambda th: centred_schools(nan_curvature(th)), 10)
+    an = cm.analyse(obj, _draws(), obj.data)
+    assert an.map is None and an.parents == () and "nothing to non-centre" in an.message, an

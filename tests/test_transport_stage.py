@@ -72,6 +72,8 @@ def test_the_decision_and_the_cost_are_recorded(funnel_runs):
     kept = next(d for d in post.info["decisions"] if Action.parse(d["action"]) is Action.TRANSPORT_KEPT)
     det = kept["transport"]
     assert det["fisher_map"] < 0.1 * det["fisher_linear"] and det["grad_evals"] == 0  # trained on draws only
+    # the conditional map from the derivatives was declined, and the decision says why (a funnel is affine)
+    assert "affine" in det["conditional_map"] and det["forced_parents"] == [0]
     ge = post.info["grad_evals"]
     assert ge["transport"] > 0 and post.num_grad_evals == sum(v for k, v in ge.items() if k != "map")
     lp = np.asarray(jax.vmap(obj.log_prob)(jnp.asarray(post.theta[0, :20])))

@@ -8,6 +8,7 @@ compiled program and the chains of one call.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -69,7 +70,7 @@ def findings(ctx, chains, ledger, draws, rejected, origin, key, names) -> list[d
         run = ph.probe(ctx, chains, jax.random.fold_in(key, 1), starts, md.PROBE_STEPS)
         if run is not None:
             out, cost = run
-            ledger.check_grads += cost
+            ledger.check_grads += math.ceil(cost * ledger.z_grad_cost)  # (a run in a conditional map's z)
             found += md.probe_modes(out.theta, out.log_prob, out.diverging, draws.theta, draws.log_prob, names)
     if rejected is not None and rejected.log_prob is not None:
         neck = md.unentered_region(rejected.theta, rejected.log_prob, draws.theta, draws.log_prob, names)

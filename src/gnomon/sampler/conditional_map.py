@@ -152,6 +152,7 @@ def _test_programs(obj: Objective) -> tuple[Any, Any, Any, Any]:
         return jax.vmap(one)(jnp.arange(x.shape[0]))
 
     at = jax.vmap(lambda x, a, d: moments(lp, a, x[a["roots"]], d), in_axes=(0, None, None))
+
     def log_precision_grads(x, idx, d):  # ∇ log(−H_jj) at x for each j in idx: (len(idx), D)
         def one(j):
             e = jax.nn.one_hot(j, x.shape[0], dtype=x.dtype)

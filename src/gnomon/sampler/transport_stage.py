@@ -207,23 +207,23 @@ def attempt(ctx: ph.Context, chains: ph.Chains, ledger: Ledger, opts: Options, b
     theta, grad = pool(ledger, since)
     if theta.shape[0] < MIN_DRAWS:
         return None
-    parents: tuple[int, ...] = ()
-    if not ledger.any(Action.TRANSPORT_ABANDONED):  # a numpyro model's own non-centring, where it has one
+    abandoned = ledger.any(Action.TRANSPORT_ABANDONED)  # a map from the structure is not tried again after one
+    if not abandoned:  # a numpyro model's own non-centring, where it has one
         smap, msg, sites = structural_map(ctx.obj, theta, ctx.data)
         if smap is not None:
             ledger.decide(Action.TRANSPORT_KEPT, f"{why}: transport map kept: {msg} (from the model, no training)",
                           transport={"structural": True, "sites": sites, "draws": int(theta.shape[0]),
                                      "grad_evals": 0})
             return run_in_z(ctx, chains, ledger, InZ(smap, ctx.obj, ctx.data), opts, budget)
-        found = cm.analyse(ctx.obj, theta, ctx.data)  # a hand-written one's, from derivatives
-        cmap, msg, spent, parents = found
-        ledger.transport_grads += spent
-        if cmap is not None:
-            ledger.decide(Action.TRANSPORT_KEPT, f"{why}: transport map kept: {msg} (no training)",
-                          transport={**cmap.describe(), "grad_evals": spent})
-            return run_in_z(ctx, chains, ledger, InZ(cmap, ctx.obj, ctx.data), opts, budget)
-    tmap, dec = tp.fit_transport(theta, grad, seed=ledger.steps, scale_parents=parents,
+    found = cm.analyse(ctx.obj, theta, ctx.data)  # any log density's, from its derivatives (and scale parents)
+    ledger.transport_grads += found.spent
+    if found.map is not None and not abandoned:
+        ledger.decide(Action.TRANSPORT_KEPT, f"{why}: transport map kept: {found.message} (no training)",
+                      transport={**found.map.describe(), "grad_evals": found.spent})
+        return run_in_z(ctx, chains, ledger, InZ(found.map, ctx.obj, ctx.data), opts, budget)
+    tmap, dec = tp.fit_transport(theta, grad, seed=ledger.steps, scale_parents=found.parents,
                                  settings=tp.TransportSettings(max_draws=TRAIN_DRAWS))
+    dec.details["conditional_map"] = found.message if found.map is None else "not used after an abandoned map"
     action = Action.TRANSPORT_KEPT if tmap is not None else Action.TRANSPORT_REFUSED
     ledger.decide(action, f"{why}: {dec.message}", transport=dec.details)
     if tmap is None:
